@@ -1,0 +1,16 @@
+"""GPT-2's operators as hand-written TVMScript PrimFuncs, one file per operator family.
+
+Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_func(s_tir=True)`,
+loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
+Installed as `tinygpt2.kernels`.
+"""
+
+from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, make_attn_scores,
+                        make_attn_values, make_causal_softmax)
+from .embedding import embedding_ref, make_embedding
+from .gelu import gelu_ref, make_gelu
+from .kv_cache import kv_append_ref, make_kv_append
+from .layernorm import layernorm_ref, make_layernorm
+from .linear import linear_ref, make_linear
+from .lm_head import lm_head_ref, make_lm_head
+from .residual import add_ref, make_add

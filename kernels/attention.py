@@ -1,0 +1,136 @@
+"""Causal self-attention over the KV cache, as three kernels (prefill: n new tokens; decode: n = 1).
+
+Query i (absolute position m - n + i) attends to cached positions j <= m - n + i:
+
+    scores[h, i, j] = sum_d q[i, h, d] * k_cache[h, j, d]                      attn_scores   (a batched matmul)
+    probs[h, i, j]  = softmax_j( scores[h, i, j] / sqrt(D) ), 0 where j > m - n + i   causal_softmax
+    out[i, h*D + d] = sum_j probs[h, i, j] * v_cache[h, j, d]                  attn_values   (a batched matmul)
+
+    qkv [n, 3C] (q is columns [0, C)),  k_cache, v_cache [H, n_ctx, D]  ->  out [n, C]
+    scores and probs: [H, n, m], float32 whatever the dtype.
+
+Splitting attention this way (rather than one fused "flash" kernel) keeps each piece a shape DLight
+has a rule for: the two matmuls are Matmul/GEMV material, the softmax is GeneralReduction's. The
+cost is that scores/probs make a round trip through memory, O(H * n * m) floats.
+"""
+
+import math
+
+import numpy as np
+
+from tinygpt2.tvm_shim import T
+
+from ._dtypes import ACC, F32_MIN, check_dtype
+
+
+def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    check_dtype(dtype)
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+
+    @T.prim_func(s_tir=True)
+    def attn_scores(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), s_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, m = T.int64(), T.int64()
+        qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)    # [n, 3C]
+        scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
+        for h, i, j, d in T.grid(H, n, m, D):
+            with T.sblock("qk"):
+                vh, vi, vj, vd = T.axis.remap("SSSR", [h, i, j, d])
+                with T.init():
+                    scores[vh, vi, vj] = T.float32(0)
+                scores[vh, vi, vj] = scores[vh, vi, vj] + T.Cast(ACC, qkv[vi, vh * D + vd]) * T.Cast(
+                    ACC, k_cache[vh, vj, vd])
+
+    return attn_scores
+
+
+def make_causal_softmax(n_head: int, head_dim: int):
+    H = T.int64(n_head)
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+
+    @T.prim_func(s_tir=True)
+    def causal_softmax(s_h: T.handle, p_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, m = T.int64(), T.int64()
+        scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
+        probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
+        row_max = T.alloc_buffer((H, n), ACC)
+        row_sum = T.alloc_buffer((H, n), ACC)
+        # the mask `vj <= m - n + vi` is written into each block: no [n, m] mask tensor is stored
+        for h, i, j in T.grid(H, n, m):
+            with T.sblock("row_max"):
+                vh, vi, vj = T.axis.remap("SSR", [h, i, j])
+                with T.init():
+                    row_max[vh, vi] = lowest
+                row_max[vh, vi] = T.max(row_max[vh, vi],
+                                        T.if_then_else(vj <= m - n + vi, scores[vh, vi, vj] * scale, lowest))
+        for h, i, j in T.grid(H, n, m):
+            with T.sblock("row_sum"):
+                vh, vi, vj = T.axis.remap("SSR", [h, i, j])
+                with T.init():
+                    row_sum[vh, vi] = T.float32(0)
+                row_sum[vh, vi] = row_sum[vh, vi] + T.if_then_else(
+                    vj <= m - n + vi, T.exp(scores[vh, vi, vj] * scale - row_max[vh, vi]), T.float32(0))
+        for h, i, j in T.grid(H, n, m):
+            with T.sblock("normalize"):
+                vh, vi, vj = T.axis.remap("SSS", [h, i, j])
+                probs[vh, vi, vj] = T.if_then_else(
+                    vj <= m - n + vi, T.exp(scores[vh, vi, vj] * scale - row_max[vh, vi]) / row_sum[vh, vi],
+                    T.float32(0))
+
+    return causal_softmax
+
+
+def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    check_dtype(dtype)
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+
+    @T.prim_func(s_tir=True)
+    def attn_values(p_h: T.handle, v_cache: T.Buffer((H, P, D), dtype), o_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n, m = T.int64(), T.int64()
+        probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
+        out = T.match_buffer(o_h, (n, C), dtype)           # [n, C], heads side by side
+        acc = T.alloc_buffer((H, n, D), ACC)
+        for h, i, d, j in T.grid(H, n, D, m):
+            with T.sblock("pv"):
+                vh, vi, vd, vj = T.axis.remap("SSSR", [h, i, d, j])
+                with T.init():
+                    acc[vh, vi, vd] = T.float32(0)
+                acc[vh, vi, vd] = acc[vh, vi, vd] + probs[vh, vi, vj] * T.Cast(ACC, v_cache[vh, vj, vd])
+        for i, h, d in T.grid(n, H, D):
+            with T.sblock("merge_heads"):
+                vi, vh, vd = T.axis.remap("SSS", [i, h, d])
+                out[vi, vh * D + vd] = T.Cast(dtype, acc[vh, vi, vd])
+
+    return attn_values
+
+
+def attn_scores_ref(qkv, k_cache, m):
+    H, _, D = k_cache.shape
+    n = qkv.shape[0]
+    q = qkv[:, :H * D].astype(np.float32).reshape(n, H, D).transpose(1, 0, 2)      # [H, n, D]
+    return q @ k_cache[:, :m].astype(np.float32).transpose(0, 2, 1)                # [H, n, m]
+
+
+def causal_softmax_ref(scores, head_dim):
+    H, n, m = scores.shape
+    mask = np.arange(m)[None, :] <= (m - n + np.arange(n))[:, None]                  # [n, m]
+    s = np.where(mask, scores / math.sqrt(head_dim), -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return (s / s.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def attn_values_ref(probs, v_cache, dtype):
+    H, n, m = probs.shape
+    out = probs @ v_cache[:, :m].astype(np.float32)                                  # [H, n, D]
+    return out.transpose(1, 0, 2).reshape(n, -1).astype(dtype)
+
+
+def attention_ref(qkv, k_cache, v_cache, m):
+    """The three kernels composed: causal attention of the n new queries over the cache."""
+    probs = causal_softmax_ref(attn_scores_ref(qkv, k_cache, m), k_cache.shape[2])
+    return attn_values_ref(probs, v_cache, qkv.dtype)

@@ -1,0 +1,39 @@
+"""Token + position embedding.
+
+    x[i, :] = wte[ids[i], :] + wpe[m - n + i, :]        i in [0, n)
+
+`n` is the number of new tokens (the prompt in prefill, 1 in decode) and `m` the sequence length
+after them, so new token i sits at absolute position `m - n + i`.
+
+    ids [n] int32,  wte [vocab, n_embd],  wpe [n_positions, n_embd]  ->  x [n, n_embd]
+"""
+
+import numpy as np
+
+from tinygpt2.tvm_shim import T
+
+from ._dtypes import check_dtype
+
+
+def make_embedding(n_vocab: int, n_positions: int, n_embd: int, dtype: str = "float32"):
+    check_dtype(dtype)
+    V, P, C = T.int64(n_vocab), T.int64(n_positions), T.int64(n_embd)
+
+    @T.prim_func(s_tir=True)
+    def embedding(ids_h: T.handle, wte: T.Buffer((V, C), dtype), wpe: T.Buffer((P, C), dtype),
+                  m: T.int64, x_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int64()
+        ids = T.match_buffer(ids_h, (n,), "int32")
+        x = T.match_buffer(x_h, (n, C), dtype)            # [n, n_embd]
+        for i, c in T.grid(n, C):
+            with T.sblock("embedding"):
+                vi, vc = T.axis.remap("SS", [i, c])
+                x[vi, vc] = wte[T.Cast("int64", ids[vi]), vc] + wpe[m - n + vi, vc]
+
+    return embedding
+
+
+def embedding_ref(ids, wte, wpe, m):
+    n = len(ids)
+    return wte[np.asarray(ids)] + wpe[m - n:m]

@@ -1,0 +1,49 @@
+"""Linear layer, y = x @ W.T + b (GPT-2's c_attn, c_proj, c_fc; Hugging Face calls it Conv1D).
+
+    y[i, j] = sum_k x[i, k] * W[j, k] + b[j]
+
+    x [n, K], W [N, K], b [N] -> y [n, N]        accumulated in float32 whatever the dtype
+
+W is stored [out, in] = [N, K] (HF's Conv1D stores [K, N]; weights.py transposes at load time):
+with the reduction over W's innermost axis, the n == 1 case (decode) is the `y = x @ W.T` pattern
+DLight's GEMV rule matches, and prefill is the "NT" matmul the Matmul rule expects.
+
+Two blocks: the pure multiply-accumulate ("matmul") and an elementwise epilogue ("bias") that adds
+the bias and casts back to `dtype`. Rules schedule the first and inline or fuse the second.
+"""
+
+import numpy as np
+
+from tinygpt2.tvm_shim import T
+
+from ._dtypes import ACC, check_dtype
+
+
+def make_linear(in_features: int, out_features: int, dtype: str = "float32"):
+    check_dtype(dtype)
+    K, N = T.int64(in_features), T.int64(out_features)
+
+    @T.prim_func(s_tir=True)
+    def linear(x_h: T.handle, w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype), y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int64()
+        x = T.match_buffer(x_h, (n, K), dtype)            # [n, K]
+        y = T.match_buffer(y_h, (n, N), dtype)            # [n, N]
+        acc = T.alloc_buffer((n, N), ACC)
+        for i, j, k in T.grid(n, N, K):
+            with T.sblock("matmul"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    acc[vi, vj] = T.float32(0)
+                acc[vi, vj] = acc[vi, vj] + T.Cast(ACC, x[vi, vk]) * T.Cast(ACC, w[vj, vk])
+        for i, j in T.grid(n, N):
+            with T.sblock("bias"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = T.Cast(dtype, acc[vi, vj] + T.Cast(ACC, b[vj]))
+
+    return linear
+
+
+def linear_ref(x, w, b):
+    y = x.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)
+    return y.astype(x.dtype)

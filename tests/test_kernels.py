@@ -1,0 +1,146 @@
+"""Every kernel against its numpy reference, at new-token counts 1 (decode), 7 and 64, fp32 and fp16.
+
+Each kernel is compiled once (its sequence length is symbolic) for the CPU and called directly.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+
+from tinygpt2 import kernels as K
+from tinygpt2.tvm_shim import tvm, to_tensor
+
+V, P, C, H = 300, 96, 48, 4           # vocab, context, width, heads: small but not toy-symmetric
+D = C // H
+TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float16": dict(rtol=1e-2, atol=1e-2)}
+LENGTHS = [1, 7, 64]
+DTYPES = ["float32", "float16"]
+
+
+@functools.lru_cache(maxsize=None)
+def build(factory, *args):
+    """Compile one PrimFunc for the CPU; returns a callable taking numpy/tensors."""
+    func = getattr(K, factory)(*args)
+    return tvm.compile(tvm.IRModule({"main": func}), target="llvm")["main"]
+
+
+def call(kernel, *args):
+    """Call a compiled kernel; numpy arrays become tensors, which are returned as numpy."""
+    dev = tvm.cpu()
+    targs = [to_tensor(a, dev) if isinstance(a, np.ndarray) else a for a in args]
+    kernel(*targs)
+    return [t.numpy() if isinstance(a, np.ndarray) else None for a, t in zip(args, targs)]
+
+
+def rand(rng, *shape, dtype="float32", scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_embedding(rng, n, dtype):
+    ids = rng.integers(0, V, n).astype(np.int32)
+    wte, wpe = rand(rng, V, C, dtype=dtype), rand(rng, P, C, dtype=dtype)
+    m = n + 5                                    # 5 tokens already in the cache: positions 5 .. n+4
+    out = call(build("make_embedding", V, P, C, dtype), ids, wte, wpe, m, np.zeros((n, C), dtype))[-1]
+    np.testing.assert_allclose(out, K.embedding_ref(ids, wte, wpe, m), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_layernorm(rng, n, dtype):
+    x = rand(rng, n, C, dtype=dtype, scale=3.0) + 2.0       # non-zero mean: the mean matters
+    gamma, beta = rand(rng, C, dtype=dtype) + 1, rand(rng, C, dtype=dtype)
+    out = call(build("make_layernorm", C, dtype, 1e-5), x, gamma, beta, np.zeros_like(x))[-1]
+    np.testing.assert_allclose(out, K.layernorm_ref(x, gamma, beta), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("k_in,n_out", [(C, 3 * C), (4 * C, C)])
+def test_linear(rng, n, dtype, k_in, n_out):
+    x, w, b = rand(rng, n, k_in, dtype=dtype), rand(rng, n_out, k_in, dtype=dtype, scale=0.1), rand(rng, n_out, dtype=dtype)
+    out = call(build("make_linear", k_in, n_out, dtype), x, w, b, np.zeros((n, n_out), dtype))[-1]
+    np.testing.assert_allclose(out, K.linear_ref(x, w, b), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_gelu(rng, n, dtype):
+    x = rand(rng, n, 4 * C, dtype=dtype, scale=3.0)
+    out = call(build("make_gelu", 4 * C, dtype), x, np.zeros_like(x))[-1]
+    np.testing.assert_allclose(out, K.gelu_ref(x), **TOL[dtype])
+
+
+def test_gelu_is_gpt2s_gelu_new():
+    """gelu_ref is the tanh form GPT-2 uses (transformers' "gelu_new"), not the erf GELU."""
+    torch = pytest.importorskip("torch")
+    from transformers.activations import NewGELUActivation
+    x = np.linspace(-6, 6, 101, dtype=np.float32)
+    np.testing.assert_allclose(K.gelu_ref(x), NewGELUActivation()(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_residual_add(rng, n, dtype):
+    a, b = rand(rng, n, C, dtype=dtype), rand(rng, n, C, dtype=dtype)
+    out = call(build("make_add", C, dtype), a, b, np.zeros_like(a))[-1]
+    np.testing.assert_allclose(out, K.add_ref(a, b), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_kv_append(rng, n, dtype):
+    past = 3
+    m = past + n
+    qkv = rand(rng, n, 3 * C, dtype=dtype)
+    k_cache, v_cache = rand(rng, H, P, D, dtype=dtype), rand(rng, H, P, D, dtype=dtype)
+    k_out, v_out = call(build("make_kv_append", H, D, P, dtype), qkv, k_cache, v_cache, m)[1:3]
+    k_want, v_want = K.kv_append_ref(qkv, k_cache, v_cache, m)
+    np.testing.assert_array_equal(k_out, k_want)          # a copy: bit-exact, other positions untouched
+    np.testing.assert_array_equal(v_out, v_want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_attention_kernels(rng, n, dtype):
+    past = 2 if n < 64 else 0                  # decode/chunk over a non-empty cache, and a plain prefill
+    m = past + n
+    qkv = rand(rng, n, 3 * C, dtype=dtype)
+    k_cache, v_cache = rand(rng, H, P, D, dtype=dtype), rand(rng, H, P, D, dtype=dtype)
+    scores = call(build("make_attn_scores", H, D, P, dtype), qkv, k_cache, np.zeros((H, n, m), np.float32))[-1]
+    np.testing.assert_allclose(scores, K.attn_scores_ref(qkv, k_cache, m), rtol=1e-4, atol=1e-4)
+    probs = call(build("make_causal_softmax", H, D), scores, np.zeros_like(scores))[-1]
+    want_probs = K.causal_softmax_ref(scores, D)
+    np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-6)
+    # causal: query i sees positions <= past + i only, and each row sums to one
+    assert np.all(probs[:, np.arange(n)[:, None] < np.arange(m)[None, :] - past] == 0)
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    out = call(build("make_attn_values", H, D, P, dtype), probs, v_cache, np.zeros((n, C), dtype))[-1]
+    np.testing.assert_allclose(out, K.attn_values_ref(probs, v_cache, dtype), **TOL[dtype])
+
+
+def test_attention_ref_matches_torch_sdpa(rng):
+    """The composed reference equals PyTorch's causal attention (an independent implementation)."""
+    torch = pytest.importorskip("torch")
+    n = 9
+    qkv = rand(rng, n, 3 * C)
+    k_cache, v_cache = np.zeros((H, P, D), np.float32), np.zeros((H, P, D), np.float32)
+    k_cache, v_cache = K.kv_append_ref(qkv, k_cache, v_cache, n)
+    q, k, v = (torch.from_numpy(qkv[:, s * C:(s + 1) * C]).reshape(n, H, D).transpose(0, 1) for s in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(n, C)
+    np.testing.assert_allclose(K.attention_ref(qkv, k_cache, v_cache, n), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_lm_head(rng, n, dtype):
+    x, wte = rand(rng, n, C, dtype=dtype), rand(rng, V, C, dtype=dtype)
+    out = call(build("make_lm_head", V, C, dtype), x, wte, np.zeros((1, V), np.float32))[-1]
+    np.testing.assert_allclose(out, K.lm_head_ref(x, wte), **TOL[dtype])

@@ -1,0 +1,43 @@
+"""The one place tinygpt2 imports Apache TVM from.
+
+TVM's Python API moves between releases (0.27 renamed `tvm.tir` to `tvm.tirx`, moved scheduling to
+`tvm.s_tir`, replaced Relax StructInfo by types, ...). Everything else in the project imports TVM
+names from here, so API drift is fixed in this file only. The version is pinned in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import dlight as dl
+from tvm.script import tirx as T
+
+__all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
+           "int64"]
+
+TVM_VERSION = tvm.__version__
+
+
+def int64(v: int):
+    """A TIR int64 constant: every shape and loop extent in the kernels is int64."""
+    return T.int64(v)
+
+
+def to_tensor(array: np.ndarray, device) -> "tvm.runtime.Tensor":
+    """Copy a numpy array to a TVM tensor on `device`."""
+    return tvm.runtime.tensor(np.ascontiguousarray(array), device)
+
+
+def empty(shape, dtype: str, device):
+    return tvm.runtime.empty(tuple(int(s) for s in shape), dtype, device)
+
+
+def shape_tuple(values) -> "tvm.runtime.ShapeTuple":
+    """A Relax `R.Shape` argument (how the model receives the symbolic total length)."""
+    return tvm.runtime.ShapeTuple([int(v) for v in values])
+
+
+def is_scheduled(func) -> bool:
+    """Whether a DLight rule marked this PrimFunc as scheduled."""
+    return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
