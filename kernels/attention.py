@@ -20,18 +20,20 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import ACC, F32_MIN, check_dtype
+from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 
 
-def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
 
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
+
     @T.prim_func(s_tir=True)
     def attn_scores(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), s_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n, m = T.int64(), T.int64()
+        m = T.int64()                                     # sequence length after the new tokens
         qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)    # [n, 3C]
         scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
         for h, i, j, d in T.grid(H, n, m, D):
@@ -45,19 +47,21 @@ def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float
     return attn_scores
 
 
-def make_causal_softmax(n_head: int, head_dim: int):
+def make_causal_softmax(n_head: int, head_dim: int, seq_len: int | None = None):
     H = T.int64(n_head)
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
 
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
+
     @T.prim_func(s_tir=True)
     def causal_softmax(s_h: T.handle, p_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n, m = T.int64(), T.int64()
+        m = T.int64()                                     # sequence length after the new tokens
         scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
         probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
-        row_max = T.alloc_buffer((H, n), ACC)
-        row_sum = T.alloc_buffer((H, n), ACC)
+        row_max = T.sblock_alloc_buffer((H, n), ACC)
+        row_sum = T.sblock_alloc_buffer((H, n), ACC)
         # the mask `vj <= m - n + vi` is written into each block: no [n, m] mask tensor is stored
         for h, i, j in T.grid(H, n, m):
             with T.sblock("row_max"):
@@ -83,18 +87,20 @@ def make_causal_softmax(n_head: int, head_dim: int):
     return causal_softmax
 
 
-def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
 
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
+
     @T.prim_func(s_tir=True)
     def attn_values(p_h: T.handle, v_cache: T.Buffer((H, P, D), dtype), o_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n, m = T.int64(), T.int64()
+        m = T.int64()                                     # sequence length after the new tokens
         probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
         out = T.match_buffer(o_h, (n, C), dtype)           # [n, C], heads side by side
-        acc = T.alloc_buffer((H, n, D), ACC)
+        acc = T.sblock_alloc_buffer((H, n, D), ACC)
         for h, i, d, j in T.grid(H, n, D, m):
             with T.sblock("pv"):
                 vh, vi, vd, vj = T.axis.remap("SSSR", [h, i, d, j])

@@ -12,18 +12,19 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import check_dtype
+from ._dtypes import seq_len_var, check_dtype
 
 
-def make_embedding(n_vocab: int, n_positions: int, n_embd: int, dtype: str = "float32"):
+def make_embedding(n_vocab: int, n_positions: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     V, P, C = T.int64(n_vocab), T.int64(n_positions), T.int64(n_embd)
+
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
 
     @T.prim_func(s_tir=True)
     def embedding(ids_h: T.handle, wte: T.Buffer((V, C), dtype), wpe: T.Buffer((P, C), dtype),
                   m: T.int64, x_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         ids = T.match_buffer(ids_h, (n,), "int32")
         x = T.match_buffer(x_h, (n, C), dtype)            # [n, n_embd]
         for i, c in T.grid(n, C):

@@ -11,21 +11,22 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import ACC, check_dtype
+from ._dtypes import seq_len_var, ACC, check_dtype
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def make_gelu(n_features: int, dtype: str = "float32"):
+def make_gelu(n_features: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     F = T.int64(n_features)
     c0 = T.float32(SQRT_2_OVER_PI)
     c1 = T.float32(0.044715)
 
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
+
     @T.prim_func(s_tir=True)
     def gelu(x_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         x = T.match_buffer(x_h, (n, F), dtype)
         y = T.match_buffer(y_h, (n, F), dtype)
         for i, j in T.grid(n, F):

@@ -14,19 +14,20 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import check_dtype
+from ._dtypes import seq_len_var, check_dtype
 
 
-def make_kv_append(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+def make_kv_append(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
+
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
 
     @T.prim_func(s_tir=True)
     def kv_append(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), v_cache: T.Buffer((H, P, D), dtype),
                   m: T.int64):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)    # [n, 3C]
         for i, h, d in T.grid(n, H, D):
             with T.sblock("k_append"):

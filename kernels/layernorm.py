@@ -14,23 +14,24 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import ACC, check_dtype
+from ._dtypes import seq_len_var, ACC, check_dtype
 
 
-def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5):
+def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5, seq_len: int | None = None):
     check_dtype(dtype)
     C = T.int64(n_embd)
     inv_c = T.float32(1.0 / n_embd)
     eps_ = T.float32(eps)
 
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
+
     @T.prim_func(s_tir=True)
     def layernorm(x_h: T.handle, gamma: T.Buffer((C,), dtype), beta: T.Buffer((C,), dtype), y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         x = T.match_buffer(x_h, (n, C), dtype)            # [n, C]
         y = T.match_buffer(y_h, (n, C), dtype)            # [n, C]
-        x_sum = T.alloc_buffer((n,), ACC)                 # sum_k x
-        sq_sum = T.alloc_buffer((n,), ACC)                # sum_k (x - mu)^2
+        x_sum = T.sblock_alloc_buffer((n,), ACC)                 # sum_k x
+        sq_sum = T.sblock_alloc_buffer((n,), ACC)                # sum_k (x - mu)^2
         for i, k in T.grid(n, C):
             with T.sblock("x_sum"):
                 vi, vk = T.axis.remap("SR", [i, k])

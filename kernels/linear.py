@@ -16,20 +16,21 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import ACC, check_dtype
+from ._dtypes import seq_len_var, ACC, check_dtype
 
 
-def make_linear(in_features: int, out_features: int, dtype: str = "float32"):
+def make_linear(in_features: int, out_features: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     K, N = T.int64(in_features), T.int64(out_features)
+
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
 
     @T.prim_func(s_tir=True)
     def linear(x_h: T.handle, w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype), y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         x = T.match_buffer(x_h, (n, K), dtype)            # [n, K]
         y = T.match_buffer(y_h, (n, N), dtype)            # [n, N]
-        acc = T.alloc_buffer((n, N), ACC)
+        acc = T.sblock_alloc_buffer((n, N), ACC)
         for i, j, k in T.grid(n, N, K):
             with T.sblock("matmul"):
                 vi, vj, vk = T.axis.remap("SSR", [i, j, k])

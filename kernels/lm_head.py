@@ -12,17 +12,18 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import ACC, check_dtype
+from ._dtypes import seq_len_var, ACC, check_dtype
 
 
-def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32"):
+def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     V, C = T.int64(n_vocab), T.int64(n_embd)
+
+    n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
 
     @T.prim_func(s_tir=True)
     def lm_head(x_h: T.handle, wte: T.Buffer((V, C), dtype), logits: T.Buffer((T.int64(1), V), ACC)):
         T.func_attr({"tirx.noalias": True})
-        n = T.int64()
         x = T.match_buffer(x_h, (n, C), dtype)            # [n, C]
         for i, v, k in T.grid(T.int64(1), V, C):
             with T.sblock("lm_head"):
