@@ -1,0 +1,77 @@
+"""Executors: run a compiled model's `prefill` and `decode` against our own KV cache.
+
+Every target has the same interface, so generation, benchmarks and the step-through debugger
+are written once:
+
+    ex.prefill(ids)  -> logits [vocab] float32   (starts a new sequence)
+    ex.decode(token) -> logits [vocab] float32   (appends one token)
+    ex.reset()
+
+`VMExecutor` runs llvm and cuda builds through TVM's Relax virtual machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinygpt2.errors import GenerationError
+from tinygpt2.tvm_shim import empty, relax, shape_tuple, to_tensor, tvm
+
+from .kv_cache import KVCache
+
+
+class Executor:
+    """What every executor provides; subclasses implement `_run(fn_name, ids, m)`."""
+
+    config = None
+    cache: KVCache
+
+    def prefill(self, ids) -> np.ndarray:
+        ids = self._check_ids(ids)
+        if len(ids) == 0:
+            raise GenerationError("prefill needs at least one token")
+        self.cache.reset()
+        return self._step("prefill", ids)
+
+    def decode(self, token: int) -> np.ndarray:
+        if self.cache.length == 0:
+            raise GenerationError("decode() before prefill(): there is no sequence to continue")
+        return self._step("decode", self._check_ids([token]))
+
+    def reset(self):
+        self.cache.reset()
+
+    def _step(self, fn: str, ids: np.ndarray) -> np.ndarray:
+        m = self.cache.reserve(len(ids))
+        logits = self._run(fn, ids, m)
+        self.cache.commit(m)
+        return logits
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise GenerationError(f"token ids must be in [0, {self.config.vocab_size}), got {ids.min()}..{ids.max()}")
+        return ids.astype(np.int32)
+
+    def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class VMExecutor(Executor):
+    """llvm / cuda: the Relax VM calls the kernels; weights and KV cache live on `device`."""
+
+    def __init__(self, executable_or_lib, config, params: dict[str, np.ndarray], param_order: list[str],
+                 dtype: str, device):
+        self.config, self.device = config, device
+        ex = executable_or_lib
+        if isinstance(ex, (str, bytes)) or hasattr(ex, "__fspath__"):
+            ex = tvm.runtime.load_module(str(ex))
+        self.vm = relax.VirtualMachine(ex, device)
+        self.params = [to_tensor(params[name], device) for name in param_order]     # uploaded once
+        self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
+                             lambda shape, dt: empty(shape, dt, device))
+        self._fns = {name: self.vm[name] for name in ("prefill", "decode")}
+
+    def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
+        out = self._fns[fn](to_tensor(ids, self.device), shape_tuple([m]), *self.cache.tensors, *self.params)
+        return out.numpy()[0]

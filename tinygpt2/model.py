@@ -1,0 +1,113 @@
+"""GPT-2 as a Relax IRModule: the whole path of data, in one place.
+
+    ids ──embedding──▶ x ──▶ [ block 0 ] ──▶ … ──▶ [ block L-1 ] ──ln_f──▶ lm_head(wte) ──▶ logits
+                                 │
+    block:  x = x + attn(ln_1(x))          attn: c_attn → append K,V to the cache → softmax(q·Kᵀ/√d)·V → c_proj
+            x = x + mlp(ln_2(x))           mlp:  c_fc → gelu → c_proj
+
+The module holds two Relax functions with the same signature,
+
+    prefill(ids [n] int32, total: Shape([m]), k_0, v_0, …, k_{L-1}, v_{L-1}, *params) -> logits [1, vocab] f32
+    decode (ids [1] int32, total: Shape([m]), …same…)                                -> logits [1, vocab] f32
+
+where n is the number of new tokens, m the sequence length after them (the new tokens sit at
+positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
+params the weights in `weights.param_names(config)` order, under Hugging Face's names. Both
+functions are straight lists of `call_tir`s into the hand-written kernels of `tinygpt2.kernels`.
+prefill's kernels take a symbolic n; decode's are built for n = 1, so rules see matrix-vector shapes.
+"""
+
+from __future__ import annotations
+
+from tinygpt2 import kernels as K
+from tinygpt2.config import GPT2Config
+from tinygpt2.tvm_shim import relax, tirx, tvm
+from tinygpt2.weights import param_names, param_shapes
+
+ACC = "float32"                     # logits, attention scores and probabilities are float32 in every dtype
+
+
+class _Builder:
+    """Emits `call_tir`s into one Relax function; adds each distinct kernel to the module once."""
+
+    def __init__(self, bb: relax.BlockBuilder, suffix: str, seq_len: int | None):
+        self.bb, self.suffix, self.seq_len = bb, suffix, seq_len
+        self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+
+    def kernel(self, name: str, factory, *args) -> tvm.ir.GlobalVar:
+        key = (factory, args)
+        if key not in self.kernels:
+            func = factory(*args, seq_len=self.seq_len).with_attr("global_symbol", name + self.suffix)
+            self.kernels[key] = self.bb.add_func(func, name + self.suffix)
+        return self.kernels[key]
+
+    def call(self, out_name: str, kernel, args, shape, dtype):
+        """y = kernel(*args) into a fresh tensor `y` of `shape`/`dtype`, bound to a var named out_name."""
+        return self.bb.emit(relax.call_tir(kernel, args, relax.TensorType(shape, dtype)), name_hint=out_name)
+
+    def call_inplace(self, out_name: str, kernel, args, inplace: list[int]):
+        """kernel(*args) writing into args[i] for i in inplace; returns the updated tensors."""
+        out_ty = [args[i].ty for i in inplace]
+        res = self.bb.emit(relax.call_tir_inplace(kernel, args, inplace, out_ty), name_hint=out_name)
+        return [self.bb.emit(relax.TupleGetItem(res, j), name_hint=f"{out_name}_{j}") for j in range(len(inplace))]
+
+
+def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: str, seq_len: int | None):
+    C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
+    eps = cfg.layer_norm_epsilon
+    n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
+    m = tirx.Var("m", "int64")                                        # sequence length after them
+
+    ids = relax.Var("ids", relax.TensorType([n], "int32"))
+    total = relax.Var("total", relax.ShapeType([m]))
+    cache = [relax.Var(f"{kv}_{i}", relax.TensorType([H, P, D], dtype))
+             for i in range(cfg.n_layer) for kv in ("k", "v")]
+    shapes = param_shapes(cfg)
+    w = {p: relax.Var(p.replace(".", "_"), relax.TensorType(list(shapes[p]), dtype)) for p in param_names(cfg)}
+
+    b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
+    with bb.function(name, [ids, total, *cache, *w.values()]):
+        with bb.dataflow():
+            x = b.call("x", b.kernel("embedding", K.make_embedding, V, P, C, dtype),
+                       [ids, w["wte.weight"], w["wpe.weight"], m], [n, C], dtype)                 # [n, C]
+            for i in range(cfg.n_layer):
+                p = f"h.{i}."
+                # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
+                h = b.call(f"h{i}_ln_1", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                           [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)           # [n, C]
+                qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
+                             [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
+                k, v = b.call_inplace(f"h{i}_kv", b.kernel("kv_append", K.make_kv_append, H, D, P, dtype),
+                                      [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])         # [H, P, D] x2
+                s = b.call(f"h{i}_scores", b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype),
+                           [qkv, k], [H, n, m], ACC)                                           # [H, n, m]
+                s = b.call(f"h{i}_probs", b.kernel("causal_softmax", K.make_causal_softmax, H, D),
+                           [s], [H, n, m], ACC)                                                # [H, n, m]
+                a = b.call(f"h{i}_attn", b.kernel("attn_values", K.make_attn_values, H, D, P, dtype),
+                           [s, v], [n, C], dtype)                                              # [n, C]
+                a = b.call(f"h{i}_attn_proj", b.kernel("linear_attn_proj", K.make_linear, C, C, dtype),
+                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"]], [n, C], dtype)
+                x = b.call(f"h{i}_resid_attn", b.kernel("add", K.make_add, C, dtype), [x, a], [n, C], dtype)
+                # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
+                h = b.call(f"h{i}_ln_2", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                           [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
+                h = b.call(f"h{i}_fc", b.kernel("linear_fc", K.make_linear, C, F, dtype),
+                           [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)    # [n, F]
+                h = b.call(f"h{i}_gelu", b.kernel("gelu", K.make_gelu, F, dtype), [h], [n, F], dtype)
+                h = b.call(f"h{i}_mlp_proj", b.kernel("linear_mlp_proj", K.make_linear, F, C, dtype),
+                           [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]], [n, C], dtype)  # [n, C]
+                x = b.call(f"h{i}_resid_mlp", b.kernel("add", K.make_add, C, dtype), [x, h], [n, C], dtype)
+            x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                       [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
+            logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
+                            [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
+            out = bb.emit_output(logits)
+        bb.emit_func_output(out)
+
+
+def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
+    """The IRModule with `prefill` (symbolic n) and `decode` (n = 1), kernels unscheduled."""
+    bb = relax.BlockBuilder()
+    _gpt2_function(bb, "prefill", cfg, dtype, seq_len=None)
+    _gpt2_function(bb, "decode", cfg, dtype, seq_len=1)
+    return bb.get()

@@ -1,0 +1,123 @@
+"""DLight rule lists, as plain data.
+
+A rule list is what schedules the hand-written kernels for a target. It can be given as
+
+    "default"                              a named preset (PRESETS below)
+    "gemv,reduction,fallback"              rule names, comma-separated (the CLI's --rules)
+    ["gemv", "reduction", "fallback"]      the same as a list
+    [dl.gpu.GEMV(), MyRule()]              rule objects, the user's own ScheduleRule subclasses included
+    "my_pkg.my_rules:RULES"                "module:attr" naming any of the above
+
+and `resolve(rules, target_kind)` turns any of them into one list of rule objects, in one place.
+DLight tries the rules of a list in order on each kernel; the first that returns a schedule wins.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from tinygpt2.errors import RuleError
+from tinygpt2.tvm_shim import dl
+
+# rule name -> class, per kind of target
+GPU_RULES = {
+    "matmul": dl.gpu.Matmul,
+    "gemv": dl.gpu.GEMV,
+    "low-batch-gemv": dl.gpu.LowBatchGEMV,
+    "reduction": dl.gpu.Reduction,
+    "general-reduction": dl.gpu.GeneralReduction,
+    "rmsnorm": dl.gpu.RMSNorm,
+    "transpose": dl.gpu.Transpose,
+    "fallback": dl.gpu.Fallback,
+}
+CPU_RULES = {
+    "gemv": dl.cpu.GEMV,
+    "reduction": dl.cpu.Reduction,
+}
+
+# The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
+GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
+CPU_DEFAULT = ["gemv", "reduction"]
+
+
+def presets(target_kind: str) -> dict[str, list[str]]:
+    """Named rule lists for a target kind ("cpu" or "gpu").
+
+    none     -- GPU: only `fallback`, the least scheduling that lets a kernel run on a GPU at all
+                (spatial loops fused and bound to blocks/threads, reductions left serial);
+                CPU: no rule (plain loops, compiled as they are written).
+    default  -- what TVM applies by default.
+    <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
+    default-minus-<rule> -- the default list without that rule.
+    """
+    if target_kind == "cpu":
+        out = {"none": [], "default": list(CPU_DEFAULT)}
+        out.update({name: [name] for name in CPU_RULES})
+        out.update({f"default-minus-{name}": [r for r in CPU_DEFAULT if r != name] for name in CPU_DEFAULT})
+        return out
+    out = {"none": ["fallback"], "default": list(GPU_DEFAULT)}
+    out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback"})
+    out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
+                if name != "fallback"})
+    return out
+
+
+def _load_attr(spec: str):
+    module, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise RuleError(f"cannot load rules from {spec!r}: {e}") from None
+    return obj() if isinstance(obj, type) else obj
+
+
+def resolve(rules, target_kind: str) -> list:
+    """Any accepted form of a rule list -> a list of DLight ScheduleRule objects."""
+    table = CPU_RULES if target_kind == "cpu" else GPU_RULES
+    if rules is None:
+        rules = "default"
+    if isinstance(rules, str):
+        if ":" in rules:
+            return resolve(_load_attr(rules), target_kind)
+        named = presets(target_kind)
+        if rules in named:
+            rules = named[rules]
+        else:
+            rules = [r.strip() for r in rules.split(",") if r.strip()]
+    elif isinstance(rules, dl.ScheduleRule):
+        rules = [rules]
+    if not isinstance(rules, Sequence):
+        raise RuleError(f"a rule list must be a preset name, names or ScheduleRule objects, not {type(rules).__name__}")
+    out = []
+    for r in rules:
+        if isinstance(r, dl.ScheduleRule):
+            out.append(r)
+        elif isinstance(r, str) and r in table:
+            out.append(table[r]())
+        elif isinstance(r, str):
+            choices = ", ".join(sorted(set(table) | set(presets(target_kind))))
+            raise RuleError(f"unknown rule or preset {r!r} for a {target_kind.upper()} target; choose from {choices}")
+        else:
+            raise RuleError(f"not a DLight rule: {r!r}")
+    return out
+
+
+def rule_name(rule) -> str:
+    """A short, stable name for a rule object (its registry name when it is one of DLight's)."""
+    for table in (GPU_RULES, CPU_RULES):
+        for name, cls in table.items():
+            if type(rule) is cls:
+                return name if table is GPU_RULES else f"cpu-{name}"
+    return f"{type(rule).__module__}.{type(rule).__qualname__}"
+
+
+def describe(rules) -> list[str]:
+    """Names and parameters of a resolved list: part of the compile cache key."""
+    out = []
+    for r in rules:
+        params = {k: v for k, v in sorted(vars(r).items()) if not k.startswith("_")}
+        out.append(rule_name(r) + (repr(params) if params else ""))
+    return out

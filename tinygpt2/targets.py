@@ -1,0 +1,51 @@
+"""Target names -> TVM targets. llvm, cuda and webgpu run; rocm and metal only generate code."""
+
+from __future__ import annotations
+
+from tinygpt2.errors import TargetError
+from tinygpt2.tvm_shim import tvm
+
+TARGETS = ("llvm", "cuda", "webgpu", "rocm", "metal")
+RUNNABLE = ("llvm", "cuda", "webgpu")
+DEFAULT_CUDA_ARCH = "sm_90a"         # H100/H200; used when no GPU is present to ask
+
+
+def kind(target: str) -> str:
+    """"cpu" or "gpu": which family of DLight rules applies."""
+    return "cpu" if target == "llvm" else "gpu"
+
+
+def cuda_arch() -> str:
+    """The arch of GPU 0 if there is one (sm_90 Hopper -> sm_90a), else DEFAULT_CUDA_ARCH."""
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return DEFAULT_CUDA_ARCH
+    major, minor = dev.compute_version.split(".")
+    return f"sm_{major}{minor}" + ("a" if major == "9" else "")
+
+
+def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":
+    if name not in TARGETS:
+        raise TargetError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    host = {"kind": "llvm"}
+    if name == "llvm":
+        return tvm.target.Target({"kind": "llvm"})
+    if name == "cuda":
+        return tvm.target.Target({"kind": "cuda", "arch": arch or cuda_arch()}, host=host)
+    if name == "rocm":
+        return tvm.target.Target({"kind": "rocm", "mcpu": arch or "gfx942"}, host=host)
+    if name == "metal":
+        return tvm.target.Target({"kind": "metal"}, host=host)
+    return tvm.target.Target({"kind": "webgpu"}, host=host)
+
+
+def device(name: str):
+    """The TVM device that runs a target's code (WebGPU runs through runtime/webgpu.py instead)."""
+    if name == "llvm":
+        return tvm.cpu(0)
+    if name == "cuda":
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            raise TargetError("no CUDA GPU found: use --target llvm or --target webgpu")
+        return dev
+    raise TargetError(f"target {name!r} only generates code here; it cannot run (use llvm, cuda or webgpu)")
