@@ -1,0 +1,85 @@
+"""The `tinygpt2` command. The only place that turns the library's typed errors into one-line
+messages and exit codes: bad input never prints a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tinygpt2.errors import TinyGPT2Error
+
+DEFAULT_PROMPT = "Hello, I'm a language model,"
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", default="gpt2",
+                   help="Hub id (gpt2, gpt2-medium, ..., owner/name), a local checkpoint directory, "
+                        "'shakespeare' (bundled) or random:<size> (default: gpt2)")
+    p.add_argument("--target", default="llvm", help="llvm (CPU), cuda, webgpu (default: llvm)")
+    p.add_argument("--dtype", default="float32", help="float32 or float16 (default: float32)")
+    p.add_argument("--rules", default="default",
+                   help="DLight rule list: a preset (default, none, gemv, ...), names 'gemv,reduction,fallback' "
+                        "or module:attr")
+    p.add_argument("--arch", default=None, help="CUDA arch when no GPU is present to ask (e.g. sm_90a)")
+    p.add_argument("--no-cache", action="store_true", help="compile afresh, do not read or write the cache")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tinygpt2", description="GPT-2 on hand-written TVM kernels")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    _model_args(g)
+    g.add_argument("--prompt", default=DEFAULT_PROMPT)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    return ap
+
+
+def cmd_generate(args) -> int:
+    import tinygpt2
+    from tinygpt2.runtime.sampling import check_args
+    from tinygpt2.errors import GenerationError
+
+    if args.max_new_tokens < 0:          # check cheap arguments before loading and compiling anything
+        raise GenerationError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    check_args(args.temperature, args.top_k, args.top_p)
+    prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt
+    m = tinygpt2.load(args.model, target=args.target, dtype=args.dtype, rules=args.rules, arch=args.arch,
+                      cache=not args.no_cache)
+    print(prompt, end="", flush=True)
+    out = m.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, seed=args.seed, stop=args.stop,
+                     stream=lambda piece: print(piece, end="", flush=True))
+    print()
+    print(f"[{args.target} {args.dtype}] {out.stats.line()}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TinyGPT2Error as e:
+        print(f"tinygpt2: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except Exception as e:           # a bug, not bad input: still one line, with a hint to get the trace
+        if os.environ.get("TINYGPT2_DEBUG"):
+            raise
+        print(f"tinygpt2: internal error: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+              " (set TINYGPT2_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
