@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinygpt2.errors import GenerationError
-from tinygpt2.tvm_shim import empty, relax, shape_tuple, to_tensor, tvm
+from tinygpt2.tvm_shim import empty, relax, shape_tuple, to_tensor
 
 from .kv_cache import KVCache
 
@@ -63,10 +63,7 @@ class VMExecutor(Executor):
     def __init__(self, executable_or_lib, config, params: dict[str, np.ndarray], param_order: list[str],
                  dtype: str, device):
         self.config, self.device = config, device
-        ex = executable_or_lib
-        if isinstance(ex, (str, bytes)) or hasattr(ex, "__fspath__"):
-            ex = tvm.runtime.load_module(str(ex))
-        self.vm = relax.VirtualMachine(ex, device)
+        self.vm = relax.VirtualMachine(executable_or_lib, device)
         self.params = [to_tensor(params[name], device) for name in param_order]     # uploaded once
         self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
                              lambda shape, dt: empty(shape, dt, device))

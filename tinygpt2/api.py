@@ -43,8 +43,7 @@ class Model:
 def make_executor(compiled: Compiled, ckpt: Checkpoint):
     if compiled.target in ("llvm", "cuda"):
         from tinygpt2.runtime.executor import VMExecutor
-        lib = compiled.library if compiled.executable is None else compiled.executable
-        return VMExecutor(lib, ckpt.config, ckpt.params, param_names(ckpt.config), compiled.dtype,
+        return VMExecutor(compiled.executable, ckpt.config, ckpt.params, param_names(ckpt.config), compiled.dtype,
                           TG.device(compiled.target))
     if compiled.target == "webgpu":
         from tinygpt2.runtime.webgpu import WebGPUExecutor

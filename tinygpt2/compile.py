@@ -141,9 +141,10 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     if cache and dump_dir is None and (entry / "meta.json").exists():
         try:
             meta = json.loads((entry / "meta.json").read_text())
-            return Compiled(cfg, target, dtype, names, meta["rule_of"], entry / "model.so", from_cache=True)
-        except (OSError, ValueError, KeyError):
-            shutil.rmtree(entry, ignore_errors=True)          # corrupt entry: rebuild it
+            lib = tvm.runtime.load_module(str(entry / "model.so"))
+            return Compiled(cfg, target, dtype, names, meta["rule_of"], entry / "model.so", lib, from_cache=True)
+        except Exception:                                     # any corrupt or unreadable entry: rebuild it
+            shutil.rmtree(entry, ignore_errors=True)
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     ex = codegen(sched, tgt, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None, executable=ex)
