@@ -8,6 +8,7 @@ transformers (an independent implementation) from a seeded torch model.
     hf_reference               function path -> transformers GPT2LMHeadModel, float32, eval mode
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -42,9 +43,9 @@ def _copy_vocab(d: Path):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """save_pretrained layout (keys 'transformer.h.0...'): 2 layers, n_embd 64, 4 heads, 128 positions."""
+    """save_pretrained layout (keys 'transformer.h.0...'): 2 layers, n_embd 48, 4 heads, 128 positions."""
     d = tmp_path_factory.mktemp("tiny_checkpoint")
-    model = _make_model(0, n_layer=2, n_embd=64, n_head=4, n_positions=128)
+    model = _make_model(0, n_layer=2, n_embd=48, n_head=4, n_positions=128)
     model.save_pretrained(d)                                  # transformers 5 always writes safetensors
     assert (d / "model.safetensors").is_file()
     _copy_vocab(d)
@@ -87,3 +88,16 @@ def hf_reference():
         return cache[path]
 
     return load
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """Every test session compiles into its own fresh cache directory (never the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("tinygpt2-cache")
+    old = os.environ.get("TINYGPT2_CACHE")
+    os.environ["TINYGPT2_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TINYGPT2_CACHE", None)
+    else:
+        os.environ["TINYGPT2_CACHE"] = old

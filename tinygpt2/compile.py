@@ -141,6 +141,8 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     if cache and dump_dir is None and (entry / "meta.json").exists():
         try:
             meta = json.loads((entry / "meta.json").read_text())
+            if _sha256(entry / "model.so") != meta["sha256"]:       # truncated or overwritten library
+                raise ValueError("checksum mismatch")
             lib = tvm.runtime.load_module(str(entry / "model.so"))
             return Compiled(cfg, target, dtype, names, meta["rule_of"], entry / "model.so", lib, from_cache=True)
         except Exception:                                     # any corrupt or unreadable entry: rebuild it
@@ -154,12 +156,17 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     return compiled
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _store(entry: Path, ex, meta: dict) -> Path:
     """Export atomically: write into a temporary sibling directory, then rename it into place."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
     try:
         ex.export_library(str(tmp / "model.so"))
+        meta = {**meta, "sha256": _sha256(tmp / "model.so")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))      # written last: marks a complete entry
         try:
             os.rename(tmp, entry)

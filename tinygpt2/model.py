@@ -107,7 +107,12 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
 
 def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
     """The IRModule with `prefill` (symbolic n) and `decode` (n = 1), kernels unscheduled."""
-    bb = relax.BlockBuilder()
-    _gpt2_function(bb, "prefill", cfg, dtype, seq_len=None)
-    _gpt2_function(bb, "decode", cfg, dtype, seq_len=1)
-    return bb.get()
+    # one BlockBuilder per function, so that both keep the plain variable names (h0_qkv, ...) that the
+    # step-through executor shows; their kernels differ anyway (decode's are suffixed _n1)
+    mod = tvm.IRModule()
+    for name, seq_len in (("prefill", None), ("decode", 1)):
+        bb = relax.BlockBuilder()
+        _gpt2_function(bb, name, cfg, dtype, seq_len)
+        for gv, func in bb.get().functions_items():
+            mod[gv] = func
+    return mod
