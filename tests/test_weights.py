@@ -1,5 +1,6 @@
 """Config and weight loading, checked against transformers' own GPT2LMHeadModel parameters."""
 
+import dataclasses
 import shutil
 import socket
 import time
@@ -46,11 +47,11 @@ def test_presets():
 
 def test_from_json_tiny(tiny_checkpoint):
     c = GPT2Config.from_json(tiny_checkpoint / "config.json")
-    assert c == GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=4,
-                           layer_norm_epsilon=1e-5, n_inner=256)
-    assert c.head_dim == 16 and c.n_ctx == 128
+    assert c == GPT2Config(vocab_size=50257, n_positions=128, n_embd=48, n_layer=2, n_head=4,
+                           layer_norm_epsilon=1e-5, n_inner=192)
+    assert c.head_dim == 12 and c.n_ctx == 128
     assert GPT2Config.from_dict(c.to_dict()) == c
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.n_layer = 3                                          # frozen
 
 
@@ -194,7 +195,7 @@ def test_wrong_shape(tiny_checkpoint, tmp_path):
     t = load_file(str(d / "model.safetensors"))
     t["transformer.h.0.attn.c_attn.weight"] = t["transformer.h.0.attn.c_attn.weight"].T.copy()
     save_file(t, str(d / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"h\.0\.attn\.c_attn\.weight.*\[192, 64\].*\[64, 192\]"):
+    with pytest.raises(CheckpointError, match=r"h\.0\.attn\.c_attn\.weight.*\[144, 48\].*\[48, 144\]"):
         load_checkpoint(str(d))
 
 
