@@ -1,0 +1,73 @@
+"""The command line: it generates, and bad input gets one line on stderr and a non-zero exit."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def tinygpt2(*args):
+    return subprocess.run([sys.executable, "-m", "tinygpt2", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_generate_streams_text_then_a_stats_line(tiny_checkpoint):
+    r = tinygpt2("generate", "--model", str(tiny_checkpoint), "--prompt", "Hello", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello") and len(r.stdout.strip()) > len("Hello")
+    assert "prefill" in r.stderr and "tok/s" in r.stderr and "time to first token" in r.stderr
+
+
+def test_examples_generate_is_the_same_command(tiny_checkpoint):
+    r = subprocess.run([sys.executable, "examples/generate.py", "--model", str(tiny_checkpoint), "--prompt", "Hi",
+                        "--max-new-tokens", "3"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hi")
+
+
+def test_unknown_target():
+    assert_one_line_error(tinygpt2("generate", "--model", "random:gpt2", "--target", "tpu"), "unknown target", "tpu")
+
+
+def test_missing_checkpoint_directory(tmp_path):
+    assert_one_line_error(tinygpt2("generate", "--model", str(tmp_path / "nope")), "no such checkpoint directory")
+
+
+def test_corrupt_safetensors(tiny_checkpoint, tmp_path):
+    d = tmp_path / "corrupt"
+    shutil.copytree(tiny_checkpoint, d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(tinygpt2("generate", "--model", str(d)), "model.safetensors")
+
+
+def test_prompt_longer_than_the_context(tiny_checkpoint_hub_layout):
+    r = tinygpt2("generate", "--model", str(tiny_checkpoint_hub_layout), "--prompt", "word " * 100)
+    assert_one_line_error(r, "context", "64")
+
+
+def test_bad_dtype():
+    assert_one_line_error(tinygpt2("generate", "--model", "random:gpt2", "--dtype", "int8"), "dtype", "int8")
+
+
+def test_negative_max_new_tokens():
+    assert_one_line_error(tinygpt2("generate", "--model", "random:gpt2", "--max-new-tokens", "-1"), "max-new-tokens")
+
+
+def test_unknown_rule(tiny_checkpoint):
+    assert_one_line_error(tinygpt2("generate", "--model", str(tiny_checkpoint), "--rules", "gemv,magic"), "magic")
+
+
+def test_offline_hub_id_names_the_alternatives():
+    r = tinygpt2("generate", "--model", "nobody-here/no-such-model-xyz")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "random:gpt2" in r.stderr

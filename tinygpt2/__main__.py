@@ -1,0 +1,5 @@
+import sys
+
+from tinygpt2.cli import main
+
+sys.exit(main())
