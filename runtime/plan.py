@@ -27,6 +27,15 @@ class Expr:
         self.text = self._py(e)
         self.fn = eval(f"lambda env: {self.text}")          # noqa: S307 -- built from IR nodes only
 
+    def __reduce__(self):                                   # picklable: rebuilt from its text
+        return (Expr._from_text, (self.text,))
+
+    @classmethod
+    def _from_text(cls, text: str) -> "Expr":
+        e = cls.__new__(cls)
+        e.text, e.fn = text, eval(f"lambda env: {text}")    # noqa: S307 -- text written by _py above
+        return e
+
     def __call__(self, env: dict[str, int]) -> int:
         return self.fn(env)
 

@@ -17,6 +17,8 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -55,8 +57,10 @@ class Compiled:
     rules: list[str]
     rule_of: dict[str, str | None]
     library: Path | None                    # exported .so (llvm/cuda); None for webgpu
-    executable: object = field(repr=False, default=None)
+    executable: object = field(repr=False, default=None)    # Relax VM executable / loaded library
     from_cache: bool = False
+    plans: dict = field(repr=False, default_factory=dict)    # "prefill"/"decode" -> runtime.plan.Plan
+    webgpu: dict | None = field(repr=False, default=None)    # see webgpu_kernels
 
 
 def kernel_names(mod) -> list[str]:
@@ -131,28 +135,88 @@ def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
     return ex
 
 
+def webgpu_kernels(sched: Scheduled, tgt) -> dict:
+    """What the WebGPU executor needs, read off TVM's own lowering (TVM ships no Python WebGPU runtime).
+
+    Returns {"kernels": {kernel: wgsl}, "functions": {primfunc: {"params": [names],
+    "launches": [{"kernel", "buffers": [param names, in binding order], "pod": [Expr, ...],
+    "grid": {"blockIdx.x": Expr, ...}}]}}}. A PrimFunc may become several kernels (one per
+    top-level thread-bound loop nest), launched in order.
+    """
+    import tvm_ffi
+
+    from tinygpt2.runtime.plan import Expr
+
+    prims = tvm.IRModule({gv: f for gv, f in sched.mod.functions_items() if isinstance(f, tirx.PrimFunc)})
+    # CSE off in both lowerings below: otherwise it hoists `cse_v*` scalars into the kernels' arguments
+    # differently in each, and the argument lists read off the second would not match the first's WGSL
+    no_cse = tvm.transform.PassContext(config={"tirx.disable_cse_tir": True})
+    with tgt, no_cse:
+        ex = tvm.compile(prims, target=tgt)
+    source = ex.mod.imports[0].inspect_source()
+    # the source is "// Function: <name>\n//----\n<wgsl>" per kernel (each header printed twice)
+    parts = re.split(r"^// Function: (\S+)\n//-+\n", source, flags=re.M)
+    kernels = {}
+    for name, code in zip(parts[1::2], parts[2::2]):
+        if code.strip():
+            kernels[name] = code
+    # launches: the host side of TVM's own lowering calls each kernel with its arguments and grid
+    s_tir_pipeline = tvm.s_tir.pipeline.default_s_tir_pipeline()[0]
+    with no_cse:
+        lowered = s_tir_pipeline(tirx.transform.BindTarget(tgt)(prims))
+    launch_op = tvm.ir.Op.get("tirx.call_ffi_kernel")
+    functions = {}
+    for gv, f in prims.functions_items():
+        calls = []
+        tvm_ffi.structural_walk(lowered[gv.name_hint].body, (tvm.ir.expr.Call, lambda c: calls.append(c) if
+                                isinstance(c.op, tvm.ir.Op) and c.op.same_as(launch_op) else None), order="post")
+        launches = []
+        for c in calls:
+            tags = list(c.attrs.launch_params)
+            args = list(c.args[1:len(c.args) - len(tags)])
+            buffers = [str(a).removesuffix(".data") for a in args if str(a.ty) == "handle" or str(a).endswith(".data")]
+            pod = [Expr(a) for a in args[len(buffers):]]
+            dims = dict(zip(tags, c.args[len(c.args) - len(tags):]))
+            launches.append({"kernel": c.args[0].value, "buffers": buffers, "pod": pod,
+                             "grid": {t: Expr(e) for t, e in dims.items() if t.startswith("blockIdx")}})
+        params = [p.name for p in f.params]
+        functions[gv.name_hint] = {"params": params, "launches": launches}
+        for ln in launches:
+            code = kernels.get(ln["kernel"])
+            if code is None:
+                raise CompileError(f"WGSL for {ln['kernel']} not found in the webgpu build")
+            pod = re.search(r"struct PODArgs \{(.*?)\}", code, re.S)
+            n_fields = len([x for x in pod.group(1).split(",") if x.strip()]) if pod else 0
+            if n_fields != len(ln["pod"]) + 1:       # scalars + packGridDimX, as the host call passes them
+                raise CompileError(f"{ln['kernel']}: WGSL takes {n_fields} scalars, the host passes "
+                                   f"{len(ln['pod']) + 1}")
+    return {"kernels": kernels, "functions": functions}
+
+
 def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,  # noqa: A001
             arch: str | None = None, cache: bool = True, dump_dir: Path | None = None) -> Compiled:
     """Compile GPT-2 of `cfg` for `target` with a rule list; reuse the on-disk cache when possible."""
+    from tinygpt2.runtime.plan import build_plan
+
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
     names = R.describe(rule_list)
     entry = cache_root() / cache_key(cfg, tgt, dtype, names)
     if cache and dump_dir is None and (entry / "meta.json").exists():
         try:
-            meta = json.loads((entry / "meta.json").read_text())
-            if _sha256(entry / "model.so") != meta["sha256"]:       # truncated or overwritten library
-                raise ValueError("checksum mismatch")
-            lib = tvm.runtime.load_module(str(entry / "model.so"))
-            return Compiled(cfg, target, dtype, names, meta["rule_of"], entry / "model.so", lib, from_cache=True)
+            return _load(entry, cfg, target, dtype, names)
         except Exception:                                     # any corrupt or unreadable entry: rebuild it
             shutil.rmtree(entry, ignore_errors=True)
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
-    ex = codegen(sched, tgt, dump_dir=dump_dir)
-    compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None, executable=ex)
+    compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
+    compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode")}
+    if target == "webgpu":
+        compiled.webgpu = webgpu_kernels(sched, tgt)
+    else:
+        compiled.executable = codegen(sched, tgt, dump_dir=dump_dir)
     if cache:
-        compiled.library = _store(entry, ex, {"rule_of": sched.rule_of, "rules": names, "target": str(tgt),
-                                              "dtype": dtype, "config": cfg.to_dict()})
+        _store(entry, compiled, {"rule_of": sched.rule_of, "rules": names, "target": str(tgt), "dtype": dtype,
+                                 "config": cfg.to_dict()})
     return compiled
 
 
@@ -160,19 +224,38 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _store(entry: Path, ex, meta: dict) -> Path:
-    """Export atomically: write into a temporary sibling directory, then rename it into place."""
+def _load(entry: Path, cfg, target, dtype, names) -> Compiled:
+    meta = json.loads((entry / "meta.json").read_text())
+    for name, digest in meta["sha256"].items():
+        if _sha256(entry / name) != digest:                 # truncated or overwritten file
+            raise ValueError(f"checksum mismatch: {name}")
+    compiled = Compiled(cfg, target, dtype, names, meta["rule_of"], None, from_cache=True)
+    compiled.plans = pickle.loads((entry / "plans.pkl").read_bytes())
+    if (entry / "model.so").exists():
+        compiled.library = entry / "model.so"
+        compiled.executable = tvm.runtime.load_module(str(compiled.library))
+    if (entry / "webgpu.pkl").exists():
+        compiled.webgpu = pickle.loads((entry / "webgpu.pkl").read_bytes())
+    return compiled
+
+
+def _store(entry: Path, compiled: Compiled, meta: dict):
+    """Write atomically: into a temporary sibling directory, renamed into place when complete."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
     try:
-        ex.export_library(str(tmp / "model.so"))
-        meta = {**meta, "sha256": _sha256(tmp / "model.so")}
+        (tmp / "plans.pkl").write_bytes(pickle.dumps(compiled.plans))
+        if compiled.executable is not None:
+            compiled.executable.export_library(str(tmp / "model.so"))
+        if compiled.webgpu is not None:
+            (tmp / "webgpu.pkl").write_bytes(pickle.dumps(compiled.webgpu))
+        meta = {**meta, "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))      # written last: marks a complete entry
         try:
             os.rename(tmp, entry)
+            compiled.library = entry / "model.so" if compiled.executable is not None else None
         except OSError:                                                 # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return entry / "model.so"

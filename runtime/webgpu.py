@@ -1,0 +1,189 @@
+"""WebGPU executor: runs TVM's WGSL kernels from Python through `wgpu` (wgpu-native).
+
+TVM generates WGSL for the webgpu target but its WebGPU runtime is browser JavaScript. This file is
+the Python equivalent, for the model's launch plans (runtime/plan.py):
+
+- weights are uploaded once; the KV cache (runtime/kv_cache.py) and the activation slots of the
+  memory plan are allocated once, at the largest size they will hold;
+- pipelines and bind groups are created once per function (every buffer is fixed);
+- per step, the only things that change are the scalar arguments (n, m, packGridDimX) and the grid:
+  they go into one uniform buffer written once, and all dispatches of the step are encoded into one
+  compute pass, one command buffer, one submit; only the logits are read back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from tinygpt2.errors import DTypeError, TargetError
+
+from .executor import Executor
+from .kv_cache import KVCache
+from .plan import Tensor, slot_sizes
+
+UNIFORM_ALIGN = 256              # WebGPU's default minUniformBufferOffsetAlignment (the largest allowed)
+MAX_WORKGROUPS = 65535           # per dimension
+ITEMSIZE = {"float32": 4, "float16": 2, "int32": 4}
+
+
+def _wgpu():
+    # Mesa's drivers complain on stderr when XDG_RUNTIME_DIR is unset (as under CI): give them one
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="xdg-")
+    try:
+        import wgpu
+    except ImportError as e:
+        raise TargetError("the webgpu target needs the 'wgpu' package: pip install wgpu") from e
+    return wgpu
+
+
+def open_device(dtype: str):
+    """(wgpu, adapter, device) with the adapter's own limits, and shader-f16 for float16."""
+    wgpu = _wgpu()
+    try:
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception as e:        # wgpu raises plain RuntimeErrors when no Vulkan/Metal/DX12 driver loads
+        raise TargetError(f"no WebGPU adapter found ({str(e).strip().splitlines()[0]}); on Linux install "
+                          "a Vulkan driver, e.g. Mesa's llvmpipe: apt-get install mesa-vulkan-drivers") from None
+    if adapter is None:
+        raise TargetError("no WebGPU adapter found; on Linux install a Vulkan driver, e.g. Mesa's llvmpipe: "
+                          "apt-get install mesa-vulkan-drivers")
+    features = []
+    if dtype == "float16":
+        if "shader-f16" not in adapter.features:
+            raise DTypeError(f"WebGPU adapter '{adapter.info['device']}' lacks the shader-f16 feature float16 "
+                             "needs; use --dtype float32")
+        features.append("shader-f16")
+    keys = ["max-storage-buffer-binding-size", "max-buffer-size", "max-storage-buffers-per-shader-stage",
+            "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
+            "max-compute-workgroup-size-x"]
+    limits = {k: adapter.limits[k] for k in keys if k in adapter.limits}
+    device = adapter.request_device_sync(required_features=features, required_limits=limits)
+    return wgpu, adapter, device
+
+
+class _Dispatch:
+    """One kernel launch of a step: pipeline and bind group fixed; scalars and grid evaluated per step."""
+
+    def __init__(self, launch_name, pipeline, bind_group, pod, grid, uniform_offset):
+        self.launch_name, self.pipeline, self.bind_group = launch_name, pipeline, bind_group
+        self.pod, self.grid, self.uniform_offset = pod, grid, uniform_offset
+
+    def dims(self, env) -> tuple[int, int, int, int]:
+        """(x, y, z, packGridDimX): blockIdx.x beyond 65535 is spread over z, as TVM's web runtime does."""
+        x = self.grid.get("blockIdx.x", lambda e: 1)(env)
+        y = self.grid.get("blockIdx.y", lambda e: 1)(env)
+        z = 1
+        while x > MAX_WORKGROUPS:
+            x, z = (x + 1) // 2, z * 2
+        packed = self.grid.get("blockIdx.x", lambda e: 1)(env)
+        # the kernel returns when blockIdx.z * gridDim.x + blockIdx.x > packGridDimX: pass the last
+        # valid index, not the count (TVM's comparison is off by one for a padded grid)
+        return x, y, z, packed - 1
+
+
+class WebGPUExecutor(Executor):
+    def __init__(self, compiled, checkpoint):
+        from tinygpt2.weights import param_names
+
+        self.config = cfg = checkpoint.config
+        self.dtype = compiled.dtype
+        self.wgpu, self.adapter, self.device = open_device(self.dtype)
+        wgpu, dev = self.wgpu, self.device
+        self.adapter_name = self.adapter.info.get("device", "unknown adapter")
+        self.max_binding = self.adapter.limits["max-storage-buffer-binding-size"]
+        art, plans = compiled.webgpu, compiled.plans
+        usage = wgpu.BufferUsage
+
+        def upload(name, array):
+            if array.nbytes > self.max_binding:
+                raise TargetError(
+                    f"weight {name} is {array.nbytes / 2**20:.0f} MiB, over this WebGPU adapter's "
+                    f"maxStorageBufferBindingSize of {self.max_binding / 2**20:.0f} MiB ({self.adapter_name}); "
+                    f"try --dtype float16, a smaller model, or another target")
+            return dev.create_buffer_with_data(data=np.ascontiguousarray(array), usage=usage.STORAGE)
+
+        self.params = [upload(n, checkpoint.params[n]) for n in param_names(cfg)]
+        self.cache = KVCache(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim, self.dtype,
+                             lambda shape, dt: dev.create_buffer(size=int(np.prod(shape)) * ITEMSIZE[dt],
+                                                                 usage=usage.STORAGE))
+        self.ids = dev.create_buffer(size=4 * cfg.n_positions, usage=usage.STORAGE | usage.COPY_DST)
+        self.readback = dev.create_buffer(size=4 * cfg.vocab_size, usage=usage.MAP_READ | usage.COPY_DST)
+        self.pipelines = {}
+        for name, code in art["kernels"].items():
+            module = dev.create_shader_module(code=code)
+            self.pipelines[name] = dev.create_compute_pipeline(layout="auto",
+                                                               compute={"module": module, "entry_point": name})
+        self.functions = {fn: self._prepare(plans[fn], art["functions"], 1 if fn == "decode" else cfg.n_positions)
+                          for fn in ("prefill", "decode")}
+        self.plans = plans
+
+    def _prepare(self, plan, functions, n_max):
+        """Slots, uniform buffer, and a _Dispatch per kernel launch, for one function of the model."""
+        dev, usage = self.device, self.wgpu.BufferUsage
+        slots = [dev.create_buffer(size=max(count, 1) * ITEMSIZE[dt], usage=usage.STORAGE | usage.COPY_SRC)
+                 for dt, count in slot_sizes(plan, {"n": n_max, "m": self.config.n_positions})]
+
+        def buffer_of(t: Tensor):
+            if t.kind == "ids":
+                return self.ids
+            if t.kind == "cache":
+                return self.cache.tensors[t.index]
+            if t.kind == "param":
+                return self.params[t.index]
+            return slots[plan.slot_of[t.index]]
+
+        launches = [(launch, k) for launch in plan.launches for k in functions[launch.kernel]["launches"]]
+        uniform = dev.create_buffer(size=UNIFORM_ALIGN * len(launches), usage=usage.UNIFORM | usage.COPY_DST)
+        dispatches = []
+        for i, (launch, k) in enumerate(launches):
+            params = functions[launch.kernel]["params"]
+            pipeline = self.pipelines[k["kernel"]]
+            entries = [{"binding": b, "resource": {"buffer": buffer_of(launch.args[params.index(name)])}}
+                       for b, name in enumerate(k["buffers"])]
+            pod_bytes = -(-4 * (len(k["pod"]) + 1) // 16) * 16           # a uniform binding is 16-byte granular
+            entries.append({"binding": len(k["buffers"]),
+                            "resource": {"buffer": uniform, "offset": UNIFORM_ALIGN * i, "size": pod_bytes}})
+            bind_group = dev.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+            dispatches.append(_Dispatch(launch.name, pipeline, bind_group, k["pod"], k["grid"], UNIFORM_ALIGN * i))
+        result = buffer_of(plan.result)
+        return {"dispatches": dispatches, "uniform": uniform, "result": result, "slots": slots,
+                "buffer_of": buffer_of}
+
+    def _encode(self, fn: str, env: dict, dispatches=None):
+        """Write the step's scalars and encode its dispatches (all of them by default) in one pass."""
+        f = self.functions[fn]
+        dispatches = f["dispatches"] if dispatches is None else dispatches
+        words = np.zeros(len(f["dispatches"]) * UNIFORM_ALIGN // 4, dtype=np.int32)
+        encoder = self.device.create_command_encoder()
+        cpass = encoder.begin_compute_pass()
+        for d in dispatches:
+            x, y, z, packed = d.dims(env)
+            base = d.uniform_offset // 4
+            for j, e in enumerate(d.pod):
+                words[base + j] = e(env)
+            words[base + len(d.pod)] = packed
+            cpass.set_pipeline(d.pipeline)
+            cpass.set_bind_group(0, d.bind_group)
+            cpass.dispatch_workgroups(x, y, z)
+        cpass.end()
+        self.device.queue.write_buffer(f["uniform"], 0, words)
+        return encoder
+
+    def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
+        self.device.queue.write_buffer(self.ids, 0, ids.astype(np.int32))
+        encoder = self._encode(fn, {"n": len(ids), "m": m})
+        nbytes = 4 * self.config.vocab_size
+        encoder.copy_buffer_to_buffer(self.functions[fn]["result"], 0, self.readback, 0, nbytes)
+        self.device.queue.submit([encoder.finish()])            # one submit per step
+        self.readback.map_sync(self.wgpu.MapMode.READ)
+        logits = np.frombuffer(self.readback.read_mapped(), dtype=np.float32).copy()
+        self.readback.unmap()
+        return logits
+
+    @property
+    def dispatches_per_step(self) -> dict[str, int]:
+        return {fn: len(f["dispatches"]) for fn, f in self.functions.items()}
