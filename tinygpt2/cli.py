@@ -4,12 +4,17 @@ messages and exit codes: bad input never prints a traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from pathlib import Path
 
 from tinygpt2.errors import TinyGPT2Error
 
 DEFAULT_PROMPT = "Hello, I'm a language model,"
+# modules under tinygpt2/commands/ with `register(subparsers, add_model_args)`; each sets `handler`
+SUBCOMMANDS = [name for name in ("step", "explain", "bench", "ablate")
+               if (Path(__file__).parent / "commands" / f"{name}.py").exists()]
 
 
 def _model_args(p: argparse.ArgumentParser):
@@ -37,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.set_defaults(handler=cmd_generate)
+    for name in SUBCOMMANDS:            # step, explain, bench, ablate: one module each, registering itself
+        importlib.import_module(f"tinygpt2.commands.{name}").register(sub, _model_args)
     return ap
 
 
@@ -51,22 +59,23 @@ def cmd_generate(args) -> int:
     prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt
     m = tinygpt2.load(args.model, target=args.target, dtype=args.dtype, rules=args.rules, arch=args.arch,
                       cache=not args.no_cache)
+    if args.target == "webgpu":
+        print(f"WebGPU adapter: {m.executor.adapter_name}", file=sys.stderr, flush=True)
     print(prompt, end="", flush=True)
     out = m.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop=args.stop,
                      stream=lambda piece: print(piece, end="", flush=True))
-    print()
+    print(flush=True)
     print(f"[{args.target} {args.dtype}] {out.stats.line()}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except TinyGPT2Error as e:
         print(f"tinygpt2: error: {e}", file=sys.stderr)
         return 2
