@@ -179,7 +179,9 @@ class WebGPUExecutor(Executor):
         nbytes = 4 * self.config.vocab_size
         encoder.copy_buffer_to_buffer(self.functions[fn]["result"], 0, self.readback, 0, nbytes)
         self.device.queue.submit([encoder.finish()])            # one submit per step
-        self.readback.map_sync(self.wgpu.MapMode.READ)
+        # wgpu-py's plain READ map submits an extra empty command buffer first (a workaround for
+        # wgpu-native#305, for buffers written without a submit); ours was written by the submit above
+        self.readback.map_sync("READ_NOSYNC")
         logits = np.frombuffer(self.readback.read_mapped(), dtype=np.float32).copy()
         self.readback.unmap()
         return logits

@@ -1,0 +1,93 @@
+"""The WebGPU target end to end, run through wgpu on whatever adapter the machine has (Mesa's
+llvmpipe in CI). No adapter is a failure here, not a skip: CI installs one (.ci/run)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import tinygpt2
+from tinygpt2.runtime.webgpu import open_device
+
+PROMPT = "The quick brown fox jumps over the lazy dog. It"
+
+
+def rel_err(ours, theirs):
+    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+
+
+def hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def test_an_adapter_exists():
+    _, adapter, _ = open_device("float32")
+    assert adapter.info["device"]
+
+
+@pytest.fixture(scope="module")
+def gpu(tiny_checkpoint):
+    return tinygpt2.load(str(tiny_checkpoint), target="webgpu")
+
+
+def test_logits_match_transformers_prefill_and_decode(gpu, tiny_checkpoint, hf_reference):
+    hf = hf_reference(tiny_checkpoint)
+    ids = gpu.tokenizer.encode(PROMPT)
+    follow = list(range(500, 516))
+    want = hf_logits(hf, ids + follow)
+    assert rel_err(gpu.prefill(ids), want[len(ids) - 1]) < 1e-4
+    for step, token in enumerate(follow):
+        assert rel_err(gpu.decode(token), want[len(ids) + step]) < 1e-4, f"decode step {step}"
+
+
+def test_greedy_ids_equal_the_cpu_target(gpu, tiny_checkpoint):
+    cpu = tinygpt2.load(str(tiny_checkpoint), target="llvm")
+    ids = gpu.tokenizer.encode(PROMPT)
+    assert gpu.generate(ids, max_new_tokens=24).ids == cpu.generate(ids, max_new_tokens=24).ids
+
+
+def test_one_submit_per_step_and_every_launch_dispatched(gpu):
+    counts = gpu.executor.dispatches_per_step
+    plan = gpu.compiled.plans["decode"]
+    # one or more dispatches per launch of the plan (a kernel may lower to several)
+    assert counts["decode"] >= len(plan.launches)
+    submits = []
+    queue = gpu.executor.device.queue
+    original = queue.submit
+    queue.submit = lambda bufs: (submits.append(len(bufs)), original(bufs))[1]
+    try:
+        gpu.prefill([1, 2, 3])
+        gpu.decode(4)
+    finally:
+        queue.submit = original
+    assert submits == [1, 1]
+
+
+def test_hub_layout_other_shapes_to_the_end_of_the_context(tiny_checkpoint_hub_layout, hf_reference):
+    m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target="webgpu")
+    hf = hf_reference(tiny_checkpoint_hub_layout)
+    ids = list(range(2000, 2050))
+    want = hf_logits(hf, ids + list(range(60, 74)))
+    assert rel_err(m.prefill(ids), want[len(ids) - 1]) < 1e-4
+    for step in range(14):                                   # to n_positions = 64
+        assert rel_err(m.decode(60 + step), want[len(ids) + step]) < 1e-4
+
+
+def test_float16_within_2e_2(tiny_checkpoint, hf_reference):
+    m = tinygpt2.load(str(tiny_checkpoint), target="webgpu", dtype="float16")
+    hf = hf_reference(tiny_checkpoint)
+    ids = m.tokenizer.encode(PROMPT)
+    want = hf_logits(hf, ids + [7, 8])
+    assert rel_err(m.prefill(ids), want[len(ids) - 1]) < 2e-2
+    assert rel_err(m.decode(7), want[len(ids)]) < 2e-2
+
+
+def test_cli_generate_on_webgpu(tiny_checkpoint):
+    r = subprocess.run([sys.executable, "examples/generate.py", "--model", str(tiny_checkpoint), "--target", "webgpu",
+                        "--prompt", "Hello", "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello")
+    assert "WebGPU adapter:" in r.stderr and "decode" in r.stderr
