@@ -68,7 +68,14 @@ class VMExecutor(Executor):
         self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
                              lambda shape, dt: empty(shape, dt, device))
         self._fns = {name: self.vm[name] for name in ("prefill", "decode")}
+        self._decode_ids = empty((1,), "int32", device)
 
     def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
-        out = self._fns[fn](to_tensor(ids, self.device), shape_tuple([m]), *self.cache.tensors, *self.params)
+        if fn == "decode":
+            # one persistent input tensor: a CUDA graph captured around it keeps its address
+            self._decode_ids.copyfrom(ids)
+            ids_t = self._decode_ids
+        else:
+            ids_t = to_tensor(ids, self.device)
+        out = self._fns[fn](ids_t, shape_tuple([m]), *self.cache.tensors, *self.params)
         return out.numpy()[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -33,8 +34,8 @@ from tinygpt2.tvm_shim import TVM_VERSION, is_scheduled, relax, tirx, tvm
 
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
-_SOURCES = [Path(__file__).parent / "model.py", *sorted((Path(__file__).parent.parent / "kernels").glob("*.py"))]
-if not _SOURCES[1:]:          # installed (not editable): kernels live in tinygpt2/kernels
+_SOURCES = [Path(__file__), Path(__file__).parent / "model.py", *sorted((Path(__file__).parent.parent / "kernels").glob("*.py"))]
+if not _SOURCES[2:]:          # installed (not editable): kernels live in tinygpt2/kernels
     _SOURCES += sorted((Path(__file__).parent / "kernels").glob("*.py"))
 
 
@@ -118,20 +119,41 @@ def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32
     return sched, tgt, rule_list
 
 
+def device_module(mod, kind: str):
+    """The imported module of `kind` ("cuda", "webgpu", ...) under a built module, or None."""
+    if mod.kind == kind:
+        return mod
+    for sub in mod.imports:
+        found = device_module(sub, kind)
+        if found is not None:
+            return found
+    return None
+
+
 def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
     """Phases lower + codegen: a tvm.runtime.Executable."""
+    if tgt.kind.name == "cuda":
+        # Importing tvm.support.nvcc registers the callback that compiles the CUDA C to a binary at
+        # build time; without it the library carries only source, to be compiled at load time (NVRTC).
+        # nvcc is the default here: NVRTC needs the cuda-bindings package.
+        importlib.import_module("tvm.support.nvcc")
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc" if shutil.which("nvcc") else "nvrtc")
+    # CUDA graphs: RewriteCUDAGraph (in "default_build") captures the static-shape stretches of decode
+    # (everything between the attention kernels, whose shapes depend on the length m)
+    config = {"relax.backend.use_cuda_graph": tgt.kind.name == "cuda"}
     try:
-        with tgt:
+        with tgt, tvm.transform.PassContext(opt_level=3, config=config):
             lowered = relax.get_pipeline("default_build")(sched.mod)
         _dump(dump_dir, "02-lower.py", lowered.script())
         ex = tvm.compile(lowered, target=tgt, relax_pipeline=None)
     except Exception as e:          # TVM raises many types; one message naming the phase is what helps
         raise CompileError(f"codegen for {tgt.kind.name} failed: {str(e).strip().splitlines()[-1]}") from e
     if tgt.kind.name != "llvm":
-        if not ex.mod.imports:
+        device_mod = device_module(ex.mod, tgt.kind.name)
+        if device_mod is None:
             raise CompileError(f"the {tgt.kind.name} build has no device module: a kernel was not scheduled")
         with contextlib.suppress(Exception):
-            _dump(dump_dir, f"03-{tgt.kind.name}.txt", ex.mod.imports[0].inspect_source())
+            _dump(dump_dir, f"03-{tgt.kind.name}.txt", device_mod.inspect_source())
     return ex
 
 

@@ -31,7 +31,9 @@ def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":
     if name == "llvm":
         return tvm.target.Target({"kind": "llvm"})
     if name == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": arch or cuda_arch()}, host=host)
+        # 48 KiB is the shared memory a block gets without opting in, on every arch since Kepler
+        return tvm.target.Target({"kind": "cuda", "arch": arch or cuda_arch(), "max_shared_memory_per_block": 49152,
+                                  "max_threads_per_block": 1024, "thread_warp_size": 32}, host=host)
     if name == "rocm":
         return tvm.target.Target({"kind": "rocm", "mcpu": arch or "gfx942"}, host=host)
     if name == "metal":
