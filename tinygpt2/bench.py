@@ -1,0 +1,229 @@
+"""Benchmarks (not tests): prefill/decode speed of tinygpt2 beside Hugging Face transformers in the
+same run, the memory-bandwidth roofline of decode, and a per-kernel profile.
+
+Timing: every call of ours returns logits to the host, which synchronises the device; medians of
+repeats after warm-up. Peers are timed with torch.cuda.synchronize around each measured region.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import tinygpt2
+from tinygpt2.weights import param_shapes
+
+ITEMSIZE = {"float32": 4, "float16": 2}
+
+
+@dataclass
+class Row:
+    system: str                     # "tinygpt2", "hf-eager", "hf-compiled"
+    model: str
+    target: str
+    dtype: str
+    prefill_tok_s: dict = field(default_factory=dict)     # prompt length -> tok/s
+    decode_tok_s: float = 0.0
+    ttft_ms: float = 0.0
+    peak_mem_mib: float = 0.0
+    note: str = ""
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def decode_bytes_per_token(cfg, dtype: str, context: int) -> int:
+    """Bytes a decode step must read at least: every weight once (wte once, for lm_head) + K and V so far."""
+    weights = sum(int(np.prod(s)) for s in param_shapes(cfg).values()) * ITEMSIZE[dtype]
+    kv = 2 * cfg.n_layer * cfg.n_embd * context * ITEMSIZE[dtype]
+    return weights + kv
+
+
+def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens=(128, 512, 1024),
+               decode_prompt: int = 128, decode_tokens: int = 256, repeats: int = 5) -> tuple[Row, object]:
+    m = tinygpt2.load(model, target=target, dtype=dtype, rules=rules, progress=False)
+    cfg = m.config
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, cfg.n_positions).tolist()
+    row = Row("tinygpt2", model, target, dtype)
+    for n in prompt_lens:
+        if n > cfg.n_positions:
+            continue
+        m.prefill(ids[:n])                                           # warm-up (and first-use compiles)
+        row.prefill_tok_s[n] = n / _median_time(lambda: m.prefill(ids[:n]), repeats)
+    row.ttft_ms = 1000 * _median_time(lambda: int(np.argmax(m.prefill(ids[:decode_prompt]))), repeats)
+    steps = min(decode_tokens, cfg.n_positions - decode_prompt)
+    for _ in range(2):                                               # warm-up run, then the measured one
+        token = int(np.argmax(m.prefill(ids[:decode_prompt])))
+        t = time.perf_counter()
+        for _ in range(steps):
+            token = int(np.argmax(m.decode(token)))
+        elapsed = time.perf_counter() - t
+    row.decode_tok_s = steps / elapsed
+    return row, m
+
+
+def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 512, 1024), decode_prompt=128,
+             decode_tokens=256, repeats=5) -> Row:
+    """The same workload with transformers' GPT2LMHeadModel (random weights of the same shapes) on CUDA."""
+    import torch
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2LMHeadModel
+
+    from tinygpt2.weights import load_checkpoint
+
+    cfg = load_checkpoint(model, dtype=dtype, progress=False).config if not model.startswith("random:") else None
+    if cfg is None:
+        from tinygpt2.config import PRESETS
+        cfg = PRESETS[model.split(":", 1)[1]]
+    tdtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    hf = GPT2LMHeadModel(HFConfig(**cfg.to_dict())).to("cuda", tdtype).eval()
+    torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, cfg.vocab_size, (1, cfg.n_positions), device="cuda")
+    sync = torch.cuda.synchronize
+    row = Row("hf-compiled" if compiled else "hf-eager", model, "cuda", dtype)
+    with torch.no_grad():
+        if not compiled:
+            for n in prompt_lens:
+                hf(ids[:, :n])
+                sync()
+                row.prefill_tok_s[n] = n / _median_time(lambda: (hf(ids[:, :n]), sync()), repeats)
+
+            def ttft():
+                hf(ids[:, :decode_prompt]).logits[:, -1].argmax(-1).item()
+            row.ttft_ms = 1000 * _median_time(ttft, repeats)
+            for _ in range(2):
+                out = hf(ids[:, :decode_prompt], use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync()
+                t = time.perf_counter()
+                for _ in range(decode_tokens):
+                    out = hf(tok, past_key_values=past, use_cache=True)
+                    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync()
+                elapsed = time.perf_counter() - t
+            row.decode_tok_s = decode_tokens / elapsed
+        else:
+            # static KV cache + torch.compile(mode="reduce-overhead") (CUDA graphs), through generate()
+            hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+            kw = dict(do_sample=False, cache_implementation="static", pad_token_id=0,
+                      attention_mask=torch.ones(1, decode_prompt, dtype=torch.long, device="cuda"))
+            prompt = ids[:, :decode_prompt]
+
+            def gen(k):
+                hf.generate(prompt, max_new_tokens=k, min_new_tokens=k, **kw)
+                sync()
+            for _ in range(3):
+                gen(decode_tokens)                                    # compiles (several shapes)
+            t_full = _median_time(lambda: gen(decode_tokens), 3)
+            t_one = _median_time(lambda: gen(1), 3)
+            row.decode_tok_s = (decode_tokens - 1) / (t_full - t_one)
+            row.ttft_ms = 1000 * t_one
+    row.peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
+    del hf
+    torch.cuda.empty_cache()
+    return row
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), measured with torch."""
+    import torch
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        y.copy_(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    del x, y
+    return 2 * (1 << 30) / statistics.median(times)
+
+
+def profile(m, function: str = "decode", n: int = 1, past: int = 128, repeats: int = 50) -> list[tuple[str, float, int]]:
+    """Per-kernel time of one step (llvm/cuda): [(kernel, seconds per step, launches)], slowest first.
+
+    Each launch of the plan is timed alone with TVM's time_evaluator, on tensors of the step's shapes.
+    """
+    from tinygpt2.runtime.plan import Scalar
+    from tinygpt2.tvm_shim import empty, to_tensor
+
+    ex = m.executor
+    root = m.compiled.executable
+    root = getattr(root, "mod", root)                # a fresh Executable wraps the VM module
+    lib = root.imports[0]                            # the kernels' host entry points
+    plan = m.compiled.plans[function]
+    env = {"n": n, "m": past + n}
+    tmps = [empty(t.concrete(env), t.dtype, ex.device) for t in plan.tmps]
+    ids = to_tensor(np.zeros(n, np.int32), ex.device)          # valid token ids: the embedding gathers by them
+    totals: dict[str, list] = {}
+    for launch in plan.launches:
+        args = []
+        for a in launch.args:
+            if isinstance(a, Scalar):
+                args.append(a.value(env))
+            elif a.kind == "ids":
+                args.append(ids)
+            elif a.kind == "cache":
+                args.append(ex.cache.tensors[a.index])
+            elif a.kind == "param":
+                args.append(ex.params[a.index])
+            else:
+                args.append(tmps[a.index])
+        f = lib.get_function(launch.kernel, True)
+        for _ in range(3):
+            f(*args)
+        ex.device.sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):                     # back to back, one sync: launch overhead included
+            f(*args)
+        ex.device.sync()
+        t = (time.perf_counter() - t0) / repeats
+        entry = totals.setdefault(launch.kernel, [0.0, 0])
+        entry[0] += t
+        entry[1] += 1
+    return sorted(((k, v[0], v[1]) for k, v in totals.items()), key=lambda r: -r[1])
+
+
+def to_markdown(rows: list[Row], roofline: dict | None = None) -> str:
+    lens = sorted({n for r in rows for n in r.prefill_tok_s})
+    head = ["system", "model", "target", "dtype", *[f"prefill@{n} tok/s" for n in lens], "decode tok/s",
+            "TTFT ms", "peak MiB"]
+    if roofline:
+        head += ["roofline tok/s", "% roofline"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.system, r.model, r.target, r.dtype, *[f"{r.prefill_tok_s[n]:.0f}" if n in r.prefill_tok_s else "-"
+                                                         for n in lens],
+                 f"{r.decode_tok_s:.0f}", f"{r.ttft_ms:.1f}", f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib else "-"]
+        if roofline:
+            rl = roofline.get((r.model, r.dtype))
+            cells += [f"{rl:.0f}" if rl else "-", f"{100 * r.decode_tok_s / rl:.0f}%" if rl else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def to_csv(rows: list[Row]) -> str:
+    lines = ["system,model,target,dtype,prompt_len,prefill_tok_s,decode_tok_s,ttft_ms,peak_mem_mib"]
+    for r in rows:
+        for n, v in sorted(r.prefill_tok_s.items()) or [("", "")]:
+            lines.append(f"{r.system},{r.model},{r.target},{r.dtype},{n},{v},{r.decode_tok_s:.2f},{r.ttft_ms:.3f},"
+                         f"{r.peak_mem_mib:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Row", "bench_ours", "bench_hf", "copy_bandwidth", "profile", "to_markdown", "to_csv",
+           "decode_bytes_per_token", "asdict"]

@@ -1,0 +1,100 @@
+"""`tinygpt2 bench`: speed tables (Markdown + CSV) of tinygpt2 beside transformers, with the roofline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ALL_MODELS = "random:gpt2,random:gpt2-medium,random:gpt2-large,random:gpt2-xl"
+
+
+def register(sub, add_model_args):
+    p = sub.add_parser("bench", help="prefill/decode speed beside HF transformers (a benchmark, not a test)")
+    add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--models", default=ALL_MODELS, help=f"comma-separated (default: {ALL_MODELS})")
+    p.add_argument("--dtypes", default="float16,float32")
+    p.add_argument("--prompt-lens", default="128,512,1024")
+    p.add_argument("--decode-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--peers", default="hf-eager,hf-compiled", help="hf-eager, hf-compiled, or none (CUDA only)")
+    p.add_argument("--hf-compiled-models", default="random:gpt2,random:gpt2-xl",
+                   help="models to run hf-compiled on (torch.compile takes minutes per shape)")
+    p.add_argument("--hf-compiled-dtypes", default="float16", help="dtypes to run hf-compiled in")
+    p.add_argument("--profile", action="store_true", help="per-kernel time of one decode step and one prefill")
+    p.add_argument("--out", default=None, help="directory for bench.md and bench.csv")
+    p.set_defaults(handler=run)
+
+
+def _gpu_mib() -> float:
+    """This process's device memory as nvidia-smi reports it (includes the CUDA context)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0.0
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()):
+            return float(mib)
+    return 0.0
+
+
+def run(args) -> int:
+    from tinygpt2 import bench as B
+
+    models = (args.model or args.models).split(",")
+    dtypes = args.dtypes.split(",")
+    lens = tuple(int(x) for x in args.prompt_lens.split(","))
+    peers = [] if args.peers == "none" or args.target != "cuda" else args.peers.split(",")
+    rows, roofline, profiles = [], {}, []
+    bw = B.copy_bandwidth() if args.target == "cuda" else None
+    if bw:
+        print(f"device-to-device copy bandwidth: {bw / 1e9:.0f} GB/s", file=sys.stderr)
+    for model in models:
+        for dtype in dtypes:
+            row, m = B.bench_ours(model, args.target, dtype, args.rules, lens, 128, args.decode_tokens, args.repeats)
+            if args.target == "cuda":
+                row.peak_mem_mib = _gpu_mib()
+            if args.target == "webgpu":
+                row.note = (f"{m.executor.adapter_name}: {m.executor.dispatches_per_step['decode']} dispatches, "
+                            "1 submit per decode step")
+            rows.append(row)
+            print(B.to_markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
+            if bw:
+                roofline[(model, dtype)] = bw / B.decode_bytes_per_token(m.config, dtype, 128 + args.decode_tokens // 2)
+            if args.profile and args.target in ("llvm", "cuda"):
+                for fn, n in (("decode", 1), ("prefill", 128)):
+                    profiles.append((model, dtype, fn, n, B.profile(m, fn, n, 128 if fn == "decode" else 0)))
+            del m
+            for peer in peers:
+                if peer == "hf-compiled" and (model not in args.hf_compiled_models.split(",")
+                                              or dtype not in args.hf_compiled_dtypes.split(",")):
+                    continue
+                try:
+                    rows.append(B.bench_hf(model, dtype, peer == "hf-compiled", lens, 128, args.decode_tokens,
+                                           args.repeats))
+                    print(B.to_markdown([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
+                except Exception as e:        # a peer failing must not lose our numbers
+                    print(f"{peer} {model} {dtype} failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+    table = B.to_markdown(rows, roofline or None)
+    notes = [f"- {r.system} {r.model} {r.dtype}: {r.note}" for r in rows if r.note]
+    report = [table, *notes]
+    if bw:
+        report.append(f"\nroofline = D2D copy bandwidth ({bw / 1e9:.0f} GB/s, read+write) / bytes of weights and "
+                      "KV cache read per decode token (context 256)")
+    for model, dtype, fn, n, prof in profiles:
+        total = sum(t for _, t, _ in prof)
+        report.append(f"\n#### profile: {model} {dtype} {fn} (n={n}), {total * 1e6:.0f} us of kernels\n")
+        report.append("| kernel | launches | us | share |\n|---|---|---|---|")
+        report += [f"| {k} | {c} | {t * 1e6:.1f} | {100 * t / total:.1f}% |" for k, t, c in prof]
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.md").write_text(text + "\n")
+        (out / "bench.csv").write_text(B.to_csv(rows))
+    return 0
