@@ -1,0 +1,58 @@
+"""On the GPU machine: tinygpt2's logits on cuda and webgpu against a CUDA-free reference
+(transformers on the CPU, float32), for prefill and 16 decode steps, on random gpt2 weights saved
+as an HF checkpoint. Prints a table; exits non-zero if a tolerance is missed (fp32 1e-4, fp16 2e-2).
+
+    python scripts/gpu_check.py [--targets cuda,webgpu] [--dtypes float32,float16]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import tinygpt2
+
+TOL = {"float32": 1e-4, "float16": 2e-2}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--targets", default="cuda,webgpu")
+    ap.add_argument("--dtypes", default="float32,float16")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--n-layer", type=int, default=12, help="fewer layers for a quick local run")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)).eval()                 # gpt2 (124M) shapes, random weights
+    ckpt = tempfile.mkdtemp(prefix="gpt2-random-")
+    hf.save_pretrained(ckpt)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50257, 128).tolist()
+    follow = rng.integers(0, 50257, args.steps).tolist()
+    with torch.no_grad():
+        want = hf(torch.tensor([ids + follow])).logits[0].numpy()     # CPU, float32
+    rel = lambda a, b: float(np.max(np.abs(a - b)) / np.max(np.abs(b)))   # noqa: E731
+    ok = True
+    print("| target | dtype | prefill rel err | worst decode rel err (16 steps) | tolerance | ok | load s |")
+    print("|---|---|---|---|---|---|---|")
+    for target in args.targets.split(","):
+        for dtype in args.dtypes.split(","):
+            t = time.time()
+            m = tinygpt2.load(ckpt, target=target, dtype=dtype, progress=False)
+            load_s = time.time() - t
+            e0 = rel(m.prefill(ids), want[len(ids) - 1])
+            ed = max(rel(m.decode(tok), want[len(ids) + i]) for i, tok in enumerate(follow))
+            good = max(e0, ed) < TOL[dtype]
+            ok &= good
+            print(f"| {target} | {dtype} | {e0:.2e} | {ed:.2e} | {TOL[dtype]:g} | {'yes' if good else 'NO'} "
+                  f"| {load_s:.0f} |", flush=True)
+            del m
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
