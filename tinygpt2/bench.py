@@ -113,8 +113,10 @@ def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 5
                 elapsed = time.perf_counter() - t
             row.decode_tok_s = decode_tokens / elapsed
         else:
-            # static KV cache + torch.compile(mode="reduce-overhead") (CUDA graphs), through generate()
-            hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+            # static KV cache + torch.compile(mode="reduce-overhead") (CUDA graphs): generate() compiles
+            # the forward itself when the cache is static (transformers' CompileConfig, reduce-overhead)
+            from transformers import CompileConfig
+            hf.generation_config.compile_config = CompileConfig(mode="reduce-overhead", fullgraph=True)
             kw = dict(do_sample=False, cache_implementation="static", pad_token_id=0,
                       attention_mask=torch.ones(1, decode_prompt, dtype=torch.long, device="cuda"))
             prompt = ids[:, :decode_prompt]
