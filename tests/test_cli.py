@@ -71,3 +71,11 @@ def test_offline_hub_id_names_the_alternatives():
     r = tinygpt2("generate", "--model", "nobody-here/no-such-model-xyz")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "random:gpt2" in r.stderr
+
+
+def test_lesson_one_runs():
+    r = subprocess.run([sys.executable, "examples/01_one_kernel.py"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "general-reduction  schedules it" in r.stdout
+    err = float(r.stdout.split("max |tvm - numpy| =")[1].split()[0])
+    assert err < 1e-4
