@@ -59,6 +59,6 @@ def load(model: str = "gpt2", target: str = "llvm", dtype: str = "float32", rule
     TG.make_target(target, arch)                           # unknown target: fail before loading weights
     spec = str(BUNDLED[model]) if model in BUNDLED else model
     ckpt = load_checkpoint(spec, dtype=dtype, progress=progress)
-    compiled = compile(ckpt.config, target, dtype, rules, arch=arch, cache=cache)
+    compiled = compile(ckpt.config, target, dtype, rules, arch=arch, cache=cache, progress=progress)
     tokenizer = Tokenizer.from_dir(ckpt.tokenizer_dir) if ckpt.tokenizer_dir else Tokenizer.gpt2()
     return Model(ckpt, compiled, make_executor(compiled, ckpt), tokenizer)

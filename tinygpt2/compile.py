@@ -216,8 +216,11 @@ def webgpu_kernels(sched: Scheduled, tgt) -> dict:
 
 
 def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,  # noqa: A001
-            arch: str | None = None, cache: bool = True, dump_dir: Path | None = None) -> Compiled:
+            arch: str | None = None, cache: bool = True, dump_dir: Path | None = None,
+            progress: bool = False) -> Compiled:
     """Compile GPT-2 of `cfg` for `target` with a rule list; reuse the on-disk cache when possible."""
+    from tqdm import tqdm
+
     from tinygpt2.runtime.plan import build_plan
 
     tgt = TG.make_target(target, arch)
@@ -229,16 +232,24 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
             return _load(entry, cfg, target, dtype, names)
         except Exception:                                     # any corrupt or unreadable entry: rebuild it
             shutil.rmtree(entry, ignore_errors=True)
+    bar = tqdm(total=3, desc=f"compiling for {target}", unit="phase", disable=not progress, leave=False)
+    bar.set_postfix_str("build + schedule")
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
     compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode")}
+    bar.update()
+    bar.set_postfix_str("lower + codegen")
     if target == "webgpu":
         compiled.webgpu = webgpu_kernels(sched, tgt)
     else:
         compiled.executable = codegen(sched, tgt, dump_dir=dump_dir)
+    bar.update()
     if cache:
+        bar.set_postfix_str("store")
         _store(entry, compiled, {"rule_of": sched.rule_of, "rules": names, "target": str(tgt), "dtype": dtype,
                                  "config": cfg.to_dict()})
+    bar.update()
+    bar.close()
     return compiled
 
 
