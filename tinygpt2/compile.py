@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,8 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
             return _load(entry, cfg, target, dtype, names)
         except Exception:                                     # any corrupt or unreadable entry: rebuild it
             shutil.rmtree(entry, ignore_errors=True)
-    bar = tqdm(total=3, desc=f"compiling for {target}", unit="phase", disable=not progress, leave=False)
+    bar = tqdm(total=3, desc=f"compiling for {target}", unit="phase", leave=False,
+               disable=not progress or not sys.stderr.isatty())          # no bar in logs and pipes
     bar.set_postfix_str("build + schedule")
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
