@@ -137,13 +137,29 @@ class WebGPUExecutor(Executor):
                 return self.params[t.index]
             return slots[plan.slot_of[t.index]]
 
+        env_max = {"n": n_max, "m": self.config.n_positions}
+        workspaces = {}                    # (kernel, buffer name) -> GPU buffer, sized for the largest step
+
+        def workspace(kernel, name):
+            if (kernel, name) not in workspaces:
+                ws = functions[kernel]["workspaces"][name]
+                count = int(np.prod([e(env_max) for e in ws["shape"]]))
+                workspaces[kernel, name] = dev.create_buffer(size=max(count, 1) * ITEMSIZE[ws["dtype"]],
+                                                             usage=usage.STORAGE)
+            return workspaces[kernel, name]
+
+        def bind(launch, params, name):
+            if name in params:
+                return buffer_of(launch.args[params.index(name)])
+            return workspace(launch.kernel, name)
+
         launches = [(launch, k) for launch in plan.launches for k in functions[launch.kernel]["launches"]]
         uniform = dev.create_buffer(size=UNIFORM_ALIGN * len(launches), usage=usage.UNIFORM | usage.COPY_DST)
         dispatches = []
         for i, (launch, k) in enumerate(launches):
             params = functions[launch.kernel]["params"]
             pipeline = self.pipelines[k["kernel"]]
-            entries = [{"binding": b, "resource": {"buffer": buffer_of(launch.args[params.index(name)])}}
+            entries = [{"binding": b, "resource": {"buffer": bind(launch, params, name)}}
                        for b, name in enumerate(k["buffers"])]
             pod_bytes = -(-4 * (len(k["pod"]) + 1) // 16) * 16           # a uniform binding is 16-byte granular
             entries.append({"binding": len(k["buffers"]),

@@ -203,7 +203,20 @@ def webgpu_kernels(sched: Scheduled, tgt) -> dict:
             launches.append({"kernel": c.args[0].value, "buffers": buffers, "pod": pod,
                              "grid": {t: Expr(e) for t, e in dims.items() if t.startswith("blockIdx")}})
         params = [p.name for p in f.params]
-        functions[gv.name_hint] = {"params": params, "launches": launches}
+        # buffers a kernel uses that are not parameters: global intermediates (a layernorm's row sums
+        # when no rule moved them to shared memory); TVM's host code would allocate them, we must
+        for ln in launches:
+            ln["buffers"] = [b if b in params or re.sub(r"_\d+$", "", b) not in params else re.sub(r"_\d+$", "", b)
+                             for b in ln["buffers"]]      # lowering may rename a parameter x to x_1
+        workspaces = {}
+        for buf in _root_allocations(f):
+            if buf.scope() == "global":
+                workspaces[buf.name] = {"dtype": str(buf.dtype), "shape": [Expr(e) for e in buf.shape]}
+        unknown = {b for ln in launches for b in ln["buffers"] if b not in params and b not in workspaces}
+        if unknown:
+            raise CompileError(f"{gv.name_hint}: kernels use buffers {sorted(unknown)} that are neither "
+                               "parameters nor global allocations")
+        functions[gv.name_hint] = {"params": params, "launches": launches, "workspaces": workspaces}
         for ln in launches:
             code = kernels.get(ln["kernel"])
             if code is None:
@@ -214,6 +227,13 @@ def webgpu_kernels(sched: Scheduled, tgt) -> dict:
                 raise CompileError(f"{ln['kernel']}: WGSL takes {n_fields} scalars, the host passes "
                                    f"{len(ln['pod']) + 1}")
     return {"kernels": kernels, "functions": functions}
+
+
+def _root_allocations(func) -> list:
+    """Buffers allocated by a scheduled PrimFunc's root block (T.sblock_alloc_buffer)."""
+    body = func.body
+    block = getattr(body, "block", None)
+    return list(block.alloc_buffers) if block is not None else []
 
 
 def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,  # noqa: A001
