@@ -73,8 +73,9 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
 
 
 def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 512, 1024), decode_prompt=128,
-             decode_tokens=256, repeats=5) -> Row:
-    """The same workload with transformers' GPT2LMHeadModel (random weights of the same shapes) on CUDA."""
+             decode_tokens=256, repeats=5, device: str = "cuda") -> Row:
+    """The same workload with transformers' GPT2LMHeadModel (random weights of the same shapes),
+    on `device` ("cuda", or "cpu" beside the llvm target)."""
     import torch
     from transformers import GPT2Config as HFConfig
     from transformers import GPT2LMHeadModel
@@ -86,14 +87,18 @@ def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 5
         from tinygpt2.config import PRESETS
         cfg = PRESETS[model.split(":", 1)[1]]
     tdtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    hf = GPT2LMHeadModel(HFConfig(**cfg.to_dict())).to("cuda", tdtype).eval()
-    torch.cuda.reset_peak_memory_stats()
-    ids = torch.randint(0, cfg.vocab_size, (1, cfg.n_positions), device="cuda")
-    sync = torch.cuda.synchronize
-    row = Row("hf-compiled" if compiled else "hf-eager", model, "cuda", dtype)
+    hf = GPT2LMHeadModel(HFConfig(**cfg.to_dict())).to(device, tdtype).eval()
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, cfg.vocab_size, (1, cfg.n_positions), device=device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    row = Row("hf-compiled" if compiled else "hf-eager", model, "cuda" if cuda else "cpu (torch)", dtype)
     with torch.no_grad():
         if not compiled:
             for n in prompt_lens:
+                if n > cfg.n_positions:
+                    continue
                 hf(ids[:, :n])
                 sync()
                 row.prefill_tok_s[n] = n / _median_time(lambda: (hf(ids[:, :n]), sync()), repeats)
@@ -130,9 +135,10 @@ def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 5
             t_one = _median_time(lambda: gen(1), 3)
             row.decode_tok_s = (decode_tokens - 1) / (t_full - t_one)
             row.ttft_ms = 1000 * t_one
-    row.peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
-    del hf
-    torch.cuda.empty_cache()
+    if cuda:
+        row.peak_mem_mib = torch.cuda.max_memory_allocated() / 2**20
+        del hf
+        torch.cuda.empty_cache()
     return row
 
 

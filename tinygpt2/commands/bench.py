@@ -48,7 +48,9 @@ def run(args) -> int:
     models = (args.model or args.models).split(",")
     dtypes = args.dtypes.split(",")
     lens = tuple(int(x) for x in args.prompt_lens.split(","))
-    peers = [] if args.peers == "none" or args.target != "cuda" else args.peers.split(",")
+    peers = [] if args.peers == "none" or args.target == "webgpu" else args.peers.split(",")
+    if args.target == "llvm":
+        peers = [p for p in peers if p == "hf-eager"]          # beside the CPU target: torch on the CPU
     rows, roofline, profiles = [], {}, []
     bw = B.copy_bandwidth() if args.target == "cuda" else None
     if bw:
@@ -75,7 +77,7 @@ def run(args) -> int:
                     continue
                 try:
                     rows.append(B.bench_hf(model, dtype, peer == "hf-compiled", lens, 128, args.decode_tokens,
-                                           args.repeats))
+                                           args.repeats, device="cpu" if args.target == "llvm" else "cuda"))
                     print(B.to_markdown([rows[-1]]).splitlines()[-1], file=sys.stderr, flush=True)
                 except Exception as e:        # a peer failing must not lose our numbers
                     print(f"{peer} {model} {dtype} failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
