@@ -29,7 +29,8 @@ def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":
         raise TargetError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
     host = {"kind": "llvm"}
     if name == "llvm":
-        return tvm.target.Target({"kind": "llvm"})
+        # this machine's CPU (e.g. znver4): without it LLVM targets baseline x86-64, no AVX2/AVX-512 FMA
+        return tvm.target.Target({"kind": "llvm", "mcpu": arch or tvm.target.codegen.llvm_get_system_cpu()})
     if name == "cuda":
         # 48 KiB is the shared memory a block gets without opting in, on every arch since Kepler
         return tvm.target.Target({"kind": "cuda", "arch": arch or cuda_arch(), "max_shared_memory_per_block": 49152,
