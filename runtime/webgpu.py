@@ -109,7 +109,7 @@ class WebGPUExecutor(Executor):
         self.params = [upload(n, checkpoint.params[n]) for n in param_names(cfg)]
         self.cache = KVCache(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim, self.dtype,
                              lambda shape, dt: dev.create_buffer(size=int(np.prod(shape)) * ITEMSIZE[dt],
-                                                                 usage=usage.STORAGE))
+                                                                 usage=usage.STORAGE | usage.COPY_SRC))
         self.ids = dev.create_buffer(size=4 * cfg.n_positions, usage=usage.STORAGE | usage.COPY_DST)
         self.readback = dev.create_buffer(size=4 * cfg.vocab_size, usage=usage.MAP_READ | usage.COPY_DST)
         self.pipelines = {}

@@ -63,6 +63,7 @@ class Compiled:
     from_cache: bool = False
     plans: dict = field(repr=False, default_factory=dict)    # "prefill"/"decode" -> runtime.plan.Plan
     webgpu: dict | None = field(repr=False, default=None)    # see webgpu_kernels
+    kernel_scripts: dict = field(repr=False, default_factory=dict)   # kernel -> scheduled TVMScript (step-through)
 
 
 def kernel_names(mod) -> list[str]:
@@ -259,6 +260,8 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
     compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode")}
+    compiled.kernel_scripts = {gv.name_hint: f.script() for gv, f in sched.mod.functions_items()
+                               if isinstance(f, tirx.PrimFunc)}
     bar.update()
     bar.set_postfix_str("lower + codegen")
     if target == "webgpu":
@@ -286,6 +289,8 @@ def _load(entry: Path, cfg, target, dtype, names) -> Compiled:
             raise ValueError(f"checksum mismatch: {name}")
     compiled = Compiled(cfg, target, dtype, names, meta["rule_of"], None, from_cache=True)
     compiled.plans = pickle.loads((entry / "plans.pkl").read_bytes())
+    if (entry / "kernel_scripts.json").exists():
+        compiled.kernel_scripts = json.loads((entry / "kernel_scripts.json").read_text())
     if (entry / "model.so").exists():
         compiled.library = entry / "model.so"
         compiled.executable = tvm.runtime.load_module(str(compiled.library))
@@ -300,6 +305,7 @@ def _store(entry: Path, compiled: Compiled, meta: dict):
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
     try:
         (tmp / "plans.pkl").write_bytes(pickle.dumps(compiled.plans))
+        (tmp / "kernel_scripts.json").write_text(json.dumps(compiled.kernel_scripts))
         if compiled.executable is not None:
             compiled.executable.export_library(str(tmp / "model.so"))
         if compiled.webgpu is not None:

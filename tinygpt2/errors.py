@@ -39,3 +39,7 @@ class ContextOverflowError(TinyGPT2Error):
 
 class GenerationError(TinyGPT2Error):
     """Bad generation arguments (negative max tokens, top_p out of range, ...)."""
+
+
+class StepError(TinyGPT2Error):
+    """A step-through request the model cannot satisfy (e.g. --stop-at names no launch or kernel)."""
