@@ -43,3 +43,7 @@ class GenerationError(TinyGPT2Error):
 
 class StepError(TinyGPT2Error):
     """A step-through request the model cannot satisfy (e.g. --stop-at names no launch or kernel)."""
+
+
+class ExplainError(TinyGPT2Error):
+    """An explain request the model cannot answer (a --kernel it does not have, code it cannot show)."""

@@ -19,6 +19,16 @@ __all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "to_tensor", "shape
 TVM_VERSION = tvm.__version__
 
 
+def _metal_matmul_declines(self, func, target, _):
+    raise NotImplementedError("MetalMatmul is disabled: its simdgroup tensorization segfaults in TVM 0.27")
+
+
+# TVM 0.27: dl.gpu.Matmul hands Metal kernels to MetalMatmul, whose simdgroup tensorization crashes the
+# whole process (a segfault in Tensorize; float32 and float16 alike). Matmul catches exceptions from it and
+# goes on with the SIMT tiling it gives every other GPU, so MetalMatmul is made to decline.
+dl.gpu.matmul.MetalMatmul.apply = _metal_matmul_declines
+
+
 def int64(v: int):
     """A TIR int64 constant: every shape and loop extent in the kernels is int64."""
     return T.int64(v)
