@@ -85,19 +85,28 @@ def test_ablate_writes_table_csv_and_charts(tiny_checkpoint, tmp_path):
 def test_cli_per_kernel_and_none_first(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["ablate", "--model", str(tiny_checkpoint), "--targets", "llvm", "--rule-lists", "default",
-               "--prompt-len", "16", "--decode-tokens", "4", "--repeats", "1", "--per-kernel",
+               "--prompt-len", "16", "--decode-tokens", "4", "--repeats", "1", "--rounds", "2", "--per-kernel",
                "--profile-repeats", "2", "--out", str(out)])
     assert rc == 0
     md = (out / "ablate.md").read_text()
     assert "Per-kernel time on llvm" in md and "| default | decode |" in md
+    assert "measured 2 times, round-robin" in md
     with open(out / "ablate.csv") as f:
-        assert [r["rule_list"] for r in csv.DictReader(f)] == ["none", "default"]     # none added: the baseline
+        table = list(csv.DictReader(f))
+    assert [r["rule_list"] for r in table] == ["none", "default"]                     # none added: the baseline
+    assert all(len(r["decode_runs"].split(";")) == 2 for r in table)
     with open(out / "ablate_kernels.csv") as f:
         kernels = list(csv.DictReader(f))
     assert {r["step"] for r in kernels} == {"decode", "prefill"}
     assert (out / "ablate_llvm.png").read_bytes()[:8] == PNG
     assert not (out / "ablate_backends.png").exists()                             # one target: no comparison
     assert "| none |" in capsys.readouterr().out
+    again = A.read(out)                                                           # back from the CSVs
+    assert [r.rule_list for r in again.rows["llvm"]] == ["none", "default"] and again.rounds == 2
+    assert again.rows["llvm"][1].decode_tok_s == pytest.approx(float(table[1]["decode_tok_s"]))
+    assert {k for k, _, _ in again.rows["llvm"][1].profiles["decode"]} == \
+        {r["kernel"] for r in kernels if r["rule_list"] == "default" and r["step"] == "decode"}
+    assert A.to_markdown(again).splitlines()[:8] == md.splitlines()[:8]
 
 
 def test_cli_rejects_a_target_that_cannot_run(capsys):

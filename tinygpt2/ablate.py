@@ -9,6 +9,7 @@ of one decode step and one prefill (`bench.profile`), and which kernels each lis
     from tinygpt2 import ablate
     result = ablate.run("random:gpt2", ["llvm", "webgpu"], rule_lists=["none", "gemv", "default"])
     paths = ablate.write(result, "out/")          # ablate.md, ablate.csv, PNG charts
+    again = ablate.read("out/")                   # the same result, from the CSVs (redo tables/charts)
 
 Rule lists are preset names of `rules.presets(kind)` (what `none`, `gemv`, ... mean differs between
 CPU and GPU targets), or rule names joined by '+' ("matmul+gemv+fallback") for a list of one's own.
@@ -23,6 +24,7 @@ import io
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,6 +67,8 @@ class Row:
     profiles: dict = field(default_factory=dict)           # "decode"/"prefill" -> [(kernel, s, launches)]
     seconds: float = 0.0                 # wall time of this row (compile + measure)
     error: str = ""                      # one line when the list failed on this target
+    prefill_runs: list = field(default_factory=list)       # tok/s of each round (the figures above: medians)
+    decode_runs: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +82,7 @@ class Ablation:
     prompt_len: int
     decode_tokens: int
     repeats: int
+    rounds: int = 1                                       # whole measurements per list, interleaved
     rows: dict = field(default_factory=dict)              # target -> [Row]
     devices: dict = field(default_factory=dict)           # target -> what ran it, in words
     date: str = ""
@@ -134,6 +139,7 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
             raise ValueError(f"prompt length {prompt_len} does not fit the model's context ({m.config.n_positions})")
         row.prefill_tok_s = bench_row.prefill_tok_s[prompt_len]
         row.decode_tok_s = bench_row.decode_tok_s
+        row.prefill_runs, row.decode_runs = [row.prefill_tok_s], [row.decode_tok_s]
         row.kernels_per_rule = count_rules(m.rule_of)
         device = _device_name(target, m)
         if per_kernel and target in PROFILED:
@@ -149,32 +155,53 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
 
 
 def run(model: str, targets, dtype: str = "float32", rule_lists=None, *, prompt_len: int = 128,
-        decode_tokens: int = 64, repeats: int = 3, per_kernel: bool = False, profile_repeats: int = 10,
-        log=None) -> Ablation:
+        decode_tokens: int = 64, repeats: int = 3, rounds: int = 1, per_kernel: bool = False,
+        profile_repeats: int = 10, log=None) -> Ablation:
     """Measure every rule list on every target. `rule_lists` None: `default_lists(target)` per target.
-    `none` is measured first on each target even when not asked for: it is what speedups divide by."""
+    `none` is measured first on each target even when not asked for: it is what speedups divide by.
+
+    `rounds` > 1 measures every list that many times, round-robin (all lists once, then all again, ...,
+    from the compile cache after the first round), and reports the medians: on a shared or noisy machine
+    a burst of load then hits every list alike instead of one. Per-kernel profiles: first round only."""
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     if isinstance(rule_lists, str):
         rule_lists = [r.strip() for r in rule_lists.split(",") if r.strip()]
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = Ablation(model, dtype, prompt_len, decode_tokens, repeats, date=datetime.date.today().isoformat())
+    result = Ablation(model, dtype, prompt_len, decode_tokens, repeats, max(1, rounds),
+                      date=datetime.date.today().isoformat())
     for target in targets:
-        names = list(rule_lists) if rule_lists else default_lists(target)
+        names = list(dict.fromkeys(rule_lists)) if rule_lists else default_lists(target)
         if "none" not in names:
             names.insert(0, "none")
-        rows = result.rows.setdefault(target, [])
-        for name in names:
-            row, device = measure(model, target, dtype, name, prompt_len=prompt_len, decode_tokens=decode_tokens,
-                                  repeats=repeats, per_kernel=per_kernel, profile_repeats=profile_repeats)
-            if device:
-                result.devices.setdefault(target, device)
-            rows.append(row)
-            status = (f"prefill {row.prefill_tok_s:.1f} tok/s, decode {row.decode_tok_s:.2f} tok/s" if row.ok
-                      else f"FAILED: {row.error}")
-            log(f"[{target}] {name}: {status} ({row.seconds:.0f} s)")
+        rows: dict[str, Row] = {}
+        for rnd in range(result.rounds):
+            for name in names:
+                if name in rows and not rows[name].ok:
+                    continue                                   # failed once: it fails again
+                row, device = measure(model, target, dtype, name, prompt_len=prompt_len,
+                                      decode_tokens=decode_tokens, repeats=repeats,
+                                      per_kernel=per_kernel and rnd == 0, profile_repeats=profile_repeats)
+                if device:
+                    result.devices.setdefault(target, device)
+                status = (f"prefill {row.prefill_tok_s:.1f} tok/s, decode {row.decode_tok_s:.2f} tok/s" if row.ok
+                          else f"FAILED: {row.error}")
+                where = f" round {rnd + 1}/{result.rounds}" if result.rounds > 1 else ""
+                log(f"[{target}]{where} {name}: {status} ({row.seconds:.0f} s)")
+                if name not in rows or not row.ok:
+                    rows[name] = row
+                else:
+                    first = rows[name]
+                    first.prefill_runs += row.prefill_runs
+                    first.decode_runs += row.decode_runs
+                    first.seconds += row.seconds
+        for row in rows.values():
+            if row.ok:
+                row.prefill_tok_s = statistics.median(row.prefill_runs)
+                row.decode_tok_s = statistics.median(row.decode_runs)
+        result.rows[target] = [rows[name] for name in names]
         base = result.baseline(target)
-        for row in rows:
+        for row in result.rows[target]:
             if base and row.ok:
                 row.prefill_speedup = row.prefill_tok_s / base.prefill_tok_s if base.prefill_tok_s else None
                 row.decode_speedup = row.decode_tok_s / base.decode_tok_s if base.decode_tok_s else None
@@ -200,8 +227,9 @@ def _attribution(result: Ablation, target: str, top: int) -> list[str]:
            f"prefill of {result.prompt_len}. Time saved per step vs `none`, top {top} kernels.", ""]
     if base is None or not base.profiles:
         return out + ["(no `none` profile to compare with)", ""]
-    out += ["| rule list | step | total us (none -> this) | kernels faster | top kernels by time saved (us) |",
-            "|---|---|---|---|---|"]
+    out += ["| rule list | step | total us (none -> this) | kernels faster | top kernels by time saved (us) "
+            "| top kernels by time lost (us) |",
+            "|---|---|---|---|---|---|"]
     for row in rows:
         if row is base:
             continue
@@ -212,9 +240,11 @@ def _attribution(result: Ablation, target: str, top: int) -> list[str]:
             faster = [d for d in deltas if d[2] < 0.95 * d[1]]
             total_base = sum(t for _, t, _ in base.profiles[fn]) * 1e6
             total = sum(t for _, t, _ in row.profiles[fn]) * 1e6
-            best = ", ".join(f"{k} {1e6 * b:.0f}->{1e6 * t:.0f}" for k, b, t, _ in deltas[:top] if t < b)
+            best = ", ".join(f"{k} {1e6 * b:.0f}->{1e6 * t:.0f}" for k, b, t, _ in deltas[:top] if t < 0.95 * b)
+            worst = ", ".join(f"{k} {1e6 * b:.0f}->{1e6 * t:.0f}" for k, b, t, _ in deltas[::-1][:top]
+                              if t > 1.05 * b)
             out.append(f"| {row.rule_list} | {fn} | {total_base:.0f} -> {total:.0f} | {len(faster)}/{len(deltas)} "
-                       f"| {best or '-'} |")
+                       f"| {best or '-'} | {worst or '-'} |")
     return out + [""]
 
 
@@ -224,10 +254,26 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _spread(runs: list, spec: str) -> str:
+    return f" ({format(min(runs), spec)}-{format(max(runs), spec)})" if len(runs) > 1 else ""
+
+
+def _duplicates(rows: list) -> list[list[str]]:
+    """Groups of row names that stand for the same rule list on their target."""
+    groups: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r.ok:
+            groups.setdefault(tuple(r.rules), []).append(r.rule_list)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def to_markdown(result: Ablation, top: int = 5) -> str:
+    rounds = (f" Every list measured {result.rounds} times, round-robin: medians, (min-max) beside them."
+              if result.rounds > 1 else "")
     out = [f"# Rule-list ablation: {result.model} ({result.dtype})", "",
            f"{result.date}. Prefill of {result.prompt_len} tokens; decode of up to {result.decode_tokens} tokens "
-           f"after it (greedy); medians of {result.repeats} repeat(s) after warm-up. Speedups are over the "
+           f"after it (greedy); prefill: median of {result.repeats} repeat(s) after warm-up.{rounds} "
+           "Speedups are over the "
            "`none` list of the same target (GPU: `fallback` alone; CPU: no rule). "
            "'kernels per rule' counts which rule scheduled each kernel (`Model.rule_of`).", ""]
     for target, rows in result.rows.items():
@@ -239,11 +285,16 @@ def to_markdown(result: Ablation, top: int = 5) -> str:
             rules = " + ".join(r.rules) or "(no rule)"
             if r.ok:
                 kinds = ", ".join(f"{k}: {v}" for k, v in r.kernels_per_rule.items())
-                out.append(f"| {r.rule_list} | {rules} | {r.prefill_tok_s:.1f} | {r.decode_tok_s:.2f} | "
+                out.append(f"| {r.rule_list} | {rules} | {r.prefill_tok_s:.1f}{_spread(r.prefill_runs, '.1f')} | "
+                           f"{r.decode_tok_s:.2f}{_spread(r.decode_runs, '.2f')} | "
                            f"{_fmt(r.prefill_speedup, '.2f')} | {_fmt(r.decode_speedup, '.2f')} | {kinds} |")
             else:
                 out.append(f"| {r.rule_list} | {rules} | - | - | - | - | FAILED: {r.error.replace('|', '/')} |")
         out.append("")
+        same = _duplicates(rows)
+        if same:
+            out += ["Measured more than once under different names, the same rule list (their difference is "
+                    "run-to-run noise): " + "; ".join(" = ".join(names) for names in same) + ".", ""]
         out += _attribution(result, target, top)
     return "\n".join(out).rstrip() + "\n"
 
@@ -254,7 +305,7 @@ def _csv_num(x: float | None) -> str:
 
 CSV_FIELDS = ["target", "model", "dtype", "rule_list", "rules", "prompt_len", "decode_tokens", "repeats",
               "prefill_tok_s", "decode_tok_s", "prefill_speedup", "decode_speedup", "kernels_per_rule", "status",
-              "error"]
+              "error", "device", "date", "rounds", "prefill_runs", "decode_runs"]
 
 
 def to_csv(result: Ablation) -> str:
@@ -268,7 +319,9 @@ def to_csv(result: Ablation) -> str:
                         f"{r.prefill_tok_s:.3f}" if r.ok else "", f"{r.decode_tok_s:.3f}" if r.ok else "",
                         _csv_num(r.prefill_speedup), _csv_num(r.decode_speedup),
                         ";".join(f"{k}={v}" for k, v in r.kernels_per_rule.items()),
-                        "ok" if r.ok else "failed", r.error])
+                        "ok" if r.ok else "failed", r.error, result.devices.get(target, ""), result.date,
+                        result.rounds, ";".join(f"{x:.3f}" for x in r.prefill_runs),
+                        ";".join(f"{x:.3f}" for x in r.decode_runs)])
     return buf.getvalue()
 
 
@@ -360,6 +413,40 @@ def plot(result: Ablation, out: Path) -> list[Path]:
     return paths
 
 
+def read(folder) -> Ablation:
+    """An Ablation back from the ablate.csv (+ ablate_kernels.csv) that write() left in `folder`: to redo the
+    tables and charts of a run (e.g. one from the GPU machine) without measuring again."""
+    folder = Path(folder)
+    with open(folder / "ablate.csv") as f:
+        table = list(csv.DictReader(f))
+    if not table:
+        raise ValueError(f"{folder / 'ablate.csv'} has no rows")
+    first = table[0]
+    result = Ablation(first["model"], first["dtype"], int(first["prompt_len"]), int(first["decode_tokens"]),
+                      int(first["repeats"]), int(first.get("rounds") or 1), date=first.get("date") or "")
+
+    def num(text):
+        return float(text) if text else None
+
+    for r in table:
+        kinds = dict(item.split("=", 1) for item in r["kernels_per_rule"].split(";") if item)
+        row = Row(r["target"], r["rule_list"], [x for x in r["rules"].split("+") if x],
+                  num(r["prefill_tok_s"]) or 0.0, num(r["decode_tok_s"]) or 0.0, num(r["prefill_speedup"]),
+                  num(r["decode_speedup"]), {k: int(v) for k, v in kinds.items()}, error=r["error"])
+        row.prefill_runs = [float(x) for x in (r.get("prefill_runs") or "").split(";") if x]
+        row.decode_runs = [float(x) for x in (r.get("decode_runs") or "").split(";") if x]
+        result.rows.setdefault(r["target"], []).append(row)
+        if r.get("device"):
+            result.devices.setdefault(r["target"], r["device"])
+    kernels = folder / "ablate_kernels.csv"
+    if kernels.exists():
+        with open(kernels) as f:
+            for k in csv.DictReader(f):
+                row = next(x for x in result.rows[k["target"]] if x.rule_list == k["rule_list"])
+                row.profiles.setdefault(k["step"], []).append((k["kernel"], float(k["us"]) / 1e6, int(k["launches"])))
+    return result
+
+
 def write(result: Ablation, out, *, charts: bool = True) -> dict[str, Path]:
     """ablate.md, ablate.csv (+ ablate_kernels.csv when profiled) and the PNG charts, under `out`."""
     out = Path(out)
@@ -384,5 +471,5 @@ def ablate(model: str, targets, dtype: str = "float32", rule_lists=None, out=Non
     return result
 
 
-__all__ = ["Ablation", "Row", "ablate", "default_lists", "rules_of", "run", "write", "to_markdown", "to_csv",
+__all__ = ["Ablation", "Row", "ablate", "default_lists", "rules_of", "run", "write", "read", "to_markdown", "to_csv",
            "kernels_csv", "plot", "kernel_deltas", "count_rules", "measure"]

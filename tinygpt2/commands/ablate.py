@@ -27,6 +27,8 @@ def register(sub, add_model_args):
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length, and the prompt before decode")
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="prefill timings per list (median)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every list this many times, round-robin, and report medians (noisy machines)")
     p.add_argument("--per-kernel", action="store_true",
                    help="also time each kernel of one decode step and one prefill (llvm, cuda) and report which "
                         "kernels each list made faster than 'none'")
@@ -48,7 +50,7 @@ def run(args) -> int:
         raise TargetError(f"--targets: {', '.join(bad) or '(none)'} cannot run here; choose from "
                             f"{', '.join(RUNNABLE)}" + (" (rocm/metal only generate code)" if set(bad) & set(TARGETS)
                                                          else ""))
-    for name, value in (("--prompt-len", args.prompt_len), ("--repeats", args.repeats),
+    for name, value in (("--prompt-len", args.prompt_len), ("--repeats", args.repeats), ("--rounds", args.rounds),
                         ("--profile-repeats", args.profile_repeats)):
         if value < 1:
             raise TinyGPT2Error(f"{name} must be >= 1, got {value}")
@@ -60,8 +62,8 @@ def run(args) -> int:
         except ImportError:
             raise TinyGPT2Error("charts need matplotlib: pip install 'tinygpt2[plots]', or pass --no-charts") from None
     result = A.run(args.model, targets, args.dtype, args.rule_lists, prompt_len=args.prompt_len,
-                   decode_tokens=args.decode_tokens, repeats=args.repeats, per_kernel=args.per_kernel,
-                   profile_repeats=args.profile_repeats)
+                   decode_tokens=args.decode_tokens, repeats=args.repeats, rounds=args.rounds,
+                   per_kernel=args.per_kernel, profile_repeats=args.profile_repeats)
     print(A.to_markdown(result))
     if args.out:
         paths = A.write(result, args.out, charts=not args.no_charts)
