@@ -6,11 +6,13 @@ Installed as `tinygpt2.kernels`.
 """
 
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, make_attn_scores,
-                        make_attn_values, make_causal_softmax)
-from .embedding import embedding_ref, make_embedding
-from .gelu import gelu_ref, make_gelu
-from .kv_cache import kv_append_ref, make_kv_append
+                        make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
+                        make_softmax_decode, pad_keys)
+from .embedding import embedding_ref, make_embedding, make_embedding_decode
+from .gelu import gelu_expr, gelu_ref, make_gelu
+from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm
-from .linear import linear_ref, make_linear
+from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,
+                     make_linear_residual)
 from .lm_head import lm_head_ref, make_lm_head
 from .residual import add_ref, make_add

@@ -140,3 +140,116 @@ def attention_ref(qkv, k_cache, v_cache, m):
     """The three kernels composed: causal attention of the n new queries over the cache."""
     probs = causal_softmax_ref(attn_scores_ref(qkv, k_cache, m), k_cache.shape[2])
     return attn_values_ref(probs, v_cache, qkv.dtype)
+
+
+# --- decode: one new token, the whole cache, the position read from memory ---------------------------
+#
+# Decode's kernels have no symbolic shape at all: the key axis spans the whole cache (n_ctx) and the
+# position of the new token, pos = m - 1, is read from a 1-element int32 buffer instead of being a
+# shape. Every launch of a decode step then has the same grid whatever the position, which is what lets
+# the CUDA build capture the whole step in one CUDA graph (and WebGPU reuse the same dispatches).
+# Positions j > pos are masked: `T.if_then_else` keeps the loads of K and V there from being issued
+# (the cache holds stale values, possibly NaN, past the sequence), so reading the cache costs O(m), not
+# O(n_ctx), in memory traffic.
+
+def make_attn_scores_decode(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    """scores[h, 0, j] = sum_d q[0, h, d] * k_cache[h, j, d] for j <= pos, 0 beyond.
+
+    qkv [1, 3C], k_cache [H, n_ctx, D], pos [1] int32  ->  scores [H, 1, n_ctx] float32
+    """
+    check_dtype(dtype)
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+    one = T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def attn_scores(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
+                    pos: T.Buffer((one,), "int32"), scores: T.Buffer((H, one, P), ACC)):
+        T.func_attr({"tirx.noalias": True})
+        for h, i, j, d in T.grid(H, one, P, D):
+            with T.sblock("qk"):
+                vh, vi, vj, vd = T.axis.remap("SSSR", [h, i, j, d])
+                with T.init():
+                    scores[vh, vi, vj] = T.float32(0)
+                scores[vh, vi, vj] = scores[vh, vi, vj] + T.if_then_else(
+                    vj <= T.Cast("int64", pos[0]),
+                    T.Cast(ACC, qkv[vi, vh * D + vd]) * T.Cast(ACC, k_cache[vh, vj, vd]), T.float32(0))
+
+    return attn_scores
+
+
+def make_softmax_decode(n_head: int, head_dim: int, n_ctx: int):
+    """probs[h, 0, j] = softmax_j(scores[h, 0, j] / sqrt(D)) over j <= pos, 0 beyond.
+
+    scores [H, 1, n_ctx] float32, pos [1] int32  ->  probs [H, 1, n_ctx] float32
+    """
+    H, P = T.int64(n_head), T.int64(n_ctx)
+    one = T.int64(1)
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+
+    @T.prim_func(s_tir=True)
+    def causal_softmax(scores: T.Buffer((H, one, P), ACC), pos: T.Buffer((one,), "int32"),
+                       probs: T.Buffer((H, one, P), ACC)):
+        T.func_attr({"tirx.noalias": True})
+        row_max = T.sblock_alloc_buffer((H, one), ACC)
+        row_sum = T.sblock_alloc_buffer((H, one), ACC)
+        for h, i, j in T.grid(H, one, P):
+            with T.sblock("row_max"):
+                vh, vi, vj = T.axis.remap("SSR", [h, i, j])
+                with T.init():
+                    row_max[vh, vi] = lowest
+                row_max[vh, vi] = T.max(row_max[vh, vi], T.if_then_else(
+                    vj <= T.Cast("int64", pos[0]), scores[vh, vi, vj] * scale, lowest))
+        for h, i, j in T.grid(H, one, P):
+            with T.sblock("row_sum"):
+                vh, vi, vj = T.axis.remap("SSR", [h, i, j])
+                with T.init():
+                    row_sum[vh, vi] = T.float32(0)
+                row_sum[vh, vi] = row_sum[vh, vi] + T.if_then_else(
+                    vj <= T.Cast("int64", pos[0]), T.exp(scores[vh, vi, vj] * scale - row_max[vh, vi]), T.float32(0))
+        for h, i, j in T.grid(H, one, P):
+            with T.sblock("normalize"):
+                vh, vi, vj = T.axis.remap("SSS", [h, i, j])
+                probs[vh, vi, vj] = T.if_then_else(
+                    vj <= T.Cast("int64", pos[0]),
+                    T.exp(scores[vh, vi, vj] * scale - row_max[vh, vi]) / row_sum[vh, vi], T.float32(0))
+
+    return causal_softmax
+
+
+def make_attn_values_decode(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    """out[0, h*D + d] = sum_{j <= pos} probs[h, 0, j] * v_cache[h, j, d].
+
+    probs [H, 1, n_ctx] float32, v_cache [H, n_ctx, D], pos [1] int32  ->  out [1, C]
+    """
+    check_dtype(dtype)
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+    one = T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def attn_values(probs: T.Buffer((H, one, P), ACC), v_cache: T.Buffer((H, P, D), dtype),
+                    pos: T.Buffer((one,), "int32"), out: T.Buffer((one, C), dtype)):
+        T.func_attr({"tirx.noalias": True})
+        acc = T.sblock_alloc_buffer((H, one, D), ACC)
+        for h, i, d, j in T.grid(H, one, D, P):
+            with T.sblock("pv"):
+                vh, vi, vd, vj = T.axis.remap("SSSR", [h, i, d, j])
+                with T.init():
+                    acc[vh, vi, vd] = T.float32(0)
+                # masked even though probs is 0 there: 0 * a stale NaN in the cache would be NaN
+                acc[vh, vi, vd] = acc[vh, vi, vd] + T.if_then_else(
+                    vj <= T.Cast("int64", pos[0]), probs[vh, vi, vj] * T.Cast(ACC, v_cache[vh, vj, vd]),
+                    T.float32(0))
+        for i, h, d in T.grid(one, H, D):
+            with T.sblock("merge_heads"):
+                vi, vh, vd = T.axis.remap("SSS", [i, h, d])
+                out[vi, vh * D + vd] = T.Cast(dtype, acc[vh, vi, vd])
+
+    return attn_values
+
+
+def pad_keys(a, n_ctx):
+    """[H, n, m] -> [H, n, n_ctx] with zeros past m: what decode's kernels hold beyond the position."""
+    return np.concatenate([a, np.zeros(a.shape[:-1] + (n_ctx - a.shape[-1],), a.dtype)], axis=-1)

@@ -16,11 +16,16 @@ from ._dtypes import seq_len_var, ACC, check_dtype
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def gelu_expr(x):
+    """The formula on a float32 PrimExpr; also the epilogue of the fused c_fc (linear.make_linear_gelu).
+
+    A plain Python function: TVMScript calls it while parsing, so it inlines into the kernel's IR."""
+    return T.float32(0.5) * x * (T.float32(1) + T.tanh(T.float32(SQRT_2_OVER_PI) * (x + T.float32(0.044715) * x * x * x)))
+
+
 def make_gelu(n_features: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     F = T.int64(n_features)
-    c0 = T.float32(SQRT_2_OVER_PI)
-    c1 = T.float32(0.044715)
 
     n = seq_len_var(seq_len)                              # new tokens: symbolic, or fixed (1 in decode)
 
@@ -32,10 +37,7 @@ def make_gelu(n_features: int, dtype: str = "float32", seq_len: int | None = Non
         for i, j in T.grid(n, F):
             with T.sblock("gelu"):
                 vi, vj = T.axis.remap("SS", [i, j])
-                # x is written out three times: an `xf = ...` line would declare a buffer, not a scalar
-                y[vi, vj] = T.Cast(dtype, T.float32(0.5) * T.Cast(ACC, x[vi, vj]) * (T.float32(1) + T.tanh(
-                    c0 * (T.Cast(ACC, x[vi, vj]) + c1 * T.Cast(ACC, x[vi, vj]) * T.Cast(ACC, x[vi, vj])
-                          * T.Cast(ACC, x[vi, vj])))))
+                y[vi, vj] = T.Cast(dtype, gelu_expr(T.Cast(ACC, x[vi, vj])))
 
     return gelu
 

@@ -29,14 +29,36 @@ def make_kv_append(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32
                   m: T.int64):
         T.func_attr({"tirx.noalias": True})
         qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)    # [n, 3C]
+        # one block writes both: one kernel launch per layer, not two
         for i, h, d in T.grid(n, H, D):
-            with T.sblock("k_append"):
+            with T.sblock("kv_append"):
                 vi, vh, vd = T.axis.remap("SSS", [i, h, d])
                 k_cache[vh, m - n + vi, vd] = qkv[vi, C + vh * D + vd]
-        for i, h, d in T.grid(n, H, D):
-            with T.sblock("v_append"):
-                vi, vh, vd = T.axis.remap("SSS", [i, h, d])
                 v_cache[vh, m - n + vi, vd] = qkv[vi, C * 2 + vh * D + vd]
+
+    return kv_append
+
+
+def make_kv_append_decode(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    """Decode's append: the one new token goes to the position read from `pos` (= m - 1), not a shape,
+    so the launch is the same at every step (see attention.py's decode kernels).
+
+    qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32
+    """
+    check_dtype(dtype)
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+    one = T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def kv_append(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
+                  v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((one,), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        for i, h, d in T.grid(one, H, D):
+            with T.sblock("kv_append"):
+                vi, vh, vd = T.axis.remap("SSS", [i, h, d])
+                k_cache[vh, T.Cast("int64", pos[0]) + vi, vd] = qkv[vi, C + vh * D + vd]
+                v_cache[vh, T.Cast("int64", pos[0]) + vi, vd] = qkv[vi, C * 2 + vh * D + vd]
 
     return kv_append
 

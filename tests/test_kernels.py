@@ -72,6 +72,27 @@ def test_linear(rng, n, dtype, k_in, n_out):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
+def test_linear_gelu(rng, n, dtype):
+    """c_fc with GELU fused into its epilogue = GELU(linear) (GELU applied to the float32 sum)."""
+    x, w, b = rand(rng, n, C, dtype=dtype), rand(rng, 4 * C, C, dtype=dtype, scale=0.3), rand(rng, 4 * C, dtype=dtype)
+    out = call(build("make_linear_gelu", C, 4 * C, dtype), x, w, b, np.zeros((n, 4 * C), dtype))[-1]
+    np.testing.assert_allclose(out, K.linear_gelu_ref(x, w, b), **TOL[dtype])
+    np.testing.assert_allclose(out, K.gelu_ref(K.linear_ref(x, w, b)), **TOL[dtype])     # the unfused pair
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+def test_linear_residual(rng, n, dtype):
+    """c_proj with the residual add fused into its epilogue = residual + linear."""
+    x, w, b = rand(rng, n, 4 * C, dtype=dtype), rand(rng, C, 4 * C, dtype=dtype, scale=0.1), rand(rng, C, dtype=dtype)
+    r = rand(rng, n, C, dtype=dtype)
+    out = call(build("make_linear_residual", 4 * C, C, dtype), x, w, b, r, np.zeros((n, C), dtype))[-1]
+    np.testing.assert_allclose(out, K.linear_residual_ref(x, w, b, r), **TOL[dtype])
+    np.testing.assert_allclose(out, K.add_ref(r, K.linear_ref(x, w, b)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
 def test_gelu(rng, n, dtype):
     x = rand(rng, n, 4 * C, dtype=dtype, scale=3.0)
     out = call(build("make_gelu", 4 * C, dtype), x, np.zeros_like(x))[-1]
@@ -144,3 +165,47 @@ def test_lm_head(rng, n, dtype):
     x, wte = rand(rng, n, C, dtype=dtype), rand(rng, V, C, dtype=dtype)
     out = call(build("make_lm_head", V, C, dtype), x, wte, np.zeros((1, V), np.float32))[-1]
     np.testing.assert_allclose(out, K.lm_head_ref(x, wte), **TOL[dtype])
+
+
+# --- decode's kernels: static shapes, the position read from a buffer ---------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos", [0, 5, P - 1])
+def test_embedding_decode(rng, pos, dtype):
+    ids = rng.integers(0, V, 1).astype(np.int32)
+    wte, wpe = rand(rng, V, C, dtype=dtype), rand(rng, P, C, dtype=dtype)
+    out = call(build("make_embedding_decode", V, P, C, dtype), ids, np.array([pos], np.int32), wte, wpe,
+               np.zeros((1, C), dtype))[-1]
+    np.testing.assert_array_equal(out, K.embedding_ref(ids, wte, wpe, pos + 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos", [0, 5, P - 1])
+def test_kv_append_decode(rng, pos, dtype):
+    qkv = rand(rng, 1, 3 * C, dtype=dtype)
+    k_cache, v_cache = rand(rng, H, P, D, dtype=dtype), rand(rng, H, P, D, dtype=dtype)
+    k_out, v_out = call(build("make_kv_append_decode", H, D, P, dtype), qkv, k_cache, v_cache,
+                        np.array([pos], np.int32))[1:3]
+    k_want, v_want = K.kv_append_ref(qkv, k_cache, v_cache, pos + 1)
+    np.testing.assert_array_equal(k_out, k_want)
+    np.testing.assert_array_equal(v_out, v_want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pos", [0, 6, P - 1])
+def test_attention_decode_kernels(rng, pos, dtype):
+    """Over the whole cache, masked past `pos`: equal to the prefill-style kernels' refs at m = pos + 1,
+    with zeros beyond, even when the cache past the position holds NaN."""
+    m = pos + 1
+    qkv = rand(rng, 1, 3 * C, dtype=dtype)
+    k_cache, v_cache = rand(rng, H, P, D, dtype=dtype), rand(rng, H, P, D, dtype=dtype)
+    k_cache[:, m:], v_cache[:, m:] = np.nan, np.nan               # stale cache entries must not leak in
+    p = np.array([pos], np.int32)
+    scores = call(build("make_attn_scores_decode", H, D, P, dtype), qkv, k_cache, p,
+                  np.zeros((H, 1, P), np.float32))[-1]
+    np.testing.assert_allclose(scores, K.pad_keys(K.attn_scores_ref(qkv, k_cache, m), P), rtol=1e-4, atol=1e-4)
+    probs = call(build("make_softmax_decode", H, D, P), scores, p, np.zeros_like(scores))[-1]
+    want_probs = K.causal_softmax_ref(scores[:, :, :m], D)
+    np.testing.assert_allclose(probs, K.pad_keys(want_probs, P), rtol=1e-5, atol=1e-6)
+    out = call(build("make_attn_values_decode", H, D, P, dtype), probs, v_cache, p, np.zeros((1, C), dtype))[-1]
+    np.testing.assert_allclose(out, K.attn_values_ref(want_probs, v_cache, dtype), **TOL[dtype])
