@@ -68,14 +68,15 @@ class VMExecutor(Executor):
         self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
                              lambda shape, dt: empty(shape, dt, device))
         self._fns = {name: self.vm[name] for name in ("prefill", "decode")}
+        # decode's inputs are persistent tensors: the CUDA graph that captures the step keeps their addresses
         self._decode_ids = empty((1,), "int32", device)
+        self._decode_pos = empty((1,), "int32", device)
 
     def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
         if fn == "decode":
-            # one persistent input tensor: a CUDA graph captured around it keeps its address
             self._decode_ids.copyfrom(ids)
-            ids_t = self._decode_ids
+            self._decode_pos.copyfrom(np.array([m - 1], np.int32))     # the new token's position
+            out = self._fns[fn](self._decode_ids, self._decode_pos, *self.cache.tensors, *self.params)
         else:
-            ids_t = to_tensor(ids, self.device)
-        out = self._fns[fn](ids_t, shape_tuple([m]), *self.cache.tensors, *self.params)
+            out = self._fns[fn](to_tensor(ids, self.device), shape_tuple([m]), *self.cache.tensors, *self.params)
         return out.numpy()[0]

@@ -7,7 +7,7 @@ themselves (WebGPU, and the step-through executor on every target) walk that lis
            outputs=[Tensor(tmp 8)])
 
 Shapes are symbolic in n (new tokens) and m (length after them); `Expr`s evaluate them for given
-values. `plan_memory` assigns the temporaries to reusable slots from their live ranges, so a model
+values (decode has no symbolic shape: its position is the 1-element int32 input tensor `pos`, = m - 1). `plan_memory` assigns the temporaries to reusable slots from their live ranges, so a model
 needs a handful of activation buffers, not one per call.
 """
 
@@ -61,7 +61,7 @@ class Expr:
 
 @dataclass
 class Tensor:
-    kind: str                      # "ids" | "cache" | "param" | "tmp"
+    kind: str                      # "ids" | "pos" | "cache" | "param" | "tmp"
     index: int                     # which cache tensor / param / temporary
     shape: list[Expr]
     dtype: str
@@ -101,6 +101,8 @@ def build_plan(mod, function: str) -> Plan:
     func = mod[function]
     params = list(func.params)
     env: dict = {params[0]: Tensor("ids", 0, [Expr(s) for s in params[0].ty.shape.values], "int32")}
+    if isinstance(params[1].ty, relax.TensorType):             # decode's `pos` (prefill's `total` is a shape)
+        env[params[1]] = Tensor("pos", 0, [Expr(1)], "int32")
     n_cache = sum(1 for p in params[2:] if p.name[:2] in ("k_", "v_"))
     for i, p in enumerate(params[2:2 + n_cache]):
         env[p] = _tensor("cache", i, p.ty)

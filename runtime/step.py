@@ -134,8 +134,13 @@ def compare(step: Step, reference: dict) -> Error:
     want = list(want) if isinstance(want, (tuple, list)) else [want]
     worst = Error(0.0, 0.0)
     for got, ref in zip(step.outputs, want):
-        if got.shape != ref.shape:                     # the KV cache: the filled positions only
-            ref = ref[tuple(slice(0, s) for s in got.shape)]
+        if got.shape != ref.shape:
+            # the KV cache: the filled positions only; decode's scores/probs: the key axis spans the
+            # whole cache, past the position they hold zeros (checked here) and the reference stops
+            common = tuple(slice(0, min(a, b)) for a, b in zip(got.shape, ref.shape))
+            if got.shape[-1] > ref.shape[-1] and np.any(got[..., ref.shape[-1]:] != 0):
+                raise StepError(f"{step.name}: non-zero values past the sequence length")
+            got, ref = got[common], ref[common]
         if got.shape != ref.shape:
             raise StepError(f"{step.name}: output shape {got.shape} but the reference has {ref.shape}")
         diff = float(np.max(np.abs(got.astype(np.float32) - ref))) if ref.size else 0.0
@@ -154,11 +159,14 @@ def _vm_launches(ex, compiled, plan, env, ids, scripts):
     root = getattr(compiled.executable, "mod", compiled.executable)
     slots = [empty((count,), dtype, dev) for dtype, count in slot_sizes(plan, env)]    # the plan's memory
     ids_t = to_tensor(ids.astype(np.int32), dev)
+    pos_t = to_tensor(np.array([env["m"] - 1], np.int32), dev)             # decode's position input
     grid = _cpu_grid if compiled.target == "llvm" else _gpu_grid           # cuda: blocks x threads
 
     def tensor(t):
         if t.kind == "ids":
             return ids_t
+        if t.kind == "pos":
+            return pos_t
         if t.kind == "cache":
             return ex.cache.tensors[t.index]
         if t.kind == "param":
@@ -180,6 +188,7 @@ def _webgpu_launches(ex, art, plan, fn, env, ids):
     f = ex.functions[fn]
     queue = ex.device.queue
     queue.write_buffer(ex.ids, 0, ids.astype(np.int32))
+    queue.write_buffer(ex.pos, 0, np.array([env["m"] - 1], np.int32))
     by_launch: dict[str, list] = {}
     for d in f["dispatches"]:
         by_launch.setdefault(d.launch_name, []).append(d)

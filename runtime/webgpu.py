@@ -111,6 +111,7 @@ class WebGPUExecutor(Executor):
                              lambda shape, dt: dev.create_buffer(size=int(np.prod(shape)) * ITEMSIZE[dt],
                                                                  usage=usage.STORAGE | usage.COPY_SRC))
         self.ids = dev.create_buffer(size=4 * cfg.n_positions, usage=usage.STORAGE | usage.COPY_DST)
+        self.pos = dev.create_buffer(size=4, usage=usage.STORAGE | usage.COPY_DST)       # decode's position
         self.readback = dev.create_buffer(size=4 * cfg.vocab_size, usage=usage.MAP_READ | usage.COPY_DST)
         self.pipelines = {}
         for name, code in art["kernels"].items():
@@ -131,6 +132,8 @@ class WebGPUExecutor(Executor):
         def buffer_of(t: Tensor):
             if t.kind == "ids":
                 return self.ids
+            if t.kind == "pos":
+                return self.pos
             if t.kind == "cache":
                 return self.cache.tensors[t.index]
             if t.kind == "param":
@@ -201,6 +204,8 @@ class WebGPUExecutor(Executor):
 
     def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
         self.device.queue.write_buffer(self.ids, 0, ids.astype(np.int32))
+        if fn == "decode":
+            self.device.queue.write_buffer(self.pos, 0, np.array([m - 1], np.int32))
         key = (fn, len(ids), m)
         pending, self._pending = self._pending, None
         command = pending[1] if pending is not None and pending[0] == key else self._command(*key)

@@ -8,16 +8,23 @@
 The module holds two Relax functions with the same signature,
 
     prefill(ids [n] int32, total: Shape([m]), k_0, v_0, …, k_{L-1}, v_{L-1}, *params) -> logits [1, vocab] f32
-    decode (ids [1] int32, total: Shape([m]), …same…)                                -> logits [1, vocab] f32
+    decode (ids [1] int32, pos [1] int32,    …same…)                                -> logits [1, vocab] f32
 
 where n is the number of new tokens, m the sequence length after them (the new tokens sit at
 positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
 params the weights in `weights.param_names(config)` order, under Hugging Face's names. Both
 functions are straight lists of `call_tir`s into the hand-written kernels of `tinygpt2.kernels`.
-prefill's kernels take a symbolic n; decode's are built for n = 1, so rules see matrix-vector shapes.
+
+prefill's kernels take a symbolic n, and m as a shape. decode's are built for n = 1, so rules see
+matrix-vector shapes, and have no symbolic shape at all: the position m - 1 is a device tensor `pos`,
+attention runs over the whole cache masked past it, so every decode step launches the same kernels
+with the same grids (one CUDA graph captures the whole step). The linears that feed GELU or the
+residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from tinygpt2 import kernels as K
 from tinygpt2.config import GPT2Config
@@ -37,7 +44,9 @@ class _Builder:
     def kernel(self, name: str, factory, *args) -> tvm.ir.GlobalVar:
         key = (factory, args)
         if key not in self.kernels:
-            func = factory(*args, seq_len=self.seq_len).with_attr("global_symbol", name + self.suffix)
+            # decode's *_decode factories are n = 1 by construction and take no seq_len
+            kw = {"seq_len": self.seq_len} if "seq_len" in inspect.signature(factory).parameters else {}
+            func = factory(*args, **kw).with_attr("global_symbol", name + self.suffix)
             self.kernels[key] = self.bb.add_func(func, name + self.suffix)
         return self.kernels[key]
 
@@ -55,21 +64,39 @@ class _Builder:
 def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: str, seq_len: int | None):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
+    decode = seq_len == 1
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
+    keys = P if decode else m                                          # the attention's key axis
 
     ids = relax.Var("ids", relax.TensorType([n], "int32"))
-    total = relax.Var("total", relax.ShapeType([m]))
+    # where the new tokens go: prefill takes the length m as a shape (its kernels' shapes follow it);
+    # decode reads the position m - 1 from a device tensor, so none of its shapes change from step to step
+    where = relax.Var("pos", relax.TensorType([1], "int32")) if decode else relax.Var("total", relax.ShapeType([m]))
     cache = [relax.Var(f"{kv}_{i}", relax.TensorType([H, P, D], dtype))
              for i in range(cfg.n_layer) for kv in ("k", "v")]
     shapes = param_shapes(cfg)
     w = {p: relax.Var(p.replace(".", "_"), relax.TensorType(list(shapes[p]), dtype)) for p in param_names(cfg)}
 
     b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
-    with bb.function(name, [ids, total, *cache, *w.values()]):
+    if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
+        embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
+        kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
+        attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
+        softmax = b.kernel("causal_softmax", K.make_softmax_decode, H, D, P)
+        attn_values = b.kernel("attn_values", K.make_attn_values_decode, H, D, P, dtype)
+        pos = [where]                                                   # an extra tensor argument
+    else:
+        embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
+        kv_append = b.kernel("kv_append", K.make_kv_append, H, D, P, dtype)
+        attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
+        softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D)
+        attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
+        pos = []                                                        # m reaches the kernels as a shape / scalar
+    with bb.function(name, [ids, where, *cache, *w.values()]):
         with bb.dataflow():
-            x = b.call("x", b.kernel("embedding", K.make_embedding, V, P, C, dtype),
-                       [ids, w["wte.weight"], w["wpe.weight"], m], [n, C], dtype)                 # [n, C]
+            x = b.call("x", embedding, [ids, *pos, w["wte.weight"], w["wpe.weight"], *([] if decode else [m])],
+                       [n, C], dtype)                                                          # [n, C]
             for i in range(cfg.n_layer):
                 p = f"h.{i}."
                 # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
@@ -77,32 +104,34 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
                            [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)           # [n, C]
                 qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                              [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
-                k, v = b.call_inplace(f"h{i}_kv", b.kernel("kv_append", K.make_kv_append, H, D, P, dtype),
-                                      [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])         # [H, P, D] x2
-                s = b.call(f"h{i}_scores", b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype),
-                           [qkv, k], [H, n, m], ACC)                                           # [H, n, m]
-                s = b.call(f"h{i}_probs", b.kernel("causal_softmax", K.make_causal_softmax, H, D),
-                           [s], [H, n, m], ACC)                                                # [H, n, m]
-                a = b.call(f"h{i}_attn", b.kernel("attn_values", K.make_attn_values, H, D, P, dtype),
-                           [s, v], [n, C], dtype)                                              # [n, C]
-                a = b.call(f"h{i}_attn_proj", b.kernel("linear_attn_proj", K.make_linear, C, C, dtype),
-                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"]], [n, C], dtype)
-                x = b.call(f"h{i}_resid_attn", b.kernel("add", K.make_add, C, dtype), [x, a], [n, C], dtype)
+                k, v = b.call_inplace(f"h{i}_kv", kv_append,
+                                      [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
+                s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)       # [H, n, keys]
+                s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC)                  # [H, n, keys]
+                a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)               # [n, C]
+                x = b.call(f"h{i}_resid_attn",                                                 # x + c_proj(a)
+                           b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype),
+                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 h = b.call(f"h{i}_ln_2", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
                            [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
-                h = b.call(f"h{i}_fc", b.kernel("linear_fc", K.make_linear, C, F, dtype),
+                h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),  # gelu(c_fc(h))
                            [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)    # [n, F]
-                h = b.call(f"h{i}_gelu", b.kernel("gelu", K.make_gelu, F, dtype), [h], [n, F], dtype)
-                h = b.call(f"h{i}_mlp_proj", b.kernel("linear_mlp_proj", K.make_linear, F, C, dtype),
-                           [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]], [n, C], dtype)  # [n, C]
-                x = b.call(f"h{i}_resid_mlp", b.kernel("add", K.make_add, C, dtype), [x, h], [n, C], dtype)
+                x = b.call(f"h{i}_resid_mlp",                                                  # x + c_proj(h)
+                           b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype),
+                           [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
             x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
                             [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
             out = bb.emit_output(logits)
         bb.emit_func_output(out)
+    if decode:
+        # num_input = 0 declares every argument fixed from call to call (RewriteCUDAGraph then lets the
+        # captured graph read them; without it only the weights after `num_input` may be captured). The
+        # executor keeps that promise: ids, pos, the caches and the weights are persistent tensors.
+        gv = bb.get().get_global_var(name)
+        bb.update_func(gv, bb.get()[gv].with_attr("num_input", 0))
 
 
 def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:

@@ -2,8 +2,11 @@
 ground truth. It records every intermediate under the name of the launch that computes it in the
 model graph (tinygpt2/model.py), so each kernel's output can be checked against it:
 
-    x  h0_ln_1  h0_qkv  h0_kv  h0_scores  h0_probs  h0_attn  h0_attn_proj  h0_resid_attn
-       h0_ln_2  h0_fc  h0_gelu  h0_mlp_proj  h0_resid_mlp  ...  h{L-1}_resid_mlp  ln_f  logits
+    x  h0_ln_1  h0_qkv  h0_kv  h0_scores  h0_probs  h0_attn  h0_resid_attn
+       h0_ln_2  h0_fc_gelu  h0_resid_mlp  ...  h{L-1}_resid_mlp  ln_f  logits
+
+(h0_resid_attn = x + c_proj(attn), h0_fc_gelu = gelu(c_fc(..)): the model fuses those pairs into one
+kernel; the reference computes them with the unfused kernels' refs, as two steps.)
 
 `h{i}_kv` is the pair (k_cache, v_cache) of layer i after the append (the whole [n_head, n_ctx,
 head_dim] arrays; positions >= m are zeros). Everything is computed in float32, whatever the
@@ -61,13 +64,13 @@ class Reference:
             s = out[f"h{i}_scores"] = K.attn_scores_ref(qkv, k, m)                             # [H, n, m]
             s = out[f"h{i}_probs"] = K.causal_softmax_ref(s, cfg.head_dim)                     # [H, n, m]
             a = out[f"h{i}_attn"] = K.attn_values_ref(s, v, np.float32)                        # [n, C]
-            a = out[f"h{i}_attn_proj"] = K.linear_ref(a, w("attn.c_proj.weight"), w("attn.c_proj.bias"))
+            a = K.linear_ref(a, w("attn.c_proj.weight"), w("attn.c_proj.bias"))
             x = out[f"h{i}_resid_attn"] = K.add_ref(x, a)
             # MLP: x = x + c_proj(gelu(c_fc(ln_2(x))))
             h = out[f"h{i}_ln_2"] = K.layernorm_ref(x, w("ln_2.weight"), w("ln_2.bias"), eps)
-            h = out[f"h{i}_fc"] = K.linear_ref(h, w("mlp.c_fc.weight"), w("mlp.c_fc.bias"))       # [n, F]
-            h = out[f"h{i}_gelu"] = K.gelu_ref(h)
-            h = out[f"h{i}_mlp_proj"] = K.linear_ref(h, w("mlp.c_proj.weight"), w("mlp.c_proj.bias"))
+            h = K.linear_ref(h, w("mlp.c_fc.weight"), w("mlp.c_fc.bias"))                         # [n, F]
+            h = out[f"h{i}_fc_gelu"] = K.gelu_ref(h)
+            h = K.linear_ref(h, w("mlp.c_proj.weight"), w("mlp.c_proj.bias"))
             x = out[f"h{i}_resid_mlp"] = K.add_ref(x, h)
         x = out["ln_f"] = K.layernorm_ref(x, p["ln_f.weight"], p["ln_f.bias"], eps)
         out["logits"] = K.lm_head_ref(x, p["wte.weight"])                                      # [1, V]
