@@ -5,6 +5,7 @@ loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states 
 Installed as `tinygpt2.kernels`.
 """
 
+from .argmax import advance_ref, argmax_ref, make_advance, make_argmax
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, make_attn_scores,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)

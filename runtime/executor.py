@@ -67,10 +67,34 @@ class VMExecutor(Executor):
         self.params = [to_tensor(params[name], device) for name in param_order]     # uploaded once
         self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
                              lambda shape, dt: empty(shape, dt, device))
-        self._fns = {name: self.vm[name] for name in ("prefill", "decode")}
+        self._fns = {name: self.vm[name] for name in ("prefill", "decode", "decode_greedy")}
         # decode's inputs are persistent tensors: the CUDA graph that captures the step keeps their addresses
         self._decode_ids = empty((1,), "int32", device)
         self._decode_pos = empty((1,), "int32", device)
+        self._history = empty((config.n_positions + 1,), "int32", device)   # history[p]: greedy token for p
+        self._greedy_args = (self._decode_ids, self._decode_pos, self._history, *self.cache.tensors, *self.params)
+
+    def greedy(self, token: int, count: int) -> list[int]:
+        """Append `token`, then `count - 1` greedy tokens, on the device; returns the `count` greedy tokens.
+
+        Each `decode_greedy` step takes its argmax on the device and leaves the token and the position
+        where the next step reads them (kernels/argmax.py), so the steps are queued back to back with
+        no host round trip, and the new ids are read back once, at the end. The cache then holds
+        `token` and the first count - 1 returned tokens; the last one is not appended yet (as after
+        `decode`). `truncate` undoes steps run ahead of need.
+        """
+        if self.cache.length == 0:
+            raise GenerationError("decode() before prefill(): there is no sequence to continue")
+        start = self.cache.length                           # the position `token` goes to
+        m = self.cache.reserve(count)
+        self._decode_ids.copyfrom(self._check_ids([token]))
+        self._decode_pos.copyfrom(np.array([start], np.int32))
+        step = self._fns["decode_greedy"]
+        for _ in range(count):
+            step(*self._greedy_args)                        # asynchronous: a CUDA graph launch on cuda
+        new = self._history.numpy()[start + 1:start + 1 + count]     # waits for the last step
+        self.cache.commit(m)
+        return [int(t) for t in new]
 
     def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
         if fn == "decode":

@@ -13,6 +13,8 @@ from tinygpt2.errors import ContextOverflowError, GenerationError
 
 from .sampling import check_args, sample
 
+GREEDY_CHUNK = 16        # greedy steps queued on the device per host round trip (at most 15 wasted at EOS)
+
 
 @dataclass
 class Stats:
@@ -113,12 +115,17 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
         return out
     text = _TextStream(tokenizer, stops, stream)
 
+    # greedy on a VM target: argmax on the device, GREEDY_CHUNK steps queued at a time (see
+    # VMExecutor.greedy); `ahead` holds tokens computed but not consumed yet
+    on_device = temperature == 0 and hasattr(executor, "greedy")
+    ahead: list[int] = []
+
     t0 = time.perf_counter()
     logits = executor.prefill(ids)
     out.stats.prefill_s = time.perf_counter() - t0
     t_decode = 0.0
     while True:
-        token = sample(logits, temperature, top_k, top_p, rng)
+        token = ahead.pop(0) if ahead else sample(logits, temperature, top_k, top_p, rng)
         if not out.ids and out.stats.ttft_s == 0.0:
             out.stats.ttft_s = time.perf_counter() - t0
         if token == tokenizer.eos_id:
@@ -130,12 +137,21 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
             break
         if len(out.ids) >= max_new_tokens:
             break
-        if executor.cache.length >= n_ctx:
+        if executor.cache.length - len(ahead) >= n_ctx:          # the sequence's length, steps ahead excluded
             out.stop_reason = "context"
             break
+        if ahead:
+            continue                                      # already appended to the cache, on the device
         t1 = time.perf_counter()
-        logits = executor.decode(token)
+        if on_device:
+            count = min(GREEDY_CHUNK, max_new_tokens - len(out.ids), n_ctx - executor.cache.length)
+            ahead = executor.greedy(token, count)
+        else:
+            logits = executor.decode(token)
         t_decode += time.perf_counter() - t1
+    if ahead:
+        # stopped with steps run ahead: the cache holds the consumed tokens only, as without them
+        executor.cache.commit(executor.cache.length - len(ahead))
     out.stats.decode_s = t_decode
     out.stats.new_tokens = len(out.ids)
     out.text = text.finish()

@@ -209,3 +209,22 @@ def test_attention_decode_kernels(rng, pos, dtype):
     np.testing.assert_allclose(probs, K.pad_keys(want_probs, P), rtol=1e-5, atol=1e-6)
     out = call(build("make_attn_values_decode", H, D, P, dtype), probs, v_cache, p, np.zeros((1, C), dtype))[-1]
     np.testing.assert_allclose(out, K.attn_values_ref(want_probs, v_cache, dtype), **TOL[dtype])
+
+
+def test_argmax_lowest_id_on_ties(rng):
+    logits = rand(rng, 1, V)
+    logits[0, [17, 250]] = logits.max() + 1                        # a tie: the lower id wins, as np.argmax
+    out = call(build("make_argmax", V), logits, np.zeros(1, np.int32))[-1]
+    np.testing.assert_array_equal(out, K.argmax_ref(logits))
+    assert out[0] == 17
+
+
+@pytest.mark.parametrize("pos", [0, 9, P - 1])
+def test_advance_feeds_the_next_decode_step(rng, pos):
+    nxt, ids, p = np.array([123], np.int32), np.array([5], np.int32), np.array([pos], np.int32)
+    history = rng.integers(0, V, P + 1).astype(np.int32)
+    got = call(build("make_advance", P), nxt, ids, p, history)[1:]
+    want = K.advance_ref(nxt, ids, p, history)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert got[0][0] == 123 and got[1][0] == pos + 1 and got[2][pos + 1] == 123

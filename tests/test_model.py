@@ -54,6 +54,44 @@ def test_32_greedy_tokens_equal_transformers_generate(tiny, hf):
     assert out.text == tiny.tokenizer.decode(out.ids)
 
 
+class _HostGreedy:
+    """The executor without `greedy`: generation takes the argmax of each step's logits on the host."""
+
+    def __init__(self, ex):
+        self.config, self.cache, self.prefill, self.decode = ex.config, ex.cache, ex.prefill, ex.decode
+
+
+@pytest.mark.parametrize("stop_after", [None, 3, 20])
+def test_greedy_on_the_device_equals_greedy_on_the_host(tiny, stop_after):
+    """decode_greedy (argmax on the device, 16 steps queued per round trip) gives the host loop's ids,
+    and leaves the cache as the host loop does, also when a stop string ends it mid-chunk."""
+    from tinygpt2.runtime.generate import generate
+    ids = tiny.tokenizer.encode(PROMPT)
+    stop = None
+    if stop_after is not None:             # a stop string that ends generation after token `stop_after`
+        first = generate(_HostGreedy(tiny.executor), tiny.tokenizer, ids, max_new_tokens=40)
+        stop = tiny.tokenizer.decode(first.ids[:stop_after + 1])[-3:]
+    host = generate(_HostGreedy(tiny.executor), tiny.tokenizer, ids, max_new_tokens=40, stop=stop)
+    host_len = tiny.executor.cache.length
+    after_host = tiny.decode(100)                                  # the sequence goes on from there
+    dev = tiny.generate(ids, max_new_tokens=40, temperature=0, stop=stop)
+    assert dev.ids == host.ids and dev.stop_reason == host.stop_reason and dev.text == host.text
+    assert tiny.executor.cache.length == host_len
+    np.testing.assert_allclose(tiny.decode(100), after_host, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_on_the_device_to_the_end_of_the_context(tiny):
+    """A run that reaches n_ctx: the last chunk is cut to the context, and the ids equal the host's."""
+    from tinygpt2.runtime.generate import generate
+    n_ctx = tiny.config.n_positions
+    ids = list(range(200, 200 + n_ctx - 21))                       # 21 positions left: chunks of 16 + 5
+    host = generate(_HostGreedy(tiny.executor), tiny.tokenizer, ids, max_new_tokens=100)
+    dev = tiny.generate(ids, max_new_tokens=100, temperature=0)
+    assert dev.ids == host.ids and dev.stop_reason == host.stop_reason
+    assert host.stop_reason in ("context", "eos")
+    assert tiny.executor.cache.length <= n_ctx
+
+
 def test_second_sequence_is_not_affected_by_the_first(tiny, hf):
     a, b = tiny.tokenizer.encode("First, a long sequence that fills the cache a bit"), tiny.tokenizer.encode("Then")
     tiny.prefill(a)

@@ -9,6 +9,7 @@ The module holds two Relax functions with the same signature,
 
     prefill(ids [n] int32, total: Shape([m]), k_0, v_0, …, k_{L-1}, v_{L-1}, *params) -> logits [1, vocab] f32
     decode (ids [1] int32, pos [1] int32,    …same…)                                -> logits [1, vocab] f32
+    decode_greedy (ids, pos, history [n_ctx + 1] int32, …same…)                      -> history (in place)
 
 where n is the number of new tokens, m the sequence length after them (the new tokens sit at
 positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
@@ -61,7 +62,8 @@ class _Builder:
         return [self.bb.emit(relax.TupleGetItem(res, j), name_hint=f"{out_name}_{j}") for j in range(len(inplace))]
 
 
-def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: str, seq_len: int | None):
+def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Config, dtype: str,
+                   seq_len: int | None, greedy: bool = False):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
@@ -78,7 +80,7 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
     shapes = param_shapes(cfg)
     w = {p: relax.Var(p.replace(".", "_"), relax.TensorType(list(shapes[p]), dtype)) for p in param_names(cfg)}
 
-    b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
+    history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
         kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
@@ -93,7 +95,7 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
         softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D)
         attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
-    with bb.function(name, [ids, where, *cache, *w.values()]):
+    with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):
         with bb.dataflow():
             x = b.call("x", embedding, [ids, *pos, w["wte.weight"], w["wpe.weight"], *([] if decode else [m])],
                        [n, C], dtype)                                                          # [n, C]
@@ -124,7 +126,14 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
                             [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
-            out = bb.emit_output(logits)
+            if greedy:
+                # the next token, chosen on the device and left where the next step reads it
+                nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
+                _, _, history = b.call_inplace("advance", b.kernel("advance", K.make_advance, P),
+                                               [nxt, ids, where, history], [1, 2, 3])
+                out = bb.emit_output(history)
+            else:
+                out = bb.emit_output(logits)
         bb.emit_func_output(out)
     if decode:
         # num_input = 0 declares every argument fixed from call to call (RewriteCUDAGraph then lets the
@@ -135,13 +144,20 @@ def _gpt2_function(bb: relax.BlockBuilder, name: str, cfg: GPT2Config, dtype: st
 
 
 def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
-    """The IRModule with `prefill` (symbolic n) and `decode` (n = 1), kernels unscheduled."""
-    # one BlockBuilder per function, so that both keep the plain variable names (h0_qkv, ...) that the
-    # step-through executor shows; their kernels differ anyway (decode's are suffixed _n1)
+    """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
+
+    decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
+    argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
+    with nothing from the host (runtime/executor.py's `greedy`). It returns history.
+    """
+    # one BlockBuilder per sequence length, so that prefill and decode keep the plain variable names
+    # (h0_qkv, ...) the step-through executor shows; decode and decode_greedy share their kernels (_n1)
     mod = tvm.IRModule()
-    for name, seq_len in (("prefill", None), ("decode", 1)):
+    for seq_len, functions in ((None, [("prefill", False)]), (1, [("decode", False), ("decode_greedy", True)])):
         bb = relax.BlockBuilder()
-        _gpt2_function(bb, name, cfg, dtype, seq_len)
+        b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
+        for name, greedy in functions:
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy)
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod
