@@ -224,7 +224,8 @@ def copy_bandwidth() -> float:
 def profile(m, function: str = "decode", n: int = 1, past: int = 128, repeats: int = 50) -> list[tuple[str, float, int]]:
     """Per-kernel time of one step (llvm/cuda): [(kernel, seconds per step, launches)], slowest first.
 
-    Each launch of the plan is timed alone with TVM's time_evaluator, on tensors of the step's shapes.
+    Each launch of the plan is timed alone with TVM's time_evaluator, on tensors of the step's shapes
+    (outside any CUDA graph: in the graph a step of ~120 launches costs less than this sum).
     """
     from tinygpt2.runtime.plan import Scalar
     from tinygpt2.tvm_shim import empty, to_tensor
@@ -254,15 +255,10 @@ def profile(m, function: str = "decode", n: int = 1, past: int = 128, repeats: i
                 args.append(ex.params[a.index])
             else:
                 args.append(tmps[a.index])
-        f = lib.get_function(launch.kernel, True)
-        for _ in range(3):
-            f(*args)
-        ex.device.sync()
-        t0 = time.perf_counter()
-        for _ in range(repeats):                     # back to back, one sync: launch overhead included
-            f(*args)
-        ex.device.sync()
-        t = (time.perf_counter() - t0) / repeats
+        # TVM's time_evaluator: `repeats` calls back to back from C++, one sync, the median of 3 runs;
+        # a launch that takes less than the ~2-3 us it costs to issue one shows that cost instead
+        timer = lib.time_evaluator(launch.kernel, ex.device, number=repeats, repeat=3)
+        t = timer(*args).median
         entry = totals.setdefault(launch.kernel, [0.0, 0])
         entry[0] += t
         entry[1] += 1

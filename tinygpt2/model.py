@@ -9,7 +9,7 @@ The module holds two Relax functions with the same signature,
 
     prefill(ids [n] int32, total: Shape([m]), k_0, v_0, …, k_{L-1}, v_{L-1}, *params) -> logits [1, vocab] f32
     decode (ids [1] int32, pos [1] int32,    …same…)                                -> logits [1, vocab] f32
-    decode_greedy (ids, pos, history [n_ctx + 1] int32, …same…)                      -> history (in place)
+    decode_greedy (ids, pos, history [n_ctx + 1] int32, …same…)                      -> next id [1] int32
 
 where n is the number of new tokens, m the sequence length after them (the new tokens sit at
 positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
@@ -129,9 +129,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             if greedy:
                 # the next token, chosen on the device and left where the next step reads it
                 nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
-                _, _, history = b.call_inplace("advance", b.kernel("advance", K.make_advance, P),
-                                               [nxt, ids, where, history], [1, 2, 3])
-                out = bb.emit_output(history)
+                b.call_inplace("advance", b.kernel("advance", K.make_advance, P), [nxt, ids, where, history],
+                               [1, 2, 3])
+                # returns the token; returning the updated `history` instead trips RewriteCUDAGraph
+                # (TVM 0.27: "Var gv1 is not defined" in VM codegen)
+                out = bb.emit_output(nxt)
             else:
                 out = bb.emit_output(logits)
         bb.emit_func_output(out)
@@ -148,7 +150,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
-    with nothing from the host (runtime/executor.py's `greedy`). It returns history.
+    with nothing from the host (runtime/executor.py's `greedy`). It returns the new token as well.
     """
     # one BlockBuilder per sequence length, so that prefill and decode keep the plain variable names
     # (h0_qkv, ...) the step-through executor shows; decode and decode_greedy share their kernels (_n1)
