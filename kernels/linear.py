@@ -20,6 +20,18 @@ from ._dtypes import seq_len_var, ACC, check_dtype
 from .gelu import gelu_expr, gelu_ref
 
 
+@T.macro
+def _multiply_accumulate(acc, x, w, n, N, K):
+    """acc[i, j] = sum_k x[i, k] * W[j, k] in float32: the "matmul" block every linear starts with.
+    A T.macro: TVMScript pastes it into each kernel below, so each still reads as one loop nest."""
+    for i, j, k in T.grid(n, N, K):
+        with T.sblock("matmul"):
+            vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+            with T.init():
+                acc[vi, vj] = T.float32(0)
+            acc[vi, vj] = acc[vi, vj] + T.Cast(ACC, x[vi, vk]) * T.Cast(ACC, w[vj, vk])
+
+
 def make_linear(in_features: int, out_features: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     K, N = T.int64(in_features), T.int64(out_features)
@@ -63,12 +75,7 @@ def make_linear_gelu(in_features: int, out_features: int, dtype: str = "float32"
         x = T.match_buffer(x_h, (n, K), dtype)            # [n, K]
         y = T.match_buffer(y_h, (n, N), dtype)            # [n, N]
         acc = T.sblock_alloc_buffer((n, N), ACC)
-        for i, j, k in T.grid(n, N, K):
-            with T.sblock("matmul"):
-                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                with T.init():
-                    acc[vi, vj] = T.float32(0)
-                acc[vi, vj] = acc[vi, vj] + T.Cast(ACC, x[vi, vk]) * T.Cast(ACC, w[vj, vk])
+        _multiply_accumulate(acc, x, w, n, N, K)
         for i, j in T.grid(n, N):
             with T.sblock("bias_gelu"):
                 vi, vj = T.axis.remap("SS", [i, j])
@@ -96,12 +103,7 @@ def make_linear_residual(in_features: int, out_features: int, dtype: str = "floa
         r = T.match_buffer(r_h, (n, N), dtype)            # [n, N]
         y = T.match_buffer(y_h, (n, N), dtype)            # [n, N]
         acc = T.sblock_alloc_buffer((n, N), ACC)
-        for i, j, k in T.grid(n, N, K):
-            with T.sblock("matmul"):
-                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                with T.init():
-                    acc[vi, vj] = T.float32(0)
-                acc[vi, vj] = acc[vi, vj] + T.Cast(ACC, x[vi, vk]) * T.Cast(ACC, w[vj, vk])
+        _multiply_accumulate(acc, x, w, n, N, K)
         for i, j in T.grid(n, N):
             with T.sblock("bias_residual"):
                 vi, vj = T.axis.remap("SS", [i, j])
