@@ -61,7 +61,7 @@ class Expr:
 
 @dataclass
 class Tensor:
-    kind: str                      # "ids" | "pos" | "cache" | "param" | "tmp"
+    kind: str                      # "ids" | "pos" | "history" | "cache" | "param" | "tmp"
     index: int                     # which cache tensor / param / temporary
     shape: list[Expr]
     dtype: str
@@ -103,10 +103,14 @@ def build_plan(mod, function: str) -> Plan:
     env: dict = {params[0]: Tensor("ids", 0, [Expr(s) for s in params[0].ty.shape.values], "int32")}
     if isinstance(params[1].ty, relax.TensorType):             # decode's `pos` (prefill's `total` is a shape)
         env[params[1]] = Tensor("pos", 0, [Expr(1)], "int32")
-    n_cache = sum(1 for p in params[2:] if p.name[:2] in ("k_", "v_"))
-    for i, p in enumerate(params[2:2 + n_cache]):
+    rest = params[2:]
+    if rest and rest[0].name == "history":                     # decode_greedy's token history
+        env[rest[0]] = _tensor("history", 0, rest[0].ty)
+        rest = rest[1:]
+    n_cache = sum(1 for p in rest if p.name[:2] in ("k_", "v_"))
+    for i, p in enumerate(rest[:n_cache]):
         env[p] = _tensor("cache", i, p.ty)
-    for i, p in enumerate(params[2 + n_cache:]):
+    for i, p in enumerate(rest[n_cache:]):
         env[p] = _tensor("param", i, p.ty)
 
     plan = Plan(function, [], None)

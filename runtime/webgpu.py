@@ -112,14 +112,15 @@ class WebGPUExecutor(Executor):
                                                                  usage=usage.STORAGE | usage.COPY_SRC))
         self.ids = dev.create_buffer(size=4 * cfg.n_positions, usage=usage.STORAGE | usage.COPY_DST)
         self.pos = dev.create_buffer(size=4, usage=usage.STORAGE | usage.COPY_DST)       # decode's position
+        self.history = dev.create_buffer(size=4 * (cfg.n_positions + 1), usage=usage.STORAGE | usage.COPY_SRC)
         self.readback = dev.create_buffer(size=4 * cfg.vocab_size, usage=usage.MAP_READ | usage.COPY_DST)
         self.pipelines = {}
         for name, code in art["kernels"].items():
             module = dev.create_shader_module(code=code)
             self.pipelines[name] = dev.create_compute_pipeline(layout="auto",
                                                                compute={"module": module, "entry_point": name})
-        self.functions = {fn: self._prepare(plans[fn], art["functions"], 1 if fn == "decode" else cfg.n_positions)
-                          for fn in ("prefill", "decode")}
+        self.functions = {fn: self._prepare(plans[fn], art["functions"], cfg.n_positions if fn == "prefill" else 1)
+                          for fn in ("prefill", "decode", "decode_greedy")}
         self.plans = plans
         self._pending = None               # ((fn, n, m), command buffer) encoded ahead of time
 
@@ -134,6 +135,8 @@ class WebGPUExecutor(Executor):
                 return self.ids
             if t.kind == "pos":
                 return self.pos
+            if t.kind == "history":
+                return self.history
             if t.kind == "cache":
                 return self.cache.tensors[t.index]
             if t.kind == "param":
@@ -173,8 +176,9 @@ class WebGPUExecutor(Executor):
         return {"dispatches": dispatches, "uniform": uniform, "result": result, "slots": slots,
                 "buffer_of": buffer_of}
 
-    def _encode(self, fn: str, env: dict, dispatches=None):
-        """Write the step's scalars and encode its dispatches (all of them by default) in one pass."""
+    def _encode(self, fn: str, env: dict, dispatches=None, repeat: int = 1):
+        """Write the step's scalars and encode its dispatches (all of them by default) in one pass,
+        `repeat` times over (decode_greedy: the same static step, run back to back)."""
         f = self.functions[fn]
         if dispatches is None:
             dispatches = f["dispatches"]
@@ -183,15 +187,19 @@ class WebGPUExecutor(Executor):
         words = np.zeros(len(f["dispatches"]) * UNIFORM_ALIGN // 4, dtype=np.int32)
         encoder = self.device.create_command_encoder()
         cpass = encoder.begin_compute_pass()
+        grids = []
         for d in dispatches:
             x, y, z, packed = d.dims(env)
             base = d.uniform_offset // 4
             for j, e in enumerate(d.pod):
                 words[base + j] = e(env)
             words[base + len(d.pod)] = packed
-            cpass.set_pipeline(d.pipeline)
-            cpass.set_bind_group(0, d.bind_group)
-            cpass.dispatch_workgroups(x, y, z)
+            grids.append((d, x, y, z))
+        for _ in range(repeat):
+            for d, x, y, z in grids:
+                cpass.set_pipeline(d.pipeline)
+                cpass.set_bind_group(0, d.bind_group)
+                cpass.dispatch_workgroups(x, y, z)
         cpass.end()
         self.device.queue.write_buffer(f["uniform"], 0, words)
         return encoder
@@ -221,6 +229,26 @@ class WebGPUExecutor(Executor):
         logits = np.frombuffer(self.readback.read_mapped(), dtype=np.float32).copy()
         self.readback.unmap()
         return logits
+
+    def greedy(self, token: int, count: int) -> list[int]:
+        """As VMExecutor.greedy: `token`, then count - 1 greedy steps chosen on the GPU; returns the
+        `count` new ids. All `count` steps are one compute pass, one submit; only the ids are read."""
+        from tinygpt2.errors import GenerationError
+        if self.cache.length == 0:
+            raise GenerationError("decode() before prefill(): there is no sequence to continue")
+        start = self.cache.length                           # the position `token` goes to
+        m = self.cache.reserve(count)
+        queue = self.device.queue
+        queue.write_buffer(self.ids, 0, self._check_ids([token]))
+        queue.write_buffer(self.pos, 0, np.array([start], np.int32))
+        encoder = self._encode("decode_greedy", {"n": 1, "m": m}, repeat=count)
+        encoder.copy_buffer_to_buffer(self.history, 4 * (start + 1), self.readback, 0, 4 * count)
+        queue.submit([encoder.finish()])
+        self.readback.map_sync("READ_NOSYNC")
+        new = np.frombuffer(self.readback.read_mapped(), dtype=np.int32)[:count].copy()
+        self.readback.unmap()
+        self.cache.commit(m)
+        return [int(t) for t in new]
 
     @property
     def dispatches_per_step(self) -> dict[str, int]:

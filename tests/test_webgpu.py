@@ -49,6 +49,28 @@ def test_greedy_ids_equal_the_cpu_target(gpu, tiny_checkpoint):
     assert gpu.generate(ids, max_new_tokens=24).ids == cpu.generate(ids, max_new_tokens=24).ids
 
 
+def test_greedy_on_the_gpu_is_the_host_argmax_in_one_submit(gpu):
+    """decode_greedy's 16 steps (argmax on the GPU, fed to the next step there) in one submit give
+    the ids of a host argmax loop over `decode`'s logits."""
+    ids = gpu.tokenizer.encode(PROMPT)
+    token = int(np.argmax(gpu.prefill(ids)))
+    host = []
+    for _ in range(20):
+        host.append(int(np.argmax(gpu.decode(host[-1] if host else token))))
+    gpu.prefill(ids)
+    submits = []
+    queue = gpu.executor.device.queue
+    original = queue.submit
+    queue.submit = lambda bufs: (submits.append(len(bufs)), original(bufs))[1]
+    try:
+        dev = gpu.executor.greedy(token, 16) + gpu.executor.greedy(host[15], 4)
+    finally:
+        queue.submit = original
+    assert dev == host
+    assert submits == [1, 1]
+    assert gpu.executor.cache.length == len(ids) + 20
+
+
 def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     counts = gpu.executor.dispatches_per_step
     plan = gpu.compiled.plans["decode"]

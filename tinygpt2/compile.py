@@ -61,7 +61,7 @@ class Compiled:
     library: Path | None                    # exported .so (llvm/cuda); None for webgpu
     executable: object = field(repr=False, default=None)    # Relax VM executable / loaded library
     from_cache: bool = False
-    plans: dict = field(repr=False, default_factory=dict)    # "prefill"/"decode" -> runtime.plan.Plan
+    plans: dict = field(repr=False, default_factory=dict)    # "prefill"/"decode"/"decode_greedy" -> runtime.plan.Plan
     webgpu: dict | None = field(repr=False, default=None)    # see webgpu_kernels
     kernel_scripts: dict = field(repr=False, default_factory=dict)   # kernel -> scheduled TVMScript (step-through)
 
@@ -259,7 +259,7 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     bar.set_postfix_str("build + schedule")
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
-    compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode")}
+    compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode", "decode_greedy")}
     compiled.kernel_scripts = {gv.name_hint: f.script() for gv, f in sched.mod.functions_items()
                                if isinstance(f, tirx.PrimFunc)}
     bar.update()
