@@ -2,6 +2,7 @@
 scheduled by a rule, the CUDA C has a __global__ per kernel, and the decode step's static stretches
 are captured as CUDA graphs. Running it needs the GPU machine (scripts/device_bench.sh)."""
 
+import re
 import shutil
 
 import pytest
@@ -38,3 +39,19 @@ def test_decode_uses_cuda_graphs():
 def test_a_rule_list_that_leaves_a_kernel_unscheduled_is_an_error():
     with pytest.raises(RuleError, match="embedding"):
         C.build_scheduled(CFG, "cuda", "float32", ["gemv"], arch="sm_90a")
+
+
+# n_embd 128: every linear dimension is over the 64 under which DLight's Matmul keeps CUDA cores
+TC_CFG = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=1, n_head=2)
+
+
+def test_fp16_prefill_linears_use_tensor_cores_on_sm_90a():
+    """DLight's Matmul tensorizes fp16 matmuls with WMMA on sm_70+; TVM 0.27 reads "sm_90a" as no
+    version at all (tvm_shim.py fixes it), and apache-tvm-ffi 0.1.15 segfaults in tensorize (pinned)."""
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "default", arch="sm_90a")
+    source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    kernels = dict(re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\((.*?)(?=extern "C"|\Z)',
+                              source, re.S))
+    for name in ("linear_qkv_kernel", "linear_fc_gelu_kernel", "linear_mlp_proj_kernel", "linear_attn_proj_kernel"):
+        assert "wmma::mma_sync" in kernels[name], name
+    assert "wmma::mma_sync" not in kernels["linear_qkv_n1_kernel"]      # decode's n = 1 stays a GEMV

@@ -31,13 +31,15 @@ from tinygpt2 import targets as TG
 from tinygpt2.config import GPT2Config
 from tinygpt2.errors import CompileError, DTypeError, RuleError
 from tinygpt2.model import build_module
-from tinygpt2.tvm_shim import TVM_VERSION, is_scheduled, relax, tirx, tvm
+from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, relax, tirx, tvm
 
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
-_SOURCES = [Path(__file__), Path(__file__).parent / "model.py", *sorted((Path(__file__).parent.parent / "kernels").glob("*.py"))]
-if not _SOURCES[2:]:          # installed (not editable): kernels live in tinygpt2/kernels
-    _SOURCES += sorted((Path(__file__).parent / "kernels").glob("*.py"))
+_HERE = Path(__file__).parent
+# the graph, the kernels, the rule lists and the shim (which patches DLight): what the code depends on
+_SOURCES = [_HERE / name for name in ("compile.py", "model.py", "rules.py", "tvm_shim.py")]
+_KERNELS = sorted((_HERE.parent / "kernels").glob("*.py")) or sorted((_HERE / "kernels").glob("*.py"))
+_SOURCES += _KERNELS          # editable checkout: top-level kernels/; installed: tinygpt2/kernels
 
 
 def cache_root() -> Path:
@@ -95,7 +97,7 @@ def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: 
 def cache_key(cfg: GPT2Config, target: "tvm.target.Target", dtype: str, rule_names: list[str]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"config": cfg.to_dict(), "target": str(target), "dtype": dtype, "rules": rule_names,
-                         "tvm": TVM_VERSION, "tinygpt2": __version__}, sort_keys=True).encode())
+                         "tvm": TVM_VERSION, "tvm_ffi": TVM_FFI_VERSION, "tinygpt2": __version__}, sort_keys=True).encode())
     for src in _SOURCES:                     # the kernels' and the graph's own code
         h.update(src.read_bytes())
     return h.hexdigest()[:24]

@@ -7,16 +7,20 @@ names from here, so API drift is fixed in this file only. The version is pinned 
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+
 import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.s_tir import dlight as dl
 from tvm.script import tirx as T
 
-__all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
+__all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
            "int64"]
 
 TVM_VERSION = tvm.__version__
+TVM_FFI_VERSION = importlib.metadata.version("apache-tvm-ffi")
 
 
 def _metal_matmul_declines(self, func, target, _):
@@ -27,6 +31,18 @@ def _metal_matmul_declines(self, func, target, _):
 # whole process (a segfault in Tensorize; float32 and float16 alike). Matmul catches exceptions from it and
 # goes on with the SIMT tiling it gives every other GPU, so MetalMatmul is made to decline.
 dl.gpu.matmul.MetalMatmul.apply = _metal_matmul_declines
+
+
+def _check_sm_version(arch: str) -> int:
+    """"sm_90a" -> 90 (DLight's own version returns -1 for any arch with a letter suffix)."""
+    digits = re.match(r"sm_(\d+)", arch)
+    return int(digits.group(1)) if digits else -1
+
+
+# TVM 0.27: dl.gpu.Matmul only tensorizes (WMMA tensor cores, fp16 in, fp32 accumulate) when
+# check_sm_version(arch) >= 70, and that helper reads "sm_90a" -- the arch Hopper needs -- as -1: on an
+# H100 the default rule list silently fell back to CUDA-core tiling, ~6x slower for fp16 prefill.
+dl.gpu.matmul.check_sm_version = _check_sm_version
 
 
 def int64(v: int):
