@@ -37,7 +37,7 @@ def main():
         want = hf(torch.tensor([ids + follow])).logits[0].numpy()     # CPU, float32
     rel = lambda a, b: float(np.max(np.abs(a - b)) / np.max(np.abs(b)))   # noqa: E731
     ok = True
-    print("| target | dtype | prefill rel err | worst decode rel err (16 steps) | tolerance | greedy on device = host | ok | load s |")
+    print("| target | dtype | prefill rel err (n=128, 37) | worst decode rel err (16 steps) | tolerance | greedy on device = host | ok | load s |")
     print("|---|---|---|---|---|---|---|---|")
     for target in args.targets.split(","):
         for dtype in args.dtypes.split(","):
@@ -45,6 +45,8 @@ def main():
             m = tinygpt2.load(ckpt, target=target, dtype=dtype, progress=False)
             load_s = time.time() - t
             e0 = rel(m.prefill(ids), want[len(ids) - 1])
+            # a length that is no multiple of any tile (tensor-core matmuls pad n up to 128)
+            e0 = max(e0, rel(m.prefill(ids[:37]), want[36]))
             ed = max(rel(m.decode(tok), want[len(ids) + i]) for i, tok in enumerate(follow))
             same = "-"
             if hasattr(m.executor, "greedy"):          # 40 greedy ids: argmax on the device vs numpy's

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# On the lent GPU machine, after ../shared/device's install: one measured step of the CUDA work,
+#   bash scripts/gpu_session.sh check|bench-gpt2|bench-xl|<any tinygpt2 args>
+# writes its table(s) under $OUT (the device tool's output folder).
+set -euo pipefail
+. scripts/device_env.sh
+OUT=${OUT:-out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+case "$1" in
+  check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
+  bench-gpt2) python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
+                --out "$OUT/bench-gpt2" ;;
+  bench-xl)   python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
+                --repeats 3 --out "$OUT/bench-xl" ;;
+  *)          python3 -m tinygpt2 "$@" ;;
+esac
