@@ -4,13 +4,15 @@
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
-OUT=${OUT:-out}; mkdir -p "$OUT"
+OUT=$(realpath -m "${OUT:-out}"); mkdir -p "$OUT"
+# from the checkout's root, `python3 -m tinygpt2` would import ./tinygpt2 without kernels/ beside it
+tg() { (cd /tmp && tg "$@"); }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
-  bench-gpt2) python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
+  bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
-  bench-xl)   python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
+  bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
                 --repeats 3 --out "$OUT/bench-xl" ;;
-  *)          python3 -m tinygpt2 "$@" ;;
+  *)          tg "$@" ;;
 esac
