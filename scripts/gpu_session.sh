@@ -6,7 +6,7 @@ set -euo pipefail
 . scripts/device_env.sh
 OUT=$(realpath -m "${OUT:-out}"); mkdir -p "$OUT"
 # from the checkout's root, `python3 -m tinygpt2` would import ./tinygpt2 without kernels/ beside it
-tg() { (cd /tmp && tg "$@"); }
+tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
