@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--targets", default="cuda,webgpu")
     ap.add_argument("--dtypes", default="float32,float16")
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--rules", default="default")
     ap.add_argument("--n-layer", type=int, default=12, help="fewer layers for a quick local run")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -42,7 +43,7 @@ def main():
     for target in args.targets.split(","):
         for dtype in args.dtypes.split(","):
             t = time.time()
-            m = tinygpt2.load(ckpt, target=target, dtype=dtype, progress=False)
+            m = tinygpt2.load(ckpt, target=target, dtype=dtype, rules=args.rules, progress=False)
             load_s = time.time() - t
             # first a length that is no multiple of any tile (tensor-core matmuls pad n up to 128), then
             # the prompt the decode steps continue

@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Sequence
 
 from tinygpt2.errors import RuleError
+from tinygpt2.tensor_core import TensorCoreMatmul
 from tinygpt2.tvm_shim import dl
 
 # rule name -> class, per kind of target
@@ -30,6 +31,7 @@ GPU_RULES = {
     "rmsnorm": dl.gpu.RMSNorm,
     "transpose": dl.gpu.Transpose,
     "fallback": dl.gpu.Fallback,
+    "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for K = 64 (q.k^T)
 }
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
@@ -39,6 +41,8 @@ CPU_RULES = {
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
+# ours: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it changes)
+GPU_TUNED = ["tensor-core-matmul", *GPU_DEFAULT]
 
 
 def presets(target_kind: str) -> dict[str, list[str]]:
@@ -48,6 +52,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (spatial loops fused and bound to blocks/threads, reductions left serial);
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
+    tuned    -- GPU: default with tinygpt2's tensor-core-matmul before it (attention's q.k^T on
+                tensor cores too, where DLight keeps it on CUDA cores).
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
@@ -56,7 +62,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         out.update({name: [name] for name in CPU_RULES})
         out.update({f"default-minus-{name}": [r for r in CPU_DEFAULT if r != name] for name in CPU_DEFAULT})
         return out
-    out = {"none": ["fallback"], "default": list(GPU_DEFAULT)}
+    out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED)}
     out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback"})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})

@@ -14,9 +14,10 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group   # registers the WMMA intrinsics
 from tvm.script import tirx as T
 
-__all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
+__all__ = ["tvm", "relax", "tirx", "dl", "T", "get_wmma_intrin_group", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
            "int64"]
 
 TVM_VERSION = tvm.__version__

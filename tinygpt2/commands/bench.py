@@ -24,6 +24,7 @@ def register(sub, add_model_args):
                    help="models to run hf-compiled on (torch.compile takes minutes per shape)")
     p.add_argument("--hf-compiled-dtypes", default="float16", help="dtypes to run hf-compiled in")
     p.add_argument("--profile", action="store_true", help="per-kernel time of one decode step and one prefill")
+    p.add_argument("--profile-prefill-len", type=int, default=128, help="prompt length of the profiled prefill")
     p.add_argument("--out", default=None, help="directory for bench.md and bench.csv")
     p.set_defaults(handler=run)
 
@@ -68,7 +69,7 @@ def run(args) -> int:
             if bw:
                 roofline[(model, dtype)] = bw / B.decode_bytes_per_token(m.config, dtype, 128 + args.decode_tokens // 2)
             if args.profile and args.target in ("llvm", "cuda"):
-                for fn, n in (("decode", 1), ("prefill", 128)):
+                for fn, n in (("decode", 1), ("prefill", args.profile_prefill_len)):
                     profiles.append((model, dtype, fn, n, B.profile(m, fn, n, 128 if fn == "decode" else 0)))
             del m
             for peer in peers:
