@@ -46,7 +46,7 @@ def test_default_lists_order():
     assert A.default_lists("webgpu") == [
         "none", "matmul", "gemv", "low-batch-gemv", "reduction", "general-reduction", "rmsnorm", "transpose",
         "tensor-core-matmul", "default", "default-minus-matmul", "default-minus-gemv", "default-minus-reduction",
-        "default-minus-general-reduction"]
+        "default-minus-general-reduction", "tuned"]
     assert A.default_lists("llvm") == ["none", "gemv", "reduction", "default", "default-minus-gemv",
                                        "default-minus-reduction"]
     assert sorted(A.default_lists("cuda")) == sorted(presets("gpu"))
