@@ -21,6 +21,8 @@ __all__ = ["tvm", "relax", "tirx", "dl", "T", "get_wmma_intrin_group", "TVM_VERS
            "int64"]
 
 TVM_VERSION = tvm.__version__
+
+
 TVM_FFI_VERSION = importlib.metadata.version("apache-tvm-ffi")
 
 
@@ -34,10 +36,15 @@ def _metal_matmul_declines(self, func, target, _):
 dl.gpu.matmul.MetalMatmul.apply = _metal_matmul_declines
 
 
+# apache-tvm-ffi 0.1.15.* segfaults inside every s_tir tensorize (pyproject pins 0.1.14.post1); where a
+# different one is installed anyway, tensor cores are left off rather than crashing the process
+TENSORIZE_OK = not TVM_FFI_VERSION.startswith("0.1.15")
+
+
 def _check_sm_version(arch: str) -> int:
     """"sm_90a" -> 90 (DLight's own version returns -1 for any arch with a letter suffix)."""
     digits = re.match(r"sm_(\d+)", arch)
-    return int(digits.group(1)) if digits else -1
+    return int(digits.group(1)) if digits and TENSORIZE_OK else -1
 
 
 # TVM 0.27: dl.gpu.Matmul only tensorizes (WMMA tensor cores, fp16 in, fp32 accumulate) when
