@@ -23,7 +23,7 @@ buffer", float16 vs float32 shared memory), so the tile is fixed here too.
 
 from __future__ import annotations
 
-from tinygpt2.tvm_shim import dl, get_wmma_intrin_group, tirx, tvm
+from tinygpt2.tvm_shim import dl, tirx, tvm, wmma_intrin_group
 
 _M = dl.gpu.matmul                      # DLight's helpers (index maps, inlining), used as its rule does
 MIN_EXTENT = 16                         # one WMMA fragment: a smaller fixed extent stays on CUDA cores
@@ -131,7 +131,7 @@ class TensorCoreMatmul(_M.GPUScheduleRule):
         block_init = sch.decompose_reduction(block_outer, k0)
         block_init_inner = sch.get_child_blocks(block_init)[0]
 
-        intrins = get_wmma_intrin_group(
+        intrins = wmma_intrin_group(
             load_scope="shared.dyn", store_scope="shared.dyn", in_dtype="float16", out_dtype="float32", trans_b=True)
         try:
             for frag, intrin in ((a_frag, intrins["load_a"]), (b_frag, intrins["load_b"])):
