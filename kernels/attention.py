@@ -7,7 +7,11 @@ Query i (absolute position m - n + i) attends to cached positions j <= m - n + i
     out[i, h*D + d] = sum_j probs[h, i, j] * v_cache[h, j, d]                  attn_values   (a batched matmul)
 
     qkv [n, 3C] (q is columns [0, C)),  k_cache, v_cache [H, n_ctx, D]  ->  out [n, C]
-    scores and probs: [H, n, m], float32 whatever the dtype.
+    scores: [H, n, m] float32 whatever the dtype; prefill's probs: [H, n, m] in the model's dtype, as
+    Hugging Face rounds them (`attn_weights.type(value.dtype)`) before p.v; decode's stay float32.
+
+In fp16, probabilities rounded to fp16 halve the bytes of the [H, n, m] tensor that goes through
+memory twice, and make p.v an fp16 x fp16 matmul, which tensor cores take (`tensor-core-matmul`).
 
 Splitting attention this way (rather than one fused "flash" kernel) keeps each piece a shape DLight
 has a rule for: the two matmuls are Matmul/GEMV material, the softmax is GeneralReduction's. The
@@ -47,7 +51,8 @@ def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float
     return attn_scores
 
 
-def make_causal_softmax(n_head: int, head_dim: int, seq_len: int | None = None):
+def make_causal_softmax(n_head: int, head_dim: int, dtype: str = "float32", seq_len: int | None = None):
+    check_dtype(dtype)
     H = T.int64(n_head)
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
@@ -59,7 +64,7 @@ def make_causal_softmax(n_head: int, head_dim: int, seq_len: int | None = None):
         T.func_attr({"tirx.noalias": True})
         m = T.int64()                                     # sequence length after the new tokens
         scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
-        probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
+        probs = T.match_buffer(p_h, (H, n, m), dtype)      # [H, n, m]
         row_max = T.sblock_alloc_buffer((H, n), ACC)
         row_sum = T.sblock_alloc_buffer((H, n), ACC)
         # the mask `vj <= m - n + vi` is written into each block: no [n, m] mask tensor is stored
@@ -80,9 +85,9 @@ def make_causal_softmax(n_head: int, head_dim: int, seq_len: int | None = None):
         for h, i, j in T.grid(H, n, m):
             with T.sblock("normalize"):
                 vh, vi, vj = T.axis.remap("SSS", [h, i, j])
-                probs[vh, vi, vj] = T.if_then_else(
+                probs[vh, vi, vj] = T.Cast(dtype, T.if_then_else(
                     vj <= m - n + vi, T.exp(scores[vh, vi, vj] * scale - row_max[vh, vi]) / row_sum[vh, vi],
-                    T.float32(0))
+                    T.float32(0)))
 
     return causal_softmax
 
@@ -98,7 +103,7 @@ def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float
     def attn_values(p_h: T.handle, v_cache: T.Buffer((H, P, D), dtype), o_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m = T.int64()                                     # sequence length after the new tokens
-        probs = T.match_buffer(p_h, (H, n, m), ACC)        # [H, n, m]
+        probs = T.match_buffer(p_h, (H, n, m), dtype)      # [H, n, m], rounded to dtype by the softmax
         out = T.match_buffer(o_h, (n, C), dtype)           # [n, C], heads side by side
         acc = T.sblock_alloc_buffer((H, n, D), ACC)
         for h, i, d, j in T.grid(H, n, D, m):
@@ -106,7 +111,7 @@ def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float
                 vh, vi, vd, vj = T.axis.remap("SSSR", [h, i, d, j])
                 with T.init():
                     acc[vh, vi, vd] = T.float32(0)
-                acc[vh, vi, vd] = acc[vh, vi, vd] + probs[vh, vi, vj] * T.Cast(ACC, v_cache[vh, vj, vd])
+                acc[vh, vi, vd] = acc[vh, vi, vd] + T.Cast(ACC, probs[vh, vi, vj]) * T.Cast(ACC, v_cache[vh, vj, vd])
         for i, h, d in T.grid(n, H, D):
             with T.sblock("merge_heads"):
                 vi, vh, vd = T.axis.remap("SSS", [i, h, d])
@@ -122,24 +127,24 @@ def attn_scores_ref(qkv, k_cache, m):
     return q @ k_cache[:, :m].astype(np.float32).transpose(0, 2, 1)                # [H, n, m]
 
 
-def causal_softmax_ref(scores, head_dim):
+def causal_softmax_ref(scores, head_dim, dtype=np.float32):
     H, n, m = scores.shape
     mask = np.arange(m)[None, :] <= (m - n + np.arange(n))[:, None]                  # [n, m]
     s = np.where(mask, scores / math.sqrt(head_dim), -np.inf)
     s = np.exp(s - s.max(-1, keepdims=True))
-    return (s / s.sum(-1, keepdims=True)).astype(np.float32)
+    return (s / s.sum(-1, keepdims=True)).astype(dtype)
 
 
 def attn_values_ref(probs, v_cache, dtype):
     H, n, m = probs.shape
-    out = probs @ v_cache[:, :m].astype(np.float32)                                  # [H, n, D]
+    out = probs.astype(np.float32) @ v_cache[:, :m].astype(np.float32)              # [H, n, D]
     return out.transpose(1, 0, 2).reshape(n, -1).astype(dtype)
 
 
 def attention_ref(qkv, k_cache, v_cache, m):
     """The three kernels composed: causal attention of the n new queries over the cache."""
     probs = causal_softmax_ref(attn_scores_ref(qkv, k_cache, m), k_cache.shape[2])
-    return attn_values_ref(probs, v_cache, qkv.dtype)
+    return attn_values_ref(probs.astype(qkv.dtype), v_cache, qkv.dtype)
 
 
 # --- decode: one new token, the whole cache, the position read from memory ---------------------------

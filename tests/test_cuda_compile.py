@@ -57,16 +57,17 @@ def test_fp16_prefill_linears_use_tensor_cores_on_sm_90a():
     assert "wmma::mma_sync" not in kernels["linear_qkv_n1_kernel"]      # decode's n = 1 stays a GEMV
 
 
-def test_tuned_list_puts_attention_scores_on_tensor_cores():
-    """`tuned` = tensor-core-matmul + default: q.k^T (K = head_dim = 64, which DLight's Matmul keeps on
-    CUDA cores) is tensorized too; what it does not take (fp32 p.v, n = 1) goes to DLight's rules."""
+def test_tuned_list_puts_attention_on_tensor_cores():
+    """`tuned` = tensor-core-matmul + default: attention's q.k^T and p.v (K = head_dim = 64 and
+    N = 64, which DLight's Matmul keeps on CUDA cores) are tensorized too; what it does not take
+    (fp32, decode's n = 1) goes to DLight's rules."""
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
     assert sched.rule_of["attn_scores"] == "tensor-core-matmul"
     assert sched.rule_of["linear_qkv"] == "tensor-core-matmul"
-    assert sched.rule_of["attn_values"] == "matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
+    assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
     source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
     kernels = dict(re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\((.*?)(?=extern "C"|\Z)',
                               source, re.S))
-    assert "wmma::mma_sync" in kernels["attn_scores_kernel"]
+    assert "wmma::mma_sync" in kernels["attn_scores_kernel"] and "wmma::mma_sync" in kernels["attn_values_kernel"]
     fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
     assert "tensor-core-matmul" not in fp32.rule_of.values()            # WMMA here is fp16 only

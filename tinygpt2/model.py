@@ -92,7 +92,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
         kv_append = b.kernel("kv_append", K.make_kv_append, H, D, P, dtype)
         attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
-        softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D)
+        softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
         attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
     with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):
@@ -109,7 +109,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 k, v = b.call_inplace(f"h{i}_kv", kv_append,
                                       [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
                 s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)       # [H, n, keys]
-                s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC)                  # [H, n, keys]
+                # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
+                s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
                 a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)               # [n, C]
                 x = b.call(f"h{i}_resid_attn",                                                 # x + c_proj(a)
                            b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype),

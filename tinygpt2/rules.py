@@ -31,7 +31,7 @@ GPU_RULES = {
     "rmsnorm": dl.gpu.RMSNorm,
     "transpose": dl.gpu.Transpose,
     "fallback": dl.gpu.Fallback,
-    "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for K = 64 (q.k^T)
+    "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
 }
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
@@ -52,8 +52,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (spatial loops fused and bound to blocks/threads, reductions left serial);
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
-    tuned    -- GPU: default with tinygpt2's tensor-core-matmul before it (attention's q.k^T on
-                tensor cores too, where DLight keeps it on CUDA cores).
+    tuned    -- GPU: default with tinygpt2's tensor-core-matmul before it (attention's q.k^T and
+                p.v on tensor cores too, where DLight keeps them on CUDA cores).
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
