@@ -29,9 +29,10 @@ def _metal_matmul_declines(self, func, target, _):
     raise NotImplementedError("MetalMatmul is disabled: its simdgroup tensorization segfaults in TVM 0.27")
 
 
-# TVM 0.27: dl.gpu.Matmul hands Metal kernels to MetalMatmul, whose simdgroup tensorization crashes the
-# whole process (a segfault in Tensorize; float32 and float16 alike). Matmul catches exceptions from it and
-# goes on with the SIMT tiling it gives every other GPU, so MetalMatmul is made to decline.
+# TVM 0.27: dl.gpu.Matmul hands Metal kernels to MetalMatmul, whose simdgroup tensorization crashed the
+# whole process (a segfault in Tensorize) -- the apache-tvm-ffi 0.1.15 bug below. With the pinned 0.1.14 it
+# raises instead ("doesn't match the tensor intrin" on our kernels), which Matmul catches before going on
+# with the SIMT tiling it gives every other GPU; MetalMatmul is made to decline so that either way ends there.
 dl.gpu.matmul.MetalMatmul.apply = _metal_matmul_declines
 
 
