@@ -41,6 +41,13 @@ def test_a_rule_list_that_leaves_a_kernel_unscheduled_is_an_error():
         C.build_scheduled(CFG, "cuda", "float32", ["gemv"], arch="sm_90a")
 
 
+def cuda_kernels(sched, tgt) -> dict[str, str]:
+    """Kernel name -> its CUDA C (the last of the source's declaration and definition)."""
+    source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    return dict(re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\((.*?)(?=extern "C"|\Z)',
+                           source, re.S))
+
+
 # n_embd 128: every linear dimension is over the 64 under which DLight's Matmul keeps CUDA cores
 TC_CFG = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=1, n_head=2)
 
@@ -49,9 +56,7 @@ def test_fp16_prefill_linears_use_tensor_cores_on_sm_90a():
     """DLight's Matmul tensorizes fp16 matmuls with WMMA on sm_70+; TVM 0.27 reads "sm_90a" as no
     version at all (tvm_shim.py fixes it), and apache-tvm-ffi 0.1.15 segfaults in tensorize (pinned)."""
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "default", arch="sm_90a")
-    source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-    kernels = dict(re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\((.*?)(?=extern "C"|\Z)',
-                              source, re.S))
+    kernels = cuda_kernels(sched, tgt)
     for name in ("linear_qkv_kernel", "linear_fc_gelu_kernel", "linear_mlp_proj_kernel", "linear_attn_proj_kernel"):
         assert "wmma::mma_sync" in kernels[name], name
     assert "wmma::mma_sync" not in kernels["linear_qkv_n1_kernel"]      # decode's n = 1 stays a GEMV
@@ -65,9 +70,7 @@ def test_tuned_list_puts_attention_on_tensor_cores():
     assert sched.rule_of["attn_scores"] == "tensor-core-matmul"
     assert sched.rule_of["linear_qkv"] == "tensor-core-matmul"
     assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
-    source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-    kernels = dict(re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\((.*?)(?=extern "C"|\Z)',
-                              source, re.S))
+    kernels = cuda_kernels(sched, tgt)
     assert "wmma::mma_sync" in kernels["attn_scores_kernel"] and "wmma::mma_sync" in kernels["attn_values_kernel"]
     fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
     assert "tensor-core-matmul" not in fp32.rule_of.values()            # WMMA here is fp16 only

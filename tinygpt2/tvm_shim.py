@@ -16,12 +16,10 @@ from tvm import relax, tirx
 from tvm.s_tir import dlight as dl
 from tvm.script import tirx as T
 
-__all__ = ["tvm", "relax", "tirx", "dl", "T", "wmma_intrin_group", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
+__all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
            "int64"]
 
 TVM_VERSION = tvm.__version__
-
-
 TVM_FFI_VERSION = importlib.metadata.version("apache-tvm-ffi")
 
 
@@ -51,17 +49,6 @@ def _check_sm_version(arch: str) -> int:
 # check_sm_version(arch) >= 70, and that helper reads "sm_90a" -- the arch Hopper needs -- as -1: on an
 # H100 the default rule list silently fell back to CUDA-core tiling, ~6x slower for fp16 prefill.
 dl.gpu.matmul.check_sm_version = _check_sm_version
-
-
-def wmma_intrin_group(**kw) -> dict:
-    """DLight's names of the WMMA tensor intrinsics (load_a/load_b/init/compute/store) for `kw`.
-
-    Imported on first use: tvm.s_tir.tensor_intrin.cuda registers hundreds of intrinsics as it is
-    imported, which takes 25-50 s on a 2-core machine (DLight's own Matmul imports it lazily too).
-    """
-    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
-
-    return get_wmma_intrin_group(**kw)
 
 
 def int64(v: int):
