@@ -36,8 +36,8 @@ from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, relax,
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
 _HERE = Path(__file__).parent
-# the graph, the kernels, the rule lists and the shim (which patches DLight): what the code depends on
-_SOURCES = [_HERE / name for name in ("compile.py", "model.py", "rules.py", "tvm_shim.py")]
+# the graph, the kernels, the rule lists, our own rule and the shim (which patches DLight): what the code depends on
+_SOURCES = [_HERE / name for name in ("compile.py", "model.py", "rules.py", "tensor_core.py", "tvm_shim.py")]
 _KERNELS = sorted((_HERE.parent / "kernels").glob("*.py")) or sorted((_HERE / "kernels").glob("*.py"))
 _SOURCES += _KERNELS          # editable checkout: top-level kernels/; installed: tinygpt2/kernels
 
