@@ -25,6 +25,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
+from .kv_cache import kv_append_ref
 
 
 def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
@@ -258,3 +259,141 @@ def make_attn_values_decode(n_head: int, head_dim: int, n_ctx: int, dtype: str =
 def pad_keys(a, n_ctx):
     """[H, n, m] -> [H, n, n_ctx] with zeros past m: what decode's kernels hold beyond the position."""
     return np.concatenate([a, np.zeros(a.shape[:-1] + (n_ctx - a.shape[-1],), a.dtype)], axis=-1)
+
+
+# --- decode on a GPU: the four decode kernels above as one launch ------------------------------------
+#
+# On a GPU a decode step is bound by launches, not bytes: kv_append, scores, softmax and values each
+# cost a few microseconds whatever their size. This kernel does all four in one launch, one thread
+# block per head. It is written already scheduled -- thread bindings, shared memory -- as TVM's own
+# KV-cache attention kernels are (relax/frontend/nn/llm/kv_cache.py), because no DLight rule matches a
+# chain of differently shaped reductions; the rule list leaves it alone (`tirx.is_scheduled`). A CPU has
+# no thread blocks: the llvm target keeps the four kernels above.
+
+def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
+    """One decode step of attention for a GPU, the new token's K and V appended to the cache:
+
+        k_cache[h, pos, :] = k,  v_cache[h, pos, :] = v                    (k, v: the new token's, from qkv)
+        s[h, j]   = q[h] . k_cache[h, j] * scale           for j <= pos     (shared memory, float32)
+        p[h, j]   = exp(s[h, j] - max_j s[h, j])           (0 past pos)
+        out[0, h*D + d] = sum_j p[h, j] * v_cache[h, j, d] / sum_j p[h, j]
+
+    qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32  ->  out [1, C]
+
+    Block h runs `D x NY` threads (threadIdx.x = d, threadIdx.y = NY groups; 64 x 4 for GPT-2):
+    scores take one key per thread, the max and the sum are block-wide reductions (TVM lowers a
+    reduction whose axis is bound to threads to warp shuffles + shared memory), and p.V gives each
+    d-lane NY partial sums that the same lowering adds up. Keys j == pos are read from qkv, not the
+    cache: the cache is written at the end, so no thread reads what another writes in this launch.
+    """
+    check_dtype(dtype)
+    NX = T.int64(head_dim)                                # threadIdx.x: one lane per element of a head
+    NY = T.int64(max(1, 256 // head_dim))                 # threadIdx.y: 4 groups for head_dim 64
+    NT = NX * NY                                          # keys per pass
+    H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
+    C = T.int64(n_head * head_dim)
+    one = T.int64(1)
+    JO = T.int64(-(-n_ctx // (head_dim * max(1, 256 // head_dim))))      # passes over the keys
+    JY = T.int64(-(-n_ctx // max(1, 256 // head_dim)))                   # keys per group in p.V
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+    unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
+
+    @T.prim_func(s_tir=True)
+    def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
+                         v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((one,), "int32"),
+                         out: T.Buffer((one, C), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        s = T.sblock_alloc_buffer((H, P), ACC, scope="shared")          # scores, scaled
+        p = T.sblock_alloc_buffer((H, P), ACC, scope="shared")          # exp(s - max), 0 past pos
+        s_max = T.sblock_alloc_buffer((H,), ACC, scope="shared")
+        p_sum = T.sblock_alloc_buffer((H,), ACC, scope="shared")
+        acc = T.sblock_alloc_buffer((H, D), ACC, scope="shared")        # sum_j p * v, per d
+        for bh in T.thread_binding(H, thread="blockIdx.x"):
+            # s[h, j] = q . k_j: one key per thread per pass, the dot product serial over d in a register
+            # (accumulated in shared memory instead, every step would need a barrier)
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    for jo in T.serial(JO):
+                        with T.sblock("qk"):
+                            vh = T.axis.spatial(H, bh)
+                            vj = T.axis.spatial(P, jo * NT + ty * NX + tx)
+                            T.where(jo * NT + ty * NX + tx < P)
+                            dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                            dot[0] = T.float32(0)
+                            if vj < T.Cast("int64", pos[0]):                  # a cached key
+                                for d in T.serial(D, annotations=unroll):
+                                    dot[0] = dot[0] + T.Cast(ACC, qkv[0, vh * D + d]) * T.Cast(ACC, k_cache[vh, vj, d])
+                            elif vj == T.Cast("int64", pos[0]):               # the new token's own key
+                                for d in T.serial(D, annotations=unroll):
+                                    dot[0] = dot[0] + T.Cast(ACC, qkv[0, vh * D + d]) * T.Cast(
+                                        ACC, qkv[0, C + vh * D + d])
+                            s[vh, vj] = dot[0] * scale                            # (past pos: unused)
+            # max_j s[h, j] over j <= pos: a reduction over every thread of the block
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    for jo in T.serial(JO):
+                        with T.sblock("s_max"):
+                            vh = T.axis.spatial(H, bh)
+                            vj = T.axis.reduce(P, jo * NT + ty * NX + tx)
+                            with T.init():
+                                s_max[vh] = lowest
+                            T.where(jo * NT + ty * NX + tx < P)
+                            s_max[vh] = T.max(s_max[vh], T.if_then_else(vj <= T.Cast("int64", pos[0]),
+                                                                        s[vh, vj], lowest))
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    for jo in T.serial(JO):
+                        with T.sblock("exp"):
+                            vh = T.axis.spatial(H, bh)
+                            vj = T.axis.spatial(P, jo * NT + ty * NX + tx)
+                            T.where(jo * NT + ty * NX + tx < P)
+                            p[vh, vj] = T.if_then_else(vj <= T.Cast("int64", pos[0]),
+                                                       T.exp(s[vh, vj] - s_max[vh]), T.float32(0))
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    for jo in T.serial(JO):
+                        with T.sblock("p_sum"):
+                            vh = T.axis.spatial(H, bh)
+                            vj = T.axis.reduce(P, jo * NT + ty * NX + tx)
+                            T.where(jo * NT + ty * NX + tx < P)
+                            with T.init():
+                                p_sum[vh] = T.float32(0)
+                            p_sum[vh] = p_sum[vh] + p[vh, vj]
+            # acc[h, d] = sum_j p[h, j] v_j[d]: lane d, group ty takes keys ty, ty + NY, ...
+            # (tx outside ty: a cross-thread reduction's loops must be the innermost ones)
+            for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                    for jy in T.serial(JY, annotations=unroll):
+                        with T.sblock("pv"):
+                            vh = T.axis.spatial(H, bh)
+                            vd = T.axis.spatial(D, tx)
+                            vj = T.axis.reduce(P, jy * NY + ty)
+                            T.where(jy * NY + ty < P)
+                            with T.init():
+                                acc[vh, vd] = T.float32(0)
+                            # masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
+                            acc[vh, vd] = acc[vh, vd] + T.if_then_else(
+                                vj < T.Cast("int64", pos[0]), p[vh, vj] * T.Cast(ACC, v_cache[vh, vj, vd]),
+                                T.if_then_else(vj == T.Cast("int64", pos[0]),
+                                               p[vh, vj] * T.Cast(ACC, qkv[0, C * 2 + vh * D + vd]), T.float32(0)))
+            # the output, and the new token's K and V into the cache (nothing above reads them there)
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("out"):
+                        vh = T.axis.spatial(H, bh)
+                        vd = T.axis.spatial(D, tx)
+                        T.where(ty == T.int64(0))
+                        out[0, vh * D + vd] = T.Cast(dtype, acc[vh, vd] / p_sum[vh])
+                        k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
+                        v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
+
+    return decode_attention
+
+
+def decode_attention_ref(qkv, k_cache, v_cache, pos):
+    """Returns (out [1, C], k_cache, v_cache): the decode kernels above composed, at m = pos + 1."""
+    m = pos + 1
+    k_cache, v_cache = kv_append_ref(qkv, k_cache, v_cache, m)
+    probs = causal_softmax_ref(attn_scores_ref(qkv, k_cache, m), k_cache.shape[2])      # float32, as decode's
+    return attn_values_ref(probs, v_cache, qkv.dtype), k_cache, v_cache

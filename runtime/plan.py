@@ -128,7 +128,17 @@ def build_plan(mod, function: str) -> Plan:
                 raise NotImplementedError(f"the plan walker only knows call_tir, not {op}")
             args = [Scalar(Expr(a)) if tvm.ir.is_prim_expr(a) else env[a] for a in value.args[1].fields]
             if op == "relax.call_tir_inplace":
-                outputs = [args[i] for i in value.attrs.inplace_indices]
+                # index -1: a fresh output (the kernel takes those after its inputs, in order)
+                tys = value.ty.fields if isinstance(value.ty, relax.TupleType) else [value.ty]
+                outputs = []
+                for i, ty in zip(value.attrs.inplace_indices, tys):
+                    if int(i) < 0:
+                        out = Tensor("tmp", len(plan.tmps), [Expr(s) for s in ty.shape.values], str(ty.dtype))
+                        plan.tmps.append(out)
+                        args = args + [out]
+                        outputs.append(out)
+                    else:
+                        outputs.append(args[int(i)])
                 env[var] = outputs
             else:
                 out = Tensor("tmp", len(plan.tmps), [Expr(s) for s in value.ty.shape.values], str(value.ty.dtype))

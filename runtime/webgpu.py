@@ -253,3 +253,43 @@ class WebGPUExecutor(Executor):
     @property
     def dispatches_per_step(self) -> dict[str, int]:
         return {fn: len(f["dispatches"]) for fn, f in self.functions.items()}
+
+
+def run_kernel(func, arrays: list, dtype: str = "float32") -> list:
+    """Run one scheduled PrimFunc (no symbolic shapes) on the WebGPU adapter, outside any model.
+
+    `arrays` are numpy arrays in the PrimFunc's parameter order, outputs included; returns them as they
+    are after the call. What the kernel tests use for kernels that only exist on a GPU.
+    """
+    from tinygpt2 import compile as C
+    from tinygpt2 import targets as TG
+    from tinygpt2.tvm_shim import tvm
+
+    art = C.webgpu_kernels(C.Scheduled(tvm.IRModule({"main": func}), {}), TG.make_target("webgpu"))
+    wgpu, _, dev = open_device(dtype)
+    usage = wgpu.BufferUsage
+    fn = art["functions"]["main"]
+    buffers = {name: dev.create_buffer_with_data(data=np.ascontiguousarray(a),
+                                                  usage=usage.STORAGE | usage.COPY_SRC)
+               for name, a in zip(fn["params"], arrays)}
+    for name, ws in fn["workspaces"].items():
+        count = int(np.prod([e({}) for e in ws["shape"]]))
+        buffers[name] = dev.create_buffer(size=max(count, 1) * ITEMSIZE[ws["dtype"]], usage=usage.STORAGE)
+    encoder = dev.create_command_encoder()
+    for k in fn["launches"]:
+        module = dev.create_shader_module(code=art["kernels"][k["kernel"]])
+        pipeline = dev.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": k["kernel"]})
+        x, y, z, packed = _Dispatch(k["kernel"], None, None, k["pod"], k["grid"], 0).dims({})
+        words = np.zeros(-(-(len(k["pod"]) + 1) // 4) * 4, np.int32)        # scalars + packGridDimX, 16 B units
+        words[:len(k["pod"]) + 1] = [e({}) for e in k["pod"]] + [packed]
+        uniform = dev.create_buffer_with_data(data=words, usage=usage.UNIFORM)
+        entries = [{"binding": b, "resource": {"buffer": buffers[name]}} for b, name in enumerate(k["buffers"])]
+        entries.append({"binding": len(k["buffers"]), "resource": {"buffer": uniform}})
+        cpass = encoder.begin_compute_pass()
+        cpass.set_pipeline(pipeline)
+        cpass.set_bind_group(0, dev.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries))
+        cpass.dispatch_workgroups(x, y, z)
+        cpass.end()
+    dev.queue.submit([encoder.finish()])
+    return [np.frombuffer(dev.queue.read_buffer(buffers[name]), a.dtype).reshape(a.shape).copy()
+            for name, a in zip(fn["params"], arrays)]

@@ -35,6 +35,7 @@ from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, relax,
 
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
+HAND_SCHEDULED = "hand-scheduled"          # rule_of's entry for a kernel that came scheduled (no rule's)
 _HERE = Path(__file__).parent
 # the graph, the kernels, the rule lists, our own rule and the shim (which patches DLight): what the code depends on
 _SOURCES = [_HERE / name for name in ("compile.py", "model.py", "rules.py", "tensor_core.py", "tvm_shim.py")]
@@ -79,7 +80,9 @@ def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: 
     applying the list at once) because that is the only way to learn which rule matched which kernel.
     """
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(mod.functions)   # ApplyDefaultSchedule mutates
-    rule_of: dict[str, str | None] = {name: None for name in kernel_names(mod)}
+    # a kernel written already scheduled (decode_attention on a GPU) is no rule's
+    rule_of: dict[str, str | None] = {gv.name_hint: HAND_SCHEDULED if is_scheduled(f) else None
+                                      for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     with target:
         for rule in rule_list:
             mod = R.dl.ApplyDefaultSchedule(rule)(mod)
@@ -116,7 +119,7 @@ def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
-    mod = build_module(cfg, dtype)
+    mod = build_module(cfg, dtype, fused_attention=TG.kind(target) == "gpu")
     _dump(dump_dir, "00-build.py", mod.script())
     sched = schedule(mod, tgt, rule_list, require_all=TG.kind(target) == "gpu")
     _dump(dump_dir, "01-schedule.py", sched.mod.script())

@@ -19,7 +19,8 @@ functions are straight lists of `call_tir`s into the hand-written kernels of `ti
 prefill's kernels take a symbolic n, and m as a shape. decode's are built for n = 1, so rules see
 matrix-vector shapes, and have no symbolic shape at all: the position m - 1 is a device tensor `pos`,
 attention runs over the whole cache masked past it, so every decode step launches the same kernels
-with the same grids (one CUDA graph captures the whole step). The linears that feed GELU or the
+with the same grids (one CUDA graph captures the whole step). On GPU targets decode's attention is one
+launch (`decode_attention`: append K, V, softmax(q.K^T).V), the only kernel written already scheduled. The linears that feed GELU or the
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 """
 
@@ -55,15 +56,19 @@ class _Builder:
         """y = kernel(*args) into a fresh tensor `y` of `shape`/`dtype`, bound to a var named out_name."""
         return self.bb.emit(relax.call_tir(kernel, args, relax.TensorType(shape, dtype)), name_hint=out_name)
 
-    def call_inplace(self, out_name: str, kernel, args, inplace: list[int]):
-        """kernel(*args) writing into args[i] for i in inplace; returns the updated tensors."""
-        out_ty = [args[i].ty for i in inplace]
+    def call_inplace(self, out_name: str, kernel, args, inplace: list[int], fresh=()):
+        """kernel(*args) writing into args[i] for i in inplace; returns the updated tensors.
+
+        An index -1 is a fresh output instead, of the next (shape, dtype) in `fresh` (the kernel
+        takes fresh outputs after its inputs, as call_tir's)."""
+        fresh = iter(fresh)
+        out_ty = [args[i].ty if i >= 0 else relax.TensorType(*next(fresh)) for i in inplace]
         res = self.bb.emit(relax.call_tir_inplace(kernel, args, inplace, out_ty), name_hint=out_name)
         return [self.bb.emit(relax.TupleGetItem(res, j), name_hint=f"{out_name}_{j}") for j in range(len(inplace))]
 
 
 def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Config, dtype: str,
-                   seq_len: int | None, greedy: bool = False):
+                   seq_len: int | None, greedy: bool = False, fused_attention: bool = False):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
@@ -83,10 +88,13 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
-        kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
-        attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
-        softmax = b.kernel("causal_softmax", K.make_softmax_decode, H, D, P)
-        attn_values = b.kernel("attn_values", K.make_attn_values_decode, H, D, P, dtype)
+        if fused_attention:     # on a GPU, the four below as one hand-scheduled launch (make_decode_attention)
+            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype)
+        else:
+            kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
+            attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
+            softmax = b.kernel("causal_softmax", K.make_softmax_decode, H, D, P)
+            attn_values = b.kernel("attn_values", K.make_attn_values_decode, H, D, P, dtype)
         pos = [where]                                                   # an extra tensor argument
     else:
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
@@ -106,12 +114,17 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)           # [n, C]
                 qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                              [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
-                k, v = b.call_inplace(f"h{i}_kv", kv_append,
-                                      [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
-                s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)       # [H, n, keys]
-                # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
-                s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
-                a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)               # [n, C]
+                if decode and fused_attention:          # append K, V and attend, in one launch
+                    a, _, _ = b.call_inplace(f"h{i}_attn", decode_attention,
+                                             [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2],
+                                             fresh=[([n, C], dtype)])                                  # [n, C]
+                else:
+                    k, v = b.call_inplace(f"h{i}_kv", kv_append,
+                                          [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
+                    s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)   # [H, n, keys]
+                    # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
+                    s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
+                    a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
                 x = b.call(f"h{i}_resid_attn",                                                 # x + c_proj(a)
                            b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype),
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
@@ -146,8 +159,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         bb.update_func(gv, bb.get()[gv].with_attr("num_input", 0))
 
 
-def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
+def build_module(cfg: GPT2Config, dtype: str = "float32", fused_attention: bool = False) -> tvm.IRModule:
     """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
+
+    fused_attention (GPU targets): decode's kv_append, scores, softmax and values become one
+    hand-scheduled kernel, `decode_attention` -- the one kernel no rule list schedules.
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
@@ -160,7 +176,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32") -> tvm.IRModule:
         bb = relax.BlockBuilder()
         b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
         for name, greedy in functions:
-            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy)
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, fused_attention)
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod
