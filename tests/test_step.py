@@ -54,7 +54,8 @@ def check_against_reference(steps, plan, values):
 def test_prefill_every_launch_once_in_order_and_equal_to_numpy(model, fresh):
     ids = model.tokenizer.encode(PROMPT)
     steps = list(step_through(model, ids))
-    check_against_reference(steps, model.compiled.plans["prefill"], Reference(model.config, model.checkpoint.params)
+    check_against_reference(steps, model.compiled.plans["prefill"],
+                            Reference(model.config, model.checkpoint.params, model.compiled.fused_attention)
                             .prefill(ids))
     # final logits: exactly what a plain prefill gives
     assert steps[-1].name == "logits" and steps[-1].output.shape == (1, model.config.vocab_size)
@@ -79,7 +80,7 @@ def test_decode_continues_after_stepping_through_prefill(model, tiny_checkpoint,
 
 def test_stepping_through_decode(model, fresh):
     ids = model.tokenizer.encode(PROMPT)
-    ref = Reference(model.config, model.checkpoint.params)
+    ref = Reference(model.config, model.checkpoint.params, model.compiled.fused_attention)
     ref.prefill(ids)
     model.prefill(ids)
     fresh.prefill(ids)
@@ -88,7 +89,9 @@ def test_stepping_through_decode(model, fresh):
         values = ref.decode(token)
         check_against_reference(steps, model.compiled.plans["decode"], values)
         assert all(s.kernel.endswith("_n1") for s in steps)
-        assert steps[3].name == "h0_kv" and steps[3].outputs[0].shape[1] == len(ids) + k + 1   # filled positions
+        # the launch that appends K, V (h0_kv; on a GPU the fused h0_attn) shows the filled positions
+        kv = steps[3]
+        assert kv.name in ("h0_kv", "h0_attn") and kv.outputs[-2].shape[1] == len(ids) + k + 1
         np.testing.assert_array_equal(steps[-1].output[0], fresh.decode(token))
         assert model.executor.cache.length == len(ids) + k + 1
     assert rel_err(model.decode(502), ref.decode(502)["logits"][0]) < TOL                 # and decode goes on
@@ -119,7 +122,7 @@ def test_stop_at_and_stopping_early_leave_no_half_written_sequence(model):
 @pytest.mark.parametrize("target", ["llvm", "webgpu"])
 def test_other_shapes_to_the_end_of_the_context(target, tiny_checkpoint_hub_layout):
     m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target=target, progress=False)    # 3 heads, 64 positions
-    ref = Reference(m.config, m.checkpoint.params)
+    ref = Reference(m.config, m.checkpoint.params, m.compiled.fused_attention)
     ids = list(range(2000, 2060))
     check_against_reference(list(step_through(m, ids)), m.compiled.plans["prefill"], ref.prefill(ids))
     for token in range(60, 64):
@@ -146,13 +149,14 @@ def test_cli_a_line_per_launch(tiny_checkpoint):
 
 
 def test_cli_stop_at_prints_the_kernel_and_values(tiny_checkpoint):
-    # a decode-only kernel: the command steps through the prefill and one decode step to reach it
+    # a decode-only kernel (GPU targets' fused attention): the command steps through the prefill and
+    # one decode step to reach it
     r = tinygpt2_cli("--model", str(tiny_checkpoint), "--target", "webgpu", "--prompt", "Hello",
-                     "--stop-at", "attn_values_n1")
+                     "--stop-at", "decode_attention_n1")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "stopped after decode launch 6 h0_attn: kernel attn_values_n1" in out
-    assert re.search(r"def attn_values_n1[(\[]", out) and "ours " in out and "numpy " in out
+    assert "stopped after decode launch 3 h0_attn: kernel decode_attention_n1" in out
+    assert re.search(r"def decode_attention_n1[(\[]", out) and "ours " in out and "numpy " in out
     assert "h1_" not in out.split("-- decode")[1]                           # nothing after the stop
     assert " wg of " in out                                                 # WebGPU: workgroups x threads
 

@@ -68,6 +68,11 @@ class Compiled:
     webgpu: dict | None = field(repr=False, default=None)    # see webgpu_kernels
     kernel_scripts: dict = field(repr=False, default_factory=dict)   # kernel -> scheduled TVMScript (step-through)
 
+    @property
+    def fused_attention(self) -> bool:
+        """Whether decode's attention is the one hand-scheduled launch (GPU targets; model.py)."""
+        return any(ln.kernel.startswith("decode_attention") for ln in self.plans["decode"].launches)
+
 
 def kernel_names(mod) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))

@@ -26,8 +26,11 @@ from tinygpt2.errors import ContextOverflowError, GenerationError
 
 
 class Reference:
-    def __init__(self, config, params: dict[str, np.ndarray]):
+    def __init__(self, config, params: dict[str, np.ndarray], fused_attention: bool = False):
+        """fused_attention: decode's attention as GPU targets build it, one launch `h{i}_attn` that
+        outputs (attn, k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn."""
         self.config = config
+        self.fused_attention = fused_attention
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
         shape = (config.n_head, config.n_positions, config.head_dim)
         self.cache = [np.zeros(shape, np.float32) for _ in range(2 * config.n_layer)]   # k_0, v_0, k_1, ...
@@ -36,15 +39,15 @@ class Reference:
     def prefill(self, ids) -> dict[str, np.ndarray]:
         """Start a new sequence with `ids`; every intermediate, by launch name."""
         self.length = 0
-        return self._run(ids)
+        return self._run(ids, decode=False)
 
     def decode(self, token: int) -> dict[str, np.ndarray]:
         """Append one token to the sequence."""
         if self.length == 0:
             raise GenerationError("decode() before prefill(): there is no sequence to continue")
-        return self._run([token])
+        return self._run([token], decode=True)
 
-    def _run(self, ids) -> dict[str, np.ndarray]:
+    def _run(self, ids, decode: bool) -> dict[str, np.ndarray]:
         cfg, p, out = self.config, self.params, {}
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         m = self.length + len(ids)                           # sequence length after the new tokens
@@ -64,6 +67,9 @@ class Reference:
             s = out[f"h{i}_scores"] = K.attn_scores_ref(qkv, k, m)                             # [H, n, m]
             s = out[f"h{i}_probs"] = K.causal_softmax_ref(s, cfg.head_dim)                     # [H, n, m]
             a = out[f"h{i}_attn"] = K.attn_values_ref(s, v, np.float32)                        # [n, C]
+            if self.fused_attention and decode:                              # one launch does all four
+                del out[f"h{i}_kv"], out[f"h{i}_scores"], out[f"h{i}_probs"]
+                out[f"h{i}_attn"] = (a, k, v)
             a = K.linear_ref(a, w("attn.c_proj.weight"), w("attn.c_proj.bias"))
             x = out[f"h{i}_resid_attn"] = K.add_ref(x, a)
             # MLP: x = x + c_proj(gelu(c_fc(ln_2(x))))
