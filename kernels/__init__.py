@@ -14,6 +14,7 @@ from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm
+from .ln_linear import WEBGPU_MAX_LANES, ln_linear_ref, make_ln_linear_decode
 from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,
                      make_linear_residual)
 from .lm_head import lm_head_ref, make_lm_head

@@ -280,21 +280,32 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
 
     qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32  ->  out [1, C]
 
-    Block h runs `D x NY` threads (threadIdx.x = d, threadIdx.y = NY groups; 64 x 4 for GPT-2):
-    scores take one key per thread, the max and the sum are block-wide reductions (TVM lowers a
-    reduction whose axis is bound to threads to warp shuffles + shared memory), and p.V gives each
-    d-lane NY partial sums that the same lowering adds up. Keys j == pos are read from qkv, not the
-    cache: the cache is written at the end, so no thread reads what another writes in this launch.
+    Block h has 256 threads, (threadIdx.y, threadIdx.x) = (NY, NX) with NX = D / VEC lanes covering a
+    row of K or V in VEC-element vector loads (16 x 4 for GPT-2's head_dim 64):
+      qk      one key per thread per pass: VEC-wide loads of its row of K, the dot product in a register;
+      s_max, p_sum   block-wide reductions (TVM lowers a reduction whose axis is bound to threads to
+              warp shuffles + shared memory), exp between them;
+      pv      lane tx owns elements [tx*VEC, tx*VEC + VEC) of the output, group ty the keys ty, ty + NY, ...:
+              VEC partial sums in registers, over a loop unrolled so that its loads are all in flight
+              (a loop of dependent loads, one key at a time, costs a memory latency per key);
+      out     the NY partial sums of each element added up, normalised, stored.
+    Keys j == pos are read from qkv, not the cache: the cache is written at the end, so no thread reads
+    what another writes in this launch.
     """
     check_dtype(dtype)
-    NX = T.int64(head_dim)                                # threadIdx.x: one lane per element of a head
-    NY = T.int64(max(1, 256 // head_dim))                 # threadIdx.y: 4 groups for head_dim 64
-    NT = NX * NY                                          # keys per pass
+    vec = 4                                               # elements per vector load (WGSL's widest: vec4)
+    while head_dim % vec:
+        vec //= 2
+    nx = head_dim // vec                                  # threadIdx.x: lanes across one row of K / V
+    ny = max(1, 256 // nx)                                # threadIdx.y: 16 groups for head_dim 64
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
     one = T.int64(1)
-    JO = T.int64(-(-n_ctx // (head_dim * max(1, 256 // head_dim))))      # passes over the keys
-    JY = T.int64(-(-n_ctx // max(1, 256 // head_dim)))                   # keys per group in p.V
+    VEC, NX, NY = T.int64(vec), T.int64(nx), T.int64(ny)
+    NT = T.int64(nx * ny)                                 # keys per pass of qk
+    DV = T.int64(head_dim // vec)                         # vectors per row
+    JO = T.int64(-(-n_ctx // (nx * ny)))                  # passes of qk over the keys
+    JY = T.int64(-(-n_ctx // ny))                         # keys per group in pv
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
@@ -308,10 +319,10 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         p = T.sblock_alloc_buffer((H, P), ACC, scope="shared")          # exp(s - max), 0 past pos
         s_max = T.sblock_alloc_buffer((H,), ACC, scope="shared")
         p_sum = T.sblock_alloc_buffer((H,), ACC, scope="shared")
-        acc = T.sblock_alloc_buffer((H, D), ACC, scope="shared")        # sum_j p * v, per d
+        partial = T.sblock_alloc_buffer((H, NY, D), ACC, scope="shared")  # pv's per-group sums
         for bh in T.thread_binding(H, thread="blockIdx.x"):
-            # s[h, j] = q . k_j: one key per thread per pass, the dot product serial over d in a register
-            # (accumulated in shared memory instead, every step would need a barrier)
+            # s[h, j] = q . k_j: one key per thread per pass, in a register (accumulated in shared memory
+            # instead, every step would need a barrier)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     for jo in T.serial(JO):
@@ -320,15 +331,22 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                             vj = T.axis.spatial(P, jo * NT + ty * NX + tx)
                             T.where(jo * NT + ty * NX + tx < P)
                             dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                            q_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                            k_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
                             dot[0] = T.float32(0)
-                            if vj < T.Cast("int64", pos[0]):                  # a cached key
-                                for d in T.serial(D, annotations=unroll):
-                                    dot[0] = dot[0] + T.Cast(ACC, qkv[0, vh * D + d]) * T.Cast(ACC, k_cache[vh, vj, d])
-                            elif vj == T.Cast("int64", pos[0]):               # the new token's own key
-                                for d in T.serial(D, annotations=unroll):
-                                    dot[0] = dot[0] + T.Cast(ACC, qkv[0, vh * D + d]) * T.Cast(
-                                        ACC, qkv[0, C + vh * D + d])
-                            s[vh, vj] = dot[0] * scale                            # (past pos: unused)
+                            if vj <= T.Cast("int64", pos[0]):
+                                for dv in T.unroll(DV):
+                                    for e in T.vectorized(VEC):
+                                        q_v[e] = qkv[0, vh * D + dv * VEC + e]
+                                    if vj < T.Cast("int64", pos[0]):          # a cached key
+                                        for e in T.vectorized(VEC):
+                                            k_v[e] = k_cache[vh, vj, dv * VEC + e]
+                                    else:                                     # the new token's own key
+                                        for e in T.vectorized(VEC):
+                                            k_v[e] = qkv[0, C + vh * D + dv * VEC + e]
+                                    for e in T.serial(VEC):
+                                        dot[0] = dot[0] + T.Cast(ACC, q_v[e]) * T.Cast(ACC, k_v[e])
+                            s[vh, vj] = dot[0] * scale                        # (past pos: unused)
             # max_j s[h, j] over j <= pos: a reduction over every thread of the block
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
@@ -360,31 +378,43 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                             with T.init():
                                 p_sum[vh] = T.float32(0)
                             p_sum[vh] = p_sum[vh] + p[vh, vj]
-            # acc[h, d] = sum_j p[h, j] v_j[d]: lane d, group ty takes keys ty, ty + NY, ...
-            # (tx outside ty: a cross-thread reduction's loops must be the innermost ones)
-            for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for jy in T.serial(JY, annotations=unroll):
-                        with T.sblock("pv"):
-                            vh = T.axis.spatial(H, bh)
-                            vd = T.axis.spatial(D, tx)
-                            vj = T.axis.reduce(P, jy * NY + ty)
-                            T.where(jy * NY + ty < P)
-                            with T.init():
-                                acc[vh, vd] = T.float32(0)
+            # partial[ty, d] = sum over keys j = ty, ty + NY, ... <= pos of p[j] * v_j[d], VEC elements d per lane
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("pv"):
+                        vh = T.axis.spatial(H, bh)
+                        vy = T.axis.spatial(NY, ty)
+                        vx = T.axis.spatial(NX, tx)
+                        acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
+                        v_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        for e in T.serial(VEC):
+                            acc[e] = T.float32(0)
+                        for jy in T.unroll(JY):          # every load in flight at once
                             # masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
-                            acc[vh, vd] = acc[vh, vd] + T.if_then_else(
-                                vj < T.Cast("int64", pos[0]), p[vh, vj] * T.Cast(ACC, v_cache[vh, vj, vd]),
-                                T.if_then_else(vj == T.Cast("int64", pos[0]),
-                                               p[vh, vj] * T.Cast(ACC, qkv[0, C * 2 + vh * D + vd]), T.float32(0)))
-            # the output, and the new token's K and V into the cache (nothing above reads them there)
+                            if jy * NY + vy < T.Cast("int64", pos[0]):
+                                for e in T.vectorized(VEC):
+                                    v_v[e] = v_cache[vh, jy * NY + vy, vx * VEC + e]
+                                for e in T.serial(VEC):
+                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(ACC, v_v[e])
+                            elif jy * NY + vy == T.Cast("int64", pos[0]):
+                                for e in T.serial(VEC):
+                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(
+                                        ACC, qkv[0, C * 2 + vh * D + vx * VEC + e])
+                        for e in T.serial(VEC):
+                            partial[vh, vy, vx * VEC + e] = acc[e]
+            # the output: thread ty * NX + tx < D adds up element d's NY partial sums; and the new token's
+            # K and V into the cache (nothing above reads them there)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("out"):
                         vh = T.axis.spatial(H, bh)
-                        vd = T.axis.spatial(D, tx)
-                        T.where(ty == T.int64(0))
-                        out[0, vh * D + vd] = T.Cast(dtype, acc[vh, vd] / p_sum[vh])
+                        vd = T.axis.spatial(D, ty * NX + tx)
+                        T.where(ty * NX + tx < D)
+                        total = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                        total[0] = T.float32(0)
+                        for g in T.serial(NY, annotations=unroll):
+                            total[0] = total[0] + partial[vh, g, vd]
+                        out[0, vh * D + vd] = T.Cast(dtype, total[0] / p_sum[vh])
                         k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
                         v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
 

@@ -40,8 +40,6 @@ Rows past N (the last block, when ROWS does not divide N) read row N - 1 again a
 (when 32 * VEC does not divide C) is masked per vector.
 """
 
-import numpy as np
-
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype

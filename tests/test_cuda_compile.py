@@ -69,23 +69,27 @@ def test_tuned_list_puts_attention_on_tensor_cores():
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
     assert sched.rule_of["attn_scores"] == "tensor-core-matmul"
     assert sched.rule_of["linear_qkv"] == "tensor-core-matmul"
-    assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
+    assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_attn_proj_n1"] == "gemv"
     kernels = cuda_kernels(sched, tgt)
     assert "wmma::mma_sync" in kernels["attn_scores_kernel"] and "wmma::mma_sync" in kernels["attn_values_kernel"]
     fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
     assert "tensor-core-matmul" not in fp32.rule_of.values()            # WMMA here is fp16 only
 
 
-def test_decode_attention_is_one_hand_scheduled_launch_per_layer():
-    """On a GPU, decode's kv_append + scores + softmax + values are one kernel that no rule schedules
-    (kernels/attention.py: make_decode_attention); its block-wide max and sum become warp shuffles."""
+def test_gpu_decode_is_five_launches_per_layer_of_hand_scheduled_fusions():
+    """On a GPU, decode's kv_append + scores + softmax + values are one kernel (kernels/attention.py:
+    make_decode_attention) and each layernorm folds into the linear after it (kernels/ln_linear.py);
+    no rule schedules those. The attention's block-wide max and sum become warp shuffles. Asked for
+    by the rule list's `fused-decode` (in `tuned`; `default` keeps the plain graph)."""
     from tinygpt2.runtime.plan import build_plan
 
-    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "default", arch="sm_90a")    # head_dim 64
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", ["fused-decode", "gemv", "fallback"],
+                                      arch="sm_90a")                                      # head_dim 64
     assert sched.rule_of["decode_attention_n1"] == C.HAND_SCHEDULED
     assert not {"kv_append_n1", "attn_scores_n1", "causal_softmax_n1", "attn_values_n1"} & set(sched.rule_of)
     layer = [ln.kernel for ln in build_plan(sched.mod, "decode").launches if ln.name.startswith("h0_")]
-    assert layer == ["layernorm_n1", "linear_qkv_n1", "decode_attention_n1", "linear_attn_proj_n1",
-                     "layernorm_n1", "linear_fc_gelu_n1", "linear_mlp_proj_n1"]
+    assert layer == ["ln_linear_qkv_n1", "decode_attention_n1", "linear_attn_proj_n1",   # 5 launches, not 10
+                     "ln_linear_fc_gelu_n1", "linear_mlp_proj_n1"]
+    assert sched.rule_of["ln_linear_qkv_n1"] == sched.rule_of["ln_linear_fc_gelu_n1"] == C.HAND_SCHEDULED
     assert "kv_append" in sched.rule_of                                 # prefill keeps its four kernels
     assert "__shfl_down_sync" in cuda_kernels(sched, tgt)["decode_attention_n1_kernel"]

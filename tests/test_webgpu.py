@@ -28,9 +28,11 @@ def test_an_adapter_exists():
     assert adapter.info["device"]
 
 
-@pytest.fixture(scope="module")
-def gpu(tiny_checkpoint):
-    return tinygpt2.load(str(tiny_checkpoint), target="webgpu")
+@pytest.fixture(scope="module", params=["default", "tuned"])
+def gpu(request, tiny_checkpoint):
+    """default: the plain graph, every kernel DLight's; tuned: decode's hand-scheduled fused kernels
+    (rules.FusedDecode: 5 launches a layer instead of 10)."""
+    return tinygpt2.load(str(tiny_checkpoint), target="webgpu", rules=request.param)
 
 
 def test_logits_match_transformers_prefill_and_decode(gpu, tiny_checkpoint, hf_reference):
@@ -74,6 +76,8 @@ def test_greedy_on_the_gpu_is_the_host_argmax_in_one_submit(gpu):
 def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     counts = gpu.executor.dispatches_per_step
     plan = gpu.compiled.plans["decode"]
+    per_layer = 5 if gpu.compiled.fused_decode else 10
+    assert len(plan.launches) == 1 + per_layer * gpu.config.n_layer + 2        # embedding ... ln_f, lm_head
     # one or more dispatches per launch of the plan (a kernel may lower to several)
     assert counts["decode"] >= len(plan.launches)
     submits = []
@@ -88,8 +92,9 @@ def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     assert submits == [1, 1]
 
 
-def test_hub_layout_other_shapes_to_the_end_of_the_context(tiny_checkpoint_hub_layout, hf_reference):
-    m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target="webgpu")
+@pytest.mark.parametrize("rules", ["default", "tuned"])
+def test_hub_layout_other_shapes_to_the_end_of_the_context(tiny_checkpoint_hub_layout, hf_reference, rules):
+    m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target="webgpu", rules=rules)
     hf = hf_reference(tiny_checkpoint_hub_layout)
     ids = list(range(2000, 2050))
     want = hf_logits(hf, ids + list(range(60, 74)))

@@ -69,8 +69,8 @@ class Compiled:
     kernel_scripts: dict = field(repr=False, default_factory=dict)   # kernel -> scheduled TVMScript (step-through)
 
     @property
-    def fused_attention(self) -> bool:
-        """Whether decode's attention is the one hand-scheduled launch (GPU targets; model.py)."""
+    def fused_decode(self) -> bool:
+        """Whether decode has the hand-scheduled GPU kernels (fused attention and ln + linear; model.py)."""
         return any(ln.kernel.startswith("decode_attention") for ln in self.plans["decode"].launches)
 
 
@@ -117,6 +117,11 @@ def _dump(dump_dir: Path | None, name: str, text: str):
         (dump_dir / name).write_text(text)
 
 
+def fused_gpu(target: str, rule_list) -> str | None:
+    """build_module's `gpu`: the target when it is a GPU and the list asks for fused-decode, else None."""
+    return target if TG.kind(target) == "gpu" and R.wants_fused_decode(rule_list) else None
+
+
 def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,
                     arch: str | None = None, dump_dir: Path | None = None) -> tuple[Scheduled, "tvm.target.Target", list]:
     """Phases build + schedule (no codegen): what `explain` and the WebGPU path start from."""
@@ -124,7 +129,7 @@ def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
-    mod = build_module(cfg, dtype, fused_attention=TG.kind(target) == "gpu")
+    mod = build_module(cfg, dtype, gpu=fused_gpu(target, rule_list))
     _dump(dump_dir, "00-build.py", mod.script())
     sched = schedule(mod, tgt, rule_list, require_all=TG.kind(target) == "gpu")
     _dump(dump_dir, "01-schedule.py", sched.mod.script())

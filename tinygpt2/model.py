@@ -20,7 +20,8 @@ prefill's kernels take a symbolic n, and m as a shape. decode's are built for n 
 matrix-vector shapes, and have no symbolic shape at all: the position m - 1 is a device tensor `pos`,
 attention runs over the whole cache masked past it, so every decode step launches the same kernels
 with the same grids (one CUDA graph captures the whole step). On GPU targets decode's attention is one
-launch (`decode_attention`: append K, V, softmax(q.K^T).V), the only kernel written already scheduled. The linears that feed GELU or the
+launch (`decode_attention`: append K, V, softmax(q.K^T).V) and ln_1 / ln_2 fold into the linear after
+them (`ln_linear_*`): the kernels written already scheduled, that no rule list touches. The linears that feed GELU or the
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 """
 
@@ -68,10 +69,12 @@ class _Builder:
 
 
 def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Config, dtype: str,
-                   seq_len: int | None, greedy: bool = False, fused_attention: bool = False):
+                   seq_len: int | None, greedy: bool = False, gpu: str | None = None):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
+    fused = decode and gpu is not None          # decode's hand-scheduled GPU kernels (build_module)
+    lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
     keys = P if decode else m                                          # the attention's key axis
@@ -88,8 +91,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
-        if fused_attention:     # on a GPU, the four below as one hand-scheduled launch (make_decode_attention)
+        if fused:       # on a GPU, the four below as one hand-scheduled launch (make_decode_attention)
             decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype)
+            # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
+            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes)
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
@@ -110,11 +116,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             for i in range(cfg.n_layer):
                 p = f"h.{i}."
                 # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
-                h = b.call(f"h{i}_ln_1", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
-                           [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)           # [n, C]
-                qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
-                             [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
-                if decode and fused_attention:          # append K, V and attend, in one launch
+                if fused:                                                  # c_attn(ln_1(x)) in one launch
+                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"],
+                                 w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
+                else:
+                    h = b.call(f"h{i}_ln_1", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                               [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)       # [n, C]
+                    qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
+                                 [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
+                if fused:                                                  # append K, V and attend, in one launch
                     a, _, _ = b.call_inplace(f"h{i}_attn", decode_attention,
                                              [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2],
                                              fresh=[([n, C], dtype)])                                  # [n, C]
@@ -129,10 +139,14 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype),
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
-                h = b.call(f"h{i}_ln_2", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
-                           [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
-                h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),  # gelu(c_fc(h))
-                           [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)    # [n, F]
+                if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
+                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"],
+                               w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)    # [n, F]
+                else:
+                    h = b.call(f"h{i}_ln_2", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                               [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
+                    h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),
+                               [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp",                                                  # x + c_proj(h)
                            b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype),
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
@@ -159,11 +173,13 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         bb.update_func(gv, bb.get()[gv].with_attr("num_input", 0))
 
 
-def build_module(cfg: GPT2Config, dtype: str = "float32", fused_attention: bool = False) -> tvm.IRModule:
+def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None) -> tvm.IRModule:
     """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
 
-    fused_attention (GPU targets): decode's kv_append, scores, softmax and values become one
-    hand-scheduled kernel, `decode_attention` -- the one kernel no rule list schedules.
+    gpu: the GPU target's name ("cuda", "webgpu", ...), None for the CPU. On a GPU a decode step is
+    bound by launches, so decode gets three hand-scheduled kernels that no rule list schedules:
+    `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
+    `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 launches a layer, not 10.
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
@@ -176,7 +192,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", fused_attention: bool 
         bb = relax.BlockBuilder()
         b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
         for name, greedy in functions:
-            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, fused_attention)
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, gpu)
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod

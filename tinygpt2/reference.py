@@ -26,11 +26,12 @@ from tinygpt2.errors import ContextOverflowError, GenerationError
 
 
 class Reference:
-    def __init__(self, config, params: dict[str, np.ndarray], fused_attention: bool = False):
-        """fused_attention: decode's attention as GPU targets build it, one launch `h{i}_attn` that
-        outputs (attn, k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn."""
+    def __init__(self, config, params: dict[str, np.ndarray], fused_decode: bool = False):
+        """fused_decode: decode as GPU targets build it (model.build_module): h{i}_qkv and h{i}_fc_gelu
+        include their layernorm (no h{i}_ln_1, h{i}_ln_2), and one launch `h{i}_attn` outputs (attn,
+        k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn."""
         self.config = config
-        self.fused_attention = fused_attention
+        self.fused_decode = fused_decode
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
         shape = (config.n_head, config.n_positions, config.head_dim)
         self.cache = [np.zeros(shape, np.float32) for _ in range(2 * config.n_layer)]   # k_0, v_0, k_1, ...
@@ -67,8 +68,8 @@ class Reference:
             s = out[f"h{i}_scores"] = K.attn_scores_ref(qkv, k, m)                             # [H, n, m]
             s = out[f"h{i}_probs"] = K.causal_softmax_ref(s, cfg.head_dim)                     # [H, n, m]
             a = out[f"h{i}_attn"] = K.attn_values_ref(s, v, np.float32)                        # [n, C]
-            if self.fused_attention and decode:                              # one launch does all four
-                del out[f"h{i}_kv"], out[f"h{i}_scores"], out[f"h{i}_probs"]
+            if self.fused_decode and decode:            # h{i}_attn: one launch does all four
+                del out[f"h{i}_ln_1"], out[f"h{i}_kv"], out[f"h{i}_scores"], out[f"h{i}_probs"]
                 out[f"h{i}_attn"] = (a, k, v)
             a = K.linear_ref(a, w("attn.c_proj.weight"), w("attn.c_proj.bias"))
             x = out[f"h{i}_resid_attn"] = K.add_ref(x, a)
@@ -76,6 +77,8 @@ class Reference:
             h = out[f"h{i}_ln_2"] = K.layernorm_ref(x, w("ln_2.weight"), w("ln_2.bias"), eps)
             h = K.linear_ref(h, w("mlp.c_fc.weight"), w("mlp.c_fc.bias"))                         # [n, F]
             h = out[f"h{i}_fc_gelu"] = K.gelu_ref(h)
+            if self.fused_decode and decode:            # h{i}_fc_gelu includes ln_2
+                del out[f"h{i}_ln_2"]
             h = K.linear_ref(h, w("mlp.c_proj.weight"), w("mlp.c_proj.bias"))
             x = out[f"h{i}_resid_mlp"] = K.add_ref(x, h)
         x = out["ln_f"] = K.layernorm_ref(x, p["ln_f.weight"], p["ln_f.bias"], eps)

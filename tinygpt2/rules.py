@@ -21,6 +21,24 @@ from tinygpt2.errors import RuleError
 from tinygpt2.tensor_core import TensorCoreMatmul
 from tinygpt2.tvm_shim import dl
 
+class FusedDecode(dl.ScheduleRule):
+    """Not a schedule: a request for decode's hand-scheduled GPU kernels (model.build_module's `gpu`).
+
+    On a GPU a decode step is bound by launches. With this entry in the list the model's decode step
+    is built with three kernels written already scheduled, which no rule then touches: decode_attention
+    (kv_append + scores + softmax + values in one launch) and ln_linear_qkv / ln_linear_fc_gelu (ln_1 /
+    ln_2 folded into the linear after them): 5 launches a layer instead of 10. Without it the graph is
+    the plain one, every kernel of it the rule list's to schedule. It matches no kernel itself.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
+def wants_fused_decode(rule_list) -> bool:
+    return any(isinstance(r, FusedDecode) for r in rule_list)
+
+
 # rule name -> class, per kind of target
 GPU_RULES = {
     "matmul": dl.gpu.Matmul,
@@ -32,6 +50,7 @@ GPU_RULES = {
     "transpose": dl.gpu.Transpose,
     "fallback": dl.gpu.Fallback,
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
+    "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
 }
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
@@ -41,8 +60,9 @@ CPU_RULES = {
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
-# ours: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it changes)
-GPU_TUNED = ["tensor-core-matmul", *GPU_DEFAULT]
+# ours: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it changes),
+# and decode's hand-scheduled fused kernels (FusedDecode)
+GPU_TUNED = ["fused-decode", "tensor-core-matmul", *GPU_DEFAULT]
 
 
 def presets(target_kind: str) -> dict[str, list[str]]:
@@ -53,7 +73,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
     tuned    -- GPU: default with tinygpt2's tensor-core-matmul before it (attention's q.k^T and
-                p.v on tensor cores too, where DLight keeps them on CUDA cores).
+                p.v on tensor cores too, where DLight keeps them on CUDA cores), and fused-decode
+                (decode's attention and ln + linear as hand-scheduled kernels: half the launches).
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
