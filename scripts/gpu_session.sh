@@ -10,7 +10,7 @@ tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
-  check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
+  check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
   bench-xl-tuned) tg bench --target cuda --models random:gpt2-xl --dtypes float16 --rules tuned --peers hf-eager \
                 --decode-tokens 64 --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-xl-tuned" ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
