@@ -286,8 +286,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
       s_max, p_sum   block-wide reductions (TVM lowers a reduction whose axis is bound to threads to
               warp shuffles + shared memory), exp between them;
       pv      lane tx owns elements [tx*VEC, tx*VEC + VEC) of the output, group ty the keys ty, ty + NY, ...:
-              VEC partial sums in registers, over a loop unrolled and free of branches so that its loads
-              are all in flight (with a branch per key, each key costs a memory latency: 20 us a launch);
+              VEC partial sums in registers, over a loop unrolled so that its loads are all in flight
+              (a loop of dependent loads, one key at a time, costs a memory latency per key);
       out     the NY partial sums of each element added up, normalised, stored.
     Keys j == pos are read from qkv, not the cache: the cache is written at the end, so no thread reads
     what another writes in this launch.
@@ -387,22 +387,19 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         vx = T.axis.spatial(NX, tx)
                         acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
                         v_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                        v_new = T.sblock_alloc_buffer((VEC,), dtype, scope="local")     # the new token's v
-                        for e in T.vectorized(VEC):
-                            v_new[e] = qkv[0, C * 2 + vh * D + vx * VEC + e]
                         for e in T.serial(VEC):
                             acc[e] = T.float32(0)
                         for jy in T.unroll(JY):          # every load in flight at once
-                            # No branch around the load (a branch would wait for each key's load in
-                            # turn): keys past pos re-read row pos (a cache hit), and a select, not a
-                            # multiply by p = 0, drops them (0 * a stale NaN in the cache is NaN).
-                            for e in T.vectorized(VEC):
-                                v_v[e] = v_cache[vh, T.min(jy * NY + vy, T.Cast("int64", pos[0])), vx * VEC + e]
-                            for e in T.serial(VEC):
-                                acc[e] = acc[e] + T.Select(
-                                    jy * NY + vy < T.Cast("int64", pos[0]), p[vh, jy * NY + vy] * T.Cast(ACC, v_v[e]),
-                                    T.Select(jy * NY + vy == T.Cast("int64", pos[0]),
-                                             p[vh, jy * NY + vy] * T.Cast(ACC, v_new[e]), T.float32(0)))
+                            # masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
+                            if jy * NY + vy < T.Cast("int64", pos[0]):
+                                for e in T.vectorized(VEC):
+                                    v_v[e] = v_cache[vh, jy * NY + vy, vx * VEC + e]
+                                for e in T.serial(VEC):
+                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(ACC, v_v[e])
+                            elif jy * NY + vy == T.Cast("int64", pos[0]):
+                                for e in T.serial(VEC):
+                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(
+                                        ACC, qkv[0, C * 2 + vh * D + vx * VEC + e])
                         for e in T.serial(VEC):
                             partial[vh, vy, vx * VEC + e] = acc[e]
             # the output: thread ty * NX + tx < D adds up element d's NY partial sums; and the new token's
