@@ -47,7 +47,7 @@ def test_default_lists_order():
         "none", "matmul", "gemv", "low-batch-gemv", "reduction", "general-reduction", "rmsnorm", "transpose",
         "tensor-core-matmul", "fused-decode", "default", "default-minus-matmul", "default-minus-gemv",
         "default-minus-reduction",
-        "default-minus-general-reduction", "tuned"]
+        "default-minus-general-reduction", "tuned", "fused"]
     assert A.default_lists("llvm") == ["none", "gemv", "reduction", "default", "default-minus-gemv",
                                        "default-minus-reduction"]
     assert sorted(A.default_lists("cuda")) == sorted(presets("gpu"))

@@ -69,7 +69,7 @@ def test_tuned_list_puts_attention_on_tensor_cores():
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
     assert sched.rule_of["attn_scores"] == "tensor-core-matmul"
     assert sched.rule_of["linear_qkv"] == "tensor-core-matmul"
-    assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_attn_proj_n1"] == "gemv"
+    assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
     kernels = cuda_kernels(sched, tgt)
     assert "wmma::mma_sync" in kernels["attn_scores_kernel"] and "wmma::mma_sync" in kernels["attn_values_kernel"]
     fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
@@ -80,7 +80,7 @@ def test_gpu_decode_is_five_launches_per_layer_of_hand_scheduled_fusions():
     """On a GPU, decode's kv_append + scores + softmax + values are one kernel (kernels/attention.py:
     make_decode_attention) and each layernorm folds into the linear after it (kernels/ln_linear.py);
     no rule schedules those. The attention's block-wide max and sum become warp shuffles. Asked for
-    by the rule list's `fused-decode` (in `tuned`; `default` keeps the plain graph)."""
+    by the rule list's `fused-decode` (preset `fused`; `default` keeps the plain graph)."""
     from tinygpt2.runtime.plan import build_plan
 
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", ["fused-decode", "gemv", "fallback"],

@@ -119,9 +119,9 @@ def test_stop_at_and_stopping_early_leave_no_half_written_sequence(model):
         step_through(model, 3, "decode")         # nothing to continue
 
 
-@pytest.mark.parametrize("target,rules", [("llvm", "default"), ("webgpu", "default"), ("webgpu", "tuned")])
+@pytest.mark.parametrize("target,rules", [("llvm", "default"), ("webgpu", "default"), ("webgpu", "fused")])
 def test_other_shapes_to_the_end_of_the_context(target, rules, tiny_checkpoint_hub_layout):
-    # 3 heads, 64 positions; webgpu "tuned": decode's fused kernels, checked launch by launch too
+    # 3 heads, 64 positions; webgpu "fused": decode's fused kernels, checked launch by launch too
     m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target=target, rules=rules, progress=False)
     ref = Reference(m.config, m.checkpoint.params, m.compiled.fused_decode)
     ids = list(range(2000, 2060))
@@ -152,7 +152,7 @@ def test_cli_a_line_per_launch(tiny_checkpoint):
 def test_cli_stop_at_prints_the_kernel_and_values(tiny_checkpoint):
     # a decode-only kernel (GPU targets' fused attention): the command steps through the prefill and
     # one decode step to reach it
-    r = tinygpt2_cli("--model", str(tiny_checkpoint), "--target", "webgpu", "--rules", "tuned", "--prompt", "Hello",
+    r = tinygpt2_cli("--model", str(tiny_checkpoint), "--target", "webgpu", "--rules", "fused", "--prompt", "Hello",
                      "--stop-at", "decode_attention_n1")
     assert r.returncode == 0, r.stderr
     out = r.stdout

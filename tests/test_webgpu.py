@@ -28,9 +28,9 @@ def test_an_adapter_exists():
     assert adapter.info["device"]
 
 
-@pytest.fixture(scope="module", params=["default", "tuned"])
+@pytest.fixture(scope="module", params=["default", "fused"])
 def gpu(request, tiny_checkpoint):
-    """default: the plain graph, every kernel DLight's; tuned: decode's hand-scheduled fused kernels
+    """default: the plain graph, every kernel DLight's; fused: decode's hand-scheduled fused kernels
     (rules.FusedDecode: 5 launches a layer instead of 10)."""
     return tinygpt2.load(str(tiny_checkpoint), target="webgpu", rules=request.param)
 
@@ -92,7 +92,7 @@ def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     assert submits == [1, 1]
 
 
-@pytest.mark.parametrize("rules", ["default", "tuned"])
+@pytest.mark.parametrize("rules", ["default", "fused"])
 def test_hub_layout_other_shapes_to_the_end_of_the_context(tiny_checkpoint_hub_layout, hf_reference, rules):
     m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target="webgpu", rules=rules)
     hf = hf_reference(tiny_checkpoint_hub_layout)
