@@ -2,6 +2,9 @@
 
 Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_func(s_tir=True)`,
 loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
+The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
+memory) because no rule matches them: attention.make_decode_attention and
+ln_linear.make_ln_linear_decode (the rule list entry `fused-decode` asks for them).
 Installed as `tinygpt2.kernels`.
 """
 
