@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after ../shared/device's install: one measured step of the CUDA work,
-#   bash scripts/gpu_session.sh check|check-tuned|bench-gpt2|bench-xl|bench-xl-tuned|<any tinygpt2 args>
+#   bash scripts/gpu_session.sh check|check-tuned|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -13,6 +13,9 @@ case "$1" in
   check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
   bench-xl-tuned) tg bench --target cuda --models random:gpt2-xl --dtypes float16 --rules tuned --peers hf-eager \
                 --decode-tokens 64 --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-xl-tuned" ;;
+  # decode, plain graph vs the hand-scheduled fused kernels, in one loan (docs/results/README.md)
+  bench-fused) for r in default fused; do tg bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 \
+                --rules $r --peers none --decode-tokens 64 --repeats 3 --profile --out "$OUT/bench-$r"; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
