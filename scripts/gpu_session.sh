@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after ../shared/device's install: one measured step of the CUDA work,
-#   bash scripts/gpu_session.sh check|check-tuned|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -11,6 +11,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
   check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
+  check-fused) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused | tee "$OUT/gpu_check_fused.md" ;;
   bench-xl-tuned) tg bench --target cuda --models random:gpt2-xl --dtypes float16 --rules tuned --peers hf-eager \
                 --decode-tokens 64 --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-xl-tuned" ;;
   # decode, plain graph vs the hand-scheduled fused kernels, in one loan (docs/results/README.md)
