@@ -267,8 +267,9 @@ def pad_keys(a, n_ctx):
 # cost a few microseconds whatever their size. This kernel does all four in one launch, one thread
 # block per head. It is written already scheduled -- thread bindings, shared memory -- as TVM's own
 # KV-cache attention kernels are (relax/frontend/nn/llm/kv_cache.py), because no DLight rule matches a
-# chain of differently shaped reductions; the rule list leaves it alone (`tirx.is_scheduled`). A CPU has
-# no thread blocks: the llvm target keeps the four kernels above.
+# chain of differently shaped reductions; the rule list leaves it alone (`tirx.is_scheduled`). The model
+# uses it when the rule list has `fused-decode` (rules.FusedDecode); a CPU, which has no thread blocks,
+# and any other list keep the four kernels above.
 
 def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
     """One decode step of attention for a GPU, the new token's K and V appended to the cache:

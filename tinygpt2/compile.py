@@ -74,10 +74,6 @@ class Compiled:
         return any(ln.kernel.startswith("decode_attention") for ln in self.plans["decode"].launches)
 
 
-def kernel_names(mod) -> list[str]:
-    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
-
-
 def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: bool) -> Scheduled:
     """Apply `rule_list` to every kernel; rules are tried in order, the first match wins.
 
@@ -85,7 +81,7 @@ def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: 
     applying the list at once) because that is the only way to learn which rule matched which kernel.
     """
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(mod.functions)   # ApplyDefaultSchedule mutates
-    # a kernel written already scheduled (decode_attention on a GPU) is no rule's
+    # a kernel written already scheduled (fused-decode's, rules.FusedDecode) is no rule's
     rule_of: dict[str, str | None] = {gv.name_hint: HAND_SCHEDULED if is_scheduled(f) else None
                                       for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     with target:

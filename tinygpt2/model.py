@@ -19,10 +19,11 @@ functions are straight lists of `call_tir`s into the hand-written kernels of `ti
 prefill's kernels take a symbolic n, and m as a shape. decode's are built for n = 1, so rules see
 matrix-vector shapes, and have no symbolic shape at all: the position m - 1 is a device tensor `pos`,
 attention runs over the whole cache masked past it, so every decode step launches the same kernels
-with the same grids (one CUDA graph captures the whole step). On GPU targets decode's attention is one
-launch (`decode_attention`: append K, V, softmax(q.K^T).V) and ln_1 / ln_2 fold into the linear after
-them (`ln_linear_*`): the kernels written already scheduled, that no rule list touches. The linears that feed GELU or the
+with the same grids (one CUDA graph captures the whole step). The linears that feed GELU or the
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
+When the rule list asks for `fused-decode` on a GPU, decode's attention is one launch
+(`decode_attention`: append K, V, softmax(q.K^T).V) and ln_1 / ln_2 fold into the linear after them
+(`ln_linear_*`): kernels written already scheduled, that no rule touches.
 """
 
 from __future__ import annotations
@@ -176,8 +177,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
 def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None) -> tvm.IRModule:
     """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
 
-    gpu: the GPU target's name ("cuda", "webgpu", ...), None for the CPU. On a GPU a decode step is
-    bound by launches, so decode gets three hand-scheduled kernels that no rule list schedules:
+    gpu: a GPU target's name ("cuda", "webgpu", ...) to build decode's fused GPU kernels for, or None
+    for the plain graph (the CPU, or a rule list without `fused-decode`: compile.fused_gpu). On a GPU
+    a decode step is bound by launches; these are three hand-scheduled kernels that no rule schedules:
     `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
     `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 launches a layer, not 10.
 

@@ -27,7 +27,7 @@ from tinygpt2.errors import ContextOverflowError, GenerationError
 
 class Reference:
     def __init__(self, config, params: dict[str, np.ndarray], fused_decode: bool = False):
-        """fused_decode: decode as GPU targets build it (model.build_module): h{i}_qkv and h{i}_fc_gelu
+        """fused_decode: decode as `fused-decode` builds it (model.build_module): h{i}_qkv and h{i}_fc_gelu
         include their layernorm (no h{i}_ln_1, h{i}_ln_2), and one launch `h{i}_attn` outputs (attn,
         k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn."""
         self.config = config

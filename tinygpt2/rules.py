@@ -21,6 +21,7 @@ from tinygpt2.errors import RuleError
 from tinygpt2.tensor_core import TensorCoreMatmul
 from tinygpt2.tvm_shim import dl
 
+
 class FusedDecode(dl.ScheduleRule):
     """Not a schedule: a request for decode's hand-scheduled GPU kernels (model.build_module's `gpu`).
 
