@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, after ../shared/device's install: one measured step of the CUDA work,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -17,6 +17,9 @@ case "$1" in
   # decode, plain graph vs the hand-scheduled fused kernels, in one loan (docs/results/README.md)
   bench-fused) for r in default fused; do tg bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 \
                 --rules $r --peers none --decode-tokens 64 --repeats 3 --profile --out "$OUT/bench-$r"; done ;;
+  # decode's kernels as they run inside the CUDA graph (Nsight Systems), plain graph vs fused kernels
+  trace)      for r in ${2:-default fused}; do python3 scripts/nsys_decode.py ${MODEL:-random:gpt2} float16 $r 20 \
+                --out="$OUT/nsys" | tee -a "$OUT/trace.md"; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

@@ -1,10 +1,11 @@
-"""On the GPU machine, under Nsight Compute: one decode step of a model, for per-kernel GPU times.
+"""On the GPU machine, under Nsight Compute or Nsight Systems: decode steps of a model, for per-kernel GPU times.
 
     ncu --graph-profiling node -k regex:_n1 --metrics gpu__time_duration.sum --csv \\
         python3 scripts/ncu_decode.py random:gpt2 float16 > ncu.csv
+    python3 scripts/ncu_decode.py random:gpt2 float16 fused 32        # rules, greedy steps (under nsys_decode.py)
 
-Prefills 128 tokens, then runs two greedy decode steps (the first captures the CUDA graph, the
-second replays it); ncu times every kernel of the decode functions (the `_n1` ones) on its own.
+Prefills 128 tokens, then runs greedy decode steps (the first captures the CUDA graph, the later
+ones replay it); the profiler times every kernel of the decode functions (the `_n1` ones).
 """
 
 import sys
@@ -14,7 +15,9 @@ import numpy as np
 import tinygpt2
 
 model, dtype = sys.argv[1], sys.argv[2]
-m = tinygpt2.load(model, target="cuda", dtype=dtype, progress=False)
+rules = sys.argv[3] if len(sys.argv) > 3 else "default"
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+m = tinygpt2.load(model, target="cuda", dtype=dtype, rules=rules, progress=False)
 token = int(np.argmax(m.prefill(list(range(1000, 1128)))))
-m.executor.greedy(token, 2)
+m.executor.greedy(token, steps)
 print("done", file=sys.stderr)
