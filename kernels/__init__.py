@@ -4,13 +4,14 @@ Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_fun
 loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
 memory) because no rule matches them: attention.make_decode_attention and
-ln_linear.make_ln_linear_decode (the rule list entry `fused-decode` asks for them).
+ln_linear.make_ln_linear_decode (the rule list entry `fused-decode` asks for them), and prefill's
+attention.make_causal_softmax_gpu (`hand-softmax`).
 Installed as `tinygpt2.kernels`.
 """
 
 from .argmax import advance_ref, argmax_ref, make_advance, make_argmax
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, decode_attention_ref,
-                        make_attn_scores, make_decode_attention,
+                        make_attn_scores, make_causal_softmax_gpu, make_decode_attention,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
 from .embedding import embedding_ref, make_embedding, make_embedding_decode

@@ -93,6 +93,100 @@ def make_causal_softmax(n_head: int, head_dim: int, dtype: str = "float32", seq_
     return causal_softmax
 
 
+# --- prefill on a GPU: the causal softmax, hand-scheduled ---------------------------------------------
+#
+# DLight's GeneralReduction schedules causal_softmax above as three passes over the row in global
+# memory (max, sum of exp, normalise), exp computed twice: on an H200 about 1.1 TB/s, the largest
+# single kernel of a 1024-token gpt2-xl prefill (19%). This one reads each score once, and only the
+# scores the mask keeps (j <= m - n + i: half of a square), into shared memory; the passes after it
+# work there. The model uses it when the rule list has `hand-softmax` (rules.HandSoftmax).
+
+def make_causal_softmax_gpu(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32",
+                            seq_len: int | None = None):
+    """causal_softmax (same math, same signature) written already scheduled for a GPU:
+
+        probs[h, i, j] = exp(s - max_j s) / sum_j exp(s - max_j s),  s = scores[h, i, j] / sqrt(D),
+                         for j <= m - n + i; 0 past it              scores [H, n, m] f32 -> probs [H, n, m] dtype
+
+    One thread block per row (h, i), NT = 256 threads, key j = jo * NT + tx (coalesced 4-byte loads:
+    rows start at any element, since m is any length, so wider vector loads would be misaligned).
+    Every stage runs over all n_ctx keys, masked past m by its values rather than by a `T.where`: a
+    predicate on the symbolic m would make the shared buffers' compacted size symbolic too.
+      load       s[j] = scores * scale into shared memory, `lowest` where masked (not read from global);
+      row_max    a reduction over the block's threads (TVM lowers it to warp shuffles + shared memory);
+      exp        e[j] = exp(s[j] - max), 0 where masked;
+      row_sum    the same kind of reduction;
+      normalize  probs = e / sum, rounded to dtype, every j < m written (zeros past the mask).
+    Shared memory: 2 * n_ctx floats (8 KiB for n_ctx = 1024).
+    """
+    check_dtype(dtype)
+    nt = 256
+    H, P = T.int64(n_head), T.int64(n_ctx)
+    NT = T.int64(nt)
+    JO = T.int64(-(-n_ctx // nt))                        # keys per thread (4 for n_ctx = 1024)
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+    unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
+
+    n = seq_len_var(seq_len)
+
+    @T.prim_func(s_tir=True)
+    def causal_softmax(s_h: T.handle, p_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()                                     # sequence length after the new tokens
+        scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
+        probs = T.match_buffer(p_h, (H, n, m), dtype)      # [H, n, m]
+        s = T.sblock_alloc_buffer((H, n, P), ACC, scope="shared")      # one row per block: [P] of it
+        e = T.sblock_alloc_buffer((H, n, P), ACC, scope="shared")
+        row_max = T.sblock_alloc_buffer((H, n), ACC, scope="shared")
+        row_sum = T.sblock_alloc_buffer((H, n), ACC, scope="shared")
+        for row in T.thread_binding(H * n, thread="blockIdx.x"):
+            for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                for jo in T.serial(JO, annotations=unroll):          # JO loads per thread, all in flight
+                    with T.sblock("load"):
+                        vh = T.axis.spatial(H, row // n)
+                        vi = T.axis.spatial(n, row % n)
+                        vj = T.axis.spatial(P, jo * NT + tx)
+                        s[vh, vi, vj] = T.if_then_else(vj <= m - n + vi, scores[vh, vi, vj] * scale, lowest)
+            # the reductions are written as DLight's own: threads outside, each thread's keys inside
+            for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                for jo in T.serial(JO, annotations=unroll):
+                    with T.sblock("row_max"):
+                        vh = T.axis.spatial(H, row // n)
+                        vi = T.axis.spatial(n, row % n)
+                        vj = T.axis.reduce(P, jo * NT + tx)
+                        with T.init():
+                            row_max[vh, vi] = lowest
+                        row_max[vh, vi] = T.max(row_max[vh, vi], s[vh, vi, vj])
+            for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                for jo in T.serial(JO, annotations=unroll):
+                    with T.sblock("exp"):
+                        vh = T.axis.spatial(H, row // n)
+                        vi = T.axis.spatial(n, row % n)
+                        vj = T.axis.spatial(P, jo * NT + tx)
+                        e[vh, vi, vj] = T.if_then_else(vj <= m - n + vi, T.exp(s[vh, vi, vj] - row_max[vh, vi]),
+                                                       T.float32(0))
+            for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                for jo in T.serial(JO, annotations=unroll):
+                    with T.sblock("row_sum"):
+                        vh = T.axis.spatial(H, row // n)
+                        vi = T.axis.spatial(n, row % n)
+                        vj = T.axis.reduce(P, jo * NT + tx)
+                        with T.init():
+                            row_sum[vh, vi] = T.float32(0)
+                        row_sum[vh, vi] = row_sum[vh, vi] + e[vh, vi, vj]
+            for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                for jo in T.serial(JO, annotations=unroll):
+                    with T.sblock("normalize"):
+                        vh = T.axis.spatial(H, row // n)
+                        vi = T.axis.spatial(n, row % n)
+                        vj = T.axis.spatial(P, jo * NT + tx)
+                        if vj < m:
+                            probs[vh, vi, vj] = T.Cast(dtype, e[vh, vi, vj] / row_sum[vh, vi])
+
+    return causal_softmax
+
+
 def make_attn_values(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
     check_dtype(dtype)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)

@@ -291,5 +291,6 @@ def run_kernel(func, arrays: list, dtype: str = "float32") -> list:
         cpass.dispatch_workgroups(x, y, z)
         cpass.end()
     dev.queue.submit([encoder.finish()])
-    return [np.frombuffer(dev.queue.read_buffer(buffers[name]), a.dtype).reshape(a.shape).copy()
+    # buffers are whole 4-byte words: an odd count of float16 reads back one element too many
+    return [np.frombuffer(dev.queue.read_buffer(buffers[name]), a.dtype)[:a.size].reshape(a.shape).copy()
             for name, a in zip(fn["params"], arrays)]

@@ -234,6 +234,28 @@ def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype):
     np.testing.assert_array_equal(v_out, v_want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_head,n,m,n_ctx", [(H, 1, 1, P), (H, 7, 7, P), (3, 7, 37, P), (2, 5, 300, 512),
+                                              (1, 3, 1024, 1024)])      # GPT-2's context: 4 keys a thread
+def test_causal_softmax_gpu_on_webgpu(rng, n_head, n, m, n_ctx, dtype):
+    """Prefill's hand-scheduled GPU softmax (`hand-softmax`), run on the WebGPU adapter at fixed n, m: the
+    numpy reference, zeros past the mask, and the masked scores never read (NaN there stays out)."""
+    from tinygpt2.runtime.webgpu import run_kernel
+    from tinygpt2.tvm_shim import tirx
+
+    func = K.make_causal_softmax_gpu(n_head, D, n_ctx, dtype)
+    s_h, p_h = func.params                                 # fix the symbolic n, m: run_kernel needs shapes
+    shape = [tirx.IntImm("int64", v) for v in (n_head, n, m)]
+    func = func.specialize({s_h: tirx.decl_buffer(shape, "float32"), p_h: tirx.decl_buffer(shape, dtype)})
+    scores = rand(rng, n_head, n, m, scale=4.0)
+    want = K.causal_softmax_ref(scores, D, dtype)
+    masked = np.arange(m)[None, :] > (m - n + np.arange(n))[:, None]            # [n, m]
+    scores[:, masked] = np.nan
+    _, probs = run_kernel(func, [scores, np.full((n_head, n, m), np.nan, dtype)], dtype)
+    np.testing.assert_allclose(probs, want, **TOL[dtype])
+    assert (probs[:, masked] == 0).all()
+
+
 def test_argmax_lowest_id_on_ties(rng):
     logits = rand(rng, 1, V)
     logits[0, [17, 250]] = logits.max() + 1                        # a tie: the lower id wins, as np.argmax

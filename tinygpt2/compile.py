@@ -81,7 +81,7 @@ def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: 
     applying the list at once) because that is the only way to learn which rule matched which kernel.
     """
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(mod.functions)   # ApplyDefaultSchedule mutates
-    # a kernel written already scheduled (fused-decode's, rules.FusedDecode) is no rule's
+    # a kernel written already scheduled (fused-decode's, hand-softmax's: rules.py) is no rule's
     rule_of: dict[str, str | None] = {gv.name_hint: HAND_SCHEDULED if is_scheduled(f) else None
                                       for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
     with target:
@@ -113,9 +113,10 @@ def _dump(dump_dir: Path | None, name: str, text: str):
         (dump_dir / name).write_text(text)
 
 
-def fused_gpu(target: str, rule_list) -> str | None:
-    """build_module's `gpu`: the target when it is a GPU and the list asks for fused-decode, else None."""
-    return target if TG.kind(target) == "gpu" and R.wants_fused_decode(rule_list) else None
+def hand_kernels(target: str, rule_list) -> dict:
+    """build_module's `gpu` and `hand`: the hand-scheduled GPU kernels the list asks for (none on a CPU)."""
+    gpu = TG.kind(target) == "gpu"
+    return {"gpu": target if gpu else None, "hand": R.hand_kernels(rule_list) if gpu else ()}
 
 
 def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,
@@ -125,7 +126,7 @@ def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
-    mod = build_module(cfg, dtype, gpu=fused_gpu(target, rule_list))
+    mod = build_module(cfg, dtype, **hand_kernels(target, rule_list))
     _dump(dump_dir, "00-build.py", mod.script())
     sched = schedule(mod, tgt, rule_list, require_all=TG.kind(target) == "gpu")
     _dump(dump_dir, "01-schedule.py", sched.mod.script())

@@ -245,7 +245,7 @@ def check(target: str, *rule_lists, arch: str | None = None):
 
 
 def _explain(cfg, target, dtype, rules, arch, functions, kernels, show, model) -> Explanation:
-    from tinygpt2.compile import build_scheduled, fused_gpu
+    from tinygpt2.compile import build_scheduled, hand_kernels
     from tinygpt2.runtime.plan import build_plan
     from tinygpt2.tvm_shim import tirx, tvm
 
@@ -278,7 +278,7 @@ def _explain(cfg, target, dtype, rules, arch, functions, kernels, show, model) -
     e = Explanation(model or "", target, str(tgt), dtype, R.describe(rule_list), infos)
     if "before" in show:
         from tinygpt2.model import build_module
-        unscheduled = build_module(cfg, dtype, gpu=fused_gpu(target, rule_list))
+        unscheduled = build_module(cfg, dtype, **hand_kernels(target, rule_list))
         e.before = {n: unscheduled[n].script() for n in sorted(names)}
     if "after" in show:
         e.after = {n: prims[n].script() for n in sorted(names)}

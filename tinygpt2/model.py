@@ -70,11 +70,11 @@ class _Builder:
 
 
 def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Config, dtype: str,
-                   seq_len: int | None, greedy: bool = False, gpu: str | None = None):
+                   seq_len: int | None, greedy: bool = False, gpu: str | None = None, hand=()):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
-    fused = decode and gpu is not None          # decode's hand-scheduled GPU kernels (build_module)
+    fused = decode and "fused-decode" in hand   # decode's hand-scheduled GPU kernels (build_module)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -107,7 +107,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
         kv_append = b.kernel("kv_append", K.make_kv_append, H, D, P, dtype)
         attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
-        softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
+        if "hand-softmax" in hand:      # hand-scheduled for a GPU: each score read once (make_causal_softmax_gpu)
+            softmax = b.kernel("causal_softmax", K.make_causal_softmax_gpu, H, D, P, dtype)
+        else:
+            softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
         attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
     with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):
@@ -174,14 +177,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         bb.update_func(gv, bb.get()[gv].with_attr("num_input", 0))
 
 
-def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None) -> tvm.IRModule:
+def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None, hand=()) -> tvm.IRModule:
     """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
 
-    gpu: a GPU target's name ("cuda", "webgpu", ...) to build decode's fused GPU kernels for, or None
-    for the plain graph (the CPU, or a rule list without `fused-decode`: compile.fused_gpu). On a GPU
-    a decode step is bound by launches; these are three hand-scheduled kernels that no rule schedules:
-    `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
-    `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 launches a layer, not 10.
+    gpu: a GPU target's name ("cuda", "webgpu", ...) to build hand-scheduled GPU kernels for, or None
+    (the CPU); hand: which of them the rule list asks for (compile.hand_kernels), none by default:
+      "fused-decode": on a GPU a decode step is bound by launches; three kernels that no rule
+        schedules, `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
+        `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 launches a layer, not 10;
+      "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu).
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
@@ -194,7 +198,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
         bb = relax.BlockBuilder()
         b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
         for name, greedy in functions:
-            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, gpu)
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, gpu, tuple(hand) if gpu else ())
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod

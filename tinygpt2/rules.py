@@ -36,8 +36,25 @@ class FusedDecode(dl.ScheduleRule):
         return None
 
 
+class HandSoftmax(dl.ScheduleRule):
+    """Not a schedule: a request for prefill's hand-scheduled GPU causal softmax (kernels/attention.py,
+    make_causal_softmax_gpu): each score read once, only those the causal mask keeps, into shared
+    memory, where DLight's GeneralReduction reads the row from global memory three times. Like
+    `fused-decode`, it matches no kernel itself; without it the softmax is the rule list's to schedule.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 def wants_fused_decode(rule_list) -> bool:
     return any(isinstance(r, FusedDecode) for r in rule_list)
+
+
+def hand_kernels(rule_list) -> tuple[str, ...]:
+    """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
+    return tuple(name for name, cls in (("fused-decode", FusedDecode), ("hand-softmax", HandSoftmax))
+                 if any(isinstance(r, cls) for r in rule_list))
 
 
 # rule name -> class, per kind of target
@@ -52,6 +69,7 @@ GPU_RULES = {
     "fallback": dl.gpu.Fallback,
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
+    "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
 }
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
