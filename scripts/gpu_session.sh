@@ -18,8 +18,8 @@ case "$1" in
   bench-fused) for r in default fused; do tg bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 \
                 --rules $r --peers none --decode-tokens 64 --repeats 3 --profile --out "$OUT/bench-$r"; done ;;
   # decode's kernels as they run inside the CUDA graph (Nsight Systems), plain graph vs fused kernels
-  trace)      for r in ${2:-default fused}; do python3 scripts/nsys_decode.py ${MODEL:-random:gpt2} float16 $r 20 \
-                --out="$OUT/nsys" | tee -a "$OUT/trace.md"; done ;;
+  trace)      for r in ${2:-default fused}; do python3 scripts/trace_decode.py ${MODEL:-random:gpt2} float16 $r 20 \
+                --out="$OUT/trace" | tee -a "$OUT/trace.md"; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

@@ -1,35 +1,44 @@
-"""On the GPU machine: where a decode step's time goes *inside* its CUDA graph, from Nsight Systems.
+"""On the GPU machine: where a decode step's time goes *inside* its CUDA graph, from CUPTI.
 
-    python3 scripts/nsys_decode.py random:gpt2 float16 default [steps] [--out DIR]
+    python3 scripts/trace_decode.py random:gpt2 float16 default [steps] [--out=DIR]
 
-Runs scripts/ncu_decode.py under `nsys profile --cuda-graph-trace=node` (every kernel of the replayed
-graph traced with its own start and end), then prints per kernel the median time per step, and
-per step its span (first kernel start to last kernel end) and the idle gaps between kernels. Unlike
+Traces greedy decode steps with torch.profiler (CUPTI's kernel activity records every node of a
+replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
+kernel the median time per step, and per step its span (first kernel start to last kernel end) and the idle gaps between kernels. Unlike
 ncu (each kernel replayed alone, caches warm) and time_evaluator (each kernel in a loop), these are
 the kernels as they run in the graph: weights cold, launches back to back.
 """
 
-import csv
-import io
+import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
 
 
 def trace(model, dtype, rules, steps, out):
-    rep = os.path.join(out, f"decode_{model.replace(':', '-')}_{dtype}_{rules}")
-    here = os.path.dirname(os.path.abspath(__file__))
-    subprocess.run(["nsys", "profile", "-f", "true", "-o", rep, "--trace=cuda", "--cuda-graph-trace=node",
-                    sys.executable, os.path.join(here, "ncu_decode.py"), model, dtype, rules, str(steps)],
-                   check=True, cwd="/tmp", stdout=subprocess.DEVNULL)
-    text = subprocess.run(["nsys", "stats", "-q", "--report", "cuda_gpu_trace", "--format", "csv", "--output", "-",
-                           rep + ".nsys-rep"], check=True, capture_output=True, text=True).stdout
-    lines = text.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith('"Start') or ln.startswith("Start"))
-    return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
+    """[{'Start', 'Duration', 'Name'}] of every GPU kernel, from CUPTI through torch.profiler (kineto):
+    the tracer is process-wide, so it sees TVM's launches and each node of a replayed CUDA graph."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import tinygpt2
+
+    torch.cuda.init()
+    m = tinygpt2.load(model, target="cuda", dtype=dtype, rules=rules, progress=False)
+    token = int(np.argmax(m.prefill(list(range(1000, 1128)))))
+    m.executor.greedy(token, 2)                              # captures the graph
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        m.executor.greedy(token, steps)
+        torch.cuda.synchronize()
+    path = os.path.join(out, f"decode_{model.replace(':', '-')}_{dtype}_{rules}.json")
+    prof.export_chrome_trace(path)
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    return [{"Start": int(e["ts"] * 1000), "Duration": int(e["dur"] * 1000), "Name": e["name"]}
+            for e in events if e.get("cat") == "kernel"]
 
 
 def summarize(rows, label):
@@ -44,7 +53,7 @@ def summarize(rows, label):
             cur = []
         cur.append(k)
     steps.append(cur)
-    steps = steps[2:] or steps                                # skip the capture and the first replay
+    steps = steps[1:] or steps                                # skip the first replay
     per = defaultdict(list)
     spans, gaps = [], []
     for s in steps:
