@@ -11,6 +11,7 @@ Installed as `tinygpt2.kernels`.
 
 from .argmax import advance_ref, argmax_ref, make_advance, make_argmax
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, decode_attention_ref,
+                        decode_attention_parts,
                         make_attn_scores, make_causal_softmax_gpu, make_decode_attention,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)

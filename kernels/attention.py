@@ -355,52 +355,55 @@ def pad_keys(a, n_ctx):
     return np.concatenate([a, np.zeros(a.shape[:-1] + (n_ctx - a.shape[-1],), a.dtype)], axis=-1)
 
 
-# --- decode on a GPU: the four decode kernels above as one launch ------------------------------------
+# --- decode on a GPU: the four decode kernels above as one call, split over the keys ----------------
 #
-# On a GPU a decode step is bound by launches, not bytes: kv_append, scores, softmax and values each
-# cost a few microseconds whatever their size. This kernel does all four in one launch, one thread
-# block per head. It is written already scheduled -- thread bindings, shared memory -- as TVM's own
-# KV-cache attention kernels are (relax/frontend/nn/llm/kv_cache.py), because no DLight rule matches a
-# chain of differently shaped reductions; the rule list leaves it alone (`tirx.is_scheduled`). The model
-# uses it when the rule list has `fused-decode` (rules.FusedDecode); a CPU, which has no thread blocks,
-# and any other list keep the four kernels above.
+# On a GPU a decode step is bound by latency, not bytes: kv_append, scores, softmax and values each
+# cost a few microseconds whatever their size. This kernel does all four in one call. It is written
+# already scheduled -- thread bindings, shared memory -- as TVM's own KV-cache attention kernels are
+# (relax/frontend/nn/llm/kv_cache.py), because no DLight rule matches a chain of differently shaped
+# reductions; the rule list leaves it alone (`tirx.is_scheduled`). The model uses it when the rule
+# list has `fused-decode` (rules.FusedDecode); a CPU, which has no thread blocks, and any other list
+# keep the four kernels above.
+#
+# Its first version gave each head one thread block that walked every key: a chain of dependent
+# phases (K loads, two block reductions, V loads) in 12 blocks for gpt2's 12 heads, 10.7 us a launch
+# inside the CUDA graph on an H200, slower than the four kernels it replaced (9.7 us together). This
+# one splits the keys of each head into chunks of KC ("flash-decoding"): one block per (head, chunk)
+# attends over its chunk alone, and a second, small kernel merges the chunks' partial results.
 
 def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
     """One decode step of attention for a GPU, the new token's K and V appended to the cache:
 
         k_cache[h, pos, :] = k,  v_cache[h, pos, :] = v                    (k, v: the new token's, from qkv)
-        s[h, j]   = q[h] . k_cache[h, j] * scale           for j <= pos     (shared memory, float32)
-        p[h, j]   = exp(s[h, j] - max_j s[h, j])           (0 past pos)
-        out[0, h*D + d] = sum_j p[h, j] * v_cache[h, j, d] / sum_j p[h, j]
+        out[0, h*D + d] = sum_{j <= pos} softmax_j(q[h] . k_cache[h, j] * scale) * v_cache[h, j, d]
 
-    qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32  ->  out [1, C]
+    qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32
+      ->  out [1, C];  o_part [H, S, D], ml_part [H, S, 2] float32 (the chunks' partial results)
 
-    Block h has 256 threads, (threadIdx.y, threadIdx.x) = (NY, NX) with NX = D / VEC lanes covering a
-    row of K or V in VEC-element vector loads (16 x 4 for GPT-2's head_dim 64):
-      qk      one key per thread per pass: VEC-wide loads of its row of K, the dot product in a register;
-      s_max, p_sum   block-wide reductions (TVM lowers a reduction whose axis is bound to threads to
-              warp shuffles + shared memory), exp between them;
-      pv      lane tx owns elements [tx*VEC, tx*VEC + VEC) of the output, group ty the keys ty, ty + NY, ...:
-              VEC partial sums in registers, over a loop unrolled so that its loads are all in flight
-              (a loop of dependent loads, one key at a time, costs a memory latency per key);
-      out     the NY partial sums of each element added up, normalised, stored.
-    Keys j == pos are read from qkv, not the cache: the cache is written at the end, so no thread reads
-    what another writes in this launch.
+    Two kernels (two top-level loop nests of one PrimFunc):
+
+    1. chunks: one block per (head h, chunk c of KC keys j = c*KC + t), KC = NX * NY threads, with
+       NX = D / VEC lanes across a row of K or V (VEC-element vector loads) and NY groups:
+         qk      s[t] = q . k_j * scale, one key per thread, the dot product in a register;
+         c_max, c_sum   block-wide reductions (TVM lowers them to warp shuffles + shared memory);
+         pv      lane tx owns elements [tx*VEC, tx*VEC + VEC), group ty the keys ty, ty + NY, ...:
+                 VEC partial sums over an unrolled loop, so that its loads are all in flight;
+         part    o_part[h, c, d] = sum_t exp(s[t] - m_c) v_j[d],  ml_part[h, c] = (m_c, l_c):
+                 the chunk's max score and sum of exp(s - m_c). Chunks past pos hold nothing used.
+    2. merge: one block per head, one thread per element d, over the chunks c <= pos / KC:
+         M = max_c m_c,  out[d] = sum_c o_part[h, c, d] e^(m_c - M) / sum_c l_c e^(m_c - M);
+       then the new token's K and V go into the cache (nothing reads them there in this call).
+    Keys j == pos are read from qkv, never from the cache, which holds stale values (possibly NaN)
+    from there on.
     """
     check_dtype(dtype)
-    vec = 4                                               # elements per vector load (WGSL's widest: vec4)
-    while head_dim % vec:
-        vec //= 2
-    nx = head_dim // vec                                  # threadIdx.x: lanes across one row of K / V
-    ny = max(1, 256 // nx)                                # threadIdx.y: 16 groups for head_dim 64
+    vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
     one = T.int64(1)
-    VEC, NX, NY = T.int64(vec), T.int64(nx), T.int64(ny)
-    NT = T.int64(nx * ny)                                 # keys per pass of qk
+    VEC, NX, NY, KC, S = T.int64(vec), T.int64(nx), T.int64(ny), T.int64(kc), T.int64(n_chunks)
     DV = T.int64(head_dim // vec)                         # vectors per row
-    JO = T.int64(-(-n_ctx // (nx * ny)))                  # passes of qk over the keys
-    JY = T.int64(-(-n_ctx // ny))                         # keys per group in pv
+    JY = T.int64(kc // ny)                                # keys per group in pv (16)
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
@@ -408,112 +411,143 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
                          v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((one,), "int32"),
-                         out: T.Buffer((one, C), dtype)):
+                         out: T.Buffer((one, C), dtype), o_part: T.Buffer((H, S, D), ACC),
+                         ml_part: T.Buffer((H, S, T.int64(2)), ACC)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        s = T.sblock_alloc_buffer((H, P), ACC, scope="shared")          # scores, scaled
-        p = T.sblock_alloc_buffer((H, P), ACC, scope="shared")          # exp(s - max), 0 past pos
-        s_max = T.sblock_alloc_buffer((H,), ACC, scope="shared")
-        p_sum = T.sblock_alloc_buffer((H,), ACC, scope="shared")
-        partial = T.sblock_alloc_buffer((H, NY, D), ACC, scope="shared")  # pv's per-group sums
-        for bh in T.thread_binding(H, thread="blockIdx.x"):
-            # s[h, j] = q . k_j: one key per thread per pass, in a register (accumulated in shared memory
-            # instead, every step would need a barrier)
+        s = T.sblock_alloc_buffer((H, S, KC), ACC, scope="shared")      # scores of the chunk, scaled
+        p = T.sblock_alloc_buffer((H, S, KC), ACC, scope="shared")      # exp(s - m_c), 0 past pos
+        c_max = T.sblock_alloc_buffer((H, S), ACC, scope="shared")
+        c_sum = T.sblock_alloc_buffer((H, S), ACC, scope="shared")
+        partial = T.sblock_alloc_buffer((H, S, NY, D), ACC, scope="shared")   # pv's per-group sums
+        # --- kernel 1: one block per (head, chunk) ---
+        for b in T.thread_binding(H * S, thread="blockIdx.x"):
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                    for jo in T.serial(JO):
-                        with T.sblock("qk"):
-                            vh = T.axis.spatial(H, bh)
-                            vj = T.axis.spatial(P, jo * NT + ty * NX + tx)
-                            T.where(jo * NT + ty * NX + tx < P)
-                            dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                            q_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                            k_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                            dot[0] = T.float32(0)
-                            if vj <= T.Cast("int64", pos[0]):
-                                for dv in T.unroll(DV):
+                    with T.sblock("qk"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.spatial(KC, ty * NX + tx)
+                        dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                        q_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        k_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        dot[0] = T.float32(0)
+                        if vc * KC + vt <= T.Cast("int64", pos[0]):
+                            for dv in T.unroll(DV):
+                                for e in T.vectorized(VEC):
+                                    q_v[e] = qkv[0, vh * D + dv * VEC + e]
+                                if vc * KC + vt < T.Cast("int64", pos[0]):          # a cached key
                                     for e in T.vectorized(VEC):
-                                        q_v[e] = qkv[0, vh * D + dv * VEC + e]
-                                    if vj < T.Cast("int64", pos[0]):          # a cached key
-                                        for e in T.vectorized(VEC):
-                                            k_v[e] = k_cache[vh, vj, dv * VEC + e]
-                                    else:                                     # the new token's own key
-                                        for e in T.vectorized(VEC):
-                                            k_v[e] = qkv[0, C + vh * D + dv * VEC + e]
-                                    for e in T.serial(VEC):
-                                        dot[0] = dot[0] + T.Cast(ACC, q_v[e]) * T.Cast(ACC, k_v[e])
-                            s[vh, vj] = dot[0] * scale                        # (past pos: unused)
-            # max_j s[h, j] over j <= pos: a reduction over every thread of the block
+                                        k_v[e] = k_cache[vh, vc * KC + vt, dv * VEC + e]
+                                else:                                              # the new token's own key
+                                    for e in T.vectorized(VEC):
+                                        k_v[e] = qkv[0, C + vh * D + dv * VEC + e]
+                                for e in T.serial(VEC):
+                                    dot[0] = dot[0] + T.Cast(ACC, q_v[e]) * T.Cast(ACC, k_v[e])
+                            s[vh, vc, vt] = dot[0] * scale
+                        else:
+                            s[vh, vc, vt] = lowest
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                    for jo in T.serial(JO):
-                        with T.sblock("s_max"):
-                            vh = T.axis.spatial(H, bh)
-                            vj = T.axis.reduce(P, jo * NT + ty * NX + tx)
-                            with T.init():
-                                s_max[vh] = lowest
-                            T.where(jo * NT + ty * NX + tx < P)
-                            s_max[vh] = T.max(s_max[vh], T.if_then_else(vj <= T.Cast("int64", pos[0]),
-                                                                        s[vh, vj], lowest))
+                    with T.sblock("c_max"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.reduce(KC, ty * NX + tx)
+                        with T.init():
+                            c_max[vh, vc] = lowest
+                        c_max[vh, vc] = T.max(c_max[vh, vc], s[vh, vc, vt])
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                    for jo in T.serial(JO):
-                        with T.sblock("exp"):
-                            vh = T.axis.spatial(H, bh)
-                            vj = T.axis.spatial(P, jo * NT + ty * NX + tx)
-                            T.where(jo * NT + ty * NX + tx < P)
-                            p[vh, vj] = T.if_then_else(vj <= T.Cast("int64", pos[0]),
-                                                       T.exp(s[vh, vj] - s_max[vh]), T.float32(0))
+                    with T.sblock("exp"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.spatial(KC, ty * NX + tx)
+                        p[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]),
+                                                       T.exp(s[vh, vc, vt] - c_max[vh, vc]), T.float32(0))
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                    for jo in T.serial(JO):
-                        with T.sblock("p_sum"):
-                            vh = T.axis.spatial(H, bh)
-                            vj = T.axis.reduce(P, jo * NT + ty * NX + tx)
-                            T.where(jo * NT + ty * NX + tx < P)
-                            with T.init():
-                                p_sum[vh] = T.float32(0)
-                            p_sum[vh] = p_sum[vh] + p[vh, vj]
-            # partial[ty, d] = sum over keys j = ty, ty + NY, ... <= pos of p[j] * v_j[d], VEC elements d per lane
+                    with T.sblock("c_sum"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.reduce(KC, ty * NX + tx)
+                        with T.init():
+                            c_sum[vh, vc] = T.float32(0)
+                        c_sum[vh, vc] = c_sum[vh, vc] + p[vh, vc, vt]
+            # partial[ty, d] = sum over the chunk's keys t = ty, ty + NY, ... of p[t] * v_j[d], VEC elements d a lane
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("pv"):
-                        vh = T.axis.spatial(H, bh)
-                        vy = T.axis.spatial(NY, ty)
-                        vx = T.axis.spatial(NX, tx)
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
                         acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
                         v_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
                         for e in T.serial(VEC):
                             acc[e] = T.float32(0)
                         for jy in T.unroll(JY):          # every load in flight at once
                             # masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
-                            if jy * NY + vy < T.Cast("int64", pos[0]):
+                            if vc * KC + jy * NY + vy < T.Cast("int64", pos[0]):
                                 for e in T.vectorized(VEC):
-                                    v_v[e] = v_cache[vh, jy * NY + vy, vx * VEC + e]
+                                    v_v[e] = v_cache[vh, vc * KC + jy * NY + vy, vx * VEC + e]
                                 for e in T.serial(VEC):
-                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(ACC, v_v[e])
-                            elif jy * NY + vy == T.Cast("int64", pos[0]):
+                                    acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_v[e])
+                            elif vc * KC + jy * NY + vy == T.Cast("int64", pos[0]):
                                 for e in T.serial(VEC):
-                                    acc[e] = acc[e] + p[vh, jy * NY + vy] * T.Cast(
+                                    acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(
                                         ACC, qkv[0, C * 2 + vh * D + vx * VEC + e])
                         for e in T.serial(VEC):
-                            partial[vh, vy, vx * VEC + e] = acc[e]
-            # the output: thread ty * NX + tx < D adds up element d's NY partial sums; and the new token's
-            # K and V into the cache (nothing above reads them there)
+                            partial[vh, vc, vy, vx * VEC + e] = acc[e]
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                    with T.sblock("out"):
-                        vh = T.axis.spatial(H, bh)
+                    with T.sblock("part"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
                         vd = T.axis.spatial(D, ty * NX + tx)
                         T.where(ty * NX + tx < D)
                         total = T.sblock_alloc_buffer((1,), ACC, scope="local")
                         total[0] = T.float32(0)
                         for g in T.serial(NY, annotations=unroll):
-                            total[0] = total[0] + partial[vh, g, vd]
-                        out[0, vh * D + vd] = T.Cast(dtype, total[0] / p_sum[vh])
-                        k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
-                        v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
+                            total[0] = total[0] + partial[vh, vc, g, vd]
+                        o_part[vh, vc, vd] = total[0]
+                        if vd == T.int64(0):
+                            ml_part[vh, vc, 0] = c_max[vh, vc]
+                            ml_part[vh, vc, 1] = c_sum[vh, vc]
+        # --- kernel 2: merge the chunks, one block per head ---
+        for bh in T.thread_binding(H, thread="blockIdx.x"):
+            for tx in T.thread_binding(D, thread="threadIdx.x"):
+                with T.sblock("merge"):
+                    vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
+                    m_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    l_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    o_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    w = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    m_all[0] = lowest
+                    for c in T.serial(S):
+                        if c * KC <= T.Cast("int64", pos[0]):
+                            m_all[0] = T.max(m_all[0], ml_part[vh, c, 0])
+                    l_all[0] = T.float32(0)
+                    o_all[0] = T.float32(0)
+                    for c in T.serial(S):
+                        if c * KC <= T.Cast("int64", pos[0]):
+                            w[0] = T.exp(ml_part[vh, c, 0] - m_all[0])
+                            l_all[0] = l_all[0] + ml_part[vh, c, 1] * w[0]
+                            o_all[0] = o_all[0] + o_part[vh, c, vd] * w[0]
+                    out[0, vh * D + vd] = T.Cast(dtype, o_all[0] / l_all[0])
+                    k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
+                    v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
 
     return decode_attention
+
+
+def _decode_attention_layout(head_dim: int, n_ctx: int) -> tuple[int, int, int, int, int]:
+    """make_decode_attention's (VEC, NX, NY, KC, S): 4, 16, 4, 64, 16 for GPT-2 (head_dim 64, n_ctx 1024)."""
+    vec = 4                                               # elements per vector load (WGSL's widest: vec4)
+    while head_dim % vec:
+        vec //= 2
+    nx = head_dim // vec                                  # threadIdx.x: lanes across one row of K / V
+    ny = max(1, 64 // nx)                                 # threadIdx.y: groups of keys in pv
+    kc = nx * ny                                          # keys per chunk = threads per block
+    assert kc >= head_dim, "the part stage writes one element d per thread"
+    return vec, nx, ny, kc, -(-n_ctx // kc)
+
+
+def decode_attention_parts(n_head: int, head_dim: int, n_ctx: int) -> list[tuple[list[int], str]]:
+    """(shape, dtype) of make_decode_attention's scratch outputs o_part, ml_part (after `out`)."""
+    s = _decode_attention_layout(head_dim, n_ctx)[-1]
+    return [([n_head, s, head_dim], ACC), ([n_head, s, 2], ACC)]
 
 
 def decode_attention_ref(qkv, k_cache, v_cache, pos):

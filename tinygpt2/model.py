@@ -129,9 +129,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                                  [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
                 if fused:                                                  # append K, V and attend, in one launch
-                    a, _, _ = b.call_inplace(f"h{i}_attn", decode_attention,
-                                             [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2],
-                                             fresh=[([n, C], dtype)])                                  # [n, C]
+                    # outputs: attention [n, C], the two caches (in place), the chunks' partial results
+                    a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
+                                           [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
+                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P)])
                 else:
                     k, v = b.call_inplace(f"h{i}_kv", kv_append,
                                           [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
