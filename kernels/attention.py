@@ -426,25 +426,27 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                     with T.sblock("qk"):
                         vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
                         vt = T.axis.spatial(KC, ty * NX + tx)
+                        q_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
+                        k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
                         dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                        q_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                        k_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                        dot[0] = T.float32(0)
-                        if vc * KC + vt <= T.Cast("int64", pos[0]):
+                        # all of the row's loads first, then the products: a load used right after it is
+                        # issued (or under a branch of its own) would cost a memory latency per vector
+                        for dv in T.unroll(DV):
+                            for e in T.vectorized(VEC):
+                                q_row[dv * VEC + e] = qkv[0, vh * D + dv * VEC + e]
+                        if vc * KC + vt < T.Cast("int64", pos[0]):                  # a cached key
                             for dv in T.unroll(DV):
                                 for e in T.vectorized(VEC):
-                                    q_v[e] = qkv[0, vh * D + dv * VEC + e]
-                                if vc * KC + vt < T.Cast("int64", pos[0]):          # a cached key
-                                    for e in T.vectorized(VEC):
-                                        k_v[e] = k_cache[vh, vc * KC + vt, dv * VEC + e]
-                                else:                                              # the new token's own key
-                                    for e in T.vectorized(VEC):
-                                        k_v[e] = qkv[0, C + vh * D + dv * VEC + e]
-                                for e in T.serial(VEC):
-                                    dot[0] = dot[0] + T.Cast(ACC, q_v[e]) * T.Cast(ACC, k_v[e])
-                            s[vh, vc, vt] = dot[0] * scale
-                        else:
-                            s[vh, vc, vt] = lowest
+                                    k_row[dv * VEC + e] = k_cache[vh, vc * KC + vt, dv * VEC + e]
+                        else:                                                      # the new token's own key
+                            for dv in T.unroll(DV):
+                                for e in T.vectorized(VEC):
+                                    k_row[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
+                        dot[0] = T.float32(0)
+                        for d in T.unroll(D):
+                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(ACC, k_row[d])
+                        s[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]), dot[0] * scale,
+                                                       lowest)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("c_max"):
@@ -475,20 +477,21 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
                         vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
                         acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
-                        v_v = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        v_all = T.sblock_alloc_buffer((JY * VEC,), dtype, scope="local")
+                        # the JY vectors loaded first (predicated, no branch between load and use), then
+                        # summed; masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
+                        for jy in T.unroll(JY):
+                            for e in T.vectorized(VEC):
+                                v_all[jy * VEC + e] = T.if_then_else(
+                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]),
+                                    v_cache[vh, vc * KC + jy * NY + vy, vx * VEC + e],
+                                    T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]),
+                                                   qkv[0, C * 2 + vh * D + vx * VEC + e], T.Cast(dtype, 0)))
                         for e in T.serial(VEC):
                             acc[e] = T.float32(0)
-                        for jy in T.unroll(JY):          # every load in flight at once
-                            # masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
-                            if vc * KC + jy * NY + vy < T.Cast("int64", pos[0]):
-                                for e in T.vectorized(VEC):
-                                    v_v[e] = v_cache[vh, vc * KC + jy * NY + vy, vx * VEC + e]
-                                for e in T.serial(VEC):
-                                    acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_v[e])
-                            elif vc * KC + jy * NY + vy == T.Cast("int64", pos[0]):
-                                for e in T.serial(VEC):
-                                    acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(
-                                        ACC, qkv[0, C * 2 + vh * D + vx * VEC + e])
+                        for jy in T.unroll(JY):
+                            for e in T.serial(VEC):
+                                acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_all[jy * VEC + e])
                         for e in T.serial(VEC):
                             partial[vh, vc, vy, vx * VEC + e] = acc[e]
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
@@ -510,21 +513,24 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
             for tx in T.thread_binding(D, thread="threadIdx.x"):
                 with T.sblock("merge"):
                     vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
+                    ml = T.sblock_alloc_buffer((S * 2,), ACC, scope="local")
+                    o = T.sblock_alloc_buffer((S,), ACC, scope="local")
                     m_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
                     l_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
                     o_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                    w = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    for c in T.unroll(S):            # every chunk's loads first, predicated (see qk)
+                        ml[c * 2] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml_part[vh, c, 0], lowest)
+                        ml[c * 2 + 1] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml_part[vh, c, 1],
+                                                       T.float32(0))
+                        o[c] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), o_part[vh, c, vd], T.float32(0))
                     m_all[0] = lowest
-                    for c in T.serial(S):
-                        if c * KC <= T.Cast("int64", pos[0]):
-                            m_all[0] = T.max(m_all[0], ml_part[vh, c, 0])
+                    for c in T.unroll(S):
+                        m_all[0] = T.max(m_all[0], ml[c * 2])
                     l_all[0] = T.float32(0)
                     o_all[0] = T.float32(0)
-                    for c in T.serial(S):
-                        if c * KC <= T.Cast("int64", pos[0]):
-                            w[0] = T.exp(ml_part[vh, c, 0] - m_all[0])
-                            l_all[0] = l_all[0] + ml_part[vh, c, 1] * w[0]
-                            o_all[0] = o_all[0] + o_part[vh, c, vd] * w[0]
+                    for c in T.unroll(S):            # chunks past pos: l = o = 0
+                        l_all[0] = l_all[0] + ml[c * 2 + 1] * T.exp(ml[c * 2] - m_all[0])
+                        o_all[0] = o_all[0] + o[c] * T.exp(ml[c * 2] - m_all[0])
                     out[0, vh * D + vd] = T.Cast(dtype, o_all[0] / l_all[0])
                     k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
                     v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]

@@ -33,7 +33,8 @@ def trace(model, dtype, rules, steps, out):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         m.executor.greedy(token, steps)
         torch.cuda.synchronize()
-    path = os.path.join(out, f"decode_{model.replace(':', '-')}_{dtype}_{rules}.json")
+    tag = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in f"{model}_{dtype}_{rules}")
+    path = os.path.join(out, f"decode_{tag[:80]}.json")
     prof.export_chrome_trace(path)
     with open(path) as f:
         events = json.load(f)["traceEvents"]
@@ -59,7 +60,7 @@ def summarize(rows, label):
     for s in steps:
         t = defaultdict(float)
         for st, du, name in s:
-            t[name.split("_kernel")[0]] += du / 1e3
+            t[name.removesuffix("_kernel")] += du / 1e3             # a PrimFunc's 2nd kernel: *_kernel_1
         for name, us in t.items():
             per[name].append(us)
         spans.append((s[-1][0] + s[-1][1] - s[0][0]) / 1e3)
