@@ -387,14 +387,15 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
          qk      s[t] = q . k_j * scale, one key per thread, the dot product in a register;
          c_max, c_sum   block-wide reductions (TVM lowers them to warp shuffles + shared memory);
          pv      lane tx owns elements [tx*VEC, tx*VEC + VEC), group ty the keys ty, ty + NY, ...:
-                 VEC partial sums over an unrolled loop, so that its loads are all in flight;
+                 VEC partial sums in registers;
          part    o_part[h, c, d] = sum_t exp(s[t] - m_c) v_j[d],  ml_part[h, c] = (m_c, l_c):
                  the chunk's max score and sum of exp(s - m_c). Chunks past pos hold nothing used.
     2. merge: one block per head, one thread per element d, over the chunks c <= pos / KC:
          M = max_c m_c,  out[d] = sum_c o_part[h, c, d] e^(m_c - M) / sum_c l_c e^(m_c - M);
        then the new token's K and V go into the cache (nothing reads them there in this call).
     Keys j == pos are read from qkv, never from the cache, which holds stale values (possibly NaN)
-    from there on.
+    from there on. Every phase issues all of its loads, unconditionally, before it uses any: on an
+    H200 a load under a branch of its own, used at once, cost a memory latency per key.
     """
     check_dtype(dtype)
     vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx)
@@ -427,24 +428,22 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
                         vt = T.axis.spatial(KC, ty * NX + tx)
                         q_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
-                        k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
+                        k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")      # key j from the cache
+                        k_new = T.sblock_alloc_buffer((D,), dtype, scope="local")      # the new token's key
                         dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                        # all of the row's loads first, then the products: a load used right after it is
-                        # issued (or under a branch of its own) would cost a memory latency per vector
+                        # every load first and unconditional, then the products: a load under a branch, or
+                        # used as soon as it is issued, costs a memory latency of its own. Keys past pos
+                        # read row max(pos - 1, 0) (in bounds, cheap: one row) and are selected away below.
                         for dv in T.unroll(DV):
                             for e in T.vectorized(VEC):
                                 q_row[dv * VEC + e] = qkv[0, vh * D + dv * VEC + e]
-                        if vc * KC + vt < T.Cast("int64", pos[0]):                  # a cached key
-                            for dv in T.unroll(DV):
-                                for e in T.vectorized(VEC):
-                                    k_row[dv * VEC + e] = k_cache[vh, vc * KC + vt, dv * VEC + e]
-                        else:                                                      # the new token's own key
-                            for dv in T.unroll(DV):
-                                for e in T.vectorized(VEC):
-                                    k_row[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
+                                k_row[dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast("int64", T.max(
+                                    pos[0] - 1, 0))), dv * VEC + e]
+                                k_new[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
                         dot[0] = T.float32(0)
                         for d in T.unroll(D):
-                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(ACC, k_row[d])
+                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(
+                                ACC, T.if_then_else(vc * KC + vt < T.Cast("int64", pos[0]), k_row[d], k_new[d]))
                         s[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]), dot[0] * scale,
                                                        lowest)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
@@ -470,7 +469,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         with T.init():
                             c_sum[vh, vc] = T.float32(0)
                         c_sum[vh, vc] = c_sum[vh, vc] + p[vh, vc, vt]
-            # partial[ty, d] = sum over the chunk's keys t = ty, ty + NY, ... of p[t] * v_j[d], VEC elements d a lane
+            # partial[ty, d] = sum over the chunk's keys t = ty, ty + NY, ... of p[t] * v_j[d] (VEC d's a lane)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("pv"):
@@ -478,15 +477,21 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
                         acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
                         v_all = T.sblock_alloc_buffer((JY * VEC,), dtype, scope="local")
-                        # the JY vectors loaded first (predicated, no branch between load and use), then
-                        # summed; masked, not just p = 0: 0 * a stale NaN in the cache would be NaN
+                        v_new = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        # the JY vectors loaded first, unconditionally (row pos - 1 past it, as in qk), then
+                        # selected: 0 past pos -- not just p = 0, since 0 * a stale NaN would be NaN
+                        for e in T.vectorized(VEC):
+                            v_new[e] = qkv[0, C * 2 + vh * D + vx * VEC + e]
+                        for jy in T.unroll(JY):
+                            for e in T.vectorized(VEC):
+                                v_all[jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
                         for jy in T.unroll(JY):
                             for e in T.vectorized(VEC):
                                 v_all[jy * VEC + e] = T.if_then_else(
-                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]),
-                                    v_cache[vh, vc * KC + jy * NY + vy, vx * VEC + e],
-                                    T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]),
-                                                   qkv[0, C * 2 + vh * D + vx * VEC + e], T.Cast(dtype, 0)))
+                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]), v_all[jy * VEC + e],
+                                    T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]), v_new[e],
+                                                   T.Cast(dtype, 0)))
                         for e in T.serial(VEC):
                             acc[e] = T.float32(0)
                         for jy in T.unroll(JY):
@@ -518,11 +523,14 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                     m_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
                     l_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
                     o_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                    for c in T.unroll(S):            # every chunk's loads first, predicated (see qk)
-                        ml[c * 2] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml_part[vh, c, 0], lowest)
-                        ml[c * 2 + 1] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml_part[vh, c, 1],
-                                                       T.float32(0))
-                        o[c] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), o_part[vh, c, vd], T.float32(0))
+                    for c in T.unroll(S):            # every chunk's loads first, unconditional (see qk) ...
+                        ml[c * 2] = ml_part[vh, c, 0]
+                        ml[c * 2 + 1] = ml_part[vh, c, 1]
+                        o[c] = o_part[vh, c, vd]
+                    for c in T.unroll(S):            # ... then chunks past pos dropped (whatever they hold)
+                        ml[c * 2] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2], lowest)
+                        ml[c * 2 + 1] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2 + 1], T.float32(0))
+                        o[c] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), o[c], T.float32(0))
                     m_all[0] = lowest
                     for c in T.unroll(S):
                         m_all[0] = T.max(m_all[0], ml[c * 2])
