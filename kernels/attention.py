@@ -384,6 +384,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
 
     1. chunks: one block per (head h, chunk c of KC keys j = c*KC + t), KC = NX * NY threads, with
        NX = D / VEC lanes across a row of K or V (VEC-element vector loads) and NY groups:
+         v_load  the V rows pv will need, into registers, first (their latency hides behind qk ...);
          qk      s[t] = q . k_j * scale, one key per thread, the dot product in a register;
          c_max, c_sum   block-wide reductions (TVM lowers them to warp shuffles + shared memory);
          pv      lane tx owns elements [tx*VEC, tx*VEC + VEC), group ty the keys ty, ty + NY, ...:
@@ -420,8 +421,22 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         c_max = T.sblock_alloc_buffer((H, S), ACC, scope="shared")
         c_sum = T.sblock_alloc_buffer((H, S), ACC, scope="shared")
         partial = T.sblock_alloc_buffer((H, S, NY, D), ACC, scope="shared")   # pv's per-group sums
+        # registers: indexed by (head, chunk, group, lane, ...) so that TVM compacts it to one thread's JY * VEC
+        v_reg = T.sblock_alloc_buffer((H, S, NY, NX, JY * VEC), dtype, scope="local")
         # --- kernel 1: one block per (head, chunk) ---
         for b in T.thread_binding(H * S, thread="blockIdx.x"):
+            # the V vectors pv needs, loaded before anything else: their memory latency then passes while
+            # qk, the two reductions and exp run, instead of after them. Unconditional (keys past pos read
+            # row max(pos - 1, 0): in bounds, cheap) and selected away in pv.
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("v_load"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
+                        for jy in T.unroll(JY):
+                            for e in T.vectorized(VEC):
+                                v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("qk"):
@@ -478,18 +493,14 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
                         v_all = T.sblock_alloc_buffer((JY * VEC,), dtype, scope="local")
                         v_new = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                        # the JY vectors loaded first, unconditionally (row pos - 1 past it, as in qk), then
-                        # selected: 0 past pos -- not just p = 0, since 0 * a stale NaN would be NaN
+                        # 0 past pos -- not just p = 0, since 0 * a stale NaN would be NaN
                         for e in T.vectorized(VEC):
                             v_new[e] = qkv[0, C * 2 + vh * D + vx * VEC + e]
                         for jy in T.unroll(JY):
                             for e in T.vectorized(VEC):
-                                v_all[jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
-                                    "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
-                        for jy in T.unroll(JY):
-                            for e in T.vectorized(VEC):
                                 v_all[jy * VEC + e] = T.if_then_else(
-                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]), v_all[jy * VEC + e],
+                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]),
+                                    v_reg[vh, vc, vy, vx, jy * VEC + e],
                                     T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]), v_new[e],
                                                    T.Cast(dtype, 0)))
                         for e in T.serial(VEC):

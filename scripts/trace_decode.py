@@ -81,7 +81,7 @@ def main():
     model, dtype, rules = args[:3]
     steps = int(args[3]) if len(args) > 3 else 20
     os.makedirs(out, exist_ok=True)
-    summarize(trace(model, dtype, rules, steps, out), f"{model} {dtype} --rules {rules}, in the CUDA graph (nsys)")
+    summarize(trace(model, dtype, rules, steps, out), f"{model} {dtype} --rules {rules}, in the CUDA graph (CUPTI)")
 
 
 if __name__ == "__main__":

@@ -79,10 +79,12 @@ CPU_RULES = {
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
-# ours: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it changes)
-GPU_TUNED = ["tensor-core-matmul", *GPU_DEFAULT]
-# ... and decode's hand-scheduled fused kernels (FusedDecode). Not in `tuned`: measured on an H200 it
-# decodes gpt2-xl faster (512 vs 490 tok/s) but gpt2 slower (2652 vs 2824): docs/results/README.md
+# ours, for prefill: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it
+# changes) and the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
+# on an H200: docs/results/README.md)
+GPU_TUNED = ["hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
+# ... and decode's hand-scheduled fused kernels (FusedDecode): on an H200 gpt2 fp16 decodes at 3670 tok/s
+# with them, 2864 without; gpt2-xl 566 and 493 (docs/results/README.md)
 GPU_FUSED = ["fused-decode", *GPU_TUNED]
 
 
@@ -93,10 +95,11 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (spatial loops fused and bound to blocks/threads, reductions left serial);
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
-    tuned    -- GPU: default with tinygpt2's tensor-core-matmul before it (attention's q.k^T and
-                p.v on tensor cores too, where DLight keeps them on CUDA cores).
-    fused    -- GPU: tuned with fused-decode (decode's attention and ln + linear as hand-scheduled
-                kernels: half the launches).
+    tuned    -- GPU, for prefill: default with tinygpt2's tensor-core-matmul before it (attention's
+                q.k^T and p.v on tensor cores too, where DLight keeps them on CUDA cores) and
+                hand-softmax (the causal softmax hand-scheduled, each score read once).
+    fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, and
+                ln + linear, as hand-scheduled kernels): the fastest list, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
