@@ -104,9 +104,11 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # changes) and the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200: docs/results/README.md)
 GPU_TUNED = ["hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
-# ... and decode's hand-scheduled fused kernels (FusedDecode): on an H200 gpt2 fp16 decodes at 3670 tok/s
-# with them, 2864 without; gpt2-xl 566 and 493 (docs/results/README.md)
-GPU_FUSED = ["fused-decode", *GPU_TUNED]
+# ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
+# the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 3818 tok/s with this list, 2864 with the
+# default one; gpt2-xl 582 and 493 (docs/results/README.md)
+GPU_FUSED = ["fused-decode", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
+             "reduction", "general-reduction", "fallback"]
 
 
 def presets(target_kind: str) -> dict[str, list[str]]:
@@ -120,7 +122,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 q.k^T and p.v on tensor cores too, where DLight keeps them on CUDA cores) and
                 hand-softmax (the causal softmax hand-scheduled, each score read once).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, and
-                ln + linear, as hand-scheduled kernels): the fastest list, prefill and decode.
+                ln + linear, as hand-scheduled kernels) and small-block-gemv before gemv: the
+                fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
