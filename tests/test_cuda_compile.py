@@ -76,9 +76,9 @@ def test_tuned_list_puts_attention_on_tensor_cores():
     assert "tensor-core-matmul" not in fp32.rule_of.values()            # WMMA here is fp16 only
 
 
-def test_gpu_decode_is_five_launches_per_layer_of_hand_scheduled_fusions():
-    """On a GPU, decode's kv_append + scores + softmax + values are one kernel (kernels/attention.py:
-    make_decode_attention) and each layernorm folds into the linear after it (kernels/ln_linear.py);
+def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():
+    """On a GPU, decode's kv_append + scores + softmax + values are one call (kernels/attention.py:
+    make_decode_attention: a kernel over chunks of keys, and one merging them) and each layernorm folds into the linear after it (kernels/ln_linear.py);
     no rule schedules those. The attention's block-wide max and sum become warp shuffles. Asked for
     by the rule list's `fused-decode` (preset `fused`; `default` keeps the plain graph)."""
     from tinygpt2.runtime.plan import build_plan
@@ -88,8 +88,33 @@ def test_gpu_decode_is_five_launches_per_layer_of_hand_scheduled_fusions():
     assert sched.rule_of["decode_attention_n1"] == C.HAND_SCHEDULED
     assert not {"kv_append_n1", "attn_scores_n1", "causal_softmax_n1", "attn_values_n1"} & set(sched.rule_of)
     layer = [ln.kernel for ln in build_plan(sched.mod, "decode").launches if ln.name.startswith("h0_")]
-    assert layer == ["ln_linear_qkv_n1", "decode_attention_n1", "linear_attn_proj_n1",   # 5 launches, not 10
+    assert layer == ["ln_linear_qkv_n1", "decode_attention_n1", "linear_attn_proj_n1",   # 5 calls, not 10
                      "ln_linear_fc_gelu_n1", "linear_mlp_proj_n1"]
     assert sched.rule_of["ln_linear_qkv_n1"] == sched.rule_of["ln_linear_fc_gelu_n1"] == C.HAND_SCHEDULED
     assert "kv_append" in sched.rule_of                                 # prefill keeps its four kernels
-    assert "__shfl_down_sync" in cuda_kernels(sched, tgt)["decode_attention_n1_kernel"]
+    kernels = cuda_kernels(sched, tgt)
+    assert "__shfl_down_sync" in kernels["decode_attention_n1_kernel"]      # one block per (head, chunk)
+    assert "o_part" in kernels["decode_attention_n1_kernel_1"]               # the chunks merged per head
+
+
+def test_hand_softmax_reads_each_score_once():
+    """`hand-softmax` swaps prefill's causal softmax for make_causal_softmax_gpu: one global read of a
+    score per key a thread holds (n_ctx 64: one), where GeneralReduction's schedule reads the row in
+    each of its three passes."""
+    rules = ["hand-softmax", "general-reduction", "gemv", "fallback"]
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_90a")
+    assert sched.rule_of["causal_softmax"] == C.HAND_SCHEDULED
+    assert cuda_kernels(sched, tgt)["causal_softmax_kernel"].count("scores_ptr[") == 1
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules[1:], arch="sm_90a")
+    assert sched.rule_of["causal_softmax"] == "general-reduction"
+    assert cuda_kernels(sched, tgt)["causal_softmax_kernel"].count("scores_ptr[") >= 3
+
+
+def test_small_block_gemv_is_dlights_gemv_with_a_quarter_of_the_threads():
+    """small-block-gemv schedules what GEMV does, as for a GPU of at most 128 threads a block."""
+    def bounds(rule):
+        sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", [rule, "fallback"], arch="sm_90a")
+        assert sched.rule_of["linear_mlp_proj_n1"] == rule
+        source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+        return int(re.search(r"__launch_bounds__\((\d+)\) linear_mlp_proj_n1_kernel\(", source).group(1))
+    assert (bounds("gemv"), bounds("small-block-gemv")) == (512, 128)

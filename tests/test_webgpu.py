@@ -31,7 +31,7 @@ def test_an_adapter_exists():
 @pytest.fixture(scope="module", params=["default", "fused"])
 def gpu(request, tiny_checkpoint):
     """default: the plain graph, every kernel DLight's; fused: decode's hand-scheduled fused kernels
-    (rules.FusedDecode: 5 launches a layer instead of 10)."""
+    (rules.FusedDecode: 5 calls a layer instead of 10)."""
     return tinygpt2.load(str(tiny_checkpoint), target="webgpu", rules=request.param)
 
 

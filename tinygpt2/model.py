@@ -21,8 +21,8 @@ matrix-vector shapes, and have no symbolic shape at all: the position m - 1 is a
 attention runs over the whole cache masked past it, so every decode step launches the same kernels
 with the same grids (one CUDA graph captures the whole step). The linears that feed GELU or the
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
-When the rule list asks for `fused-decode` on a GPU, decode's attention is one launch
-(`decode_attention`: append K, V, softmax(q.K^T).V) and ln_1 / ln_2 fold into the linear after them
+When the rule list asks for `fused-decode` on a GPU, decode's attention is one call
+(`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end) and ln_1 / ln_2 fold into the linear after them
 (`ln_linear_*`): kernels written already scheduled, that no rule touches.
 """
 
@@ -128,7 +128,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)       # [n, C]
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                                  [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
-                if fused:                                                  # append K, V and attend, in one launch
+                if fused:                                                  # append K, V and attend, in one call
                     # outputs: attention [n, C], the two caches (in place), the chunks' partial results
                     a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
                                            [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
@@ -185,7 +185,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
     (the CPU); hand: which of them the rule list asks for (compile.hand_kernels), none by default:
       "fused-decode": on a GPU a decode step is bound by launches; three kernels that no rule
         schedules, `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
-        `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 launches a layer, not 10;
+        `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 calls a layer, not 10;
       "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu).
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the

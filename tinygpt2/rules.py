@@ -27,8 +27,8 @@ class FusedDecode(dl.ScheduleRule):
 
     On a GPU a decode step is bound by launches. With this entry in the list the model's decode step
     is built with three kernels written already scheduled, which no rule then touches: decode_attention
-    (kv_append + scores + softmax + values in one launch) and ln_linear_qkv / ln_linear_fc_gelu (ln_1 /
-    ln_2 folded into the linear after them): 5 launches a layer instead of 10. Without it the graph is
+    (kv_append + scores + softmax + values in one call, split over chunks of keys) and ln_linear_qkv /
+    ln_linear_fc_gelu (ln_1 / ln_2 folded into the linear after them): 5 calls a layer instead of 10. Without it the graph is
     the plain one, every kernel of it the rule list's to schedule. It matches no kernel itself.
     """
 
