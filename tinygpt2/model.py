@@ -92,7 +92,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
-        if fused:       # on a GPU, the four below as one hand-scheduled launch (make_decode_attention)
+        if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
             decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes)
