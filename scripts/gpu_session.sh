@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, after ../shared/device's install: one measured step of the CUDA work,
+# On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
