@@ -4,9 +4,10 @@
 
 Traces greedy decode steps with torch.profiler (CUPTI's kernel activity records every node of a
 replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
-kernel the median time per step, and per step its span (first kernel start to last kernel end) and the idle gaps between kernels. Unlike
-ncu (each kernel replayed alone, caches warm) and time_evaluator (each kernel in a loop), these are
-the kernels as they run in the graph: weights cold, launches back to back.
+kernel the median time per step, and per step its span (first kernel start to last kernel end) and
+the idle gaps between kernels. Unlike ncu (each kernel replayed alone, caches warm) and
+time_evaluator (each kernel in a loop), these are the kernels as they run in the graph: weights
+cold, launches back to back.
 """
 
 import json

@@ -78,8 +78,8 @@ def test_tuned_list_puts_attention_on_tensor_cores():
 
 def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():
     """On a GPU, decode's kv_append + scores + softmax + values are one call (kernels/attention.py:
-    make_decode_attention: a kernel over chunks of keys, and one merging them) and each layernorm folds into the linear after it (kernels/ln_linear.py);
-    no rule schedules those. The attention's block-wide max and sum become warp shuffles. Asked for
+    make_decode_attention: a kernel over chunks of keys, and one merging them) and each layernorm folds
+    into the linear after it (kernels/ln_linear.py); no rule schedules those. The attention's block-wide max and sum become warp shuffles. Asked for
     by the rule list's `fused-decode` (preset `fused`; `default` keeps the plain graph)."""
     from tinygpt2.runtime.plan import build_plan
 

@@ -28,8 +28,9 @@ class FusedDecode(dl.ScheduleRule):
     On a GPU a decode step is bound by launches. With this entry in the list the model's decode step
     is built with three kernels written already scheduled, which no rule then touches: decode_attention
     (kv_append + scores + softmax + values in one call, split over chunks of keys) and ln_linear_qkv /
-    ln_linear_fc_gelu (ln_1 / ln_2 folded into the linear after them): 5 calls a layer instead of 10. Without it the graph is
-    the plain one, every kernel of it the rule list's to schedule. It matches no kernel itself.
+    ln_linear_fc_gelu (ln_1 / ln_2 folded into the linear after them): 5 calls a layer instead of 10.
+    Without it the graph is the plain one, every kernel of it the rule list's to schedule. It matches
+    no kernel itself.
     """
 
     def apply(self, func, target, tunable):
@@ -67,14 +68,10 @@ class SmallBlockGEMV(dl.gpu.GEMV):
         return super().apply(func, target, tunable)
 
 
-def wants_fused_decode(rule_list) -> bool:
-    return any(isinstance(r, FusedDecode) for r in rule_list)
-
-
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
-    return tuple(name for name, cls in (("fused-decode", FusedDecode), ("hand-softmax", HandSoftmax))
-                 if any(isinstance(r, cls) for r in rule_list))
+    return tuple(name for name in ("fused-decode", "hand-softmax")
+                 if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
 
 
 # rule name -> class, per kind of target
