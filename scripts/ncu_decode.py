@@ -1,11 +1,12 @@
-"""On the GPU machine, under Nsight Compute or Nsight Systems: decode steps of a model, for per-kernel GPU times.
+"""On the GPU machine, under Nsight Compute: decode steps of a model, for per-kernel GPU times.
 
     ncu --graph-profiling node -k regex:_n1 --metrics gpu__time_duration.sum --csv \\
         python3 scripts/ncu_decode.py random:gpt2 float16 > ncu.csv
-    python3 scripts/ncu_decode.py random:gpt2 float16 fused 32        # rules, greedy steps (under nsys_decode.py)
+    ncu ... python3 scripts/ncu_decode.py random:gpt2 float16 fused 4   # a rule list, greedy steps
 
 Prefills 128 tokens, then runs greedy decode steps (the first captures the CUDA graph, the later
-ones replay it); the profiler times every kernel of the decode functions (the `_n1` ones).
+ones replay it); ncu times every kernel of the decode functions (the `_n1` ones) on its own.
+scripts/trace_decode.py times them as they run inside the graph instead.
 """
 
 import sys

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 
 def trace(model, dtype, rules, steps, out):
-    """[{'Start', 'Duration', 'Name'}] of every GPU kernel, from CUPTI through torch.profiler (kineto):
+    """(start ns, duration ns, name) of every GPU kernel, from CUPTI through torch.profiler (kineto):
     the tracer is process-wide, so it sees TVM's launches and each node of a replayed CUDA graph."""
     import numpy as np
     import torch
@@ -39,14 +39,11 @@ def trace(model, dtype, rules, steps, out):
     prof.export_chrome_trace(path)
     with open(path) as f:
         events = json.load(f)["traceEvents"]
-    return [{"Start": int(e["ts"] * 1000), "Duration": int(e["dur"] * 1000), "Name": e["name"]}
-            for e in events if e.get("cat") == "kernel"]
+    return [(int(e["ts"] * 1000), int(e["dur"] * 1000), e["name"]) for e in events if e.get("cat") == "kernel"]
 
 
-def summarize(rows, label):
-    col = lambda r, *names: next(r[k] for k in r if any(k.startswith(n) for n in names))
-    kern = [(int(col(r, "Start")), int(col(r, "Duration")), col(r, "Name")) for r in rows]
-    kern = [k for k in kern if "_n1" in k[2]]                  # the decode functions' kernels
+def summarize(kernels, label):
+    kern = [k for k in kernels if "_n1" in k[2]]               # the decode functions' kernels
     # steps: each starts with the embedding kernel
     steps, cur = [], []
     for k in sorted(kern):
