@@ -3,9 +3,9 @@
 Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_func(s_tir=True)`,
 loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
-memory) because no rule matches them: attention.make_decode_attention and
-ln_linear.make_ln_linear_decode (the rule list entry `fused-decode` asks for them), and prefill's
-attention.make_causal_softmax_gpu (`hand-softmax`).
+memory) because no rule matches them: attention.make_decode_attention and ln_linear's
+make_ln_linear_decode / make_linear_residual_decode (the rule list entry `fused-decode` asks for
+them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`).
 Installed as `tinygpt2.kernels`.
 """
 
@@ -19,7 +19,8 @@ from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm
-from .ln_linear import WEBGPU_MAX_LANES, ln_linear_ref, make_ln_linear_decode
+from .ln_linear import (WEBGPU_MAX_LANES, linear_residual_decode_ref, ln_linear_ref, make_linear_residual_decode,
+                        make_ln_linear_decode)
 from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,
                      make_linear_residual)
 from .lm_head import lm_head_ref, make_lm_head

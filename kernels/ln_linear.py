@@ -1,43 +1,43 @@
-"""Layer normalisation fused into the linear that consumes it, for a GPU decode step (one token).
+"""Decode's linears as hand-scheduled GPU matrix-vector products, with the layernorm before them or the
+residual add after them folded in (one token):
 
-    mu   = 1/C * sum_k x[0, k]
-    var  = 1/C * sum_k (x[0, k] - mu)^2                          (two passes, float32, as layernorm.py)
-    h[k] = Cast(dtype, (x[0, k] - mu) * rsqrt(var + eps) * gamma[k] + beta[k])     rounded to dtype
-    y[0, j] = Cast(dtype, sum_k h[k] * W[j, k] + b[j])                              (linear.py)
-    y[0, j] = Cast(dtype, gelu(sum_k h[k] * W[j, k] + b[j]))                        (gelu=True: c_fc)
+    ln_linear       y[0, j] = Cast(dtype, sum_k h[k] * W[j, k] + b[j])                    (ln_1 + c_attn)
+                    y[0, j] = Cast(dtype, gelu(sum_k h[k] * W[j, k] + b[j]))              (ln_2 + c_fc)
+        with h[k] = Cast(dtype, (x[0, k] - mu) * rsqrt(var + eps) * gamma[k] + beta[k])  (layernorm.py, rounded)
+             mu = 1/C * sum_k x[0, k],  var = 1/C * sum_k (x[0, k] - mu)^2          (two passes, float32)
+    linear_residual y[0, j] = r[0, j] + Cast(dtype, sum_k x[0, k] * W[j, k] + b[j])       (c_proj + residual)
 
-    x [1, C], gamma [C], beta [C], W [N, C], b [N] -> y [1, N]      accumulated in float32 whatever the dtype
+    x [1, K], gamma [K], beta [K], W [N, K], b [N], r [1, N] -> y [1, N]    accumulated in float32
 
-ln_1 + c_attn (qkv) and ln_2 + c_fc (gelu) are each one launch instead of two: in decode a GPU step is
-bound by launches, and the layernorm's [1, C] output no longer goes through memory.
+In decode every linear is a stream of its weights (2-4 bytes of W per multiply-add), so what it costs is
+how close it runs to the memory's bandwidth: at batch 1 a step of gpt2-xl reads 3.1 GB of weights. The
+layernorm fused in front saves a launch and a round trip of its [1, C] output through memory.
 
-Written already scheduled (thread bindings, shared memory, registers), like attention.py's
-make_decode_attention: no DLight rule matches "a block-wide layernorm feeding a matrix-vector product",
-so the rule list leaves it alone (`tirx.is_scheduled`).
+Written already scheduled (thread bindings, registers), like attention.py's make_decode_attention: no
+DLight rule matches "a layernorm feeding a matrix-vector product", so the rule list leaves these alone
+(`tirx.is_scheduled`); the residual variant is here so that all of decode's linears stream the same way.
 
-The work is split by output rows. Block bx computes ROWS = WARPS * ROWS_PER_WARP consecutive rows of y;
-inside it each warp (threadIdx.y) owns ROWS_PER_WARP rows and its 32 lanes (threadIdx.x) split the
-reduction axis k. Every block recomputes the layernorm of x itself (C <= 1600 values, read from cache:
-cheaper than a second launch). In order:
+The work is split by output rows. A row j is owned by TX threads (threadIdx.x: one warp, or 2-8 warps
+for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
 
-  1. w_load   each thread loads its whole slice of its W rows into registers: VEC contiguous elements
-              (16 bytes: 8 halves / 4 floats, one vector load) at k = (ko * 32 + lane) * VEC, for each ko.
-              A warp reads 32 * 16 = 512 contiguous bytes per load: coalesced. Written first so that the
-              weight stream -- what this kernel costs -- may be in flight while the layernorm runs (ptxas
-              is free to sink these read-only loads below the barriers, and CUDA 13's does: the overlap
-              then comes from the other blocks resident on the SM).
-  2. x_sum, sq_sum   the two statistics, reductions over all threads of the block (TVM lowers a
-              reduction whose axis is bound to threads to warp shuffles + shared memory).
-  3. normalize h = layernorm(x) rounded to dtype, into shared memory [C] (the matmul's input). Kept in
-              dtype, not float32: the same value, and lane t's VEC elements are then the 16 bytes after
-              lane t-1's, so the vector loads of step 4 are free of bank conflicts.
-  4. dot      each thread: its VEC-slices of h (a vector load from shared memory) times its registers
-              of W, summed in a float32 register.
-  5. row_sum  the 32 lanes' partial sums of a row added up (warp shuffles), then the epilogue adds the
-              bias (and GELU), casts, and lane 0 stores y.
+  1. loads      each thread loads its whole slice of its row of W into registers: VEC contiguous elements
+                (16 bytes: 8 halves / 4 floats, one vector load) at k = (ko * TX + tx) * VEC, for each ko,
+                and the same slice of x. TX is the fewest lanes that need at most KO_MAX loads each, so
+                that every load of the kernel is issued at its start: the bytes in flight, not the
+                arithmetic, are what keeps HBM busy (Little's law: ~4 TB/s x ~1 us of latency = ~4 MB
+                over the chip, ~30 KB per SM). A warp reads 32 * 16 = 512 contiguous bytes per load.
+  2. layernorm  (ln_linear only) the mean and the variance of x, each a sum over the thread's registers
+                then over the warp's 32 lanes (warp shuffles). TX is one warp here, so the statistics
+                need no barrier: an earlier version reduced them over the whole block through shared
+                memory, and ptxas sank the W loads below those barriers -- every block then waited for
+                its layernorm before its first weight arrived (gpt2-xl's c_fc ran at 2.3 TB/s).
+  3. dot        each thread: its VEC-slices of h (or x) times its registers of W, summed in float32.
+  4. row_sum    the TX partial sums of a row added up (warp shuffles; through shared memory across
+                warps when TX > 32), then the epilogue adds the bias (and GELU, or the residual), casts,
+                and thread 0 of the row stores y.
 
-Rows past N (the last block, when ROWS does not divide N) read row N - 1 again and store nothing; k past C
-(when 32 * VEC does not divide C) is masked per vector.
+Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
+(when TX * VEC does not divide K) is masked per vector.
 """
 
 from tinygpt2.tvm_shim import T
@@ -45,50 +45,94 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import ACC, check_dtype
 from .gelu import gelu_expr
 from .layernorm import layernorm_ref
-from .linear import linear_gelu_ref, linear_ref
+from .linear import linear_gelu_ref, linear_ref, linear_residual_ref
 
-LANES = 32                  # threadIdx.x: one warp splits a row's reduction axis; the row sum is warp shuffles
-WARPS = 8                   # threadIdx.y: 8 x 32 = 256 threads, WebGPU's limit per workgroup
-ROWS_PER_WARP = 1           # rows of W per warp (per thread: ROWS_PER_WARP * C / 32 elements in registers)
+WARP = 32                   # CUDA's warp: the layernorm's statistics are reduced within one
+THREADS = 256               # per block (WebGPU's limit per workgroup)
+KO_MAX = 8                  # at most this many vector loads of W per thread and row, when TX can grow instead
 VECTOR_BYTES = 16           # the widest load a CUDA thread issues (LDG.128)
 WEBGPU_MAX_LANES = 4        # WGSL has vec2..vec4 only: TVM's WebGPU codegen rejects wider vectors
 ITEMSIZE = {"float32": 4, "float16": 2}
+UNROLL = {"pragma_auto_unroll_max_step": 256, "pragma_unroll_explicit": 1}
 
 
 def vector_width(n_embd: int, dtype: str, max_lanes: int = 8) -> int:
-    """Elements per vector load of W and h: 16 bytes' worth (8 halves / 4 floats, at most max_lanes), halved
-    until it divides C, so that every vector lies inside a row (and is aligned: rows start at multiples of
-    C elements)."""
+    """Elements per vector load of W and x: 16 bytes' worth (8 halves / 4 floats, at most max_lanes), halved
+    until it divides K, so that every vector lies inside a row (and is aligned: rows start at multiples of
+    K elements)."""
     vec = min(VECTOR_BYTES // ITEMSIZE[dtype], max_lanes)
     while n_embd % vec:
         vec //= 2
     return vec
 
 
+def lanes_per_row(n_vec: int) -> int:
+    """TX: one warp, doubled (up to the whole block) while a thread would need more than KO_MAX loads."""
+    tx = WARP
+    while tx < THREADS and -(-n_vec // tx) > KO_MAX:
+        tx *= 2
+    return tx
+
+
+def _geometry(in_features: int, out_features: int, dtype: str, max_lanes: int, tx: int | None = None):
+    check_dtype(dtype)
+    vec = vector_width(in_features, dtype, max_lanes)
+    n_vec = in_features // vec                                # vectors per row of W
+    tx = tx or lanes_per_row(n_vec)
+    ty = THREADS // tx                                        # rows per block
+    return dict(vec=vec, n_vec=n_vec, tx=tx, ty=ty, blocks=-(-out_features // ty),
+                ko=-(-n_vec // tx))                           # vector loads per thread
+
+
+@T.macro(hygienic=False)
+def _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N):
+    """1. W's and x's slices of the thread into registers (rows past N: row N - 1), 16-byte vectors."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("w_load"):
+                        vj = T.axis.spatial(NB * TY, bx * TY + ty)
+                        vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
+                        T.where(ko * TX + tx < CV)
+                        w_reg[vj, vt, vo, vv] = w[T.min(vj, N - T.int64(1)), (vo * TX + vt) * V + vv]
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("x_load"):
+                        vj = T.axis.spatial(NB * TY, bx * TY + ty)
+                        vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
+                        T.where(ko * TX + tx < CV)
+                        x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
+
+
+@T.macro(hygienic=False)
+def _row_sum(partial, row_acc, bx, NB, TX, TY):
+    """4. a row's TX partial sums added across its threads (spatial loops outside, lanes innermost: what
+    TVM's cross-thread reduction lowering needs); the epilogue then stores from thread 0 of the row."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("row_sum"):
+                vj = T.axis.spatial(NB * TY, bx * TY + ty)
+                vt = T.axis.reduce(TX, tx)
+                with T.init():
+                    row_acc[vj] = T.float32(0)
+                row_acc[vj] = row_acc[vj] + partial[vj, vt]
+
+
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8):
-    """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / ROWS) x 1, 256 threads.
+    """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / TY), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes)."""
-    check_dtype(dtype)
-    vec = vector_width(n_embd, dtype, max_lanes)
-    n_vec = n_embd // vec                                 # vectors per row of W
-    rows = WARPS * ROWS_PER_WARP                          # rows of y per block
+    g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # statistics within one warp
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
-    TX, TY, RY = T.int64(LANES), T.int64(WARPS), T.int64(ROWS_PER_WARP)
-    R = T.int64(rows)
-    NB = T.int64(-(-out_features // rows))                # blocks
-    NP = T.int64(-(-out_features // rows) * rows)         # rows, padded to whole blocks
-    V = T.int64(vec)
-    CV = T.int64(n_vec)
-    KO = T.int64(-(-n_vec // LANES))                      # vector loads per thread per row
-    NT = TX * TY                                          # threads per block
-    KX = T.int64(-(-n_embd // (LANES * WARPS)))           # elements of x per thread in the statistics
+    TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
+    V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
+    NP = NB * TY                                              # rows, padded to whole blocks
     inv_c = T.float32(1.0 / n_embd)
     eps_ = T.float32(eps)
-    unroll = {"pragma_auto_unroll_max_step": 256, "pragma_unroll_explicit": 1}
 
     def epilogue(acc):
         return gelu_expr(acc) if gelu else acc
@@ -98,96 +142,130 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                          w: T.Buffer((N, C), dtype), b: T.Buffer((N,), dtype), y: T.Buffer((one, N), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         # registers: indexed by (row, lane, ...) so that TVM compacts each to what one thread touches
-        w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: RY x KO x V
-        partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")             # per thread: RY
-        row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")                # per thread: RY
-        x_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
-        sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
-        h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
+        w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
+        x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
+        part = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")                # this thread's sums
+        part_sq = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
+        partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
+        mean = T.sblock_alloc_buffer((NP,), ACC, scope="local")                   # the row's (every lane's)
+        var = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            # 1. this thread's slice of W into registers, 16-byte vector loads (rows past N: row N - 1)
+            _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N)
+            # 2. the statistics of x (all of it: a warp's slices cover K), two passes as layernorm.py's
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for r in T.serial(RY, annotations=unroll):
-                        for ko in T.serial(KO, annotations=unroll):
-                            for v in T.vectorized(V):
-                                with T.sblock("w_load"):
-                                    vj = T.axis.spatial(NP, bx * R + ty * RY + r)
-                                    vt = T.axis.spatial(TX, tx)
-                                    vo = T.axis.spatial(KO, ko)
-                                    vv = T.axis.spatial(V, v)
-                                    T.where(ko * TX + tx < CV)
-                                    w_reg[vj, vt, vo, vv] = w[T.min(vj, N - one), (vo * TX + vt) * V + vv]
-            # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
+                    with T.sblock("x_part"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.spatial(TX, tx)
+                        part[vj, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(V, annotations=UNROLL):
+                                    part[vj, vt] = part[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v])
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("x_sum"):
-                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            with T.init():
-                                x_sum[0] = T.float32(0)
-                            x_sum[0] = x_sum[0] + T.Cast(ACC, x[0, vk])
+                    with T.sblock("x_sum"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.reduce(TX, tx)
+                        with T.init():
+                            mean[vj] = T.float32(0)
+                        mean[vj] = mean[vj] + part[vj, vt] * inv_c
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("sq_sum"):
-                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            with T.init():
-                                sq_sum[0] = T.float32(0)
-                            sq_sum[0] = sq_sum[0] + (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c) * (
-                                T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
-            # 3. h = layernorm(x), rounded to dtype as make_layernorm's output is, into shared memory
+                    with T.sblock("sq_part"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.spatial(TX, tx)
+                        part_sq[vj, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(V, annotations=UNROLL):
+                                    part_sq[vj, vt] = part_sq[vj, vt] + (
+                                        T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj]) * (
+                                        T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj])
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("normalize"):
-                            vk = T.axis.spatial(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            h[vk] = T.Cast(dtype, (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
-                                           * T.rsqrt(sq_sum[0] * inv_c + eps_)
-                                           * T.Cast(ACC, gamma[vk]) + T.Cast(ACC, beta[vk]))
-            # 4. per thread: sum over its k slices of h[k] * W[j, k], in a float32 register
+                    with T.sblock("sq_sum"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.reduce(TX, tx)
+                        with T.init():
+                            var[vj] = T.float32(0)
+                        var[vj] = var[vj] + part_sq[vj, vt] * inv_c
+            # 3. h = layernorm(x), rounded to dtype as make_layernorm's output is, times W, in float32
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for r in T.serial(RY, annotations=unroll):
-                        with T.sblock("dot"):
-                            vj = T.axis.spatial(NP, bx * R + ty * RY + r)
-                            vt = T.axis.spatial(TX, tx)
-                            acc = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                            h_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
-                            acc[0] = T.float32(0)
-                            for ko in T.serial(KO, annotations=unroll):
-                                if ko * TX + vt < CV:
-                                    for v in T.vectorized(V):                 # one vector load from shared
-                                        h_vec[v] = h[(ko * TX + vt) * V + v]
-                                    for v in T.serial(V, annotations=unroll):
-                                        acc[0] = acc[0] + T.Cast(ACC, h_vec[v]) * T.Cast(ACC, w_reg[vj, vt, ko, v])
-                            partial[vj, vt] = acc[0]
-            # 5. the row's 32 partial sums added across the warp (spatial loops outside, lanes innermost:
-            # what TVM's cross-thread reduction lowering needs), then bias (+ GELU), cast, one store
+                    with T.sblock("dot"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.spatial(TX, tx)
+                        partial[vj, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(V, annotations=UNROLL):
+                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, T.Cast(
+                                        dtype, (T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj])
+                                        * T.rsqrt(var[vj] + eps_)
+                                        * T.Cast(ACC, gamma[(ko * TX + vt) * V + v])
+                                        + T.Cast(ACC, beta[(ko * TX + vt) * V + v]))) * T.Cast(
+                                        ACC, w_reg[vj, vt, ko, v])
+            _row_sum(partial, row_acc, bx, NB, TX, TY)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for r in T.serial(RY):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        with T.sblock("row_sum"):
-                            vj = T.axis.spatial(NP, bx * R + ty * RY + r)
-                            vt = T.axis.reduce(TX, tx)
-                            with T.init():
-                                row_acc[vj] = T.float32(0)
-                            row_acc[vj] = row_acc[vj] + partial[vj, vt]
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for r in T.serial(RY):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        with T.sblock("epilogue"):
-                            vj = T.axis.spatial(N, bx * R + ty * RY + r)
-                            T.where(tx == T.int64(0) and bx * R + ty * RY + r < N)
-                            y[0, vj] = T.Cast(dtype, epilogue(row_acc[vj] + T.Cast(ACC, b[vj])))
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    with T.sblock("epilogue"):
+                        vj = T.axis.spatial(N, bx * TY + ty)
+                        T.where(tx == T.int64(0) and bx * TY + ty < N)
+                        y[0, vj] = T.Cast(dtype, epilogue(row_acc[vj] + T.Cast(ACC, b[vj])))
 
     return ln_linear_decode
+
+
+def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8):
+    """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
+    layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads."""
+    g = _geometry(in_features, out_features, dtype, max_lanes)
+    K, N = T.int64(in_features), T.int64(out_features)
+    one = T.int64(1)
+    TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
+    V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
+    NP = NB * TY
+
+    @T.prim_func(s_tir=True)
+    def linear_residual_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
+                               r: T.Buffer((one, N), dtype), y: T.Buffer((one, N), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
+        x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
+        partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
+        row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N)
+            # 3. x times W, in float32
+            for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    with T.sblock("dot"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt = T.axis.spatial(TX, tx)
+                        partial[vj, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(V, annotations=UNROLL):
+                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v]) * T.Cast(
+                                        ACC, w_reg[vj, vt, ko, v])
+            _row_sum(partial, row_acc, bx, NB, TX, TY)
+            for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    with T.sblock("epilogue"):
+                        vj = T.axis.spatial(N, bx * TY + ty)
+                        T.where(tx == T.int64(0) and bx * TY + ty < N)
+                        # the sublayer's output is rounded to dtype before the add, as in make_linear_residual
+                        y[0, vj] = r[0, vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b[vj]))
+
+    return linear_residual_decode
 
 
 def ln_linear_ref(x, gamma, beta, w, b, eps=1e-5, gelu=False):
     """The two unfused kernels' references in sequence: layernorm (rounded to x's dtype), then linear."""
     h = layernorm_ref(x, gamma, beta, eps)
     return linear_gelu_ref(h, w, b) if gelu else linear_ref(h, w, b)
+
+
+linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's (linear.py)

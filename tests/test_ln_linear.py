@@ -1,12 +1,14 @@
-"""The fused decode layernorm + linear (kernels/ln_linear.py) against the two unfused references in
-sequence, run on the WebGPU adapter (llvmpipe in CI), and its CUDA C checked for the intended code."""
+"""Decode's hand-scheduled linears (kernels/ln_linear.py): layernorm + linear against the two unfused
+references in sequence, linear + residual against prefill's reference, run on the WebGPU adapter
+(llvmpipe in CI), and their CUDA C checked for the intended code."""
 
 import shutil
 
 import numpy as np
 import pytest
 
-from tinygpt2.kernels.ln_linear import WEBGPU_MAX_LANES, ln_linear_ref, make_ln_linear_decode, vector_width
+from tinygpt2.kernels.ln_linear import (WEBGPU_MAX_LANES, lanes_per_row, linear_residual_decode_ref, ln_linear_ref,
+                                       make_linear_residual_decode, make_ln_linear_decode, vector_width)
 from tinygpt2 import kernels as K
 
 # fp32: a C-long dot product of float32 sums in another order than numpy's
@@ -75,11 +77,40 @@ def test_gpt2_shapes_on_webgpu(rng, C, N, gelu, dtype):
     np.testing.assert_allclose(y, want, **TOL[dtype])
 
 
+def run_residual_on_webgpu(K, N, dtype, rng):
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    x = rng.standard_normal((1, K)).astype(dtype)
+    w = (0.08 * rng.standard_normal((N, K))).astype(dtype)
+    b = (0.05 * rng.standard_normal(N)).astype(dtype)
+    r = rng.standard_normal((1, N)).astype(dtype)
+    func = make_linear_residual_decode(K, N, dtype, max_lanes=WEBGPU_MAX_LANES)
+    y0 = np.full((1, N), np.nan, dtype)
+    *ins, y = run_kernel(func, [x, w, b, r, y0], dtype)
+    for a, a0 in zip(ins, (x, w, b, r)):
+        np.testing.assert_array_equal(a, a0)
+    return y, linear_residual_decode_ref(x, w, b, r)
+
+
+def test_lanes_per_row():
+    """One warp a row while each thread needs at most 8 loads; more for long rows, up to the block."""
+    assert [lanes_per_row(n) for n in (96, 200, 256, 257, 384, 800, 4000)] == [32, 32, 32, 64, 64, 128, 256]
+
+
+@pytest.mark.parametrize("K,N,dtype", [(48, 100, "float32"), (46, 38, "float16"), (45, 37, "float32"),
+                                       (1100, 30, "float32"),     # 275 vectors: 64 lanes a row, partial pass
+                                       (3072, 50, "float16"),     # gpt2's c_proj shape of row: 768 vectors
+                                       (6400, 20, "float32")])    # gpt2-xl's: 1600 vectors, 256 lanes
+def test_linear_residual_on_webgpu(rng, K, N, dtype):
+    y, want = run_residual_on_webgpu(K, N, dtype, rng)
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_cuda_source(dtype):
-    """gpt2-xl's fc for an H100: 16-byte loads of W, the row sums as warp shuffles, and barriers only
-    between the phases (none per element of the dot product)."""
+    """gpt2-xl's qkv for an H100: 16-byte loads of W and x, the layernorm's statistics and the row sums
+    as warp shuffles, and no barrier at all (ptxas may issue every load first)."""
     from tinygpt2 import targets as TG
     from tinygpt2.tvm_shim import tvm
 
@@ -88,17 +119,22 @@ def test_cuda_source(dtype):
     src = ex.mod.imports[0].inspect_source()
     vec = {"float16": "uint4", "float32": "float4"}[dtype]
     assert f"*({vec}*)(w_reg_ptr" in src and f"= *({vec}*)(w_ptr" in src        # vector loads of W
-    assert f"= *({vec}*)(h_ptr" in src                                         # and of h
-    assert "__shfl_down_sync" in src
-    assert src.count("__syncthreads") < 10
+    assert f"= *({vec}*)(x_ptr" in src                                         # and of x
+    assert "__shfl_down_sync" in src and "__syncthreads" not in src
     assert "__launch_bounds__(256)" in src
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_two_rows_per_warp_on_webgpu(rng, monkeypatch, dtype):
-    """The rows-per-warp knob (1 by default): 16 rows a block, the last block partly past N."""
-    from tinygpt2.kernels import ln_linear
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_source_of_a_long_row():
+    """gpt2-xl's mlp c_proj (K = 6400): 128 lanes a row, 7 loads each, every one of them up front; the
+    row's sum crosses 4 warps, through shared memory (one barrier pair)."""
+    from tinygpt2 import targets as TG
+    from tinygpt2.tvm_shim import tvm
 
-    monkeypatch.setattr(ln_linear, "ROWS_PER_WARP", 2)
-    y, want = run_on_webgpu(300, 50, dtype, True, rng)
-    np.testing.assert_allclose(y, want, **TOL[dtype])
+    func = make_linear_residual_decode(6400, 1600, "float16")
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=TG.make_target("cuda", "sm_90a"))
+    src = ex.mod.imports[0].inspect_source()
+    assert src.count("= *(uint4*)(w_ptr") == 7 and src.count("= *(uint4*)(x_ptr") == 7
+    first_use = src.index("partial_ptr[0] = (partial_ptr[0] +")
+    assert src.rindex("= *(uint4*)(w_ptr", 0, first_use) > 0                    # loads before any arithmetic
+    assert src.count("__syncthreads") <= 2

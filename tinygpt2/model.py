@@ -22,8 +22,8 @@ attention runs over the whole cache masked past it, so every decode step launche
 with the same grids (one CUDA graph captures the whole step). The linears that feed GELU or the
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 When the rule list asks for `fused-decode` on a GPU, decode's attention is one call
-(`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end) and
-ln_1 / ln_2 fold into the linear after them (`ln_linear_*`); with `hand-softmax`, prefill's causal
+(`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end),
+ln_1 / ln_2 fold into the linear after them (`ln_linear_*`) and the c_projs are hand-scheduled too; with `hand-softmax`, prefill's causal
 softmax is hand-scheduled too: kernels written already scheduled, that no rule touches.
 """
 
@@ -98,11 +98,17 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes)
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes)
+            # ... and the two c_proj + residual adds streamed the same way
+            attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes)
+            mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
             softmax = b.kernel("causal_softmax", K.make_softmax_decode, H, D, P)
             attn_values = b.kernel("attn_values", K.make_attn_values_decode, H, D, P, dtype)
+        if not fused:
+            attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
+            mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
         pos = [where]                                                   # an extra tensor argument
     else:
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
@@ -113,6 +119,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         else:
             softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
         attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
+        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
     with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):
         with bb.dataflow():
@@ -141,8 +149,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
                     s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
                     a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
-                x = b.call(f"h{i}_resid_attn",                                                 # x + c_proj(a)
-                           b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype),
+                x = b.call(f"h{i}_resid_attn", attn_proj,                                      # x + c_proj(a)
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
@@ -153,8 +160,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
                     h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),
                                [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)  # gelu(c_fc(h))
-                x = b.call(f"h{i}_resid_mlp",                                                  # x + c_proj(h)
-                           b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype),
+                x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
             x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
@@ -184,9 +190,10 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
 
     gpu: a GPU target's name ("cuda", "webgpu", ...) to build hand-scheduled GPU kernels for, or None
     (the CPU); hand: which of them the rule list asks for (compile.hand_kernels), none by default:
-      "fused-decode": on a GPU a decode step is bound by launches; three kernels that no rule
-        schedules, `decode_attention` (kv_append + scores + softmax + values) and `ln_linear_qkv` /
-        `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it): 5 calls a layer, not 10;
+      "fused-decode": on a GPU a decode step is bound by launches and weight streaming; kernels that
+        no rule schedules, `decode_attention` (kv_append + scores + softmax + values), `ln_linear_qkv` /
+        `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it) and the two c_proj +
+        residual (kernels/ln_linear.py): 5 calls a layer, not 10;
       "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu).
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
