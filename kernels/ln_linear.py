@@ -20,21 +20,28 @@ DLight rule matches "a layernorm feeding a matrix-vector product", so the rule l
 The work is split by output rows. A row j is owned by TX threads (threadIdx.x: one warp, or 2-8 warps
 for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
 
-  1. loads      each thread loads its whole slice of its row of W into registers: VEC contiguous elements
-                (16 bytes: 8 halves / 4 floats, one vector load) at k = (ko * TX + tx) * VEC, for each ko,
-                and the same slice of x. TX is the fewest lanes that need at most KO_MAX loads each, so
-                that every load of the kernel is issued at its start: the bytes in flight, not the
-                arithmetic, are what keeps HBM busy (Little's law: ~4 TB/s x ~1 us of latency = ~4 MB
-                over the chip, ~30 KB per SM). A warp reads 32 * 16 = 512 contiguous bytes per load.
-  2. layernorm  (ln_linear only) the mean and the variance of x, each a sum over the thread's registers
-                then over the warp's 32 lanes (warp shuffles). TX is one warp here, so the statistics
-                need no barrier: an earlier version reduced them over the whole block through shared
-                memory, and ptxas sank the W loads below those barriers -- every block then waited for
-                its layernorm before its first weight arrived (gpt2-xl's c_fc ran at 2.3 TB/s).
-  3. dot        each thread: its VEC-slices of h (or x) times its registers of W, summed in float32.
+  1. w_load     each thread loads its whole slice of its row of W into registers: VEC contiguous elements
+                (16 bytes: 8 halves / 4 floats, one vector load) at k = (ko * TX + tx) * VEC, for each ko.
+                TX is the fewest lanes that need at most KO_MAX loads each, so that every load can be in
+                flight at once: the bytes in flight, not the arithmetic, keep HBM busy (Little's law:
+                ~4 TB/s x ~1 us of latency = ~4 MB over the chip). A warp reads 512 contiguous bytes a load.
+  2. layernorm  (ln_linear) the statistics of x, reduced over the whole block (warp shuffles + shared
+                memory), then h = layernorm(x) into shared memory, once per block; (linear_residual) the
+                thread's slice of x into registers, as W's.
+  3. dot        each thread: its VEC-slices of h (a vector load from shared memory) or x times its
+                registers of W, summed in float32.
   4. row_sum    the TX partial sums of a row added up (warp shuffles; through shared memory across
                 warps when TX > 32), then the epilogue adds the bias (and GELU, or the residual), casts,
                 and thread 0 of the row stores y.
+
+Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), and not kept:
+  - the layernorm per warp, in registers, with no barrier at all (LLVM sinks the read-only W loads
+    below the layernorm's barriers, so a block's weights only start coming once its layernorm is done):
+    then every row normalizes x anew, 112 extra scalar loads of gamma/beta a thread, and c_fc took 16.7
+    us instead of 8.9.
+  - a cp.async.bulk.prefetch.L2 of each row first (sm_90), to have the weights coming during the
+    layernorm: qkv 7.4 -> 9.1 us; and the same from decode_attention for the next two linears' weights,
+    while the attention waits on latencies: 4.6 -> 7.6 us a call, the linears barely faster.
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
@@ -47,7 +54,7 @@ from .gelu import gelu_expr
 from .layernorm import layernorm_ref
 from .linear import linear_gelu_ref, linear_ref, linear_residual_ref
 
-WARP = 32                   # CUDA's warp: the layernorm's statistics are reduced within one
+WARP = 32                   # CUDA's warp: the fewest lanes a row gets (ln_linear: always one warp)
 THREADS = 256               # per block (WebGPU's limit per workgroup)
 KO_MAX = 8                  # at most this many vector loads of W per thread and row, when TX can grow instead
 VECTOR_BYTES = 16           # the widest load a CUDA thread issues (LDG.128)
@@ -85,8 +92,8 @@ def _geometry(in_features: int, out_features: int, dtype: str, max_lanes: int, t
 
 
 @T.macro(hygienic=False)
-def _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N):
-    """1. W's and x's slices of the thread into registers (rows past N: row N - 1), 16-byte vectors."""
+def _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N):
+    """1. W's slice of the thread into registers (rows past N: row N - 1), 16-byte vectors."""
     for ty in T.thread_binding(TY, thread="threadIdx.y"):
         for tx in T.thread_binding(TX, thread="threadIdx.x"):
             for ko in T.serial(KO, annotations=UNROLL):
@@ -96,13 +103,6 @@ def _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N):
                         vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
                         T.where(ko * TX + tx < CV)
                         w_reg[vj, vt, vo, vv] = w[T.min(vj, N - T.int64(1)), (vo * TX + vt) * V + vv]
-            for ko in T.serial(KO, annotations=UNROLL):
-                for v in T.vectorized(V):
-                    with T.sblock("x_load"):
-                        vj = T.axis.spatial(NB * TY, bx * TY + ty)
-                        vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
-                        T.where(ko * TX + tx < CV)
-                        x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
 
 
 @T.macro(hygienic=False)
@@ -121,16 +121,18 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8):
-    """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / TY), 256 threads.
+    """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes)."""
-    g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # statistics within one warp
+    g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
     NP = NB * TY                                              # rows, padded to whole blocks
+    NT = TX * TY                                              # threads per block
+    KX = T.int64(-(-n_embd // THREADS))                       # elements of x per thread in the statistics
     inv_c = T.float32(1.0 / n_embd)
     eps_ = T.float32(eps)
 
@@ -143,69 +145,58 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         # registers: indexed by (row, lane, ...) so that TVM compacts each to what one thread touches
         w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
-        x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
-        part = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")                # this thread's sums
-        part_sq = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
-        mean = T.sblock_alloc_buffer((NP,), ACC, scope="local")                   # the row's (every lane's)
-        var = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        x_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
+        sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
+        h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N)
-            # 2. the statistics of x (all of it: a warp's slices cover K), two passes as layernorm.py's
+            _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("x_part"):
-                        vj = T.axis.spatial(NP, bx * TY + ty)
-                        vt = T.axis.spatial(TX, tx)
-                        part[vj, vt] = T.float32(0)
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            if ko * TX + vt < CV:
-                                for v in T.serial(V, annotations=UNROLL):
-                                    part[vj, vt] = part[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v])
+                    for kx in T.serial(KX):
+                        with T.sblock("x_sum"):
+                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
+                            T.where(kx * NT + ty * TX + tx < C)
+                            with T.init():
+                                x_sum[0] = T.float32(0)
+                            x_sum[0] = x_sum[0] + T.Cast(ACC, x[0, vk])
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("x_sum"):
-                        vj = T.axis.spatial(NP, bx * TY + ty)
-                        vt = T.axis.reduce(TX, tx)
-                        with T.init():
-                            mean[vj] = T.float32(0)
-                        mean[vj] = mean[vj] + part[vj, vt] * inv_c
+                    for kx in T.serial(KX):
+                        with T.sblock("sq_sum"):
+                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
+                            T.where(kx * NT + ty * TX + tx < C)
+                            with T.init():
+                                sq_sum[0] = T.float32(0)
+                            sq_sum[0] = sq_sum[0] + (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c) * (
+                                T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
+            # h = layernorm(x), rounded to dtype as make_layernorm's output is, into shared memory: once
+            # per block (normalizing per row, in registers, made gpt2-xl's c_fc 1.8x slower)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("sq_part"):
-                        vj = T.axis.spatial(NP, bx * TY + ty)
-                        vt = T.axis.spatial(TX, tx)
-                        part_sq[vj, vt] = T.float32(0)
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            if ko * TX + vt < CV:
-                                for v in T.serial(V, annotations=UNROLL):
-                                    part_sq[vj, vt] = part_sq[vj, vt] + (
-                                        T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj]) * (
-                                        T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj])
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("sq_sum"):
-                        vj = T.axis.spatial(NP, bx * TY + ty)
-                        vt = T.axis.reduce(TX, tx)
-                        with T.init():
-                            var[vj] = T.float32(0)
-                        var[vj] = var[vj] + part_sq[vj, vt] * inv_c
-            # 3. h = layernorm(x), rounded to dtype as make_layernorm's output is, times W, in float32
+                    for kx in T.serial(KX):
+                        with T.sblock("normalize"):
+                            vk = T.axis.spatial(C, kx * NT + ty * TX + tx)
+                            T.where(kx * NT + ty * TX + tx < C)
+                            h[vk] = T.Cast(dtype, (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
+                                           * T.rsqrt(sq_sum[0] * inv_c + eps_)
+                                           * T.Cast(ACC, gamma[vk]) + T.Cast(ACC, beta[vk]))
+            # 3. per thread: sum over its k slices of h[k] * W[j, k] (h: a vector load from shared memory)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     with T.sblock("dot"):
                         vj = T.axis.spatial(NP, bx * TY + ty)
                         vt = T.axis.spatial(TX, tx)
+                        h_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
                         partial[vj, vt] = T.float32(0)
                         for ko in T.serial(KO, annotations=UNROLL):
                             if ko * TX + vt < CV:
+                                for v in T.vectorized(V):
+                                    h_vec[v] = h[(ko * TX + vt) * V + v]
                                 for v in T.serial(V, annotations=UNROLL):
-                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, T.Cast(
-                                        dtype, (T.Cast(ACC, x_reg[vj, vt, ko, v]) - mean[vj])
-                                        * T.rsqrt(var[vj] + eps_)
-                                        * T.Cast(ACC, gamma[(ko * TX + vt) * V + v])
-                                        + T.Cast(ACC, beta[(ko * TX + vt) * V + v]))) * T.Cast(
+                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, h_vec[v]) * T.Cast(
                                         ACC, w_reg[vj, vt, ko, v])
             _row_sum(partial, row_acc, bx, NB, TX, TY)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -237,7 +228,16 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            _load_row_slices(w, x, w_reg, x_reg, bx, NB, TX, TY, KO, V, CV, N)
+            _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    for ko in T.serial(KO, annotations=UNROLL):
+                        for v in T.vectorized(V):
+                            with T.sblock("x_load"):            # x's slice of the thread, as W's
+                                vj = T.axis.spatial(NP, bx * TY + ty)
+                                vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
+                                T.where(ko * TX + tx < CV)
+                                x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
             # 3. x times W, in float32
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
