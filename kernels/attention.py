@@ -372,8 +372,7 @@ def pad_keys(a, n_ctx):
 # attends over its chunk alone, and a second, small kernel merges the chunks' partial results:
 # 4.1 us + 1.8 us in the same graph (docs/results/trace_decode_h200.md).
 
-def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32",
-                          one_block_per_head: bool = False):
+def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32"):
     """One decode step of attention for a GPU, the new token's K and V appended to the cache:
 
         k_cache[h, pos, :] = k,  v_cache[h, pos, :] = v                    (k, v: the new token's, from qkv)
@@ -396,11 +395,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     2. merge: one block per head, one thread per element d, over the chunks c <= pos / KC:
          M = max_c m_c,  out[d] = sum_c o_part[h, c, d] e^(m_c - M) / sum_c l_c e^(m_c - M);
        then the new token's K and V go into the cache (nothing reads them there in this call).
-    one_block_per_head (CUDA): the S chunks of a head are S groups of threads (threadIdx.z) of one block,
-    and the merge runs in that block after a barrier: one kernel, not two. On an H200 kernel 2 costs
-    1.8 us a layer in the CUDA graph, most of it its launch. It needs S * KC <= 1024 threads a block
-    (n_ctx <= 1024: GPT-2's), and __syncthreads making the block's global writes visible to the block,
-    which WebGPU's workgroupBarrier does not (webgpu keeps the two kernels).
+    Tried and measured slower (H200, gpt2 fp16, in the CUDA graph): one block per head, the 16 chunks as
+    16 groups of its 1024 threads, merged in the block after a barrier (one kernel, not two): 9.5 us a
+    call against 4.0 + 1.8. All of a head's loads then go through one SM.
     Keys j == pos are read from qkv, never from the cache, which holds stale values (possibly NaN)
     from there on. Every phase issues all of its loads, unconditionally, before it uses any: on an
     H200 a load under a branch of its own, used at once, cost a memory latency per key.
@@ -416,37 +413,6 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
-    fold = one_block_per_head and n_chunks * kc <= 1024                              # merge in kernel 1
-    G = T.int64(n_chunks if fold else 1)                                           # chunks a block
-    NB = T.int64(n_head * n_chunks // int(G))                                      # blocks of kernel 1
-
-    @T.macro(hygienic=False)
-    def _merge(vh, vd):
-        """out[0, vh*D + vd] from the chunks' partials, then the new K, V into the cache (see 2. above)."""
-        ml = T.sblock_alloc_buffer((S * 2,), ACC, scope="local")
-        o = T.sblock_alloc_buffer((S,), ACC, scope="local")
-        m_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
-        l_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
-        o_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
-        for c in T.unroll(S):            # every chunk's loads first, unconditional (see qk) ...
-            ml[c * 2] = ml_part[vh, c, 0]
-            ml[c * 2 + 1] = ml_part[vh, c, 1]
-            o[c] = o_part[vh, c, vd]
-        for c in T.unroll(S):            # ... then chunks past pos dropped (whatever they hold)
-            ml[c * 2] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2], lowest)
-            ml[c * 2 + 1] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2 + 1], T.float32(0))
-            o[c] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), o[c], T.float32(0))
-        m_all[0] = lowest
-        for c in T.unroll(S):
-            m_all[0] = T.max(m_all[0], ml[c * 2])
-        l_all[0] = T.float32(0)
-        o_all[0] = T.float32(0)
-        for c in T.unroll(S):            # chunks past pos: l = o = 0
-            l_all[0] = l_all[0] + ml[c * 2 + 1] * T.exp(ml[c * 2] - m_all[0])
-            o_all[0] = o_all[0] + o[c] * T.exp(ml[c * 2] - m_all[0])
-        out[0, vh * D + vd] = T.Cast(dtype, o_all[0] / l_all[0])
-        k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
-        v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
 
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -461,132 +427,136 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         partial = T.sblock_alloc_buffer((H, S, NY, D), ACC, scope="shared")   # pv's per-group sums
         # registers: indexed by (head, chunk, group, lane, ...) so that TVM compacts it to one thread's JY * VEC
         v_reg = T.sblock_alloc_buffer((H, S, NY, NX, JY * VEC), dtype, scope="local")
-        # --- kernel 1: one block per (head, chunk), or per head with one_block_per_head (G = S) ---
-        for b in T.thread_binding(NB, thread="blockIdx.x"):
-                # the V vectors pv needs, loaded before anything else: their memory latency then passes while
-                # qk, the two reductions and exp run, instead of after them. Unconditional (keys past pos read
-                # row max(pos - 1, 0): in bounds, cheap) and selected away in pv.
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("v_load"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
-                            for jy in T.unroll(JY):
-                                for e in T.vectorized(VEC):
-                                    v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
-                                        "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("qk"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vt = T.axis.spatial(KC, ty * NX + tx)
-                            q_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
-                            k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")      # key j from the cache
-                            k_new = T.sblock_alloc_buffer((D,), dtype, scope="local")      # the new token's key
-                            dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                            # every load first and unconditional, then the products: a load under a branch, or
-                            # used as soon as it is issued, costs a memory latency of its own. Keys past pos
-                            # read row max(pos - 1, 0) (in bounds, cheap: one row) and are selected away below.
-                            for dv in T.unroll(DV):
-                                for e in T.vectorized(VEC):
-                                    q_row[dv * VEC + e] = qkv[0, vh * D + dv * VEC + e]
-                                    k_row[dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast("int64", T.max(
-                                        pos[0] - 1, 0))), dv * VEC + e]
-                                    k_new[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
-                            dot[0] = T.float32(0)
-                            for d in T.unroll(D):
-                                dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(
-                                    ACC, T.if_then_else(vc * KC + vt < T.Cast("int64", pos[0]), k_row[d], k_new[d]))
-                            s[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]), dot[0] * scale,
-                                                           lowest)
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("c_max"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vt = T.axis.reduce(KC, ty * NX + tx)
-                            with T.init():
-                                c_max[vh, vc] = lowest
-                            c_max[vh, vc] = T.max(c_max[vh, vc], s[vh, vc, vt])
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("exp"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vt = T.axis.spatial(KC, ty * NX + tx)
-                            p[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]),
-                                                           T.exp(s[vh, vc, vt] - c_max[vh, vc]), T.float32(0))
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("c_sum"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vt = T.axis.reduce(KC, ty * NX + tx)
-                            with T.init():
-                                c_sum[vh, vc] = T.float32(0)
-                            c_sum[vh, vc] = c_sum[vh, vc] + p[vh, vc, vt]
-                # partial[ty, d] = sum over the chunk's keys t = ty, ty + NY, ... of p[t] * v_j[d] (VEC d's a lane)
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("pv"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
-                            acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
-                            v_all = T.sblock_alloc_buffer((JY * VEC,), dtype, scope="local")
-                            v_new = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
-                            # 0 past pos -- not just p = 0, since 0 * a stale NaN would be NaN
+        # --- kernel 1: one block per (head, chunk) ---
+        for b in T.thread_binding(H * S, thread="blockIdx.x"):
+            # the V vectors pv needs, loaded before anything else: their memory latency then passes while
+            # qk, the two reductions and exp run, instead of after them. Unconditional (keys past pos read
+            # row max(pos - 1, 0): in bounds, cheap) and selected away in pv.
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("v_load"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
+                        for jy in T.unroll(JY):
                             for e in T.vectorized(VEC):
-                                v_new[e] = qkv[0, C * 2 + vh * D + vx * VEC + e]
-                            for jy in T.unroll(JY):
-                                for e in T.vectorized(VEC):
-                                    v_all[jy * VEC + e] = T.if_then_else(
-                                        vc * KC + jy * NY + vy < T.Cast("int64", pos[0]),
-                                        v_reg[vh, vc, vy, vx, jy * VEC + e],
-                                        T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]), v_new[e],
-                                                       T.Cast(dtype, 0)))
+                                v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("qk"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.spatial(KC, ty * NX + tx)
+                        q_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
+                        k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")      # key j from the cache
+                        k_new = T.sblock_alloc_buffer((D,), dtype, scope="local")      # the new token's key
+                        dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                        # every load first and unconditional, then the products: a load under a branch, or
+                        # used as soon as it is issued, costs a memory latency of its own. Keys past pos
+                        # read row max(pos - 1, 0) (in bounds, cheap: one row) and are selected away below.
+                        for dv in T.unroll(DV):
+                            for e in T.vectorized(VEC):
+                                q_row[dv * VEC + e] = qkv[0, vh * D + dv * VEC + e]
+                                k_row[dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast("int64", T.max(
+                                    pos[0] - 1, 0))), dv * VEC + e]
+                                k_new[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
+                        dot[0] = T.float32(0)
+                        for d in T.unroll(D):
+                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(
+                                ACC, T.if_then_else(vc * KC + vt < T.Cast("int64", pos[0]), k_row[d], k_new[d]))
+                        s[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]), dot[0] * scale,
+                                                       lowest)
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("c_max"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.reduce(KC, ty * NX + tx)
+                        with T.init():
+                            c_max[vh, vc] = lowest
+                        c_max[vh, vc] = T.max(c_max[vh, vc], s[vh, vc, vt])
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("exp"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.spatial(KC, ty * NX + tx)
+                        p[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]),
+                                                       T.exp(s[vh, vc, vt] - c_max[vh, vc]), T.float32(0))
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("c_sum"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.reduce(KC, ty * NX + tx)
+                        with T.init():
+                            c_sum[vh, vc] = T.float32(0)
+                        c_sum[vh, vc] = c_sum[vh, vc] + p[vh, vc, vt]
+            # partial[ty, d] = sum over the chunk's keys t = ty, ty + NY, ... of p[t] * v_j[d] (VEC d's a lane)
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("pv"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vy, vx = T.axis.spatial(NY, ty), T.axis.spatial(NX, tx)
+                        acc = T.sblock_alloc_buffer((VEC,), ACC, scope="local")
+                        v_all = T.sblock_alloc_buffer((JY * VEC,), dtype, scope="local")
+                        v_new = T.sblock_alloc_buffer((VEC,), dtype, scope="local")
+                        # 0 past pos -- not just p = 0, since 0 * a stale NaN would be NaN
+                        for e in T.vectorized(VEC):
+                            v_new[e] = qkv[0, C * 2 + vh * D + vx * VEC + e]
+                        for jy in T.unroll(JY):
+                            for e in T.vectorized(VEC):
+                                v_all[jy * VEC + e] = T.if_then_else(
+                                    vc * KC + jy * NY + vy < T.Cast("int64", pos[0]),
+                                    v_reg[vh, vc, vy, vx, jy * VEC + e],
+                                    T.if_then_else(vc * KC + jy * NY + vy == T.Cast("int64", pos[0]), v_new[e],
+                                                   T.Cast(dtype, 0)))
+                        for e in T.serial(VEC):
+                            acc[e] = T.float32(0)
+                        for jy in T.unroll(JY):
                             for e in T.serial(VEC):
-                                acc[e] = T.float32(0)
-                            for jy in T.unroll(JY):
-                                for e in T.serial(VEC):
-                                    acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_all[jy * VEC + e])
-                            for e in T.serial(VEC):
-                                partial[vh, vc, vy, vx * VEC + e] = acc[e]
-            for tz in T.thread_binding(G, thread="threadIdx.z"):
-                for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                        with T.sblock("part"):
-                            vh, vc = T.axis.spatial(H, (b * G + tz) // S), T.axis.spatial(S, (b * G + tz) % S)
-                            vd = T.axis.spatial(D, ty * NX + tx)
-                            T.where(ty * NX + tx < D)
-                            total = T.sblock_alloc_buffer((1,), ACC, scope="local")
-                            total[0] = T.float32(0)
-                            for g in T.serial(NY, annotations=unroll):
-                                total[0] = total[0] + partial[vh, vc, g, vd]
-                            o_part[vh, vc, vd] = total[0]
-                            if vd == T.int64(0):
-                                ml_part[vh, vc, 0] = c_max[vh, vc]
-                                ml_part[vh, vc, 1] = c_sum[vh, vc]
-            if fold:    # all chunks of the head in this block: merge them here, after a barrier that makes the
-                        # block's global writes (o_part, ml_part) visible to all of its threads
-                T.evaluate(T.tvm_storage_sync("shared"))
-                for tz in T.thread_binding(G, thread="threadIdx.z"):
-                    for ty in T.thread_binding(NY, thread="threadIdx.y"):
-                        for tx in T.thread_binding(NX, thread="threadIdx.x"):
-                            with T.sblock("merge"):
-                                vh, vd = T.axis.spatial(H, b), T.axis.spatial(D, ty * NX + tx)
-                                T.where(tz == T.int64(0) and ty * NX + tx < D)
-                                _merge(vh, vd)
-
+                                acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_all[jy * VEC + e])
+                        for e in T.serial(VEC):
+                            partial[vh, vc, vy, vx * VEC + e] = acc[e]
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("part"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vd = T.axis.spatial(D, ty * NX + tx)
+                        T.where(ty * NX + tx < D)
+                        total = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                        total[0] = T.float32(0)
+                        for g in T.serial(NY, annotations=unroll):
+                            total[0] = total[0] + partial[vh, vc, g, vd]
+                        o_part[vh, vc, vd] = total[0]
+                        if vd == T.int64(0):
+                            ml_part[vh, vc, 0] = c_max[vh, vc]
+                            ml_part[vh, vc, 1] = c_sum[vh, vc]
         # --- kernel 2: merge the chunks, one block per head ---
-        if not fold:
-            for bh in T.thread_binding(H, thread="blockIdx.x"):
-                for tx in T.thread_binding(D, thread="threadIdx.x"):
-                    with T.sblock("merge"):
-                        vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
-                        _merge(vh, vd)
+        for bh in T.thread_binding(H, thread="blockIdx.x"):
+            for tx in T.thread_binding(D, thread="threadIdx.x"):
+                with T.sblock("merge"):
+                    vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
+                    ml = T.sblock_alloc_buffer((S * 2,), ACC, scope="local")
+                    o = T.sblock_alloc_buffer((S,), ACC, scope="local")
+                    m_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    l_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    o_all = T.sblock_alloc_buffer((1,), ACC, scope="local")
+                    for c in T.unroll(S):            # every chunk's loads first, unconditional (see qk) ...
+                        ml[c * 2] = ml_part[vh, c, 0]
+                        ml[c * 2 + 1] = ml_part[vh, c, 1]
+                        o[c] = o_part[vh, c, vd]
+                    for c in T.unroll(S):            # ... then chunks past pos dropped (whatever they hold)
+                        ml[c * 2] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2], lowest)
+                        ml[c * 2 + 1] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), ml[c * 2 + 1], T.float32(0))
+                        o[c] = T.if_then_else(c * KC <= T.Cast("int64", pos[0]), o[c], T.float32(0))
+                    m_all[0] = lowest
+                    for c in T.unroll(S):
+                        m_all[0] = T.max(m_all[0], ml[c * 2])
+                    l_all[0] = T.float32(0)
+                    o_all[0] = T.float32(0)
+                    for c in T.unroll(S):            # chunks past pos: l = o = 0
+                        l_all[0] = l_all[0] + ml[c * 2 + 1] * T.exp(ml[c * 2] - m_all[0])
+                        o_all[0] = o_all[0] + o[c] * T.exp(ml[c * 2] - m_all[0])
+                    out[0, vh * D + vd] = T.Cast(dtype, o_all[0] / l_all[0])
+                    k_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C + vh * D + vd]
+                    v_cache[vh, T.Cast("int64", pos[0]), vd] = qkv[0, C * 2 + vh * D + vd]
 
     return decode_attention
 
