@@ -106,23 +106,6 @@ def _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N):
 
 
 @T.macro(hygienic=False)
-def _pin_w_loads(w, bx, TX, TY, N):
-    """0. (CUDA) thread 0 of each row: `prefetch.global.L2` of the row's first 128 bytes. A hint that
-    costs one instruction; what it is here for is that it is an asm statement taking W's address: LLVM
-    then no longer treats W as read-only memory nothing else touches, and stops sinking the loads of
-    step 1 below the layernorm's barriers (without it, SASS shows them after the statistics: the
-    block's weights only start coming once its layernorm is done)."""
-    for ty in T.thread_binding(TY, thread="threadIdx.y"):
-        for tx in T.thread_binding(TX, thread="threadIdx.x"):
-            with T.sblock("pin_w_loads"):
-                vj = T.axis.spatial(N, bx * TY + ty)
-                T.where(tx == T.int64(0) and bx * TY + ty < N)
-                T.reads(w[vj, 0])
-                T.writes()
-                T.ptx.prefetch.global_.L2(T.address_of(w[vj, 0]))
-
-
-@T.macro(hygienic=False)
 def _row_sum(partial, row_acc, bx, NB, TX, TY):
     """4. a row's TX partial sums added across its threads (spatial loops outside, lanes innermost: what
     TVM's cross-thread reduction lowering needs); the epilogue then stores from thread 0 of the row."""
@@ -137,12 +120,11 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
-                          gelu: bool = False, max_lanes: int = 8, pin_loads: bool = False):
+                          gelu: bool = False, max_lanes: int = 8):
     """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
-    are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
-    pin_loads (CUDA only: inline PTX): step 0, so that W's loads are issued before the layernorm."""
+    are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes)."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -169,8 +151,6 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
         h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            if pin_loads:
-                _pin_w_loads(w, bx, TX, TY, N)
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):

@@ -96,9 +96,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
             decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
-            pin = gpu == "cuda"             # W's loads issued before the layernorm (ln_linear._pin_w_loads)
-            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pin)
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pin)
+            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes)
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes)
             # ... and the two c_proj + residual adds streamed the same way
             attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes)
             mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes)
