@@ -42,6 +42,10 @@ Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), a
   - a cp.async.bulk.prefetch.L2 of each row first (sm_90), to have the weights coming during the
     layernorm: qkv 7.4 -> 9.1 us; and the same from decode_attention for the next two linears' weights,
     while the attention waits on latencies: 4.6 -> 7.6 us a call, the linears barely faster.
+  - W's loads issued before the layernorm's barriers (a `prefetch.global.L2` of one line per row, an
+    asm statement taking W's address, stops LLVM sinking them; SASS confirmed the order): slower too,
+    gpt2's qkv 3.2 -> 3.6 us, gpt2-xl's c_fc 8.9 -> 9.6 us. The loads as LLVM places them, after the
+    statistics, are what is kept.
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
