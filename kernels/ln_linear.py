@@ -25,6 +25,7 @@ for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
                 TX is the fewest lanes that need at most KO_MAX loads each, so that every load can be in
                 flight at once: the bytes in flight, not the arithmetic, keep HBM busy (Little's law:
                 ~4 TB/s x ~1 us of latency = ~4 MB over the chip). A warp reads 512 contiguous bytes a load.
+                (In ln_linear, LLVM issues them after the layernorm's statistics: see "not kept" below.)
   2. layernorm  (ln_linear) the statistics of x, reduced over the whole block (warp shuffles + shared
                 memory), then h = layernorm(x) into shared memory, once per block; (linear_residual) the
                 thread's slice of x into registers, as W's.
