@@ -15,7 +15,9 @@ layernorm fused in front saves a launch and a round trip of its [1, C] output th
 
 Written already scheduled (thread bindings, registers), like attention.py's make_decode_attention: no
 DLight rule matches "a layernorm feeding a matrix-vector product", so the rule list leaves these alone
-(`tirx.is_scheduled`); the residual variant is here so that all of decode's linears stream the same way.
+(`tirx.is_scheduled`). The residual variant serves the MLP's c_proj (rows 4C long: gpt2-xl 8.4 -> 7.1 us
+a call on an H200, against DLight's GEMV); for the attention's (C x C) DLight's GEMV was faster on
+gpt2-xl (3.3 against 4.1 us: 200 blocks of 256 threads on 132 SMs), so the model leaves that one to it.
 
 The work is split by output rows. A row j is owned by TX threads (threadIdx.x: one warp, or 2-8 warps
 for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
