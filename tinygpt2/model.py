@@ -23,8 +23,9 @@ with the same grids (one CUDA graph captures the whole step). The linears that f
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 When the rule list asks for `fused-decode` on a GPU, decode's attention is one call
 (`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end),
-ln_1 / ln_2 fold into the linear after them (`ln_linear_*`) and the MLP's c_proj is hand-scheduled too; with `hand-softmax`, prefill's causal
-softmax is hand-scheduled too: kernels written already scheduled, that no rule touches.
+ln_1 / ln_2 fold into the linear after them (`ln_linear_*`) and the MLP's c_proj is hand-scheduled;
+with `hand-softmax`, prefill's causal softmax is hand-scheduled too: kernels written already
+scheduled, that no rule touches.
 """
 
 from __future__ import annotations
