@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -17,9 +17,18 @@ case "$1" in
   # decode, plain graph vs the hand-scheduled fused kernels, in one loan (docs/results/README.md)
   bench-fused) for r in default fused; do tg bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 \
                 --rules $r --peers none --decode-tokens 64 --repeats 3 --profile --out "$OUT/bench-$r"; done ;;
-  # decode's kernels as they run inside the CUDA graph (Nsight Systems), plain graph vs fused kernels
+  # decode's kernels as they run inside the CUDA graph (CUPTI), plain graph vs fused kernels
   trace)      for r in ${2:-default fused}; do python3 scripts/trace_decode.py ${MODEL:-random:gpt2} float16 $r 20 \
                 --out="$OUT/trace" | tee -a "$OUT/trace.md"; done ;;
+  # one loan's whole round for preset `fused` (about 530 s at most: with install.sh, under a call's 600): decode's kernels in the
+  # graph for gpt2 and gpt2-xl, the logits check, then the bench of each beside its peers
+  round)      for m in random:gpt2 random:gpt2-xl; do MODEL=$m timeout 70 bash "$0" trace fused || true; done
+              timeout 100 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                | tee "$OUT/gpu_check_fused.md" || true
+              (cd /tmp && timeout 110 python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16 \
+                --rules fused --out "$OUT/bench-gpt2") || true
+              (cd /tmp && timeout 180 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
+                --rules fused --prompt-lens 1024 --peers hf-eager --repeats 3 --out "$OUT/bench-xl") || true ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
