@@ -120,9 +120,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     tuned    -- GPU, for prefill: default with tinygpt2's tensor-core-matmul before it (attention's
                 q.k^T and p.v on tensor cores too, where DLight keeps them on CUDA cores) and
                 hand-softmax (the causal softmax hand-scheduled, each score read once).
-    fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, and
-                ln + linear, as hand-scheduled kernels) and small-block-gemv before gemv: the
-                fastest list measured, prefill and decode.
+    fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
+                linear, and the MLP's c_proj + residual, as hand-scheduled kernels) and
+                small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
     """
