@@ -73,6 +73,11 @@ class VMExecutor(Executor):
         self._decode_pos = empty((1,), "int32", device)
         self._history = empty((config.n_positions + 1,), "int32", device)   # history[p]: greedy token for p
         self._greedy_args = (self._decode_ids, self._decode_pos, self._history, *self.cache.tensors, *self.params)
+        self._next_on_device = None     # (token, position) that ids/pos already hold after greedy steps
+
+    def reset(self):
+        self._next_on_device = None
+        super().reset()
 
     def greedy(self, token: int, count: int) -> list[int]:
         """Append `token`, then `count - 1` greedy tokens, on the device; returns the `count` greedy tokens.
@@ -87,16 +92,19 @@ class VMExecutor(Executor):
             raise GenerationError("decode() before prefill(): there is no sequence to continue")
         start = self.cache.length                           # the position `token` goes to
         m = self.cache.reserve(count)
-        self._decode_ids.copyfrom(self._check_ids([token]))
-        self._decode_pos.copyfrom(np.array([start], np.int32))
+        if self._next_on_device != (token, start):          # else the last step left them there (advance)
+            self._decode_ids.copyfrom(self._check_ids([token]))
+            self._decode_pos.copyfrom(np.array([start], np.int32))
         step = self._fns["decode_greedy"]
         for _ in range(count):
             step(*self._greedy_args)                        # asynchronous: a CUDA graph launch on cuda
-        new = self._history.numpy()[start + 1:start + 1 + count]     # waits for the last step
+        new = [int(t) for t in self._history.numpy()[start + 1:start + 1 + count]]   # waits for the last step
         self.cache.commit(m)
-        return [int(t) for t in new]
+        self._next_on_device = (new[-1], m)
+        return new
 
     def _run(self, fn: str, ids: np.ndarray, m: int) -> np.ndarray:
+        self._next_on_device = None
         if fn == "decode":
             self._decode_ids.copyfrom(ids)
             self._decode_pos.copyfrom(np.array([m - 1], np.int32))     # the new token's position

@@ -63,7 +63,7 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     row.ttft_ms = 1000 * _median_time(lambda: int(np.argmax(m.prefill(ids[:decode_prompt]))), repeats)
     steps = min(decode_tokens, cfg.n_positions - decode_prompt)
     # greedy decode as `generate` runs it: on llvm/cuda the argmax is taken on the device and
-    # GREEDY_CHUNK steps are queued per round trip (runtime/executor.py); elsewhere (WebGPU), and as a
+    # greedy_chunk() steps are queued per round trip (runtime/executor.py); elsewhere (WebGPU), and as a
     # second number on llvm/cuda, every step's logits come to the host and numpy takes the argmax
     row.decode_tok_s = steps / _greedy_time(m, ids[:decode_prompt], steps, on_device=hasattr(m.executor, "greedy"))
     notes = []
@@ -79,14 +79,14 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
 
 def _greedy_time(m, prompt, steps: int, on_device: bool) -> float:
     """Seconds for `steps` greedy decode steps after prefilling `prompt` (a warm-up run first)."""
-    from tinygpt2.runtime.generate import GREEDY_CHUNK
+    from tinygpt2.runtime.generate import greedy_chunk
     for _ in range(2):                                               # warm-up run, then the measured one
         token = int(np.argmax(m.prefill(prompt)))
         t = time.perf_counter()
         if on_device:
             done = 0
             while done < steps:
-                count = min(GREEDY_CHUNK, steps - done)
+                count = min(greedy_chunk(done + 1), steps - done)     # done + 1: prefill gave one
                 token = m.executor.greedy(token, count)[-1]
                 done += count
         else:
