@@ -4,12 +4,12 @@ Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_fun
 loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
 memory) because no rule matches them: attention.make_decode_attention and ln_linear's
-make_ln_linear_decode / make_linear_residual_decode (the rule list entry `fused-decode` asks for
-them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`).
+make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
+entry `fused-decode` asks for them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`).
 Installed as `tinygpt2.kernels`.
 """
 
-from .argmax import advance_ref, argmax_ref, make_advance, make_argmax
+from .argmax import advance_ref, argmax_ref, make_advance, make_argmax, make_argmax_advance_gpu
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, decode_attention_ref,
                         decode_attention_parts,
                         make_attn_scores, make_causal_softmax_gpu, make_decode_attention,

@@ -99,6 +99,25 @@ def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():
     assert "o_part" in kernels["decode_attention_n1_kernel_1"]               # the chunks merged per head
 
 
+def test_fused_greedy_tail_is_one_kernel_reading_each_logit_once():
+    """With fused-decode, decode_greedy's argmax + advance (three kernels in the plain graph) are one
+    block of 1024 threads (kernels/argmax.py: make_argmax_advance_gpu): its loads of the logits are
+    issued in groups (25 a group for GPT-2's vocabulary), each logit once, and the reductions are warp
+    shuffles."""
+    from tinygpt2.runtime.plan import build_plan
+
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float32", ["fused-decode", "gemv", "general-reduction",
+                                                                   "fallback"], arch="sm_90a")
+    tail = [ln.kernel for ln in build_plan(sched.mod, "decode_greedy").launches][-2:]
+    assert tail == ["lm_head_n1", "argmax_advance_n1"] and sched.rule_of["argmax_advance_n1"] == C.HAND_SCHEDULED
+    assert not {"argmax_n1", "advance_n1"} & set(sched.rule_of)           # the plain kernels are not built
+    source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    kernel = cuda_kernels(sched, tgt)["argmax_advance_n1_kernel"]
+    assert "__launch_bounds__(1024) argmax_advance_n1_kernel" in source
+    assert kernel.count("logits_ptr[") == 1 + 25                         # the first logit, then a group of 25
+    assert "__shfl_down_sync" in kernel
+
+
 def test_hand_softmax_reads_each_score_once():
     """`hand-softmax` swaps prefill's causal softmax for make_causal_softmax_gpu: one global read of a
     score per key a thread holds (n_ctx 64: one), where GeneralReduction's schedule reads the row in

@@ -276,3 +276,26 @@ def test_advance_feeds_the_next_decode_step(rng, pos):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     assert got[0][0] == 123 and got[1][0] == pos + 1 and got[2][pos + 1] == 123
+
+
+@pytest.mark.parametrize("n_vocab,threads,tie", [(V, 256, (17, 250)),       # under two logits a thread
+                                                 (50257, 256, (40000, 50256)),  # GPT-2's: groups, a tail
+                                                 (50257, 1024, (3, 4)),     # CUDA's 1024 threads
+                                                 (7, 256, (2, 6))])         # fewer logits than threads
+def test_argmax_advance_gpu_on_webgpu(rng, n_vocab, threads, tie):
+    """decode_greedy's hand-scheduled tail (fused-decode): argmax then advance in one kernel of one
+    block, run on the WebGPU adapter (llvmpipe in CI) against the two references in sequence; the
+    lower id wins a tie, as numpy's argmax."""
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    logits = rand(rng, 1, n_vocab)
+    logits[0, list(tie)] = logits.max() + 1
+    ids, pos = np.array([5], np.int32), np.array([P - 2], np.int32)
+    history = rng.integers(0, n_vocab, P + 1).astype(np.int32)
+    func = K.make_argmax_advance_gpu(n_vocab, P, threads)
+    out_logits, *got, nxt = run_kernel(func, [logits, ids, pos, history, np.full(1, -1, np.int32)])
+    np.testing.assert_array_equal(nxt, K.argmax_ref(logits))
+    assert nxt[0] == tie[0]
+    for g, w in zip(got, K.advance_ref(nxt, ids, pos, history)):      # ids, pos, history
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(out_logits, logits)

@@ -63,7 +63,7 @@ class _HostGreedy:
 
 @pytest.mark.parametrize("stop_after", [None, 3, 20])
 def test_greedy_on_the_device_equals_greedy_on_the_host(tiny, stop_after):
-    """decode_greedy (argmax on the device, 16 steps queued per round trip) gives the host loop's ids,
+    """decode_greedy (argmax on the device, 16, then 17, then 6 steps queued per round trip) gives the host loop's ids,
     and leaves the cache as the host loop does, also when a stop string ends it mid-chunk."""
     from tinygpt2.runtime.generate import generate
     ids = tiny.tokenizer.encode(PROMPT)

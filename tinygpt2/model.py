@@ -23,7 +23,8 @@ with the same grids (one CUDA graph captures the whole step). The linears that f
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 When the rule list asks for `fused-decode` on a GPU, decode's attention is one call
 (`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end),
-ln_1 / ln_2 fold into the linear after them (`ln_linear_*`) and the MLP's c_proj is hand-scheduled;
+ln_1 / ln_2 fold into the linear after them (`ln_linear_*`), the MLP's c_proj is hand-scheduled and
+decode_greedy's argmax and advance are one kernel (`argmax_advance`);
 with `hand-softmax`, prefill's causal softmax is hand-scheduled too: kernels written already
 scheduled, that no rule touches.
 """
@@ -167,11 +168,18 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
                             [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
-            if greedy:
+            if greedy and fused:
+                # the same as below, as one hand-scheduled kernel of one block (kernels/argmax.py)
+                argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
+                                          256 if gpu == "webgpu" else 1024)        # WebGPU: 256 threads at most
+                nxt, *_ = b.call_inplace("next", argmax_advance, [logits, ids, where, history], [-1, 1, 2, 3],
+                                         fresh=[([1], "int32")])
+            elif greedy:
                 # the next token, chosen on the device and left where the next step reads it
                 nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
                 b.call_inplace("advance", b.kernel("advance", K.make_advance, P), [nxt, ids, where, history],
                                [1, 2, 3])
+            if greedy:
                 # returns the token; returning the updated `history` instead trips RewriteCUDAGraph
                 # (TVM 0.27: "Var gv1 is not defined" in VM codegen)
                 out = bb.emit_output(nxt)
@@ -194,7 +202,8 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
       "fused-decode": on a GPU a decode step is bound by launches and weight streaming; kernels that
         no rule schedules, `decode_attention` (kv_append + scores + softmax + values), `ln_linear_qkv` /
         `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it) and the MLP's c_proj +
-        residual (kernels/ln_linear.py): 5 calls a layer, not 10;
+        residual (kernels/ln_linear.py): 5 calls a layer, not 10; and decode_greedy's argmax + advance
+        as one kernel (`argmax_advance`, kernels/argmax.py);
       "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu).
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the

@@ -30,7 +30,8 @@ class FusedDecode(dl.ScheduleRule):
     already scheduled, which no rule then touches: decode_attention (kv_append + scores + softmax +
     values in one call, split over chunks of keys), ln_linear_qkv / ln_linear_fc_gelu (ln_1 / ln_2
     folded into the linear after them) and linear_mlp_proj (the MLP's c_proj + the residual add, every
-    load of W issued up front): 5 calls a layer instead of 10.
+    load of W issued up front): 5 calls a layer instead of 10; and decode_greedy's argmax + advance as
+    one kernel of one block (argmax_advance: each logit read once).
     Without it the graph is the plain one, every kernel of it the rule list's to schedule. It matches
     no kernel itself.
     """
@@ -104,8 +105,8 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # on an H200: docs/results/README.md)
 GPU_TUNED = ["hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
-# the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 3818 tok/s with this list, 2864 with the
-# default one; gpt2-xl 582 and 493 (docs/results/README.md)
+# the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
+# default one, a day earlier), gpt2-xl at 609 (493) (docs/results/README.md)
 GPU_FUSED = ["fused-decode", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
@@ -121,7 +122,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 q.k^T and p.v on tensor cores too, where DLight keeps them on CUDA cores) and
                 hand-softmax (the causal softmax hand-scheduled, each score read once).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
-                linear, and the MLP's c_proj + residual, as hand-scheduled kernels) and
+                linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
+                kernels) and
                 small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
