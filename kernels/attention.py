@@ -397,7 +397,13 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
        then the new token's K and V go into the cache (nothing reads them there in this call).
     Tried and measured slower (H200, gpt2 fp16, in the CUDA graph): one block per head, the 16 chunks as
     16 groups of its 1024 threads, merged in the block after a barrier (one kernel, not two): 9.5 us a
-    call against 4.0 + 1.8. All of a head's loads then go through one SM.
+    call against 4.0 + 1.8. All of a head's loads then go through one SM. And on CUDA, no kernel 2: each
+    chunk's block fenced its partials (__threadfence), drew a ticket from a per-head counter (atomicAdd,
+    zeroed once a step by a one-block kernel), and the block drawing the last ticket merged, reading the
+    partials through L2 (__ldcg): logits right, but 5.97 us a call against 4.0 + 1.8 for gpt2 (the step
+    251.8 -> 258.4 us) and 6.37 against 4.6 + 1.86 for gpt2-xl (1663.7 -> 1660.1 us): the fence, the
+    atomic and the partials' round trip cost the last block what the merge kernel cost
+    (docs/results/trace_decode_h200_last_block_merge.md).
     Keys j == pos are read from qkv, never from the cache, which holds stale values (possibly NaN)
     from there on. Every phase issues all of its loads, unconditionally, before it uses any: on an
     H200 a load under a branch of its own, used at once, cost a memory latency per key.
