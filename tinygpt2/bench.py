@@ -63,7 +63,7 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     row.ttft_ms = 1000 * _median_time(lambda: int(np.argmax(m.prefill(ids[:decode_prompt]))), repeats)
     steps = min(decode_tokens, cfg.n_positions - decode_prompt)
     # greedy decode as `generate` runs it: the argmax is taken on the device and greedy_chunk() steps are
-    # queued per round trip (runtime/executor.py, runtime/webgpu.py); as a second number on llvm/cuda,
+    # queued per round trip (runtime/executor.py, runtime/webgpu.py); as a second number,
     # every step's logits come to the host and numpy takes the argmax
     row.decode_tok_s = steps / _greedy_time(m, ids[:decode_prompt], steps, on_device=hasattr(m.executor, "greedy"))
     notes = []
