@@ -133,7 +133,7 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
                     vt = T.axis.spatial(TH, tx)
                     vals = T.sblock_alloc_buffer((G,), "float32", scope="local")
                     t_pos[vt] = pos[0]
-                    t_best[vt] = logits[0, T.min(vt, V - one)]
+                    t_best[vt] = lowest           # all -inf: no logit beats it, thread 0 keeps id 0 (numpy's)
                     t_first[vt] = T.Cast("int32", T.min(vt, V - one))
                     for jo in T.serial(JO):
                         for g in T.unroll(G):

@@ -299,3 +299,14 @@ def test_argmax_advance_gpu_on_webgpu(rng, n_vocab, threads, tie):
     for g, w in zip(got, K.advance_ref(nxt, ids, pos, history)):      # ids, pos, history
         np.testing.assert_array_equal(g, w)
     np.testing.assert_array_equal(out_logits, logits)
+
+
+def test_argmax_advance_gpu_all_masked_picks_id_0():
+    """Every logit -inf: numpy's argmax is 0, and so is the kernel's (no logit beats its initial best)."""
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    logits = np.full((1, 300), -np.inf, np.float32)
+    *_, nxt = run_kernel(K.make_argmax_advance_gpu(300, P, 256), [logits, np.array([5], np.int32),
+                                                                 np.array([0], np.int32), np.zeros(P + 1, np.int32),
+                                                                 np.full(1, -1, np.int32)])
+    assert nxt[0] == np.argmax(logits[0]) == 0
