@@ -168,18 +168,17 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
                             [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
-            if greedy and fused:
-                # the same as below, as one hand-scheduled kernel of one block (kernels/argmax.py)
-                argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
-                                          256 if gpu == "webgpu" else 1024)        # WebGPU: 256 threads at most
-                nxt, *_ = b.call_inplace("next", argmax_advance, [logits, ids, where, history], [-1, 1, 2, 3],
-                                         fresh=[([1], "int32")])
-            elif greedy:
-                # the next token, chosen on the device and left where the next step reads it
-                nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
-                b.call_inplace("advance", b.kernel("advance", K.make_advance, P), [nxt, ids, where, history],
-                               [1, 2, 3])
             if greedy:
+                # the next token, chosen on the device and left where the next step reads it
+                if fused:           # argmax + advance as one hand-scheduled kernel of one block (kernels/argmax.py)
+                    argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
+                                              256 if gpu == "webgpu" else 1024)    # WebGPU: 256 threads at most
+                    nxt, *_ = b.call_inplace("next", argmax_advance, [logits, ids, where, history], [-1, 1, 2, 3],
+                                             fresh=[([1], "int32")])
+                else:
+                    nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
+                    b.call_inplace("advance", b.kernel("advance", K.make_advance, P), [nxt, ids, where, history],
+                                   [1, 2, 3])
                 # returns the token; returning the updated `history` instead trips RewriteCUDAGraph
                 # (TVM 0.27: "Var gv1 is not defined" in VM codegen)
                 out = bb.emit_output(nxt)
