@@ -75,10 +75,6 @@ class VMExecutor(Executor):
         self._greedy_args = (self._decode_ids, self._decode_pos, self._history, *self.cache.tensors, *self.params)
         self._next_on_device = None     # (token, position) that ids/pos already hold after greedy steps
 
-    def reset(self):
-        self._next_on_device = None
-        super().reset()
-
     def greedy(self, token: int, count: int) -> list[int]:
         """Append `token`, then `count - 1` greedy tokens, on the device; returns the `count` greedy tokens.
 
