@@ -1,0 +1,254 @@
+"""Prefill's causal attention as one kernel ("flash attention"), written already scheduled for a GPU.
+
+The same math as attention.py's three kernels (attn_scores -> causal_softmax -> attn_values):
+
+    out[i, h*D + d] = sum_{j <= m - n + i} softmax_j(q[i, h] . k_cache[h, j] / sqrt(D)) * v_cache[h, j, d]
+
+    qkv [n, 3C] (q is columns [0, C)), k_cache, v_cache [H, n_ctx, D] (K, V of the new tokens already
+    appended: kv_append runs first), m (the sequence length after the new tokens)  ->  out [n, C]
+
+but the [H, n, m] scores never go through memory. The three kernels wrote and read them twice
+(float32 scores, then the probabilities), over the whole square; at a 1024-token gpt2-xl prefill on
+an H200 they took 13.1 ms of 32 (docs/results/README.md). Here one thread block takes BQ queries of
+one head and walks the keys in tiles of BK, and only up to the diagonal: tiles wholly past every
+query's causal limit are never visited (half the square at m = n).
+
+    block b  -> head h = b % H, query tile qt (the longest rows first, so the last wave is short)
+    warp w   -> 16 query rows of the tile;  lane -> row r = lane // 2 of them, half = lane % 2
+    for each key tile kt <= the last one a row of the tile can see:
+      1. K, V tile -> shared memory (every thread, VEC-element vector loads)
+      2. S = Q K^T for the warp's 16 rows               -> s_s  (tensor cores or CUDA cores, below)
+      3. online softmax over the tile, per row (two lanes a row, each BK/2 keys):
+           m_new = max(m_i, max_j s_j * scale),  alpha = exp(m_i - m_new)
+           p_j = exp(s_j * scale - m_new) (0 past the row's causal limit), rounded to dtype -> p_s
+           l_i = l_i * alpha + sum_j p_j
+      4. PV = P V for the warp's 16 rows                -> s_s (the scores are used up by then)
+      5. o = o * alpha + PV  (each lane keeps D/2 of its row's outputs in registers)
+    out = o / l_i, for the rows i < n.
+
+Steps 2 and 4 are the matmuls. With `tensor_cores` (CUDA, float16) they are WMMA 16x16x16 fragment
+products (fp16 in, fp32 accumulate): the warp's Q is loaded into D/16 fragments once, K (as K^T,
+column-major) and P, V from shared memory each tile. WMMA hides which lane holds which element of a
+fragment, so the results go through shared memory (s_s) to the lanes that own the rows: that is why
+the softmax and the rescaling of o work on s_s, not on fragments. Without tensor cores (WebGPU, or
+float32) each lane computes its row's BK/2 scores and D/2 outputs as plain dot products from shared
+memory: the same algorithm, which is what the WebGPU tests check against numpy.
+
+Probabilities are rounded to dtype before P V, as Hugging Face does (`attn_weights.type(value.dtype)`),
+but here before the division by the row's sum, which comes at the end (flash attention's order): in
+float16 the two differ by about one rounding of p.
+
+Keys past m (the cache beyond the sequence holds stale values, possibly NaN) are never read: their
+rows are loaded as row m - 1 and masked out of the softmax (p = 0 times a finite v).
+
+Shared memory (CUDA, fp16, D = 64): q_s, k_s, v_s [64, 72] fp16 (rows padded by 8 halves: 16-byte
+aligned, fewer bank conflicts) and s_s [64, 68] fp32 = 45 KiB, under the 48 KiB of static shared
+memory a CUDA kernel may have. p_s, the probabilities, reuses k_s: K is no longer needed once S is
+computed, and the next tile's K is loaded after P V is done.
+"""
+
+import math
+
+import numpy as np
+
+from tinygpt2.tvm_shim import T
+
+from ._dtypes import ACC, F32_MIN, check_dtype, seq_len_var
+from .attention import attention_ref
+
+ROWS = 16                                    # query rows a warp owns (a WMMA fragment's height)
+LANES = 32                                   # threads a warp (two a row)
+
+
+def flash_layout(head_dim: int, dtype: str, tensor_cores: bool) -> dict[str, int]:
+    """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides."""
+    if tensor_cores:                         # 4 warps of 16 rows, keys in tiles of 64, 16-byte loads
+        warps, bk, vec = 4, 64, 16 // np.dtype(dtype).itemsize
+    else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
+        warps, bk, vec = 1, 32, 4
+    assert head_dim % 16 == 0 and head_dim % vec == 0, head_dim
+    pad = 8 if tensor_cores else 0           # WMMA wants strides that are whole 16-byte units
+    lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec,
+               dp=head_dim + pad,            # row stride of q_s, k_s, v_s (and p_s, which reuses k_s)
+               sp=max(bk, head_dim) + (4 if tensor_cores else 0))   # row stride of s_s (scores, then P V)
+    assert lay["bq"] <= lay["bk"] and lay["bk"] <= lay["dp"], "p_s [BQ, BK] lives in k_s [BK, DP]"
+    return lay
+
+
+def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16",
+                         tensor_cores: bool = False, seq_len: int | None = None):
+    """Causal attention of the n new queries over the cache, one kernel (the module docstring)."""
+    check_dtype(dtype)
+    assert not tensor_cores or dtype == "float16", "WMMA here is fp16 x fp16 -> fp32"
+    lay = flash_layout(head_dim, dtype, tensor_cores)
+    W, BQ, BK, VEC, DP, SP = (lay[k] for k in ("warps", "bq", "bk", "vec", "dp", "sp"))
+    NT = W * LANES                                       # threads a block
+    H, D, P, C = n_head, head_dim, n_ctx, n_head * head_dim
+    HALF_K, HALF_D = BK // 2, D // 2                     # a lane's keys of a tile, its outputs of a row
+    FD, FK = D // 16, BK // 16                           # 16 x 16 fragments along D and along a key tile
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+    tc = tensor_cores
+    n = seq_len_var(seq_len)                             # new tokens: symbolic, or fixed (tests)
+    # WebGPU: TVM's StorageRewrite turns a shared buffer written in vec4s into an array of vec4s, and
+    # then fails on the scalar reads of the dot products; element by element there
+    vectorized = T.vectorized if tc else T.serial
+
+    # index arithmetic, inlined where it is used (TVMScript would make `x = expr` a buffer of its own)
+    def n_qt(n):                                         # query tiles a head
+        return (n + BQ - 1) // BQ
+
+    def head(b):
+        return T.Cast("int64", b) % H
+
+    def q_tile(b, n):                                    # the longest rows first: the last wave is short
+        return n_qt(n) - 1 - T.Cast("int64", b) // H
+
+    def tid(tx, w):
+        return T.Cast("int64", w * LANES + tx)
+
+    def row(tx, w):                                      # this lane's row of the tile
+        return T.Cast("int64", w * ROWS + tx // 2)
+
+    def half(tx):                                        # which half of the row's keys (and outputs) it owns
+        return T.Cast("int64", tx % 2)
+
+    def visible(j, b, tx, w, n, m):                      # key j <= the row's absolute position m - n + i
+        return j <= m - n + q_tile(b, n) * BQ + row(tx, w)
+
+    def n_kt(b, n, m):                                   # key tiles up to the last the tile's last row sees
+        return (m - n + T.min(q_tile(b, n) * BQ + BQ, n) + BK - 1) // BK
+
+    def vec_row(it, tx, w):                              # vector `it * NT + tid` of a [rows, D] tile: its row
+        return (it * NT + tid(tx, w)) // (D // VEC)
+
+    def vec_col(it, tx, w, e):                           # ... and its element e's column
+        return (it * NT + tid(tx, w)) % (D // VEC) * VEC + e
+
+    @T.prim_func
+    def flash_attention(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), v_cache: T.Buffer((H, P, D), dtype),
+                        m: T.int64, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)               # [n, 3C]
+        out = T.match_buffer(out_h, (n, C), dtype)                   # [n, C]
+        b = T.launch_thread("blockIdx.x", n_qt(n) * H)
+        tx = T.launch_thread("threadIdx.x", LANES)
+        w = T.launch_thread("threadIdx.y", W)
+        q_s = T.alloc_buffer((BQ, DP), dtype, scope="shared")
+        k_s = T.alloc_buffer((BK, DP), dtype, scope="shared")
+        v_s = T.alloc_buffer((BK, DP), dtype, scope="shared")
+        s_s = T.alloc_buffer((BQ, SP), ACC, scope="shared")          # the tile's scores, then its P V
+        p_s = T.decl_buffer((BQ, DP), dtype, data=k_s.data, scope="shared")   # probabilities: k_s's memory
+        trade = T.alloc_buffer((BQ, 2), ACC, scope="shared")        # the two lanes of a row trade values here
+        o = T.alloc_buffer((HALF_D,), ACC, scope="local")            # this lane's D/2 outputs, unnormalized
+        m_i = T.alloc_buffer((1,), ACC, scope="local")               # the row's running max (of scaled scores)
+        l_i = T.alloc_buffer((1,), ACC, scope="local")               # this lane's half of the running sum
+        m_new = T.alloc_buffer((1,), ACC, scope="local")
+        alpha = T.alloc_buffer((1,), ACC, scope="local")             # exp(m_i - m_new): o and l_i's rescaling
+        p = T.alloc_buffer((1,), ACC, scope="local")
+        dot = T.alloc_buffer((1,), ACC, scope="local")
+        q_frag = T.alloc_buffer((FD * 16, 16), dtype, scope="wmma.matrix_a")
+        k_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_b")
+        p_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_a")
+        v_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_b")
+        acc = T.alloc_buffer((FK * 16, 16), ACC, scope="wmma.accumulator")
+
+        # Q of the tile -> q_s (rows past n read row n - 1: in bounds, their outputs are not written)
+        for it in T.unroll(BQ * D // VEC // NT):
+            for e in vectorized(VEC):
+                q_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = qkv[
+                    T.min(q_tile(b, n) * BQ + vec_row(it, tx, w), n - 1), head(b) * D + vec_col(it, tx, w, e)]
+        for c in T.unroll(HALF_D):
+            o[c] = T.float32(0)
+        m_i[0] = lowest
+        l_i[0] = T.float32(0)
+        T.tvm_storage_sync("shared")
+        if tc:      # the warp's 16 rows of Q as D/16 fragments, kept for every key tile
+            for f in T.unroll(FD):
+                T.tvm_load_matrix_sync(q_frag.data, 16, 16, 16, f, T.tvm_access_ptr(
+                    T.type_annotation(dtype), q_s.data, w * ROWS * DP + f * 16, ROWS * DP, 1), DP, "row_major")
+
+        for kt in T.serial(n_kt(b, n, m)):
+            # 1. K and V of the tile -> shared memory (keys past m read row m - 1, masked in step 3)
+            T.tvm_storage_sync("shared")
+            for it in T.unroll(BK * D // VEC // NT):
+                for e in vectorized(VEC):
+                    k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
+                        head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+                    v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
+                        head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+            T.tvm_storage_sync("shared")
+            # 2. S = Q K^T, the warp's 16 rows x BK keys -> s_s
+            if tc:
+                for f in T.unroll(FK):
+                    T.tvm_fill_fragment(acc.data, 16, 16, 16, f, T.float32(0))
+                    for kk in T.unroll(FD):       # K^T's 16 x 16 block (kk, f) is K's block (f, kk), column-major
+                        T.tvm_load_matrix_sync(k_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
+                            T.type_annotation(dtype), k_s.data, f * 16 * DP + kk * 16, 16 * DP, 1), DP, "col_major")
+                        T.tvm_mma_sync(acc.data, f, q_frag.data, kk, k_frag.data, 0, acc.data, f)
+                    T.tvm_store_matrix_sync(acc.data, 16, 16, 16, f, T.tvm_access_ptr(
+                        T.type_annotation(ACC), s_s.data, w * ROWS * SP + f * 16, ROWS * SP, 2), SP, "row_major")
+            else:
+                for c in T.serial(HALF_K):
+                    dot[0] = T.float32(0)
+                    for d in T.unroll(D):
+                        dot[0] = dot[0] + T.Cast(ACC, q_s[row(tx, w), d]) * T.Cast(ACC, k_s[half(tx) * HALF_K + c, d])
+                    s_s[row(tx, w), half(tx) * HALF_K + c] = dot[0]
+            T.tvm_storage_sync("shared")
+            # 3. online softmax: the tile's max of the row (this lane's half, then the other lane's) ...
+            m_new[0] = lowest
+            for c in T.unroll(HALF_K):
+                m_new[0] = T.max(m_new[0], T.if_then_else(visible(kt * BK + half(tx) * HALF_K + c, b, tx, w, n, m),
+                                                          s_s[row(tx, w), half(tx) * HALF_K + c] * scale, lowest))
+            trade[row(tx, w), half(tx)] = m_new[0]
+            T.tvm_storage_sync("shared")
+            # ... then m_new, alpha = exp(m_i - m_new), p = exp(s - m_new) rounded to dtype -> p_s, and l_i
+            m_new[0] = T.max(m_i[0], T.max(trade[row(tx, w), 0], trade[row(tx, w), 1]))
+            alpha[0] = T.exp(m_i[0] - m_new[0])
+            m_i[0] = m_new[0]
+            l_i[0] = l_i[0] * alpha[0]
+            for c in T.unroll(HALF_K):
+                p[0] = T.Cast(ACC, T.Cast(dtype, T.if_then_else(
+                    visible(kt * BK + half(tx) * HALF_K + c, b, tx, w, n, m),
+                    T.exp(s_s[row(tx, w), half(tx) * HALF_K + c] * scale - m_i[0]), T.float32(0))))
+                p_s[row(tx, w), half(tx) * HALF_K + c] = T.Cast(dtype, p[0])
+                l_i[0] = l_i[0] + p[0]
+            T.tvm_storage_sync("shared")
+            # 4. P V, the warp's 16 rows x D -> s_s
+            if tc:
+                for f in T.unroll(FD):
+                    T.tvm_fill_fragment(acc.data, 16, 16, 16, f, T.float32(0))
+                    for kk in T.unroll(FK):
+                        T.tvm_load_matrix_sync(p_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
+                            T.type_annotation(dtype), p_s.data, w * ROWS * DP + kk * 16, ROWS * DP, 1), DP, "row_major")
+                        T.tvm_load_matrix_sync(v_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
+                            T.type_annotation(dtype), v_s.data, kk * 16 * DP + f * 16, 16 * DP, 1), DP, "row_major")
+                        T.tvm_mma_sync(acc.data, f, p_frag.data, 0, v_frag.data, 0, acc.data, f)
+                    T.tvm_store_matrix_sync(acc.data, 16, 16, 16, f, T.tvm_access_ptr(
+                        T.type_annotation(ACC), s_s.data, w * ROWS * SP + f * 16, ROWS * SP, 2), SP, "row_major")
+            else:
+                for c in T.serial(HALF_D):
+                    dot[0] = T.float32(0)
+                    for j in T.unroll(BK):
+                        dot[0] = dot[0] + T.Cast(ACC, p_s[row(tx, w), j]) * T.Cast(ACC, v_s[j, half(tx) * HALF_D + c])
+                    s_s[row(tx, w), half(tx) * HALF_D + c] = dot[0]
+            T.tvm_storage_sync("shared")
+            # 5. o = o * alpha + P V
+            for c in T.unroll(HALF_D):
+                o[c] = o[c] * alpha[0] + s_s[row(tx, w), half(tx) * HALF_D + c]
+
+        # l of the row = this lane's half + the other lane's; out = o / l for the rows i < n
+        T.tvm_storage_sync("shared")
+        trade[row(tx, w), half(tx)] = l_i[0]
+        T.tvm_storage_sync("shared")
+        if q_tile(b, n) * BQ + row(tx, w) < n:
+            for c in T.unroll(HALF_D):
+                out[q_tile(b, n) * BQ + row(tx, w), head(b) * D + half(tx) * HALF_D + c] = T.Cast(
+                    dtype, o[c] / (trade[row(tx, w), 0] + trade[row(tx, w), 1]))
+
+    return flash_attention
+
+
+def flash_attention_ref(qkv, k_cache, v_cache, m):
+    """The kernel's math: causal attention of the n new queries over the first m cached keys."""
+    return attention_ref(qkv, k_cache, v_cache, m)
