@@ -5,7 +5,8 @@ loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states 
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
 memory) because no rule matches them: attention.make_decode_attention and ln_linear's
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
-entry `fused-decode` asks for them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`).
+entry `fused-decode` asks for them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`) and
+flash_attention.make_flash_attention (`flash-prefill`).
 Installed as `tinygpt2.kernels`.
 """
 
@@ -16,6 +17,7 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
 from .embedding import embedding_ref, make_embedding, make_embedding_decode
+from .flash_attention import flash_attention_ref, make_flash_attention
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm

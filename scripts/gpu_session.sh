@@ -29,6 +29,16 @@ case "$1" in
                 --rules fused --out "$OUT/bench-gpt2") || true
               (cd /tmp && timeout 180 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
                 --rules fused --prompt-lens 1024 --peers hf-eager --repeats 3 --out "$OUT/bench-xl") || true ;;
+  # prefill's one-kernel attention (flash-prefill, in `fused` since): its tests on the GPU, the logits check,
+  # then gpt2 / gpt2-xl prefill with `fused` against the list without it, beside HF eager, in one run
+  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_flash_attention.py") \
+                | tee "$OUT/test_flash.txt" || true
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                | tee "$OUT/gpu_check_flash.md" || true ;;
+  bench-flash) for r in fused fused-decode,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback; do
+                (cd /tmp && timeout 280 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} --dtypes float16 \
+                  --rules $r --peers ${PEERS:-hf-eager} --decode-tokens 16 --repeats 3 --profile --profile-prefill-len 1024 \
+                  --out "$OUT/bench-flash-$(echo $r | cut -c1-12)") || true; PEERS=none; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

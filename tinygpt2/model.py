@@ -25,8 +25,8 @@ When the rule list asks for `fused-decode` on a GPU, decode's attention is one c
 (`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end),
 ln_1 / ln_2 fold into the linear after them (`ln_linear_*`), the MLP's c_proj is hand-scheduled and
 decode_greedy's argmax and advance are one kernel (`argmax_advance`);
-with `hand-softmax`, prefill's causal softmax is hand-scheduled too: kernels written already
-scheduled, that no rule touches.
+with `hand-softmax`, prefill's causal softmax is hand-scheduled too, and with `flash-prefill` prefill's
+whole attention is one kernel (`flash_attention`): kernels written already scheduled, that no rule touches.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
     fused = decode and "fused-decode" in hand   # decode's hand-scheduled GPU kernels (build_module)
+    flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -109,12 +110,16 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     else:
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
         kv_append = b.kernel("kv_append", K.make_kv_append, H, D, P, dtype)
-        attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
-        if "hand-softmax" in hand:      # hand-scheduled for a GPU: each score read once (make_causal_softmax_gpu)
-            softmax = b.kernel("causal_softmax", K.make_causal_softmax_gpu, H, D, P, dtype)
+        if flash:       # the three below as one hand-scheduled kernel, on tensor cores where it can (WMMA)
+            flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
+                                       gpu == "cuda" and dtype == "float16")
         else:
-            softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
-        attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
+            attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
+            if "hand-softmax" in hand:  # hand-scheduled for a GPU: each score read once (make_causal_softmax_gpu)
+                softmax = b.kernel("causal_softmax", K.make_causal_softmax_gpu, H, D, P, dtype)
+            else:
+                softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
+            attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
     # c_proj + the residual add: the attention's is the rule list's to schedule (in decode DLight's GEMV ran
     # gpt2-xl's 1600 x 1600 in 3.3 us on an H200, the hand-scheduled one in 4.1); the MLP's, rows 4C long,
@@ -144,6 +149,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
                                            [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
                                            fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P)])
+                elif flash:                                                # softmax(q.K^T).V in one launch
+                    k, v = b.call_inplace(f"h{i}_kv", kv_append, [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])
+                    a = b.call(f"h{i}_attn", flash_attention, [qkv, k, v, m], [n, C], dtype)      # [n, C]
                 else:
                     k, v = b.call_inplace(f"h{i}_kv", kv_append,
                                           [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
@@ -203,7 +211,10 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
         `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it) and the MLP's c_proj +
         residual (kernels/ln_linear.py): 5 calls a layer, not 10; and decode_greedy's argmax + advance
         as one kernel (`argmax_advance`, kernels/argmax.py);
-      "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu).
+      "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu);
+      "flash-prefill": prefill's attn_scores + causal_softmax + attn_values as one kernel that keeps the
+        scores on chip and skips the key tiles past the diagonal (kernels/flash_attention.py), on tensor
+        cores on CUDA in float16.
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back

@@ -51,6 +51,18 @@ class HandSoftmax(dl.ScheduleRule):
         return None
 
 
+class FlashPrefill(dl.ScheduleRule):
+    """Not a schedule: a request for prefill's attention as one hand-scheduled GPU kernel
+    (kernels/flash_attention.py): attn_scores, causal_softmax and attn_values fused, the scores kept in
+    shared memory and registers (never [H, n, m] in memory), the key tiles past the causal diagonal never
+    visited, and on CUDA in float16 q.k^T and p.v on tensor cores (WMMA). Like `fused-decode`, it
+    matches no kernel itself; without it the three kernels are the rule list's to schedule.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class SmallBlockGEMV(dl.gpu.GEMV):
     """DLight's GEMV rule, scheduled as for a GPU whose blocks hold at most `max_threads` threads.
 
@@ -73,7 +85,7 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
-    return tuple(name for name in ("fused-decode", "hand-softmax")
+    return tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
                  if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
 
 
@@ -91,6 +103,7 @@ GPU_RULES = {
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
+    "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
@@ -103,11 +116,11 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # ours, for prefill: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it
 # changes) and the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200: docs/results/README.md)
-GPU_TUNED = ["hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
+GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
 # default one, a day earlier), gpt2-xl at 609 (493) (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
+GPU_FUSED = ["fused-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
 

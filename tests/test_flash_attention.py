@@ -1,0 +1,99 @@
+"""Prefill's attention as one kernel (kernels/flash_attention.py) against numpy's three-step attention:
+the CUDA-core variant run on the WebGPU adapter (llvmpipe in CI), the tensor-core (WMMA) variant
+built for sm_90a here and run where a CUDA GPU is (the lent machine: `python -m pytest
+tests/test_flash_attention.py`)."""
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tinygpt2.kernels.flash_attention import flash_attention_ref, flash_layout, make_flash_attention
+from tinygpt2.tvm_shim import tirx, tvm
+
+TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float16": dict(rtol=2e-3, atol=2e-3)}
+
+# (heads, head_dim, n_ctx, n new tokens, m = length after them): n not a multiple of the query tile,
+# m > n (the new tokens continue a sequence: every query sees keys before the prompt), m a whole tile
+CASES = [(3, 64, 256, 37, 37), (2, 32, 256, 50, 130), (2, 64, 128, 64, 128), (1, 64, 128, 1, 1)]
+
+
+def inputs(H, D, P, n, m, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    qkv = (2 * rng.standard_normal((n, 3 * H * D))).astype(dtype)      # scores of a few units: a peaked softmax
+    k_cache = np.full((H, P, D), np.nan, dtype)                          # past m: stale, possibly NaN
+    v_cache = np.full((H, P, D), np.nan, dtype)
+    k_cache[:, :m] = rng.standard_normal((H, m, D))
+    v_cache[:, :m] = rng.standard_normal((H, m, D))
+    return qkv, k_cache, v_cache
+
+
+def kernel(H, D, P, n, m, dtype, tensor_cores):
+    """The kernel built for this n, with m bound (the runners take no symbolic shapes)."""
+    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=n)
+    return func.specialize({func.params[3]: tirx.IntImm("int64", m)})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("H,D,P,n,m", CASES)
+def test_cuda_core_variant_on_webgpu(H, D, P, n, m, dtype):
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    qkv, k_cache, v_cache = inputs(H, D, P, n, m, dtype)
+    out0 = np.full((n, H * D), np.nan, dtype)                            # every element must be written
+    got = run_kernel(kernel(H, D, P, n, m, dtype, False), [qkv, k_cache, v_cache, out0], dtype)
+    np.testing.assert_array_equal(got[0], qkv)                           # inputs untouched
+    np.testing.assert_array_equal(got[1], k_cache)
+    np.testing.assert_allclose(got[-1], flash_attention_ref(qkv, k_cache, v_cache, m), **TOL[dtype])
+
+
+def test_the_reference_is_softmax_attention_over_visible_keys():
+    """flash_attention_ref, spelled out for one query: softmax over keys 0 .. its position, then V."""
+    H, D, P, n, m = 2, 16, 32, 3, 10
+    qkv, k_cache, v_cache = inputs(H, D, P, n, m, "float32")
+    out = flash_attention_ref(qkv, k_cache, v_cache, m)
+    i, h = 1, 1                                                          # query 1 sits at position m - n + 1 = 8
+    s = k_cache[h, :9] @ qkv[i, h * D:(h + 1) * D] / np.sqrt(D)
+    p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    np.testing.assert_allclose(out[i, h * D:(h + 1) * D], p @ v_cache[h, :9], rtol=1e-5)
+
+
+def test_layouts():
+    assert flash_layout(64, "float16", True) == dict(warps=4, bq=64, bk=64, vec=8, dp=72, sp=68)
+    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, dp=64, sp=64)
+
+
+def _cuda_source(H, D, P, seq_len=None):
+    func = make_flash_attention(H, D, P, "float16", True, seq_len=seq_len).with_attr("global_symbol", "flash")
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    return tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
+def test_tensor_core_variant_builds_for_sm_90a():
+    src = _cuda_source(25, 64, 1024)                                     # gpt2-xl's attention
+    # q.k^T: 4 x 4 fragment products a key tile, p.v: 4 x 4 (unrolled), on tensor cores
+    assert src.count("wmma::mma_sync") == 32
+    shared = sum(int(count) * {"half": 2, "float": 4}[t]
+                 for t, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) \w+\[(\d+)\]", src))
+    assert shared <= 48 * 1024, shared                                   # static shared memory: 48 KiB at most
+    assert "for (int64_t kt" in src                                      # one loop over key tiles, no scores buffer
+
+
+@pytest.fixture(scope="module")
+def cuda_device():
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU here: the WMMA variant runs on the lent GPU machine")
+    return dev
+
+
+@pytest.mark.parametrize("H,D,P,n,m", CASES + [(25, 64, 1024, 1024, 1024), (12, 64, 1024, 200, 700)])
+def test_tensor_core_variant_on_cuda(H, D, P, n, m, cuda_device):
+    qkv, k_cache, v_cache = inputs(H, D, P, n, m, "float16")
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    lib = tvm.compile(tvm.IRModule({"main": kernel(H, D, P, n, m, "float16", True)}), target=target)
+    args = [tvm.runtime.tensor(a, cuda_device) for a in (qkv, k_cache, v_cache, np.full((n, H * D), np.nan, "float16"))]
+    lib["main"](*args)
+    np.testing.assert_allclose(args[-1].numpy(), flash_attention_ref(qkv, k_cache, v_cache, m), **TOL["float16"])
