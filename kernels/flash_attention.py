@@ -44,7 +44,8 @@ rows are loaded as row m - 1 and masked out of the softmax (p = 0 times a finite
 Shared memory (CUDA, fp16, D = 64): q_s, k_s, v_s [64, 72] fp16 (rows padded by 8 halves: 16-byte
 aligned, fewer bank conflicts) and s_s [64, 68] fp32 = 45 KiB, under the 48 KiB of static shared
 memory a CUDA kernel may have. p_s, the probabilities, reuses k_s: K is no longer needed once S is
-computed, and the next tile's K is loaded after P V is done.
+computed, and the next tile's K is loaded after P V is done (for head dimensions under BK, k_s gets
+the extra rows p_s needs).
 """
 
 import math
@@ -69,9 +70,11 @@ def flash_layout(head_dim: int, dtype: str, tensor_cores: bool) -> dict[str, int
     assert head_dim % 16 == 0 and head_dim % vec == 0, head_dim
     pad = 8 if tensor_cores else 0           # WMMA wants strides that are whole 16-byte units
     lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec,
-               dp=head_dim + pad,            # row stride of q_s, k_s, v_s (and p_s, which reuses k_s)
+               dp=head_dim + pad,            # row stride of q_s, k_s, v_s
+               pp=bk + pad,                  # row stride of p_s, which lives in k_s's memory
                sp=max(bk, head_dim) + (4 if tensor_cores else 0))   # row stride of s_s (scores, then P V)
-    assert lay["bq"] <= lay["bk"] and lay["bk"] <= lay["dp"], "p_s [BQ, BK] lives in k_s [BK, DP]"
+    # k_s's rows: a key tile's, or as many as p_s [BQ, PP] needs where it is larger (head_dim < BK)
+    lay["k_rows"] = max(bk, -(-lay["bq"] * lay["pp"] // lay["dp"]))
     return lay
 
 
@@ -81,7 +84,7 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
     check_dtype(dtype)
     assert not tensor_cores or dtype == "float16", "WMMA here is fp16 x fp16 -> fp32"
     lay = flash_layout(head_dim, dtype, tensor_cores)
-    W, BQ, BK, VEC, DP, SP = (lay[k] for k in ("warps", "bq", "bk", "vec", "dp", "sp"))
+    W, BQ, BK, VEC, DP, PP, SP, KR = (lay[k] for k in ("warps", "bq", "bk", "vec", "dp", "pp", "sp", "k_rows"))
     NT = W * LANES                                       # threads a block
     H, D, P, C = n_head, head_dim, n_ctx, n_head * head_dim
     HALF_K, HALF_D = BK // 2, D // 2                     # a lane's keys of a tile, its outputs of a row
@@ -135,10 +138,10 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         tx = T.launch_thread("threadIdx.x", LANES)
         w = T.launch_thread("threadIdx.y", W)
         q_s = T.alloc_buffer((BQ, DP), dtype, scope="shared")
-        k_s = T.alloc_buffer((BK, DP), dtype, scope="shared")
+        k_s = T.alloc_buffer((KR, DP), dtype, scope="shared")
         v_s = T.alloc_buffer((BK, DP), dtype, scope="shared")
         s_s = T.alloc_buffer((BQ, SP), ACC, scope="shared")          # the tile's scores, then its P V
-        p_s = T.decl_buffer((BQ, DP), dtype, data=k_s.data, scope="shared")   # probabilities: k_s's memory
+        p_s = T.decl_buffer((BQ, PP), dtype, data=k_s.data, scope="shared")   # probabilities: k_s's memory
         trade = T.alloc_buffer((BQ, 2), ACC, scope="shared")        # the two lanes of a row trade values here
         o = T.alloc_buffer((HALF_D,), ACC, scope="local")            # this lane's D/2 outputs, unnormalized
         m_i = T.alloc_buffer((1,), ACC, scope="local")               # the row's running max (of scaled scores)
@@ -220,7 +223,7 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
                     T.tvm_fill_fragment(acc.data, 16, 16, 16, f, T.float32(0))
                     for kk in T.unroll(FK):
                         T.tvm_load_matrix_sync(p_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
-                            T.type_annotation(dtype), p_s.data, w * ROWS * DP + kk * 16, ROWS * DP, 1), DP, "row_major")
+                            T.type_annotation(dtype), p_s.data, w * ROWS * PP + kk * 16, ROWS * PP, 1), PP, "row_major")
                         T.tvm_load_matrix_sync(v_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
                             T.type_annotation(dtype), v_s.data, kk * 16 * DP + f * 16, 16 * DP, 1), DP, "row_major")
                         T.tvm_mma_sync(acc.data, f, p_frag.data, 0, v_frag.data, 0, acc.data, f)

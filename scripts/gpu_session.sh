@@ -31,7 +31,7 @@ case "$1" in
                 --rules fused --prompt-lens 1024 --peers hf-eager --repeats 3 --out "$OUT/bench-xl") || true ;;
   # prefill's one-kernel attention (flash-prefill, in `fused` since): its tests on the GPU, the logits check,
   # then gpt2 / gpt2-xl prefill with `fused` against the list without it, beside HF eager, in one run
-  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_flash_attention.py") \
+  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "cuda or sm_90a or layouts" "$OLDPWD/tests/test_flash_attention.py") \
                 | tee "$OUT/test_flash.txt" || true
               timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
                 | tee "$OUT/gpu_check_flash.md" || true ;;
