@@ -66,8 +66,8 @@ def flash_layout(head_dim: int, dtype: str, tensor_cores: bool) -> dict[str, int
     if tensor_cores:                         # 4 warps of 16 rows, keys in tiles of 64, 16-byte loads
         warps, bk, vec = 4, 64, 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
-        warps, bk, vec = 1, 32, 4
-    assert head_dim % 16 == 0 and head_dim % vec == 0, head_dim
+        warps, bk, vec = 1, 32, next(v for v in (4, 2) if head_dim % v == 0)
+    assert head_dim % (16 if tensor_cores else 2) == 0, f"head_dim {head_dim}: 16 x 16 fragments / two lanes a row"
     pad = 8 if tensor_cores else 0           # WMMA wants strides that are whole 16-byte units
     lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec,
                dp=head_dim + pad,            # row stride of q_s, k_s, v_s
@@ -128,6 +128,9 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
     def vec_col(it, tx, w, e):                           # ... and its element e's column
         return (it * NT + tid(tx, w)) % (D // VEC) * VEC + e
 
+    def vec_in(it, tx, w, rows):                         # whether that vector is in the tile (a last, partial pass)
+        return it * NT + tid(tx, w) < rows * D // VEC
+
     @T.prim_func
     def flash_attention(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), v_cache: T.Buffer((H, P, D), dtype),
                         m: T.int64, out_h: T.handle):
@@ -157,10 +160,11 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         acc = T.alloc_buffer((FK * 16, 16), ACC, scope="wmma.accumulator")
 
         # Q of the tile -> q_s (rows past n read row n - 1: in bounds, their outputs are not written)
-        for it in T.unroll(BQ * D // VEC // NT):
-            for e in vectorized(VEC):
-                q_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = qkv[
-                    T.min(q_tile(b, n) * BQ + vec_row(it, tx, w), n - 1), head(b) * D + vec_col(it, tx, w, e)]
+        for it in T.unroll((BQ * D // VEC + NT - 1) // NT):
+            if vec_in(it, tx, w, BQ):
+                for e in vectorized(VEC):
+                    q_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = qkv[
+                        T.min(q_tile(b, n) * BQ + vec_row(it, tx, w), n - 1), head(b) * D + vec_col(it, tx, w, e)]
         for c in T.unroll(HALF_D):
             o[c] = T.float32(0)
         m_i[0] = lowest
@@ -174,12 +178,13 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         for kt in T.serial(n_kt(b, n, m)):
             # 1. K and V of the tile -> shared memory (keys past m read row m - 1, masked in step 3)
             T.tvm_storage_sync("shared")
-            for it in T.unroll(BK * D // VEC // NT):
-                for e in vectorized(VEC):
-                    k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
-                        head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
-                    v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
-                        head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+            for it in T.unroll((BK * D // VEC + NT - 1) // NT):
+                if vec_in(it, tx, w, BK):
+                    for e in vectorized(VEC):
+                        k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
+                            head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+                        v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
+                            head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
             T.tvm_storage_sync("shared")
             # 2. S = Q K^T, the warp's 16 rows x BK keys -> s_s
             if tc:
