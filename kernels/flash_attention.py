@@ -61,10 +61,11 @@ ROWS = 16                                    # query rows a warp owns (a WMMA fr
 LANES = 32                                   # threads a warp (two a row)
 
 
-def flash_layout(head_dim: int, dtype: str, tensor_cores: bool) -> dict[str, int]:
-    """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides."""
+def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 4, bk: int = 64) -> dict[str, int]:
+    """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides.
+    (warps, bk): the tensor-core variant's, 4 and 64 unless asked otherwise (scripts/bench_flash.py)."""
     if tensor_cores:                         # 4 warps of 16 rows, keys in tiles of 64, 16-byte loads
-        warps, bk, vec = 4, 64, 16 // np.dtype(dtype).itemsize
+        vec = 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
         warps, bk, vec = 1, 32, next(v for v in (4, 2) if head_dim % v == 0)
     assert head_dim % (16 if tensor_cores else 2) == 0, f"head_dim {head_dim}: 16 x 16 fragments / two lanes a row"
@@ -79,11 +80,12 @@ def flash_layout(head_dim: int, dtype: str, tensor_cores: bool) -> dict[str, int
 
 
 def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16",
-                         tensor_cores: bool = False, seq_len: int | None = None):
-    """Causal attention of the n new queries over the cache, one kernel (the module docstring)."""
+                         tensor_cores: bool = False, seq_len: int | None = None, **tiles):
+    """Causal attention of the n new queries over the cache, one kernel (the module docstring).
+    tiles: flash_layout's warps and bk (the tensor-core variant's tile sizes)."""
     check_dtype(dtype)
     assert not tensor_cores or dtype == "float16", "WMMA here is fp16 x fp16 -> fp32"
-    lay = flash_layout(head_dim, dtype, tensor_cores)
+    lay = flash_layout(head_dim, dtype, tensor_cores, **tiles)
     W, BQ, BK, VEC, DP, PP, SP, KR = (lay[k] for k in ("warps", "bq", "bk", "vec", "dp", "pp", "sp", "k_rows"))
     NT = W * LANES                                       # threads a block
     H, D, P, C = n_head, head_dim, n_ctx, n_head * head_dim

@@ -33,6 +33,8 @@ case "$1" in
   # then gpt2 / gpt2-xl prefill with `fused` against the list without it, beside HF eager, in one run
   flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "cuda or sm_90a or layouts" "$OLDPWD/tests/test_flash_attention.py") \
                 | tee "$OUT/test_flash.txt" || true
+              timeout 120 python3 scripts/bench_flash.py | tee "$OUT/bench_flash_kernel.md" || true
+              timeout 60 python3 scripts/bench_flash.py --heads 12 --layers 12 | tee -a "$OUT/bench_flash_kernel.md" || true
               timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
                 | tee "$OUT/gpu_check_flash.md" || true ;;
   bench-flash) for r in fused fused-decode,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback; do
