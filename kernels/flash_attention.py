@@ -61,16 +61,18 @@ ROWS = 16                                    # query rows a warp owns (a WMMA fr
 LANES = 32                                   # threads a warp (two a row)
 
 
-def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 4, bk: int = 64) -> dict[str, int]:
+def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 4, bk: int = 64,
+                 prefetch: bool = False) -> dict[str, int]:
     """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides.
-    (warps, bk): the tensor-core variant's, 4 and 64 unless asked otherwise (scripts/bench_flash.py)."""
+    (warps, bk, prefetch): the tensor-core variant's, unless asked otherwise (scripts/bench_flash.py);
+    prefetch: the next key tile's K, V loaded into registers while this one is computed."""
     if tensor_cores:                         # 4 warps of 16 rows, keys in tiles of 64, 16-byte loads
         vec = 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
         warps, bk, vec = 1, 32, next(v for v in (4, 2) if head_dim % v == 0)
     assert head_dim % (16 if tensor_cores else 2) == 0, f"head_dim {head_dim}: 16 x 16 fragments / two lanes a row"
     pad = 8 if tensor_cores else 0           # WMMA wants strides that are whole 16-byte units
-    lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec,
+    lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec, prefetch=bool(prefetch and tensor_cores),
                dp=head_dim + pad,            # row stride of q_s, k_s, v_s
                pp=bk + pad,                  # row stride of p_s, which lives in k_s's memory
                sp=max(bk, head_dim) + (4 if tensor_cores else 0))   # row stride of s_s (scores, then P V)
@@ -133,6 +135,20 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
     def vec_in(it, tx, w, rows):                         # whether that vector is in the tile (a last, partial pass)
         return it * NT + tid(tx, w) < rows * D // VEC
 
+    KV_PASSES = (BK * D // VEC + NT - 1) // NT         # vector loads a thread, for a K (or V) tile
+    prefetch = lay["prefetch"]
+
+    @T.macro(hygienic=False)
+    def kv_to_registers(kt):
+        """K and V of tile kt -> this thread's registers k_r, v_r (its vectors of the tile)."""
+        for it in T.unroll(KV_PASSES):
+            if vec_in(it, tx, w, BK):
+                for e in vectorized(VEC):
+                    k_r[it * VEC + e] = k_cache[head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1),
+                                                vec_col(it, tx, w, e)]
+                    v_r[it * VEC + e] = v_cache[head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1),
+                                                vec_col(it, tx, w, e)]
+
     @T.prim_func
     def flash_attention(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), v_cache: T.Buffer((H, P, D), dtype),
                         m: T.int64, out_h: T.handle):
@@ -160,6 +176,8 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         p_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_a")
         v_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_b")
         acc = T.alloc_buffer((FK * 16, 16), ACC, scope="wmma.accumulator")
+        k_r = T.alloc_buffer((KV_PASSES * VEC,), dtype, scope="local")      # prefetch: the next tile's K, V
+        v_r = T.alloc_buffer((KV_PASSES * VEC,), dtype, scope="local")
 
         # Q of the tile -> q_s (rows past n read row n - 1: in bounds, their outputs are not written)
         for it in T.unroll((BQ * D // VEC + NT - 1) // NT):
@@ -177,16 +195,26 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
                 T.tvm_load_matrix_sync(q_frag.data, 16, 16, 16, f, T.tvm_access_ptr(
                     T.type_annotation(dtype), q_s.data, w * ROWS * DP + f * 16, ROWS * DP, 1), DP, "row_major")
 
+        if prefetch:
+            kv_to_registers(0)
         for kt in T.serial(n_kt(b, n, m)):
             # 1. K and V of the tile -> shared memory (keys past m read row m - 1, masked in step 3)
             T.tvm_storage_sync("shared")
-            for it in T.unroll((BK * D // VEC + NT - 1) // NT):
-                if vec_in(it, tx, w, BK):
-                    for e in vectorized(VEC):
-                        k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
-                            head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
-                        v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
-                            head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+            if prefetch:        # from the registers the last tile filled; then the next tile's loads go out
+                for it in T.unroll(KV_PASSES):
+                    if vec_in(it, tx, w, BK):
+                        for e in vectorized(VEC):
+                            k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_r[it * VEC + e]
+                            v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_r[it * VEC + e]
+                kv_to_registers(kt + 1)         # (past the last tile: row m - 1 again, unused)
+            else:
+                for it in T.unroll(KV_PASSES):
+                    if vec_in(it, tx, w, BK):
+                        for e in vectorized(VEC):
+                            k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
+                                head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
+                            v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
+                                head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
             T.tvm_storage_sync("shared")
             # 2. S = Q K^T, the warp's 16 rows x BK keys -> s_s
             if tc:

@@ -2,7 +2,7 @@
 
     python3 scripts/bench_flash.py [--heads 25] [--n 1024] [--layers 48]
 
-For each (warps, BK) of the tensor-core variant: logits-free check against numpy (fp16 tolerance) and
+For each (warps, BK, prefetch or not) of the tensor-core variant: logits-free check against numpy (fp16 tolerance) and
 the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as a
 Markdown table; `x layers` is the time of a whole prefill's attention.
 """
@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=48)
-    ap.add_argument("--tiles", default="4x64,2x64,4x32,2x32,1x64")
+    ap.add_argument("--tiles", default="4x64,4x64p,2x64,2x64p,4x32p,2x32p")   # warps x BK, p: prefetch
     a = ap.parse_args()
     H, D, P, n = a.heads, a.head_dim, 1024, a.n
     dev = tvm.cuda(0)
@@ -34,8 +34,9 @@ def main():
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     print(f"| warps x BK | max abs err | us a call | x {a.layers} layers, ms |\n|---|---|---|---|")
     for tiles in a.tiles.split(","):
-        warps, bk = (int(v) for v in tiles.split("x"))
-        func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk)
+        warps, bk = (int(v) for v in tiles.rstrip("p").split("x"))
+        func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk,
+                                    prefetch=tiles.endswith("p"))
         func = func.specialize({func.params[3]: tirx.IntImm("int64", n)})
         try:
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)

@@ -62,9 +62,9 @@ def test_the_reference_is_softmax_attention_over_visible_keys():
 
 
 def test_layouts():
-    assert flash_layout(64, "float16", True) == dict(warps=4, bq=64, bk=64, vec=8, dp=72, pp=72, sp=68, k_rows=64)
+    assert flash_layout(64, "float16", True) == dict(warps=4, bq=64, bk=64, vec=8, prefetch=False, dp=72, pp=72, sp=68, k_rows=64)
     assert flash_layout(32, "float16", True)["k_rows"] == 116          # p_s [64, 72] is larger than a K tile [64, 40]
-    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, dp=64, pp=32, sp=64, k_rows=32)
+    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False, dp=64, pp=32, sp=64, k_rows=32)
 
 
 def _cuda_source(H, D, P, seq_len=None):
