@@ -28,7 +28,7 @@ target = sys.argv[sys.argv.index("--target") + 1] if "--target" in sys.argv else
 model = tinygpt2.load("shakespeare", target=target)
 ids = model.tokenizer.encode("ROMEO:\nBut soft, what light")
 
-ref = Reference(model.config, model.checkpoint.params).prefill(ids)      # numpy: every intermediate
+ref = Reference.of(model).prefill(ids)           # numpy: every intermediate, by launch name
 print(f"prefill of {len(ids)} tokens on {target}, launch by launch (error relative to numpy's largest value):")
 for step in step_through(model, ids):
     err = compare(step, ref)

@@ -4,7 +4,7 @@ look at every intermediate. The teaching and debugging entry point:
     from tinygpt2.reference import Reference
     from tinygpt2.runtime.step import compare, step_through
 
-    ref = Reference(model.config, model.checkpoint.params, model.compiled.fused_decode).prefill(ids)
+    ref = Reference.of(model).prefill(ids)
     for s in step_through(model, ids):                  # or step_through(model, token, "decode")
         print(s.name, s.kernel, s.grid, [o.shape for o in s.outputs], compare(s, ref).rel)
 

@@ -62,18 +62,30 @@ def test_fp16_prefill_linears_use_tensor_cores_on_sm_90a():
     assert "wmma::mma_sync" not in kernels["linear_qkv_n1_kernel"]      # decode's n = 1 stays a GEMV
 
 
-def test_tuned_list_puts_attention_on_tensor_cores():
-    """`tuned` = tensor-core-matmul + default: attention's q.k^T and p.v (K = head_dim = 64 and
+def test_tensor_core_matmul_puts_attention_on_tensor_cores():
+    """tensor-core-matmul before the default list: attention's q.k^T and p.v (K = head_dim = 64 and
     N = 64, which DLight's Matmul keeps on CUDA cores) are tensorized too; what it does not take
     (fp32, decode's n = 1) goes to DLight's rules."""
-    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
+    rules = ["tensor-core-matmul", "matmul", "gemv", "reduction", "general-reduction", "fallback"]
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_90a")
     assert sched.rule_of["attn_scores"] == "tensor-core-matmul"
     assert sched.rule_of["linear_qkv"] == "tensor-core-matmul"
     assert sched.rule_of["attn_values"] == "tensor-core-matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
     kernels = cuda_kernels(sched, tgt)
     assert "wmma::mma_sync" in kernels["attn_scores_kernel"] and "wmma::mma_sync" in kernels["attn_values_kernel"]
-    fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
+    fp32, _, _ = C.build_scheduled(TC_CFG, "cuda", "float32", rules, arch="sm_90a")
     assert "tensor-core-matmul" not in fp32.rule_of.values()            # WMMA here is fp16 only
+
+
+def test_flash_prefill_is_one_tensor_core_kernel_for_attention():
+    """`tuned` has flash-prefill: prefill's scores, softmax and values are one kernel (WMMA in fp16);
+    in fp32 the same kernel with plain dot products."""
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
+    assert sched.rule_of["flash_attention"] == "hand-scheduled"
+    assert not {"attn_scores", "causal_softmax", "attn_values"} & set(sched.rule_of)
+    assert "wmma::mma_sync" in cuda_kernels(sched, tgt)["flash_attention_kernel"]
+    fp32, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")
+    assert "wmma" not in cuda_kernels(fp32, tgt)["flash_attention_kernel"]
 
 
 def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():

@@ -55,7 +55,7 @@ def test_prefill_every_launch_once_in_order_and_equal_to_numpy(model, fresh):
     ids = model.tokenizer.encode(PROMPT)
     steps = list(step_through(model, ids))
     check_against_reference(steps, model.compiled.plans["prefill"],
-                            Reference(model.config, model.checkpoint.params, model.compiled.fused_decode)
+                            Reference.of(model)
                             .prefill(ids))
     # final logits: exactly what a plain prefill gives
     assert steps[-1].name == "logits" and steps[-1].output.shape == (1, model.config.vocab_size)
@@ -80,7 +80,7 @@ def test_decode_continues_after_stepping_through_prefill(model, tiny_checkpoint,
 
 def test_stepping_through_decode(model, fresh):
     ids = model.tokenizer.encode(PROMPT)
-    ref = Reference(model.config, model.checkpoint.params, model.compiled.fused_decode)
+    ref = Reference.of(model)
     ref.prefill(ids)
     model.prefill(ids)
     fresh.prefill(ids)
@@ -123,7 +123,7 @@ def test_stop_at_and_stopping_early_leave_no_half_written_sequence(model):
 def test_other_shapes_to_the_end_of_the_context(target, rules, tiny_checkpoint_hub_layout):
     # 3 heads, 64 positions; webgpu "fused": decode's fused kernels, checked launch by launch too
     m = tinygpt2.load(str(tiny_checkpoint_hub_layout), target=target, rules=rules, progress=False)
-    ref = Reference(m.config, m.checkpoint.params, m.compiled.fused_decode)
+    ref = Reference.of(m)
     ids = list(range(2000, 2060))
     check_against_reference(list(step_through(m, ids)), m.compiled.plans["prefill"], ref.prefill(ids))
     for token in range(60, 64):

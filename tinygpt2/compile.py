@@ -73,6 +73,11 @@ class Compiled:
         """Whether decode has the hand-scheduled GPU kernels (fused attention and ln + linear; model.py)."""
         return any(ln.kernel.startswith("decode_attention") for ln in self.plans["decode"].launches)
 
+    @property
+    def flash_prefill(self) -> bool:
+        """Whether prefill's attention is one kernel (flash-prefill; kernels/flash_attention.py)."""
+        return any(ln.kernel.startswith("flash_attention") for ln in self.plans["prefill"].launches)
+
 
 def schedule(mod, target: "tvm.target.Target", rule_list: list, *, require_all: bool) -> Scheduled:
     """Apply `rule_list` to every kernel; rules are tried in order, the first match wins.

@@ -26,16 +26,23 @@ from tinygpt2.errors import ContextOverflowError, GenerationError
 
 
 class Reference:
-    def __init__(self, config, params: dict[str, np.ndarray], fused_decode: bool = False):
+    def __init__(self, config, params: dict[str, np.ndarray], fused_decode: bool = False,
+                 flash_prefill: bool = False):
         """fused_decode: decode as `fused-decode` builds it (model.build_module): h{i}_qkv and h{i}_fc_gelu
         include their layernorm (no h{i}_ln_1, h{i}_ln_2), and one launch `h{i}_attn` outputs (attn,
-        k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn."""
+        k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn.
+        flash_prefill: prefill as `flash-prefill` builds it: one launch h{i}_attn, no h{i}_scores, h{i}_probs."""
         self.config = config
-        self.fused_decode = fused_decode
+        self.fused_decode, self.flash_prefill = fused_decode, flash_prefill
         self.params = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
         shape = (config.n_head, config.n_positions, config.head_dim)
         self.cache = [np.zeros(shape, np.float32) for _ in range(2 * config.n_layer)]   # k_0, v_0, k_1, ...
         self.length = 0
+
+    @classmethod
+    def of(cls, model) -> "Reference":
+        """The reference of a loaded model (tinygpt2.load), with the launches its compiled graph has."""
+        return cls(model.config, model.checkpoint.params, model.compiled.fused_decode, model.compiled.flash_prefill)
 
     def prefill(self, ids) -> dict[str, np.ndarray]:
         """Start a new sequence with `ids`; every intermediate, by launch name."""
@@ -71,6 +78,8 @@ class Reference:
             if self.fused_decode and decode:            # h{i}_attn: one launch does all four
                 del out[f"h{i}_ln_1"], out[f"h{i}_kv"], out[f"h{i}_scores"], out[f"h{i}_probs"]
                 out[f"h{i}_attn"] = (a, k, v)
+            if self.flash_prefill and not decode:       # h{i}_attn: one launch does scores, softmax, values
+                del out[f"h{i}_scores"], out[f"h{i}_probs"]
             a = K.linear_ref(a, w("attn.c_proj.weight"), w("attn.c_proj.bias"))
             x = out[f"h{i}_resid_attn"] = K.add_ref(x, a)
             # MLP: x = x + c_proj(gelu(c_fc(ln_2(x))))

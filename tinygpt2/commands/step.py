@@ -71,7 +71,7 @@ def run(args) -> int:
     tol = args.tolerance if args.tolerance is not None else TOLERANCE[args.dtype]
     if args.target == "webgpu":
         print(f"WebGPU adapter: {model.executor.adapter_name}", file=sys.stderr, flush=True)
-    reference = Reference(model.config, model.checkpoint.params, model.compiled.fused_decode)
+    reference = Reference.of(model)
     print(f"{args.model} on {args.target} {args.dtype}: {len(ids)} prompt tokens, {decode_tokens} decode step(s); "
           f"error = max|ours - numpy| / max|numpy| per launch, tolerance {tol:.0e}")
     print(f"{'#':>4}  {'launch':<16} {'kernel':<20} {'grid':<28} {'output':<16} {'rel err':>8}")
