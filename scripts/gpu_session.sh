@@ -31,7 +31,7 @@ case "$1" in
                 --rules fused --prompt-lens 1024 --peers hf-eager --repeats 3 --out "$OUT/bench-xl") || true ;;
   # prefill's one-kernel attention (flash-prefill, in `fused` since): its tests on the GPU, the logits check,
   # then gpt2 / gpt2-xl prefill with `fused` against the list without it, beside HF eager, in one run
-  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "cuda or sm_90a or layouts" "$OLDPWD/tests/test_flash_attention.py") \
+  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "tensor_core or layouts" "$OLDPWD/tests/test_flash_attention.py") \
                 | tee "$OUT/test_flash.txt" || true
               timeout 120 python3 scripts/bench_flash.py | tee "$OUT/bench_flash_kernel.md" || true
               timeout 60 python3 scripts/bench_flash.py --heads 12 --layers 12 | tee -a "$OUT/bench_flash_kernel.md" || true

@@ -31,9 +31,9 @@ def inputs(H, D, P, n, m, dtype, seed=0):
     return qkv, k_cache, v_cache
 
 
-def kernel(H, D, P, n, m, dtype, tensor_cores):
+def kernel(H, D, P, n, m, dtype, tensor_cores, **tiles):
     """The kernel built for this n, with m bound (the runners take no symbolic shapes)."""
-    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=n)
+    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=n, **tiles)
     return func.specialize({func.params[3]: tirx.IntImm("int64", m)})
 
 
@@ -62,8 +62,8 @@ def test_the_reference_is_softmax_attention_over_visible_keys():
 
 
 def test_layouts():
-    assert flash_layout(64, "float16", True) == dict(warps=4, bq=64, bk=64, vec=8, prefetch=False, dp=72, pp=72, sp=68, k_rows=64)
-    assert flash_layout(32, "float16", True)["k_rows"] == 116          # p_s [64, 72] is larger than a K tile [64, 40]
+    assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True, dp=72, pp=72, sp=68, k_rows=64)
+    assert flash_layout(32, "float16", True, warps=4)["k_rows"] == 116  # p_s [64, 72] is larger than a K tile [64, 40]
     assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False, dp=64, pp=32, sp=64, k_rows=32)
 
 
@@ -92,11 +92,12 @@ def cuda_device():
     return dev
 
 
+@pytest.mark.parametrize("tiles", [{}, dict(warps=4, bk=32, prefetch=False)])     # BK < D: S's fragments < PV's
 @pytest.mark.parametrize("H,D,P,n,m", CASES + [(25, 64, 1024, 1024, 1024), (12, 64, 1024, 200, 700)])
-def test_tensor_core_variant_on_cuda(H, D, P, n, m, cuda_device):
+def test_tensor_core_variant_on_cuda(H, D, P, n, m, tiles, cuda_device):
     qkv, k_cache, v_cache = inputs(H, D, P, n, m, "float16")
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-    lib = tvm.compile(tvm.IRModule({"main": kernel(H, D, P, n, m, "float16", True)}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": kernel(H, D, P, n, m, "float16", True, **tiles)}), target=target)
     args = [tvm.runtime.tensor(a, cuda_device) for a in (qkv, k_cache, v_cache, np.full((n, H * D), np.nan, "float16"))]
     lib["main"](*args)
     np.testing.assert_allclose(args[-1].numpy(), flash_attention_ref(qkv, k_cache, v_cache, m), **TOL["float16"])
