@@ -44,12 +44,12 @@ case "$1" in
   # flash-prefill's kept tiles: the kernel's CUDA tests, its tile table, then gpt2-xl and gpt2 with `fused` beside HF
   flash-round) (cd /tmp && timeout 120 python3 -m pytest -q -p no:cacheprovider -k "tensor_core or layouts" \
                  "$OLDPWD/tests/test_flash_attention.py") | tail -3 | tee "$OUT/test_flash.txt" || true
-              timeout 60 python3 scripts/bench_flash.py | tee "$OUT/bench_flash_kernel.md" || true
+              timeout 60 python3 scripts/bench_flash.py --tiles 2x64p,4x64,4x32 | tee "$OUT/bench_flash_kernel.md" || true
               (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
                 --rules fused --prompt-lens 128,512,1024 --peers hf-eager --decode-tokens 64 --repeats 3 --profile \
                 --profile-prefill-len 1024 --out "$OUT/bench-xl") || true
-              (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16 \
-                --rules fused --out "$OUT/bench-gpt2") || true ;;
+              (cd /tmp && timeout 100 python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16 \
+                --rules fused --peers hf-eager --decode-tokens 64 --out "$OUT/bench-gpt2") || true ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \
