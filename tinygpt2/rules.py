@@ -114,8 +114,9 @@ CPU_RULES = {
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
 # ours, for prefill: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it
-# changes) and the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
-# on an H200: docs/results/README.md)
+# changes), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
+# on an H200) and, taking the place of both for attention, flash-prefill (FlashPrefill; gpt2-xl's
+# 1024-token attention 13.1 -> 4.5 ms, prefill 29.7k -> 40.2k tok/s on an H200): docs/results/README.md
 GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
@@ -131,9 +132,11 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (spatial loops fused and bound to blocks/threads, reductions left serial);
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
-    tuned    -- GPU, for prefill: default with tinygpt2's tensor-core-matmul before it (attention's
-                q.k^T and p.v on tensor cores too, where DLight keeps them on CUDA cores) and
-                hand-softmax (the causal softmax hand-scheduled, each score read once).
+    tuned    -- GPU, for prefill: default with tinygpt2's flash-prefill (attention as one kernel,
+                the scores never in memory, WMMA on CUDA in fp16), tensor-core-matmul before it
+                (the linears on tensor cores; and attention's q.k^T and p.v, where DLight keeps them on
+                CUDA cores, when flash-prefill is taken out) and hand-softmax (the causal softmax
+                hand-scheduled, each score read once, likewise without flash-prefill).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels) and
