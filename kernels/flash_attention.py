@@ -31,9 +31,10 @@ Steps 2 and 4 are the matmuls. With `tensor_cores` (CUDA, float16) they are WMMA
 products (fp16 in, fp32 accumulate): the warp's Q is loaded into D/16 fragments once, K (as K^T,
 column-major) and P, V from shared memory each tile. WMMA hides which lane holds which element of a
 fragment, so the results go through shared memory (s_s) to the lanes that own the rows: that is why
-the softmax and the rescaling of o work on s_s, not on fragments. Without tensor cores (WebGPU, or
-float32) each lane computes its row's BK/2 scores and D/2 outputs as plain dot products from shared
-memory: the same algorithm, which is what the WebGPU tests check against numpy.
+the softmax and the rescaling of o work on s_s, not on fragments. Without tensor cores (WebGPU,
+float32, or a head_dim that is no multiple of 16) each lane computes its row's BK/2 scores and D/2
+outputs as plain dot products from shared memory, one warp a block and BK = 32 (WebGPU's workgroup
+memory): the same algorithm, which is what the WebGPU tests check against numpy.
 
 Probabilities are rounded to dtype before P V, as Hugging Face does (`attn_weights.type(value.dtype)`),
 but here before the division by the row's sum, which comes at the end (flash attention's order): in
@@ -43,10 +44,11 @@ Keys past m (the cache beyond the sequence holds stale values, possibly NaN) are
 rows are loaded as row m - 1 and masked out of the softmax (p = 0 times a finite v).
 
 Shared memory (CUDA, fp16, D = 64, 2 warps: BQ = 32, BK = 64): q_s [32, 72], k_s, v_s [64, 72] fp16
-(rows padded by 8 halves: 16-byte aligned, fewer bank conflicts) and s_s [32, 68] fp32 = 31 KiB, under
-the 48 KiB of static shared memory a CUDA kernel may have. p_s, the probabilities, reuses k_s: K is no longer needed once S is
-computed, and the next tile's K is loaded after P V is done (for head dimensions under BK, k_s gets
-the extra rows p_s needs).
+(rows padded by 8 halves: 16-byte aligned, fewer bank conflicts) and s_s [32, 68] fp32 = 31 KiB as
+written, under the 48 KiB of static shared memory a CUDA kernel may have (TVM's storage rewrite then
+puts k_s in q_s's memory, dead once Q is in fragments: 27 KiB). p_s, the probabilities, reuses k_s:
+K is no longer needed once S is computed, and the next tile's K is stored after P V is done (for head
+dimensions under BK, k_s gets the extra rows p_s needs).
 
 Measured on an H200 (fp16, n = m = 1024, scripts/bench_flash.py, one call; docs/results/README.md):
 gpt2-xl's 25 heads 92.8 us with 4 warps (BQ = 64), 92.4 with the K/V prefetch, 98.1 with 2 warps
