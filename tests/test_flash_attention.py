@@ -62,9 +62,13 @@ def test_the_reference_is_softmax_attention_over_visible_keys():
 
 
 def test_layouts():
-    assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True, dp=72, pp=72, sp=68, k_rows=64)
+    # CUDA fp16 (gpt2's head_dim): 2 warps of 16 query rows, 64-key tiles, 16-byte loads, padded rows
+    assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True,
+                                                     dp=72, pp=72, sp=68, k_rows=64)
     assert flash_layout(32, "float16", True, warps=4)["k_rows"] == 116  # p_s [64, 72] is larger than a K tile [64, 40]
-    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False, dp=64, pp=32, sp=64, k_rows=32)
+    # the CUDA-core variant (WebGPU): one warp, 32-key tiles, vec4 loads, no padding
+    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False,
+                                                      dp=64, pp=32, sp=64, k_rows=32)
 
 
 def _cuda_source(H, D, P, seq_len=None):
