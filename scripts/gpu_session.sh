@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|bench-gpt2|bench-xl|bench-xl-tuned|bench-fused|<any tinygpt2 args>
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|bench-gpt2|bench-xl|
+#                               bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -29,22 +30,19 @@ case "$1" in
                 --rules fused --out "$OUT/bench-gpt2") || true
               (cd /tmp && timeout 180 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
                 --rules fused --prompt-lens 1024 --peers hf-eager --repeats 3 --out "$OUT/bench-xl") || true ;;
-  # prefill's one-kernel attention (flash-prefill, in `fused` since): its tests on the GPU, the logits check,
-  # then gpt2 / gpt2-xl prefill with `fused` against the list without it, beside HF eager, in one run
-  flash)      (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "tensor_core or layouts" "$OLDPWD/tests/test_flash_attention.py") \
-                | tee "$OUT/test_flash.txt" || true
-              timeout 120 python3 scripts/bench_flash.py | tee "$OUT/bench_flash_kernel.md" || true
-              timeout 60 python3 scripts/bench_flash.py --heads 12 --layers 12 | tee -a "$OUT/bench_flash_kernel.md" || true
-              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
-                | tee "$OUT/gpu_check_flash.md" || true ;;
-  bench-flash) for r in fused fused-decode,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback; do
+  # prefill's one-kernel attention (flash-prefill, in `fused` since): its tests on the GPU and its tile table
+  # (scripts/bench_flash.py); `check-fused` is its logits check
+  flash)      (cd /tmp && timeout 120 python3 -m pytest -q -p no:cacheprovider -k "tensor_core or layouts" \
+                "$OLDPWD/tests/test_flash_attention.py") | tail -3 | tee "$OUT/test_flash.txt" || true
+              timeout 60 python3 scripts/bench_flash.py | tee "$OUT/bench_flash_kernel.md" || true ;;
+  # `fused` against the same list without flash-prefill (gpt2-xl unless MODELS says), HF eager beside the first
+  bench-flash) without=fused-decode,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
+              for r in fused $without; do
                 (cd /tmp && timeout 280 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} --dtypes float16 \
                   --rules $r --peers ${PEERS:-hf-eager} --decode-tokens 16 --repeats 3 --profile --profile-prefill-len 1024 \
                   --out "$OUT/bench-flash-$(echo $r | cut -c1-12)") || true; PEERS=none; done ;;
-  # flash-prefill's kept tiles: the kernel's CUDA tests, its tile table, then gpt2-xl and gpt2 with `fused` beside HF
-  flash-round) (cd /tmp && timeout 120 python3 -m pytest -q -p no:cacheprovider -k "tensor_core or layouts" \
-                 "$OLDPWD/tests/test_flash_attention.py") | tail -3 | tee "$OUT/test_flash.txt" || true
-              timeout 60 python3 scripts/bench_flash.py --tiles 2x64p,4x64,4x32 | tee "$OUT/bench_flash_kernel.md" || true
+  # flash-prefill's kept tiles in one short loan: `flash`, then gpt2-xl and gpt2 with `fused` beside HF eager
+  flash-round) bash "$0" flash
               (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
                 --rules fused --prompt-lens 128,512,1024 --peers hf-eager --decode-tokens 64 --repeats 3 --profile \
                 --profile-prefill-len 1024 --out "$OUT/bench-xl") || true
