@@ -186,7 +186,7 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         p_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_a")
         v_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_b")
         acc = T.alloc_buffer((max(FK, FD) * 16, 16), ACC, scope="wmma.accumulator")   # S's FK, then PV's FD
-        k_r = T.alloc_buffer((KV_PASSES * VEC,), dtype, scope="local")      # prefetch: the next tile's K, V
+        k_r = T.alloc_buffer((KV_PASSES * VEC,), dtype, scope="local")      # K, V on their way to shared memory
         v_r = T.alloc_buffer((KV_PASSES * VEC,), dtype, scope="local")
 
         # Q of the tile -> q_s (rows past n read row n - 1: in bounds, their outputs are not written)
@@ -210,21 +210,15 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         for kt in T.serial(n_kt(b, n, m)):
             # 1. K and V of the tile -> shared memory (keys past m read row m - 1, masked in step 3)
             T.tvm_storage_sync("shared")
-            if prefetch:        # from the registers the last tile filled; then the next tile's loads go out
-                for it in T.unroll(KV_PASSES):
-                    if vec_in(it, tx, w, BK):
-                        for e in vectorized(VEC):
-                            k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_r[it * VEC + e]
-                            v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_r[it * VEC + e]
+            if not prefetch:    # this tile's loads now; with prefetch the last tile issued them
+                kv_to_registers(kt)
+            for it in T.unroll(KV_PASSES):
+                if vec_in(it, tx, w, BK):
+                    for e in vectorized(VEC):
+                        k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_r[it * VEC + e]
+                        v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_r[it * VEC + e]
+            if prefetch:        # the next tile's loads go out, in flight while this tile is computed
                 kv_to_registers(kt + 1)         # (past the last tile: row m - 1 again, unused)
-            else:
-                for it in T.unroll(KV_PASSES):
-                    if vec_in(it, tx, w, BK):
-                        for e in vectorized(VEC):
-                            k_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = k_cache[
-                                head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
-                            v_s[vec_row(it, tx, w), vec_col(it, tx, w, e)] = v_cache[
-                                head(b), T.min(kt * BK + vec_row(it, tx, w), m - 1), vec_col(it, tx, w, e)]
             T.tvm_storage_sync("shared")
             # 2. S = Q K^T, the warp's 16 rows x BK keys -> s_s
             if tc:
