@@ -57,6 +57,7 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype
+from ._pdl import grid_wait
 from .gelu import gelu_expr
 from .layernorm import layernorm_ref
 from .linear import linear_gelu_ref, linear_ref, linear_residual_ref
@@ -127,11 +128,13 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
-                          gelu: bool = False, max_lanes: int = 8):
+                          gelu: bool = False, max_lanes: int = 8, pdl: bool = False):
     """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
-    are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes)."""
+    are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
+    pdl: CUDA sm_90+ only, launched with programmatic dependent launch (kernels/_pdl.py): W's loads are
+    issued before the kernel waits for the previous one, x is read after."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -159,6 +162,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            if pdl:
+                grid_wait(TY, TX)
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -216,9 +221,11 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     return ln_linear_decode
 
 
-def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8):
+def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
+                                pdl: bool = False):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
-    layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads."""
+    layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
+    pdl: as make_ln_linear_decode's."""
     g = _geometry(in_features, out_features, dtype, max_lanes)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
@@ -236,6 +243,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            if pdl:
+                grid_wait(TY, TX)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for ko in T.serial(KO, annotations=UNROLL):

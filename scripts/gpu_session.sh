@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|bench-gpt2|bench-xl|
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|bench-pdl|bench-gpt2|bench-xl|
 #                               bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
@@ -8,6 +8,7 @@ set -euo pipefail
 OUT=$(realpath -m "${OUT:-out}"); mkdir -p "$OUT"
 # from the checkout's root, `python3 -m tinygpt2` would import ./tinygpt2 without kernels/ beside it
 tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
+PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
@@ -48,6 +49,15 @@ case "$1" in
                 --profile-prefill-len 1024 --out "$OUT/bench-xl") || true
               (cd /tmp && timeout 100 python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16 \
                 --rules fused --peers hf-eager --decode-tokens 64 --out "$OUT/bench-gpt2") || true ;;
+  # decode's hand kernels launched with PDL (pdl-decode) against `fused` without it: logits, traces, benches
+  pdl)        for m in random:gpt2 random:gpt2-xl; do for r in fused $PDL; do
+                timeout 100 python3 scripts/trace_decode.py $m float16 $r 20 --out="$OUT/trace" | tee -a "$OUT/trace_pdl.md" \
+                  || true; done; done
+              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PDL \
+                | tee "$OUT/gpu_check_pdl.md" || true ;;
+  bench-pdl)  for r in $PDL fused; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
+                --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 --rules $r --peers none --prompt-lens 128 \
+                --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

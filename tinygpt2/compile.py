@@ -31,7 +31,7 @@ from tinygpt2 import targets as TG
 from tinygpt2.config import GPT2Config
 from tinygpt2.errors import CompileError, DTypeError, RuleError
 from tinygpt2.model import build_module
-from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, relax, tirx, tvm
+from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, pdl_tir_pipeline, relax, tirx, tvm
 
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
@@ -118,10 +118,14 @@ def _dump(dump_dir: Path | None, name: str, text: str):
         (dump_dir / name).write_text(text)
 
 
-def hand_kernels(target: str, rule_list) -> dict:
-    """build_module's `gpu` and `hand`: the hand-scheduled GPU kernels the list asks for (none on a CPU)."""
+def hand_kernels(target: str, rule_list, tgt=None) -> dict:
+    """build_module's `gpu` and `hand`: the hand-scheduled GPU kernels the list asks for (none on a CPU).
+    `pdl-decode` is dropped where the target (tgt, the TVM target) cannot launch that way."""
     gpu = TG.kind(target) == "gpu"
-    return {"gpu": target if gpu else None, "hand": R.hand_kernels(rule_list) if gpu else ()}
+    hand = R.hand_kernels(rule_list) if gpu else ()
+    if not TG.supports_pdl(tgt):
+        hand = tuple(h for h in hand if h != "pdl-decode")
+    return {"gpu": target if gpu else None, "hand": hand}
 
 
 def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,
@@ -131,7 +135,7 @@ def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
-    mod = build_module(cfg, dtype, **hand_kernels(target, rule_list))
+    mod = build_module(cfg, dtype, **hand_kernels(target, rule_list, tgt))
     _dump(dump_dir, "00-build.py", mod.script())
     sched = schedule(mod, tgt, rule_list, require_all=TG.kind(target) == "gpu")
     _dump(dump_dir, "01-schedule.py", sched.mod.script())
@@ -164,7 +168,9 @@ def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
         with tgt, tvm.transform.PassContext(opt_level=3, config=config):
             lowered = relax.get_pipeline("default_build")(sched.mod)
         _dump(dump_dir, "02-lower.py", lowered.script())
-        ex = tvm.compile(lowered, target=tgt, relax_pipeline=None)
+        # on CUDA, TVM's TIR pipeline + the launch flag of the kernels that use PDL (kernels/_pdl.py)
+        tir_pipeline = pdl_tir_pipeline() if tgt.kind.name == "cuda" else "default"
+        ex = tvm.compile(lowered, target=tgt, relax_pipeline=None, tir_pipeline=tir_pipeline)
     except Exception as e:          # TVM raises many types; one message naming the phase is what helps
         raise CompileError(f"codegen for {tgt.kind.name} failed: {str(e).strip().splitlines()[-1]}") from e
     if tgt.kind.name != "llvm":

@@ -278,7 +278,7 @@ def _explain(cfg, target, dtype, rules, arch, functions, kernels, show, model) -
     e = Explanation(model or "", target, str(tgt), dtype, R.describe(rule_list), infos)
     if "before" in show:
         from tinygpt2.model import build_module
-        unscheduled = build_module(cfg, dtype, **hand_kernels(target, rule_list))
+        unscheduled = build_module(cfg, dtype, **hand_kernels(target, rule_list, tgt))
         e.before = {n: unscheduled[n].script() for n in sorted(names)}
     if "after" in show:
         e.after = {n: prims[n].script() for n in sorted(names)}

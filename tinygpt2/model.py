@@ -79,6 +79,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     decode = seq_len == 1
     fused = decode and "fused-decode" in hand   # decode's hand-scheduled GPU kernels (build_module)
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
+    pdl = fused and "pdl-decode" in hand        # ... launched with programmatic dependent launch (CUDA sm_90+)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -97,10 +98,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
         if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
-            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype)
+            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
-            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes)
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes)
+            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
@@ -122,11 +123,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
     # c_proj + the residual add: the attention's is the rule list's to schedule (in decode DLight's GEMV ran
-    # gpt2-xl's 1600 x 1600 in 3.3 us on an H200, the hand-scheduled one in 4.1); the MLP's, rows 4C long,
-    # hand-scheduled in fused decode (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us, gpt2 3.7 -> 3.4)
-    attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
+    # gpt2-xl's 1600 x 1600 in 3.3 us on an H200, the hand-scheduled one in 4.1) unless decode's kernels
+    # take PDL launches, which DLight's cannot; the MLP's, rows 4C long, hand-scheduled in fused decode
+    # (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us, gpt2 3.7 -> 3.4)
+    if pdl:
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl)
+    else:
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
     if fused:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes)
+        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl)
     else:
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
     with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):

@@ -63,6 +63,19 @@ class FlashPrefill(dl.ScheduleRule):
         return None
 
 
+class PDLDecode(dl.ScheduleRule):
+    """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
+    needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, a
+    no-op elsewhere). Each then issues its weight loads, lets the next kernel launch and only then waits
+    for the kernel before it, so that launches and weight streams overlap instead of queueing one ramp
+    after another. With it the attention's c_proj is hand-scheduled too (make_linear_residual_decode),
+    so that every kernel of a layer takes part. It matches no kernel itself.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class SmallBlockGEMV(dl.gpu.GEMV):
     """DLight's GEMV rule, scheduled as for a GPU whose blocks hold at most `max_threads` threads.
 
@@ -85,7 +98,7 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
-    return tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
+    return tuple(name for name in ("fused-decode", "pdl-decode", "hand-softmax", "flash-prefill")
                  if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
 
 
@@ -102,6 +115,7 @@ GPU_RULES = {
     "fallback": dl.gpu.Fallback,
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
+    "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tinygpt2.errors import TargetError
 from tinygpt2.tvm_shim import tvm
 
@@ -22,6 +24,14 @@ def cuda_arch() -> str:
         return DEFAULT_CUDA_ARCH
     major, minor = dev.compute_version.split(".")
     return f"sm_{major}{minor}" + ("a" if major == "9" else "")
+
+
+def supports_pdl(tgt) -> bool:
+    """Whether kernels for the TVM target `tgt` can use programmatic dependent launch: CUDA, sm_90+."""
+    if tgt is None or tgt.kind.name != "cuda":
+        return False
+    digits = re.match(r"sm_(\d+)", str(tgt.attrs.get("arch", "")))
+    return bool(digits) and int(digits.group(1)) >= 90
 
 
 def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":

@@ -73,3 +73,39 @@ def shape_tuple(values) -> "tvm.runtime.ShapeTuple":
 def is_scheduled(func) -> bool:
     """Whether a DLight rule marked this PrimFunc as scheduled."""
     return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
+
+
+# TVM 0.27 launches a CUDA kernel with programmatic dependent launch (cuLaunchKernelEx with the
+# programmatic stream serialization attribute) when its launch parameters carry this tag, spelt as
+# TVM spells it (src/runtime/metadata.h). Nothing in TVM's own pipeline adds it; pdl_tir_pipeline does.
+PDL_LAUNCH_TAG = "tirx.use_programtic_dependent_launch"
+KERNEL_LAUNCH_PARAMS = "tirx.kernel_launch_params"      # a device kernel's launch arguments, set by SplitHostDevice
+
+
+def _waits_on_grid(func) -> bool:
+    """Whether a device kernel calls griddepcontrol.wait (TVM 0.27 has no Python TIR visitor: its script)."""
+    return 'T.ptx.griddepcontrol("wait"' in func.script()
+
+
+@tvm.transform.module_pass(opt_level=0, name="LaunchWithPDL")
+def launch_with_pdl(mod, _ctx):
+    """Tag every device kernel that waits on griddepcontrol for a programmatic dependent launch (the
+    flag goes first: TVM wants the dynamic shared memory tag, when there is one, last)."""
+    for gv, func in list(mod.functions_items()):
+        params = func.attrs.get(KERNEL_LAUNCH_PARAMS) if isinstance(func, tirx.PrimFunc) and func.attrs else None
+        if params is not None and PDL_LAUNCH_TAG not in params and _waits_on_grid(func):
+            mod[gv] = func.with_attr(KERNEL_LAUNCH_PARAMS, [PDL_LAUNCH_TAG, *params])
+    return mod
+
+
+def pdl_tir_pipeline() -> str:
+    """The name of TVM's default ("s_tir") TIR pipeline followed by launch_with_pdl, registered once:
+    what tvm.compile's `tir_pipeline` takes for CUDA."""
+    name = "tinygpt2_s_tir_pdl"
+
+    def factory():
+        base, finalize_host, finalize_device = tirx.get_tir_pipeline("s_tir")
+        return tvm.transform.Sequential([base, launch_with_pdl]), finalize_host, finalize_device
+
+    tirx.register_tir_pipeline(name, factory)
+    return name

@@ -1,0 +1,48 @@
+"""Programmatic dependent launch (PDL, CUDA sm_90+) for decode's hand-scheduled kernels.
+
+In a decode step every kernel waits for the one before it: normally the GPU starts kernel k + 1
+only once kernel k has finished and its writes are visible, so each launch pays a ramp -- the
+blocks spread over the SMs, the first loads cross the memory's latency -- in which HBM idles.
+gpt2-xl's step is 244 kernels; at ~2 us of ramp each that is a third of the step.
+
+With PDL a kernel is split in two at a `griddepcontrol.wait`:
+
+    before the wait   reads only what no kernel of this step writes: the weights (and constants);
+                      W's slice of a thread goes into its registers here;
+    launch_dependents lets the GPU launch the next kernel now (once every block of this one has
+                      issued it), so that its blocks start their own weight loads while this one runs;
+    wait              blocks until every kernel before this one has finished, its writes visible;
+    after the wait    reads activations (x, the residual stream, qkv, the KV cache) and writes outputs.
+
+Correct because every kernel launched this way waits before it reads or writes anything a kernel of
+the step writes, and finishes only after its wait: so when kernel k passes its wait, k - 1 has
+finished, which means k - 1 passed its own wait after k - 2 had finished, and so on back. A
+kernel launched the ordinary way (DLight's, the embedding, lm_head) still waits for everything
+before it. The launch flag itself is not in the kernel: compile.py's TIR pipeline adds TVM's PDL
+launch tag to every CUDA kernel whose body calls `griddepcontrol.wait`, and only those.
+"""
+
+from tinygpt2.tvm_shim import T
+
+
+@T.macro(hygienic=False)
+def grid_wait(TY, TX):
+    """Let the next kernel launch, then wait for the previous ones (every thread of the block)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("grid_wait"):
+                T.reads()
+                T.writes()
+                T.ptx.griddepcontrol.launch_dependents()
+                T.ptx.griddepcontrol.wait()
+
+
+@T.macro(hygienic=False)
+def grid_wait_1d(TX):
+    """grid_wait for a kernel with threadIdx.x only."""
+    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+        with T.sblock("grid_wait"):
+            T.reads()
+            T.writes()
+            T.ptx.griddepcontrol.launch_dependents()
+            T.ptx.griddepcontrol.wait()
