@@ -151,3 +151,41 @@ def test_small_block_gemv_is_dlights_gemv_with_a_quarter_of_the_threads():
         source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
         return int(re.search(r"__launch_bounds__\((\d+)\) linear_mlp_proj_n1_kernel\(", source).group(1))
     assert (bounds("gemv"), bounds("small-block-gemv")) == (512, 128)
+
+
+def device_kernels(sched, tgt) -> dict:
+    """Kernel name -> its device PrimFunc after the TIR pipeline CUDA builds take (launch tags set; no nvcc)."""
+    from tinygpt2.tvm_shim import pdl_tir_pipeline, tirx, tvm
+
+    prims = tvm.IRModule({gv: f for gv, f in sched.mod.functions_items() if isinstance(f, tirx.PrimFunc)})
+    pipeline = tirx.get_tir_pipeline(pdl_tir_pipeline())[0]
+    with tgt:
+        lowered = pipeline(tirx.transform.BindTarget(tgt)(prims))
+    return {gv.name_hint: f for gv, f in lowered.functions_items()
+            if f.attrs is not None and "tirx.kernel_launch_params" in f.attrs}
+
+
+def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
+    """`pdl-decode` (kernels/_pdl.py): decode's hand kernels, the attention's c_proj now among them, issue
+    their weight loads, let the next kernel launch, then wait for the previous one before reading x; the
+    TIR pipeline gives exactly those kernels TVM's PDL launch tag. Kernels not written for it (DLight's,
+    the embedding, lm_head) keep the ordinary launch, which waits for all before it."""
+    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
+
+    rules = ["pdl-decode", "fused-decode", "gemv", "fallback"]
+    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_90a")
+    assert sched.rule_of["linear_attn_proj_n1"] == C.HAND_SCHEDULED
+    kernels = device_kernels(sched, tgt)
+    pdl = {name for name, f in kernels.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]}
+    assert pdl == {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
+                   "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
+    for name, f in kernels.items():
+        code = f.script()
+        assert ('griddepcontrol("wait"' in code) == (name in pdl), name
+        if name in pdl and name.startswith(("ln_linear", "linear_")):
+            wait = code.index('griddepcontrol("wait"')
+            assert code.index("w[") < code.index('griddepcontrol("launch_dependents"') < wait < code.index("x[")
+    # before Hopper there is no griddepcontrol: the entry is dropped, the kernels are the plain fused ones
+    sm80, _, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_80")
+    assert sm80.rule_of["linear_attn_proj_n1"] == "gemv"
+    assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()
