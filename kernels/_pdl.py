@@ -9,10 +9,10 @@ With PDL a kernel is split in two at a `griddepcontrol.wait`:
 
     before the wait   reads only what no kernel of this step writes: the weights (and constants);
                       W's slice of a thread goes into its registers here;
-    launch_dependents lets the GPU launch the next kernel now (once every block of this one has
-                      issued it), so that its blocks start their own weight loads while this one runs;
     wait              blocks until every kernel before this one has finished, its writes visible;
-    after the wait    reads activations (x, the residual stream, qkv, the KV cache) and writes outputs.
+    after the wait    reads activations (x, the residual stream, qkv, the KV cache) and writes outputs;
+    launch_dependents somewhere (MODES below) lets the GPU launch the next kernel once every block of
+                      this one has issued it, so that its blocks start their own weight loads early.
 
 Correct because every kernel launched this way waits before it reads or writes anything a kernel of
 the step writes, and finishes only after its wait: so when kernel k passes its wait, k - 1 has
@@ -25,24 +25,54 @@ launch tag to every CUDA kernel whose body calls `griddepcontrol.wait`, and only
 from tinygpt2.tvm_shim import T
 
 
+# where a kernel lets the next one launch (the rule-list entries pdl-decode-early / pdl-decode / -exit):
+#   "early"   before its wait, right after issuing its weight loads: the most overlap, and the next
+#             kernel's loads compete with this one's (and with the latency-bound attention);
+#   "loaded"  once its own loads have been used (after the dot product): the next kernel streams its
+#             weights while this one reduces and stores, not while it still reads;
+#   "exit"    never explicitly: the GPU lets the next kernel launch as this one's blocks exit.
+MODES = ("early", "loaded", "exit")
+
+
 @T.macro(hygienic=False)
-def grid_wait(TY, TX):
-    """Let the next kernel launch, then wait for the previous ones (every thread of the block)."""
+def grid_wait(TY, TX, early):
+    """Wait for the previous kernels (every thread of the block); with early, let the next launch first."""
     for ty in T.thread_binding(TY, thread="threadIdx.y"):
         for tx in T.thread_binding(TX, thread="threadIdx.x"):
             with T.sblock("grid_wait"):
                 T.reads()
                 T.writes()
-                T.ptx.griddepcontrol.launch_dependents()
+                if early:
+                    T.ptx.griddepcontrol.launch_dependents()
                 T.ptx.griddepcontrol.wait()
 
 
 @T.macro(hygienic=False)
-def grid_wait_1d(TX):
+def launch_next(TY, TX):
+    """Let the next kernel launch (once every block of this one has got here or exited)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("launch_next"):
+                T.reads()
+                T.writes()
+                T.ptx.griddepcontrol.launch_dependents()
+
+
+@T.macro(hygienic=False)
+def grid_wait_1d(TX, early):
     """grid_wait for a kernel with threadIdx.x only."""
     for tx in T.thread_binding(TX, thread="threadIdx.x"):
         with T.sblock("grid_wait"):
             T.reads()
             T.writes()
-            T.ptx.griddepcontrol.launch_dependents()
+            if early:
+                T.ptx.griddepcontrol.launch_dependents()
             T.ptx.griddepcontrol.wait()
+
+
+def flags(mode: str | None) -> tuple[bool, bool, bool]:
+    """(wait, early, loaded) for a kernel factory's `pdl` argument: None (an ordinary launch) or a MODE.
+    Plain bools, which TVMScript resolves while parsing (it takes no None for an `if`)."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown PDL mode {mode!r}: choose one of {', '.join(MODES)}")
+    return mode is not None, mode == "early", mode == "loaded"

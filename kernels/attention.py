@@ -25,7 +25,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
-from ._pdl import grid_wait, grid_wait_1d
+from ._pdl import flags as pdl_flags, grid_wait, grid_wait_1d, launch_next
 from .kv_cache import kv_append_ref
 
 
@@ -373,7 +373,7 @@ def pad_keys(a, n_ctx):
 # attends over its chunk alone, and a second, small kernel merges the chunks' partial results:
 # 4.1 us + 1.8 us in the same graph (docs/results/trace_decode_h200.md).
 
-def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", pdl: bool = False):
+def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", pdl: str | None = None):
     """One decode step of attention for a GPU, the new token's K and V appended to the cache:
 
         k_cache[h, pos, :] = k,  v_cache[h, pos, :] = v                    (k, v: the new token's, from qkv)
@@ -409,9 +409,10 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     from there on. Every phase issues all of its loads, unconditionally, before it uses any: on an
     H200 a load under a branch of its own, used at once, cost a memory latency per key.
 
-    pdl (CUDA sm_90+, kernels/_pdl.py): both kernels launched with programmatic dependent launch. The
-    chunks kernel loads its V rows before it waits for the previous kernel: rows before pos, which
-    earlier steps wrote (pos itself is set before the step's first kernel); everything else after.
+    pdl (CUDA sm_90+, one of kernels/_pdl.py's MODES): both kernels launched with programmatic dependent
+    launch. The chunks kernel loads its V rows before it waits for the previous kernel: rows before pos,
+    which earlier steps wrote (pos itself is set before the step's first kernel); everything else after.
+    "loaded" lets the next kernel launch once pv has used the loads; the merge kernel never does early.
     """
     check_dtype(dtype)
     vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx)
@@ -424,6 +425,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     scale = T.float32(1.0 / math.sqrt(head_dim))
     lowest = T.float32(F32_MIN)
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
+
+    pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
 
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -452,8 +455,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                             for e in T.vectorized(VEC):
                                 v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
-            if pdl:
-                grid_wait(NY, NX)
+            if pdl_wait:
+                grid_wait(NY, NX, pdl_early)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("qk"):
@@ -527,6 +530,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_all[jy * VEC + e])
                         for e in T.serial(VEC):
                             partial[vh, vc, vy, vx * VEC + e] = acc[e]
+            if pdl_loaded:
+                launch_next(NY, NX)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("part"):
@@ -543,8 +548,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                             ml_part[vh, vc, 1] = c_sum[vh, vc]
         # --- kernel 2: merge the chunks, one block per head ---
         for bh in T.thread_binding(H, thread="blockIdx.x"):
-            if pdl:
-                grid_wait_1d(D)
+            if pdl_wait:
+                grid_wait_1d(D, pdl_early)
             for tx in T.thread_binding(D, thread="threadIdx.x"):
                 with T.sblock("merge"):
                     vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)

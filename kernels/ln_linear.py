@@ -57,7 +57,7 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype
-from ._pdl import grid_wait
+from ._pdl import flags as pdl_flags, grid_wait, launch_next
 from .gelu import gelu_expr
 from .layernorm import layernorm_ref
 from .linear import linear_gelu_ref, linear_ref, linear_residual_ref
@@ -128,13 +128,13 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
-                          gelu: bool = False, max_lanes: int = 8, pdl: bool = False):
+                          gelu: bool = False, max_lanes: int = 8, pdl: str | None = None):
     """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
-    pdl: CUDA sm_90+ only, launched with programmatic dependent launch (kernels/_pdl.py): W's loads are
-    issued before the kernel waits for the previous one, x is read after."""
+    pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
+    W's loads issued before the kernel waits for the previous one, x read after."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -149,6 +149,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     def epilogue(acc):
         return gelu_expr(acc) if gelu else acc
 
+    pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+
     @T.prim_func(s_tir=True)
     def ln_linear_decode(x: T.Buffer((one, C), dtype), gamma: T.Buffer((C,), dtype), beta: T.Buffer((C,), dtype),
                          w: T.Buffer((N, C), dtype), b: T.Buffer((N,), dtype), y: T.Buffer((one, N), dtype)):
@@ -162,8 +164,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
-            if pdl:
-                grid_wait(TY, TX)
+            if pdl_wait:
+                grid_wait(TY, TX, pdl_early)
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -210,6 +212,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                                 for v in T.serial(V, annotations=UNROLL):
                                     partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, h_vec[v]) * T.Cast(
                                         ACC, w_reg[vj, vt, ko, v])
+            if pdl_loaded:
+                launch_next(TY, TX)
             _row_sum(partial, row_acc, bx, NB, TX, TY)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -222,7 +226,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
-                                pdl: bool = False):
+                                pdl: str | None = None):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
     layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
     pdl: as make_ln_linear_decode's."""
@@ -232,6 +236,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
     NP = NB * TY
+
+    pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
 
     @T.prim_func(s_tir=True)
     def linear_residual_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
@@ -243,8 +249,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
-            if pdl:
-                grid_wait(TY, TX)
+            if pdl_wait:
+                grid_wait(TY, TX, pdl_early)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for ko in T.serial(KO, annotations=UNROLL):
@@ -266,6 +272,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                                 for v in T.serial(V, annotations=UNROLL):
                                     partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v]) * T.Cast(
                                         ACC, w_reg[vj, vt, ko, v])
+            if pdl_loaded:
+                launch_next(TY, TX)
             _row_sum(partial, row_acc, bx, NB, TX, TY)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):

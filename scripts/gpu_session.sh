@@ -55,6 +55,10 @@ case "$1" in
                   || true; done; done
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PDL \
                 | tee "$OUT/gpu_check_pdl.md" || true ;;
+  # gpt2-xl's decode kernels in the graph for each place a kernel lets the next launch (kernels/_pdl.py)
+  trace-pdl)  for r in fused ${PDL/pdl-decode/pdl-decode-early} $PDL ${PDL/pdl-decode/pdl-decode-exit}; do
+                timeout 120 python3 scripts/trace_decode.py ${MODEL:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
+                  | tee -a "$OUT/trace_pdl.md" || true; done ;;
   bench-pdl)  for r in $PDL fused; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
                 --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 --rules $r --peers none --prompt-lens 128 \
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;

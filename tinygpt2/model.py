@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 
 from tinygpt2 import kernels as K
+from tinygpt2 import rules as R
 from tinygpt2.config import GPT2Config
 from tinygpt2.tvm_shim import relax, tirx, tvm
 from tinygpt2.weights import param_names, param_shapes
@@ -79,7 +80,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     decode = seq_len == 1
     fused = decode and "fused-decode" in hand   # decode's hand-scheduled GPU kernels (build_module)
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
-    pdl = fused and "pdl-decode" in hand        # ... launched with programmatic dependent launch (CUDA sm_90+)
+    # ... launched with programmatic dependent launch (CUDA sm_90+): kernels/_pdl.py's mode, or None
+    pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them

@@ -66,14 +66,25 @@ class FlashPrefill(dl.ScheduleRule):
 class PDLDecode(dl.ScheduleRule):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, a
-    no-op elsewhere). Each then issues its weight loads, lets the next kernel launch and only then waits
-    for the kernel before it, so that launches and weight streams overlap instead of queueing one ramp
-    after another. With it the attention's c_proj is hand-scheduled too (make_linear_residual_decode),
-    so that every kernel of a layer takes part. It matches no kernel itself.
+    no-op elsewhere). Each issues its weight loads, then waits for the kernel before it; it lets the
+    next kernel launch once its own loads are used (`pdl-decode`), right away (`pdl-decode-early`) or
+    as it exits (`pdl-decode-exit`), so that launches and weight streams overlap instead of queueing
+    one ramp after another. With it the attention's c_proj is hand-scheduled too
+    (make_linear_residual_decode), so that every kernel of a layer takes part. It matches no kernel.
     """
+
+    mode = "loaded"
 
     def apply(self, func, target, tunable):
         return None
+
+
+class PDLDecodeEarly(PDLDecode):
+    mode = "early"
+
+
+class PDLDecodeExit(PDLDecode):
+    mode = "exit"
 
 
 class SmallBlockGEMV(dl.gpu.GEMV):
@@ -98,7 +109,8 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
-    return tuple(name for name in ("fused-decode", "pdl-decode", "hand-softmax", "flash-prefill")
+    pdl = [name for name in PDL_RULES if any(type(r) is GPU_RULES[name] for r in rule_list)][:1]  # the first
+    return tuple(name for name in ("fused-decode", *pdl, "hand-softmax", "flash-prefill")
                  if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
 
 
@@ -116,9 +128,12 @@ GPU_RULES = {
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
     "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
+    "pdl-decode-early": PDLDecodeEarly,
+    "pdl-decode-exit": PDLDecodeExit,
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
+PDL_RULES = {"pdl-decode": "loaded", "pdl-decode-early": "early", "pdl-decode-exit": "exit"}   # -> kernels/_pdl.py's mode
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
     "reduction": dl.cpu.Reduction,
