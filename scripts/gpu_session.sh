@@ -56,7 +56,7 @@ case "$1" in
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PDL \
                 | tee "$OUT/gpu_check_pdl.md" || true ;;
   # gpt2-xl's decode kernels in the graph for each place a kernel lets the next launch (kernels/_pdl.py)
-  trace-pdl)  for r in fused ${PDL/pdl-decode/pdl-decode-early} $PDL ${PDL/pdl-decode/pdl-decode-exit}; do
+  trace-pdl)  for r in fused $PDL ${PDL/pdl-decode/pdl-decode-exit} ${EARLY:+${PDL/pdl-decode/pdl-decode-early}}; do
                 timeout 120 python3 scripts/trace_decode.py ${MODEL:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
                   | tee -a "$OUT/trace_pdl.md" || true; done ;;
   bench-pdl)  for r in $PDL fused; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
