@@ -29,7 +29,8 @@ from tinygpt2.tvm_shim import T
 #   "early"   before its wait, right after issuing its weight loads: the most overlap, and the next
 #             kernel's loads compete with this one's (and with the latency-bound attention);
 #   "loaded"  once its own loads have been used (after the dot product): the next kernel streams its
-#             weights while this one reduces and stores, not while it still reads;
+#             weights while this one reduces and stores, not while it still reads; except the
+#             attention (latency-bound, HBM mostly idle), which lets the next launch at once;
 #   "exit"    never explicitly: the GPU lets the next kernel launch as this one's blocks exit.
 MODES = ("early", "loaded", "exit")
 

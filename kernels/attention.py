@@ -25,7 +25,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
-from ._pdl import flags as pdl_flags, grid_wait, grid_wait_1d, launch_next
+from ._pdl import flags as pdl_flags, grid_wait, grid_wait_1d
 from .kv_cache import kv_append_ref
 
 
@@ -412,7 +412,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     pdl (CUDA sm_90+, one of kernels/_pdl.py's MODES): both kernels launched with programmatic dependent
     launch. The chunks kernel loads its V rows before it waits for the previous kernel: rows before pos,
     which earlier steps wrote (pos itself is set before the step's first kernel); everything else after.
-    "loaded" lets the next kernel launch once pv has used the loads; the merge kernel never does early.
+    Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
     """
     check_dtype(dtype)
     vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx)
@@ -427,6 +427,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+    # latency-bound: its loads leave HBM mostly idle, so with "loaded" too it lets the merge kernel, and
+    # that one attn_proj, launch at once (attn_proj's weights then stream in during the attention)
+    pdl_early = pdl_early or pdl_loaded
 
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -530,8 +533,6 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 acc[e] = acc[e] + p[vh, vc, jy * NY + vy] * T.Cast(ACC, v_all[jy * VEC + e])
                         for e in T.serial(VEC):
                             partial[vh, vc, vy, vx * VEC + e] = acc[e]
-            if pdl_loaded:
-                launch_next(NY, NX)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("part"):
