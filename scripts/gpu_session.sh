@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|bench-pdl|bench-gpt2|bench-xl|
+#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
 #                               bench-xl-tuned|bench-fused|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
@@ -59,6 +59,13 @@ case "$1" in
   trace-pdl)  for r in fused $PDL ${PDL/pdl-decode/pdl-decode-exit} ${EARLY:+${PDL/pdl-decode/pdl-decode-early}}; do
                 timeout 120 python3 scripts/trace_decode.py ${MODEL:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
                   | tee -a "$OUT/trace_pdl.md" || true; done ;;
+  # one loan: trace-pdl, the logits check of pdl-decode, its bench (gpt2, gpt2-xl)
+  pdl-round)  bash "$0" trace-pdl
+              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PDL \
+                | tee "$OUT/gpu_check_pdl.md" || true
+              (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
+                --dtypes float16 --rules $PDL --peers none --prompt-lens 128 --decode-tokens 256 --repeats 3 \
+                --out "$OUT/bench-pdl") || true ;;
   bench-pdl)  for r in $PDL fused; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
                 --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 --rules $r --peers none --prompt-lens 128 \
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
