@@ -127,18 +127,6 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
                 row_acc[vj] = row_acc[vj] + partial[vj, vt]
 
 
-@T.macro(hygienic=False)
-def _block_sum(part, total, TX, TY):
-    """total[0] = the sum of part over the block's TX * TY threads (a cross-thread reduction)."""
-    for ty in T.thread_binding(TY, thread="threadIdx.y"):
-        for tx in T.thread_binding(TX, thread="threadIdx.x"):
-            with T.sblock("block_sum"):
-                vt = T.axis.reduce(TX * TY, ty * TX + tx)
-                with T.init():
-                    total[0] = T.float32(0)
-                total[0] = total[0] + part[vt]
-
-
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8, pdl: str | None = None):
     """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
@@ -174,65 +162,41 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         x_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
         sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
         h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
-        # x, gamma, beta: element k = kx * NT + t of thread t at [kx, t] (TVM compacts each to KX registers)
-        x_reg = T.sblock_alloc_buffer((KX, NT), dtype, scope="local")
-        g_reg = T.sblock_alloc_buffer((KX, NT), dtype, scope="local")
-        b_reg = T.sblock_alloc_buffer((KX, NT), dtype, scope="local")
-        t_sum = T.sblock_alloc_buffer((NT,), ACC, scope="local")                 # per thread: one each
-        t_sq = T.sblock_alloc_buffer((NT,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
-            # gamma and beta are weights too: loaded with W, so that their latency is not paid after the
-            # statistics (it was, when the normalize step read them: ~0.7 us of an L2 round trip)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.unroll(KX):
-                        with T.sblock("gb_load"):
-                            vo, vt = T.axis.spatial(KX, kx), T.axis.spatial(NT, ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            g_reg[vo, vt] = gamma[vo * NT + vt]
-                            b_reg[vo, vt] = beta[vo * NT + vt]
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
-            # 2. x into registers once, then its statistics: block-wide reductions, as layernorm.py's (two passes)
+            # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.unroll(KX):
-                        with T.sblock("x_load"):
-                            vo, vt = T.axis.spatial(KX, kx), T.axis.spatial(NT, ty * TX + tx)
+                    for kx in T.serial(KX):
+                        with T.sblock("x_sum"):
+                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
                             T.where(kx * NT + ty * TX + tx < C)
-                            x_reg[vo, vt] = x[0, vo * NT + vt]
-            # (per thread over its KX elements, then across the block: TVM lowers the second to shuffles)
+                            with T.init():
+                                x_sum[0] = T.float32(0)
+                            x_sum[0] = x_sum[0] + T.Cast(ACC, x[0, vk])
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("x_part"):
-                        vt = T.axis.spatial(NT, ty * TX + tx)
-                        t_sum[vt] = T.float32(0)
-                        for kx in T.serial(KX):
-                            if kx * NT + vt < C:
-                                t_sum[vt] = t_sum[vt] + T.Cast(ACC, x_reg[kx, vt])
-            _block_sum(t_sum, x_sum, TX, TY)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    with T.sblock("sq_part"):
-                        vt = T.axis.spatial(NT, ty * TX + tx)
-                        t_sq[vt] = T.float32(0)
-                        for kx in T.serial(KX):
-                            if kx * NT + vt < C:
-                                t_sq[vt] = t_sq[vt] + (T.Cast(ACC, x_reg[kx, vt]) - x_sum[0] * inv_c) * (
-                                    T.Cast(ACC, x_reg[kx, vt]) - x_sum[0] * inv_c)
-            _block_sum(t_sq, sq_sum, TX, TY)
+                    for kx in T.serial(KX):
+                        with T.sblock("sq_sum"):
+                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
+                            T.where(kx * NT + ty * TX + tx < C)
+                            with T.init():
+                                sq_sum[0] = T.float32(0)
+                            sq_sum[0] = sq_sum[0] + (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c) * (
+                                T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
             # h = layernorm(x), rounded to dtype as make_layernorm's output is, into shared memory: once
             # per block (normalizing per row, in registers, made gpt2-xl's c_fc 1.8x slower)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for kx in T.serial(KX):
                         with T.sblock("normalize"):
-                            vo, vt = T.axis.spatial(KX, kx), T.axis.spatial(NT, ty * TX + tx)
+                            vk = T.axis.spatial(C, kx * NT + ty * TX + tx)
                             T.where(kx * NT + ty * TX + tx < C)
-                            h[vo * NT + vt] = T.Cast(dtype, (T.Cast(ACC, x_reg[vo, vt]) - x_sum[0] * inv_c)
-                                                     * T.rsqrt(sq_sum[0] * inv_c + eps_)
-                                                     * T.Cast(ACC, g_reg[vo, vt]) + T.Cast(ACC, b_reg[vo, vt]))
+                            h[vk] = T.Cast(dtype, (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
+                                           * T.rsqrt(sq_sum[0] * inv_c + eps_)
+                                           * T.Cast(ACC, gamma[vk]) + T.Cast(ACC, beta[vk]))
             # 3. per thread: sum over its k slices of h[k] * W[j, k] (h: a vector load from shared memory)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
