@@ -128,7 +128,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # gpt2-xl's 1600 x 1600 in 3.3 us on an H200, the hand-scheduled one in 4.1) unless decode's kernels
     # take PDL launches, which DLight's cannot; the MLP's, rows 4C long, hand-scheduled in fused decode
     # (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us, gpt2 3.7 -> 3.4)
-    if pdl:
+    if pdl in ("early", "loaded"):
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl)
     else:
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
