@@ -8,7 +8,9 @@ set -euo pipefail
 OUT=$(realpath -m "${OUT:-out}"); mkdir -p "$OUT"
 # from the checkout's root, `python3 -m tinygpt2` would import ./tinygpt2 without kernels/ beside it
 tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
+# `fused` (which has pdl-decode) spelt out, and without pdl-decode
 PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
+NOPDL=${PDL#pdl-decode,}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
@@ -50,13 +52,13 @@ case "$1" in
               (cd /tmp && timeout 100 python3 -m tinygpt2 bench --target cuda --models random:gpt2 --dtypes float16 \
                 --rules fused --peers hf-eager --decode-tokens 64 --out "$OUT/bench-gpt2") || true ;;
   # decode's hand kernels launched with PDL (pdl-decode) against `fused` without it: logits, traces, benches
-  pdl)        for m in random:gpt2 random:gpt2-xl; do for r in fused $PDL; do
+  pdl)        for m in random:gpt2 random:gpt2-xl; do for r in $NOPDL $PDL; do
                 timeout 100 python3 scripts/trace_decode.py $m float16 $r 20 --out="$OUT/trace" | tee -a "$OUT/trace_pdl.md" \
                   || true; done; done
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PDL \
                 | tee "$OUT/gpu_check_pdl.md" || true ;;
   # gpt2-xl's decode kernels in the graph for each place a kernel lets the next launch (kernels/_pdl.py)
-  trace-pdl)  for r in fused $PDL ${PDL/pdl-decode/pdl-decode-exit} ${EARLY:+${PDL/pdl-decode/pdl-decode-early}}; do
+  trace-pdl)  for r in $NOPDL $PDL ${PDL/pdl-decode/pdl-decode-loaded} ${EARLY:+${PDL/pdl-decode/pdl-decode-early}}; do
                 timeout 120 python3 scripts/trace_decode.py ${MODEL:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
                   | tee -a "$OUT/trace_pdl.md" || true; done ;;
   # one loan: trace-pdl, the logits check of pdl-decode, its bench (gpt2, gpt2-xl)
@@ -66,7 +68,7 @@ case "$1" in
               (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
                 --dtypes float16 --rules $PDL --peers none --prompt-lens 128 --decode-tokens 256 --repeats 3 \
                 --out "$OUT/bench-pdl") || true ;;
-  bench-pdl)  for r in $PDL fused; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
+  bench-pdl)  for r in $PDL $NOPDL; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
                 --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 --rules $r --peers none --prompt-lens 128 \
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \

@@ -166,28 +166,33 @@ def device_kernels(sched, tgt) -> dict:
 
 
 def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
-    """`pdl-decode` (kernels/_pdl.py): decode's hand kernels, the attention's c_proj now among them, issue
-    their weight loads, then wait for the previous kernel before reading x, and let the next one launch
-    once the loads are used; the
-    TIR pipeline gives exactly those kernels TVM's PDL launch tag. Kernels not written for it (DLight's,
-    the embedding, lm_head) keep the ordinary launch, which waits for all before it."""
+    """`pdl-decode` (kernels/_pdl.py; in preset `fused`): decode's hand kernels issue their weight loads,
+    then wait for the previous kernel before reading x; the TIR pipeline gives exactly those kernels
+    TVM's PDL launch tag, and the next one launches as their blocks exit. Kernels not written for it
+    (DLight's attn_proj, the embedding, lm_head) keep the ordinary launch, which waits for all before
+    it. Variant `pdl-decode-loaded` also hand-schedules attn_proj and lets the next kernel launch once a
+    linear's loads are used."""
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
-    rules = ["pdl-decode", "fused-decode", "gemv", "fallback"]
-    sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_90a")
-    assert sched.rule_of["linear_attn_proj_n1"] == C.HAND_SCHEDULED
-    kernels = device_kernels(sched, tgt)
-    pdl = {name for name, f in kernels.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]}
-    assert pdl == {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
-                   "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
-    for name, f in kernels.items():
-        code = f.script()
-        assert ('griddepcontrol("wait"' in code) == (name in pdl), name
-        if name in pdl and name.startswith(("ln_linear", "linear_")):
-            wait = code.index('griddepcontrol("wait"')
-            # pdl-decode lets the next kernel launch once the loads are used (after the dot product)
-            assert code.index("w[") < wait < code.index("x[") < code.index('griddepcontrol("launch_dependents"')
+    decode = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
+              "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
+    for entry, attn_proj in (("pdl-decode", "gemv"), ("pdl-decode-loaded", C.HAND_SCHEDULED)):
+        sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", [entry, "fused-decode", "gemv", "fallback"],
+                                          arch="sm_90a")
+        assert sched.rule_of["linear_attn_proj_n1"] == attn_proj
+        kernels = device_kernels(sched, tgt)
+        pdl = {name for name, f in kernels.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]}
+        assert pdl == decode | ({"linear_attn_proj_n1_kernel"} if attn_proj == C.HAND_SCHEDULED else set())
+        for name, f in kernels.items():
+            code = f.script()
+            assert ('griddepcontrol("wait"' in code) == (name in pdl), name
+            if name in pdl and name.startswith(("ln_linear", "linear_")):
+                wait = code.index('griddepcontrol("wait"')
+                assert code.index("w[") < wait < code.index("x[")
+                launch = code.find('griddepcontrol("launch_dependents"')
+                assert launch == -1 if entry == "pdl-decode" else code.index("x[") < launch
     # before Hopper there is no griddepcontrol: the entry is dropped, the kernels are the plain fused ones
-    sm80, _, _ = C.build_scheduled(TC_CFG, "cuda", "float16", rules, arch="sm_80")
+    sm80, _, _ = C.build_scheduled(TC_CFG, "cuda", "float16", ["pdl-decode-loaded", "fused-decode", "gemv",
+                                                               "fallback"], arch="sm_80")
     assert sm80.rule_of["linear_attn_proj_n1"] == "gemv"
     assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()

@@ -65,26 +65,29 @@ class FlashPrefill(dl.ScheduleRule):
 
 class PDLDecode(dl.ScheduleRule):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
-    needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, a
-    no-op elsewhere). Each issues its weight loads, then waits for the kernel before it; it lets the
-    next kernel launch once its own loads are used (`pdl-decode`), right away (`pdl-decode-early`) or
-    as it exits (`pdl-decode-exit`), so that launches and weight streams overlap instead of queueing
-    one ramp after another. With it the attention's c_proj is hand-scheduled too
-    (make_linear_residual_decode), so that every kernel of a layer takes part. It matches no kernel.
+    needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
+    elsewhere). Each issues its weight loads, then waits for the kernel before it; the GPU launches the
+    next kernel as this one's blocks exit, ahead of its completion. On an H200 this took gpt2-xl's
+    decode step in the CUDA graph from 1659 to 1627 us (the launch gaps: 24 -> 4 us a step, and W's
+    loads issued before the wait). Variants, measured slower: `pdl-decode-loaded` lets the next kernel
+    launch once a kernel's loads are used (the attention at once; 1697 us) and `pdl-decode-early`
+    right after its weight loads (1748 us): the next kernels' weight streams then slow the critical
+    path, the attention above all. Both hand-schedule the attention's c_proj so that it takes part
+    (make_linear_residual_decode; `pdl-decode` keeps DLight's, faster alone). It matches no kernel.
     """
 
-    mode = "loaded"
+    mode = "exit"
 
     def apply(self, func, target, tunable):
         return None
 
 
+class PDLDecodeLoaded(PDLDecode):
+    mode = "loaded"
+
+
 class PDLDecodeEarly(PDLDecode):
     mode = "early"
-
-
-class PDLDecodeExit(PDLDecode):
-    mode = "exit"
 
 
 class SmallBlockGEMV(dl.gpu.GEMV):
@@ -128,12 +131,12 @@ GPU_RULES = {
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
     "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
+    "pdl-decode-loaded": PDLDecodeLoaded,
     "pdl-decode-early": PDLDecodeEarly,
-    "pdl-decode-exit": PDLDecodeExit,
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
-PDL_RULES = {"pdl-decode": "loaded", "pdl-decode-early": "early", "pdl-decode-exit": "exit"}   # -> kernels/_pdl.py's mode
+PDL_RULES = {"pdl-decode": "exit", "pdl-decode-loaded": "loaded", "pdl-decode-early": "early"}  # -> kernels/_pdl.py's mode
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
     "reduction": dl.cpu.Reduction,
@@ -149,8 +152,9 @@ CPU_DEFAULT = ["gemv", "reduction"]
 GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
-# default one, a day earlier), gpt2-xl at 609 (493) (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
+# default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
+# 4191 and 621 (docs/results/README.md)
+GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
 
@@ -168,7 +172,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 hand-scheduled, each score read once, likewise without flash-prefill).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
-                kernels) and
+                kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
                 small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
     default-minus-<rule> -- the default list without that rule.
