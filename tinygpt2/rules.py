@@ -174,7 +174,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
                 small-block-gemv before gemv: the fastest list measured, prefill and decode.
-    <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run).
+    <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
+                the pdl-decode entries, which need fused-decode.
     default-minus-<rule> -- the default list without that rule.
     """
     if target_kind == "cpu":
@@ -183,7 +184,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         out.update({f"default-minus-{name}": [r for r in CPU_DEFAULT if r != name] for name in CPU_DEFAULT})
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
-    out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback"})
+    # each rule alone; not the PDL entries, which only change how fused-decode's kernels launch
+    out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback" and name not in PDL_RULES})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
