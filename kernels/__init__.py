@@ -5,7 +5,8 @@ loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states 
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
 memory) because no rule matches them: attention.make_decode_attention and ln_linear's
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
-entry `fused-decode` asks for them), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`) and
+entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
+_pdl.py), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`) and
 flash_attention.make_flash_attention (`flash-prefill`).
 Installed as `tinygpt2.kernels`.
 """

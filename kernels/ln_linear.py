@@ -49,6 +49,11 @@ Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), a
     asm statement taking W's address, stops LLVM sinking them; SASS confirmed the order): slower too,
     gpt2's qkv 3.2 -> 3.6 us, gpt2-xl's c_fc 8.9 -> 9.6 us. The loads as LLVM places them, after the
     statistics, are what is kept.
+  - (2026-12-03) x, gamma and beta in registers, gamma and beta loaded with W, the statistics per thread
+    then across the block: the compiler still sank the loads, and gpt2-xl's qkv took 355 -> 390 us a step.
+With `pdl` (kernels/_pdl.py) the loads of W do come first: the `griddepcontrol.wait` after them is an
+`asm volatile` with a memory clobber, which the compiler does not move loads across (SASS: the LDGs, then
+ACQBULK, then the statistics).
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
