@@ -62,18 +62,6 @@ def launch_next(TY, TX):
                 T.ptx.griddepcontrol.launch_dependents()
 
 
-@T.macro(hygienic=False)
-def grid_wait_1d(TX, early):
-    """grid_wait for a kernel with threadIdx.x only."""
-    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-        with T.sblock("grid_wait"):
-            T.reads()
-            T.writes()
-            if early:
-                T.ptx.griddepcontrol.launch_dependents()
-            T.ptx.griddepcontrol.wait()
-
-
 def flags(mode: str | None) -> tuple[bool, bool, bool]:
     """(wait, early, loaded) for a kernel factory's `pdl` argument: None (an ordinary launch) or a MODE.
     Plain bools, which TVMScript resolves while parsing (it takes no None for an `if`)."""

@@ -25,7 +25,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
-from ._pdl import flags as pdl_flags, grid_wait, grid_wait_1d
+from ._pdl import flags as pdl_flags, grid_wait
 from .kv_cache import kv_append_ref
 
 
@@ -550,7 +550,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         # --- kernel 2: merge the chunks, one block per head ---
         for bh in T.thread_binding(H, thread="blockIdx.x"):
             if pdl_wait:
-                grid_wait_1d(D, pdl_early)
+                grid_wait(one, D, pdl_early)          # (threadIdx.y of extent 1)
             for tx in T.thread_binding(D, thread="threadIdx.x"):
                 with T.sblock("merge"):
                     vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
