@@ -112,9 +112,12 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
-    pdl = [name for name in PDL_RULES if any(type(r) is GPU_RULES[name] for r in rule_list)][:1]  # the first
-    return tuple(name for name in ("fused-decode", *pdl, "hand-softmax", "flash-prefill")
-                 if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
+    names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
+                  if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
+    # the PDL entries are one rule in three modes (subclasses); should a list name several, the first
+    # of PDL_RULES wins
+    modes = {r.mode for r in rule_list if isinstance(r, PDLDecode)}
+    return names + tuple(name for name, mode in PDL_RULES.items() if mode in modes)[:1]
 
 
 # rule name -> class, per kind of target
@@ -136,7 +139,8 @@ GPU_RULES = {
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
-PDL_RULES = {"pdl-decode": "exit", "pdl-decode-loaded": "loaded", "pdl-decode-early": "early"}  # -> kernels/_pdl.py's mode
+# rule name -> kernels/_pdl.py's mode
+PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 CPU_RULES = {
     "gemv": dl.cpu.GEMV,
     "reduction": dl.cpu.Reduction,

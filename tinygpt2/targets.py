@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from tinygpt2.errors import TargetError
-from tinygpt2.tvm_shim import tvm
+from tinygpt2.tvm_shim import sm_version, tvm
 
 TARGETS = ("llvm", "cuda", "webgpu", "rocm", "metal")
 RUNNABLE = ("llvm", "cuda", "webgpu")
@@ -28,10 +26,7 @@ def cuda_arch() -> str:
 
 def supports_pdl(tgt) -> bool:
     """Whether kernels for the TVM target `tgt` can use programmatic dependent launch: CUDA, sm_90+."""
-    if tgt is None or tgt.kind.name != "cuda":
-        return False
-    digits = re.match(r"sm_(\d+)", str(tgt.attrs.get("arch", "")))
-    return bool(digits) and int(digits.group(1)) >= 90
+    return tgt is not None and tgt.kind.name == "cuda" and sm_version(str(tgt.attrs.get("arch", ""))) >= 90
 
 
 def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":

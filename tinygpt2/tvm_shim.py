@@ -39,10 +39,15 @@ dl.gpu.matmul.MetalMatmul.apply = _metal_matmul_declines
 TENSORIZE_OK = not TVM_FFI_VERSION.startswith("0.1.15")
 
 
-def _check_sm_version(arch: str) -> int:
-    """"sm_90a" -> 90 (DLight's own version returns -1 for any arch with a letter suffix)."""
+def sm_version(arch: str) -> int:
+    """"sm_90a" -> 90, -1 for anything not an sm_ arch (DLight's own version returns -1 for any arch with
+    a letter suffix)."""
     digits = re.match(r"sm_(\d+)", arch)
-    return int(digits.group(1)) if digits and TENSORIZE_OK else -1
+    return int(digits.group(1)) if digits else -1
+
+
+def _check_sm_version(arch: str) -> int:
+    return sm_version(arch) if TENSORIZE_OK else -1
 
 
 # TVM 0.27: dl.gpu.Matmul only tensorizes (WMMA tensor cores, fp16 in, fp32 accumulate) when
