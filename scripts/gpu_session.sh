@@ -71,6 +71,13 @@ case "$1" in
   bench-pdl)  for r in $PDL $NOPDL; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
                 --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 --rules $r --peers none --prompt-lens 128 \
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
+  # prefill's linears per tensor-core schedule (scripts/bench_matmul.py), cuBLAS beside them
+  bench-mm)   timeout 300 python3 scripts/bench_matmul.py ${MM_ARGS:-} | tee "$OUT/bench_matmul.md" || true ;;
+  # gpt2-xl's prefill with pdl-decode's list and tensor-core-matmul-async first, then without, HF eager beside the first
+  mm)         i=0; for r in ${PDL/tensor-core-matmul/tensor-core-matmul-async,tensor-core-matmul} $PDL; do i=$((i + 1))
+                (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
+                  --dtypes float16 --rules $r --peers ${PEERS:-hf-eager} --prompt-lens ${LENS:-512,1024} --decode-tokens 16 \
+                  --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-mm-$i") || true; PEERS=none; done ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

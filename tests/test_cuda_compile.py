@@ -161,10 +161,34 @@ def device_kernels(sched, tgt) -> dict:
 
     prims = tvm.IRModule({gv: f for gv, f in sched.mod.functions_items() if isinstance(f, tirx.PrimFunc)})
     pipeline = tirx.get_tir_pipeline(pdl_tir_pipeline())[0]
-    with tgt:
+    with tgt, C.tir_pass_context(tgt):
         lowered = pipeline(tirx.transform.BindTarget(tgt)(prims))
     return {gv.name_hint: f for gv, f in lowered.functions_items()
             if f.attrs is not None and "tirx.kernel_launch_params" in f.attrs}
+
+
+def test_tensor_core_matmul_async_streams_tiles_with_cp_async():
+    """`tensor-core-matmul-async` (tinygpt2/tensor_core.py): the same WMMA math as DLight's schedule, but
+    A's and B's tiles go global -> shared by cp.async, 16 bytes a copy, in commit groups kept in flight;
+    x's rows past n (the tile is padded to 128 rows) by the predicated form. One kernel, lowered only."""
+    from types import SimpleNamespace
+
+    from tinygpt2.kernels import make_linear_gelu
+    from tinygpt2.rules import resolve
+    from tinygpt2.targets import make_target
+    from tinygpt2.tvm_shim import tvm
+
+    (rule,), tgt = resolve(["tensor-core-matmul-async"], "cuda"), make_target("cuda", "sm_90a")
+    sch = rule.apply(make_linear_gelu(128, 512, "float16"), tgt, False)
+    kernel = device_kernels(SimpleNamespace(mod=tvm.IRModule({"linear_fc_gelu": sch.mod["main"]})), tgt)
+    script = kernel["linear_gelu_kernel"].script()
+    copies = re.findall(r"T\.s_tir\.cp_async_raw\((.*)\)", script)
+    x_copies = [c for c in copies if "x.data" in c]
+    assert copies and all(", 16" in c for c in copies)                  # 16-byte copies
+    assert x_copies and all(c.endswith("< n") for c in x_copies)      # x's: predicated on the row < n
+    assert "async_commit_queue_scope" in script and "T.tvm_mma_sync" in script
+    # fp32 (no WMMA for it here) and decode's n = 1 GEMV are not its kernels
+    assert rule.apply(make_linear_gelu(128, 512, "float32"), tgt, False) is None
 
 
 def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():

@@ -153,6 +153,12 @@ def device_module(mod, kind: str):
     return None
 
 
+def tir_pass_context(tgt):
+    """The pass options of the TIR build: on CUDA, the shared-memory copies a schedule marks async become
+    cp.async (tensor-core-matmul-async; tensor_core.py). Nothing else is marked, so nothing else changes."""
+    return tvm.transform.PassContext(config={"tirx.use_async_copy": tgt.kind.name == "cuda"})
+
+
 def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
     """Phases lower + codegen: a tvm.runtime.Executable."""
     if tgt.kind.name == "cuda":
@@ -170,7 +176,8 @@ def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
         _dump(dump_dir, "02-lower.py", lowered.script())
         # on CUDA, TVM's TIR pipeline + the launch flag of the kernels that use PDL (kernels/_pdl.py)
         tir_pipeline = pdl_tir_pipeline() if tgt.kind.name == "cuda" else "default"
-        ex = tvm.compile(lowered, target=tgt, relax_pipeline=None, tir_pipeline=tir_pipeline)
+        with tir_pass_context(tgt):
+            ex = tvm.compile(lowered, target=tgt, relax_pipeline=None, tir_pipeline=tir_pipeline)
     except Exception as e:          # TVM raises many types; one message naming the phase is what helps
         raise CompileError(f"codegen for {tgt.kind.name} failed: {str(e).strip().splitlines()[-1]}") from e
     if tgt.kind.name != "llvm":

@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Sequence
 
 from tinygpt2.errors import RuleError
-from tinygpt2.tensor_core import TensorCoreMatmul
+from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
 from tinygpt2.tvm_shim import dl, tvm
 
 
@@ -132,6 +132,7 @@ GPU_RULES = {
     "transpose": dl.gpu.Transpose,
     "fallback": dl.gpu.Fallback,
     "tensor-core-matmul": TensorCoreMatmul,      # ours: DLight's WMMA schedule, also for attention (64)
+    "tensor-core-matmul-async": PipelinedTensorCoreMatmul,  # ours: the same, tiles streamed by cp.async, 3 stages
     "fused-decode": FusedDecode,                 # ours: decode's hand-scheduled fused kernels (above)
     "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
     "pdl-decode-loaded": PDLDecodeLoaded,

@@ -56,3 +56,137 @@ class TensorCoreMatmul(_M.GPUScheduleRule):
         if any(isinstance(e, tirx.IntImm) and int(e) < MIN_EXTENT for e in extents[1:]):
             return None
         return _M.MatmulTensorization().apply(func, target, _)
+
+
+class PipelinedTensorCoreMatmul(TensorCoreMatmul):
+    """`tensor-core-matmul-async`: the same WMMA matmul, its tiles streamed by cp.async through a deeper
+    pipeline (sm_80+), with the tile shape a knob. Takes the kernels TensorCoreMatmul takes.
+
+    DLight's MatmulTensorization copies each K-step of A and B from global memory into registers, then
+    into shared memory (`tirx.manifest_shared_memory_local_stage`), double-buffered: every thread spends
+    registers and instructions on the copy, and a K-step's loads are only one step ahead of the math.
+    Here the copies go global -> shared with `cp.async` (16 bytes a thread, no registers; rows past n
+    are zero-filled by the predicated form), and InjectSoftwarePipeline keeps `stages - 1` K-steps in
+    flight while the tensor cores work on the oldest (stages x the tile in shared memory). The loop
+    annotations are those of TVM's MetaSchedule for its MMA tensor-core schedule (multi_level_tiling_
+    tensor_core.cc, `use_async`): five statements in a K-step after the inner pipeline,
+
+        A -> shared, B -> shared (async, stage 0)   fragments of step k (stage S-2)   mma of step k (S-1, S-1)
+
+    The `tirx.use_async_copy` pass option (compile.codegen sets it for CUDA) is what turns the copies
+    into cp.async. Arguments: the tile of C a thread block computes (`tile` = (rows, cols)), its warps
+    (`warps` = (along rows, along cols); each warp then owns (rows / warps[0]) x (cols / warps[1]) of
+    C in 16 x 16 fragments), the K-step (`k_step`, multiple of 16) and `stages` (>= 2).
+    """
+
+    def __init__(self, tile=(128, 128), warps=(4, 4), k_step: int = 64, stages: int = 3):
+        super().__init__()
+        self.tile, self.warps, self.k_step, self.stages = tuple(tile), tuple(warps), k_step, stages
+
+    def apply(self, func, target, _):
+        if super().apply(func, target, _) is None:                     # the same kernels as TensorCoreMatmul
+            return None
+        if _M.check_sm_version(str(target.attrs.get("arch", ""))) < 80:  # cp.async: sm_80 and later
+            return None
+        return schedule_pipelined(func, self.tile, self.warps, self.k_step, self.stages)
+
+
+FRAG = 16                               # WMMA's fragment: 16 x 16 x 16 (fp16 in, fp32 accumulate)
+WARP = 32
+COPY_LANES = 8                          # fp16 elements a thread copies at once: 16 bytes, cp.async's widest
+
+
+def schedule_pipelined(func, tile, warps, k_step, stages):
+    """DLight's MatmulTensorization (tvm/s_tir/dlight/gpu/matmul.py), steps 1-3 and its tensorization
+    unchanged, with the global -> shared copies and the K loop's pipeline replaced (see above)."""
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+
+    rows, cols = tile
+    wr, wc = warps
+    fr, fc, fk = rows // (wr * FRAG), cols // (wc * FRAG), k_step // FRAG    # fragments a warp holds
+    sch = tvm.s_tir.Schedule(func)
+    main = _M.get_reduction_blocks(sch, sch.get_child_blocks(_M.get_root_block(sch)))[0]
+    # 1. normalize to C[S, I, J] += A[S, I, K] * B[S, J, K], and pad I, J, K to whole tiles (n is symbolic)
+    reindex = [sch.reindex(main, ("read", 0)), sch.reindex(main, ("read", 1)), sch.reindex(main, ("write", 0))]
+    matmul_map, a_map, b_map, c_map = _M.get_index_map(sch.get(main))
+    sch.transform_layout(reindex[0], ("write", 0), a_map)
+    sch.transform_layout(reindex[1], ("write", 0), b_map)
+    sch.transform_layout(reindex[2], ("read", 0), c_map)
+    sch.transform_block_layout(main, matmul_map)
+    sch.pad_einsum(main, [1, rows, cols, k_step])
+    # 2. 16 x 16 x 16 fragments, then the grid: blocks of rows x cols, wr x wc warps, fr x fc fragments each
+    batch, i, j, k = sch.get_loops(main)
+    i, i_frag = sch.split(i, [None, FRAG])
+    j, j_frag = sch.split(j, [None, FRAG])
+    k, k_frag = sch.split(k, [None, FRAG])
+    sch.reorder(i, j, k, i_frag, j_frag, k_frag)
+    mma = main
+    tile_block = sch.blockize(i_frag)
+    i0, i1, i2, i3 = sch.split(i, [None, 1, wr, fr])
+    j0, j1, j2, j3 = sch.split(j, [1, None, wc, fc])
+    k0, k1 = sch.split(k, [None, fk])                                  # k0: K-steps, k1: fragments in one
+    sch.reorder(i0, j0, i1, j1, j2, i2, k0, k1, i3, j3)
+    warp = sch.fuse(j2, i2)
+    sch.bind(batch, "blockIdx.z")
+    sch.bind(sch.fuse(i0, j0), "blockIdx.x")
+    sch.bind(sch.fuse(i1, j1), "blockIdx.y")
+    sch.bind(warp, "threadIdx.y")
+
+    # 3. A's and B's tiles of a K-step into shared memory, 16 bytes a thread per copy (cp.async's unit);
+    # each row padded by 8 halves against bank conflicts in the fragment loads (DLight's storage_align)
+    def to_shared(idx):
+        copy = sch.cache_read(tile_block, idx, "shared.dyn")
+        sch.compute_at(copy, k0)
+        _, ty, tx, vec = sch.split(sch.fuse(*sch.get_loops(copy)[-2:]), [None, wr * wc, WARP, COPY_LANES])
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
+        sch.storage_align(copy, 0, axis=-2, factor=16, offset=8)
+        return copy
+
+    for copy in (to_shared(0), to_shared(1)):
+        _M.auto_inline_producers(sch, copy)                              # the padding, as a predicate
+    a_frag = sch.cache_read(tile_block, 0, "wmma.matrix_a")
+    b_frag = sch.cache_read(tile_block, 1, "wmma.matrix_b")
+    sch.compute_at(a_frag, k1)
+    sch.compute_at(b_frag, k1)
+    # C: fragments -> shared -> global (through the epilogue: bias, GELU, residual)
+    c_shared = sch.cache_write(tile_block, 0, "shared.dyn")
+    sch.storage_align(c_shared, 0, -2, 16, 4)
+    c_frag = sch.cache_write(tile_block, 0, "wmma.accumulator")
+    sch.reverse_compute_at(c_frag, warp)
+    sch.reverse_compute_at(c_shared, warp)
+    si, sj = sch.get_loops(c_frag)[-2:]
+    si0, si1 = sch.split(si, [None, FRAG])
+    sj0, sj1 = sch.split(sj, [None, FRAG])
+    sch.reorder(si0, sj0, si1, sj1)
+    init = sch.get_child_blocks(sch.decompose_reduction(tile_block, k0))[0]
+
+    # 4. WMMA intrinsics: fragment loads, fill, mma_sync, store
+    wmma = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn", in_dtype="float16",
+                                 out_dtype="float32", trans_b=True)
+    for frag, intrin in ((a_frag, "load_a"), (b_frag, "load_b")):
+        fi, fj = sch.get_loops(frag)[-2:]
+        fi0, fi1 = sch.split(fi, [None, FRAG])
+        fj0, fj1 = sch.split(fj, [None, FRAG])
+        sch.reorder(fi0, fj0, fi1, fj1)
+        sch.unroll(fi0)
+        sch.unroll(fj0)
+        sch.tensorize(fi1, wmma[intrin])
+    sch.tensorize(sch.get_loops(init)[-2], wmma["init"])
+    sch.tensorize(sch.get_loops(c_frag)[-2], wmma["store"])
+    sch.tensorize(sch.get_loops(mma)[-3], wmma["compute"])
+    _M.auto_inline_consumer_chain(sch, c_shared)
+    _, tx, vec = sch.split(sch.fuse(*sch.get_loops(c_shared)[-2:]), [None, WARP, 4])
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
+
+    # 5. the pipelines. Inner (k1): the next fragments load while this one's mma runs. Outer (k0): its
+    # five statements (A copy, B copy, and the inner loop's prologue / body / epilogue) in stages, the
+    # copies `stages - 1` K-steps ahead, async (cp.async groups, waited on before their step's fragments)
+    sch.annotate(k1, "software_pipeline_stage", [0, 0, 1])
+    sch.annotate(k1, "software_pipeline_order", [0, 1, 2])
+    sch.annotate(k0, "software_pipeline_stage", [0, 0, stages - 2, stages - 1, stages - 1])
+    sch.annotate(k0, "software_pipeline_order", [0, 1, 3, 2, 4])
+    sch.annotate(k0, "software_pipeline_async_stages", [0])
+    return sch

@@ -1,0 +1,118 @@
+"""On the GPU machine: prefill's linears alone, per tensor-core schedule (tinygpt2/tensor_core.py).
+
+    python3 scripts/bench_matmul.py [--model gpt2-xl] [--n 1024] [--variants dlight,async,...]
+
+For gpt2-xl's four linears at n tokens (each with its epilogue: bias, GELU, residual), each schedule:
+a check against numpy (max abs error, fp16) and the median time of one call over 5 repeats of 20
+(TVM's time_evaluator, after a warm-up), in us and TFLOP/s; beside them torch's F.linear (cuBLAS),
+timed with CUDA events, when torch is there. Markdown on stdout.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+from tinygpt2 import kernels as K
+from tinygpt2.config import PRESETS
+from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
+from tinygpt2.tvm_shim import tvm
+
+# name -> rule; "async" is the rule entry tensor-core-matmul-async's default
+VARIANTS = {
+    "dlight": lambda: TensorCoreMatmul(),
+    "async": lambda: PipelinedTensorCoreMatmul(),
+    "async-s2": lambda: PipelinedTensorCoreMatmul(stages=2),
+    "async-128x256": lambda: PipelinedTensorCoreMatmul(tile=(128, 256)),
+    "async-256x128": lambda: PipelinedTensorCoreMatmul(tile=(256, 128)),
+    "async-w8": lambda: PipelinedTensorCoreMatmul(warps=(2, 4)),
+    "async-w8-k32": lambda: PipelinedTensorCoreMatmul(warps=(2, 4), k_step=32),
+}
+
+
+def linears(cfg):
+    C, F = cfg.n_embd, 4 * cfg.n_embd
+    return {"qkv": (K.make_linear, C, 3 * C, False), "attn_proj": (K.make_linear_residual, C, C, True),
+            "fc_gelu": (K.make_linear_gelu, C, F, False), "mlp_proj": (K.make_linear_residual, F, C, True)}
+
+
+def refs(name, x, w, b, r):
+    if name == "fc_gelu":
+        return K.linear_gelu_ref(x, w, b)
+    return K.linear_residual_ref(x, w, b, r) if r is not None else K.linear_ref(x, w, b)
+
+
+def cublas_us(x, w, b, r, gelu):
+    try:
+        import torch
+    except ImportError:
+        return None
+    X, W, B = (torch.from_numpy(a).cuda() for a in (x, w, b))
+    R = torch.from_numpy(r).cuda() if r is not None else None
+
+    def f():
+        y = torch.nn.functional.linear(X, W, B)
+        y = torch.nn.functional.gelu(y, approximate="tanh") if gelu else y
+        return y + R if R is not None else y
+    for _ in range(5):
+        f()
+    times = []
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(20):
+            f()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) * 1e3 / 20)
+    return float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2-xl")
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    a = ap.parse_args()
+    cfg = PRESETS[a.model]
+    dev = tvm.cuda(0)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    rng = np.random.default_rng(0)
+    names = a.variants.split(",")
+    print(f"{a.model}, n = {a.n}, fp16: us a call (TFLOP/s), max abs error against numpy\n")
+    print("| linear | " + " | ".join(names) + " | cuBLAS (torch) |\n|---|" + "---|" * (len(names) + 1))
+    total = dict.fromkeys(names + ["cublas"], 0.0)
+    for lin, (make, k_in, n_out, residual) in linears(cfg).items():
+        x = rng.standard_normal((a.n, k_in)).astype("float16")
+        w = (rng.standard_normal((n_out, k_in)) / np.sqrt(k_in)).astype("float16")
+        b = rng.standard_normal(n_out).astype("float16")
+        r = rng.standard_normal((a.n, n_out)).astype("float16") if residual else None
+        want = refs(lin, x, w, b, r).astype(np.float32)
+        flop = 2.0 * a.n * k_in * n_out
+        cells = []
+        for name in names:
+            try:
+                sch = VARIANTS[name]().apply(make(k_in, n_out, "float16"), target, False)
+                with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
+                    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
+                args = [tvm.runtime.tensor(v, dev) for v in (x, w, b) + ((r,) if residual else ())]
+                args.append(tvm.runtime.tensor(np.zeros((a.n, n_out), "float16"), dev))
+                lib["main"](*args)
+                err = float(np.max(np.abs(args[-1].numpy().astype(np.float32) - want)))
+                t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
+                us = float(np.median(t.results)) * 1e6
+                total[name] += us
+                cells.append(f"{us:.1f} ({flop / us / 1e6:.0f}) err {err:.1e}")
+            except Exception as e:                                       # a variant that does not build/run
+                cells.append(f"failed: {str(e).strip().splitlines()[-1][:60]}")
+        cu = cublas_us(x, w, b, r, lin == "fc_gelu")
+        if cu is not None:
+            total["cublas"] += cu
+        cells.append(f"{cu:.1f} ({flop / cu / 1e6:.0f})" if cu else "-")
+        print(f"| {lin} | " + " | ".join(cells) + " |")
+        sys.stdout.flush()
+    print(f"| x {cfg.n_layer} layers, ms | " + " | ".join(f"{total[k] * cfg.n_layer / 1e3:.2f}" for k in names + ["cublas"]) + " |")
+
+
+if __name__ == "__main__":
+    main()
