@@ -27,6 +27,11 @@ VARIANTS = {
     "async-256x128": lambda: PipelinedTensorCoreMatmul(tile=(256, 128)),
     "async-w8": lambda: PipelinedTensorCoreMatmul(warps=(2, 4)),
     "async-w8-k32": lambda: PipelinedTensorCoreMatmul(warps=(2, 4), k_step=32),
+    "async-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
+    "async-128x64-k32": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2), k_step=32),
+    "async-128x64-w8": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(4, 2)),
+    "async-64x128": lambda: PipelinedTensorCoreMatmul(tile=(64, 128), warps=(2, 2)),
+    "async-128x128-k32-s4": lambda: PipelinedTensorCoreMatmul(k_step=32, stages=4),
 }
 
 

@@ -94,6 +94,7 @@ class PipelinedTensorCoreMatmul(TensorCoreMatmul):
 FRAG = 16                               # WMMA's fragment: 16 x 16 x 16 (fp16 in, fp32 accumulate)
 WARP = 32
 COPY_LANES = 8                          # fp16 elements a thread copies at once: 16 bytes, cp.async's widest
+STATIC_SHARED_BYTES = 48 * 1024         # CUDA's limit on a kernel's static shared memory
 
 
 def schedule_pipelined(func, tile, warps, k_step, stages):
@@ -150,8 +151,12 @@ def schedule_pipelined(func, tile, warps, k_step, stages):
     b_frag = sch.cache_read(tile_block, 1, "wmma.matrix_b")
     sch.compute_at(a_frag, k1)
     sch.compute_at(b_frag, k1)
-    # C: fragments -> shared -> global (through the epilogue: bias, GELU, residual)
-    c_shared = sch.cache_write(tile_block, 0, "shared.dyn")
+    # C: fragments -> shared -> global (through the epilogue: bias, GELU, residual). In TVM 0.27 a
+    # float32 tile in the same dynamic shared memory as the float16 ones fails to lower unless it is
+    # 128 x 128 ("tvm_access_ptr element type must match the source buffer"): a smaller one goes to
+    # static shared memory instead (at most 48 KB: 128 x 64 floats is 32 KB)
+    c_scope = "shared.dyn" if rows * cols * 4 > STATIC_SHARED_BYTES else "shared"
+    c_shared = sch.cache_write(tile_block, 0, c_scope)
     sch.storage_align(c_shared, 0, -2, 16, 4)
     c_frag = sch.cache_write(tile_block, 0, "wmma.accumulator")
     sch.reverse_compute_at(c_frag, warp)
@@ -174,7 +179,9 @@ def schedule_pipelined(func, tile, warps, k_step, stages):
         sch.unroll(fj0)
         sch.tensorize(fi1, wmma[intrin])
     sch.tensorize(sch.get_loops(init)[-2], wmma["init"])
-    sch.tensorize(sch.get_loops(c_frag)[-2], wmma["store"])
+    store = get_wmma_intrin_group(load_scope="shared.dyn", store_scope=c_scope, in_dtype="float16",
+                                  out_dtype="float32", trans_b=True)["store"]
+    sch.tensorize(sch.get_loops(c_frag)[-2], store)
     sch.tensorize(sch.get_loops(mma)[-3], wmma["compute"])
     _M.auto_inline_consumer_chain(sch, c_shared)
     _, tx, vec = sch.split(sch.fuse(*sch.get_loops(c_shared)[-2:]), [None, WARP, 4])
