@@ -18,20 +18,18 @@ from tinygpt2.config import PRESETS
 from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
 from tinygpt2.tvm_shim import tvm
 
-# name -> rule; "async" is the rule entry tensor-core-matmul-async's default
+# name -> rule: warps x (the C tile each warp owns), then the block's tile if not 128 x 128; w8-64x32 is
+# the rule entry tensor-core-matmul-async (its default)
 VARIANTS = {
     "dlight": lambda: TensorCoreMatmul(),
-    "async": lambda: PipelinedTensorCoreMatmul(),
-    "async-s2": lambda: PipelinedTensorCoreMatmul(stages=2),
-    "async-128x256": lambda: PipelinedTensorCoreMatmul(tile=(128, 256)),
-    "async-256x128": lambda: PipelinedTensorCoreMatmul(tile=(256, 128)),
-    "async-w8": lambda: PipelinedTensorCoreMatmul(warps=(2, 4)),
-    "async-w8-k32": lambda: PipelinedTensorCoreMatmul(warps=(2, 4), k_step=32),
-    "async-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
-    "async-128x64-k32": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2), k_step=32),
-    "async-128x64-w8": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(4, 2)),
-    "async-64x128": lambda: PipelinedTensorCoreMatmul(tile=(64, 128), warps=(2, 2)),
-    "async-128x128-k32-s4": lambda: PipelinedTensorCoreMatmul(k_step=32, stages=4),
+    "w16-32x32": lambda: PipelinedTensorCoreMatmul(warps=(4, 4)),                  # DLight's tile and warps
+    "w8-64x32": lambda: PipelinedTensorCoreMatmul(),                               # 128 x 128, 8 warps
+    "w8-32x64": lambda: PipelinedTensorCoreMatmul(warps=(4, 2)),
+    "w4-64x64": lambda: PipelinedTensorCoreMatmul(warps=(2, 2)),
+    "w8-64x64-128x256": lambda: PipelinedTensorCoreMatmul(tile=(128, 256), warps=(2, 4)),
+    "w8-64x64-256x128": lambda: PipelinedTensorCoreMatmul(tile=(256, 128), warps=(4, 2)),
+    "w2-64x64-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 1)),
+    "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
 
 

@@ -150,16 +150,18 @@ CPU_RULES = {
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
-# ours, for prefill: DLight's list with tensor-core-matmul first (tinygpt2/tensor_core.py says what it
-# changes), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
+# ours, for prefill: DLight's list with tensor-core-matmul-async and tensor-core-matmul first
+# (tinygpt2/tensor_core.py says what they change: the first, 8 warps of 64 x 32 a tile and cp.async, took
+# gpt2-xl's 1024-token prefill from 40.8k to 47.5k tok/s on an H200; the second takes what the first
+# does not, sm_70-75), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200) and, taking the place of both for attention, flash-prefill (FlashPrefill; gpt2-xl's
 # 1024-token attention 13.1 -> 4.5 ms, prefill 29.7k -> 40.2k tok/s on an H200): docs/results/README.md
-GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul", *GPU_DEFAULT]
+GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
 # default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
 # 4191 and 621 (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
+GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
 
@@ -171,7 +173,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
     tuned    -- GPU, for prefill: default with tinygpt2's flash-prefill (attention as one kernel,
-                the scores never in memory, WMMA on CUDA in fp16), tensor-core-matmul before it
+                the scores never in memory, WMMA on CUDA in fp16), tensor-core-matmul-async
+                (WMMA with larger warp tiles and cp.async, sm_80+) and tensor-core-matmul before it
                 (the linears on tensor cores; and attention's q.k^T and p.v, where DLight keeps them on
                 CUDA cores, when flash-prefill is taken out) and hand-softmax (the causal softmax
                 hand-scheduled, each score read once, likewise without flash-prefill).

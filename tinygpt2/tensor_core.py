@@ -17,45 +17,56 @@ taking any matmul whose two inputs are fp16, accumulated in fp32, with every fix
 one fragment (16). Kernels it does not take (fp32 models, decode's n = 1 GEMVs and attention, whose
 probabilities are fp32) fall through to the next rule of the list.
 
-Narrower tiles (128 x 64, 64 x 64, 8 warps) would give GPT-2's narrow outputs more thread blocks
-(gpt2-xl's c_proj, 6400 -> 1600, gets 13 blocks for 132 SMs at n = 128), but in TVM 0.27 every
-tile other than 128 x 128 fails to lower ("tvm_access_ptr element type must match the source
-buffer", float16 vs float32 shared memory): MatmulTensorization's fixed tile is the one that works.
+MatmulTensorization's tile is fixed, and in TVM 0.27 another one fails to lower through it ("tvm_access_ptr
+element type must match the source buffer", float16 vs float32 shared memory). `tensor-core-matmul-async`
+(PipelinedTensorCoreMatmul, below) is the same schedule with the tile, the warps and the pipeline as knobs;
+its default, 8 warps of 64 x 32 instead of 16 of 32 x 32, took gpt2-xl's four prefill linears from 17.5 to
+14.6 ms at n = 1024 on an H200 (cuBLAS: 7.2; docs/results/bench_matmul_h200.md).
 """
 
 from __future__ import annotations
 
+from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import dl, tirx, tvm
 
 _M = dl.gpu.matmul                      # DLight's matmul module: its analysis helpers and its WMMA schedule
 MIN_EXTENT = 16                         # one WMMA fragment: a smaller fixed extent stays on CUDA cores
+FRAG = 16                               # WMMA's fragment: 16 x 16 x 16 (fp16 in, fp32 accumulate)
+WARP = 32
+COPY_LANES = 8                          # fp16 elements a thread copies at once: 16 bytes, cp.async's widest
+STATIC_SHARED_BYTES = 48 * 1024         # CUDA's limit on a kernel's static shared memory
+K_STEP = 64                             # K per pipeline stage: 4 fragments (DLight's)
 
 
 class TensorCoreMatmul(_M.GPUScheduleRule):
     """fp16 x fp16 -> fp32 matmuls on tensor cores (WMMA), head-dimension-sized extents included."""
 
-    def apply(self, func, target, _):
+    min_sm = 70                                           # WMMA
+
+    def takes(self, func, target) -> bool:
+        """Whether func is a matmul this rule schedules (the gate; see the module docstring)."""
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        if target.kind.name != "cuda" or _M.check_sm_version(str(target.attrs.get("arch", ""))) < 70:
-            return None
+            return False
+        if target.kind.name != "cuda" or _M.check_sm_version(str(target.attrs.get("arch", ""))) < self.min_sm:
+            return False
         sch = tvm.s_tir.Schedule(func)
         reduction_blocks = _M.get_reduction_blocks(sch, sch.get_child_blocks(_M.get_root_block(sch)))
         if reduction_blocks is None:
-            return None
+            return False
         stmt = sch.get(reduction_blocks[0])
         index_maps = _M.get_index_map(stmt)
         if index_maps is None:                           # not a matmul (decode's n = 1 GEMVs included)
-            return None
+            return False
         # both inputs fp16 (the Cast to float32 accumulation is what the WMMA f16f16f32 intrinsic does)
         reads = [r.source.dtype for r in stmt.reads if r.source.dtype != stmt.writes[0].source.dtype]
         if stmt.writes[0].source.dtype != "float32" or len(reads) != 2 or set(reads) != {"float16"}:
-            return None
+            return False
         # the extents as C[S, I, J] += A[S, I, K] * B[S, J, K]: DLight's gate is "all of I, J, K > 64"
         extents = index_maps[0].map_shape([iv.dom.extent for iv in stmt.iter_vars])
-        if any(isinstance(e, tirx.IntImm) and int(e) < MIN_EXTENT for e in extents[1:]):
-            return None
-        return _M.MatmulTensorization().apply(func, target, _)
+        return not any(isinstance(e, tirx.IntImm) and int(e) < MIN_EXTENT for e in extents[1:])
+
+    def apply(self, func, target, _):
+        return _M.MatmulTensorization().apply(func, target, _) if self.takes(func, target) else None
 
 
 class PipelinedTensorCoreMatmul(TensorCoreMatmul):
@@ -73,28 +84,35 @@ class PipelinedTensorCoreMatmul(TensorCoreMatmul):
 
         A -> shared, B -> shared (async, stage 0)   fragments of step k (stage S-2)   mma of step k (S-1, S-1)
 
-    The `tirx.use_async_copy` pass option (compile.codegen sets it for CUDA) is what turns the copies
-    into cp.async. Arguments: the tile of C a thread block computes (`tile` = (rows, cols)), its warps
-    (`warps` = (along rows, along cols); each warp then owns (rows / warps[0]) x (cols / warps[1]) of
-    C in 16 x 16 fragments), the K-step (`k_step`, multiple of 16) and `stages` (>= 2).
+    The `tirx.use_async_copy` pass option (compile.tir_pass_context sets it for CUDA) is what turns the
+    copies into cp.async. Arguments: the tile of C a thread block computes (`tile` = (rows, cols)), its
+    warps (`warps` = (along rows, along cols); each warp then owns (rows / warps[0]) x (cols / warps[1])
+    of C in 16 x 16 fragments) and `stages`; a K-step is 64 (32 did not compile).
+
+    Measured on an H200, gpt2-xl's four linears at n = 1024 (scripts/bench_matmul.py; per layer, x 48):
+        DLight's schedule (16 warps of 32 x 32, registers-staged, 2 stages)   17.5 ms
+        the same tile and warps, cp.async, 3 stages                           17.7 ms
+        8 warps of 64 x 32 (the default), cp.async, 3 stages                  14.6 ms
+        4 warps of 64 x 64: 14.9, 8 of 32 x 64: 15.3, 128 x 256 or 256 x 128 tiles: 19.0, 128 x 64: 15.9
+        cuBLAS (torch's F.linear)                                              7.2 ms
+    so the copies were not what held DLight's schedule back: each warp's fragment loads from shared
+    memory are. A warp of 32 x 32 loads 2 + 2 fragments for 4 mma_syncs, one of 64 x 32 4 + 2 for 8.
+    With 2 stages the pipeline read tiles before their copies landed (NaNs): `stages` is 3 or more, and
+    4 fails to lower (the float32 tile again).
     """
 
-    def __init__(self, tile=(128, 128), warps=(4, 4), k_step: int = 64, stages: int = 3):
+    def __init__(self, tile=(128, 128), warps=(2, 4), stages: int = 3):
         super().__init__()
-        self.tile, self.warps, self.k_step, self.stages = tuple(tile), tuple(warps), k_step, stages
+        rows, cols = tile
+        if stages < 3 or rows % (warps[0] * FRAG) or cols % (warps[1] * FRAG):
+            raise RuleError(f"tensor-core-matmul-async: stages must be >= 3 and each warp's share of the tile "
+                            f"a whole number of 16 x 16 fragments (tile {tile}, warps {warps}, stages {stages})")
+        self.tile, self.warps, self.stages = tuple(tile), tuple(warps), stages
+
+    min_sm = 80                                           # cp.async
 
     def apply(self, func, target, _):
-        if super().apply(func, target, _) is None:                     # the same kernels as TensorCoreMatmul
-            return None
-        if _M.check_sm_version(str(target.attrs.get("arch", ""))) < 80:  # cp.async: sm_80 and later
-            return None
-        return schedule_pipelined(func, self.tile, self.warps, self.k_step, self.stages)
-
-
-FRAG = 16                               # WMMA's fragment: 16 x 16 x 16 (fp16 in, fp32 accumulate)
-WARP = 32
-COPY_LANES = 8                          # fp16 elements a thread copies at once: 16 bytes, cp.async's widest
-STATIC_SHARED_BYTES = 48 * 1024         # CUDA's limit on a kernel's static shared memory
+        return schedule_pipelined(func, self.tile, self.warps, K_STEP, self.stages) if self.takes(func, target) else None
 
 
 def schedule_pipelined(func, tile, warps, k_step, stages):
