@@ -46,7 +46,7 @@ def test_default_lists_order():
     assert A.default_lists("webgpu") == [
         "none", "matmul", "gemv", "small-block-gemv", "low-batch-gemv", "reduction", "general-reduction", "rmsnorm",
         "transpose",
-        "tensor-core-matmul", "fused-decode", "hand-softmax", "flash-prefill", "default", "default-minus-matmul",
+        "tensor-core-matmul", "tensor-core-matmul-async", "fused-decode", "hand-softmax", "flash-prefill", "default", "default-minus-matmul",
         "default-minus-gemv", "default-minus-reduction",
         "default-minus-general-reduction", "tuned", "fused"]
     assert A.default_lists("llvm") == ["none", "gemv", "reduction", "default", "default-minus-gemv",

@@ -81,9 +81,10 @@ def test_tensor_core_matmul_puts_attention_on_tensor_cores():
 
 def test_flash_prefill_is_one_tensor_core_kernel_for_attention():
     """`tuned` has flash-prefill: prefill's scores, softmax and values are one kernel (WMMA in fp16);
-    in fp32 the same kernel with plain dot products."""
+    in fp32 the same kernel with plain dot products. Its linears go to tensor-core-matmul-async."""
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "tuned", arch="sm_90a")
     assert sched.rule_of["flash_attention"] == "hand-scheduled"
+    assert sched.rule_of["linear_qkv"] == "tensor-core-matmul-async"    # first in `tuned` (tensor_core.py)
     assert not {"attn_scores", "causal_softmax", "attn_values"} & set(sched.rule_of)
     assert "wmma::mma_sync" in cuda_kernels(sched, tgt)["flash_attention_kernel"]
     fp32, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float32", "tuned", arch="sm_90a")

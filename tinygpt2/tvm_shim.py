@@ -8,7 +8,10 @@ names from here, so API drift is fixed in this file only. The version is pinned 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
+import linecache
 import re
+import sys
 
 import numpy as np
 import tvm
@@ -21,6 +24,34 @@ __all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", 
 
 TVM_VERSION = tvm.__version__
 TVM_FFI_VERSION = importlib.metadata.version("apache-tvm-ffi")
+
+
+class _InspectWithCheapStack:
+    """The `inspect` module, but for `stack()`: TVM's parser modules see this in its place (below)."""
+
+    def __getattr__(self, name):
+        return getattr(inspect, name)
+
+    @staticmethod
+    def stack(context: int = 1):
+        """inspect.stack(), each frame's code_context read straight from linecache (one line)."""
+        out, frame = [], sys._getframe(1)
+        while frame is not None:
+            filename, lineno = frame.f_code.co_filename, frame.f_lineno
+            line = linecache.getline(filename, lineno, frame.f_globals) if context > 0 else ""
+            out.append(inspect.FrameInfo(frame, filename, lineno, frame.f_code.co_name, [line] if line else None,
+                                         0 if line else None))
+            frame = frame.f_back
+        return out
+
+
+# TVM 0.27: every @T.prim_func / @I.ir_module calls inspect.stack(), whose source lookup for each frame
+# (findsource -> getmodule) scans all of sys.modules. In a process with many modules (pytest) that made
+# importing tvm.s_tir.tensor_intrin.cuda (248 prim_funcs; DLight's tensor-core rules import it) take 85-240 s
+# on the 2-core machine, and it slows every kernel factory of ours. The parser only reads the frames, their
+# locals and the calling line (is_defined_in_class, resolve_closure_vars), which linecache gives at once.
+for _module in (tvm.tirx.script.parser.entry, tvm.script.parser.ir.entry):
+    _module.inspect = _InspectWithCheapStack()
 
 
 def _metal_matmul_declines(self, func, target, _):
