@@ -310,3 +310,20 @@ def test_argmax_advance_gpu_all_masked_picks_id_0():
                                                                  np.array([0], np.int32), np.zeros(P + 1, np.int32),
                                                                  np.full(1, -1, np.int32)])
     assert nxt[0] == np.argmax(logits[0]) == 0
+
+
+def test_the_parsers_cheaper_stack_reads_frames_as_inspect_does():
+    """tvm_shim gives TVMScript's parser an inspect.stack() that reads lines from linecache (TVM's own scans
+    sys.modules for every frame of every @T.prim_func: minutes, in pytest). What the parser reads of it --
+    each frame, its file, line, function and calling line -- is what inspect.stack() gives."""
+    import inspect
+
+    from tinygpt2 import tvm_shim
+
+    def key(f):
+        return f.frame, f.filename, f.lineno, f.function, f.code_context and f.code_context[0].strip()
+
+    ours, theirs = tvm_shim._InspectWithCheapStack.stack(), inspect.stack()
+    assert [key(f) for f in ours[1:]] == [key(f) for f in theirs[1:]]      # [0]: this frame, a line apart
+    assert ours[0].function == theirs[0].function and "tvm_shim" in ours[0].code_context[0]
+    assert isinstance(tvm.tirx.script.parser.entry.inspect, tvm_shim._InspectWithCheapStack)
