@@ -14,7 +14,9 @@ import sys
 import numpy as np
 
 from tinygpt2 import kernels as K
+from tinygpt2.compile import tir_pass_context
 from tinygpt2.config import PRESETS
+from tinygpt2.targets import make_target
 from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
 from tinygpt2.tvm_shim import tvm
 
@@ -79,7 +81,7 @@ def main():
     a = ap.parse_args()
     cfg = PRESETS[a.model]
     dev = tvm.cuda(0)
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    target = make_target("cuda", "sm_90a")
     rng = np.random.default_rng(0)
     names = a.variants.split(",")
     print(f"{a.model}, n = {a.n}, fp16: us a call (TFLOP/s), max abs error against numpy\n")
@@ -96,7 +98,7 @@ def main():
         for name in names:
             try:
                 sch = VARIANTS[name]().apply(make(k_in, n_out, "float16"), target, False)
-                with tvm.transform.PassContext(config={"tirx.use_async_copy": 1}):
+                with tir_pass_context(target):               # cp.async for the copies marked async
                     lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
                 args = [tvm.runtime.tensor(v, dev) for v in (x, w, b) + ((r,) if residual else ())]
                 args.append(tvm.runtime.tensor(np.zeros((a.n, n_out), "float16"), dev))

@@ -9,7 +9,7 @@ OUT=$(realpath -m "${OUT:-out}"); mkdir -p "$OUT"
 # from the checkout's root, `python3 -m tinygpt2` would import ./tinygpt2 without kernels/ beside it
 tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
 # `fused` (which has pdl-decode) spelt out, and without pdl-decode
-PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
+PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul-async,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
 NOPDL=${PDL#pdl-decode,}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
@@ -73,8 +73,8 @@ case "$1" in
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
   # prefill's linears per tensor-core schedule (scripts/bench_matmul.py), cuBLAS beside them
   bench-mm)   timeout 300 python3 scripts/bench_matmul.py ${MM_ARGS:-} | tee "$OUT/bench_matmul.md" || true ;;
-  # gpt2-xl's prefill with pdl-decode's list and tensor-core-matmul-async first, then without, HF eager beside the first
-  mm)         i=0; for r in ${PDL/tensor-core-matmul/tensor-core-matmul-async,tensor-core-matmul} $PDL; do i=$((i + 1))
+  # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
+  mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
                   --dtypes float16 --rules $r --peers ${PEERS:-hf-eager} --prompt-lens ${LENS:-512,1024} --decode-tokens 16 \
                   --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-mm-$i") || true; PEERS=none; done ;;

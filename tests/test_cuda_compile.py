@@ -190,6 +190,7 @@ def test_tensor_core_matmul_async_streams_tiles_with_cp_async():
     assert "async_commit_queue_scope" in script and "T.tvm_mma_sync" in script
     # fp32 (no WMMA for it here) and decode's n = 1 GEMV are not its kernels
     assert rule.apply(make_linear_gelu(128, 512, "float32"), tgt, False) is None
+    assert rule.apply(make_linear_gelu(128, 512, "float16", seq_len=1), tgt, False) is None
 
 
 def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():

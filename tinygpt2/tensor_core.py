@@ -112,17 +112,17 @@ class PipelinedTensorCoreMatmul(TensorCoreMatmul):
     min_sm = 80                                           # cp.async
 
     def apply(self, func, target, _):
-        return schedule_pipelined(func, self.tile, self.warps, K_STEP, self.stages) if self.takes(func, target) else None
+        return schedule_pipelined(func, self.tile, self.warps, self.stages) if self.takes(func, target) else None
 
 
-def schedule_pipelined(func, tile, warps, k_step, stages):
+def schedule_pipelined(func, tile, warps, stages):
     """DLight's MatmulTensorization (tvm/s_tir/dlight/gpu/matmul.py), steps 1-3 and its tensorization
     unchanged, with the global -> shared copies and the K loop's pipeline replaced (see above)."""
     from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
 
     rows, cols = tile
     wr, wc = warps
-    fr, fc, fk = rows // (wr * FRAG), cols // (wc * FRAG), k_step // FRAG    # fragments a warp holds
+    fr, fc, fk = rows // (wr * FRAG), cols // (wc * FRAG), K_STEP // FRAG    # fragments a warp holds
     sch = tvm.s_tir.Schedule(func)
     main = _M.get_reduction_blocks(sch, sch.get_child_blocks(_M.get_root_block(sch)))[0]
     # 1. normalize to C[S, I, J] += A[S, I, K] * B[S, J, K], and pad I, J, K to whole tiles (n is symbolic)
@@ -132,7 +132,7 @@ def schedule_pipelined(func, tile, warps, k_step, stages):
     sch.transform_layout(reindex[1], ("write", 0), b_map)
     sch.transform_layout(reindex[2], ("read", 0), c_map)
     sch.transform_block_layout(main, matmul_map)
-    sch.pad_einsum(main, [1, rows, cols, k_step])
+    sch.pad_einsum(main, [1, rows, cols, K_STEP])
     # 2. 16 x 16 x 16 fragments, then the grid: blocks of rows x cols, wr x wc warps, fr x fc fragments each
     batch, i, j, k = sch.get_loops(main)
     i, i_frag = sch.split(i, [None, FRAG])
