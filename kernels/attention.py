@@ -373,7 +373,8 @@ def pad_keys(a, n_ctx):
 # attends over its chunk alone, and a second, small kernel merges the chunks' partial results:
 # 4.1 us + 1.8 us in the same graph (docs/results/trace_decode_h200.md).
 
-def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", pdl: str | None = None):
+def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", pdl: str | None = None,
+                          max_lanes: int = 4):
     """One decode step of attention for a GPU, the new token's K and V appended to the cache:
 
         k_cache[h, pos, :] = k,  v_cache[h, pos, :] = v                    (k, v: the new token's, from qkv)
@@ -387,6 +388,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     1. chunks: one block per (head h, chunk c of KC keys j = c*KC + t), KC = NX * NY threads, with
        NX = D / VEC lanes across a row of K or V (VEC-element vector loads) and NY groups:
          v_load  the V rows pv will need, into registers, first (their latency hides behind qk ...);
+         k_load  the row of K that qk needs, into registers, likewise;
          qk      s[t] = q . k_j * scale, one key per thread, the dot product in a register;
          c_max, c_sum   block-wide reductions (TVM lowers them to warp shuffles + shared memory);
          pv      lane tx owns elements [tx*VEC, tx*VEC + VEC), group ty the keys ty, ty + NY, ...:
@@ -410,12 +412,19 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     H200 a load under a branch of its own, used at once, cost a memory latency per key.
 
     pdl (CUDA sm_90+, one of kernels/_pdl.py's MODES): both kernels launched with programmatic dependent
-    launch. The chunks kernel loads its V rows before it waits for the previous kernel: rows before pos,
-    which earlier steps wrote (pos itself is set before the step's first kernel); everything else after.
-    Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
+    launch. The chunks kernel loads its V and K rows before it waits for the previous kernel: rows before
+    pos, which earlier steps wrote (pos itself is set before the step's first kernel); everything else
+    after. Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
+    (K before the wait, 2026-12-03: no change alone on an H200, gpt2-xl's step 1625.1 -> 1627.8 us in the
+    graph; kept with the 16-byte loads below, measured together.)
+
+    max_lanes caps VEC, the elements of a vector load: 4 for WebGPU (WGSL's vec4), 8 elsewhere, so that on
+    CUDA fp16 rows of K and V are read 16 bytes a load, half the loads of 8-byte ones (the same run:
+    the chunks kernel 4.64 -> 4.31 us a call, gpt2-xl's step 1625.1 -> 1606.5 us, gpt2's 244.8 -> 242.5;
+    docs/results/trace_decode_h200_attention_loads.md).
     """
     check_dtype(dtype)
-    vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx)
+    vec, nx, ny, kc, n_chunks = _decode_attention_layout(head_dim, n_ctx, dtype, max_lanes)
     H, D, P = T.int64(n_head), T.int64(head_dim), T.int64(n_ctx)
     C = T.int64(n_head * head_dim)
     one = T.int64(1)
@@ -444,6 +453,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         partial = T.sblock_alloc_buffer((H, S, NY, D), ACC, scope="shared")   # pv's per-group sums
         # registers: indexed by (head, chunk, group, lane, ...) so that TVM compacts it to one thread's JY * VEC
         v_reg = T.sblock_alloc_buffer((H, S, NY, NX, JY * VEC), dtype, scope="local")
+        k_reg = T.sblock_alloc_buffer((H, S, KC, D), dtype, scope="local")            # one row of K a thread
         # --- kernel 1: one block per (head, chunk) ---
         for b in T.thread_binding(H * S, thread="blockIdx.x"):
             # the V vectors pv needs, loaded before anything else: their memory latency then passes while
@@ -458,6 +468,19 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                             for e in T.vectorized(VEC):
                                 v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
+            # ... and the row of K that qk needs: rows before pos too, which earlier steps wrote, so that
+            # with PDL both come in while the kernel waits for qkv (the K row used to be loaded after the
+            # wait, a memory latency on the attention's critical path). Keys past pos read row
+            # max(pos - 1, 0) (in bounds, cheap: one row) and are selected away in qk.
+            for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                    with T.sblock("k_load"):
+                        vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
+                        vt = T.axis.spatial(KC, ty * NX + tx)
+                        for dv in T.unroll(DV):
+                            for e in T.vectorized(VEC):
+                                k_reg[vh, vc, vt, dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), dv * VEC + e]
             if pdl_wait:
                 grid_wait(NY, NX, pdl_early)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
@@ -466,22 +489,18 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                         vh, vc = T.axis.spatial(H, b // S), T.axis.spatial(S, b % S)
                         vt = T.axis.spatial(KC, ty * NX + tx)
                         q_row = T.sblock_alloc_buffer((D,), dtype, scope="local")
-                        k_row = T.sblock_alloc_buffer((D,), dtype, scope="local")      # key j from the cache
                         k_new = T.sblock_alloc_buffer((D,), dtype, scope="local")      # the new token's key
                         dot = T.sblock_alloc_buffer((1,), ACC, scope="local")
                         # every load first and unconditional, then the products: a load under a branch, or
-                        # used as soon as it is issued, costs a memory latency of its own. Keys past pos
-                        # read row max(pos - 1, 0) (in bounds, cheap: one row) and are selected away below.
+                        # used as soon as it is issued, costs a memory latency of its own
                         for dv in T.unroll(DV):
                             for e in T.vectorized(VEC):
                                 q_row[dv * VEC + e] = qkv[0, vh * D + dv * VEC + e]
-                                k_row[dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast("int64", T.max(
-                                    pos[0] - 1, 0))), dv * VEC + e]
                                 k_new[dv * VEC + e] = qkv[0, C + vh * D + dv * VEC + e]
                         dot[0] = T.float32(0)
                         for d in T.unroll(D):
-                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(
-                                ACC, T.if_then_else(vc * KC + vt < T.Cast("int64", pos[0]), k_row[d], k_new[d]))
+                            dot[0] = dot[0] + T.Cast(ACC, q_row[d]) * T.Cast(ACC, T.if_then_else(
+                                vc * KC + vt < T.Cast("int64", pos[0]), k_reg[vh, vc, vt, d], k_new[d]))
                         s[vh, vc, vt] = T.if_then_else(vc * KC + vt <= T.Cast("int64", pos[0]), dot[0] * scale,
                                                        lowest)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
@@ -582,9 +601,12 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     return decode_attention
 
 
-def _decode_attention_layout(head_dim: int, n_ctx: int) -> tuple[int, int, int, int, int]:
-    """make_decode_attention's (VEC, NX, NY, KC, S): 4, 16, 4, 64, 16 for GPT-2 (head_dim 64, n_ctx 1024)."""
-    vec = 4                                               # elements per vector load (WGSL's widest: vec4)
+def _decode_attention_layout(head_dim: int, n_ctx: int, dtype: str = "float32",
+                             max_lanes: int = 4) -> tuple[int, int, int, int, int]:
+    """make_decode_attention's (VEC, NX, NY, KC, S): 4, 16, 4, 64, 16 for GPT-2 (head_dim 64, n_ctx 1024);
+    in float16 with max_lanes = 8 (CUDA), 8, 8, 8, 64, 16: rows of K and V read 16 bytes a load."""
+    # elements per vector load: at most max_lanes (WGSL's widest is vec4) and 16 bytes (CUDA's widest)
+    vec = min(max_lanes, 16 // (2 if dtype == "float16" else 4))
     while head_dim % vec:
         vec //= 2
     nx = head_dim // vec                                  # threadIdx.x: lanes across one row of K / V
@@ -594,9 +616,10 @@ def _decode_attention_layout(head_dim: int, n_ctx: int) -> tuple[int, int, int, 
     return vec, nx, ny, kc, -(-n_ctx // kc)
 
 
-def decode_attention_parts(n_head: int, head_dim: int, n_ctx: int) -> list[tuple[list[int], str]]:
+def decode_attention_parts(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32",
+                           max_lanes: int = 4) -> list[tuple[list[int], str]]:
     """(shape, dtype) of make_decode_attention's scratch outputs o_part, ml_part (after `out`)."""
-    s = _decode_attention_layout(head_dim, n_ctx)[-1]
+    s = _decode_attention_layout(head_dim, n_ctx, dtype, max_lanes)[-1]
     return [([n_head, s, head_dim], ACC), ([n_head, s, 2], ACC)]
 
 

@@ -51,6 +51,11 @@ Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), a
     statistics, are what is kept.
   - (2026-12-03) x, gamma and beta in registers, gamma and beta loaded with W, the statistics per thread
     then across the block: the compiler still sank the loads, and gpt2-xl's qkv took 355 -> 390 us a step.
+  - (2026-12-03, with PDL) the statistics per row's warp (x's slices in registers beside W's, warp
+    shuffles, gamma and beta loaded in the dot product; no shared memory, no barrier): 80-103 registers
+    a thread against 32, so 2-3 blocks an SM instead of 8 and the 600-800 blocks in 2-4 waves; gpt2-xl's
+    step 1631 -> 1828-2533 us (docs/results/trace_decode_h200_warp_layernorm_registers.md). At 32
+    registers every block is resident at once, all of W's loads in flight from the start.
 With `pdl` (kernels/_pdl.py) the loads of W do come first: the `griddepcontrol.wait` after them is an
 `asm volatile` with a memory clobber, which the compiler does not move loads across (SASS: the LDGs, then
 ACQBULK, then the statistics).

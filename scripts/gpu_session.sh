@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|mm|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -78,6 +78,18 @@ case "$1" in
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
                   --dtypes float16 --rules $r --peers ${PEERS:-hf-eager} --prompt-lens ${LENS:-512,1024} --decode-tokens 16 \
                   --repeats 3 --profile --profile-prefill-len 1024 --out "$OUT/bench-mm-$i") || true; PEERS=none; done ;;
+  # decode's kernels in the graph (preset fused), an older checkout against this one in the same loan. First, here:
+  #   rm -rf .base && mkdir .base && git archive <rev> tinygpt2 kernels runtime scripts | tar -x -C .base
+  #   rm -r .base/tinygpt2/assets                      (and carry ".base": .gitignore keeps it out of the tree)
+  trace-vs-base) [ -e .base/tinygpt2/assets ] || ln -s "$PWD/tinygpt2/assets" .base/tinygpt2/assets
+              for m in ${MODELS:-random:gpt2-xl random:gpt2}; do
+                (cd .base && TG_CACHE=/tmp/tgc_base timeout 120 bash ../scripts/gpu_session.sh trace-one $m \
+                  | sed "s/^#### /#### base: /") | tee -a "$OUT/trace_vs_base.md" || true
+                TG_CACHE=/tmp/tgc_this timeout 120 bash "$0" trace-one $m | sed "s/^#### /#### this checkout: /" \
+                  | tee -a "$OUT/trace_vs_base.md" || true; done ;;
+  # one model's decode kernels in the graph with `fused` (spelt out); TG_CACHE: a compile cache of its own
+  trace-one)  TINYGPT2_CACHE=${TG_CACHE:-$TINYGPT2_CACHE} python3 scripts/trace_decode.py $2 float16 $PDL 20 \
+                --out="${OUT}/trace" 2>/dev/null ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

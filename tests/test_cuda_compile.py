@@ -112,6 +112,9 @@ def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():
     kernels = cuda_kernels(sched, tgt)
     assert "__shfl_down_sync" in kernels["decode_attention_n1_kernel"]      # one block per (head, chunk)
     assert "o_part" in kernels["decode_attention_n1_kernel_1"]               # the chunks merged per head
+    # rows of K and V read 16 bytes a load (8 halves; WebGPU's build takes 4)
+    assert "= *(uint4*)(k_cache_ptr" in kernels["decode_attention_n1_kernel"]
+    assert "= *(uint4*)(v_cache_ptr" in kernels["decode_attention_n1_kernel"]
 
 
 def test_fused_greedy_tail_is_one_kernel_reading_each_logit_once():
@@ -219,6 +222,9 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
                 assert code.index("w[") < wait < code.index("x[")
                 launch = code.find('griddepcontrol("launch_dependents"')
                 assert launch == -1 if entry == "pdl-decode" else code.index("x[") < launch
+            if name == "decode_attention_n1_kernel":       # the cache's K and V rows, then qkv
+                wait = code.index('griddepcontrol("wait"')
+                assert max(code.index("k_cache["), code.index("v_cache[")) < wait < code.index("qkv[")
     # before Hopper there is no griddepcontrol: the entry is dropped, the kernels are the plain fused ones
     sm80, _, _ = C.build_scheduled(TC_CFG, "cuda", "float16", ["pdl-decode-loaded", "fused-decode", "gemv",
                                                                "fallback"], arch="sm_80")

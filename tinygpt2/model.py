@@ -100,7 +100,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
         if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
-            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl)
+            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
@@ -155,7 +155,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     # outputs: attention [n, C], the two caches (in place), the chunks' partial results
                     a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
                                            [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
-                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P)])
+                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
                 elif flash:                                                # softmax(q.K^T).V in one launch
                     k, v = b.call_inplace(f"h{i}_kv", kv_append, [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])
                     a = b.call(f"h{i}_attn", flash_attention, [qkv, k, v, m], [n, C], dtype)      # [n, C]
