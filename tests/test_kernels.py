@@ -217,7 +217,7 @@ def test_attention_decode_kernels(rng, pos, dtype):
 @pytest.mark.parametrize("n_head,head_dim,n_ctx,pos", [(H, D, P, 0), (H, D, P, 6), (H, D, P, 62), (H, D, P, 63),
                                                        (H, D, P, P - 1),          # chunks of 63 keys: 2 of them
                                                        (2, 64, 1024, 64), (2, 64, 1024, 700)])  # GPT-2's head
-def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype):
+def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype, max_lanes=4):
     """The GPU-only fused decode attention (append K, V + the three kernels above, over chunks of keys
     merged at the end), run on the WebGPU adapter (llvmpipe in CI): the composed references, and the
     cache updated at pos only. Positions at chunk edges: pos the last key of a chunk, or the first."""
@@ -227,14 +227,25 @@ def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype):
     qkv = rand(rng, 1, 3 * C_, dtype=dtype)
     k_cache, v_cache = rand(rng, n_head, n_ctx, head_dim, dtype=dtype), rand(rng, n_head, n_ctx, head_dim, dtype=dtype)
     k_cache[:, pos:], v_cache[:, pos:] = np.nan, np.nan                  # stale entries must not leak in
-    func = K.make_decode_attention(n_head, head_dim, n_ctx, dtype)
-    parts = [np.zeros(shape, dt) for shape, dt in K.decode_attention_parts(n_head, head_dim, n_ctx)]
+    func = K.make_decode_attention(n_head, head_dim, n_ctx, dtype, max_lanes=max_lanes)
+    parts = [np.zeros(shape, dt) for shape, dt in K.decode_attention_parts(n_head, head_dim, n_ctx, dtype, max_lanes)]
     _, k_out, v_out, _, out, *_ = run_kernel(func, [qkv, k_cache, v_cache, np.array([pos], np.int32),
                                                     np.zeros((1, C_), dtype), *parts], dtype)
     want, k_want, v_want = K.decode_attention_ref(qkv, k_cache, v_cache, pos)
     np.testing.assert_allclose(out, want, **TOL[dtype])
     np.testing.assert_array_equal(k_out, k_want)                        # NaN past pos stays NaN
     np.testing.assert_array_equal(v_out, v_want)
+
+
+@pytest.mark.parametrize("pos", [5, 700])
+def test_decode_attention_in_another_geometry_on_webgpu(rng, pos):
+    """The layout follows the vector width: 2-element loads give 32 lanes across a row of K or V and 2 groups
+    of keys (4-element ones, above: 16 and 4; CUDA's fp16 build, 8-element: 8 and 8, checked on the GPU by
+    scripts/gpu_check.py), still chunks of 64 keys."""
+    assert K.attention._decode_attention_layout(64, 1024, "float16", 2) == (2, 32, 2, 64, 16)
+    assert K.attention._decode_attention_layout(64, 1024, "float16", 8) == (8, 8, 8, 64, 16)
+    assert K.attention._decode_attention_layout(64, 1024, "float32", 8)[0] == 4          # 16 bytes at most
+    test_decode_attention_on_webgpu(rng, 2, 64, 1024, pos, "float16", max_lanes=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
