@@ -27,6 +27,7 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait
 from .kv_cache import kv_append_ref
+from .ln_linear import vector_width
 
 
 def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
@@ -469,9 +470,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
             # ... and the row of K that qk needs: rows before pos too, which earlier steps wrote, so that
-            # with PDL both come in while the kernel waits for qkv (the K row used to be loaded after the
-            # wait, a memory latency on the attention's critical path). Keys past pos read row
-            # max(pos - 1, 0) (in bounds, cheap: one row) and are selected away in qk.
+            # with PDL both can come in while the kernel waits for qkv (measured: no change alone; see the
+            # docstring). Keys past pos read row max(pos - 1, 0) (in bounds, cheap: one row) and are
+            # selected away in qk.
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("k_load"):
@@ -605,10 +606,8 @@ def _decode_attention_layout(head_dim: int, n_ctx: int, dtype: str = "float32",
                              max_lanes: int = 4) -> tuple[int, int, int, int, int]:
     """make_decode_attention's (VEC, NX, NY, KC, S): 4, 16, 4, 64, 16 for GPT-2 (head_dim 64, n_ctx 1024);
     in float16 with max_lanes = 8 (CUDA), 8, 8, 8, 64, 16: rows of K and V read 16 bytes a load."""
-    # elements per vector load: at most max_lanes (WGSL's widest is vec4) and 16 bytes (CUDA's widest)
-    vec = min(max_lanes, 16 // (2 if dtype == "float16" else 4))
-    while head_dim % vec:
-        vec //= 2
+    # elements per vector load: at most max_lanes (WGSL's widest is vec4) and 16 bytes (CUDA's widest), dividing D
+    vec = vector_width(head_dim, dtype, max_lanes)
     nx = head_dim // vec                                  # threadIdx.x: lanes across one row of K / V
     ny = max(1, 64 // nx)                                 # threadIdx.y: groups of keys in pv
     kc = nx * ny                                          # keys per chunk = threads per block
