@@ -54,11 +54,17 @@ def summarize(kernels, label):
     steps.append(cur)
     steps = steps[1:] or steps                                # skip the first replay
     per = defaultdict(list)
+    # a launch's time on the critical path: from the end of the kernel before it (or its own start, if later)
+    # to its own end. With PDL a kernel starts before the one before it ends and waits, so its duration
+    # counts that wait too; this does not.
+    after_prev = defaultdict(list)
     spans, gaps = [], []
     for s in steps:
         t = defaultdict(float)
-        for st, du, name in s:
+        for i, (st, du, name) in enumerate(s):
             t[name.removesuffix("_kernel")] += du / 1e3             # a PrimFunc's 2nd kernel: *_kernel_1
+            start = st if i == 0 else max(st, s[i - 1][0] + s[i - 1][1])
+            after_prev[name.removesuffix("_kernel")].append((st + du - start) / 1e3)
         for name, us in t.items():
             per[name].append(us)
         spans.append((s[-1][0] + s[-1][1] - s[0][0]) / 1e3)
@@ -67,10 +73,12 @@ def summarize(kernels, label):
     print(f"\n#### {label}: {len(steps)} steps, {n} kernels a step; span {statistics.median(spans):.1f} us "
           f"(kernels {statistics.median(spans) - statistics.median(gaps):.1f} us, gaps between them "
           f"{statistics.median(gaps):.1f} us)\n")
-    print("| kernel | us per step | share of kernel time |\n|---|---|---|")
+    print("| kernel | us per step | share of kernel time | launches a step | us a launch, from the previous "
+          "kernel's end |\n|---|---|---|---|---|")
     tot = sum(statistics.median(v) for v in per.values())
     for name, v in sorted(per.items(), key=lambda kv: -statistics.median(kv[1])):
-        print(f"| {name} | {statistics.median(v):.1f} | {100 * statistics.median(v) / tot:.1f}% |")
+        print(f"| {name} | {statistics.median(v):.1f} | {100 * statistics.median(v) / tot:.1f}% | "
+              f"{len(after_prev[name]) // len(steps)} | {statistics.median(after_prev[name]):.2f} |")
 
 
 def main():

@@ -1,0 +1,35 @@
+"""scripts/trace_decode.py's summary of a CUDA-graph trace (its CUPTI part needs the GPU machine): steps split
+at the embedding kernel, the first replay dropped, and each launch's time on the critical path, which with
+PDL is shorter than its duration (a kernel starts early and waits)."""
+
+import importlib.util
+from pathlib import Path
+
+
+def load_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "trace_decode.py"
+    spec = importlib.util.spec_from_file_location("trace_decode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
+    # (name, duration ns, ns it starts before the kernel before it ends): qkv twice a step, overlapping
+    layer = [("embedding_n1_kernel", 1000, 0), ("ln_linear_qkv_n1_kernel", 7000, 200),
+             ("decode_attention_n1_kernel", 4000, 500), ("decode_attention_n1_kernel_1", 2000, 0),
+             ("ln_linear_qkv_n1_kernel", 7000, 200), ("prefill_kernel_not_decode", 9000, 0)]
+    events, t = [], 0
+    for _ in range(3):                                        # three replays of the step
+        for name, dur, overlap in layer:
+            events.append((t - overlap, dur, name))
+            t = t - overlap + dur
+    load_script().summarize(events, "synthetic")
+    out = capsys.readouterr().out
+    assert "#### synthetic: 2 steps, 5 kernels a step" in out           # the first replay dropped
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines()
+            if line.startswith("| ") and "_n1" in line}
+    assert rows["ln_linear_qkv_n1"][0] == "14.0"                         # us per step: both launches
+    assert rows["ln_linear_qkv_n1"][2:] == ["2", "6.80 |"]               # 7.0 us less the 0.2 overlap
+    assert rows["decode_attention_n1"][2:] == ["1", "3.50 |"]
+    assert rows["decode_attention_n1_kernel_1"][2:] == ["1", "2.00 |"]
