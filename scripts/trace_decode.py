@@ -62,9 +62,10 @@ def summarize(kernels, label):
     for s in steps:
         t = defaultdict(float)
         for i, (st, du, name) in enumerate(s):
-            t[name.removesuffix("_kernel")] += du / 1e3             # a PrimFunc's 2nd kernel: *_kernel_1
+            name = name.removesuffix("_kernel")                     # a PrimFunc's 2nd kernel: *_kernel_1
+            t[name] += du / 1e3
             start = st if i == 0 else max(st, s[i - 1][0] + s[i - 1][1])
-            after_prev[name.removesuffix("_kernel")].append((st + du - start) / 1e3)
+            after_prev[name].append((st + du - start) / 1e3)
         for name, us in t.items():
             per[name].append(us)
         spans.append((s[-1][0] + s[-1][1] - s[0][0]) / 1e3)

@@ -217,10 +217,14 @@ def test_attention_decode_kernels(rng, pos, dtype):
 @pytest.mark.parametrize("n_head,head_dim,n_ctx,pos", [(H, D, P, 0), (H, D, P, 6), (H, D, P, 62), (H, D, P, 63),
                                                        (H, D, P, P - 1),          # chunks of 63 keys: 2 of them
                                                        (2, 64, 1024, 64), (2, 64, 1024, 700)])  # GPT-2's head
-def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype, max_lanes=4):
+def test_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype):
     """The GPU-only fused decode attention (append K, V + the three kernels above, over chunks of keys
     merged at the end), run on the WebGPU adapter (llvmpipe in CI): the composed references, and the
     cache updated at pos only. Positions at chunk edges: pos the last key of a chunk, or the first."""
+    check_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype)
+
+
+def check_decode_attention_on_webgpu(rng, n_head, head_dim, n_ctx, pos, dtype, max_lanes=4):
     from tinygpt2.runtime.webgpu import run_kernel
 
     C_ = n_head * head_dim
@@ -245,7 +249,7 @@ def test_decode_attention_in_another_geometry_on_webgpu(rng, pos):
     assert K.attention._decode_attention_layout(64, 1024, "float16", 2) == (2, 32, 2, 64, 16)
     assert K.attention._decode_attention_layout(64, 1024, "float16", 8) == (8, 8, 8, 64, 16)
     assert K.attention._decode_attention_layout(64, 1024, "float32", 8)[0] == 4          # 16 bytes at most
-    test_decode_attention_on_webgpu(rng, 2, 64, 1024, pos, "float16", max_lanes=2)
+    check_decode_attention_on_webgpu(rng, 2, 64, 1024, pos, "float16", max_lanes=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
