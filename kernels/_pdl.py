@@ -35,10 +35,7 @@ from tinygpt2.tvm_shim import T
 #   "exit"    never explicitly: the GPU launches the next kernel as this one's blocks exit, ahead of
 #             its completion and memory flush, and W's loads are issued before the wait (the wait's
 #             asm keeps the compiler from sinking them below the layernorm): 1627 us, kept.
-#   "async"   as exit, and decode's linears copy their weights into shared memory with cp.async before the
-#             wait (kernels/ln_linear.py, `w_async`): ptxas sinks plain loads of W, whose results need
-#             registers, below the wait and the layernorm, so under "exit" W only starts coming after both.
-MODES = ("early", "loaded", "exit", "async")
+MODES = ("early", "loaded", "exit")
 
 
 @T.macro(hygienic=False)

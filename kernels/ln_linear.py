@@ -78,7 +78,6 @@ KO_MAX = 8                  # at most this many vector loads of W per thread and
 VECTOR_BYTES = 16           # the widest load a CUDA thread issues (LDG.128)
 WEBGPU_MAX_LANES = 4        # WGSL has vec2..vec4 only: TVM's WebGPU codegen rejects wider vectors
 ITEMSIZE = {"float32": 4, "float16": 2}
-SHARED_BYTES = 48 * 1024    # static shared memory a CUDA block may declare
 UNROLL = {"pragma_auto_unroll_max_step": 256, "pragma_unroll_explicit": 1}
 
 
@@ -90,12 +89,6 @@ def vector_width(n_embd: int, dtype: str, max_lanes: int = 8) -> int:
     while n_embd % vec:
         vec //= 2
     return vec
-
-
-def shared_w_fits(rows: int, in_features: int, dtype: str, other_bytes: int = 0) -> bool:
-    """Whether a block's rows of W fit in the 48 KB of static shared memory a CUDA block may have (w_async):
-    gpt2-xl's fp32 ln_linear (8 rows x 1600 floats, 51 KB) keeps W in registers."""
-    return rows * in_features * ITEMSIZE[dtype] + other_bytes <= SHARED_BYTES
 
 
 def lanes_per_row(n_vec: int) -> int:
@@ -131,40 +124,6 @@ def _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N):
 
 
 @T.macro(hygienic=False)
-def _copy_w_async(w, w_smem, bx, NB, TX, TY, KO, V, CV, N, CB):
-    """1'. (CUDA sm_80+) W's slice of the thread into shared memory with cp.async, 16 bytes a copy: the
-    copies hold no registers, and ptxas keeps them where they are written (it sinks plain loads, which
-    must land in registers, below the PDL wait and the layernorm). The same positions as _load_w's, and
-    only this thread reads them back (after `cp.async.wait_all`), so no barrier is needed."""
-    for ty in T.thread_binding(TY, thread="threadIdx.y"):
-        for tx in T.thread_binding(TX, thread="threadIdx.x"):
-            with T.sblock("w_copy"):
-                vj = T.axis.spatial(NB * TY, bx * TY + ty)
-                vt = T.axis.spatial(TX, tx)
-                T.reads(w[T.min(vj, N - T.int64(1)), 0:CV * V])
-                T.writes(w_smem[vj, 0:CV * V])
-                for ko in T.serial(KO, annotations=UNROLL):
-                    if ko * TX + vt < CV:
-                        T.ptx["cp.async.cg.shared.global"](
-                            T.address_of(w_smem[vj, (ko * TX + vt) * V]),
-                            T.address_of(w[T.min(vj, N - T.int64(1)), (ko * TX + vt) * V]), CB)
-
-
-@T.macro(hygienic=False)
-def _coherent_reads(x, TY, TX):
-    """x's address into an asm statement (a prefetch of its first line), so that x is not read-only memory to
-    the compiler: its loads are then plain ld.global, which ptxas keeps after the PDL wait. Read-only
-    loads (ld.global.nc) it moves freely, above the wait too."""
-    for ty in T.thread_binding(TY, thread="threadIdx.y"):
-        for tx in T.thread_binding(TX, thread="threadIdx.x"):
-            with T.sblock("coherent_reads"):
-                T.where(ty == T.int64(0) and tx == T.int64(0))
-                T.reads(x[0, 0])
-                T.writes()
-                T.ptx.prefetch.global_.L2(T.address_of(x[0, 0]))
-
-
-@T.macro(hygienic=False)
 def _row_sum(partial, row_acc, bx, NB, TX, TY):
     """4. a row's TX partial sums added across its threads (spatial loops outside, lanes innermost: what
     TVM's cross-thread reduction lowering needs); the epilogue then stores from thread 0 of the row."""
@@ -179,7 +138,7 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
-                          gelu: bool = False, max_lanes: int = 8, pdl: str | None = None, w_async: bool = False):
+                          gelu: bool = False, max_lanes: int = 8, pdl: str | None = None):
     """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
 
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
@@ -187,8 +146,6 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
     W's loads issued before the kernel waits for the previous one, x read after."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
-    CB = g["vec"] * ITEMSIZE[dtype]                           # bytes a copy (w_async)
-    w_async = w_async and shared_w_fits(g["ty"], n_embd, dtype, n_embd * ITEMSIZE[dtype])   # W and h
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
@@ -215,16 +172,10 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         x_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
         sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
         h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
-        w_smem = T.sblock_alloc_buffer((NP, C), dtype, scope="shared")            # w_async: TY rows of W
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            if w_async:
-                _copy_w_async(w, w_smem, bx, NB, TX, TY, KO, V, CV, N, CB)
-            else:
-                _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
-            if w_async:
-                _coherent_reads(x, TY, TX)
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -263,23 +214,14 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                         vj = T.axis.spatial(NP, bx * TY + ty)
                         vt = T.axis.spatial(TX, tx)
                         h_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
-                        w_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
                         partial[vj, vt] = T.float32(0)
-                        if w_async:
-                            T.ptx["cp.async.wait_all"]()     # this thread's copies of W have landed
                         for ko in T.serial(KO, annotations=UNROLL):
                             if ko * TX + vt < CV:
                                 for v in T.vectorized(V):
                                     h_vec[v] = h[(ko * TX + vt) * V + v]
-                                if w_async:
-                                    for v in T.vectorized(V):
-                                        w_vec[v] = w_smem[vj, (ko * TX + vt) * V + v]
-                                else:
-                                    for v in T.vectorized(V):
-                                        w_vec[v] = w_reg[vj, vt, ko, v]
                                 for v in T.serial(V, annotations=UNROLL):
                                     partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, h_vec[v]) * T.Cast(
-                                        ACC, w_vec[v])
+                                        ACC, w_reg[vj, vt, ko, v])
             if pdl_loaded:
                 launch_next(TY, TX)
             _row_sum(partial, row_acc, bx, NB, TX, TY)
@@ -294,7 +236,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
-                                pdl: str | None = None, w_async: bool = False):
+                                pdl: str | None = None):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
     layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
     pdl: as make_ln_linear_decode's."""
@@ -304,8 +246,6 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
     NP = NB * TY
-    CB = g["vec"] * ITEMSIZE[dtype]                           # bytes a copy (w_async)
-    w_async = w_async and shared_w_fits(g["ty"], in_features, dtype)
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
 
@@ -314,20 +254,13 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                                r: T.Buffer((one, N), dtype), y: T.Buffer((one, N), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
-        w_smem = T.sblock_alloc_buffer((NP, K), dtype, scope="shared")            # w_async: TY rows of W
         x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
-            if w_async:
-                _copy_w_async(w, w_smem, bx, NB, TX, TY, KO, V, CV, N, CB)
-            else:
-                _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
-            if w_async:
-                _coherent_reads(x, TY, TX)
-                _coherent_reads(r, TY, TX)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for ko in T.serial(KO, annotations=UNROLL):
@@ -343,21 +276,12 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                     with T.sblock("dot"):
                         vj = T.axis.spatial(NP, bx * TY + ty)
                         vt = T.axis.spatial(TX, tx)
-                        w_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
                         partial[vj, vt] = T.float32(0)
-                        if w_async:
-                            T.ptx["cp.async.wait_all"]()     # this thread's copies of W have landed
                         for ko in T.serial(KO, annotations=UNROLL):
                             if ko * TX + vt < CV:
-                                if w_async:
-                                    for v in T.vectorized(V):
-                                        w_vec[v] = w_smem[vj, (ko * TX + vt) * V + v]
-                                else:
-                                    for v in T.vectorized(V):
-                                        w_vec[v] = w_reg[vj, vt, ko, v]
                                 for v in T.serial(V, annotations=UNROLL):
                                     partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v]) * T.Cast(
-                                        ACC, w_vec[v])
+                                        ACC, w_reg[vj, vt, ko, v])
             if pdl_loaded:
                 launch_next(TY, TX)
             _row_sum(partial, row_acc, bx, NB, TX, TY)

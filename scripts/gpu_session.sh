@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|mm|trace-one|trace-vs-base|async|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|mm|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -11,7 +11,6 @@ tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
 # `fused` (which has pdl-decode) spelt out, and without pdl-decode
 PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul-async,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
 NOPDL=${PDL#pdl-decode,}
-ASYNC=${PDL/pdl-decode/pdl-decode-async}       # the same with decode's weights copied by cp.async
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
@@ -91,12 +90,6 @@ case "$1" in
   # one model's decode kernels in the graph with `fused` (spelt out); TG_CACHE: a compile cache of its own
   trace-one)  TINYGPT2_CACHE=${TG_CACHE:-$TINYGPT2_CACHE} python3 scripts/trace_decode.py $2 float16 $PDL 20 \
                 --out="${OUT}/trace" 2>/dev/null ;;
-  # pdl-decode against pdl-decode-async in one loan: decode's kernels in the graph, then async's logits check
-  async)      for m in ${MODELS:-random:gpt2-xl random:gpt2}; do for r in $PDL $ASYNC; do
-                timeout 120 python3 scripts/trace_decode.py $m float16 $r 20 --out="$OUT/trace" 2>/dev/null \
-                  | tee -a "$OUT/trace_async.md" || true; done; done
-              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $ASYNC \
-                | tee "$OUT/gpu_check_async.md" || true ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
   bench-xl)   tg bench --target cuda --models random:gpt2-xl --dtypes float16 --profile \

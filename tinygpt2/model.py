@@ -82,7 +82,6 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
     # ... launched with programmatic dependent launch (CUDA sm_90+): kernels/_pdl.py's mode, or None
     pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
-    w_async = pdl == "async"        # ... and their linears' weights copied by cp.async (kernels/ln_linear.py)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -103,10 +102,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
             decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
-            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl,
-                              w_async)
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl,
-                                  w_async)
+            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
@@ -136,7 +133,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     else:
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
     if fused:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl, w_async)
+        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl)
     else:
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
     with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):

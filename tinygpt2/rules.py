@@ -90,10 +90,6 @@ class PDLDecodeEarly(PDLDecode):
     mode = "early"
 
 
-class PDLDecodeAsync(PDLDecode):
-    mode = "async"
-
-
 class SmallBlockGEMV(dl.gpu.GEMV):
     """DLight's GEMV rule, scheduled as for a GPU whose blocks hold at most `max_threads` threads.
 
@@ -141,7 +137,6 @@ GPU_RULES = {
     "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
     "pdl-decode-loaded": PDLDecodeLoaded,
     "pdl-decode-early": PDLDecodeEarly,
-    "pdl-decode-async": PDLDecodeAsync,
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
