@@ -8,7 +8,8 @@ gpt2-xl's step is 244 kernels; at ~2 us of ramp each that is a third of the step
 With PDL a kernel is split in two at a `griddepcontrol.wait`:
 
     before the wait   reads only what no kernel of this step writes: the weights (and constants);
-                      W's slice of a thread goes into its registers here;
+                      W's slice of a thread goes into its registers here (in the CUDA C: ptxas, which
+                      schedules read-only loads freely, places them after the wait; see "exit");
     wait              blocks until every kernel before this one has finished, its writes visible;
     after the wait    reads activations (x, the residual stream, qkv, the KV cache) and writes outputs;
     launch_dependents somewhere (MODES below) lets the GPU launch the next kernel once every block of
@@ -33,8 +34,10 @@ from tinygpt2.tvm_shim import T
 #   "loaded"  once its own loads have been used (after the dot product), the attention (latency-bound,
 #             HBM mostly idle) at once: 1697 us;
 #   "exit"    never explicitly: the GPU launches the next kernel as this one's blocks exit, ahead of
-#             its completion and memory flush, and W's loads are issued before the wait (the wait's
-#             asm keeps the compiler from sinking them below the layernorm): 1627 us, kept.
+#             its completion and memory flush: 1627 us, kept. (W's loads are written before the wait,
+#             but in SASS, nvcc 13.0, ptxas puts the wait first and sinks them below the layernorm as
+#             without PDL; copying W by cp.async, which stays before the wait, measured slower:
+#             kernels/ln_linear.py's "not kept".)
 MODES = ("early", "loaded", "exit")
 
 
@@ -49,6 +52,28 @@ def grid_wait(TY, TX, early):
                 if early:
                     T.ptx.griddepcontrol.launch_dependents()
                 T.ptx.griddepcontrol.wait()
+
+
+@T.macro(hygienic=False)
+def read_coherently(TY, TX, addr):
+    """After the wait: make the loads of an activation (addr: the address of its first element) plain
+    ld.global, which ptxas keeps after `griddepcontrol.wait`.
+
+    TVM declares every pointer argument `__restrict__`, so the compiler loads what a kernel only reads
+    with ld.global.nc (the read-only path), and ptxas treats those as loads of memory that nothing
+    changes while the kernel runs: it schedules them freely across the wait (SASS, nvcc 13.0: a
+    variant of ln_linear whose W had no register to land in had its loads of x moved above ACQBULK, the
+    statistics summed before it). Under PDL that memory is being written by the previous kernel.
+    Passing the address to an asm statement (a prefetch of its line into L2, by one thread; a hint, and
+    the line is about to be read anyway) means the compiler can no longer assume that, and the loads
+    become coherent ones that stay after the wait."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("read_coherently"):
+                T.where(ty == T.int64(0) and tx == T.int64(0))
+                T.reads()
+                T.writes()
+                T.ptx.prefetch.global_.L2(addr)
 
 
 @T.macro(hygienic=False)

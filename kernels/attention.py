@@ -25,7 +25,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
-from ._pdl import flags as pdl_flags, grid_wait
+from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .kv_cache import kv_append_ref
 from .ln_linear import vector_width
 
@@ -415,7 +415,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     pdl (CUDA sm_90+, one of kernels/_pdl.py's MODES): both kernels launched with programmatic dependent
     launch. The chunks kernel loads its V and K rows before it waits for the previous kernel: rows before
     pos, which earlier steps wrote (pos itself is set before the step's first kernel); everything else
-    after. Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
+    after, qkv and the partials with coherent loads (_pdl.read_coherently). In SASS (nvcc 13.0) ptxas
+    places the wait first and the K, V loads after it all the same, which is why K before the wait
+    changed nothing. Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
     (K before the wait, 2026-12-03: no change alone on an H200, gpt2-xl's step 1625.1 -> 1627.8 us in the
     graph; kept with the 16-byte loads below, measured together.)
 
@@ -484,6 +486,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                     "int64", T.max(pos[0] - 1, 0))), dv * VEC + e]
             if pdl_wait:
                 grid_wait(NY, NX, pdl_early)
+                read_coherently(NY, NX, T.address_of(qkv[0, 0]))
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("qk"):
@@ -571,6 +574,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         for bh in T.thread_binding(H, thread="blockIdx.x"):
             if pdl_wait:
                 grid_wait(one, D, pdl_early)          # (threadIdx.y of extent 1)
+                read_coherently(one, D, T.address_of(qkv[0, 0]))
+                read_coherently(one, D, T.address_of(o_part[0, 0, 0]))
+                read_coherently(one, D, T.address_of(ml_part[0, 0, 0]))
             for tx in T.thread_binding(D, thread="threadIdx.x"):
                 with T.sblock("merge"):
                     vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)

@@ -56,9 +56,14 @@ Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), a
     a thread against 32, so 2-3 blocks an SM instead of 8 and the 600-800 blocks in 2-4 waves; gpt2-xl's
     step 1631 -> 1828-2533 us (docs/results/trace_decode_h200_warp_layernorm_registers.md). At 32
     registers every block is resident at once, all of W's loads in flight from the start.
-With `pdl` (kernels/_pdl.py) the loads of W do come first: the `griddepcontrol.wait` after them is an
-`asm volatile` with a memory clobber, which the compiler does not move loads across (SASS: the LDGs, then
-ACQBULK, then the statistics).
+  - (2026-12-03, with PDL) W copied into shared memory by cp.async before the wait (29 KB a block, 7-8
+    blocks an SM, no registers held): every linear ~0.6 us slower a call, gpt2-xl's step 1607.0 -> 1693.2
+    us (docs/results/trace_decode_h200_weights_cp_async.md).
+With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
+(nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
+the wait (ACQBULK) comes first and the LDGs after the statistics, as without PDL. (An earlier note here
+said the opposite; cuobjdump of the kernels as built now shows this order.) x is read after the wait
+with coherent loads (_pdl.read_coherently), which ptxas cannot move above it.
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
@@ -67,7 +72,7 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype
-from ._pdl import flags as pdl_flags, grid_wait, launch_next
+from ._pdl import flags as pdl_flags, grid_wait, launch_next, read_coherently
 from .gelu import gelu_expr
 from .layernorm import layernorm_ref
 from .linear import linear_gelu_ref, linear_ref, linear_residual_ref
@@ -176,6 +181,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
+                read_coherently(TY, TX, T.address_of(x[0, 0]))
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -261,6 +267,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
+                read_coherently(TY, TX, T.address_of(x[0, 0]))
+                read_coherently(TY, TX, T.address_of(r[0, 0]))
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for ko in T.serial(KO, annotations=UNROLL):

@@ -230,3 +230,48 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
                                                                "fallback"], arch="sm_80")
     assert sm80.rule_of["linear_attn_proj_n1"] == "gemv"
     assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()
+
+
+def ptx_loads(func) -> dict[str, int]:
+    """A kernel's global loads in the PTX nvcc makes of its CUDA C: {'ld.global.nc.v4.u32': n, ...}."""
+    import collections
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tinygpt2 import targets as TG
+    from tinygpt2.tvm_shim import pdl_tir_pipeline, tvm
+
+    tgt = TG.make_target("cuda", "sm_90a")
+    with tgt:
+        ex = tvm.compile(tvm.IRModule({"main": func}), target=tgt, tir_pipeline=pdl_tir_pipeline())
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.cu").write_text(C.device_module(ex.mod, "cuda").inspect_source())
+        subprocess.run(["nvcc", "-ptx", "-O3", "-arch=sm_90a", "-o", f"{tmp}/k.ptx", f"{tmp}/k.cu"], check=True,
+                       capture_output=True)
+        ptx = (Path(tmp) / "k.ptx").read_text()
+    return collections.Counter(re.findall(r"ld\.global(?:\.nc)?(?:\.v[24])?\.\w+", ptx))
+
+
+def test_pdl_kernels_read_activations_with_coherent_loads():
+    """Under PDL a kernel's inputs are written by the kernel before it until `griddepcontrol.wait`
+    returns. TVM marks every pointer __restrict__, so what a kernel only reads is loaded with
+    ld.global.nc, which ptxas moves across the wait (kernels/_pdl.py, read_coherently): the activations
+    (x, the residual, qkv, the attention's partials) must be plain ld.global; the weights and the cache
+    rows of earlier steps may stay on the read-only path."""
+    from tinygpt2.kernels.attention import make_decode_attention
+    from tinygpt2.kernels.ln_linear import make_linear_residual_decode, make_ln_linear_decode
+
+    # c_proj + residual, K = 1024 fp16: 32 lanes x 4 vectors of 8 halves a row
+    loads = ptx_loads(make_linear_residual_decode(1024, 64, "float16", pdl="exit"))
+    assert loads["ld.global.nc.v4.u32"] == 4 and loads["ld.global.v4.u32"] == 4      # W read-only, x coherent
+    assert loads["ld.global.u16"] == 1                                                 # the residual r
+    # ln + linear, C = 512: x's 2 elements a thread, read in both statistics and in the normalization
+    loads = ptx_loads(make_ln_linear_decode(512, 64, "float16", pdl="exit"))
+    assert loads["ld.global.nc.v4.u32"] == 2 and loads["ld.global.u16"] == 3 * 2
+    # decode attention: qkv's vectors and the merge's float32 partials coherent; K, V rows read-only
+    loads = ptx_loads(make_decode_attention(2, 64, 128, "float16", "exit", 8))
+    assert loads["ld.global.v4.u32"] > 0 and loads["ld.global.f32"] > 0
+    assert not any(k.startswith("ld.global.nc.f32") for k in loads)
+    # without PDL nothing is written under a kernel's feet: everything it only reads stays read-only
+    assert "ld.global.v4.u32" not in ptx_loads(make_linear_residual_decode(1024, 64, "float16"))
