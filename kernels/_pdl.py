@@ -56,8 +56,8 @@ def grid_wait(TY, TX, early):
 
 @T.macro(hygienic=False)
 def read_coherently(TY, TX, addr):
-    """After the wait: make the loads of an activation (addr: the address of its first element) plain
-    ld.global, which ptxas keeps after `griddepcontrol.wait`.
+    """Make the loads of an activation (addr: the address of its first element) plain ld.global, which
+    ptxas keeps after `griddepcontrol.wait`. Placed before the wait: it only has to be in the kernel.
 
     TVM declares every pointer argument `__restrict__`, so the compiler loads what a kernel only reads
     with ld.global.nc (the read-only path), and ptxas treats those as loads of memory that nothing
@@ -65,8 +65,9 @@ def read_coherently(TY, TX, addr):
     variant of ln_linear whose W had no register to land in had its loads of x moved above ACQBULK, the
     statistics summed before it). Under PDL that memory is being written by the previous kernel.
     Passing the address to an asm statement (a prefetch of its line into L2, by one thread; a hint, and
-    the line is about to be read anyway) means the compiler can no longer assume that, and the loads
-    become coherent ones that stay after the wait."""
+    L2 is where coherence is kept) means the compiler can no longer assume that, and the loads become
+    coherent ones that stay after the wait. They cannot be reused across a barrier either, so a kernel
+    that reads an input several times pays for it (ln_linear: see there)."""
     for ty in T.thread_binding(TY, thread="threadIdx.y"):
         for tx in T.thread_binding(TX, thread="threadIdx.x"):
             with T.sblock("read_coherently"):

@@ -62,8 +62,13 @@ Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), a
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
 the wait (ACQBULK) comes first and the LDGs after the statistics, as without PDL. (An earlier note here
-said the opposite; cuobjdump of the kernels as built now shows this order.) x is read after the wait
-with coherent loads (_pdl.read_coherently), which ptxas cannot move above it.
+said the opposite; cuobjdump of the kernels as built now shows this order.)
+x is read with read-only loads (ld.global.nc), which ptxas may schedule across the wait (_pdl.py's
+read_coherently): in ln_linear the SASS has them all after it, for every Hub size and dtype, and a test
+checks that (tests/test_cuda_compile.py). Coherent loads of x cost 2-6% of a decode step here: the three
+passes over x then each reload it after a barrier (H200, in the CUDA graph: gpt2 244.5 -> 260.2 us a
+step, gpt2-xl 1611.5 -> 1641.1; staged once in shared memory instead, 253.1 and 1675.6). linear_residual,
+which reads x and the residual once, takes them coherently (no cost measured).
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
@@ -181,7 +186,6 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 grid_wait(TY, TX, pdl_early)
-                read_coherently(TY, TX, T.address_of(x[0, 0]))
             # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -266,9 +270,9 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
-                grid_wait(TY, TX, pdl_early)
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 read_coherently(TY, TX, T.address_of(r[0, 0]))
+                grid_wait(TY, TX, pdl_early)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     for ko in T.serial(KO, annotations=UNROLL):
