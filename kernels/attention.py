@@ -418,7 +418,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     after: the chunks kernel's qkv with coherent loads (_pdl.read_coherently, no cost measured); the merge
     keeps read-only loads of the partials (coherent ones: 1.82 -> 2.14 us a call on an H200), and a test
     checks in SASS that they come after the wait. In SASS (nvcc 13.0) ptxas places the chunks kernel's
-    wait first and the K, V loads after it all the same, which is why K before the wait changed nothing. Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
+    wait first and the K, V loads after it all the same, which is why K before the wait changed nothing.
+    Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
     (K before the wait, 2026-12-03: no change alone on an H200, gpt2-xl's step 1625.1 -> 1627.8 us in the
     graph; kept with the 16-byte loads below, measured together.)
 

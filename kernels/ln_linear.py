@@ -154,7 +154,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
-    W's loads issued before the kernel waits for the previous one, x read after."""
+    W's loads written before the kernel waits for the previous one (ptxas moves them after: see above), x read
+    after."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)

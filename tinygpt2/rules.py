@@ -68,8 +68,8 @@ class PDLDecode(dl.ScheduleRule):
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
     elsewhere). Each issues its weight loads, then waits for the kernel before it; the GPU launches the
     next kernel as this one's blocks exit, ahead of its completion. On an H200 this took gpt2-xl's
-    decode step in the CUDA graph from 1659 to 1627 us (the launch gaps: 24 -> 4 us a step, and W's
-    loads issued before the wait). Variants, measured slower: `pdl-decode-loaded` lets the next kernel
+    decode step in the CUDA graph from 1659 to 1627 us (the launch gaps: 24 -> 4 us a step; W's loads
+    are written before the wait, but ptxas places them after it: docs/results/README.md, last section). Variants, measured slower: `pdl-decode-loaded` lets the next kernel
     launch once a kernel's loads are used (the attention at once; 1697 us) and `pdl-decode-early`
     right after its weight loads (1748 us): the next kernels' weight streams then slow the critical
     path, the attention above all. Both hand-schedule the attention's c_proj so that it takes part
