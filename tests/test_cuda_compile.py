@@ -338,4 +338,4 @@ def test_pdl_kernels_reading_activations_read_only_wait_first_in_sass(size):
                 continue
             wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
             loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG", ins)]
-            assert loads and wait < loads[0], (size, dtype, name, code[:loads[0] + 1])
+            assert loads and wait < loads[0], (size, dtype, name, code[:wait + 1])    # up to the wait

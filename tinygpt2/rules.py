@@ -69,10 +69,10 @@ class PDLDecode(dl.ScheduleRule):
     elsewhere). Each issues its weight loads, then waits for the kernel before it; the GPU launches the
     next kernel as this one's blocks exit, ahead of its completion. On an H200 this took gpt2-xl's
     decode step in the CUDA graph from 1659 to 1627 us (the launch gaps: 24 -> 4 us a step; W's loads
-    are written before the wait, but ptxas places them after it: docs/results/README.md, last section). Variants, measured slower: `pdl-decode-loaded` lets the next kernel
-    launch once a kernel's loads are used (the attention at once; 1697 us) and `pdl-decode-early`
-    right after its weight loads (1748 us): the next kernels' weight streams then slow the critical
-    path, the attention above all. Both hand-schedule the attention's c_proj so that it takes part
+    are written before the wait, but ptxas places them after it: docs/results/README.md, last section).
+    Variants, measured slower: `pdl-decode-loaded` lets the next kernel launch once a kernel's loads
+    are used (the attention at once; 1697 us) and `pdl-decode-early` right after its weight loads
+    (1748 us): the next kernels' weight streams then slow the critical path, the attention above all. Both hand-schedule the attention's c_proj so that it takes part
     (make_linear_residual_decode; `pdl-decode` keeps DLight's, faster alone). It matches no kernel.
     """
 
