@@ -474,9 +474,9 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 v_reg[vh, vc, vy, vx, jy * VEC + e] = v_cache[vh, T.min(vc * KC + jy * NY + vy, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), vx * VEC + e]
             # ... and the row of K that qk needs: rows before pos too, which earlier steps wrote, so that
-            # with PDL both can come in while the kernel waits for qkv (measured: no change alone; see the
-            # docstring). Keys past pos read row max(pos - 1, 0) (in bounds, cheap: one row) and are
-            # selected away in qk.
+            # with PDL both may come in while the kernel waits for qkv (ptxas places them after the wait
+            # all the same; measured: no change alone; see the docstring). Keys past pos read row
+            # max(pos - 1, 0) (in bounds, cheap: one row) and are selected away in qk.
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("k_load"):

@@ -237,9 +237,10 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()
 
 
-def ptx_loads(func) -> dict[str, int]:
-    """A kernel's global loads in the PTX nvcc makes of its CUDA C: {'ld.global.nc.v4.u32': n, ...}."""
-    import collections
+def nvcc(funcs: dict, out: str, *flags: str) -> bytes:
+    """PrimFuncs (name -> func, each exported under its name) built for sm_90a as compile.py builds CUDA
+    (TVM's TIR pipeline with the PDL launch tag), their CUDA C then compiled by nvcc to `out` ("ptx",
+    "cubin") with flags: the file's bytes."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -249,12 +250,20 @@ def ptx_loads(func) -> dict[str, int]:
 
     tgt = TG.make_target("cuda", "sm_90a")
     with tgt:
-        ex = tvm.compile(tvm.IRModule({"main": func}), target=tgt, tir_pipeline=pdl_tir_pipeline())
+        ex = tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}), target=tgt,
+                         tir_pipeline=pdl_tir_pipeline())
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.cu").write_text(C.device_module(ex.mod, "cuda").inspect_source())
-        subprocess.run(["nvcc", "-ptx", "-O3", "-arch=sm_90a", "-o", f"{tmp}/k.ptx", f"{tmp}/k.cu"], check=True,
-                       capture_output=True)
-        ptx = (Path(tmp) / "k.ptx").read_text()
+        subprocess.run(["nvcc", f"--{out}", "-O3", "-arch=sm_90a", *flags, "-o", f"{tmp}/k.{out}", f"{tmp}/k.cu"],
+                       check=True, capture_output=True)
+        return (Path(tmp) / f"k.{out}").read_bytes()
+
+
+def ptx_loads(func) -> dict[str, int]:
+    """A kernel's global loads in the PTX nvcc makes of its CUDA C: {'ld.global.nc.v4.u32': n, ...}."""
+    import collections
+
+    ptx = nvcc({"main": func}, "ptx").decode()
     return collections.Counter(re.findall(r"ld\.global(?:\.nc)?(?:\.v[24])?\.\w+", ptx))
 
 
@@ -290,20 +299,11 @@ def sass(funcs: dict) -> dict[str, list[str]]:
 
     import nvidia
 
-    from tinygpt2 import targets as TG
-    from tinygpt2.tvm_shim import pdl_tir_pipeline, tvm
-
     cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
-    tgt = TG.make_target("cuda", "sm_90a")
-    with tgt:
-        ex = tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}), target=tgt,
-                         tir_pipeline=pdl_tir_pipeline())
+    # TVM's own flags (tvm.support.nvcc): fast math, ptxas register level 10
+    cubin = nvcc(funcs, "cubin", "--use_fast_math", "--ptxas-options=--register-usage-level=10")
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "k.cu").write_text(C.device_module(ex.mod, "cuda").inspect_source())
-        # TVM's own flags (tvm.support.nvcc): fast math, ptxas register level 10
-        subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "--use_fast_math",
-                        "--ptxas-options=--register-usage-level=10", "-o", f"{tmp}/k.cubin", f"{tmp}/k.cu"],
-                       check=True, capture_output=True)
+        (Path(tmp) / "k.cubin").write_bytes(cubin)
         out = subprocess.run([str(cuobjdump), "-sass", f"{tmp}/k.cubin"], check=True, capture_output=True,
                              text=True, env={**os.environ, "NVDISASM_PATH": str(cuobjdump.parent)}).stdout
     kernels, name = {}, None
