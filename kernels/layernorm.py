@@ -17,7 +17,29 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import seq_len_var, ACC, check_dtype
 
 
-def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5, seq_len: int | None = None):
+@T.macro(hygienic=False)
+def _statistics(x, x_sum, sq_sum, n, C, inv_c):
+    """x_sum = sum_k x, then sq_sum = sum_k (x - mu)^2: two reductions over k, in float32."""
+    for i, k in T.grid(n, C):
+        with T.sblock("x_sum"):
+            vi, vk = T.axis.remap("SR", [i, k])
+            with T.init():
+                x_sum[vi] = T.float32(0)
+            x_sum[vi] = x_sum[vi] + T.Cast(ACC, x[vi, vk])
+    for i, k in T.grid(n, C):
+        with T.sblock("sq_sum"):
+            vi, vk = T.axis.remap("SR", [i, k])
+            with T.init():
+                sq_sum[vi] = T.float32(0)
+            sq_sum[vi] = sq_sum[vi] + (T.Cast(ACC, x[vi, vk]) - x_sum[vi] * inv_c) * (
+                T.Cast(ACC, x[vi, vk]) - x_sum[vi] * inv_c)
+
+
+def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5, affine: bool = True,
+                   seq_len: int | None = None):
+    """affine=False: y = (x - mu) / sqrt(var + eps), no gamma, beta (arguments x, y): the layernorms of a
+    build with `fused-decode`, whose gamma and beta are folded into the linear after them
+    (weights.fold_layernorms)."""
     check_dtype(dtype)
     C = T.int64(n_embd)
     inv_c = T.float32(1.0 / n_embd)
@@ -32,19 +54,7 @@ def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5, seq_l
         y = T.match_buffer(y_h, (n, C), dtype)            # [n, C]
         x_sum = T.sblock_alloc_buffer((n,), ACC)                 # sum_k x
         sq_sum = T.sblock_alloc_buffer((n,), ACC)                # sum_k (x - mu)^2
-        for i, k in T.grid(n, C):
-            with T.sblock("x_sum"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                with T.init():
-                    x_sum[vi] = T.float32(0)
-                x_sum[vi] = x_sum[vi] + T.Cast(ACC, x[vi, vk])
-        for i, k in T.grid(n, C):
-            with T.sblock("sq_sum"):
-                vi, vk = T.axis.remap("SR", [i, k])
-                with T.init():
-                    sq_sum[vi] = T.float32(0)
-                sq_sum[vi] = sq_sum[vi] + (T.Cast(ACC, x[vi, vk]) - x_sum[vi] * inv_c) * (
-                    T.Cast(ACC, x[vi, vk]) - x_sum[vi] * inv_c)
+        _statistics(x, x_sum, sq_sum, n, C, inv_c)
         for i, k in T.grid(n, C):
             with T.sblock("normalize"):
                 vi, vk = T.axis.remap("SS", [i, k])
@@ -52,12 +62,29 @@ def make_layernorm(n_embd: int, dtype: str = "float32", eps: float = 1e-5, seq_l
                                    * T.rsqrt(sq_sum[vi] * inv_c + eps_)
                                    * T.Cast(ACC, gamma[vk]) + T.Cast(ACC, beta[vk]))
 
-    return layernorm
+    @T.prim_func(s_tir=True)
+    def normalize(x_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        x = T.match_buffer(x_h, (n, C), dtype)            # [n, C]
+        y = T.match_buffer(y_h, (n, C), dtype)            # [n, C]
+        x_sum = T.sblock_alloc_buffer((n,), ACC)
+        sq_sum = T.sblock_alloc_buffer((n,), ACC)
+        _statistics(x, x_sum, sq_sum, n, C, inv_c)
+        for i, k in T.grid(n, C):
+            with T.sblock("normalize"):
+                vi, vk = T.axis.remap("SS", [i, k])
+                y[vi, vk] = T.Cast(dtype, (T.Cast(ACC, x[vi, vk]) - x_sum[vi] * inv_c)
+                                   * T.rsqrt(sq_sum[vi] * inv_c + eps_))
+
+    return layernorm if affine else normalize
 
 
-def layernorm_ref(x, gamma, beta, eps=1e-5):
+def layernorm_ref(x, gamma=None, beta=None, eps=1e-5):
+    """gamma, beta None: make_layernorm(..., affine=False)'s (x - mu) / sqrt(var + eps)."""
     xf = x.astype(np.float32)
     mu = xf.mean(-1, keepdims=True)
     var = ((xf - mu) ** 2).mean(-1, keepdims=True)
-    y = (xf - mu) / np.sqrt(var + eps) * gamma.astype(np.float32) + beta.astype(np.float32)
+    y = (xf - mu) / np.sqrt(var + eps)
+    if gamma is not None:
+        y = y * gamma.astype(np.float32) + beta.astype(np.float32)
     return y.astype(x.dtype)

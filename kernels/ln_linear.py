@@ -1,17 +1,21 @@
 """Decode's linears as hand-scheduled GPU matrix-vector products, with the layernorm before them or the
 residual add after them folded in (one token):
 
-    ln_linear       y[0, j] = Cast(dtype, sum_k h[k] * W[j, k] + b[j])                    (ln_1 + c_attn)
-                    y[0, j] = Cast(dtype, gelu(sum_k h[k] * W[j, k] + b[j]))              (ln_2 + c_fc)
-        with h[k] = Cast(dtype, (x[0, k] - mu) * rsqrt(var + eps) * gamma[k] + beta[k])  (layernorm.py, rounded)
-             mu = 1/C * sum_k x[0, k],  var = 1/C * sum_k (x[0, k] - mu)^2          (two passes, float32)
+    ln_linear       y[0, j] = Cast(dtype, rstd * (sum_k W'[j, k] * x[0, k] - mu * s[j]) + b'[j])   (ln_1 + c_attn)
+                    y[0, j] = Cast(dtype, gelu(...the same...))                                  (ln_2 + c_fc)
+        with mu = 1/C * sum_k x[0, k],  rstd = rsqrt(1/C * sum_k x[0, k]^2 - mu^2 + eps)      (float32)
+        and the layernorm's affine folded into the linear (fold_layernorm, once, when the weights load):
+             W'[j, k] = W[j, k] * gamma[k],  b'[j] = b[j] + sum_k W[j, k] * beta[k],  s[j] = sum_k W'[j, k]
+        which is W @ ((x - mu) * rstd * gamma + beta) + b, layernorm then linear, rearranged
     linear_residual y[0, j] = r[0, j] + Cast(dtype, sum_k x[0, k] * W[j, k] + b[j])       (c_proj + residual)
 
-    x [1, K], gamma [K], beta [K], W [N, K], b [N], r [1, N] -> y [1, N]    accumulated in float32
+    x [1, K], W [N, K], b [N], s [N] (float32), r [1, N] -> y [1, N]    accumulated in float32
 
 In decode every linear is a stream of its weights (2-4 bytes of W per multiply-add), so what it costs is
 how close it runs to the memory's bandwidth: at batch 1 a step of gpt2-xl reads 3.1 GB of weights. The
-layernorm fused in front saves a launch and a round trip of its [1, C] output through memory.
+layernorm fused in front saves a launch and a round trip of its [1, C] output through memory; folded into
+the weights, its statistics no longer stand between the kernel's start and its dot product: mu and rstd
+are summed in the same loop as W' @ x and enter only in the epilogue (see "the layernorm, folded" below).
 
 Written already scheduled (thread bindings, registers), like attention.py's make_decode_attention: no
 DLight rule matches "a layernorm feeding a matrix-vector product", so the rule list leaves these alone
@@ -27,48 +31,50 @@ for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
                 TX is the fewest lanes that need at most KO_MAX loads each, so that every load can be in
                 flight at once: the bytes in flight, not the arithmetic, keep HBM busy (Little's law:
                 ~4 TB/s x ~1 us of latency = ~4 MB over the chip). A warp reads 512 contiguous bytes a load.
-                (In ln_linear, LLVM issues them after the layernorm's statistics: see "not kept" below.)
-  2. layernorm  (ln_linear) the statistics of x, reduced over the whole block (warp shuffles + shared
-                memory), then h = layernorm(x) into shared memory, once per block; (linear_residual) the
-                thread's slice of x into registers, as W's.
-  3. dot        each thread: its VEC-slices of h (a vector load from shared memory) or x times its
-                registers of W, summed in float32.
+  2. x_load     the thread's slice of x into registers, as W's (ln_linear: one warp a row, so each warp
+                holds the whole of x).
+  3. dot        each thread: its slices of x times its registers of W, summed in float32; ln_linear sums
+                x and x^2 in the same loop.
   4. row_sum    the TX partial sums of a row added up (warp shuffles; through shared memory across
-                warps when TX > 32), then the epilogue adds the bias (and GELU, or the residual), casts,
-                and thread 0 of the row stores y.
+                warps when TX > 32), then the epilogue (ln_linear: mu, rstd from the row's own sums of x,
+                no barrier) adds the bias (and GELU, or the residual), casts, and thread 0 of the row
+                stores y. A kernel of 32 registers a thread: 8 blocks of 256 an SM, every block of
+                gpt2-xl's 600-800 resident at once.
 
-Measured on an H200 (in the CUDA graph, gpt2-xl fp16; docs/results/README.md), and not kept:
-  - the layernorm per warp, in registers, with no barrier at all (LLVM sinks the read-only W loads
-    below the layernorm's barriers, so a block's weights only start coming once its layernorm is done):
-    then every row normalizes x anew, 112 extra scalar loads of gamma/beta a thread, and c_fc took 16.7
-    us instead of 8.9.
+The layernorm, folded (2026-12-03, sixth session; H200, in the CUDA graph, gpt2-xl fp16): the kernel
+before it computed the layernorm in each block first (two block-wide reductions over x, then h =
+layernorm(x) into shared memory, then the dot product with h: three barriers, and ptxas placed W's
+loads after the statistics). Folded, gpt2-xl's qkv went 7.14 -> 5.92 us a call, c_fc 8.77 -> 7.10, the
+step 1614.7 -> 1478.4 us; gpt2's step 242.5 -> 230.6 (docs/results/trace_decode_h200_folded_layernorm.md).
+Folding only the mean and variance but loading gamma in the loop (gamma * x * W) needs 48 registers a
+thread (5 blocks an SM): qkv 6.50 us, c_fc 9.18 (800 blocks in two waves); capped at 40 or 32 registers,
+slower still (spills at 32). E[x^2] - mu^2 in float32 loses digits only when |mu| >> the deviation of x,
+not GPT-2's case (its large activations are a few channels, which raise the variance).
+
+Measured on an H200 with that earlier kernel (in the CUDA graph, gpt2-xl fp16; docs/results/README.md),
+and not kept:
+  - the layernorm per warp, in registers, with no barrier at all: every row normalized x anew, 112 extra
+    scalar loads of gamma/beta a thread, and c_fc took 16.7 us instead of 8.9; with PDL, the statistics
+    per row's warp, gamma and beta loaded in the dot product: 80-103 registers a thread, 2-3 blocks an SM,
+    gpt2-xl's step 1631 -> 1828-2533 us (docs/results/trace_decode_h200_warp_layernorm_registers.md).
+    (Folding gamma and beta into the weights is what removes those registers.)
   - a cp.async.bulk.prefetch.L2 of each row first (sm_90), to have the weights coming during the
     layernorm: qkv 7.4 -> 9.1 us; and the same from decode_attention for the next two linears' weights,
     while the attention waits on latencies: 4.6 -> 7.6 us a call, the linears barely faster.
   - W's loads issued before the layernorm's barriers (a `prefetch.global.L2` of one line per row, an
     asm statement taking W's address, stops LLVM sinking them; SASS confirmed the order): slower too,
-    gpt2's qkv 3.2 -> 3.6 us, gpt2-xl's c_fc 8.9 -> 9.6 us. The loads as LLVM places them, after the
-    statistics, are what is kept.
-  - (2026-12-03) x, gamma and beta in registers, gamma and beta loaded with W, the statistics per thread
-    then across the block: the compiler still sank the loads, and gpt2-xl's qkv took 355 -> 390 us a step.
-  - (2026-12-03, with PDL) the statistics per row's warp (x's slices in registers beside W's, warp
-    shuffles, gamma and beta loaded in the dot product; no shared memory, no barrier): 80-103 registers
-    a thread against 32, so 2-3 blocks an SM instead of 8 and the 600-800 blocks in 2-4 waves; gpt2-xl's
-    step 1631 -> 1828-2533 us (docs/results/trace_decode_h200_warp_layernorm_registers.md). At 32
-    registers every block is resident at once, all of W's loads in flight from the start.
-  - (2026-12-03, with PDL) W copied into shared memory by cp.async before the wait (29 KB a block, 7-8
-    blocks an SM, no registers held): every linear ~0.6 us slower a call, gpt2-xl's step 1607.0 -> 1693.2
-    us (docs/results/trace_decode_h200_weights_cp_async.md).
+    gpt2's qkv 3.2 -> 3.6 us, gpt2-xl's c_fc 8.9 -> 9.6 us.
+  - x, gamma and beta in registers, gamma and beta loaded with W, the statistics per thread then across
+    the block: the compiler still sank the loads, and gpt2-xl's qkv took 355 -> 390 us a step.
+  - (with PDL) W copied into shared memory by cp.async before the wait (29 KB a block, 7-8 blocks an SM,
+    no registers held): every linear ~0.6 us slower a call, gpt2-xl's step 1607.0 -> 1693.2 us
+    (docs/results/trace_decode_h200_weights_cp_async.md).
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
-the wait (ACQBULK) comes first and the LDGs after the statistics, as without PDL. (An earlier note here
-said the opposite; cuobjdump of the kernels as built now shows this order.)
-x is read with read-only loads (ld.global.nc), which ptxas may schedule across the wait (_pdl.py's
-read_coherently): in ln_linear the SASS has them all after it, for every Hub size and dtype, and a test
-checks that (tests/test_cuda_compile.py). Coherent loads of x cost 2-6% of a decode step here: the three
-passes over x then each reload it after a barrier (H200, in the CUDA graph: gpt2 244.5 -> 260.2 us a
-step, gpt2-xl 1611.5 -> 1641.1; staged once in shared memory instead, 253.1 and 1675.6). linear_residual,
-which reads x and the residual once, takes them coherently (no cost measured).
+the wait (ACQBULK) comes first and the LDGs after it. Both kernels read their activations (x, the
+residual) once, with coherent loads (_pdl.py's read_coherently), which stay after the wait: read-only
+ones (ld.global.nc) may be moved across it by ptxas. (The earlier ln_linear read x in three passes, where
+coherent loads cost 2-6% of a step, and kept read-only loads checked in SASS instead.)
 
 Rows past N (the last block, when TY does not divide N) read row N - 1 again and store nothing; k past K
 (when TX * VEC does not divide K) is masked per vector.
@@ -149,21 +155,22 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8, pdl: str | None = None):
-    """ln + linear (+ GELU) for one token: see the module docstring. Grid ceil(N / 8), 256 threads.
+    """ln + linear (+ GELU) for one token, the layernorm folded into the linear: see the module docstring.
+    Grid ceil(N / 8), 256 threads: one warp a row, each warp covering the whole of x.
 
+    Takes fold_layernorm's (W', b', s) in place of (gamma, beta, W, b): x [1, C], W' [N, C], b' [N],
+    s [N] float32 -> y [1, N].
     max_lanes caps the vector width: pass WEBGPU_MAX_LANES (4) for the webgpu target, whose float16 loads
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
     W's loads written before the kernel waits for the previous one (ptxas moves them after: see above), x read
-    after."""
+    after, coherently."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
-    NP = NB * TY                                              # rows, padded to whole blocks
-    NT = TX * TY                                              # threads per block
-    KX = T.int64(-(-n_embd // THREADS))                       # elements of x per thread in the statistics
+    NP = NB * TY
     inv_c = T.float32(1.0 / n_embd)
     eps_ = T.float32(eps)
 
@@ -173,77 +180,75 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
 
     @T.prim_func(s_tir=True)
-    def ln_linear_decode(x: T.Buffer((one, C), dtype), gamma: T.Buffer((C,), dtype), beta: T.Buffer((C,), dtype),
-                         w: T.Buffer((N, C), dtype), b: T.Buffer((N,), dtype), y: T.Buffer((one, N), dtype)):
+    def ln_linear_decode(x: T.Buffer((one, C), dtype), w: T.Buffer((N, C), dtype), b: T.Buffer((N,), dtype),
+                         w_sum: T.Buffer((N,), ACC), y: T.Buffer((one, N), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        # registers: indexed by (row, lane, ...) so that TVM compacts each to what one thread touches
         w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
+        x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
+        x_part = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
+        sq_part = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
-        x_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
-        sq_sum = T.sblock_alloc_buffer((one,), ACC, scope="shared")
-        h = T.sblock_alloc_buffer((C,), dtype, scope="shared")                    # layernorm(x), in dtype
+        row_x = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        row_sq = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
+                read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, pdl_early)
-            # 2. the statistics of x: block-wide reductions, as layernorm.py's (two passes)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("x_sum"):
-                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            with T.init():
-                                x_sum[0] = T.float32(0)
-                            x_sum[0] = x_sum[0] + T.Cast(ACC, x[0, vk])
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("sq_sum"):
-                            vk = T.axis.reduce(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            with T.init():
-                                sq_sum[0] = T.float32(0)
-                            sq_sum[0] = sq_sum[0] + (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c) * (
-                                T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
-            # h = layernorm(x), rounded to dtype as make_layernorm's output is, into shared memory: once
-            # per block (normalizing per row, in registers, made gpt2-xl's c_fc 1.8x slower)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for kx in T.serial(KX):
-                        with T.sblock("normalize"):
-                            vk = T.axis.spatial(C, kx * NT + ty * TX + tx)
-                            T.where(kx * NT + ty * TX + tx < C)
-                            h[vk] = T.Cast(dtype, (T.Cast(ACC, x[0, vk]) - x_sum[0] * inv_c)
-                                           * T.rsqrt(sq_sum[0] * inv_c + eps_)
-                                           * T.Cast(ACC, gamma[vk]) + T.Cast(ACC, beta[vk]))
-            # 3. per thread: sum over its k slices of h[k] * W[j, k] (h: a vector load from shared memory)
+                    for ko in T.serial(KO, annotations=UNROLL):
+                        for v in T.vectorized(V):
+                            with T.sblock("x_load"):            # x's slice of the thread, as W's
+                                vj = T.axis.spatial(NP, bx * TY + ty)
+                                vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
+                                T.where(ko * TX + tx < CV)
+                                x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
+            # 3. per thread, in one loop: the dot product, and x's sum and sum of squares
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     with T.sblock("dot"):
                         vj = T.axis.spatial(NP, bx * TY + ty)
                         vt = T.axis.spatial(TX, tx)
-                        h_vec = T.sblock_alloc_buffer((V,), dtype, scope="local")
                         partial[vj, vt] = T.float32(0)
+                        x_part[vj, vt] = T.float32(0)
+                        sq_part[vj, vt] = T.float32(0)
                         for ko in T.serial(KO, annotations=UNROLL):
                             if ko * TX + vt < CV:
-                                for v in T.vectorized(V):
-                                    h_vec[v] = h[(ko * TX + vt) * V + v]
                                 for v in T.serial(V, annotations=UNROLL):
-                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, h_vec[v]) * T.Cast(
-                                        ACC, w_reg[vj, vt, ko, v])
+                                    partial[vj, vt] = partial[vj, vt] + T.Cast(ACC, w_reg[vj, vt, ko, v]) * T.Cast(
+                                        ACC, x_reg[vj, vt, ko, v])
+                                    x_part[vj, vt] = x_part[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v])
+                                    sq_part[vj, vt] = sq_part[vj, vt] + T.Cast(ACC, x_reg[vj, vt, ko, v]) * T.Cast(
+                                        ACC, x_reg[vj, vt, ko, v])
             if pdl_loaded:
                 launch_next(TY, TX)
             _row_sum(partial, row_acc, bx, NB, TX, TY)
+            _row_sum(x_part, row_x, bx, NB, TX, TY)
+            _row_sum(sq_part, row_sq, bx, NB, TX, TY)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     with T.sblock("epilogue"):
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
-                        y[0, vj] = T.Cast(dtype, epilogue(row_acc[vj] + T.Cast(ACC, b[vj])))
+                        y[0, vj] = T.Cast(dtype, epilogue(
+                            T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
+                            * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj])))
 
     return ln_linear_decode
+
+
+def fold_layernorm(gamma, beta, w, b):
+    """make_ln_linear_decode's (W', b', s) from a layernorm's (gamma, beta) and the linear's (W, b):
+    W' = W * gamma (per column) and b' = b + W @ beta, rounded to W's dtype as if gamma and the bias had been;
+    s = the row sums of W' as rounded, float32 (summed in float64). Then, exactly up to those roundings,
+    W @ ((x - mu) * rstd * gamma + beta) + b = rstd * (W' @ x - mu * s) + b' = W' @ ((x - mu) * rstd) + b'."""
+    import numpy as np
+
+    w_folded = (w * gamma.astype(np.float64)).astype(w.dtype)
+    b_folded = (b + w.astype(np.float64) @ beta.astype(np.float64)).astype(b.dtype)
+    return w_folded, b_folded, w_folded.astype(np.float64).sum(axis=1).astype(np.float32)
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,

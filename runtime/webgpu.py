@@ -86,10 +86,9 @@ class _Dispatch:
 
 
 class WebGPUExecutor(Executor):
-    def __init__(self, compiled, checkpoint):
-        from tinygpt2.weights import param_names
-
-        self.config = cfg = checkpoint.config
+    def __init__(self, compiled, config, params: dict, names: list[str]):
+        """params: name -> array, uploaded in the order of `names` (the compiled functions' parameters)."""
+        self.config = cfg = config
         self.dtype = compiled.dtype
         self.wgpu, self.adapter, self.device = open_device(self.dtype)
         wgpu, dev = self.wgpu, self.device
@@ -106,7 +105,7 @@ class WebGPUExecutor(Executor):
                     f"try --dtype float16, a smaller model, or another target")
             return dev.create_buffer_with_data(data=np.ascontiguousarray(array), usage=usage.STORAGE)
 
-        self.params = [upload(n, checkpoint.params[n]) for n in param_names(cfg)]
+        self.params = [upload(n, params[n]) for n in names]
         self.cache = KVCache(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim, self.dtype,
                              lambda shape, dt: dev.create_buffer(size=int(np.prod(shape)) * ITEMSIZE[dt],
                                                                  usage=usage.STORAGE | usage.COPY_SRC))

@@ -62,6 +62,17 @@ def test_layernorm(rng, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm_without_affine(rng, dtype):
+    """affine=False (the layernorms whose gamma, beta are folded into the next linear): x and y only,
+    the same as gamma = 1, beta = 0."""
+    x = rand(rng, 5, C, dtype=dtype, scale=3.0) + 2.0
+    out = call(build("make_layernorm", C, dtype, 1e-5, False), x, np.zeros_like(x))[-1]
+    want = K.layernorm_ref(x)
+    np.testing.assert_array_equal(want, K.layernorm_ref(x, np.ones(C, dtype), np.zeros(C, dtype)))
+    np.testing.assert_allclose(out, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("k_in,n_out", [(C, 3 * C), (4 * C, C)])
 def test_linear(rng, n, dtype, k_in, n_out):

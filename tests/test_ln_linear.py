@@ -1,14 +1,15 @@
-"""Decode's hand-scheduled linears (kernels/ln_linear.py): layernorm + linear against the two unfused
-references in sequence, linear + residual against prefill's reference, run on the WebGPU adapter
-(llvmpipe in CI), and their CUDA C checked for the intended code."""
+"""Decode's hand-scheduled linears (kernels/ln_linear.py): layernorm + linear (its gamma and beta folded into
+the weights by fold_layernorm) against the two unfused references in sequence, linear + residual against
+prefill's reference, run on the WebGPU adapter (llvmpipe in CI), and their CUDA C checked for the
+intended code."""
 
 import shutil
 
 import numpy as np
 import pytest
 
-from tinygpt2.kernels.ln_linear import (WEBGPU_MAX_LANES, lanes_per_row, linear_residual_decode_ref, ln_linear_ref,
-                                       make_linear_residual_decode, make_ln_linear_decode, vector_width)
+from tinygpt2.kernels.ln_linear import (WEBGPU_MAX_LANES, fold_layernorm, lanes_per_row, linear_residual_decode_ref,
+                                       ln_linear_ref, make_linear_residual_decode, make_ln_linear_decode, vector_width)
 from tinygpt2 import kernels as K
 
 # fp32: a C-long dot product of float32 sums in another order than numpy's
@@ -28,10 +29,11 @@ def run_on_webgpu(C, N, dtype, gelu, rng):
     from tinygpt2.runtime.webgpu import run_kernel
 
     x, gamma, beta, w, b = inputs(rng, C, N, dtype)
+    folded = fold_layernorm(gamma, beta, w, b)                        # (W', b', row sums of W')
     func = make_ln_linear_decode(C, N, dtype, 1e-5, gelu, max_lanes=WEBGPU_MAX_LANES)
     y0 = np.full((1, N), np.nan, dtype)                               # every element must be written
-    *ins, y = run_kernel(func, [x, gamma, beta, w, b, y0], dtype)
-    for a, a0 in zip(ins, (x, gamma, beta, w, b)):
+    *ins, y = run_kernel(func, [x, *folded, y0], dtype)
+    for a, a0 in zip(ins, (x, *folded)):
         np.testing.assert_array_equal(a, a0)                          # inputs untouched
     return y, ln_linear_ref(x, gamma, beta, w, b, 1e-5, gelu)
 
@@ -46,6 +48,19 @@ def test_ref_is_the_unfused_pair(rng):
     h = K.layernorm_ref(x, gamma, beta)
     np.testing.assert_array_equal(ln_linear_ref(x, gamma, beta, w, b), K.linear_ref(h, w, b))
     np.testing.assert_array_equal(ln_linear_ref(x, gamma, beta, w, b, gelu=True), K.linear_gelu_ref(h, w, b))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fold_layernorm_is_the_same_linear(rng, dtype):
+    """W' @ ((x - mu) * rstd) + b' = W @ ((x - mu) * rstd * gamma + beta) + b: the layernorm's affine moved
+    into the linear, and the row sums of W' that make_ln_linear_decode subtracts mu times."""
+    x, gamma, beta, w, b = inputs(rng, 48, 100, "float32")
+    w2, b2, s = fold_layernorm(gamma.astype(dtype), beta.astype(dtype), w.astype(dtype), b.astype(dtype))
+    assert (w2.dtype, b2.dtype, s.dtype) == (np.dtype(dtype), np.dtype(dtype), np.float32)
+    np.testing.assert_allclose(s, w2.astype(np.float64).sum(axis=1), rtol=1e-6)
+    xhat = K.layernorm_ref(x)                                              # normalized, no affine
+    np.testing.assert_allclose(xhat @ w2.T.astype(np.float32) + b2, ln_linear_ref(x, gamma, beta, w, b),
+                               **TOL[dtype])
 
 
 def test_vector_width():
@@ -109,8 +124,8 @@ def test_linear_residual_on_webgpu(rng, K, N, dtype):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_cuda_source(dtype):
-    """gpt2-xl's fc for an H100: 16-byte loads of W and of h (from shared memory), the row sums as warp
-    shuffles, barriers only between the phases (none per element of the dot product)."""
+    """gpt2-xl's fc for an H100: 16-byte loads of W and of x straight into registers, the row sums and x's
+    statistics as warp shuffles, and no shared memory or barrier at all (the layernorm is folded)."""
     from tinygpt2 import targets as TG
     from tinygpt2.tvm_shim import tvm
 
@@ -120,9 +135,10 @@ def test_cuda_source(dtype):
     body = src[src.index("ln_linear_decode_kernel(half" if dtype == "float16" else "ln_linear_decode_kernel(float"):]
     body = body[body.index("{"):]
     vec = {"float16": "uint4", "float32": "float4"}[dtype]
-    assert f"*({vec}*)(w_reg_ptr" in body and f"= *({vec}*)(w_ptr" in body        # vector loads of W
-    assert f"= *({vec}*)(h_ptr" in body                                         # and of h
-    assert "__shfl_down_sync" in body and body.count("__syncthreads") < 10
+    loads = {"float16": 7, "float32": 13}[dtype]                    # 1600 / 8 or / 4 vectors over 32 lanes
+    assert body.count(f"*({vec}*)(w_reg_ptr") == loads and body.count(f"*({vec}*)(x_reg_ptr") == loads
+    assert body.count("__shfl_down_sync") == 3 * 5                 # 3 sums over a warp's 32 lanes
+    assert "__syncthreads" not in body and "__shared__" not in body
     assert "__launch_bounds__(256)" in src
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tinygpt2.config import PRESETS, GPT2Config
 from tinygpt2.errors import CheckpointError, ConfigError, DTypeError, OfflineError
-from tinygpt2.weights import load_checkpoint, param_names, param_shapes
+from tinygpt2.weights import fold_layernorms, load_checkpoint, param_names, param_shapes
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -90,6 +90,34 @@ def test_param_names_and_shapes():
     assert s["h.0.attn.c_proj.weight"] == (8, 8)
     assert s["h.0.mlp.c_fc.weight"] == (32, 8) and s["h.0.mlp.c_fc.bias"] == (32,)
     assert s["h.0.mlp.c_proj.weight"] == (8, 32) and s["ln_f.bias"] == (8,)
+
+
+def test_folded_names_shapes_and_values():
+    """fused-decode's parameters: ln_1 / ln_2 gone into c_attn / c_fc (W * gamma, b + W @ beta, and the
+    folded weight's row sums in float32), everything else as loaded."""
+    c = GPT2Config(vocab_size=100, n_positions=16, n_embd=8, n_layer=2, n_head=2)
+    layer = ["ln_1.c_attn.weight", "ln_1.c_attn.bias", "ln_1.c_attn.weight_sum", "attn.c_proj.weight",
+             "attn.c_proj.bias", "ln_2.c_fc.weight", "ln_2.c_fc.bias", "ln_2.c_fc.weight_sum",
+             "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    names = param_names(c, folded=True)
+    assert names == ["wte.weight", "wpe.weight", *[f"h.{i}.{p}" for i in range(2) for p in layer],
+                     "ln_f.weight", "ln_f.bias"]
+    s = param_shapes(c, folded=True)
+    assert list(s) == names and s["h.1.ln_1.c_attn.weight_sum"] == (24,) and s["h.0.ln_2.c_fc.weight"] == (32, 8)
+    rng = np.random.default_rng(0)
+    p = {n: rng.standard_normal(sh).astype(np.float16) for n, sh in param_shapes(c).items()}
+    f = fold_layernorms(c, p)
+    assert list(f) == names and all(f[n].shape == s[n] for n in names)
+    assert [n for n in names if f[n].dtype != np.float16] == [n for n in names if n.endswith("weight_sum")]
+    assert all(f[n].dtype == np.float32 for n in names if n.endswith("weight_sum"))
+    w, g = p["h.1.mlp.c_fc.weight"].astype(np.float64), p["h.1.ln_2.weight"].astype(np.float64)
+    np.testing.assert_array_equal(f["h.1.ln_2.c_fc.weight"], (w * g).astype(np.float16))
+    b = p["h.1.mlp.c_fc.bias"] + w @ p["h.1.ln_2.bias"].astype(np.float64)
+    np.testing.assert_array_equal(f["h.1.ln_2.c_fc.bias"], b.astype(np.float16))
+    np.testing.assert_allclose(f["h.1.ln_2.c_fc.weight_sum"], f["h.1.ln_2.c_fc.weight"].astype(np.float64).sum(1),
+                               rtol=1e-6)
+    for n in ("wte.weight", "h.0.attn.c_proj.weight", "h.1.mlp.c_proj.bias", "ln_f.weight"):
+        assert f[n] is p[n]
 
 
 # ----------------------------------------------------------------------------------- local checkpoints

@@ -10,7 +10,7 @@ from tinygpt2 import targets as TG
 from tinygpt2.compile import Compiled, compile
 from tinygpt2.errors import DTypeError
 from tinygpt2.tokenizer import Tokenizer
-from tinygpt2.weights import Checkpoint, load_checkpoint, param_names
+from tinygpt2.weights import Checkpoint, fold_layernorms, load_checkpoint, param_names
 
 BUNDLED = {"shakespeare": Path(__file__).parent / "assets" / "shakespeare"}
 
@@ -41,13 +41,16 @@ class Model:
 
 
 def make_executor(compiled: Compiled, ckpt: Checkpoint):
+    # a build with fused-decode takes ln_1 and ln_2 folded into c_attn and c_fc (weights.fold_layernorms)
+    folded = compiled.fused_decode
+    params = fold_layernorms(ckpt.config, ckpt.params) if folded else ckpt.params
+    names = param_names(ckpt.config, folded)
     if compiled.target in ("llvm", "cuda"):
         from tinygpt2.runtime.executor import VMExecutor
-        return VMExecutor(compiled.executable, ckpt.config, ckpt.params, param_names(ckpt.config), compiled.dtype,
-                          TG.device(compiled.target))
+        return VMExecutor(compiled.executable, ckpt.config, params, names, compiled.dtype, TG.device(compiled.target))
     if compiled.target == "webgpu":
         from tinygpt2.runtime.webgpu import WebGPUExecutor
-        return WebGPUExecutor(compiled, ckpt)
+        return WebGPUExecutor(compiled, ckpt.config, params, names)
     return TG.device(compiled.target)        # raises: code generation only
 
 

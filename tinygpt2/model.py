@@ -13,7 +13,8 @@ The module holds two Relax functions with the same signature,
 
 where n is the number of new tokens, m the sequence length after them (the new tokens sit at
 positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
-params the weights in `weights.param_names(config)` order, under Hugging Face's names. Both
+params the weights in `weights.param_names(config)` order, under Hugging Face's names (with
+`fused-decode`, `param_names(config, folded=True)`: ln_1 and ln_2 folded into c_attn and c_fc). Both
 functions are straight lists of `call_tir`s into the hand-written kernels of `tinygpt2.kernels`.
 
 prefill's kernels take a symbolic n, and m as a shape. decode's are built for n = 1, so rules see
@@ -37,7 +38,7 @@ from tinygpt2 import kernels as K
 from tinygpt2 import rules as R
 from tinygpt2.config import GPT2Config
 from tinygpt2.tvm_shim import relax, tirx, tvm
-from tinygpt2.weights import param_names, param_shapes
+from tinygpt2.weights import param_dtype, param_shapes
 
 ACC = "float32"                     # logits, attention scores and probabilities are float32 in every dtype
 
@@ -93,8 +94,18 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     where = relax.Var("pos", relax.TensorType([1], "int32")) if decode else relax.Var("total", relax.ShapeType([m]))
     cache = [relax.Var(f"{kv}_{i}", relax.TensorType([H, P, D], dtype))
              for i in range(cfg.n_layer) for kv in ("k", "v")]
-    shapes = param_shapes(cfg)
-    w = {p: relax.Var(p.replace(".", "_"), relax.TensorType(list(shapes[p]), dtype)) for p in param_names(cfg)}
+    # with fused-decode, ln_1 and ln_2's gamma and beta come folded into c_attn and c_fc (weights.fold_layernorms),
+    # for prefill as for decode: their layernorms normalize only, the linears take the folded weights
+    folded = "fused-decode" in hand
+    shapes = param_shapes(cfg, folded)
+    w = {p: relax.Var(p.replace(".", "_"), relax.TensorType(list(s), param_dtype(p, dtype))) for p, s in shapes.items()}
+    if folded:                                                  # ln_1, ln_2: (x - mu) * rstd
+        ln_kernel, ln_1, ln_2 = ("normalize", K.make_layernorm, C, dtype, eps, False), [], []
+        c_attn, c_fc = "ln_1.c_attn.", "ln_2.c_fc."
+    else:
+        ln_kernel = ("layernorm", K.make_layernorm, C, dtype, eps)
+        ln_1, ln_2 = ["ln_1.weight", "ln_1.bias"], ["ln_2.weight", "ln_2.bias"]
+        c_attn, c_fc = "attn.c_attn.", "mlp.c_fc."
 
     history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
@@ -144,13 +155,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 p = f"h.{i}."
                 # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
                 if fused:                                                  # c_attn(ln_1(x)) in one launch
-                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"],
-                                 w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
+                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in ("weight", "bias", "weight_sum"))],
+                                 [n, 3 * C], dtype)
                 else:
-                    h = b.call(f"h{i}_ln_1", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
-                               [x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]], [n, C], dtype)       # [n, C]
+                    h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)   # [n, C]
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
-                                 [h, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]], [n, 3 * C], dtype)
+                                 [h, w[p + c_attn + "weight"], w[p + c_attn + "bias"]], [n, 3 * C], dtype)
                 if fused:                                                  # append K, V and attend, in one call
                     # outputs: attention [n, C], the two caches (in place), the chunks' partial results
                     a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
@@ -170,13 +180,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
-                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"],
-                               w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)    # [n, F]
+                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in ("weight", "bias", "weight_sum"))],
+                               [n, F], dtype)                                                       # [n, F]
                 else:
-                    h = b.call(f"h{i}_ln_2", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
-                               [x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]], [n, C], dtype)
+                    h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
                     h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),
-                               [h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]], [n, F], dtype)  # gelu(c_fc(h))
+                               [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
             x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),

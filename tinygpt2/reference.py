@@ -30,7 +30,9 @@ class Reference:
                  flash_prefill: bool = False):
         """fused_decode: decode as `fused-decode` builds it (model.build_module): h{i}_qkv and h{i}_fc_gelu
         include their layernorm (no h{i}_ln_1, h{i}_ln_2), and one launch `h{i}_attn` outputs (attn,
-        k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn.
+        k_cache, v_cache) instead of h{i}_kv, h{i}_scores, h{i}_probs, h{i}_attn; in prefill h{i}_ln_1 and
+        h{i}_ln_2 are x normalized only, their gamma and beta folded into the linear after them
+        (weights.fold_layernorms).
         flash_prefill: prefill as `flash-prefill` builds it: one launch h{i}_attn, no h{i}_scores, h{i}_probs."""
         self.config = config
         self.fused_decode, self.flash_prefill = fused_decode, flash_prefill
@@ -69,6 +71,8 @@ class Reference:
             # attention: x = x + c_proj(attn(c_attn(ln_1(x))))
             h = out[f"h{i}_ln_1"] = K.layernorm_ref(x, w("ln_1.weight"), w("ln_1.bias"), eps)
             qkv = out[f"h{i}_qkv"] = K.linear_ref(h, w("attn.c_attn.weight"), w("attn.c_attn.bias"))  # [n, 3C]
+            if self.fused_decode:                       # gamma, beta folded into c_attn: x normalized only
+                out[f"h{i}_ln_1"] = K.layernorm_ref(x, eps=eps)
             k, v = K.kv_append_ref(qkv, self.cache[2 * i], self.cache[2 * i + 1], m)
             self.cache[2 * i], self.cache[2 * i + 1] = k, v
             out[f"h{i}_kv"] = (k, v)                                                           # [H, P, D] x2
@@ -84,6 +88,8 @@ class Reference:
             x = out[f"h{i}_resid_attn"] = K.add_ref(x, a)
             # MLP: x = x + c_proj(gelu(c_fc(ln_2(x))))
             h = out[f"h{i}_ln_2"] = K.layernorm_ref(x, w("ln_2.weight"), w("ln_2.bias"), eps)
+            if self.fused_decode:                       # gamma, beta folded into c_fc: x normalized only
+                out[f"h{i}_ln_2"] = K.layernorm_ref(x, eps=eps)
             h = K.linear_ref(h, w("mlp.c_fc.weight"), w("mlp.c_fc.bias"))                         # [n, F]
             h = out[f"h{i}_fc_gelu"] = K.gelu_ref(h)
             if self.fused_decode and decode:            # h{i}_fc_gelu includes ln_2

@@ -29,7 +29,8 @@ class FusedDecode(dl.ScheduleRule):
     memory's bandwidth. With this entry in the list the model's decode step is built with kernels written
     already scheduled, which no rule then touches: decode_attention (kv_append + scores + softmax +
     values in one call, split over chunks of keys), ln_linear_qkv / ln_linear_fc_gelu (ln_1 / ln_2
-    folded into the linear after them) and linear_mlp_proj (the MLP's c_proj + the residual add, every
+    folded into the linear after them, their gamma and beta into its weights: weights.fold_layernorms,
+    for prefill too) and linear_mlp_proj (the MLP's c_proj + the residual add, every
     load of W issued up front): 5 calls a layer instead of 10; and decode_greedy's argmax + advance as
     one kernel of one block (argmax_advance: each logit read once).
     Without it the graph is the plain one, every kernel of it the rule list's to schedule. It matches

@@ -17,6 +17,15 @@ Names are Hugging Face's without the `transformer.` prefix. The Conv1D weights a
     ln_f.weight/.bias         [C]
 
 bfloat16 tensors are widened to float32 from their raw bytes (numpy has no bfloat16).
+
+A build with `fused-decode` takes the weights with each layernorm's affine folded into the linear after it
+(fold_layernorms: kernels/ln_linear.py's make_ln_linear_decode says why): ln_1 and c_attn become
+
+    h.{i}.ln_1.c_attn.weight      [3C, C]  c_attn's W * ln_1's gamma (per column)
+    h.{i}.ln_1.c_attn.bias        [3C]     c_attn's b + W @ ln_1's beta
+    h.{i}.ln_1.c_attn.weight_sum  [3C]     the row sums of the folded weight, float32 in every dtype
+
+and ln_2 and c_fc likewise (h.{i}.ln_2.c_fc.*); param_names(config, folded=True) is that list.
 """
 
 from __future__ import annotations
@@ -50,16 +59,31 @@ class Checkpoint:
     source: str                     # human-readable: local path / hub id / "random:gpt2"
 
 
-def param_names(config: GPT2Config) -> list[str]:
-    """The canonical order of the parameters (the Relax functions take them in this order)."""
+# (layernorm, linear) pairs that fold_layernorms folds, and the names of a pair's three folded tensors
+_FOLDED = (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc"))
+
+
+def _folded_names(ln: str, linear: str) -> tuple[str, str, str]:
+    pre = f"{ln}.{linear.split('.')[-1]}"
+    return f"{pre}.weight", f"{pre}.bias", f"{pre}.weight_sum"
+
+
+def param_names(config: GPT2Config, folded: bool = False) -> list[str]:
+    """The canonical order of the parameters (the Relax functions take them in this order); folded: with
+    the layernorms folded into the linears after them (fold_layernorms)."""
+    layer = list(_LAYER)
+    if folded:
+        for ln, linear in _FOLDED:
+            at = layer.index(f"{ln}.weight")
+            layer[at:at + 4] = _folded_names(ln, linear)       # ln's weight, bias, the linear's weight, bias
     names = ["wte.weight", "wpe.weight"]
     for i in range(config.n_layer):
-        names += [f"h.{i}.{p}" for p in _LAYER]
+        names += [f"h.{i}.{p}" for p in layer]
     return names + ["ln_f.weight", "ln_f.bias"]
 
 
-def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Shapes in our layout (linear weights [out, in])."""
+def param_shapes(config: GPT2Config, folded: bool = False) -> dict[str, tuple[int, ...]]:
+    """Shapes in our layout (linear weights [out, in]), in param_names' order."""
     C, F, V, P = config.n_embd, config.n_inner, config.vocab_size, config.n_positions
     per_layer = {"ln_1.weight": (C,), "ln_1.bias": (C,),
                  "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
@@ -67,11 +91,41 @@ def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
                  "ln_2.weight": (C,), "ln_2.bias": (C,),
                  "mlp.c_fc.weight": (F, C), "mlp.c_fc.bias": (F,),
                  "mlp.c_proj.weight": (C, F), "mlp.c_proj.bias": (C,)}
+    for ln, linear in _FOLDED:
+        weight, bias, weight_sum = _folded_names(ln, linear)
+        out = per_layer[f"{linear}.bias"]
+        per_layer.update({weight: per_layer[f"{linear}.weight"], bias: out, weight_sum: out})
     shapes = {"wte.weight": (V, C), "wpe.weight": (P, C)}
     for i in range(config.n_layer):
         shapes.update({f"h.{i}.{p}": s for p, s in per_layer.items()})
     shapes.update({"ln_f.weight": (C,), "ln_f.bias": (C,)})
-    return shapes
+    return {name: shapes[name] for name in param_names(config, folded)}
+
+
+def param_dtype(name: str, dtype: str) -> str:
+    """A parameter's dtype in a model of `dtype`: the folded row sums are float32 in every dtype."""
+    return "float32" if name.endswith(".weight_sum") else dtype
+
+
+def fold_layernorms(config: GPT2Config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parameters with ln_1 folded into c_attn and ln_2 into c_fc (param_names(config, folded=True)).
+
+    With W' = W * gamma (per column), b' = b + W @ beta and s = W' summed over each row (float32),
+    W @ ((x - mu) * rstd * gamma + beta) + b = rstd * (W' @ x - mu * s) + b': kernels/ln_linear.py's
+    make_ln_linear_decode computes the right side (W' @ x and the statistics in one loop), prefill the
+    left one with gamma = 1, beta = 0 (W' @ layernorm(x) + b'). kernels/ln_linear.py's fold_layernorm
+    says how each is rounded.
+    """
+    from tinygpt2.kernels.ln_linear import fold_layernorm
+
+    out = dict(params)
+    for i in range(config.n_layer):
+        for ln, linear in _FOLDED:
+            gamma, beta = out.pop(f"h.{i}.{ln}.weight"), out.pop(f"h.{i}.{ln}.bias")
+            w, b = out.pop(f"h.{i}.{linear}.weight"), out.pop(f"h.{i}.{linear}.bias")
+            for name, a in zip(_folded_names(ln, linear), fold_layernorm(gamma, beta, w, b)):
+                out[f"h.{i}.{name}"] = a
+    return {name: out[name] for name in param_names(config, folded=True)}
 
 
 def load_checkpoint(spec: str, dtype: str = "float32", progress: bool = True) -> Checkpoint:
