@@ -161,7 +161,8 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
 # default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
-# 4191 and 621 (docs/results/README.md)
+# 4191 and 621; with the layernorms folded into the weights (fused-decode's, weights.fold_layernorms) 4394
+# and 685 (docs/results/README.md)
 GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
