@@ -103,8 +103,11 @@ def test_hub_layout_other_shapes_to_the_end_of_the_context(tiny_checkpoint_hub_l
         assert rel_err(m.decode(60 + step), want[len(ids) + step]) < 1e-4
 
 
-def test_float16_within_2e_2(tiny_checkpoint, hf_reference):
-    m = tinygpt2.load(str(tiny_checkpoint), target="webgpu", dtype="float16")
+@pytest.mark.parametrize("rules", ["default", "fused"])
+def test_float16_within_2e_2(tiny_checkpoint, hf_reference, rules):
+    """fused: the weights with ln_1 / ln_2 folded into c_attn / c_fc, rounded to float16 once folded."""
+    m = tinygpt2.load(str(tiny_checkpoint), target="webgpu", dtype="float16", rules=rules)
+    assert m.compiled.folded_layernorms == (rules == "fused")
     hf = hf_reference(tiny_checkpoint)
     ids = m.tokenizer.encode(PROMPT)
     want = hf_logits(hf, ids + [7, 8])

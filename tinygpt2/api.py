@@ -41,8 +41,7 @@ class Model:
 
 
 def make_executor(compiled: Compiled, ckpt: Checkpoint):
-    # a build with fused-decode takes ln_1 and ln_2 folded into c_attn and c_fc (weights.fold_layernorms)
-    folded = compiled.fused_decode
+    folded = compiled.folded_layernorms             # fused-decode: ln_1, ln_2 folded into c_attn, c_fc
     params = fold_layernorms(ckpt.config, ckpt.params) if folded else ckpt.params
     names = param_names(ckpt.config, folded)
     if compiled.target in ("llvm", "cuda"):

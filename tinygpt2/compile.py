@@ -74,6 +74,13 @@ class Compiled:
         return any(ln.kernel.startswith("decode_attention") for ln in self.plans["decode"].launches)
 
     @property
+    def folded_layernorms(self) -> bool:
+        """Whether the functions take ln_1 / ln_2 folded into c_attn / c_fc (weights.fold_layernorms, the
+        parameters of weights.param_names(config, folded=True)): builds with fused-decode, whose prefill
+        normalizes without an affine (kernel `normalize`)."""
+        return any(ln.kernel == "normalize" for ln in self.plans["prefill"].launches)
+
+    @property
     def flash_prefill(self) -> bool:
         """Whether prefill's attention is one kernel (flash-prefill; kernels/flash_attention.py)."""
         return any(ln.kernel.startswith("flash_attention") for ln in self.plans["prefill"].launches)

@@ -41,6 +41,7 @@ from tinygpt2.tvm_shim import relax, tirx, tvm
 from tinygpt2.weights import param_dtype, param_shapes
 
 ACC = "float32"                     # logits, attention scores and probabilities are float32 in every dtype
+FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters (weights.fold_layernorms)
 
 
 class _Builder:
@@ -155,10 +156,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 p = f"h.{i}."
                 # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
                 if fused:                                                  # c_attn(ln_1(x)) in one launch
-                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in ("weight", "bias", "weight_sum"))],
-                                 [n, 3 * C], dtype)
+                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED)], [n, 3 * C], dtype)
                 else:
-                    h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)   # [n, C]
+                    h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                                  [h, w[p + c_attn + "weight"], w[p + c_attn + "bias"]], [n, 3 * C], dtype)
                 if fused:                                                  # append K, V and attend, in one call
@@ -180,8 +180,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
-                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in ("weight", "bias", "weight_sum"))],
-                               [n, F], dtype)                                                       # [n, F]
+                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED)], [n, F], dtype)
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
                     h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),
