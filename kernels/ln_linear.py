@@ -142,6 +142,20 @@ def _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N):
 
 
 @T.macro(hygienic=False)
+def _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV):
+    """2. x's slice of the thread into registers, as W's (every row of a block takes the same slices)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("x_load"):
+                        vj = T.axis.spatial(NP, bx * TY + ty)
+                        vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
+                        T.where(ko * TX + tx < CV)
+                        x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
+
+
+@T.macro(hygienic=False)
 def _row_sum(partial, row_acc, bx, NB, TX, TY):
     """4. a row's TX partial sums added across its threads (spatial loops outside, lanes innermost: what
     TVM's cross-thread reduction lowering needs); the epilogue then stores from thread 0 of the row."""
@@ -198,15 +212,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, pdl_early)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for ko in T.serial(KO, annotations=UNROLL):
-                        for v in T.vectorized(V):
-                            with T.sblock("x_load"):            # x's slice of the thread, as W's
-                                vj = T.axis.spatial(NP, bx * TY + ty)
-                                vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
-                                T.where(ko * TX + tx < CV)
-                                x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
+            _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV)
             # 3. per thread, in one loop: the dot product, and x's sum and sum of squares
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -281,15 +287,7 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 read_coherently(TY, TX, T.address_of(r[0, 0]))
                 grid_wait(TY, TX, pdl_early)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for ko in T.serial(KO, annotations=UNROLL):
-                        for v in T.vectorized(V):
-                            with T.sblock("x_load"):            # x's slice of the thread, as W's
-                                vj = T.axis.spatial(NP, bx * TY + ty)
-                                vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
-                                T.where(ko * TX + tx < CV)
-                                x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
+            _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV)
             # 3. x times W, in float32
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
