@@ -168,3 +168,19 @@ def test_cli_bad_stop_at_is_one_line(tiny_checkpoint):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "h9_nope" in lines[0] and "h0_qkv" in lines[0] and "layernorm" in lines[0]
+
+
+def test_stepping_through_fused_webgpu_prefill_and_decode(tiny_checkpoint):
+    """With `fused` the model takes ln_1 / ln_2 folded into c_attn / c_fc: prefill's h{i}_ln_1 and h{i}_ln_2
+    are x normalized only (kernel `normalize`), decode's are inside h{i}_qkv and h{i}_fc_gelu; every
+    launch still matches the numpy reference, which computes from Hugging Face's unfolded weights."""
+    model = tinygpt2.load(str(tiny_checkpoint), target="webgpu", rules="fused", progress=False)
+    assert model.compiled.folded_layernorms and model.compiled.fused_decode
+    ids = model.tokenizer.encode(PROMPT)
+    ref = Reference.of(model)
+    steps = list(step_through(model, ids))
+    assert {s.kernel for s in steps if s.name in ("h0_ln_1", "h1_ln_2")} == {"normalize"}
+    check_against_reference(steps, model.compiled.plans["prefill"], ref.prefill(ids))
+    steps = list(step_through(model, 500, "decode"))
+    assert not any(s.name.endswith(("_ln_1", "_ln_2")) for s in steps)
+    check_against_reference(steps, model.compiled.plans["decode"], ref.decode(500))
