@@ -213,7 +213,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, pdl_early)
             _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV)
-            # 3. per thread, in one loop: the dot product, and x's sum and sum of squares
+            # 3. per thread, in one loop: the dot product, and x's sum and sum of squares. Every warp sums all of x
+            # again (N times in all): arithmetic the loads hide, bought to need no barrier and no shared memory
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx in T.thread_binding(TX, thread="threadIdx.x"):
                     with T.sblock("dot"):
@@ -240,6 +241,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                     with T.sblock("epilogue"):
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
+                        # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
                         y[0, vj] = T.Cast(dtype, epilogue(
                             T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
                             * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj])))
