@@ -51,7 +51,10 @@ thread (5 blocks an SM): qkv 6.50 us, c_fc 9.18 (800 blocks in two waves); cappe
 slower still (spills at 32). E[x^2] - mu^2 and W' @ x - mu * s in float32 lose digits
 when |mu| is large against x's deviation: in a numpy model of this arithmetic (C = 1600, float32), 5e-7 of
 the output's largest value for x ~ N(2, 3^2) or with one channel at 3000 (GPT-2's large activations are a
-few such channels, which raise the variance), 6e-5 at a mean of 30 deviations, 4e-4 at 100.
+few such channels, which raise the variance), 6e-5 at a mean of 30 deviations, 4e-4 at 100. A per-warp
+two-pass (mu by warp shuffles first, then W' @ (x - mu) and sum (x - mu)^2, no s) is exact to 8e-6 at a mean
+of 100 deviations, but ptxas then issues all of W's loads ahead of the shuffles and holds them: 80 registers a
+thread, 3 blocks an SM (SASS, nvcc 13.0; not run on the GPU).
 
 Measured on an H200 with that earlier kernel (in the CUDA graph, gpt2-xl fp16; docs/results/README.md),
 and not kept:
