@@ -38,8 +38,9 @@ for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
   4. row_sum    the TX partial sums of a row added up (warp shuffles; through shared memory across
                 warps when TX > 32), then the epilogue (ln_linear: mu, rstd from the row's own sums of x,
                 no barrier) adds the bias (and GELU, or the residual), casts, and thread 0 of the row
-                stores y. A kernel of 32 registers a thread: 8 blocks of 256 an SM, every block of
-                gpt2-xl's 600-800 resident at once.
+                stores y. A kernel of 32 registers a thread in float16 (34-36 in float32): 8 blocks of 256
+                an SM, every block of gpt2-xl's 600-800 resident at once (tests/test_cuda_compile.py
+                checks the 32).
 
 The layernorm, folded (2026-12-03, sixth session; H200, in the CUDA graph, gpt2-xl fp16): the kernel
 before it computed the layernorm in each block first (two block-wide reductions over x, then h =

@@ -267,6 +267,30 @@ def ptx_loads(func) -> dict[str, int]:
     return collections.Counter(re.findall(r"ld\.global(?:\.nc)?(?:\.v[24])?\.\w+", ptx))
 
 
+def test_decode_linears_fit_32_registers_in_float16():
+    """Decode's linears stream W in one wave only while every block is resident: 8 blocks of 256 threads an
+    SM, so at most 32 registers a thread (gpt2-xl's c_fc is 800 blocks on 132 SMs). Variants that needed
+    more (48, 80-103) were slower by 5-50% (kernels/ln_linear.py); this is ptxas's count with TVM's flags."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from tinygpt2.config import PRESETS
+    from tinygpt2.kernels.ln_linear import make_linear_residual_decode, make_ln_linear_decode
+
+    C = PRESETS["gpt2-xl"].n_embd
+    ptx = nvcc({"qkv": make_ln_linear_decode(C, 3 * C, "float16", pdl="exit"),
+                "fc": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit"),
+                "mlp_proj": make_linear_residual_decode(4 * C, C, "float16", pdl="exit")}, "ptx", "--use_fast_math")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_bytes(ptx)
+        out = subprocess.run([str(Path(shutil.which("nvcc")).parent / "ptxas"), "-arch=sm_90a", "-v", "--register-usage-level=10", "-o", f"{tmp}/k.cubin",
+                              f"{tmp}/k.ptx"], check=True, capture_output=True, text=True).stderr
+    used = dict(re.findall(r"entry function '(\w+)_kernel'.*?Used (\d+) registers", out, re.S))
+    assert set(used) == {"qkv", "fc", "mlp_proj"} and all(int(n) <= 32 for n in used.values()), used
+    assert set(re.findall(r"(\d+) bytes spill stores", out)) == {"0"}
+
+
 def test_pdl_kernels_read_activations_with_coherent_loads():
     """Under PDL a kernel's inputs are written by the kernel before it until `griddepcontrol.wait`
     returns. TVM marks every pointer __restrict__, so what a kernel only reads is loaded with
