@@ -35,9 +35,10 @@ from tinygpt2.tvm_shim import T
 #             HBM mostly idle) at once: 1697 us;
 #   "exit"    never explicitly: the GPU launches the next kernel as this one's blocks exit, ahead of
 #             its completion and memory flush: 1627 us, kept. (W's loads are written before the wait,
-#             but in SASS, nvcc 13.0, ptxas puts the wait first and sinks them below the layernorm as
-#             without PDL; copying W by cp.async, which stays before the wait, measured slower:
-#             kernels/ln_linear.py's "not kept".)
+#             but in SASS, nvcc 13.0, ptxas keeps at most the first before it and interleaves the rest
+#             with the dot product after it -- 32 registers leave no room to hold them; in the kernel
+#             before the layernorm was folded, all came after its statistics. Copying W by cp.async,
+#             which stays before the wait, measured slower: kernels/ln_linear.py's "not kept".)
 MODES = ("early", "loaded", "exit")
 
 
