@@ -77,7 +77,8 @@ and not kept:
     (docs/results/trace_decode_h200_weights_cp_async.md).
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
-the wait (ACQBULK) comes first and the LDGs after it. Both kernels read their activations (x, the
+at most the first LDG of W comes before the wait (ACQBULK), the rest after it, interleaved with the dot
+product's arithmetic (gpt2-xl fp16, both kernels). Both kernels read their activations (x, the
 residual) once, with coherent loads (_pdl.py's read_coherently), which stay after the wait: read-only
 ones (ld.global.nc) may be moved across it by ptxas. (The earlier ln_linear read x in three passes, where
 coherent loads cost 2-6% of a step, and kept read-only loads checked in SASS instead.)
