@@ -87,6 +87,8 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 (when TX * VEC does not divide K) is masked per vector.
 """
 
+import numpy as np
+
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype
@@ -259,8 +261,6 @@ def fold_layernorm(gamma, beta, w, b):
     W' = W * gamma (per column) and b' = b + W @ beta, rounded to W's dtype as if gamma and the bias had been;
     s = the row sums of W' as rounded, float32 (summed in float64). Then, exactly up to those roundings,
     W @ ((x - mu) * rstd * gamma + beta) + b = rstd * (W' @ x - mu * s) + b' = W' @ ((x - mu) * rstd) + b'."""
-    import numpy as np
-
     w_folded = (w * gamma.astype(np.float64)).astype(w.dtype)
     b_folded = (b + w.astype(np.float64) @ beta.astype(np.float64)).astype(b.dtype)
     return w_folded, b_folded, w_folded.astype(np.float64).sum(axis=1).astype(np.float32)

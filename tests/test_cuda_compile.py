@@ -237,10 +237,14 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()
 
 
-def nvcc(funcs: dict, out: str, *flags: str) -> bytes:
+# TVM's own nvcc flags (tvm.support.nvcc): fast math, ptxas register level 10
+TVM_FLAGS = ("--use_fast_math", "--ptxas-options=--register-usage-level=10")
+
+
+def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):
     """PrimFuncs (name -> func, each exported under its name) built for sm_90a as compile.py builds CUDA
     (TVM's TIR pipeline with the PDL launch tag), their CUDA C then compiled by nvcc to `out` ("ptx",
-    "cubin") with flags: the file's bytes."""
+    "cubin") with flags: the file's bytes; with report, nvcc's stderr instead (ptxas's -v report)."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -254,9 +258,9 @@ def nvcc(funcs: dict, out: str, *flags: str) -> bytes:
                          tir_pipeline=pdl_tir_pipeline())
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.cu").write_text(C.device_module(ex.mod, "cuda").inspect_source())
-        subprocess.run(["nvcc", f"--{out}", "-O3", "-arch=sm_90a", *flags, "-o", f"{tmp}/k.{out}", f"{tmp}/k.cu"],
-                       check=True, capture_output=True)
-        return (Path(tmp) / f"k.{out}").read_bytes()
+        run = subprocess.run(["nvcc", f"--{out}", "-O3", "-arch=sm_90a", *flags, "-o", f"{tmp}/k.{out}",
+                              f"{tmp}/k.cu"], check=True, capture_output=True, text=True)
+        return run.stderr if report else (Path(tmp) / f"k.{out}").read_bytes()
 
 
 def ptx_loads(func) -> dict[str, int]:
@@ -271,21 +275,14 @@ def test_decode_linears_fit_32_registers_in_float16():
     """Decode's linears stream W in one wave only while every block is resident: 8 blocks of 256 threads an
     SM, so at most 32 registers a thread (gpt2-xl's c_fc is 800 blocks on 132 SMs). Variants that needed
     more (48, 80-103) were slower by 5-50% (kernels/ln_linear.py); this is ptxas's count with TVM's flags."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
     from tinygpt2.config import PRESETS
     from tinygpt2.kernels.ln_linear import make_linear_residual_decode, make_ln_linear_decode
 
     C = PRESETS["gpt2-xl"].n_embd
-    ptx = nvcc({"qkv": make_ln_linear_decode(C, 3 * C, "float16", pdl="exit"),
+    out = nvcc({"qkv": make_ln_linear_decode(C, 3 * C, "float16", pdl="exit"),
                 "fc": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit"),
-                "mlp_proj": make_linear_residual_decode(4 * C, C, "float16", pdl="exit")}, "ptx", "--use_fast_math")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "k.ptx").write_bytes(ptx)
-        out = subprocess.run([str(Path(shutil.which("nvcc")).parent / "ptxas"), "-arch=sm_90a", "-v", "--register-usage-level=10", "-o", f"{tmp}/k.cubin",
-                              f"{tmp}/k.ptx"], check=True, capture_output=True, text=True).stderr
+                "mlp_proj": make_linear_residual_decode(4 * C, C, "float16", pdl="exit")},
+               "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
     used = dict(re.findall(r"entry function '(\w+)_kernel'.*?Used (\d+) registers", out, re.S))
     assert set(used) == {"qkv", "fc", "mlp_proj"} and all(int(n) <= 32 for n in used.values()), used
     assert set(re.findall(r"(\d+) bytes spill stores", out)) == {"0"}
@@ -329,8 +326,7 @@ def sass(funcs: dict) -> dict[str, list[str]]:
     import nvidia
 
     cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
-    # TVM's own flags (tvm.support.nvcc): fast math, ptxas register level 10
-    cubin = nvcc(funcs, "cubin", "--use_fast_math", "--ptxas-options=--register-usage-level=10")
+    cubin = nvcc(funcs, "cubin", *TVM_FLAGS)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.cubin").write_bytes(cubin)
         out = subprocess.run([str(cuobjdump), "-sass", f"{tmp}/k.cubin"], check=True, capture_output=True,
@@ -360,10 +356,7 @@ def test_pdl_kernels_reading_activations_read_only_wait_first_in_sass(size):
     C, H = cfg.n_embd, cfg.n_head
     for dtype in ("float16", "float32"):
         kernels = sass({"attn": make_decode_attention(H, C // H, cfg.n_positions, dtype, "exit", 8)})
-        assert "attn_kernel_1" in kernels                                  # the merge
-        for name, code in kernels.items():
-            if name == "attn_kernel":       # the chunks: qkv read coherently; K, V rows may come first
-                continue
-            wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
-            loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG", ins)]
-            assert loads and wait < loads[0], (size, dtype, name, code[:wait + 1])    # up to the wait
+        code = kernels["attn_kernel_1"]      # the merge (the chunks read qkv coherently: the test before)
+        wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
+        loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG", ins)]
+        assert loads and wait < loads[0], (size, dtype, code[:wait + 1])              # up to the wait

@@ -73,8 +73,10 @@ class PDLDecode(dl.ScheduleRule):
     are written before the wait, but ptxas places them after it: docs/results/README.md, last section).
     Variants, measured slower: `pdl-decode-loaded` lets the next kernel launch once a kernel's loads
     are used (the attention at once; 1697 us) and `pdl-decode-early` right after its weight loads
-    (1748 us): the next kernels' weight streams then slow the critical path, the attention above all. Both hand-schedule the attention's c_proj so that it takes part
-    (make_linear_residual_decode; `pdl-decode` keeps DLight's, faster alone). It matches no kernel.
+    (1748 us): the next kernels' weight streams then slow the critical path, the attention above all.
+    Both hand-schedule the attention's c_proj so that it takes part (make_linear_residual_decode;
+    `pdl-decode` keeps DLight's, faster alone: at the folded layernorm too, docs/results/README.md). It
+    matches no kernel.
     """
 
     mode = "exit"
