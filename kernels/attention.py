@@ -27,7 +27,9 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .kv_cache import kv_append_ref
-from .ln_linear import vector_width
+from .ln_linear import ITEMSIZE, vector_width
+
+CACHE_LINE = 128            # bytes: what a prefetch brings into L2
 
 
 def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
@@ -417,11 +419,20 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     pos, which earlier steps wrote (pos itself is set before the step's first kernel); everything else
     after: the chunks kernel's qkv with coherent loads (_pdl.read_coherently, no cost measured); the merge
     keeps read-only loads of the partials (coherent ones: 1.82 -> 2.14 us a call on an H200), and a test
-    checks in SASS that they come after the wait. In SASS (nvcc 13.0) ptxas places the chunks kernel's
-    wait first and the K, V loads after it all the same, which is why K before the wait changed nothing.
-    Both let the next kernel launch at once in modes "early" and "loaded" (see pdl_early below).
-    (K before the wait, 2026-12-03: no change alone on an H200, gpt2-xl's step 1625.1 -> 1627.8 us in the
-    graph; kept with the 16-byte loads below, measured together.)
+    checks in SASS that they come after the wait. Both let the next kernel launch at once in modes "early"
+    and "loaded" (see pdl_early below).
+    Where ptxas puts the K and V loads (SASS, nvcc 13.0) is what the kernel's time hangs on. Written first,
+    as read-only loads (ld.global.nc), they were not kept there: K's came after the wait, interleaved with
+    qk, and V's after the two block reductions -- two memory latencies one after the other, after the
+    wait. So, before the wait, each thread also prefetches its K row and its V row into L2 (kv_prefetch:
+    the rows' 128-byte lines, one asm statement each). Taking the caches' addresses into asm, it makes
+    the compiler treat them as memory that may change, as _pdl.read_coherently does for qkv; their loads
+    become coherent ones (ld.global), and ptxas issues all of them, K and V, before the wait (96
+    registers a thread in float16, from 54: 10 blocks of 64 threads an SM, where 3 are needed). Measured
+    on an H200 in the CUDA graph, fp16: the chunks kernel 4.16 -> 3.58 us a call on gpt2-xl (step
+    1480.4 -> 1454.1 us), 3.71 -> 2.98 on gpt2 (231.0 -> 221.4 us);
+    docs/results/trace_decode_h200_kv_prefetch.md. (K before the wait alone, as read-only loads: no
+    change, gpt2-xl's step 1625.1 -> 1627.8 us, 2026-12-03.)
 
     max_lanes caps VEC, the elements of a vector load: 4 for WebGPU (WGSL's vec4), 8 elsewhere, so that on
     CUDA fp16 rows of K and V are read 16 bytes a load, half the loads of 8-byte ones (the same run:
@@ -441,6 +452,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+    LINE = T.int64(CACHE_LINE // ITEMSIZE[dtype])                  # elements of a 128-byte line
+    LINES = T.int64(-(-head_dim * ITEMSIZE[dtype] // CACHE_LINE))  # lines a row of K or V (1 in float16)
     # latency-bound: its loads leave HBM mostly idle, so with "loaded" too it lets the merge kernel, and
     # that one attn_proj, launch at once (attn_proj's weights then stream in during the attention)
     pdl_early = pdl_early or pdl_loaded
@@ -487,6 +500,17 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 k_reg[vh, vc, vt, dv * VEC + e] = k_cache[vh, T.min(vc * KC + vt, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), dv * VEC + e]
             if pdl_wait:
+                # the thread's K row and V row (key c * KC + t, as k_load's) into L2, a 128-byte line a prefetch:
+                # what keeps the loads above before the wait in SASS (see the docstring)
+                for ty in T.thread_binding(NY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(NX, thread="threadIdx.x"):
+                        for li in T.serial(LINES):
+                            with T.sblock("kv_prefetch"):
+                                T.reads()
+                                T.writes()
+                                row = T.min(b % S * KC + ty * NX + tx, T.Cast("int64", T.max(pos[0] - 1, 0)))
+                                T.ptx.prefetch.global_.L2(T.address_of(k_cache[b // S, row, li * LINE]))
+                                T.ptx.prefetch.global_.L2(T.address_of(v_cache[b // S, row, li * LINE]))
                 read_coherently(NY, NX, T.address_of(qkv[0, 0]))
                 grid_wait(NY, NX, pdl_early)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):

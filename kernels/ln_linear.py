@@ -75,6 +75,11 @@ and not kept:
   - (with PDL) W copied into shared memory by cp.async before the wait (29 KB a block, 7-8 blocks an SM,
     no registers held): every linear ~0.6 us slower a call, gpt2-xl's step 1607.0 -> 1693.2 us
     (docs/results/trace_decode_h200_weights_cp_async.md).
+  - (with PDL, the layernorm folded) a prefetch into L2 of the block's rows of W before the wait, one
+    128-byte line a thread: ptxas then issues all of W's loads before the wait, but at 50-52 registers (5
+    blocks an SM): qkv 5.92 -> 7.10 us a call, the step 1483.8 -> 1656.9 us. And ln_linear with 128-thread
+    blocks (4 rows; 1200 / 1600 blocks): 1509.1 us (docs/results/trace_decode_h200_ln_linear_prefetch_t128.md).
+    The same prefetch is what made decode attention faster (attention.py): there registers are not scarce.
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
 at most the first LDG of W comes before the wait (ACQBULK), the rest after it, interleaved with the dot
