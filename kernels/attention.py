@@ -27,9 +27,7 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .kv_cache import kv_append_ref
-from .ln_linear import ITEMSIZE, vector_width
-
-CACHE_LINE = 128            # bytes: what a prefetch brings into L2
+from .ln_linear import CACHE_LINE, ITEMSIZE, vector_width
 
 
 def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
@@ -419,8 +417,8 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     pos, which earlier steps wrote (pos itself is set before the step's first kernel); everything else
     after: the chunks kernel's qkv with coherent loads (_pdl.read_coherently, no cost measured); the merge
     keeps read-only loads of the partials (coherent ones: 1.82 -> 2.14 us a call on an H200), and a test
-    checks in SASS that they come after the wait. Both let the next kernel launch at once in modes "early"
-    and "loaded" (see pdl_early below).
+    checks in SASS that they come after the wait. Both let the next kernel launch at once, in every mode
+    (see pdl_early below).
     Where ptxas puts the K and V loads (SASS, nvcc 13.0) is what the kernel's time hangs on. Written first,
     as read-only loads (ld.global.nc), they were not kept there: K's came after the wait, interleaved with
     qk, and V's after the two block reductions -- two memory latencies one after the other, after the
@@ -454,9 +452,11 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
     LINE = T.int64(CACHE_LINE // ITEMSIZE[dtype])                  # elements of a 128-byte line
     LINES = T.int64(-(-head_dim * ITEMSIZE[dtype] // CACHE_LINE))  # lines a row of K or V (1 in float16)
-    # latency-bound: its loads leave HBM mostly idle, so with "loaded" too it lets the merge kernel, and
-    # that one attn_proj, launch at once (attn_proj's weights then stream in during the attention)
-    pdl_early = pdl_early or pdl_loaded
+    # latency-bound: its loads leave HBM mostly idle, so in every mode both kernels let the next launch at
+    # once: the merge, and attn_proj while the chunks run, whose weights then stream in during the attention
+    # (model.py; H200, gpt2-xl's step in the CUDA graph 1446.9 -> 1426.7 us against the mode's own launch
+    # points, docs/results/trace_decode_h200_attn_proj_overlap.md)
+    pdl_early = pdl_wait
 
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),

@@ -20,8 +20,9 @@ are summed in the same loop as W' @ x and enter only in the epilogue (see "the l
 Written already scheduled (thread bindings, registers), like attention.py's make_decode_attention: no
 DLight rule matches "a layernorm feeding a matrix-vector product", so the rule list leaves these alone
 (`tirx.is_scheduled`). The residual variant serves the MLP's c_proj (rows 4C long: gpt2-xl 8.4 -> 7.1 us
-a call on an H200, against DLight's GEMV); for the attention's (C x C) DLight's GEMV was faster on
-gpt2-xl (3.3 against 4.1 us: 200 blocks of 256 threads on 132 SMs), so the model leaves that one to it.
+a call on an H200, against DLight's GEMV); the attention's (C x C) too when the step is launched with
+PDL: then its weights can come in during the attention (prefetch_w below; model.py). Launched after the
+attention instead, DLight's GEMV was faster on gpt2-xl (3.3 against 4.1 us: 200 blocks on 132 SMs).
 
 The work is split by output rows. A row j is owned by TX threads (threadIdx.x: one warp, or 2-8 warps
 for a long row), a block by TY = 256 / TX rows (threadIdx.y). In order:
@@ -106,6 +107,7 @@ WARP = 32                   # CUDA's warp: the fewest lanes a row gets (ln_linea
 THREADS = 256               # per block (WebGPU's limit per workgroup)
 KO_MAX = 8                  # at most this many vector loads of W per thread and row, when TX can grow instead
 VECTOR_BYTES = 16           # the widest load a CUDA thread issues (LDG.128)
+CACHE_LINE = 128            # bytes: what a prefetch into L2 brings
 WEBGPU_MAX_LANES = 4        # WGSL has vec2..vec4 only: TVM's WebGPU codegen rejects wider vectors
 ITEMSIZE = {"float32": 4, "float16": 2}
 UNROLL = {"pragma_auto_unroll_max_step": 256, "pragma_unroll_explicit": 1}
@@ -151,6 +153,20 @@ def _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N):
                         vt, vo, vv = T.axis.remap("SSS", [tx, ko, v])
                         T.where(ko * TX + tx < CV)
                         w_reg[vj, vt, vo, vv] = w[T.min(vj, N - T.int64(1)), (vo * TX + vt) * V + vv]
+
+
+@T.macro(hygienic=False)
+def _prefetch_w(w, bx, TX, TY, N, LE, NL, NI):
+    """0. (prefetch_w) the block's rows of W into L2, before the wait: each row's NL lines of LE elements
+    shared among its TX threads, one prefetch a line (NI a thread at most)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for i in T.serial(NI):
+                with T.sblock("w_prefetch"):
+                    T.where(i * TX + tx < NL)
+                    T.reads()
+                    T.writes()
+                    T.ptx.prefetch.global_.L2(T.address_of(w[T.min(bx * TY + ty, N - T.int64(1)), (i * TX + tx) * LE]))
 
 
 @T.macro(hygienic=False)
@@ -272,18 +288,27 @@ def fold_layernorm(gamma, beta, w, b):
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
-                                pdl: str | None = None):
+                                pdl: str | None = None, prefetch_w: bool = False):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
     layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
-    pdl: as make_ln_linear_decode's."""
+    pdl: as make_ln_linear_decode's.
+    prefetch_w (with pdl): before the wait, the block's rows of W prefetched into L2 as well. The asm
+    statements keep ptxas from moving W's loads after the wait (SASS, nvcc 13.0: all of them before it,
+    against one without), at the price of registers: 52 a thread, 4 blocks of 256 an SM. For the
+    attention's c_proj (gpt2-xl: 200 blocks), launched while the attention runs, so that its weights
+    stream in then; not for the MLP's, whose 800 blocks need 8 an SM (see "not kept" above)."""
     g = _geometry(in_features, out_features, dtype, max_lanes)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
     NP = NB * TY
+    line = CACHE_LINE // ITEMSIZE[dtype]                   # elements of a 128-byte line
+    lines = -(-in_features // line)                          # lines a row of W
+    LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // g["tx"]))
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+    prefetch_w = bool(prefetch_w and pdl_wait)
 
     @T.prim_func(s_tir=True)
     def linear_residual_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
@@ -294,6 +319,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            if prefetch_w:
+                _prefetch_w(w, bx, TX, TY, N, LE, NL, NI)
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))

@@ -204,31 +204,36 @@ def first_read(code: str, buf: str) -> int:
 def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     """`pdl-decode` (kernels/_pdl.py; in preset `fused`): decode's hand kernels issue their weight loads,
     then wait for the previous kernel before reading x; the TIR pipeline gives exactly those kernels
-    TVM's PDL launch tag, and the next one launches as their blocks exit. Kernels not written for it
-    (DLight's attn_proj, the embedding, lm_head) keep the ordinary launch, which waits for all before
-    it. Variant `pdl-decode-loaded` also hand-schedules attn_proj and lets the next kernel launch once a
-    linear's loads are used."""
+    TVM's PDL launch tag. The attention's c_proj is hand-scheduled too and prefetches its weights before
+    the wait; the attention's two kernels, bound by latency, let the next kernel launch at once, so that
+    it streams those weights in during the attention. The linears let the next one launch as their blocks
+    exit; variant `pdl-decode-loaded` once a linear's loads are used. Kernels not written for PDL (the
+    embedding, lm_head) keep the ordinary launch, which waits for all before it."""
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
-    decode = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
-              "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
-    for entry, attn_proj in (("pdl-decode", "gemv"), ("pdl-decode-loaded", C.HAND_SCHEDULED)):
+    pdl = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
+           "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
+    for entry in ("pdl-decode", "pdl-decode-loaded"):
         sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", [entry, "fused-decode", "gemv", "fallback"],
                                           arch="sm_90a")
-        assert sched.rule_of["linear_attn_proj_n1"] == attn_proj
+        assert sched.rule_of["linear_attn_proj_n1"] == C.HAND_SCHEDULED
         kernels = device_kernels(sched, tgt)
-        pdl = {name for name, f in kernels.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]}
-        assert pdl == decode | ({"linear_attn_proj_n1_kernel"} if attn_proj == C.HAND_SCHEDULED else set())
+        assert {name for name, f in kernels.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]} == pdl
         for name, f in kernels.items():
             code = f.script()
             assert ('griddepcontrol("wait"' in code) == (name in pdl), name
-            if name in pdl and name.startswith(("ln_linear", "linear_")):
-                wait = code.index('griddepcontrol("wait"')
+            if name not in pdl:
+                continue
+            wait = code.index('griddepcontrol("wait"')
+            launch = code.find('griddepcontrol("launch_dependents"')
+            if name.startswith(("ln_linear", "linear_")):
                 assert code.index("w[") < wait < first_read(code, "x")
-                launch = code.find('griddepcontrol("launch_dependents"')
                 assert launch == -1 if entry == "pdl-decode" else first_read(code, "x") < launch
+                # the attention's c_proj: W's lines prefetched into L2 before the wait (prefetch_w)
+                assert ("prefetch(T.address_of(w[" in code[:wait]) == (name == "linear_attn_proj_n1_kernel"), name
+            else:                                          # the attention's chunks and merge: the next one at once
+                assert -1 < launch < wait
             if name == "decode_attention_n1_kernel":       # the cache's K and V rows, then qkv
-                wait = code.index('griddepcontrol("wait"')
                 assert max(code.index("k_cache["), code.index("v_cache[")) < wait < first_read(code, "qkv")
     # before Hopper there is no griddepcontrol: the entry is dropped, the kernels are the plain fused ones
     sm80, _, _ = C.build_scheduled(TC_CFG, "cuda", "float16", ["pdl-decode-loaded", "fused-decode", "gemv",
@@ -375,3 +380,21 @@ def test_decode_attention_in_sass_cache_loads_before_the_wait_merge_loads_after(
         wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
         loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG", ins)]
         assert loads and wait < loads[0], (size, dtype, code[:wait + 1])              # up to the wait
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_attention_c_proj_issues_its_weight_loads_before_the_wait_in_sass(dtype):
+    """The attention's c_proj is launched while the attention runs, so that its weights stream in then: that
+    needs its loads of W issued before the wait (ACQBULK), and ptxas keeps them there only with the rows'
+    L2 prefetch (prefetch_w; without it, one of gpt2-xl's 7 in fp16). After the wait: x's loads alone."""
+    from tinygpt2.config import PRESETS
+    from tinygpt2.kernels.ln_linear import _geometry, make_linear_residual_decode
+
+    C = PRESETS["gpt2-xl"].n_embd
+    ko = _geometry(C, C, dtype, 8)["ko"]                            # W's 16-byte loads a thread, and x's
+    for prefetch in (True, False):
+        code = sass({"proj": make_linear_residual_decode(C, C, dtype, pdl="exit", prefetch_w=prefetch)})["proj_kernel"]
+        wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
+        loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG\.E\.128", ins)]
+        before = sum(i < wait for i in loads)
+        assert len(loads) == 2 * ko and (before == ko if prefetch else before < ko), (dtype, prefetch, before)

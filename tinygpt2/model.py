@@ -136,12 +136,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
             attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
         pos = []                                                        # m reaches the kernels as a shape / scalar
-    # c_proj + the residual add: the attention's is the rule list's to schedule (in decode DLight's GEMV ran
-    # gpt2-xl's 1600 x 1600 in 3.3 us on an H200, the hand-scheduled one in 4.1) unless decode's kernels
-    # take PDL launches, which DLight's cannot; the MLP's, rows 4C long, hand-scheduled in fused decode
-    # (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us, gpt2 3.7 -> 3.4)
-    if pdl in ("early", "loaded"):
-        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl)
+    # c_proj + the residual add. The attention's: with PDL, hand-scheduled and launched during the attention
+    # (which lets the next kernel launch at once), its weights loaded before it waits (prefetch_w), so that
+    # they stream in while the attention, bound by latency, leaves HBM idle: gpt2-xl's step 1469.3 -> 1426.7
+    # us on an H200 (docs/results/trace_decode_h200_attn_proj_overlap.md). Otherwise the rule list's to
+    # schedule (DLight's GEMV: 3.3 us on gpt2-xl, the hand-scheduled one launched after the merge 3.9).
+    # The MLP's, rows 4C long, hand-scheduled in fused decode (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us,
+    # gpt2 3.7 -> 3.4)
+    if pdl:
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True)
     else:
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
     if fused:

@@ -71,12 +71,13 @@ class PDLDecode(dl.ScheduleRule):
     next kernel as this one's blocks exit, ahead of its completion. On an H200 this took gpt2-xl's
     decode step in the CUDA graph from 1659 to 1627 us (the launch gaps: 24 -> 4 us a step; W's loads
     are written before the wait, but ptxas places them after it: docs/results/README.md, last section).
-    Variants, measured slower: `pdl-decode-loaded` lets the next kernel launch once a kernel's loads
-    are used (the attention at once; 1697 us) and `pdl-decode-early` right after its weight loads
-    (1748 us): the next kernels' weight streams then slow the critical path, the attention above all.
-    Both hand-schedule the attention's c_proj so that it takes part (make_linear_residual_decode;
-    `pdl-decode` keeps DLight's, faster alone: at the folded layernorm too, docs/results/README.md). It
-    matches no kernel.
+    The attention's c_proj is hand-scheduled (make_linear_residual_decode) so that it takes part, and
+    the attention's two kernels, bound by latency, let the next launch at once: c_proj then loads its
+    weights (prefetch_w) while the attention runs (gpt2-xl 1469.3 -> 1426.7 us, 2026-12-04).
+    Variants, measured slower: `pdl-decode-loaded` lets the next kernel launch once a linear's loads
+    are used (1697 us) and `pdl-decode-early` right after its weight loads (1748 us): the next
+    kernels' weight streams then slow the critical path (both measured before the attention's c_proj
+    took part this way). It matches no kernel.
     """
 
     mode = "exit"
