@@ -501,16 +501,20 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                     "int64", T.max(pos[0] - 1, 0))), dv * VEC + e]
             if pdl_wait:
                 # the thread's K row and V row (key c * KC + t, as k_load's) into L2, a 128-byte line a prefetch:
-                # what keeps the loads above before the wait in SASS (see the docstring)
+                # what keeps the loads above before the wait in SASS (see the docstring). The row's index is
+                # written out in each, not bound once: bound to a name, the same SASS property held but the
+                # kernel took 3.87 / 5.06 us a call instead of 3.58 / 4.70, gpt2-xl's step 1424.6 us against
+                # 1406.6 (H200, trace_decode_h200_kv_prefetch.md)
                 for ty in T.thread_binding(NY, thread="threadIdx.y"):
                     for tx in T.thread_binding(NX, thread="threadIdx.x"):
                         for li in T.serial(LINES):
                             with T.sblock("kv_prefetch"):
                                 T.reads()
                                 T.writes()
-                                row = T.min(b % S * KC + ty * NX + tx, T.Cast("int64", T.max(pos[0] - 1, 0)))
-                                T.ptx.prefetch.global_.L2(T.address_of(k_cache[b // S, row, li * LINE]))
-                                T.ptx.prefetch.global_.L2(T.address_of(v_cache[b // S, row, li * LINE]))
+                                T.ptx.prefetch.global_.L2(T.address_of(k_cache[b // S, T.min((b % S) * KC + ty * NX + tx, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), li * LINE]))
+                                T.ptx.prefetch.global_.L2(T.address_of(v_cache[b // S, T.min((b % S) * KC + ty * NX + tx, T.Cast(
+                                    "int64", T.max(pos[0] - 1, 0))), li * LINE]))
                 read_coherently(NY, NX, T.address_of(qkv[0, 0]))
                 grid_wait(NY, NX, pdl_early)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
