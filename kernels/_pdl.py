@@ -38,7 +38,10 @@ from tinygpt2.tvm_shim import T
 #             but in SASS, nvcc 13.0, ptxas keeps at most the first before it and interleaves the rest
 #             with the dot product after it -- 32 registers leave no room to hold them; in the kernel
 #             before the layernorm was folded, all came after its statistics. Copying W by cp.async,
-#             which stays before the wait, measured slower: kernels/ln_linear.py's "not kept".)
+#             which stays before the wait, measured slower: kernels/ln_linear.py's "not kept". An L2
+#             prefetch of the same rows before the wait, an asm statement taking their address, makes
+#             ptxas issue all the loads there, where registers allow: decode attention's K and V
+#             (attention.py) and the attention's c_proj (ln_linear.py, prefetch_w), both kept.)
 MODES = ("early", "loaded", "exit")
 
 

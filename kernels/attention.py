@@ -418,7 +418,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     after: the chunks kernel's qkv with coherent loads (_pdl.read_coherently, no cost measured); the merge
     keeps read-only loads of the partials (coherent ones: 1.82 -> 2.14 us a call on an H200), and a test
     checks in SASS that they come after the wait. Both let the next kernel launch at once, in every mode
-    (see pdl_early below).
+    (see next_at_once below).
     Where ptxas puts the K and V loads (SASS, nvcc 13.0) is what the kernel's time hangs on. Written first,
     as read-only loads (ld.global.nc), they were not kept there: K's came after the wait, interleaved with
     qk, and V's after the two block reductions -- two memory latencies one after the other, after the
@@ -449,14 +449,14 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     lowest = T.float32(F32_MIN)
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
 
-    pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+    pdl_wait = pdl_flags(pdl)[0]
     LINE = T.int64(CACHE_LINE // ITEMSIZE[dtype])                  # elements of a 128-byte line
     LINES = T.int64(-(-head_dim * ITEMSIZE[dtype] // CACHE_LINE))  # lines a row of K or V (1 in float16)
     # latency-bound: its loads leave HBM mostly idle, so in every mode both kernels let the next launch at
     # once: the merge, and attn_proj while the chunks run, whose weights then stream in during the attention
     # (model.py; H200, gpt2-xl's step in the CUDA graph 1446.9 -> 1426.7 us against the mode's own launch
     # points, docs/results/trace_decode_h200_attn_proj_overlap.md)
-    pdl_early = pdl_wait
+    next_at_once = pdl_wait
 
     @T.prim_func(s_tir=True)
     def decode_attention(qkv: T.Buffer((one, C * 3), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -516,7 +516,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
                                 T.ptx.prefetch.global_.L2(T.address_of(v_cache[b // S, T.min((b % S) * KC + ty * NX + tx, T.Cast(
                                     "int64", T.max(pos[0] - 1, 0))), li * LINE]))
                 read_coherently(NY, NX, T.address_of(qkv[0, 0]))
-                grid_wait(NY, NX, pdl_early)
+                grid_wait(NY, NX, next_at_once)
             for ty in T.thread_binding(NY, thread="threadIdx.y"):
                 for tx in T.thread_binding(NX, thread="threadIdx.x"):
                     with T.sblock("qk"):
@@ -603,7 +603,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
         # --- kernel 2: merge the chunks, one block per head ---
         for bh in T.thread_binding(H, thread="blockIdx.x"):
             if pdl_wait:
-                grid_wait(one, D, pdl_early)          # (threadIdx.y of extent 1)
+                grid_wait(one, D, next_at_once)       # (threadIdx.y of extent 1)
             for tx in T.thread_binding(D, thread="threadIdx.x"):
                 with T.sblock("merge"):
                     vh, vd = T.axis.spatial(H, bh), T.axis.spatial(D, tx)
