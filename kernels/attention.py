@@ -502,9 +502,10 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
             if pdl_wait:
                 # the thread's K row and V row (key c * KC + t, as k_load's) into L2, a 128-byte line a prefetch:
                 # what keeps the loads above before the wait in SASS (see the docstring). The row's index is
-                # written out in each, not bound once: bound to a name, the same SASS property held but the
-                # kernel took 3.87 / 5.06 us a call instead of 3.58 / 4.70, gpt2-xl's step 1424.6 us against
-                # 1406.6 (H200, trace_decode_h200_kv_prefetch.md)
+                # written out in each, not bound once: bound to a name (an int64 let), the same SASS property
+                # held, but the address arithmetic stayed 64-bit (832 SASS instructions against 752, the wait
+                # at the 136th against the 77th) and the kernel took 3.87 / 5.06 us a call instead of 3.58 /
+                # 4.70, gpt2-xl's step 1424.6 us against 1406.6 (H200, trace_decode_h200_kv_prefetch.md)
                 for ty in T.thread_binding(NY, thread="threadIdx.y"):
                     for tx in T.thread_binding(NX, thread="threadIdx.x"):
                         for li in T.serial(LINES):
