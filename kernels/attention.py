@@ -27,7 +27,7 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .kv_cache import kv_append_ref
-from .ln_linear import CACHE_LINE, ITEMSIZE, vector_width
+from .ln_linear import cache_lines, vector_width
 
 
 def make_attn_scores(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32", seq_len: int | None = None):
@@ -450,8 +450,7 @@ def make_decode_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "
     unroll = {"pragma_auto_unroll_max_step": 64, "pragma_unroll_explicit": 1}
 
     pdl_wait = pdl_flags(pdl)[0]
-    LINE = T.int64(CACHE_LINE // ITEMSIZE[dtype])                  # elements of a 128-byte line
-    LINES = T.int64(-(-head_dim * ITEMSIZE[dtype] // CACHE_LINE))  # lines a row of K or V (1 in float16)
+    LINE, LINES = (T.int64(n) for n in cache_lines(head_dim, dtype))   # a row of K or V: 1 line in float16
     # latency-bound: its loads leave HBM mostly idle, so in every mode both kernels let the next launch at
     # once: the merge, and attn_proj while the chunks run, whose weights then stream in during the attention
     # (model.py; H200, gpt2-xl's step in the CUDA graph 1446.9 -> 1426.7 us against the mode's own launch

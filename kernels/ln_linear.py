@@ -123,6 +123,12 @@ def vector_width(n_embd: int, dtype: str, max_lanes: int = 8) -> int:
     return vec
 
 
+def cache_lines(n: int, dtype: str) -> tuple[int, int]:
+    """(elements of a 128-byte line, lines that n contiguous elements span): the L2 prefetches' unit."""
+    line = CACHE_LINE // ITEMSIZE[dtype]
+    return line, -(-n // line)
+
+
 def lanes_per_row(n_vec: int) -> int:
     """TX: one warp, doubled (up to the whole block) while a thread would need more than KO_MAX loads."""
     tx = WARP
@@ -303,8 +309,7 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
     TX, TY, NB = T.int64(g["tx"]), T.int64(g["ty"]), T.int64(g["blocks"])
     V, CV, KO = T.int64(g["vec"]), T.int64(g["n_vec"]), T.int64(g["ko"])
     NP = NB * TY
-    line = CACHE_LINE // ITEMSIZE[dtype]                   # elements of a 128-byte line
-    lines = -(-in_features // line)                          # lines a row of W
+    line, lines = cache_lines(in_features, dtype)          # a row of W: `lines` lines of `line` elements
     LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // g["tx"]))
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)

@@ -364,6 +364,7 @@ def test_decode_attention_in_sass_cache_loads_before_the_wait_merge_loads_after(
     before.)"""
     from tinygpt2.config import PRESETS
     from tinygpt2.kernels.attention import make_decode_attention
+    from tinygpt2.kernels.ln_linear import ITEMSIZE, VECTOR_BYTES
 
     cfg = PRESETS[size]
     C, H = cfg.n_embd, cfg.n_head
@@ -371,7 +372,7 @@ def test_decode_attention_in_sass_cache_loads_before_the_wait_merge_loads_after(
         kernels = sass({"attn": make_decode_attention(H, C // H, cfg.n_positions, dtype, "exit", 8)})
         code = kernels["attn_kernel"]        # the chunks
         wait = next(i for i, ins in enumerate(code) if ins.startswith("ACQBULK"))
-        rows = 2 * (C // H) * {"float16": 2, "float32": 4}[dtype] // 16              # K's and V's, 16 bytes a load
+        rows = 2 * (C // H) * ITEMSIZE[dtype] // VECTOR_BYTES                         # K's and V's, 16 bytes a load
         qkv = rows + 1                       # q's and the new k's D / VEC a thread, then the new v's one VEC
         vector_loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG\.E\.128", ins)]
         assert sum(i < wait for i in vector_loads) == rows, (size, dtype, code[:wait + 1])
