@@ -81,6 +81,12 @@ and not kept:
     blocks an SM): qkv 5.92 -> 7.10 us a call, the step 1483.8 -> 1656.9 us. And ln_linear with 128-thread
     blocks (4 rows; 1200 / 1600 blocks): 1509.1 us (docs/results/trace_decode_h200_ln_linear_prefetch_t128.md).
     The same prefetch is what made decode attention faster (attention.py): there registers are not scarce.
+  - (with PDL, the layernorm folded) c_fc letting the MLP's c_proj launch right after its loads (`early`), so
+    that c_proj's blocks fill the SM slots c_fc leaves free: c_fc + c_proj 13.95 -> 14.76 us, the step 1407.5 ->
+    1444.2 us (with c_proj's prefetch_w: 1493.2); two weight streams at once read HBM worse than one after the
+    other (docs/results/trace_decode_h200_early_launch.md). Nor does a persistent kernel for the MLP pay, nor W
+    in L2 ahead of time (scripts/bench_weight_stream.py: a step of one kernel per matrix that only read its bytes
+    would reach 73% of the roofline; docs/results/bench_weight_stream_h200.md).
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
 at most the first LDG of W comes before the wait (ACQBULK), the rest after it, interleaved with the dot
