@@ -87,6 +87,10 @@ and not kept:
     other (docs/results/trace_decode_h200_early_launch.md). Nor does a persistent kernel for the MLP pay, nor W
     in L2 ahead of time (scripts/bench_weight_stream.py: a step of one kernel per matrix that only read its bytes
     would reach 73% of the roofline; docs/results/bench_weight_stream_h200.md).
+  - (with PDL) c_fc launched during the attention (the attention's c_proj letting it launch at once), its rows of
+    W prefetched into L2 before the wait and loaded into registers only after it (32 registers kept): c_fc 7.14
+    -> 6.34 us, but the attention slower by more, the step 1406.8 -> 1460.6 us; the prefetch alone 1485.1
+    (same file, its last section).
 With `pdl` (kernels/_pdl.py) the CUDA C issues W's loads before the `griddepcontrol.wait`, but ptxas
 (nvcc 13.0) does not keep them there: their results need registers only in the dot product, and in SASS
 at most the first LDG of W comes before the wait (ACQBULK), the rest after it, interleaved with the dot
