@@ -10,11 +10,19 @@ transformers (an independent implementation) from a seeded torch model.
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-VOCAB_DIR = Path(__file__).resolve().parents[1] / "tinygpt2" / "assets" / "gpt2-vocab"
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB_DIR = ROOT / "tinygpt2" / "assets" / "gpt2-vocab"
+
+# `python -m pytest` puts the checkout's root on sys.path, where kernels/ would be importable as a top-level
+# `kernels`: transformers >= 5.25 imports the Hub's own `kernels` package (a dependency of it) when it is
+# installed, and would get ours instead (ImportError: cannot import name 'CUDAProperties' from 'kernels').
+# The tests import tinygpt2 as installed (tinygpt2.kernels), never from the root, so the root goes.
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != ROOT]
 
 
 def _make_model(seed: int, **shape):
