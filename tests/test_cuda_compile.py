@@ -399,3 +399,36 @@ def test_attention_c_proj_issues_its_weight_loads_before_the_wait_in_sass(dtype)
         loads = [i for i, ins in enumerate(code) if re.match(r"(@!?P\d+\s+)?LDG\.E\.128", ins)]
         before = sum(i < wait for i in loads)
         assert len(loads) == 2 * ko and (before == ko if prefetch else before < ko), (dtype, prefetch, before)
+
+
+def test_tvmscript_writes_the_release_acquire_counter_a_persistent_kernel_needs():
+    """docs/persistent_decode.md's counter, as written there: thread 0 of each block adds to a global counter
+    with release semantics, then spins on acquire loads until every block of its round has arrived. TVM 0.27's
+    T.ptx table renders both as the memory model's instructions, the wait a loop around the acquire load."""
+    from tinygpt2.tvm_shim import T
+
+    NB = T.uint32(8)
+
+    @T.prim_func(s_tir=True)
+    def counter(arrived: T.Buffer((1,), "uint32"), out: T.Buffer((8,), "uint32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for b in T.thread_binding(T.int64(8), thread="blockIdx.x"):
+            for t in T.thread_binding(T.int64(32), thread="threadIdx.x"):
+                with T.sblock("arrive"):
+                    T.reads()
+                    T.writes(out[b])
+                    old = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                    now = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                    if t == T.int64(0):
+                        T.ptx.atom.release.gpu.global_.add.u32(old[0], T.address_of(arrived[0]), T.uint32(1))
+                        T.ptx.ld.acquire.gpu.global_.u32(now[0], T.address_of(arrived[0]))
+                        while now[0] < (old[0] // NB + T.uint32(1)) * NB:
+                            T.ptx.ld.acquire.gpu.global_.u32(now[0], T.address_of(arrived[0]))
+                        out[b] = old[0]
+
+    ptx = nvcc({"counter": counter}, "ptx").decode()
+    body = ptx[ptx.index("atom."):]
+    assert body.startswith("atom.release.gpu.global.add.u32")
+    # the spin: a label, the acquire load, a compare, and a branch back to the label
+    loop = re.search(r"(\$L__BB\d+_\d+):\s*\n(?:.*\n)*?\s*ld\.acquire\.gpu\.global\.u32[^\n]*\n(?:.*\n)*?\s*@%p\d+ bra\s+\1;", body)
+    assert loop, body[:800]
