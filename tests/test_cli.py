@@ -79,3 +79,25 @@ def test_lesson_one_runs():
     assert "general-reduction  schedules it" in r.stdout
     err = float(r.stdout.split("max |tvm - numpy| =")[1].split()[0])
     assert err < 1e-4
+
+
+def test_a_transformers_peer_that_cannot_import_says_why():
+    """Python started in the checkout's root finds its kernels/ folder as a top-level `kernels`, which
+    transformers >= 5.25 imports as the Hub's package: the bench's peer then fails with a typed error that
+    names the cause (the bench prints it on one line and keeps our own numbers), not an ImportError."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("from tinygpt2 import bench\n"
+            "from tinygpt2.errors import PeerError\n"
+            "try:\n"
+            "    bench._import_hf()\n"
+            "except PeerError as e:\n"
+            "    print('PeerError:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("PeerError: transformers imported this checkout's kernels/ folder"), r.stdout
+    # and from anywhere else, the import works
+    r = subprocess.run([sys.executable, "-c", "from tinygpt2 import bench; print(bench._import_hf()[2].__name__)"],
+                       cwd=root.parent, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "GPT2LMHeadModel", r.stderr

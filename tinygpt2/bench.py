@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import tinygpt2
+from tinygpt2.errors import PeerError
 from tinygpt2.weights import param_shapes
 
 ITEMSIZE = {"float32": 4, "float16": 2}
@@ -117,14 +118,27 @@ def _decode_call_time(m, repeats: int = 200) -> float | None:
     return (time.perf_counter() - t) / repeats
 
 
+def _import_hf():
+    """(torch, transformers.GPT2Config, transformers.GPT2LMHeadModel), or a PeerError that says why not."""
+    try:
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as e:
+        if "from 'kernels'" in str(e):
+            # transformers >= 5.25 imports the Hub's `kernels` package; Python started in this checkout's root
+            # finds the folder kernels/ first (README, Layout)
+            raise PeerError("transformers imported this checkout's kernels/ folder as the Hub's `kernels` package: "
+                            "run from outside the checkout's root") from e
+        raise PeerError(f"the transformers peers need torch and transformers ({e}): "
+                        "pip install torch transformers, or --peers none") from e
+    return torch, GPT2Config, GPT2LMHeadModel
+
+
 def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 512, 1024), decode_prompt=128,
              decode_tokens=256, repeats=5, device: str = "cuda") -> Row:
     """The same workload with transformers' GPT2LMHeadModel (random weights of the same shapes),
     on `device` ("cuda", or "cpu" beside the llvm target)."""
-    import torch
-    from transformers import GPT2Config as HFConfig
-    from transformers import GPT2LMHeadModel
-
+    torch, HFConfig, GPT2LMHeadModel = _import_hf()
     from tinygpt2.weights import load_checkpoint
 
     cfg = load_checkpoint(model, dtype=dtype, progress=False).config if not model.startswith("random:") else None

@@ -47,3 +47,8 @@ class StepError(TinyGPT2Error):
 
 class ExplainError(TinyGPT2Error):
     """An explain request the model cannot answer (a --kernel it does not have, code it cannot show)."""
+
+
+class PeerError(TinyGPT2Error):
+    """A benchmark peer (Hugging Face transformers) that cannot be run here: torch or transformers missing, or
+    not importable."""
