@@ -1,7 +1,9 @@
 """scripts/bench_weight_stream.py's raw CUDA kernels (the benchmark itself needs the GPU machine): they build for
 sm_90a with nvcc alone, none spills, and each keeps to the registers its occupancy argument rests on -- the GEMV
-at most 32 a thread like kernels/ln_linear.py's (8 blocks of 256 an SM), and the persistent MLP kernel too, so
-that its 800 blocks can all be resident at once (its grid barrier waits for every one of them)."""
+at most 32 a thread like kernels/ln_linear.py's (8 blocks of 256 an SM); the persistent MLP kernels so that their
+800 blocks can all be resident at once (their grid barrier waits for every one of them): the TMA one at 32 (8 of
+256 an SM), the register-loaded ones at 64 (8 of 128); the streaming ones, one block of 1024 an SM, at 64. And the
+register-loaded kernel that claims to load its c_proj rows before the barrier does, in SASS."""
 
 import ast
 import re
@@ -14,8 +16,11 @@ import pytest
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_weight_stream.py"
-# the template instances the script's launchers use
-INSTANCES = ["gemv_reg<8, 0>", "gemv_reg<2, 1>", "gemv_tma<8, 0>", "gemv_tma<2, 1>"]
+# the template instances the script's launchers use, with their parameter lists
+GEMV = "const half*, const half*, const half*, half*, int"
+MLP = "const half*, const half*, half*, const half*, const half*, half*, int, int, unsigned*"
+INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
+    {f"mlp_persistent_reg<{pre}>": MLP for pre in ("true", "false")}
 
 
 def kernels_source() -> str:
@@ -26,15 +31,18 @@ def kernels_source() -> str:
     raise AssertionError("no KERNELS in scripts/bench_weight_stream.py")
 
 
-def ptxas_report(tmp_path) -> dict[str, tuple[int, int]]:
-    """{kernel: (registers a thread, bytes spilled)} from ptxas -v, the templates instantiated as launched."""
-    args = "const half*, const half*, const half*, half*, int"
-    src = kernels_source() + "".join(f"template __global__ void {k}({args});\n" for k in INSTANCES)
+def build(tmp_path) -> str:
+    """nvcc's ptxas -v report for the kernels, the templates instantiated as launched; the cubin in tmp_path."""
+    src = kernels_source() + "".join(f"template __global__ void {k}({a});\n" for k, a in INSTANCES.items())
     (tmp_path / "k.cu").write_text(src)
-    run = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          str(tmp_path / "k.cu")], check=True, capture_output=True, text=True)
+    return subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                           str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
+
+
+def ptxas_report(stderr: str) -> dict[str, list[tuple[int, int]]]:
+    """{kernel: [(registers a thread, bytes spilled) for each instance]} from ptxas -v."""
     out, name = {}, None
-    for line in run.stderr.splitlines():
+    for line in stderr.splitlines():
         if m := re.search(r"Compiling entry function '(\w+)'", line):
             length = re.match(r"_Z(\d+)", m.group(1))                 # mangled: _Z <length> <identifier> ...
             name = m.group(1)[length.end():length.end() + int(length.group(1))]
@@ -47,10 +55,30 @@ def ptxas_report(tmp_path) -> dict[str, tuple[int, int]]:
 
 
 def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_path):
-    report = ptxas_report(tmp_path)
-    assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "prefetch_l2", "idle", "mlp_persistent"}, report
+    report = ptxas_report(build(tmp_path))
+    assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
+                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp"}, report
+    assert len(report["mlp_persistent_reg"]) == 2, report
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, regs, spill)
-    assert max(r for r, _ in report["gemv_reg"]) <= 32
-    assert max(r for r, _ in report["mlp_persistent"]) <= 32
+    for name, most in {"gemv_reg": 32, "mlp_persistent": 32, "mlp_persistent_reg": 64, "mlp_stream": 64,
+                       "mlp_stream_cp": 64}.items():
+        assert max(r for r, _ in report[name]) <= most, (name, report[name])
+
+
+def test_the_register_loaded_mlp_issues_its_c_proj_loads_before_the_grid_barrier(tmp_path):
+    """mlp_persistent_reg<true>: the 13 loads of its c_proj rows (LDG.E.128.CONSTANT: W is read-only) come before
+    the barrier's atomic; in <false>, after it. What the benchmark's two rows compare."""
+    import nvidia
+    build(tmp_path)
+    cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
+    out = subprocess.run([str(cuobjdump), "-sass", str(tmp_path / "k.cubin")], check=True, capture_output=True,
+                         text=True).stdout
+    for pre in (True, False):
+        mangled = f"_Z18mlp_persistent_regILb{int(pre)}EEv"
+        body = out[out.index(mangled):]
+        body = body[:body.index("EXIT ;", body.index("ATOMG"))]
+        before, after = body.split("ATOMG", 1)
+        w_before = before.count("LDG.E.128.CONSTANT") - 7           # c_fc's 7 vector loads come first, in both
+        assert (w_before, after.count("LDG.E.128.CONSTANT")) == ((13, 0) if pre else (0, 13)), (pre, w_before)
