@@ -24,7 +24,9 @@ ways around its per-kernel cost buy -- the evidence behind issue 6's "what would
          or loaded into registers (64 a thread, 8 blocks of 128 an SM) after it, or before it;
        - streaming, one block an SM: its rows of both matrices flow through a ring of shared-memory chunks that
          runs ahead across the barrier, filled by TMA (also timed without the barrier) or by cp.async.
-     (--mlp-only runs this section alone.)
+  4. the ring alone, no arithmetic: how fast one (or two) blocks an SM stream a buffer through a ring of
+     shared-memory chunks filled by TMA, against read_sum's registers.
+     (--mlp-only runs sections 3 and 4 alone.)
 
 Kernel times come from CUPTI (torch.profiler), as scripts/trace_decode.py's; graph times from CUDA events,
 medians. Prints Markdown tables; --out also writes them to DIR/bench_weight_stream.md.
@@ -337,6 +339,27 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream_cp(const half* __restrict__ 
   }
   asm volatile("cp.async.wait_group 0;" ::: "memory");
 }
+
+// 6. the ring alone: how fast one block (of 1024 threads) an SM streams bytes through S chunks of CB bytes of shared
+// memory, filled by TMA. Each block reads its contiguous share of the buffer. SYNC false: thread 0 alone waits for
+// a chunk and refills its stage (the copy engine's rate); true: every thread waits, reads a word of it, and the block
+// synchronises before the refill (the step mlp_stream takes a chunk, without its arithmetic).
+template <int S, int CB, bool SYNC>
+__global__ void __launch_bounds__(1024, 1) ring_read(const char* __restrict__ p, long n, float* out) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  __shared__ uint64_t full[S];
+  const long per = (n / gridDim.x) & ~15L, begin = blockIdx.x * per;
+  const int nc = (int)((per + CB - 1) / CB);
+  auto issue = [&](int c) { tma_rows(sm + (c % S) * CB, p + begin + (long)c * CB, (unsigned)min((long)CB, per - (long)c * CB), &full[c % S]); };
+  if (threadIdx.x == 0) { for (int s = 0; s < S; ++s) bar_init(&full[s]); for (int c = 0; c < min(S, nc); ++c) issue(c); }
+  __syncthreads();
+  float acc = 0.f;
+  for (int c = 0; c < nc; ++c) {
+    if (SYNC || threadIdx.x == 0) bar_wait(&full[c % S], (c / S) & 1);
+    if (SYNC) { acc += reinterpret_cast<const float*>(sm + (c % S) * CB)[threadIdx.x]; __syncthreads(); }
+    if (threadIdx.x == 0 && c + S < nc) { asm volatile("fence.proxy.async.shared::cta;"); issue(c + S); }
+  }
+  if (acc == 1.2345f) out[0] = acc; }
 '''
 LAUNCHERS = r'''
 #include <torch/extension.h>
@@ -380,6 +403,14 @@ void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Ten
                   torch::Tensor arrived, int64_t blocks, bool barrier) {
   int F = w1.size(0), C = w1.size(1), bytes = STAGES * CHUNK + 2 * (C + F); allow_smem(mlp_stream, bytes);
   mlp_stream<<<blocks, NT, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr()), barrier); }
+template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
+  allow_smem(ring_read<S, CB, SYNC>, S * CB);
+  ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
+// variant v: (stages, chunk bytes, synchronised); blocks a launch
+void ring_stream(torch::Tensor b, torch::Tensor out, int64_t v, int64_t blocks) {
+  switch (v) { case 0: ring<4, 51200, false>(b, out, blocks); break; case 1: ring<16, 12800, false>(b, out, blocks); break;
+               case 2: ring<4, 51200, true>(b, out, blocks); break; case 3: ring<16, 12800, true>(b, out, blocks); break;
+               case 4: ring<4, 25600, false>(b, out, blocks); break; case 5: ring<8, 12800, false>(b, out, blocks); break; } }
 void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
                      torch::Tensor arrived, int64_t blocks) {
   int F = w1.size(0), C = w1.size(1), bytes = STAGES * CHUNK + 2 * (C + F); allow_smem(mlp_stream_cp, bytes);
@@ -403,10 +434,11 @@ void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Ten
                   torch::Tensor arrived, int64_t blocks, bool barrier);
 int64_t mlp_stream_blocks_resident(int64_t C, int64_t F);
 void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
-                     torch::Tensor arrived, int64_t blocks);"""
+                     torch::Tensor arrived, int64_t blocks);
+void ring_stream(torch::Tensor b, torch::Tensor out, int64_t v, int64_t blocks);"""
 FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_resident", "gemv_early", "mlp_reg",
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
-             "mlp_streamed_cp"]
+             "mlp_streamed_cp", "ring_stream"]
 LAYERS = 48          # gpt2-xl
 
 
@@ -447,7 +479,7 @@ def graph_us(launch, replays: int = 20) -> float:
 
 def main():
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
-    mlp_only = "--mlp-only" in sys.argv[1:]                           # section 3 alone
+    mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
     ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
                       extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
     cfg = PRESETS["gpt2-xl"]
@@ -546,12 +578,32 @@ def mlp_section(ext, cfg, lines, out_dir):
         assert "wrong results" in name or torch.allclose(h.float(), ref_h, rtol=1e-2, atol=2e-3) and torch.allclose(y.float(), ref_y, rtol=1e-2, atol=2e-2), name
         us = graph_us(lambda: [f(i) for i in range(LAYERS)]) / LAYERS
         lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
+    ring_section(ext, cfg, lines)
     text = "\n".join(lines)
     print(text)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bench_weight_stream.md"), "w") as f:
             f.write(text + "\n")
+
+
+
+def ring_section(ext, cfg, lines):
+    # --- 4. streaming through a ring of shared memory, no arithmetic ---
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    n = 4 * cfg.n_embd * cfg.n_inner             # fp16 elements: 81.92 MB, two layers of MLP weights
+    bufs = [torch.empty(n, device="cuda", dtype=torch.half) for _ in range(LAYERS)]
+    sink = torch.zeros(1, device="cuda")
+    lines += ["", f"| {2 * n / 1e6:.2f} MB read through a ring of shared memory (TMA), cold | us | TB/s |", "|---|---|---|"]
+    us = kernel_us(lambda: [ext.stream_read(b, sink) for b in bufs])["read_sum"]
+    lines.append(f"| registers: read_sum, {sms * 8} blocks of 256 | {us:.2f} | {2 * n / us / 1e6:.2f} |")
+    for v, what in enumerate(["4 x 51.2 KB, thread 0 waits", "16 x 12.8 KB, thread 0 waits",
+                              "4 x 51.2 KB, every thread waits, a block barrier a chunk",
+                              "16 x 12.8 KB, every thread waits, a block barrier a chunk",
+                              "4 x 25.6 KB, thread 0 waits", "8 x 12.8 KB, thread 0 waits"]):
+        for per_sm in (1, 2) if v >= 4 else (1,):
+            us = kernel_us(lambda: [ext.ring_stream(b, sink, v, per_sm * sms) for b in bufs])["ring_read"]
+            lines.append(f"| {what}; {per_sm} block{'s' * (per_sm > 1)} of 1024 an SM | {us:.2f} | {2 * n / us / 1e6:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 sm_90a with nvcc alone, none spills, and each keeps to the registers its occupancy argument rests on -- the GEMV
 at most 32 a thread like kernels/ln_linear.py's (8 blocks of 256 an SM); the persistent MLP kernels so that their
 800 blocks can all be resident at once (their grid barrier waits for every one of them): the TMA one at 32 (8 of
-256 an SM), the register-loaded ones at 64 (8 of 128); the streaming ones, one block of 1024 an SM, at 64. And the
+256 an SM), the register-loaded ones at 64 (8 of 128); the streaming ones, one block of 1024 an SM, at 64, and the
+bare ring at 32 (two blocks of 1024 an SM). And the
 register-loaded kernel that claims to load its c_proj rows before the barrier does, in SASS."""
 
 import ast
@@ -20,7 +21,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_weight_stream.
 GEMV = "const half*, const half*, const half*, half*, int"
 MLP = "const half*, const half*, half*, const half*, const half*, half*, int, int, unsigned*"
 INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
-    {f"mlp_persistent_reg<{pre}>": MLP for pre in ("true", "false")}
+    {f"mlp_persistent_reg<{pre}>": MLP for pre in ("true", "false")} | \
+    {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
+                                                              "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
 
 def kernels_source() -> str:
@@ -57,13 +60,13 @@ def ptxas_report(stderr: str) -> dict[str, list[tuple[int, int]]]:
 def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_path):
     report = ptxas_report(build(tmp_path))
     assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
-                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp"}, report
+                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read"}, report
     assert len(report["mlp_persistent_reg"]) == 2, report
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, regs, spill)
     for name, most in {"gemv_reg": 32, "mlp_persistent": 32, "mlp_persistent_reg": 64, "mlp_stream": 64,
-                       "mlp_stream_cp": 64}.items():
+                       "mlp_stream_cp": 64, "ring_read": 32}.items():
         assert max(r for r, _ in report[name]) <= most, (name, report[name])
 
 
