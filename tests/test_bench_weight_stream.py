@@ -21,7 +21,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_weight_stream.
 GEMV = "const half*, const half*, const half*, half*, int"
 MLP = "const half*, const half*, half*, const half*, const half*, half*, int, int, unsigned*"
 INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
-    {f"mlp_persistent_reg<{pre}>": MLP for pre in ("true", "false")} | \
+    {f"mlp_persistent_reg<{b}>": MLP for b in ("true", "false")} | \
+    {f"mlp_stream<{b}>": MLP + ", bool" for b in ("true", "false")} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
@@ -61,7 +62,7 @@ def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_p
     report = ptxas_report(build(tmp_path))
     assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
                            "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read"}, report
-    assert len(report["mlp_persistent_reg"]) == 2, report
+    assert len(report["mlp_persistent_reg"]) == len(report["mlp_stream"]) == 2, report
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, regs, spill)
