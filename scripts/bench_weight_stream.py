@@ -242,16 +242,22 @@ __global__ void __launch_bounds__(128, 8) mlp_persistent_reg(const half* __restr
 #define CHUNK 51200
 #define STAGES 4
 #define NT 1024
-// barrier false: no grid-wide barrier (c_proj reads whatever h holds: wrong, for timing); MATH false: no dot
-// products either (the chunks are waited for, reduced as zeros and stored: the kernel's steps without arithmetic)
+// MATH false: no dot products (the chunks are waited for, reduced as zeros and stored). flags, to take the kernel
+// apart: BARRIER, the grid-wide barrier (without it c_proj reads whatever h holds: wrong, for timing); RPRE, the
+// residuals of the block's c_proj rows read into shared memory at the start instead of by each chunk's store
+// (a global load between the chunk's two block barriers, in SASS); RING_ONLY, none of the chunk's steps but the
+// wait, one block barrier and the refill -- the bare ring, over the two matrices as this kernel splits them.
+#define BARRIER 1
+#define RPRE 2
+#define RING_ONLY 4
 template <bool MATH>
 __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1, const half* x, half* h,
-    const half* __restrict__ w2, const half* __restrict__ r, half* __restrict__ y, int C, int F, unsigned* arrived, bool barrier) {
+    const half* __restrict__ w2, const half* __restrict__ r, half* __restrict__ y, int C, int F, unsigned* arrived, int flags) {
   extern __shared__ __align__(128) unsigned char sm[];
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [STAGES][CHUNK / 16]
   uint4* xs = ring + STAGES * (CHUNK / 16);                             // x, [C / 8]
   uint4* hs = xs + C / 8;                                               // h, [F / 8], once every block has written it
-  __shared__ uint64_t full[STAGES]; __shared__ float red[NT / 32];
+  __shared__ uint64_t full[STAGES]; __shared__ float red[NT / 32]; __shared__ half rs[32];
   const int G = gridDim.x, b = blockIdx.x, R1 = CHUNK / (2 * C), R2 = CHUNK / (2 * F);   // rows a chunk
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;     // this block's c_fc rows [r1, r1 + n1)
   const int r2 = (long)b * C / G, n2 = (long)(b + 1) * C / G - r2;     // and c_proj rows
@@ -264,17 +270,20 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
     for (int s = 0; s < STAGES; ++s) bar_init(&full[s]);
     for (int c = 0; c < min(STAGES, nc); ++c) issue(c);
   }
-  for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
+  const bool steps = !(flags & RING_ONLY);
+  if (steps) for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
+  if ((flags & RPRE) && threadIdx.x < n2) rs[threadIdx.x] = r[r2 + threadIdx.x];    // n2 <= 32 (the caller checks)
   __syncthreads();
   for (int c = 0; c < nc; ++c) {
     const uint4* chunk = ring + (c % STAGES) * (CHUNK / 16);
-    if (c == nc1) {                                                     // c_fc done here: wait for everyone's h
-      if (threadIdx.x == 0 && barrier) { __threadfence(); grid_arrive_wait(arrived); }
+    if (c == nc1 && steps) {                                            // c_fc done here: wait for everyone's h
+      if (threadIdx.x == 0 && (flags & BARRIER)) { __threadfence(); grid_arrive_wait(arrived); }
       __syncthreads();
       for (int v = threadIdx.x; v < F / 8; v += NT) hs[v] = __ldcg(reinterpret_cast<const uint4*>(h) + v);
       __syncthreads();
     }
     bar_wait(&full[c % STAGES], (c / STAGES) & 1);
+    if (steps) {
     const bool fc = c < nc1;
     const int R = fc ? R1 : R2, K = fc ? C : F, TPR = NT / R, rr = threadIdx.x / TPR, lane = threadIdx.x % TPR;
     const int row = (fc ? c : c - nc1) * R + rr;
@@ -283,7 +292,10 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
     if (MATH && row < (fc ? n1 : n2)) for (int v = lane; v < K / 8; v += TPR) acc += dot8(chunk[rr * (K / 8) + v], vec[v]);
     acc = row_reduce(acc, red, TPR);
     if (lane == 0 && row < (fc ? n1 : n2)) {
-      if (fc) h[r1 + row] = __float2half(gelu(acc)); else store(y, r, r2 + row, acc, 1);
+      if (fc) h[r1 + row] = __float2half(gelu(acc));
+      else if (flags & RPRE) y[r2 + row] = __hadd(rs[row], __float2half(acc));
+      else store(y, r, r2 + row, acc, 1);
+    }
     }
     __syncthreads();                                                    // the stage is read: refill it
     if (threadIdx.x == 0 && c + STAGES < nc) { asm volatile("fence.proxy.async.shared::cta;"); issue(c + STAGES); }
@@ -402,10 +414,10 @@ void mlp_reg(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w
   launch(pre ? mlp_persistent_reg<true> : mlp_persistent_reg<false>, F / 8, 128, false, IN(w1), IN(x), OUT(h), IN(w2), IN(r),
          OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr())); }
 void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
-                  torch::Tensor arrived, int64_t blocks, bool barrier, bool math) {
+                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math) {
   int F = w1.size(0), C = w1.size(1), bytes = STAGES * CHUNK + 2 * (C + F);
   auto k = math ? mlp_stream<true> : mlp_stream<false>; allow_smem(k, bytes);
-  k<<<blocks, NT, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr()), barrier); }
+  k<<<blocks, NT, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)flags); }
 template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
   allow_smem(ring_read<S, CB, SYNC>, S * CB);
   ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
@@ -434,7 +446,7 @@ void mlp_reg(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w
              torch::Tensor arrived, bool pre);
 int64_t mlp_reg_blocks_resident();
 void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
-                  torch::Tensor arrived, int64_t blocks, bool barrier, bool math);
+                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math);
 int64_t mlp_stream_blocks_resident(int64_t C, int64_t F);
 void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
                      torch::Tensor arrived, int64_t blocks);
@@ -443,6 +455,7 @@ FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_re
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
              "mlp_streamed_cp", "ring_stream"]
 LAYERS = 48          # gpt2-xl
+BARRIER, RPRE, RING_ONLY = 1, 2, 4     # mlp_stream's flags (its comment)
 
 
 def kernel_us(launch, reps: int = 4) -> dict[str, float]:
@@ -549,6 +562,7 @@ def mlp_section(ext, cfg, lines, out_dir):
         assert resident * sms >= F // 8, f"a persistent kernel's {F // 8} blocks do not fit at once ({resident} an SM)"
     assert (C, F) == (1600, 6400), "mlp_persistent_reg's shared memory is sized for gpt2-xl"
     assert ext.mlp_stream_blocks_resident(C, F) >= 1
+    assert C // sms < 32, "mlp_stream keeps a block's c_proj residuals in 32 halves of shared memory"
     w1 = [torch.randn(F, C, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
     w2 = [torch.randn(C, F, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
     x, r = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(2))
@@ -568,11 +582,15 @@ def mlp_section(ext, cfg, lines, out_dir):
                 "one persistent kernel a layer, W in registers, c_proj's loaded before the barrier":
                     lambda i: ext.mlp_reg(w1[i], x, h, w2[i], r, y, arrived, True),
                 f"one streaming kernel a layer ({sms} blocks, a ring of TMA chunks across both matrices)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, True, True),
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, BARRIER, True),
                 "the same without its barrier (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, False, True),
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, True),
                 "the same without its barrier and its dot products (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, False, False),
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, False),
+                "the same ring over the two matrices as the kernel splits them, nothing else (wrong results)":
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RING_ONLY, False),
+                "the streaming kernel, its residuals read at the start":
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, BARRIER | RPRE, True),
                 "the ring alone (section 4's kernel, 4 x 51.2 KB) reading the same bytes, no arithmetic":
                     lambda i: ext.ring_stream(flat[i], sink, 0, sms),
                 f"one streaming kernel a layer ({sms} blocks, the ring filled by cp.async, a thread its own vectors)":

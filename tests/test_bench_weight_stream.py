@@ -22,7 +22,7 @@ GEMV = "const half*, const half*, const half*, half*, int"
 MLP = "const half*, const half*, half*, const half*, const half*, half*, int, int, unsigned*"
 INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
     {f"mlp_persistent_reg<{b}>": MLP for b in ("true", "false")} | \
-    {f"mlp_stream<{b}>": MLP + ", bool" for b in ("true", "false")} | \
+    {f"mlp_stream<{b}>": MLP + ", int" for b in ("true", "false")} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
