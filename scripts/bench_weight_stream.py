@@ -151,8 +151,9 @@ __global__ void __launch_bounds__(256) mlp_persistent(const half* __restrict__ w
   acc = row_reduce(smem_dot(ws, h, F, 2, true), red, 128);
   if (threadIdx.x % 128 == 0) store(y, r, blockIdx.x * 2 + threadIdx.x / 128, acc, 1); }
 
-// 4. the GEMV launched early (PDL), as tinygpt2's decode linears are: W's loads written before the wait (ptxas
-// places them: within 32 registers it sinks most after it, kernels/_pdl.py), x read after it
+// 4. the GEMV launched early (PDL), as tinygpt2's decode linears are: W's loads written before the wait, x read after
+// it. Unlike tinygpt2's (32 registers, kernels/_pdl.py), ptxas gives this one 40, so 6 blocks of 256 fit an SM and an
+// 800-block grid runs in two waves on an H200: its row in the MLP table is not a measure of PDL.
 // PDL: blocks until the kernels before this one have finished (a no-op in a kernel launched the ordinary way)
 __device__ __forceinline__ void grid_dep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 // a row's dot product: KO vectors of the thread (TPR threads a row), W from registers; x is written by another
