@@ -247,10 +247,12 @@ __global__ void __launch_bounds__(128, 8) mlp_persistent_reg(const half* __restr
 // apart: BARRIER, the grid-wide barrier (without it c_proj reads whatever h holds: wrong, for timing); RPRE, the
 // residuals of the block's c_proj rows read into shared memory at the start instead of by each chunk's store
 // (a global load between the chunk's two block barriers, in SASS); RING_ONLY, none of the chunk's steps but the
-// wait, one block barrier and the refill -- the bare ring, over the two matrices as this kernel splits them.
+// wait, one block barrier and the refill -- the bare ring, over the two matrices as this kernel splits them;
+// NOCOPY, no copies of x and h into shared memory (the dot products read whatever it holds: wrong, for timing).
 #define BARRIER 1
 #define RPRE 2
 #define RING_ONLY 4
+#define NOCOPY 8
 template <bool MATH>
 __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1, const half* x, half* h,
     const half* __restrict__ w2, const half* __restrict__ r, half* __restrict__ y, int C, int F, unsigned* arrived, int flags) {
@@ -272,7 +274,8 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
     for (int c = 0; c < min(STAGES, nc); ++c) issue(c);
   }
   const bool steps = !(flags & RING_ONLY);
-  if (steps) for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
+  const bool copies = steps && !(flags & NOCOPY);
+  if (copies) for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
   if ((flags & RPRE) && threadIdx.x < n2) rs[threadIdx.x] = r[r2 + threadIdx.x];    // n2 <= 32 (the caller checks)
   __syncthreads();
   for (int c = 0; c < nc; ++c) {
@@ -280,7 +283,7 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
     if (c == nc1 && steps) {                                            // c_fc done here: wait for everyone's h
       if (threadIdx.x == 0 && (flags & BARRIER)) { __threadfence(); grid_arrive_wait(arrived); }
       __syncthreads();
-      for (int v = threadIdx.x; v < F / 8; v += NT) hs[v] = __ldcg(reinterpret_cast<const uint4*>(h) + v);
+      if (copies) for (int v = threadIdx.x; v < F / 8; v += NT) hs[v] = __ldcg(reinterpret_cast<const uint4*>(h) + v);
       __syncthreads();
     }
     bar_wait(&full[c % STAGES], (c / STAGES) & 1);
@@ -456,7 +459,7 @@ FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_re
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
              "mlp_streamed_cp", "ring_stream"]
 LAYERS = 48          # gpt2-xl
-BARRIER, RPRE, RING_ONLY = 1, 2, 4     # mlp_stream's flags (its comment)
+BARRIER, RPRE, RING_ONLY, NOCOPY = 1, 2, 4, 8     # mlp_stream's flags (its comment)
 
 
 def kernel_us(launch, reps: int = 4) -> dict[str, float]:
@@ -588,9 +591,14 @@ def mlp_section(ext, cfg, lines, out_dir):
                     lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, True),
                 "the same without its barrier and its dot products (wrong results)":
                     lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, False),
+                # from the bare ring towards the kernel, one step at a time (not yet measured, 2026-12-04)
                 "the same ring over the two matrices as the kernel splits them, nothing else (wrong results)":
                     lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RING_ONLY, False),
-                "the streaming kernel, its residuals read at the start":
+                "+ the chunks' dot products, reductions and stores, residuals read at the start (wrong results)":
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RPRE | NOCOPY, True),
+                "+ the copies of x and h into shared memory (wrong results)":
+                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RPRE, True),
+                "+ the grid barrier: the streaming kernel, its residuals read at the start":
                     lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, BARRIER | RPRE, True),
                 "the ring alone (section 4's kernel, 4 x 51.2 KB) reading the same bytes, no arithmetic":
                     lambda i: ext.ring_stream(flat[i], sink, 0, sms),
