@@ -3,21 +3,16 @@ adds up, in numpy, and that the kernel at the benchmark's size -- 132 blocks of 
 (more than the 48 KB of static shared memory: TVM makes it dynamic) -- comes out of TVM's CUDA codegen as C that
 nvcc builds for sm_90a without spills, one bulk copy a refill."""
 
-import importlib.util
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts_loader import load_script as _load
 
 
 def load_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_tvm_ring.py"
-    spec = importlib.util.spec_from_file_location("bench_tvm_ring", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("bench_tvm_ring")
 
 
 def test_each_thread_adds_up_every_threads_th_element_of_its_blocks_share():

@@ -2,16 +2,11 @@
 at the embedding kernel, the first replay dropped, and each launch's time on the critical path, which with
 PDL is shorter than its duration (a kernel starts early and waits)."""
 
-import importlib.util
-from pathlib import Path
+from scripts_loader import load_script as _load
 
 
 def load_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "trace_decode.py"
-    spec = importlib.util.spec_from_file_location("trace_decode", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("trace_decode")
 
 
 def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
