@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1024)
     a = ap.parse_args()
     dev = tvm.cuda(0)
+    if not dev.exist:
+        raise SystemExit("bench_tvm_ring: no CUDA GPU here (run it on the GPU machine)")
     blocks = dev.multi_processor_count
     chunks = max(1, round(a.mb * 1e6 / (blocks * a.chunk)))
     n = blocks * chunks * a.chunk // 2

@@ -500,6 +500,8 @@ def graph_us(launch, replays: int = 20) -> float:
 def main():
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_weight_stream: no CUDA GPU here (run it on the GPU machine)")
     ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
                       extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
     cfg = PRESETS["gpt2-xl"]
