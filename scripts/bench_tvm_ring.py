@@ -16,6 +16,7 @@ import argparse
 
 import numpy as np
 
+from tinygpt2.compile import cuda_binary_at_build_time
 from tinygpt2.targets import make_target
 from tinygpt2.tvm_shim import T, tvm
 
@@ -80,11 +81,8 @@ def ring_read_ref(x: np.ndarray, blocks: int, threads: int) -> np.ndarray:
 
 
 def build(func, arch: str = "sm_90a"):
-    """The PrimFunc built for CUDA as tinygpt2/compile.py builds kernels: nvcc at build time, a cubin in the library."""
-    import os
-
-    import tvm.support.nvcc  # noqa: F401  (registers nvcc as the build-time compiler)
-    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    """The PrimFunc built for CUDA as tinygpt2/compile.py builds kernels: a binary at build time, in the library."""
+    cuda_binary_at_build_time()
     target = make_target("cuda", arch)
     with target:
         return tvm.compile(tvm.IRModule({"main": func}), target=target)

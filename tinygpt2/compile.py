@@ -166,14 +166,20 @@ def tir_pass_context(tgt):
     return tvm.transform.PassContext(config={"tirx.use_async_copy": tgt.kind.name == "cuda"})
 
 
+def cuda_binary_at_build_time():
+    """Make tvm.compile for CUDA compile the CUDA C to a binary at build time (nvcc, or NVRTC without it).
+
+    Importing tvm.support.nvcc registers the callback that does it; without it the library carries only
+    source, to be compiled at load time (NVRTC). nvcc is the default here: NVRTC needs the cuda-bindings
+    package."""
+    importlib.import_module("tvm.support.nvcc")
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc" if shutil.which("nvcc") else "nvrtc")
+
+
 def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
     """Phases lower + codegen: a tvm.runtime.Executable."""
     if tgt.kind.name == "cuda":
-        # Importing tvm.support.nvcc registers the callback that compiles the CUDA C to a binary at
-        # build time; without it the library carries only source, to be compiled at load time (NVRTC).
-        # nvcc is the default here: NVRTC needs the cuda-bindings package.
-        importlib.import_module("tvm.support.nvcc")
-        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc" if shutil.which("nvcc") else "nvrtc")
+        cuda_binary_at_build_time()
     # CUDA graphs: RewriteCUDAGraph (in "default_build") captures the static-shape stretches of decode
     # (everything between the attention kernels, whose shapes depend on the length m)
     config = {"relax.backend.use_cuda_graph": tgt.kind.name == "cuda"}
