@@ -8,15 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-from scripts_loader import load_script as _load
-
-
-def load_script():
-    return _load("bench_tvm_ring")
+from scripts_loader import load_script
 
 
 def test_each_thread_adds_up_every_threads_th_element_of_its_blocks_share():
-    ring = load_script()
+    ring = load_script("bench_tvm_ring")
     blocks, chunks, ch, threads = 3, 2, 8, 4                  # ch: elements a chunk
     x = np.arange(blocks * chunks * ch, dtype=np.float32)
     want = np.zeros((blocks, threads), np.float32)
@@ -32,7 +28,7 @@ def test_each_thread_adds_up_every_threads_th_element_of_its_blocks_share():
 def test_the_benchmarks_ring_builds_for_sm_90a_with_dynamic_shared_memory():
     from test_cuda_compile import nvcc
 
-    ring = load_script()
+    ring = load_script("bench_tvm_ring")
     func = ring.make_ring_read(132, 12, 4, 51200, 1024)
     ptx = nvcc({"ring": func}, "ptx").decode()
     assert ".extern .shared" in ptx                           # the ring: dynamic shared memory

@@ -439,49 +439,11 @@ def test_tvmscript_writes_the_tma_ring_a_streaming_decode_kernel_needs():
     (cp.async.bulk, completing on a per-stage mbarrier that expects the chunk's bytes) and refills once the block
     has read a chunk, every thread waiting on the stage's mbarrier phase. TVM 0.27's T.ptx table writes each
     instruction ("::" in a PTX token is "__" in its name, Python keywords take a trailing "_"); ptxas builds it
-    for sm_90a. Compile-only: nothing here runs it (scripts/bench_weight_stream.py's raw CUDA ring does, on the GPU)."""
-    from tinygpt2.tvm_shim import T
+    for sm_90a. The kernel is scripts/bench_tvm_ring.py's (one block here), which times it on the GPU machine."""
+    from scripts_loader import load_script
 
     S, CB, NCH, NT = 2, 4096, 4, 128                   # stages, bytes a chunk, chunks, threads
-    CH = CB // 2                                       # fp16 elements a chunk
-
-    @T.prim_func(s_tir=True)
-    def ring(x: T.Buffer((NCH * CH,), "float16"), out: T.Buffer((NT,), "float32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for b in T.thread_binding(T.int64(1), thread="blockIdx.x"):
-            for t in T.thread_binding(T.int64(NT), thread="threadIdx.x"):
-                with T.sblock("ring"):
-                    T.reads(x[0:NCH * CH])
-                    T.writes(out[t])
-                    buf = T.sblock_alloc_buffer((S * CH,), "float16", scope="shared")
-                    bar = T.sblock_alloc_buffer((S,), "uint64", scope="shared")
-                    ready = T.sblock_alloc_buffer((1,), "uint32", scope="local")
-                    acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                    if t == T.int64(0):                # the barriers, then the first S chunks in flight
-                        for s in range(S):
-                            T.ptx.mbarrier.init.shared.b64(T.address_of(bar[s]), T.uint32(1))
-                        for c in range(S):
-                            T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(bar[c]), T.uint32(CB))
-                            T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
-                                T.address_of(buf[c * CH]), T.address_of(x[c * CH]), T.uint32(CB), T.address_of(bar[c]))
-                    T.tvm_storage_sync("shared")
-                    acc[0] = T.float32(0)
-                    for c in range(NCH):
-                        ready[0] = T.uint32(0)         # chunk c landed: its stage's barrier completed phase c // S
-                        while ready[0] == T.uint32(0):
-                            T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[c % S]),
-                                                                      T.uint32((c // S) % 2))
-                        for i in range(CH // NT):
-                            acc[0] = acc[0] + T.Cast("float32", buf[(c % S) * CH + i * NT + t])
-                        T.tvm_storage_sync("shared")   # every thread has read the stage: refill it
-                        if t == T.int64(0) and c + S < NCH:
-                            T.ptx.fence.proxy.async_.shared__cta()   # generic reads before the async write
-                            T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(bar[c % S]), T.uint32(CB))
-                            T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
-                                T.address_of(buf[(c % S) * CH]), T.address_of(x[(c + S) * CH]), T.uint32(CB),
-                                T.address_of(bar[c % S]))
-                    out[t] = acc[0]
-
+    ring = load_script("bench_tvm_ring").make_ring_read(1, NCH, S, CB, NT)   # the kernel, read there
     ptx = nvcc({"ring": ring}, "ptx").decode()
     copy = "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
     assert ptx.count("mbarrier.init.shared.b64") == S and ptx.count(copy) == 2 * S   # prologue and refill

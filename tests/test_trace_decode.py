@@ -2,11 +2,7 @@
 at the embedding kernel, the first replay dropped, and each launch's time on the critical path, which with
 PDL is shorter than its duration (a kernel starts early and waits)."""
 
-from scripts_loader import load_script as _load
-
-
-def load_script():
-    return _load("trace_decode")
+from scripts_loader import load_script
 
 
 def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
@@ -19,7 +15,7 @@ def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
         for name, dur, overlap in layer:
             events.append((t - overlap, dur, name))
             t = t - overlap + dur
-    load_script().summarize(events, "synthetic")
+    load_script("trace_decode").summarize(events, "synthetic")
     out = capsys.readouterr().out
     assert "#### synthetic: 2 steps, 5 kernels a step" in out           # the first replay dropped
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines()
