@@ -55,7 +55,7 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b) {              // 8 halv
   for (int e = 0; e < 4; ++e) { float2 p = __half22float2(x[e]), q = __half22float2(y[e]); s += p.x * q.x + p.y * q.y; }
   return s; }
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v))); }
-// a row's partial sums, TPR = 256 / R threads a row: warp shuffles, then shared memory across the row's warps
+// a row's partial sums, TPR threads a row (a power of two): warp shuffles, then shared memory across its warps
 __device__ __forceinline__ float row_reduce(float acc, float* red, int TPR) {
   for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
   if (TPR > 32) { if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc; __syncthreads();
@@ -206,35 +206,30 @@ __global__ void __launch_bounds__(128, 8) mlp_persistent_reg(const half* __restr
     float acc = 0.f;
     #pragma unroll
     for (int i = 0; i < KO; ++i) { int v = i * 32 + lane; if (v < nv) acc += dot8(wr[i], xs[v]); }
-    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+    acc = row_reduce(acc, red, 32);
     if (lane == 0) h[row] = __float2half(gelu(acc));
   }
   const int lane = threadIdx.x % 64, row = blockIdx.x * 2 + threadIdx.x / 64, nv = F / 8;
   const uint4* wrow = reinterpret_cast<const uint4*>(w2 + (size_t)row * F);
   uint4 wr[KO2];
-  if (PRE) {
+  auto load_w2 = [&] {
     #pragma unroll
-    for (int i = 0; i < KO2; ++i) { int v = i * 64 + lane; if (v < nv) wr[i] = wrow[v]; }
-  }
+    for (int i = 0; i < KO2; ++i) { int v = i * 64 + lane; if (v < nv) wr[i] = wrow[v]; } };
+  if (PRE) load_w2();
   __syncthreads();                                      // every warp's h stored
   if (threadIdx.x == 0) {
     __threadfence();                                    // ... and visible before this block's arrival
     grid_arrive_wait(arrived);
   }
   __syncthreads();
-  if (!PRE) {
-    #pragma unroll
-    for (int i = 0; i < KO2; ++i) { int v = i * 64 + lane; if (v < nv) wr[i] = wrow[v]; }
-  }
+  if (!PRE) load_w2();
   copy_to_smem(hs, h, nv);
   smem_ready();
   float acc = 0.f;
   #pragma unroll
   for (int i = 0; i < KO2; ++i) { int v = i * 64 + lane; if (v < nv) acc += dot8(wr[i], hs[v]); }
-  for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (lane == 0) store(y, r, row, red[threadIdx.x >> 5] + red[(threadIdx.x >> 5) + 1], 1); }
+  acc = row_reduce(acc, red, 64);
+  if (lane == 0) store(y, r, row, acc, 1); }
 
 // 5. the MLP streamed: one block an SM, each owning contiguous rows of c_fc and then of c_proj, which thread 0 copies
 // by TMA through a ring of STAGES chunks of shared memory (CHUNK bytes: 16 rows of c_fc or 4 of c_proj). The ring
@@ -309,7 +304,7 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
 // the same ring filled by cp.async instead of TMA: each thread copies, 16 bytes at a time, exactly the vectors of a
 // chunk it will itself multiply, so a stage needs no block-wide barrier before it is read or refilled -- only the
 // thread's own cp.async.wait_group (STAGES - 1 newer groups may still be in flight)
-__device__ __forceinline__ void stream_chunk(uint4* stage, const half* w, int rows, int K, bool copy, int c,
+__device__ __forceinline__ void stream_chunk(uint4* stage, const half* w, int rows, int K, bool copy,
                                              const uint4* vec, float* acc) {     // copy, or multiply: the same vectors
   const int R = CHUNK / (2 * K), TPR = NT / R, rr = threadIdx.x / TPR, lane = threadIdx.x % TPR;
   if (rr >= rows) return;
@@ -326,8 +321,8 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream_cp(const half* __restrict__ 
   const int nc1 = (n1 + R1 - 1) / R1, nc = nc1 + (n2 + R2 - 1) / R2;
   auto chunk = [&](int c, bool copy, float* acc) {                      // chunk c: copy it in, or multiply it
     uint4* stage = ring + (c % STAGES) * (CHUNK / 16);
-    if (c < nc1) stream_chunk(stage, w1 + (size_t)(r1 + c * R1) * C, min(R1, n1 - c * R1), C, copy, c, xs, acc);
-    else if (c < nc) stream_chunk(stage, w2 + (size_t)(r2 + (c - nc1) * R2) * F, min(R2, n2 - (c - nc1) * R2), F, copy, c, hs, acc); };
+    if (c < nc1) stream_chunk(stage, w1 + (size_t)(r1 + c * R1) * C, min(R1, n1 - c * R1), C, copy, xs, acc);
+    else if (c < nc) stream_chunk(stage, w2 + (size_t)(r2 + (c - nc1) * R2) * F, min(R2, n2 - (c - nc1) * R2), F, copy, hs, acc); };
   for (int c = 0; c < STAGES - 1; ++c) { chunk(c, true, nullptr); asm volatile("cp.async.commit_group;" ::: "memory"); }
   for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
   __syncthreads();
@@ -346,12 +341,8 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream_cp(const half* __restrict__ 
     const int R = fc ? R1 : R2, TPR = NT / R, row = (fc ? c : c - nc1) * R + threadIdx.x / TPR;
     float acc = 0.f;
     chunk(c, false, &acc);
-    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
-    float* rd = red[c & 1];
-    if ((threadIdx.x & 31) == 0) rd[threadIdx.x >> 5] = acc;
-    __syncthreads();
+    acc = row_reduce(acc, red[c & 1], TPR);
     if (threadIdx.x % TPR == 0 && row < (fc ? n1 : n2)) {
-      acc = 0.f; for (int i = 0; i < TPR / 32; ++i) acc += rd[threadIdx.x / 32 + i];
       if (fc) h[r1 + row] = __float2half(gelu(acc)); else store(y, r, r2 + row, acc, 1);
     }
   }
