@@ -1,6 +1,6 @@
 """On the GPU machine: how fast can one kernel per weight matrix stream gpt2-xl's decode weights at all?
 
-    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only]     (torch + nvcc; no TVM)
+    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline]   (torch + nvcc; no TVM)
     bash scripts/gpu_session.sh weight-stream                           (the same, after the device install)
 
 Decode at batch 1 reads every weight once per token, so its time is bounded below by bytes / bandwidth
@@ -27,6 +27,8 @@ ways around its per-kernel cost buy -- the evidence behind issue 6's "what would
   4. the ring alone, no arithmetic: how fast one (or two) blocks an SM stream a buffer through a ring of
      shared-memory chunks filled by TMA, against read_sum's registers.
      (--mlp-only runs sections 3 and 4 alone.)
+  5. (--timeline, alone) where the streaming kernel's time goes: thread 0 of each block writes when each chunk
+     arrived and when the block was done with it, from the bare ring to the whole kernel one step at a time.
 
 Kernel times come from CUPTI (torch.profiler), as scripts/trace_decode.py's; graph times from CUDA events,
 medians. Prints Markdown tables; --out also writes them to DIR/bench_weight_stream.md.
@@ -56,8 +58,8 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b) {              // 8 halv
   return s; }
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v))); }
 // a row's partial sums, TPR threads a row (a power of two): warp shuffles, then shared memory across its warps
-__device__ __forceinline__ float row_reduce(float acc, float* red, int TPR) {
-  for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+__device__ __forceinline__ float row_reduce(float acc, float* red, int TPR) {   // TPR: a power of 2
+  for (int o = TPR < 32 ? TPR / 2 : 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
   if (TPR > 32) { if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc; __syncthreads();
     int w0 = (threadIdx.x / TPR) * (TPR / 32); acc = 0.f; for (int i = 0; i < TPR / 32; ++i) acc += red[w0 + i]; }
   return acc; }
@@ -248,18 +250,48 @@ __global__ void __launch_bounds__(128, 8) mlp_persistent_reg(const half* __restr
 #define RPRE 2
 #define RING_ONLY 4
 #define NOCOPY 8
-template <bool MATH>
-__global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1, const half* x, half* h,
-    const half* __restrict__ w2, const half* __restrict__ r, half* __restrict__ y, int C, int F, unsigned* arrived, int flags) {
+// tl (null: none): a timeline, TLS slots a block, written by thread 0 -- %globaltimer (ns) at the start and the end
+// (slots 0, 1), clock64 at the start, the end and past the grid barrier (2, 3, 4), and for each of the first 8
+// chunks clock64 once it has arrived and once the block is done with it (5 + 2c, 6 + 2c)
+#define TLS 24
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+// one chunk's step, its shapes compile-time constants (the kernel's steps were issue-bound: 1.6 us a chunk at 1024
+// threads, every warp dividing by run-time row counts and looping over a run-time trip count, 2026-12-04): R rows of
+// K, TPR threads a row, the chunk's first row `first` of the block's n, written to out[base + row]
+template <bool MATH, int NTH, int K, bool FC>
+__device__ __forceinline__ void stream_step(const uint4* chunk, const uint4* vec, int first, int n, int base, half* out,
+                                            const half* r, const half* rs, float* red, int flags) {
+  constexpr int R = CHUNK / (2 * K), TPR = NTH / R, NV = K / 8;
+  const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = first + rr;
+  float acc = 0.f;
+  if (MATH && row < n) {
+    #pragma unroll
+    for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], vec[v]); }
+  }
+  acc = row_reduce(acc, red, TPR);
+  if (lane == 0 && row < n) {
+    if (FC) out[base + row] = __float2half(gelu(acc));
+    else if (flags & RPRE) out[base + row] = __hadd(rs[row], __float2half(acc));
+    else store(out, r, base + row, acc, 1);
+  }
+}
+template <bool MATH, int NTH, int C, int F>
+__global__ void __launch_bounds__(NTH, 1) mlp_stream(const half* __restrict__ w1, const half* x, half* h,
+    const half* __restrict__ w2, const half* __restrict__ r, half* __restrict__ y, unsigned* arrived, int flags,
+    unsigned long long* tl) {
   extern __shared__ __align__(128) unsigned char sm[];
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [STAGES][CHUNK / 16]
   uint4* xs = ring + STAGES * (CHUNK / 16);                             // x, [C / 8]
   uint4* hs = xs + C / 8;                                               // h, [F / 8], once every block has written it
-  __shared__ uint64_t full[STAGES]; __shared__ float red[NT / 32]; __shared__ half rs[32];
-  const int G = gridDim.x, b = blockIdx.x, R1 = CHUNK / (2 * C), R2 = CHUNK / (2 * F);   // rows a chunk
+  __shared__ uint64_t full[STAGES]; __shared__ float red[NTH / 32]; __shared__ half rs[32];
+  constexpr int R1 = CHUNK / (2 * C), R2 = CHUNK / (2 * F);             // rows a chunk
+  const int G = gridDim.x, b = blockIdx.x;
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;     // this block's c_fc rows [r1, r1 + n1)
   const int r2 = (long)b * C / G, n2 = (long)(b + 1) * C / G - r2;     // and c_proj rows
   const int nc1 = (n1 + R1 - 1) / R1, nc = nc1 + (n2 + R2 - 1) / R2;    // chunks: c_fc's, then c_proj's
+  unsigned long long* tb = tl && threadIdx.x == 0 ? tl + (size_t)b * TLS : nullptr;
+  if (tb) { tb[0] = gtime(); tb[2] = clock64(); }
   auto issue = [&](int c) {                                             // thread 0: chunk c into its stage
     uint4* dst = ring + (c % STAGES) * (CHUNK / 16);
     if (c < nc1) tma_rows(dst, w1 + (size_t)(r1 + c * R1) * C, min(R1, n1 - c * R1) * C * 2, &full[c % STAGES]);
@@ -270,7 +302,7 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
   }
   const bool steps = !(flags & RING_ONLY);
   const bool copies = steps && !(flags & NOCOPY);
-  if (copies) for (int v = threadIdx.x; v < C / 8; v += NT) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
+  if (copies) for (int v = threadIdx.x; v < C / 8; v += NTH) xs[v] = __ldcg(reinterpret_cast<const uint4*>(x) + v);
   if ((flags & RPRE) && threadIdx.x < n2) rs[threadIdx.x] = r[r2 + threadIdx.x];    // n2 <= 32 (the caller checks)
   __syncthreads();
   for (int c = 0; c < nc; ++c) {
@@ -278,27 +310,21 @@ __global__ void __launch_bounds__(NT, 1) mlp_stream(const half* __restrict__ w1,
     if (c == nc1 && steps) {                                            // c_fc done here: wait for everyone's h
       if (threadIdx.x == 0 && (flags & BARRIER)) { __threadfence(); grid_arrive_wait(arrived); }
       __syncthreads();
-      if (copies) for (int v = threadIdx.x; v < F / 8; v += NT) hs[v] = __ldcg(reinterpret_cast<const uint4*>(h) + v);
+      if (copies) for (int v = threadIdx.x; v < F / 8; v += NTH) hs[v] = __ldcg(reinterpret_cast<const uint4*>(h) + v);
       __syncthreads();
+      if (tb) tb[4] = clock64();
     }
     bar_wait(&full[c % STAGES], (c / STAGES) & 1);
+    if (tb && c < 8) tb[5 + 2 * c] = clock64();
     if (steps) {
-    const bool fc = c < nc1;
-    const int R = fc ? R1 : R2, K = fc ? C : F, TPR = NT / R, rr = threadIdx.x / TPR, lane = threadIdx.x % TPR;
-    const int row = (fc ? c : c - nc1) * R + rr;
-    const uint4* vec = fc ? xs : hs;
-    float acc = 0.f;
-    if (MATH && row < (fc ? n1 : n2)) for (int v = lane; v < K / 8; v += TPR) acc += dot8(chunk[rr * (K / 8) + v], vec[v]);
-    acc = row_reduce(acc, red, TPR);
-    if (lane == 0 && row < (fc ? n1 : n2)) {
-      if (fc) h[r1 + row] = __float2half(gelu(acc));
-      else if (flags & RPRE) y[r2 + row] = __hadd(rs[row], __float2half(acc));
-      else store(y, r, r2 + row, acc, 1);
-    }
+      if (c < nc1) stream_step<MATH, NTH, C, true>(chunk, xs, c * R1, n1, r1, h, r, rs, red, flags);
+      else stream_step<MATH, NTH, F, false>(chunk, hs, (c - nc1) * R2, n2, r2, y, r, rs, red, flags);
     }
     __syncthreads();                                                    // the stage is read: refill it
+    if (tb && c < 8) tb[6 + 2 * c] = clock64();
     if (threadIdx.x == 0 && c + STAGES < nc) { asm volatile("fence.proxy.async.shared::cta;"); issue(c + STAGES); }
   }
+  if (tb) { tb[3] = clock64(); tb[1] = gtime(); }
 }
 
 // the same ring filled by cp.async instead of TMA: each thread copies, 16 bytes at a time, exactly the vectors of a
@@ -409,11 +435,18 @@ void mlp_reg(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w
   int F = w1.size(0), C = w1.size(1);
   launch(pre ? mlp_persistent_reg<true> : mlp_persistent_reg<false>, F / 8, 128, false, IN(w1), IN(x), OUT(h), IN(w2), IN(r),
          OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr())); }
+// gpt2-xl's shapes only (the caller checks); threads: 1024, 512 or 256 a block; timeline: an address or 0
+template <int NTH> void stream_mlp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r,
+                                   torch::Tensor y, torch::Tensor arrived, int blocks, int flags, bool math, int64_t timeline) {
+  const int bytes = STAGES * CHUNK + 2 * (1600 + 6400);
+  auto k = math ? mlp_stream<true, NTH, 1600, 6400> : mlp_stream<false, NTH, 1600, 6400>; allow_smem(k, bytes);
+  k<<<blocks, NTH, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), reinterpret_cast<unsigned*>(arrived.data_ptr()),
+                                    flags, reinterpret_cast<unsigned long long*>(timeline)); }
 void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
-                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math) {
-  int F = w1.size(0), C = w1.size(1), bytes = STAGES * CHUNK + 2 * (C + F);
-  auto k = math ? mlp_stream<true> : mlp_stream<false>; allow_smem(k, bytes);
-  k<<<blocks, NT, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)flags); }
+                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math, int64_t threads, int64_t timeline) {
+  if (threads == 1024) stream_mlp<1024>(w1, x, h, w2, r, y, arrived, blocks, flags, math, timeline);
+  if (threads == 512) stream_mlp<512>(w1, x, h, w2, r, y, arrived, blocks, flags, math, timeline);
+  if (threads == 256) stream_mlp<256>(w1, x, h, w2, r, y, arrived, blocks, flags, math, timeline); }
 template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
   allow_smem(ring_read<S, CB, SYNC>, S * CB);
   ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
@@ -427,7 +460,7 @@ void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::
   int F = w1.size(0), C = w1.size(1), bytes = STAGES * CHUNK + 2 * (C + F); allow_smem(mlp_stream_cp, bytes);
   mlp_stream_cp<<<blocks, NT, bytes, STREAM>>>(IN(w1), IN(x), OUT(h), IN(w2), IN(r), OUT(y), C, F, reinterpret_cast<unsigned*>(arrived.data_ptr())); }
 int64_t mlp_stream_blocks_resident(int64_t C, int64_t F) { int n = 0, bytes = STAGES * CHUNK + 2 * (C + F);
-  allow_smem(mlp_stream<true>, bytes); cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, mlp_stream<true>, NT, bytes); return n; }
+  auto k = mlp_stream<true, 1024, 1600, 6400>; allow_smem(k, bytes); cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, NT, bytes); return n; }
 int64_t mlp_reg_blocks_resident() { int a = 0, b = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, mlp_persistent_reg<true>, 128, 0);
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, mlp_persistent_reg<false>, 128, 0); return a < b ? a : b; }
@@ -442,7 +475,7 @@ void mlp_reg(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w
              torch::Tensor arrived, bool pre);
 int64_t mlp_reg_blocks_resident();
 void mlp_streamed(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
-                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math);
+                  torch::Tensor arrived, int64_t blocks, int64_t flags, bool math, int64_t threads, int64_t timeline);
 int64_t mlp_stream_blocks_resident(int64_t C, int64_t F);
 void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::Tensor w2, torch::Tensor r, torch::Tensor y,
                      torch::Tensor arrived, int64_t blocks);
@@ -452,6 +485,7 @@ FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_re
              "mlp_streamed_cp", "ring_stream"]
 LAYERS = 48          # gpt2-xl
 BARRIER, RPRE, RING_ONLY, NOCOPY = 1, 2, 4, 8     # mlp_stream's flags (its comment)
+TLS = 24             # mlp_stream's timeline slots a block
 
 
 def kernel_us(launch, reps: int = 4) -> dict[str, float]:
@@ -492,6 +526,7 @@ def graph_us(launch, replays: int = 20) -> float:
 def main():
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
+    timeline_only = "--timeline" in sys.argv[1:]                      # section 5 alone
     if not torch.cuda.is_available():
         raise SystemExit("bench_weight_stream: no CUDA GPU here (run it on the GPU machine)")
     ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
@@ -499,10 +534,13 @@ def main():
     cfg = PRESETS["gpt2-xl"]
     torch.manual_seed(0)
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16 shapes; kernel times from CUPTI, medians\n"]
-    if not mlp_only:
-        read_sections(ext, cfg, lines)          # 1 and 2
-    mlp_section(ext, cfg, lines)                # 3
-    ring_section(ext, cfg, lines)               # 4
+    if timeline_only:
+        timeline_section(ext, cfg, lines)       # 5
+    else:
+        if not mlp_only:
+            read_sections(ext, cfg, lines)      # 1 and 2
+        mlp_section(ext, cfg, lines)            # 3
+        ring_section(ext, cfg, lines)           # 4
     text = "\n".join(lines)
     print(text)
     if out_dir:
@@ -578,6 +616,8 @@ def mlp_section(ext, cfg, lines):
     arrived = torch.zeros(1, device="cuda", dtype=torch.int32)
     flat = [torch.empty(2 * C * F, device="cuda", dtype=torch.half) for _ in range(LAYERS)]   # a layer's MLP bytes
     sink = torch.zeros(1, device="cuda")
+    streamed = lambda i, flags, math=True, threads=1024: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, flags,
+                                                                          math, threads, 0)
     variants = {"two kernels a layer": lambda i: (ext.gemv(w1[i], x, r, h, 0, False), ext.gemv(w2[i], h, r, y, 1, False)),
                 "two kernels a layer, W by TMA": lambda i: (ext.gemv(w1[i], x, r, h, 0, True), ext.gemv(w2[i], h, r, y, 1, True)),
                 "two kernels a layer, PDL (W's loads before the wait)": lambda i: (ext.gemv_early(w1[i], x, r, h, 0),
@@ -587,21 +627,23 @@ def mlp_section(ext, cfg, lines):
                     lambda i: ext.mlp_reg(w1[i], x, h, w2[i], r, y, arrived, False),
                 "one persistent kernel a layer, W in registers, c_proj's loaded before the barrier":
                     lambda i: ext.mlp_reg(w1[i], x, h, w2[i], r, y, arrived, True),
-                f"one streaming kernel a layer ({sms} blocks, a ring of TMA chunks across both matrices)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, BARRIER, True),
-                "the same without its barrier (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, True),
-                "the same without its barrier and its dot products (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, 0, False),
-                # from the bare ring towards the kernel, one step at a time (not yet measured, 2026-12-04)
+                f"one streaming kernel a layer ({sms} blocks of 1024, a ring of TMA chunks across both matrices)":
+                    lambda i: streamed(i, BARRIER),
+                "the same without its barrier (wrong results)": lambda i: streamed(i, 0),
+                "the same without its barrier and its dot products (wrong results)": lambda i: streamed(i, 0, False),
+                # from the bare ring towards the kernel, one step at a time
                 "the same ring over the two matrices as the kernel splits them, nothing else (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RING_ONLY, False),
+                    lambda i: streamed(i, RING_ONLY, False),
                 "+ the chunks' dot products, reductions and stores, residuals read at the start (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RPRE | NOCOPY, True),
-                "+ the copies of x and h into shared memory (wrong results)":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, RPRE, True),
+                    lambda i: streamed(i, RPRE | NOCOPY),
+                "+ the copies of x and h into shared memory (wrong results)": lambda i: streamed(i, RPRE),
                 "+ the grid barrier: the streaming kernel, its residuals read at the start":
-                    lambda i: ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, BARRIER | RPRE, True),
+                    lambda i: streamed(i, BARRIER | RPRE),
+                # fewer threads: a chunk's step costs every warp its instructions (section 5)
+                f"one streaming kernel a layer, {sms} blocks of 512": lambda i: streamed(i, BARRIER, threads=512),
+                f"one streaming kernel a layer, {sms} blocks of 256": lambda i: streamed(i, BARRIER, threads=256),
+                f"one streaming kernel a layer, {sms} blocks of 256, residuals read at the start":
+                    lambda i: streamed(i, BARRIER | RPRE, threads=256),
                 "the ring alone (section 4's kernel, 4 x 51.2 KB) reading the same bytes, no arithmetic":
                     lambda i: ext.ring_stream(flat[i], sink, 0, sms),
                 f"one streaming kernel a layer ({sms} blocks, the ring filled by cp.async, a thread its own vectors)":
@@ -616,6 +658,64 @@ def mlp_section(ext, cfg, lines):
         assert "wrong results" in name or "ring alone" in name or torch.allclose(h.float(), ref_h, rtol=1e-2, atol=2e-3) and torch.allclose(y.float(), ref_y, rtol=1e-2, atol=2e-2), name
         us = graph_us(lambda: [f(i) for i in range(LAYERS)]) / LAYERS
         lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
+
+
+def timeline_section(ext, cfg, lines):
+    # --- 5. where the streaming kernel's time goes: a timeline of each block (its thread 0) in the graph ---
+    C, F = cfg.n_embd, cfg.n_inner
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    w1 = [torch.randn(F, C, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
+    w2 = [torch.randn(C, F, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
+    x, r = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(2))
+    h, y = torch.empty(F, device="cuda", dtype=torch.half), torch.empty(C, device="cuda", dtype=torch.half)
+    arrived = torch.zeros(1, device="cuda", dtype=torch.int32)
+    tl = torch.zeros(LAYERS, sms, TLS, device="cuda", dtype=torch.int64)
+    variants = {"ring only": (RING_ONLY, False, 1024), "+ steps": (RPRE | NOCOPY, True, 1024),
+                "+ copies": (RPRE, True, 1024), "+ barrier": (BARRIER | RPRE, True, 1024), "kernel": (BARRIER, True, 1024),
+                "kernel, 512 threads": (BARRIER, True, 512), "kernel, 256 threads": (BARRIER, True, 256),
+                "+ steps, 256 threads": (RPRE | NOCOPY, True, 256)}
+    # a block's chunks: c_fc's (16 rows each), then c_proj's (4 rows each), as mlp_stream splits the rows
+    nc1 = [-(-((b + 1) * F // sms - b * F // sms) // 16) for b in range(sms)]
+    nc = [nc1[b] + -(-((b + 1) * C // sms - b * C // sms) // 4) for b in range(sms)]
+    cols, spans = {}, {}
+    for name, (flags, math, threads) in variants.items():
+        arrived.zero_()
+        us = {}
+        for traced in (0, 1):                    # the graph's time without the timeline, then with it
+            tl.zero_()
+            launch = lambda: [ext.mlp_streamed(w1[i], x, h, w2[i], r, y, arrived, sms, flags, math, threads,
+                                               tl[i].data_ptr() if traced else 0) for i in range(LAYERS)]
+            us[traced] = graph_us(launch) / LAYERS
+        t = tl.cpu().numpy().astype("float64")
+        per_ns = statistics.median(((t[:, :, 3] - t[:, :, 2]) / (t[:, :, 1] - t[:, :, 0])).ravel())   # clock64 a ns
+        at = lambda slot: (t[:, :, slot] - t[:, :, 2]) / per_ns / 1e3          # us since the block's start
+        med = lambda v: statistics.median(v) if len(v) else float("nan")
+        rows = {}
+        for k in range(4):                       # the k-th chunk of c_fc, then of c_proj: arrived / done
+            for part, first in (("c_fc", lambda b: 0), ("c_proj", lambda b: nc1[b])):
+                sel = [(b, first(b) + k) for b in range(sms) if first(b) + k < min(8, nc[b])
+                       and (part == "c_proj" or k < nc1[b])]
+                rows[f"{part} chunk {k}"] = (med([v for b, c in sel for v in at(5 + 2 * c)[:, b]]),
+                                             med([v for b, c in sel for v in at(6 + 2 * c)[:, b]]))
+        rows["past the grid barrier"] = (med(at(4).ravel()) if not flags & RING_ONLY else float("nan"),) * 2   # or its place
+        rows["block's end"] = (med(at(3).ravel()),) * 2
+        cols[name] = rows
+        g0, g1 = t[:, :, 0], t[:, :, 1]
+        spans[name] = (us[0], us[1], statistics.median(g1.max(1) - g0.min(1)) / 1e3,
+                       statistics.median(g0.max(1) - g0.min(1)) / 1e3, statistics.median(g1.max(1) - g1.min(1)) / 1e3,
+                       statistics.median(g0[1:].min(1) - g1[:-1].max(1)) / 1e3, per_ns)
+    lines += ["", f"| streaming MLP x {LAYERS} in a CUDA graph, thread 0's timeline (medians, us since the block's start: "
+              "arrived / done) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row in next(iter(cols.values())):
+        lines.append(f"| {row} | " + " | ".join(
+            f"{c[row][0]:.2f}" if row in ("block's end", "past the grid barrier") else f"{c[row][0]:.2f} / {c[row][1]:.2f}"
+            for c in cols.values()) + " |")
+    for i, what in enumerate(["graph, us a layer, without the timeline", "graph, us a layer, with it",
+                              "a layer's span: first block's start to last block's end (globaltimer)",
+                              "blocks' starts spread over", "blocks' ends spread over",
+                              "from a layer's last block's end to the next one's first start",
+                              "clock64 ticks a ns (the SM clock, GHz)"]):
+        lines.append(f"| {what} | " + " | ".join(f"{v[i]:.2f}" for v in spans.values()) + " |")
 
 
 def ring_section(ext, cfg, lines):

@@ -20,9 +20,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_weight_stream.
 # the template instances the script's launchers use, with their parameter lists
 GEMV = "const half*, const half*, const half*, half*, int"
 MLP = "const half*, const half*, half*, const half*, const half*, half*, int, int, unsigned*"
+STREAM = "const half*, const half*, half*, const half*, const half*, half*, unsigned*, int, unsigned long long*"
 INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
     {f"mlp_persistent_reg<{b}>": MLP for b in ("true", "false")} | \
-    {f"mlp_stream<{b}>": MLP + ", int" for b in ("true", "false")} | \
+    {f"mlp_stream<{b}, {t}, 1600, 6400>": STREAM for b in ("true", "false") for t in (1024, 512, 256)} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
@@ -59,16 +60,20 @@ def ptxas_report(stderr: str) -> dict[str, list[tuple[int, int]]]:
 
 
 def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_path):
-    report = ptxas_report(build(tmp_path))
+    stderr = build(tmp_path)
+    report = ptxas_report(stderr)
     assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
                            "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read"}, report
-    assert len(report["mlp_persistent_reg"]) == len(report["mlp_stream"]) == 2, report
+    assert len(report["mlp_persistent_reg"]) == 2 and len(report["mlp_stream"]) == 6, report
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, regs, spill)
-    for name, most in {"gemv_reg": 32, "mlp_persistent": 32, "mlp_persistent_reg": 64, "mlp_stream": 64,
-                       "mlp_stream_cp": 64, "ring_read": 32}.items():
+    for name, most in {"gemv_reg": 32, "mlp_persistent": 32, "mlp_persistent_reg": 64, "mlp_stream_cp": 64,
+                       "ring_read": 32}.items():
         assert max(r for r, _ in report[name]) <= most, (name, report[name])
+    # mlp_stream<math, threads, C, F>: one block of `threads` an SM (its registers, from its mangled name's report)
+    fits = [(int(t), int(r)) for t, r in re.findall(r"mlp_streamILb\dELi(\d+)E.*?Used (\d+) registers", stderr, re.S)]
+    assert len(fits) == 6 and all(regs * threads <= 65536 for threads, regs in fits), fits
 
 
 def test_the_register_loaded_mlp_issues_its_c_proj_loads_before_the_grid_barrier(tmp_path):
