@@ -24,6 +24,7 @@ STREAM = "const half*, const half*, half*, const half*, const half*, half*, unsi
 INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for t in ("8, 0", "2, 1")} | \
     {f"mlp_persistent_reg<{b}>": MLP for b in ("true", "false")} | \
     {f"mlp_stream<{b}, {t}, 1600, 6400>": STREAM for b in ("true", "false") for t in (1024, 512, 256)} | \
+    {"mlp_splitk<256, 1600, 6400>": "const half*, const half*, const half*, const half*, half*, float*, unsigned*"} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
@@ -63,7 +64,7 @@ def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_p
     stderr = build(tmp_path)
     report = ptxas_report(stderr)
     assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
-                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read"}, report
+                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read", "mlp_splitk"}, report
     assert len(report["mlp_persistent_reg"]) == 2 and len(report["mlp_stream"]) == 6, report
     for name, instances in report.items():
         for regs, spill in instances:
