@@ -1,6 +1,6 @@
 """On the GPU machine: how fast can one kernel per weight matrix stream gpt2-xl's decode weights at all?
 
-    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline]   (torch + nvcc; no TVM)
+    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline | --layers]   (torch + nvcc)
     bash scripts/gpu_session.sh weight-stream                           (the same, after the device install)
 
 Decode at batch 1 reads every weight once per token, so its time is bounded below by bytes / bandwidth
@@ -398,6 +398,105 @@ __global__ void __launch_bounds__(NTH, 1) mlp_splitk(const half* __restrict__ w1
   }
 }
 
+// 8. every layer's MLP in one launch, the ring running on across layers: x <- x + W2 gelu(W1 x), L times (each
+// layer's input the last one's output, as in the model). Per layer, as mlp_splitk: block b's rows of W1 and of W2T,
+// its partial y added into yacc[l % 3]; then a grid-wide barrier (SYNC false: none, for timing -- wrong results), after
+// which every block adds the whole sum into its own copy of x in shared memory. The next layer's W1 chunks are already
+// streaming in while the blocks wait there. Three accumulators: block b zeroes its share of yacc[(l + 2) % 3] (read
+// after barrier l - 1 by every block, which all did before barrier l; added into again only after barrier l + 1).
+// The ring: S stages of CB bytes (less in flight queues less ahead of the barrier's own round trips); PF > 0: each
+// chunk issued also prefetches (cp.async.bulk.prefetch.L2) the chunk PF further on into L2, so that HBM keeps streaming
+// while a full ring waits at the barrier. FENCE_ALL: every thread fences its adds before the barrier; false: thread 0
+// alone, after the block's barrier (as cooperative groups' grid sync).
+template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL>
+__global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const long long* w2ts, half* xio, float* yacc,
+                                                      unsigned* arrived, int L, unsigned long long* tl) {
+  static_assert(C / 8 <= NTH, "a thread's 8 outputs");
+  extern __shared__ __align__(128) unsigned char sm[];
+  uint4* ring = reinterpret_cast<uint4*>(sm);                           // [S][CB / 16]
+  half* xs = reinterpret_cast<half*>(ring + S * (CB / 16));     // x, [C]: this block's copy
+  __shared__ uint64_t full[S + 1]; __shared__ float red[NTH / 32]; __shared__ float hl[64];
+  constexpr int R = CB / (2 * C), NV = C / 8;
+  const int G = gridDim.x, b = blockIdx.x;
+  const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;
+  const int nc1 = (n1 + R - 1) / R, per = 2 * nc1, nc = L * per;        // chunks a layer: W1's, then W2T's
+  auto issue = [&](int g) {
+    const int l = g / per, c = g % per, cc = c < nc1 ? c : c - nc1;
+    const half* w = reinterpret_cast<const half*>(c < nc1 ? w1s[l] : w2ts[l]);
+    tma_rows(ring + (g % S) * (CB / 16), w + (size_t)(r1 + cc * R) * C, min(R, n1 - cc * R) * C * 2, &full[g % S]); };
+  auto prefetch = [&](int g) {                                          // thread 0: chunk g into L2
+    const int l = g / per, c = g % per, cc = c < nc1 ? c : c - nc1;
+    const half* w = reinterpret_cast<const half*>(c < nc1 ? w1s[l] : w2ts[l]);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(w + (size_t)(r1 + cc * R) * C), "r"(min(R, n1 - cc * R) * C * 2) : "memory"); };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s <= S; ++s) bar_init(&full[s]);
+    tma_rows(xs, xio, C * 2, &full[S]);
+    for (int g = 0; g < min(S, nc); ++g) issue(g);
+    if (PF) for (int g = S; g < min(S + PF, nc); ++g) prefetch(g);
+  }
+  __syncthreads();
+  bar_wait(&full[S], 0);
+  float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int g = 0; g < nc; ++g) {
+    const int l = g / per, c = g % per;
+    const uint4* chunk = ring + (g % S) * (CB / 16);
+    bar_wait(&full[g % S], (g / S) & 1);
+    if (c < nc1) {
+      constexpr int TPR = NTH / R;
+      const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = c * R + rr;
+      const uint4* xv = reinterpret_cast<const uint4*>(xs);
+      float acc = 0.f;
+      if (row < n1) {
+        #pragma unroll
+        for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], xv[v]); }
+      }
+      acc = row_reduce(acc, red, TPR);
+      if (lane == 0 && row < n1) hl[row] = __half2float(__float2half(gelu(acc)));
+    } else if (threadIdx.x < NV) {
+      const int k0 = (c - nc1) * R, rows = min(R, n1 - k0);
+      #pragma unroll 4
+      for (int k = 0; k < rows; ++k) {
+        const uint4 w = chunk[k * NV + threadIdx.x]; const half2* wh = reinterpret_cast<const half2*>(&w); const float hk = hl[k0 + k];
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) { const float2 f = __half22float2(wh[e]); a[2 * e] += hk * f.x; a[2 * e + 1] += hk * f.y; }
+      }
+    }
+    __syncthreads();                                                    // the stage is read: refill it
+    if (threadIdx.x == 0 && g + S < nc) {
+      asm volatile("fence.proxy.async.shared::cta;"); issue(g + S);
+      if (PF && g + S + PF < nc) prefetch(g + S + PF);
+    }
+    if (c == per - 1) {                                                 // the layer's last chunk: y, then the next x
+      // tl (null: none): thread 0's clock64 at the layer's end, once its adds are fenced, past the barrier, and once x
+      // is updated; %globaltimer past the barrier -- 5 slots a layer and block
+      unsigned long long* tb = tl && threadIdx.x == 0 ? tl + ((size_t)l * G + b) * 5 : nullptr;
+      if (tb) tb[0] = clock64();
+      float* acc = yacc + (l % 3) * C;
+      if (threadIdx.x < NV) {
+        float* p = acc + 8 * threadIdx.x;
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory");
+        for (int e = 0; e < 8; ++e) a[e] = 0.f;
+      }
+      if (SYNC) {
+        if (FENCE_ALL) __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0 && !FENCE_ALL) __threadfence();
+        if (tb) tb[1] = clock64();
+        if (threadIdx.x == 0) grid_arrive_wait(arrived);
+        __syncthreads();
+        if (tb) { tb[2] = clock64(); tb[4] = gtime(); }
+      }
+      for (int i = threadIdx.x; i < C; i += NTH) xs[i] = __hadd(xs[i], __float2half(__ldcg(acc + i)));
+      float* old = yacc + ((l + 2) % 3) * C;
+      for (int i = (long)b * C / G + threadIdx.x; i < (long)(b + 1) * C / G; i += NTH) old[i] = 0.f;
+      __syncthreads();                                                  // x complete before the next c_fc step
+      if (tb) tb[3] = clock64();
+    }
+  }
+  if (b == 0) for (int i = threadIdx.x; i < C; i += NTH) xio[i] = xs[i];
+}
+
 // the same ring filled by cp.async instead of TMA: each thread copies, 16 bytes at a time, exactly the vectors of a
 // chunk it will itself multiply, so a stage needs no block-wide barrier before it is read or refilled -- only the
 // thread's own cp.async.wait_group (STAGES - 1 newer groups may still be in flight)
@@ -523,6 +622,27 @@ void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tens
   auto k = mlp_splitk<256, 1600, 6400>; const int bytes = STAGES * CHUNK + 2 * 1600; allow_smem(k, bytes);
   k<<<blocks, 256, bytes, STREAM>>>(IN(w1), IN(x), IN(w2t), IN(r), OUT(y), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(done.data_ptr())); }
+// w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros
+template <bool SYNC, int S, int CB, int PF, bool FA> void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
+    torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl) {
+  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
+  k<<<blocks, 256, bytes, STREAM>>>(reinterpret_cast<const long long*>(w1s.data_ptr()),
+                                    reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
+                                    reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
+                                    reinterpret_cast<unsigned long long*>(tl)); }
+template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc,
+                                       torch::Tensor arrived, int blocks, int v, int64_t tl) {
+  auto f = v == 0 ? all_layers<SYNC, 4, 51200, 0, true> : v == 1 ? all_layers<SYNC, 4, 51200, 0, false>
+         : v == 2 ? all_layers<SYNC, 4, 51200, 4, false> : v == 3 ? all_layers<SYNC, 4, 51200, 8, false>
+         : v == 4 ? all_layers<SYNC, 4, 25600, 8, false> : all_layers<SYNC, 4, 25600, 16, false>;
+  f(w1s, w2ts, x, yacc, arrived, blocks, tl); }
+// w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros; variant
+// (ring, L2 prefetch distance in chunks, who fences): 0: 4 x 51.2 KB, 0, all; 1: 4 x 51.2 KB, 0, thread 0; 2: 4 x 51.2 KB,
+// 4, thread 0; 3: 4 x 51.2 KB, 8, thread 0; 4: 4 x 25.6 KB, 8, thread 0; 5: 4 x 25.6 KB, 16, thread 0. timeline: an
+// address or 0. gpt2-xl's shapes only (the caller checks)
+void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
+                    int64_t blocks, bool sync, int64_t variant, int64_t timeline) {
+  (sync ? all_layers_v<true> : all_layers_v<false>)(w1s, w2ts, x, yacc, arrived, blocks, variant, timeline); }
 template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
   allow_smem(ring_read<S, CB, SYNC>, S * CB);
   ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
@@ -557,10 +677,12 @@ void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::
                      torch::Tensor arrived, int64_t blocks);
 void ring_stream(torch::Tensor b, torch::Tensor out, int64_t v, int64_t blocks);
 void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tensor r, torch::Tensor y, torch::Tensor yacc,
-               torch::Tensor done, int64_t blocks);"""
+               torch::Tensor done, int64_t blocks);
+void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
+                    int64_t blocks, bool sync, int64_t variant, int64_t timeline);"""
 FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_resident", "gemv_early", "mlp_reg",
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
-             "mlp_streamed_cp", "ring_stream", "mlp_split"]
+             "mlp_streamed_cp", "ring_stream", "mlp_split", "mlp_all_layers"]
 LAYERS = 48          # gpt2-xl
 BARRIER, RPRE, RING_ONLY, NOCOPY = 1, 2, 4, 8     # mlp_stream's flags (its comment)
 TLS = 24             # mlp_stream's timeline slots a block
@@ -605,6 +727,7 @@ def main():
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
     timeline_only = "--timeline" in sys.argv[1:]                      # section 5 alone
+    layers_only = "--layers" in sys.argv[1:]                          # section 3's one-launch rows and its baseline
     if not torch.cuda.is_available():
         raise SystemExit("bench_weight_stream: no CUDA GPU here (run it on the GPU machine)")
     ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
@@ -614,6 +737,8 @@ def main():
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16 shapes; kernel times from CUPTI, medians\n"]
     if timeline_only:
         timeline_section(ext, cfg, lines)       # 5
+    elif layers_only:
+        mlp_section(ext, cfg, lines, layers_only=True)
     else:
         if not mlp_only:
             read_sections(ext, cfg, lines)      # 1 and 2
@@ -676,7 +801,7 @@ def read_sections(ext, cfg, lines):
         del ws
 
 
-def mlp_section(ext, cfg, lines):
+def mlp_section(ext, cfg, lines, layers_only=False):
     # --- 3. the MLP x 48 in a CUDA graph: two kernels a layer, or one persistent ---
     C, F = cfg.n_embd, cfg.n_inner
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -731,6 +856,8 @@ def mlp_section(ext, cfg, lines):
                     lambda i: ext.ring_stream(flat[i], sink, 0, sms),
                 f"one streaming kernel a layer ({sms} blocks, the ring filled by cp.async, a thread its own vectors)":
                     lambda i: ext.mlp_streamed_cp(w1[i], x, h, w2[i], r, y, arrived, sms)}
+    if layers_only:
+        variants = {"two kernels a layer": variants["two kernels a layer"]}
     lines += [f"| MLP x {LAYERS} layers in a CUDA graph ({4 * C * F / 1e6:.2f} MB a layer) | us a layer | TB/s |",
               "|---|---|---|"]
     for name, f in variants.items():
@@ -744,6 +871,47 @@ def mlp_section(ext, cfg, lines):
             y.float(), ref_y, rtol=1e-2, atol=2e-2), name
         us = graph_us(lambda: [f(i) for i in range(LAYERS)]) / LAYERS
         lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
+
+    # every layer in one launch (mlp_layers), each layer's input the last one's output: checked on 8 layers against
+    # torch (48 of these random layers overflow fp16), timed on 48 from a smaller x; the graph also copies x in and
+    # zeroes the accumulators (a copy and a memset for all 48 layers)
+    w1s, w2ts = (torch.tensor([w.data_ptr() for w in ws], dtype=torch.int64, device="cuda") for ws in (w1, w2t))
+    acc3 = torch.zeros(3, C, device="cuda")
+    x0 = torch.randn(C, device="cuda", dtype=torch.half)
+    xio = x0.clone()
+    arrived.zero_()
+    ref = x0.clone()
+    for i in range(8):
+        hr = torch.nn.functional.gelu(w1[i].float() @ ref.float(), approximate="tanh").half()
+        ref = (ref.float() + (w2[i].float() @ hr.float()).half().float()).half()
+    small = x0 * 1e-3
+    barrier_notes = []
+    for ring, what in enumerate(["4 x 51.2 KB", "4 x 51.2 KB, thread 0 fences", "4 x 51.2 KB, thread 0 fences, L2 prefetch 4 ahead",
+                                 "4 x 51.2 KB, thread 0 fences, L2 prefetch 8 ahead",
+                                 "4 x 25.6 KB, thread 0 fences, L2 prefetch 8 ahead",
+                                 "4 x 25.6 KB, thread 0 fences, L2 prefetch 16 ahead"]):
+        xio.copy_(x0); acc3.zero_(); arrived.zero_()
+        ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0)
+        err = ((xio.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        assert err < 1e-2, f"mlp_layers, ring {what}, 8 layers: relative error {err:.2e}"
+        for sync, name in ((True, f"every layer in one launch ({sms} blocks of 256, a ring of {what}), the ring running "
+                                  "on across layers: as the split kernel, a grid barrier a layer"),
+                           (False, "the same without its barriers (wrong results)")):
+            arrived.zero_()
+            us = graph_us(lambda: (xio.copy_(small), acc3.zero_(),
+                                   ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, sync, ring, 0))) / LAYERS
+            lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
+        # where a layer's barrier goes: thread 0's timeline in one more call (medians over layers and blocks)
+        tl = torch.zeros(LAYERS, sms, 5, device="cuda", dtype=torch.int64)
+        xio.copy_(small); acc3.zero_(); arrived.zero_()
+        ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, True, ring, tl.data_ptr())
+        t = tl.cpu().double()
+        d = lambda i, j: (t[:, :, j] - t[:, :, i]).median().item() / 1.97e3      # us, at the SM clock section 5 measured
+        past = t[:, :, 4]
+        barrier_notes.append(f"| {what} | {d(0, 1):.2f} | {d(1, 2):.2f} | {d(2, 3):.2f} | "
+                             f"{(past.max(1).values - past.min(1).values).median().item() / 1e3:.2f} |")
+    lines += ["", "| mlp_layers' barrier, thread 0's clock (us, medians): ring | adds fenced | barrier passed | x updated "
+              "| the blocks' passing spread over (globaltimer) |", "|---|---|---|---|---|"] + barrier_notes
 
 
 def timeline_section(ext, cfg, lines):

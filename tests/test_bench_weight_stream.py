@@ -25,6 +25,10 @@ INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for
     {f"mlp_persistent_reg<{b}>": MLP for b in ("true", "false")} | \
     {f"mlp_stream<{b}, {t}, 1600, 6400>": STREAM for b in ("true", "false") for t in (1024, 512, 256)} | \
     {"mlp_splitk<256, 1600, 6400>": "const half*, const half*, const half*, const half*, half*, float*, unsigned*"} | \
+    {f"mlp_layers<256, 1600, 6400, {b}, {r}>": "const long long*, const long long*, half*, float*, unsigned*, int, "
+                                                   "unsigned long long*"
+     for b in ("true", "false") for r in ("4, 51200, 0, true", "4, 51200, 0, false", "4, 51200, 4, false",
+                                          "4, 51200, 8, false", "4, 25600, 8, false", "4, 25600, 16, false")} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
@@ -64,7 +68,8 @@ def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_p
     stderr = build(tmp_path)
     report = ptxas_report(stderr)
     assert set(report) >= {"read_sum", "gemv_reg", "gemv_tma", "gemv_pdl", "prefetch_l2", "idle", "mlp_persistent",
-                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read", "mlp_splitk"}, report
+                           "mlp_persistent_reg", "mlp_stream", "mlp_stream_cp", "ring_read", "mlp_splitk",
+                           "mlp_layers"}, report
     assert len(report["mlp_persistent_reg"]) == 2 and len(report["mlp_stream"]) == 6, report
     for name, instances in report.items():
         for regs, spill in instances:
