@@ -107,7 +107,7 @@ def main():
     out = tvm.runtime.tensor(np.zeros((blocks, a.threads), "float32"), dev)
     lib["main"](xd, out)
     assert np.array_equal(out.numpy(), ring_read_ref(x, blocks, a.threads)), "the TVMScript ring read wrong values"
-    t = lib.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(xd, out)
+    t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(xd, out)
     us = float(np.median(t.results)) * 1e6
     print(f"| TVMScript TMA ring ({tvm.cuda(0).device_name}) | MB | blocks x threads | stages x chunk | us | TB/s |")
     print("|---|---|---|---|---|---|")
