@@ -23,7 +23,13 @@ ways around its per-kernel cost buy -- the evidence behind issue 6's "what would
        - persistent, 800 blocks all resident: c_proj's rows copied by TMA into shared memory before the barrier;
          or loaded into registers (64 a thread, 8 blocks of 128 an SM) after it, or before it;
        - streaming, one block an SM: its rows of both matrices flow through a ring of shared-memory chunks that
-         runs ahead across the barrier, filled by TMA (also timed without the barrier) or by cp.async.
+         runs ahead across the barrier, filled by TMA (also timed without the barrier, and taken apart step by step
+         from the bare ring) or by cp.async;
+       - split: no barrier inside the MLP, c_proj split by the blocks' c_fc rows (W2 read as [in, out]), the partial
+         sums added by float atomics;
+     and every layer in one launch (`--layers`: these rows alone, with the two-kernel baseline): the split kernel's
+     work a layer, one grid barrier a layer, the ring running on across layers -- with its variants (ring sizes,
+     who fences, L2 prefetch ahead of the ring) and a timeline of its barrier.
   4. the ring alone, no arithmetic: how fast one (or two) blocks an SM stream a buffer through a ring of
      shared-memory chunks filled by TMA, against read_sum's registers.
      (--mlp-only runs sections 3 and 4 alone.)

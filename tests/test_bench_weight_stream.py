@@ -2,9 +2,11 @@
 sm_90a with nvcc alone, none spills, and each keeps to the registers its occupancy argument rests on -- the GEMV
 at most 32 a thread like kernels/ln_linear.py's (8 blocks of 256 an SM); the persistent MLP kernels so that their
 800 blocks can all be resident at once (their grid barrier waits for every one of them): the TMA one at 32 (8 of
-256 an SM), the register-loaded ones at 64 (8 of 128); the streaming ones, one block of 1024 an SM, at 64, and the
-bare ring at 32 (two blocks of 1024 an SM). And the
-register-loaded kernel that claims to load its c_proj rows before the barrier does, in SASS."""
+256 an SM), the register-loaded ones at 64 (8 of 128); the streaming ones, one block an SM, within the registers an
+SM has for their block (1024, 512 or 256 threads; the cp.async one, 1024, at 64), and the bare ring at 32 (two
+blocks of 1024 an SM). (mlp_splitk and mlp_layers, one block of 256 an SM, fit by their shared memory; their
+__launch_bounds__ keeps their registers to the block.) And the register-loaded kernel that claims to load its
+c_proj rows before the barrier does, in SASS."""
 
 import ast
 import re
