@@ -333,6 +333,39 @@ __global__ void __launch_bounds__(NTH, 1) mlp_stream(const half* __restrict__ w1
   if (tb) { tb[3] = clock64(); tb[1] = gtime(); }
 }
 
+// the split MLP's two steps and its sum (mlp_splitk, mlp_layers): R rows of K halves a chunk.
+// fc_step: h[row] = gelu(W1[row] . x) for the chunk's rows (TPR threads a row), rounded to fp16 as a tensor would be
+template <int NTH, int K, int R>
+__device__ __forceinline__ void fc_step(const uint4* chunk, const uint4* xv, int first, int n, float* hl, float* red) {
+  constexpr int TPR = NTH / R, NV = K / 8;
+  const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = first + rr;
+  float acc = 0.f;
+  if (row < n) {
+    #pragma unroll
+    for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], xv[v]); }
+  }
+  acc = row_reduce(acc, red, TPR);
+  if (lane == 0 && row < n) hl[row] = __half2float(__float2half(gelu(acc))); }
+// proj_step: a += h[k] W2T[k, 8 t : 8 t + 8] over the chunk's `rows` rows k = first, ...: thread t owns 8 outputs
+template <int K>
+__device__ __forceinline__ void proj_step(const uint4* chunk, int first, int rows, const float* hl, float* a) {
+  constexpr int NV = K / 8;
+  if (threadIdx.x >= NV) return;
+  #pragma unroll 4
+  for (int k = 0; k < rows; ++k) {
+    const uint4 w = chunk[k * NV + threadIdx.x]; const half2* wh = reinterpret_cast<const half2*>(&w); const float hk = hl[first + k];
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) { const float2 f = __half22float2(wh[e]); a[2 * e] += hk * f.x; a[2 * e + 1] += hk * f.y; }
+  } }
+// add_partial: acc[8 t : 8 t + 8] += a, by two vector float atomics (red: no value back), then a = 0
+template <int K>
+__device__ __forceinline__ void add_partial(float* acc, float* a) {
+  if (threadIdx.x >= K / 8) return;
+  float* p = acc + 8 * threadIdx.x;
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory");
+  for (int e = 0; e < 8; ++e) a[e] = 0.f; }
+
 // 7. the MLP with no barrier inside it (split-K c_proj): block b computes h for its c_fc rows [r1, r1 + n1) and keeps
 // it in shared memory, then multiplies it by the same rows of c_proj's transpose W2T [F, C] -- HF Conv1D's own layout,
 // [in, out], in which the block's share is contiguous -- into a partial y of all C outputs, which it adds into a float
@@ -348,7 +381,7 @@ __global__ void __launch_bounds__(NTH, 1) mlp_splitk(const half* __restrict__ w1
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [STAGES][CHUNK / 16]
   uint4* xs = ring + STAGES * (CHUNK / 16);                             // x, [C / 8]
   __shared__ uint64_t full[STAGES + 1]; __shared__ float red[NTH / 32]; __shared__ float hl[64]; __shared__ bool last;
-  constexpr int R = CHUNK / (2 * C), NV = C / 8;                        // rows a chunk, of either matrix
+  constexpr int R = CHUNK / (2 * C);                                    // rows a chunk, of either matrix
   const int G = gridDim.x, b = blockIdx.x;
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;     // this block's rows of W1 and of W2T
   const int nc1 = (n1 + R - 1) / R, nc = 2 * nc1;                       // chunks: W1's, then W2T's
@@ -367,33 +400,12 @@ __global__ void __launch_bounds__(NTH, 1) mlp_splitk(const half* __restrict__ w1
   for (int c = 0; c < nc; ++c) {
     const uint4* chunk = ring + (c % STAGES) * (CHUNK / 16);
     bar_wait(&full[c % STAGES], (c / STAGES) & 1);
-    if (c < nc1) {                                                      // h = gelu(W1 x), rounded to fp16 as a tensor would be
-      constexpr int TPR = NTH / R;
-      const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = c * R + rr;
-      float acc = 0.f;
-      if (row < n1) {
-        #pragma unroll
-        for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], xs[v]); }
-      }
-      acc = row_reduce(acc, red, TPR);
-      if (lane == 0 && row < n1) hl[row] = __half2float(__float2half(gelu(acc)));
-    } else if (threadIdx.x < NV) {                                      // a += h[k] W2T[k, 8 t : 8 t + 8], k the chunk's rows
-      const int k0 = (c - nc1) * R, rows = min(R, n1 - k0);
-      #pragma unroll 4
-      for (int k = 0; k < rows; ++k) {
-        const uint4 w = chunk[k * NV + threadIdx.x]; const half2* wh = reinterpret_cast<const half2*>(&w); const float hk = hl[k0 + k];
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) { const float2 f = __half22float2(wh[e]); a[2 * e] += hk * f.x; a[2 * e + 1] += hk * f.y; }
-      }
-    }
+    if (c < nc1) fc_step<NTH, C, R>(chunk, xs, c * R, n1, hl, red);
+    else proj_step<C>(chunk, (c - nc1) * R, min(R, n1 - (c - nc1) * R), hl, a);
     __syncthreads();                                                    // the stage is read (and hl written): refill it
     if (threadIdx.x == 0 && c + STAGES < nc) { asm volatile("fence.proxy.async.shared::cta;"); issue(c + STAGES); }
   }
-  if (threadIdx.x < NV) {
-    float* p = yacc + 8 * threadIdx.x;
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory");
-  }
+  add_partial<C>(yacc, a);
   __threadfence();                                                      // this block's adds before its count
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(done, 1u) % G == G - 1;       // the counter only grows: per call, mod G
@@ -424,7 +436,7 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [S][CB / 16]
   half* xs = reinterpret_cast<half*>(ring + S * (CB / 16));     // x, [C]: this block's copy
   __shared__ uint64_t full[S + 1]; __shared__ float red[NTH / 32]; __shared__ float hl[64];
-  constexpr int R = CB / (2 * C), NV = C / 8;
+  constexpr int R = CB / (2 * C);                                       // rows a chunk, of either matrix
   const int G = gridDim.x, b = blockIdx.x;
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;
   const int nc1 = (n1 + R - 1) / R, per = 2 * nc1, nc = L * per;        // chunks a layer: W1's, then W2T's
@@ -449,26 +461,8 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
     const int l = g / per, c = g % per;
     const uint4* chunk = ring + (g % S) * (CB / 16);
     bar_wait(&full[g % S], (g / S) & 1);
-    if (c < nc1) {
-      constexpr int TPR = NTH / R;
-      const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = c * R + rr;
-      const uint4* xv = reinterpret_cast<const uint4*>(xs);
-      float acc = 0.f;
-      if (row < n1) {
-        #pragma unroll
-        for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], xv[v]); }
-      }
-      acc = row_reduce(acc, red, TPR);
-      if (lane == 0 && row < n1) hl[row] = __half2float(__float2half(gelu(acc)));
-    } else if (threadIdx.x < NV) {
-      const int k0 = (c - nc1) * R, rows = min(R, n1 - k0);
-      #pragma unroll 4
-      for (int k = 0; k < rows; ++k) {
-        const uint4 w = chunk[k * NV + threadIdx.x]; const half2* wh = reinterpret_cast<const half2*>(&w); const float hk = hl[k0 + k];
-        #pragma unroll
-        for (int e = 0; e < 4; ++e) { const float2 f = __half22float2(wh[e]); a[2 * e] += hk * f.x; a[2 * e + 1] += hk * f.y; }
-      }
-    }
+    if (c < nc1) fc_step<NTH, C, R>(chunk, reinterpret_cast<const uint4*>(xs), c * R, n1, hl, red);
+    else proj_step<C>(chunk, (c - nc1) * R, min(R, n1 - (c - nc1) * R), hl, a);
     __syncthreads();                                                    // the stage is read: refill it
     if (threadIdx.x == 0 && g + S < nc) {
       asm volatile("fence.proxy.async.shared::cta;"); issue(g + S);
@@ -480,12 +474,8 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
       unsigned long long* tb = tl && threadIdx.x == 0 ? tl + ((size_t)l * G + b) * 5 : nullptr;
       if (tb) tb[0] = clock64();
       float* acc = yacc + (l % 3) * C;
-      if (ADDS && threadIdx.x < NV) {
-        float* p = acc + 8 * threadIdx.x;
-        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
-        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory");
-        for (int e = 0; e < 8; ++e) a[e] = 0.f;
-      }
+      if (ADDS) add_partial<C>(acc, a);
+      else for (int e = 0; e < 8; ++e) a[e] = 0.f;
       if (SYNC) {
         if (FENCE_ALL) __threadfence();
         __syncthreads();
