@@ -132,19 +132,23 @@ def make_mlp_layers(L: int, C: int, F: int, G: int, stages: int = 4, chunk_bytes
                                     hl[c * R + t // TPR] = T.Cast("float32", T.Cast("float16", T.float32(0.5) * sv[0] * (
                                         T.float32(1) + T.tanh(T.float32(SQRT_2_OVER_PI) * (sv[0] + T.float32(0.044715) * sv[0] * sv[0] * sv[0])))))
                             elif t < NV:                             # part += h[k] W2T[k, 8t : 8t + 8]
-                                for k in range(T.min(R, n1 - (c - nc1) * R)):
-                                    for e in T.vectorized(8):
-                                        wv[e] = ring[((l * per + c) % S) * CH + k * C + t * 8 + e]
-                                    for e in T.unroll(8):
-                                        part[e] = part[e] + hl[(c - nc1) * R + k] * T.Cast("float32", wv[e])
+                                for k0 in range((T.min(R, n1 - (c - nc1) * R) + 3) // 4):    # 4 rows' loads in flight
+                                    for k1 in T.unroll(4):
+                                        if k0 * 4 + k1 < T.min(R, n1 - (c - nc1) * R):
+                                            for e in T.vectorized(8):
+                                                wv[e] = ring[((l * per + c) % S) * CH + (k0 * 4 + k1) * C + t * 8 + e]
+                                            for e in T.unroll(8):
+                                                part[e] = part[e] + hl[(c - nc1) * R + k0 * 4 + k1] * T.Cast("float32", wv[e])
                             T.tvm_storage_sync("shared")             # the stage is read, h written: refill it
                             if t == 0 and l * per + c + S < L * per:
                                 T.ptx.fence.proxy.async_.shared__cta()
                                 issue(l * per + c + S)
                         # the layer's end: the block's partial into yacc[l % 3], then the grid-wide barrier
-                        if t < NV:
+                        if t < NV:                                   # two vector float atomics (red: no value back)
+                            for q in range(2):
+                                T.ptx.red.global_.add.v4.f32(T.address_of(yacc[(l % 3) * C + t * 8 + q * 4]), part[q * 4],
+                                                             part[q * 4 + 1], part[q * 4 + 2], part[q * 4 + 3])
                             for e in range(8):
-                                T.ptx.red.global_.add.f32(T.address_of(yacc[(l % 3) * C + t * 8 + e]), part[e])
                                 part[e] = T.float32(0)
                         T.tvm_storage_sync("shared")
                         if t == 0:                                   # arrive (release), wait for the grid (acquire)

@@ -38,7 +38,7 @@ def test_the_kernel_builds_for_sm_90a_with_its_synchronisation():
     ptx = nvcc({"mlp": func}, "ptx").decode()
     assert ".extern .shared" in ptx                           # the ring: dynamic shared memory (200 KB)
     assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in ptx
-    assert len(re.findall(r"red\.global\.add\.f32", ptx)) == 8                 # a thread's 8 partial sums
+    assert len(re.findall(r"red\.global\.add\.v4\.f32", ptx)) == 2            # a thread's 8 partial sums
     assert "atom.release.gpu.global.add.u32" in ptx and "ld.acquire.gpu.global.u32" in ptx
     assert len(re.findall(r"ld\.global\.cg\.f32", ptx)) == 7                    # x's sums, through L2
     assert len(re.findall(r"ld\.shared\.v4", ptx)) >= 2 * 13  # W and x by 16 bytes in the c_fc step
