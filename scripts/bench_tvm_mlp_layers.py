@@ -24,6 +24,11 @@ Checked against numpy (`mlp_layers_ref`: the same roundings) on 8 layers, then t
 (TVM's time_evaluator, median; 48 of these random layers overflow fp16, so the timed x starts small). Prints
 Markdown: us a layer and the weights' rate, against the raw CUDA kernel's 14.7-14.9 us a layer (two kernels a
 layer: 15.0-15.1; docs/results/bench_weight_stream_h200.md).
+
+Measured once (H200, 2026-12-04): correct (relative error 7.6e-4 on 8 layers), but 25.26 us a layer (1.62 TB/s)
+-- with 8 scalar float atomics a thread (red.global.add.f32) and the c_proj rows one at a time. Both are changed
+since to what the raw CUDA kernel does (two red.global.add.v4.f32 a thread; four rows' loads at once), which the
+device budget left unmeasured.
 """
 
 import argparse
