@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|mm|weight-stream|ring|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|mm|weight-stream|ring|mlp-layers|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -78,6 +78,10 @@ case "$1" in
   # the MLP and the bare ring in raw CUDA (sections 3-4), then the same TMA ring written in TVMScript, one loan
   ring)       timeout 300 python3 scripts/bench_weight_stream.py --mlp-only --out="$OUT" || true
               timeout 200 python3 scripts/bench_tvm_ring.py | tee "$OUT/bench_tvm_ring.md" || true ;;
+  # every layer's MLP in one launch: the raw CUDA rows (--layers, with their two-kernel baseline), then the TVMScript
+  # kernel (scripts/bench_tvm_mlp_layers.py), one loan
+  mlp-layers) timeout 250 python3 scripts/bench_weight_stream.py --layers --out="$OUT" || true
+              timeout 150 python3 scripts/bench_tvm_mlp_layers.py | tee "$OUT/bench_tvm_mlp_layers.md" || true ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
   mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
