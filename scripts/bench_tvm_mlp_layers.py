@@ -35,8 +35,7 @@ import argparse
 
 import numpy as np
 
-from tinygpt2.compile import cuda_binary_at_build_time
-from tinygpt2.targets import make_target
+from tinygpt2.compile import build_cuda_kernel
 from tinygpt2.tvm_shim import T, tvm
 
 SQRT_2_OVER_PI = 0.7978845608028654
@@ -197,14 +196,6 @@ def mlp_layers_ref(w1: np.ndarray, w2t: np.ndarray, x: np.ndarray) -> np.ndarray
     return x
 
 
-def build(func, arch: str = "sm_90a"):
-    """The PrimFunc built for CUDA as tinygpt2/compile.py builds kernels: a binary at build time."""
-    cuda_binary_at_build_time()
-    target = make_target("cuda", arch)
-    with target:
-        return tvm.compile(tvm.IRModule({"main": func}), target=target)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=48)
@@ -219,7 +210,7 @@ def main():
     x0 = rng.standard_normal(C, np.float32).astype(np.float16)
     rows = []
     for L in (8, a.layers):
-        lib = build(make_mlp_layers(L, C, F, G))
+        lib = build_cuda_kernel(make_mlp_layers(L, C, F, G))
         args = [tvm.runtime.tensor(w1[:L].reshape(-1), dev), tvm.runtime.tensor(w2t[:L].reshape(-1), dev),
                 tvm.runtime.tensor(x0 if L == 8 else (x0 * np.float16(1e-3)), dev),
                 tvm.runtime.tensor(np.zeros(3 * C, np.float32), dev), tvm.runtime.tensor(np.zeros(1, np.uint32), dev)]

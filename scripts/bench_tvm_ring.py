@@ -16,8 +16,7 @@ import argparse
 
 import numpy as np
 
-from tinygpt2.compile import cuda_binary_at_build_time
-from tinygpt2.targets import make_target
+from tinygpt2.compile import build_cuda_kernel
 from tinygpt2.tvm_shim import T, tvm
 
 
@@ -80,14 +79,6 @@ def ring_read_ref(x: np.ndarray, blocks: int, threads: int) -> np.ndarray:
     return x.astype(np.float64).reshape(blocks, -1, threads).sum(axis=1).astype(np.float32)
 
 
-def build(func, arch: str = "sm_90a"):
-    """The PrimFunc built for CUDA as tinygpt2/compile.py builds kernels: a binary at build time, in the library."""
-    cuda_binary_at_build_time()
-    target = make_target("cuda", arch)
-    with target:
-        return tvm.compile(tvm.IRModule({"main": func}), target=target)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=81.92, help="bytes to read, MB (more than L2: each pass cold)")
@@ -102,7 +93,7 @@ def main():
     chunks = max(1, round(a.mb * 1e6 / (blocks * a.chunk)))
     n = blocks * chunks * a.chunk // 2
     x = np.random.default_rng(0).integers(0, 4, n).astype("float16")      # sums stay exact in fp32
-    lib = build(make_ring_read(blocks, chunks, a.stages, a.chunk, a.threads))
+    lib = build_cuda_kernel(make_ring_read(blocks, chunks, a.stages, a.chunk, a.threads))
     xd = tvm.runtime.tensor(x, dev)
     out = tvm.runtime.tensor(np.zeros((blocks, a.threads), "float32"), dev)
     lib["main"](xd, out)

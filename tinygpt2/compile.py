@@ -176,6 +176,15 @@ def cuda_binary_at_build_time():
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc" if shutil.which("nvcc") else "nvrtc")
 
 
+def build_cuda_kernel(func, arch: str = "sm_90a"):
+    """One scheduled PrimFunc built for CUDA as the model's kernels are (a binary at build time), as `main` of a
+    tvm.runtime.Executable: for the scripts that run a kernel alone (scripts/bench_tvm_*.py)."""
+    cuda_binary_at_build_time()
+    target = TG.make_target("cuda", arch)
+    with target:
+        return tvm.compile(tvm.IRModule({"main": func}), target=target)
+
+
 def codegen(sched: Scheduled, tgt, *, dump_dir: Path | None = None):
     """Phases lower + codegen: a tvm.runtime.Executable."""
     if tgt.kind.name == "cuda":
