@@ -416,6 +416,15 @@ __global__ void __launch_bounds__(NTH, 1) mlp_splitk(const half* __restrict__ w1
   }
 }
 
+// LL: a tagged 8-byte value stored, and awaited until its tag is `tag` (spinning for seconds traps instead)
+__device__ __forceinline__ void ll_store(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" :: "l"(p), "l"(v) : "memory"); }
+__device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* p, unsigned long long tag) {
+  unsigned long long v; long spins = 0;
+  do { asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+       if (++spins > (1L << 26)) __trap(); } while ((v & 0xffffffff00000000ull) != tag);
+  return v; }
+
 // 8. every layer's MLP in one launch, the ring running on across layers: x <- x + W2 gelu(W1 x), L times (each
 // layer's input the last one's output, as in the model). Per layer, as mlp_splitk: block b's rows of W1 and of W2T,
 // its partial y added into yacc[l % 3]; then a grid-wide barrier (SYNC false: none, for timing -- wrong results), after
@@ -428,10 +437,20 @@ __global__ void __launch_bounds__(NTH, 1) mlp_splitk(const half* __restrict__ w1
 // alone, after the block's barrier (as cooperative groups' grid sync). ADDS false: no adds into yacc (wrong results:
 // what the barrier costs without the float atomics before it). ACQREL: thread 0's fence is fence.acq_rel.gpu (with the
 // relaxed atomic after it, a release pattern) instead of __threadfence's fence.sc.gpu.
-template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL, bool ADDS = true, bool ACQREL = false>
+// LL (with SYNC): no float atomics, no fence, no counter -- the sum goes round as tagged 8-byte values (as NCCL's LL
+// protocol: a value and its layer's tag in one single-copy-atomic store, so a reader that sees the tag sees the
+// value): each block stores its 8 partials a thread, tagged, into ll1 [G][C]; block b sums its slice of the outputs
+// over the G producers (16 threads an output, spinning on each value until its tag is this layer's) and stores the
+// sums, tagged, into ll2 [C]; every block reads all of ll2 the same way into x. The tags only grow (a per-block
+// count kept after ll2 carries them across calls), so nothing is zeroed and no buffer is reused too early: a block
+// writes layer l + 1's values only after reading every sum of layer l, which needed every slice read.
+template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL, bool ADDS = true, bool ACQREL = false,
+          bool LL = false>
 __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const long long* w2ts, half* xio, float* yacc,
-                                                      unsigned* arrived, int L, unsigned long long* tl) {
+                                                      unsigned* arrived, int L, unsigned long long* tl, unsigned long long* ll) {
   static_assert(C / 8 <= NTH, "a thread's 8 outputs");
+  __shared__ unsigned base;                                             // LL: the tag before this call's first layer
+  if (LL && threadIdx.x == 0) base = (unsigned)ll[(size_t)gridDim.x * C + C + blockIdx.x];
   extern __shared__ __align__(128) unsigned char sm[];
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [S][CB / 16]
   half* xs = reinterpret_cast<half*>(ring + S * (CB / 16));     // x, [C]: this block's copy
@@ -473,6 +492,24 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
       // is updated; %globaltimer past the barrier -- 5 slots a layer and block
       unsigned long long* tb = tl && threadIdx.x == 0 ? tl + ((size_t)l * G + b) * 5 : nullptr;
       if (tb) tb[0] = clock64();
+      if (SYNC && LL) {
+        unsigned long long* ll1 = ll;                                  // [G][C]: producer p's partial of output j
+        unsigned long long* ll2 = ll + (size_t)G * C;                  // [C]: the sums
+        const unsigned long long tag = (unsigned long long)(base + l + 1) << 32;
+        if (threadIdx.x < C / 8)
+          for (int e = 0; e < 8; ++e) { ll_store(ll1 + (size_t)b * C + 8 * threadIdx.x + e, tag | __float_as_uint(a[e])); a[e] = 0.f; }
+        if (tb) tb[1] = clock64();
+        const int s0 = (long)b * C / G, ns = (long)(b + 1) * C / G - s0, jj = threadIdx.x / 16, lane = threadIdx.x % 16;
+        float sum = 0.f;
+        if (jj < ns) for (int p = lane; p < G; p += 16) sum += __uint_as_float((unsigned)ll_wait(ll1 + (size_t)p * C + s0 + jj, tag));
+        for (int o = 8; o; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
+        if (lane == 0 && jj < ns) ll_store(ll2 + s0 + jj, tag | __float_as_uint(sum));
+        if (tb) { tb[2] = clock64(); tb[4] = gtime(); }
+        for (int i = threadIdx.x; i < C; i += NTH) xs[i] = __hadd(xs[i], __float2half(__uint_as_float((unsigned)ll_wait(ll2 + i, tag))));
+        __syncthreads();                                                // x complete before the next c_fc step
+        if (tb) tb[3] = clock64();
+        continue;
+      }
       float* acc = yacc + (l % 3) * C;
       if (ADDS) add_partial<C>(acc, a);
       else for (int e = 0; e < 8; ++e) a[e] = 0.f;
@@ -493,6 +530,7 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
     }
   }
   if (b == 0) for (int i = threadIdx.x; i < C; i += NTH) xio[i] = xs[i];
+  if (LL && threadIdx.x == 0) ll[(size_t)G * C + C + b] = base + L;    // this call's tags, used
 }
 
 // the same ring filled by cp.async instead of TMA: each thread copies, 16 bytes at a time, exactly the vectors of a
@@ -621,28 +659,30 @@ void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tens
   k<<<blocks, 256, bytes, STREAM>>>(IN(w1), IN(x), IN(w2t), IN(r), OUT(y), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(done.data_ptr())); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros
-template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false> void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
-    torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl) {
-  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
+template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false> void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
+    torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl, torch::Tensor ll) {
+  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
   k<<<blocks, 256, bytes, STREAM>>>(reinterpret_cast<const long long*>(w1s.data_ptr()),
                                     reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
-                                    reinterpret_cast<unsigned long long*>(tl)); }
+                                    reinterpret_cast<unsigned long long*>(tl), reinterpret_cast<unsigned long long*>(ll.data_ptr())); }
 template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc,
-                                       torch::Tensor arrived, int blocks, int v, int64_t tl) {
+                                       torch::Tensor arrived, int blocks, int v, int64_t tl, torch::Tensor ll) {
   auto f = v == 0 ? all_layers<SYNC, 4, 51200, 0, true> : v == 1 ? all_layers<SYNC, 4, 51200, 0, false>
          : v == 2 ? all_layers<SYNC, 4, 51200, 4, false> : v == 3 ? all_layers<SYNC, 4, 51200, 8, false>
          : v == 4 ? all_layers<SYNC, 4, 25600, 8, false> : v == 5 ? all_layers<SYNC, 4, 25600, 16, false>
-         : v == 6 ? all_layers<SYNC, 4, 51200, 0, false, false> : all_layers<SYNC, 4, 51200, 0, false, true, true>;
-  f(w1s, w2ts, x, yacc, arrived, blocks, tl); }
+         : v == 6 ? all_layers<SYNC, 4, 51200, 0, false, false> : v == 7 ? all_layers<SYNC, 4, 51200, 0, false, true, true>
+         : all_layers<SYNC, 4, 51200, 0, false, true, false, true>;
+  f(w1s, w2ts, x, yacc, arrived, blocks, tl, ll); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros; variant
 // (ring, L2 prefetch distance in chunks, who fences): 0: 4 x 51.2 KB, 0, all; 1: 4 x 51.2 KB, 0, thread 0; 2: 4 x 51.2 KB,
 // 4, thread 0; 3: 4 x 51.2 KB, 8, thread 0; 4: 4 x 25.6 KB, 8, thread 0; 5: 4 x 25.6 KB, 16, thread 0; 6: as 1 without
-// the adds into yacc (wrong results); 7: as 1, its fence fence.acq_rel.gpu. timeline: an
+// the adds into yacc (wrong results); 7: as 1, its fence fence.acq_rel.gpu; 8: the sum exchanged as tagged values
+// (LL; ll: int64 [G * C + C + G], zeros, kept between calls). timeline: an
 // address or 0. gpt2-xl's shapes only (the caller checks)
 void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
-                    int64_t blocks, bool sync, int64_t variant, int64_t timeline) {
-  (sync ? all_layers_v<true> : all_layers_v<false>)(w1s, w2ts, x, yacc, arrived, blocks, variant, timeline); }
+                    int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll) {
+  (sync ? all_layers_v<true> : all_layers_v<false>)(w1s, w2ts, x, yacc, arrived, blocks, variant, timeline, ll); }
 template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
   allow_smem(ring_read<S, CB, SYNC>, S * CB);
   ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
@@ -679,7 +719,7 @@ void ring_stream(torch::Tensor b, torch::Tensor out, int64_t v, int64_t blocks);
 void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tensor r, torch::Tensor y, torch::Tensor yacc,
                torch::Tensor done, int64_t blocks);
 void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
-                    int64_t blocks, bool sync, int64_t variant, int64_t timeline);"""
+                    int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll);"""
 FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_resident", "gemv_early", "mlp_reg",
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
              "mlp_streamed_cp", "ring_stream", "mlp_split", "mlp_all_layers"]
@@ -877,6 +917,7 @@ def mlp_section(ext, cfg, lines, layers_only=False):
     # zeroes the accumulators (a copy and a memset for all 48 layers)
     w1s, w2ts = (torch.tensor([w.data_ptr() for w in ws], dtype=torch.int64, device="cuda") for ws in (w1, w2t))
     acc3 = torch.zeros(3, C, device="cuda")
+    ll = torch.zeros(sms * C + C + sms, device="cuda", dtype=torch.int64)    # the LL variant's tagged values, kept
     x0 = torch.randn(C, device="cuda", dtype=torch.half)
     xio = x0.clone()
     arrived.zero_()
@@ -891,9 +932,10 @@ def mlp_section(ext, cfg, lines, layers_only=False):
                                  "4 x 25.6 KB, thread 0 fences, L2 prefetch 8 ahead",
                                  "4 x 25.6 KB, thread 0 fences, L2 prefetch 16 ahead",
                                  "4 x 51.2 KB, thread 0 fences, no float atomics (wrong results)",
-                                 "4 x 51.2 KB, thread 0 fences with fence.acq_rel.gpu"]):
+                                 "4 x 51.2 KB, thread 0 fences with fence.acq_rel.gpu",
+                                 "4 x 51.2 KB, the sum exchanged as tagged 8-byte values (no atomics, fence or counter)"]):
         xio.copy_(x0); acc3.zero_(); arrived.zero_()
-        ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0)
+        ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0, ll)
         err = ((xio.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
         assert err < 1e-2 or "wrong results" in what, f"mlp_layers, ring {what}, 8 layers: relative error {err:.2e}"
         for sync, name in ((True, f"every layer in one launch ({sms} blocks of 256, a ring of {what}), the ring running "
@@ -901,19 +943,20 @@ def mlp_section(ext, cfg, lines, layers_only=False):
                            (False, "the same without its barriers (wrong results)")):
             arrived.zero_()
             us = graph_us(lambda: (xio.copy_(small), acc3.zero_(),
-                                   ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, sync, ring, 0))) / LAYERS
+                                   ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, sync, ring, 0, ll))) / LAYERS
             lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
         # where a layer's barrier goes: thread 0's timeline in one more call (medians over layers and blocks)
         tl = torch.zeros(LAYERS, sms, 5, device="cuda", dtype=torch.int64)
         xio.copy_(small); acc3.zero_(); arrived.zero_()
-        ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, True, ring, tl.data_ptr())
+        ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, True, ring, tl.data_ptr(), ll)
         t = tl.cpu().double()
         d = lambda i, j: (t[:, :, j] - t[:, :, i]).median().item() / 1.97e3      # us, at the SM clock section 5 measured
         past = t[:, :, 4]
         barrier_notes.append(f"| {what} | {d(0, 1):.2f} | {d(1, 2):.2f} | {d(2, 3):.2f} | "
                              f"{(past.max(1).values - past.min(1).values).median().item() / 1e3:.2f} |")
-    lines += ["", "| mlp_layers' barrier, thread 0's clock (us, medians): ring | adds fenced | barrier passed | x updated "
-              "| the blocks' passing spread over (globaltimer) |", "|---|---|---|---|---|"] + barrier_notes
+    lines += ["", "| mlp_layers' barrier, thread 0's clock (us, medians): ring | adds fenced (LL: partials stored) | "
+              "barrier passed (LL: its slice summed) | x updated | the blocks' passing spread over (globaltimer) |",
+              "|---|---|---|---|---|"] + barrier_notes
 
 
 def timeline_section(ext, cfg, lines):

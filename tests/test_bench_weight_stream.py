@@ -28,10 +28,11 @@ INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for
     {f"mlp_stream<{b}, {t}, 1600, 6400>": STREAM for b in ("true", "false") for t in (1024, 512, 256)} | \
     {"mlp_splitk<256, 1600, 6400>": "const half*, const half*, const half*, const half*, half*, float*, unsigned*"} | \
     {f"mlp_layers<256, 1600, 6400, {b}, {r}>": "const long long*, const long long*, half*, float*, unsigned*, int, "
-                                                   "unsigned long long*"
+                                                   "unsigned long long*, unsigned long long*"
      for b in ("true", "false") for r in ("4, 51200, 0, true", "4, 51200, 0, false", "4, 51200, 4, false",
                                           "4, 51200, 8, false", "4, 25600, 8, false", "4, 25600, 16, false",
-                                          "4, 51200, 0, false, false", "4, 51200, 0, false, true, true")} | \
+                                          "4, 51200, 0, false, false", "4, 51200, 0, false, true, true",
+                                          "4, 51200, 0, false, true, false, true")} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
