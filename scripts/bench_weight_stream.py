@@ -437,6 +437,8 @@ __device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* 
 // alone, after the block's barrier (as cooperative groups' grid sync). ADDS false: no adds into yacc (wrong results:
 // what the barrier costs without the float atomics before it). ACQREL: thread 0's fence is fence.acq_rel.gpu (with the
 // relaxed atomic after it, a release pattern) instead of __threadfence's fence.sc.gpu.
+// ST: the thread that fences and arrives (not FENCE_ALL): 0, the one that also issues the ring's copies, or another
+// (does the fence wait for the copies its own thread has in flight?). Thread 0 stamps the timeline either way.
 // LL (with SYNC): no float atomics, no fence, no counter -- the sum goes round as tagged 8-byte values (as NCCL's LL
 // protocol: a value and its layer's tag in one single-copy-atomic store, so a reader that sees the tag sees the
 // value): each block stores its 8 partials a thread, tagged, into ll1 [G][C]; block b sums its slice of the outputs
@@ -445,7 +447,7 @@ __device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* 
 // count kept after ll2 carries them across calls), so nothing is zeroed and no buffer is reused too early: a block
 // writes layer l + 1's values only after reading every sum of layer l, which needed every slice read.
 template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL, bool ADDS = true, bool ACQREL = false,
-          bool LL = false>
+          bool LL = false, int ST = 0>
 __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const long long* w2ts, half* xio, float* yacc,
                                                       unsigned* arrived, int L, unsigned long long* tl, unsigned long long* ll) {
   static_assert(C / 8 <= NTH, "a thread's 8 outputs");
@@ -516,9 +518,9 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
       if (SYNC) {
         if (FENCE_ALL) __threadfence();
         __syncthreads();
-        if (threadIdx.x == 0 && !FENCE_ALL) { if (ACQREL) asm volatile("fence.acq_rel.gpu;" ::: "memory"); else __threadfence(); }
+        if (threadIdx.x == ST && !FENCE_ALL) { if (ACQREL) asm volatile("fence.acq_rel.gpu;" ::: "memory"); else __threadfence(); }
         if (tb) tb[1] = clock64();
-        if (threadIdx.x == 0) grid_arrive_wait(arrived);
+        if (threadIdx.x == ST) grid_arrive_wait(arrived);
         __syncthreads();
         if (tb) { tb[2] = clock64(); tb[4] = gtime(); }
       }
@@ -659,9 +661,10 @@ void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tens
   k<<<blocks, 256, bytes, STREAM>>>(IN(w1), IN(x), IN(w2t), IN(r), OUT(y), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(done.data_ptr())); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros
-template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false> void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
+template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false, int ST = 0>
+void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
     torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl, torch::Tensor ll) {
-  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
+  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX, ST>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
   k<<<blocks, 256, bytes, STREAM>>>(reinterpret_cast<const long long*>(w1s.data_ptr()),
                                     reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
@@ -672,13 +675,14 @@ template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, to
          : v == 2 ? all_layers<SYNC, 4, 51200, 4, false> : v == 3 ? all_layers<SYNC, 4, 51200, 8, false>
          : v == 4 ? all_layers<SYNC, 4, 25600, 8, false> : v == 5 ? all_layers<SYNC, 4, 25600, 16, false>
          : v == 6 ? all_layers<SYNC, 4, 51200, 0, false, false> : v == 7 ? all_layers<SYNC, 4, 51200, 0, false, true, true>
-         : all_layers<SYNC, 4, 51200, 0, false, true, false, true>;
+         : v == 8 ? all_layers<SYNC, 4, 51200, 0, false, true, false, true>
+         : all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32>;
   f(w1s, w2ts, x, yacc, arrived, blocks, tl, ll); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros; variant
 // (ring, L2 prefetch distance in chunks, who fences): 0: 4 x 51.2 KB, 0, all; 1: 4 x 51.2 KB, 0, thread 0; 2: 4 x 51.2 KB,
 // 4, thread 0; 3: 4 x 51.2 KB, 8, thread 0; 4: 4 x 25.6 KB, 8, thread 0; 5: 4 x 25.6 KB, 16, thread 0; 6: as 1 without
 // the adds into yacc (wrong results); 7: as 1, its fence fence.acq_rel.gpu; 8: the sum exchanged as tagged values
-// (LL; ll: int64 [G * C + C + G], zeros, kept between calls). timeline: an
+// (LL; ll: int64 [G * C + C + G], zeros, kept between calls); 9: as 1, thread 32 fences and arrives. timeline: an
 // address or 0. gpt2-xl's shapes only (the caller checks)
 void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
                     int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll) {
@@ -933,7 +937,8 @@ def mlp_section(ext, cfg, lines, layers_only=False):
                                  "4 x 25.6 KB, thread 0 fences, L2 prefetch 16 ahead",
                                  "4 x 51.2 KB, thread 0 fences, no float atomics (wrong results)",
                                  "4 x 51.2 KB, thread 0 fences with fence.acq_rel.gpu",
-                                 "4 x 51.2 KB, the sum exchanged as tagged 8-byte values (no atomics, fence or counter)"]):
+                                 "4 x 51.2 KB, the sum exchanged as tagged 8-byte values (no atomics, fence or counter)",
+                                 "4 x 51.2 KB, thread 32 fences and arrives (thread 0 issues the copies)"]):
         xio.copy_(x0); acc3.zero_(); arrived.zero_()
         ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0, ll)
         err = ((xio.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
