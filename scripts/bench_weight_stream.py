@@ -262,19 +262,23 @@ __global__ void __launch_bounds__(128, 8) mlp_persistent_reg(const half* __restr
 #define TLS 24
 __device__ __forceinline__ unsigned long long gtime() {
   unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+// a chunk's row . vec: R rows of K halves a chunk, TPR = NTH / R threads a row, thread (rr, lane) its lane's share
+template <int NTH, int K, int R>
+__device__ __forceinline__ float chunk_dot(const uint4* chunk, const uint4* vec, int rr, int lane) {
+  constexpr int TPR = NTH / R, NV = K / 8;
+  float acc = 0.f;
+  #pragma unroll
+  for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], vec[v]); }
+  return acc; }
 // one chunk's step, its shapes compile-time constants (the kernel's steps were issue-bound: 1.6 us a chunk at 1024
 // threads, every warp dividing by run-time row counts and looping over a run-time trip count, 2026-12-04): R rows of
 // K, TPR threads a row, the chunk's first row `first` of the block's n, written to out[base + row]
 template <bool MATH, int NTH, int K, bool FC>
 __device__ __forceinline__ void stream_step(const uint4* chunk, const uint4* vec, int first, int n, int base, half* out,
                                             const half* r, const half* rs, float* red, int flags) {
-  constexpr int R = CHUNK / (2 * K), TPR = NTH / R, NV = K / 8;
+  constexpr int R = CHUNK / (2 * K), TPR = NTH / R;
   const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = first + rr;
-  float acc = 0.f;
-  if (MATH && row < n) {
-    #pragma unroll
-    for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], vec[v]); }
-  }
+  float acc = MATH && row < n ? chunk_dot<NTH, K, R>(chunk, vec, rr, lane) : 0.f;
   acc = row_reduce(acc, red, TPR);
   if (lane == 0 && row < n) {
     if (FC) out[base + row] = __float2half(gelu(acc));
@@ -337,13 +341,9 @@ __global__ void __launch_bounds__(NTH, 1) mlp_stream(const half* __restrict__ w1
 // fc_step: h[row] = gelu(W1[row] . x) for the chunk's rows (TPR threads a row), rounded to fp16 as a tensor would be
 template <int NTH, int K, int R>
 __device__ __forceinline__ void fc_step(const uint4* chunk, const uint4* xv, int first, int n, float* hl, float* red) {
-  constexpr int TPR = NTH / R, NV = K / 8;
+  constexpr int TPR = NTH / R;
   const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = first + rr;
-  float acc = 0.f;
-  if (row < n) {
-    #pragma unroll
-    for (int i = 0; i < (NV + TPR - 1) / TPR; ++i) { const int v = lane + i * TPR; if (v < NV) acc += dot8(chunk[rr * NV + v], xv[v]); }
-  }
+  float acc = row < n ? chunk_dot<NTH, K, R>(chunk, xv, rr, lane) : 0.f;
   acc = row_reduce(acc, red, TPR);
   if (lane == 0 && row < n) hl[row] = __half2float(__float2half(gelu(acc))); }
 // proj_step: a += h[k] W2T[k, 8 t : 8 t + 8] over the chunk's `rows` rows k = first, ...: thread t owns 8 outputs
@@ -461,14 +461,15 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   const int G = gridDim.x, b = blockIdx.x;
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;
   const int nc1 = (n1 + R - 1) / R, per = 2 * nc1, nc = L * per;        // chunks a layer: W1's, then W2T's
-  auto issue = [&](int g) {
+  auto src = [&](int g, unsigned* bytes) {                              // chunk g of the block's stream: its rows
     const int l = g / per, c = g % per, cc = c < nc1 ? c : c - nc1;
-    const half* w = reinterpret_cast<const half*>(c < nc1 ? w1s[l] : w2ts[l]);
-    tma_rows(ring + (g % S) * (CB / 16), w + (size_t)(r1 + cc * R) * C, min(R, n1 - cc * R) * C * 2, &full[g % S]); };
+    *bytes = min(R, n1 - cc * R) * C * 2;
+    return reinterpret_cast<const half*>(c < nc1 ? w1s[l] : w2ts[l]) + (size_t)(r1 + cc * R) * C; };
+  auto issue = [&](int g) {                                             // thread 0: chunk g into its stage
+    unsigned bytes; const half* w = src(g, &bytes); tma_rows(ring + (g % S) * (CB / 16), w, bytes, &full[g % S]); };
   auto prefetch = [&](int g) {                                          // thread 0: chunk g into L2
-    const int l = g / per, c = g % per, cc = c < nc1 ? c : c - nc1;
-    const half* w = reinterpret_cast<const half*>(c < nc1 ? w1s[l] : w2ts[l]);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(w + (size_t)(r1 + cc * R) * C), "r"(min(R, n1 - cc * R) * C * 2) : "memory"); };
+    unsigned bytes; const half* w = src(g, &bytes);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(w), "r"(bytes) : "memory"); };
   if (threadIdx.x == 0) {
     for (int s = 0; s <= S; ++s) bar_init(&full[s]);
     tma_rows(xs, xio, C * 2, &full[S]);
@@ -845,6 +846,15 @@ def read_sections(ext, cfg, lines):
         del ws
 
 
+def mlp_tensors(C, F):
+    """LAYERS layers of random MLP weights, W1 [F, C] and W2 [C, F] fp16, then x and the residual r [C], and
+    the outputs h [F] and y [C] (empty)."""
+    w1 = [torch.randn(F, C, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
+    w2 = [torch.randn(C, F, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
+    x, r = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(2))
+    return w1, w2, x, r, torch.empty(F, device="cuda", dtype=torch.half), torch.empty(C, device="cuda", dtype=torch.half)
+
+
 def mlp_section(ext, cfg, lines, layers_only=False):
     # --- 3. the MLP x 48 in a CUDA graph: two kernels a layer, or one persistent ---
     C, F = cfg.n_embd, cfg.n_inner
@@ -854,10 +864,7 @@ def mlp_section(ext, cfg, lines, layers_only=False):
     assert (C, F) == (1600, 6400), "mlp_persistent_reg's shared memory is sized for gpt2-xl"
     assert ext.mlp_stream_blocks_resident(C, F) >= 1
     assert C // sms < 32, "mlp_stream keeps a block's c_proj residuals in 32 halves of shared memory"
-    w1 = [torch.randn(F, C, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
-    w2 = [torch.randn(C, F, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
-    x, r = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(2))
-    h, y = torch.empty(F, device="cuda", dtype=torch.half), torch.empty(C, device="cuda", dtype=torch.half)
+    w1, w2, x, r, h, y = mlp_tensors(C, F)
     ref_h = torch.nn.functional.gelu(w1[0].float() @ x.float(), approximate="tanh")
     ref_y = r.float() + w2[0].float() @ ref_h.half().float()
     arrived = torch.zeros(1, device="cuda", dtype=torch.int32)
@@ -968,10 +975,7 @@ def timeline_section(ext, cfg, lines):
     # --- 5. where the streaming kernel's time goes: a timeline of each block (its thread 0) in the graph ---
     C, F = cfg.n_embd, cfg.n_inner
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    w1 = [torch.randn(F, C, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
-    w2 = [torch.randn(C, F, device="cuda", dtype=torch.half) * 0.02 for _ in range(LAYERS)]
-    x, r = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(2))
-    h, y = torch.empty(F, device="cuda", dtype=torch.half), torch.empty(C, device="cuda", dtype=torch.half)
+    w1, w2, x, r, h, y = mlp_tensors(C, F)
     arrived = torch.zeros(1, device="cuda", dtype=torch.int32)
     tl = torch.zeros(LAYERS, sms, TLS, device="cuda", dtype=torch.int64)
     variants = {"ring only": (RING_ONLY, False, 1024), "+ steps": (RPRE | NOCOPY, True, 1024),
