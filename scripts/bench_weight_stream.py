@@ -1,6 +1,6 @@
 """On the GPU machine: how fast can one kernel per weight matrix stream gpt2-xl's decode weights at all?
 
-    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline | --layers]   (torch + nvcc)
+    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline | --layers [--variants=9,10]]
     bash scripts/gpu_session.sh weight-stream                           (the same, after the device install)
 
 Decode at batch 1 reads every weight once per token, so its time is bounded below by bytes / bandwidth
@@ -100,6 +100,11 @@ __device__ __forceinline__ void tma_rows(void* dst, const void* src, unsigned by
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem(bar)), "r"(bytes) : "memory");
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                :: "r"(smem(dst)), "l"(src), "r"(bytes), "r"(smem(bar)) : "memory"); }
+__device__ __forceinline__ bool bar_test(uint64_t* bar, unsigned phase) {     // has the phase completed? (no wait)
+  unsigned done;
+  asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+               : "=r"(done) : "r"(smem(bar)), "r"(phase) : "memory");
+  return done; }
 __device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned phase) {
   asm volatile("{ .reg .pred p; W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1; @!p bra W; }" :: "r"(smem(bar)), "r"(phase) : "memory"); }
 // the block's R rows, from shared memory, dotted with x (coherent loads of x when another block wrote it)
@@ -446,8 +451,14 @@ __device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* 
 // sums, tagged, into ll2 [C]; every block reads all of ll2 the same way into x. The tags only grow (a per-block
 // count kept after ll2 carries them across calls), so nothing is zeroed and no buffer is reused too early: a block
 // writes layer l + 1's values only after reading every sum of layer l, which needed every slice read.
+// KF > 0 (with ST != 0): at most KF chunks in flight, out of S stages. The fence before a barrier waited ~4 us under the
+// stream's load, as long as more of the ring's bytes were in flight (4.2-4.4 us with 205 KB a block, 2.8 with 102 KB):
+// queueing, by Little's law, behind the 27 MB the 132 rings keep requested. So the ring's depth (what the blocks can
+// run ahead while they wait) is split from its bytes in flight (what the barrier's own round trips queue behind):
+// thread 0 keeps KF chunks in flight whenever a stage is free -- while it waits for a chunk, and through the barrier,
+// which thread ST fences, arrives at and waits for alone, telling thread 0 by a flag in shared memory.
 template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL, bool ADDS = true, bool ACQREL = false,
-          bool LL = false, int ST = 0>
+          bool LL = false, int ST = 0, int KF = 0>
 __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const long long* w2ts, half* xio, float* yacc,
                                                       unsigned* arrived, int L, unsigned long long* tl, unsigned long long* ll) {
   static_assert(C / 8 <= NTH, "a thread's 8 outputs");
@@ -470,10 +481,20 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   auto prefetch = [&](int g) {                                          // thread 0: chunk g into L2
     unsigned bytes; const half* w = src(g, &bytes);
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(w), "r"(bytes) : "memory"); };
+  static_assert(KF == 0 || (KF <= S && ST != 0 && !LL && !FENCE_ALL), "a capped ring: thread 0 keeps it going alone");
+  int next = 0, landed = 0;                                             // KF: thread 0's chunks issued, and seen landed
+  auto pump = [&](int cons) {                                           // KF: chunks < cons are consumed, their stages free
+    while (landed < next && bar_test(&full[landed % S], (landed / S) & 1)) ++landed;
+    bool fenced = false;
+    while (next < nc && next < cons + S && next - landed < KF) {
+      if (!fenced) { asm volatile("fence.proxy.async.shared::cta;"); fenced = true; }
+      issue(next++); } };
+  __shared__ volatile int passed;                                       // KF: thread ST has passed the grid barrier
   if (threadIdx.x == 0) {
+    passed = 0;
     for (int s = 0; s <= S; ++s) bar_init(&full[s]);
     tma_rows(xs, xio, C * 2, &full[S]);
-    for (int g = 0; g < min(S, nc); ++g) issue(g);
+    for (next = 0; next < min(KF ? KF : S, nc); ++next) issue(next);
     if (PF) for (int g = S; g < min(S + PF, nc); ++g) prefetch(g);
   }
   __syncthreads();
@@ -482,18 +503,21 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   for (int g = 0; g < nc; ++g) {
     const int l = g / per, c = g % per;
     const uint4* chunk = ring + (g % S) * (CB / 16);
-    bar_wait(&full[g % S], (g / S) & 1);
+    if (KF && threadIdx.x == 0) while (!bar_test(&full[g % S], (g / S) & 1)) pump(g);
+    else bar_wait(&full[g % S], (g / S) & 1);
     if (c < nc1) fc_step<NTH, C, R>(chunk, reinterpret_cast<const uint4*>(xs), c * R, n1, hl, red);
     else proj_step<C>(chunk, (c - nc1) * R, min(R, n1 - (c - nc1) * R), hl, a);
     __syncthreads();                                                    // the stage is read: refill it
-    if (threadIdx.x == 0 && g + S < nc) {
+    if (KF && threadIdx.x == 0) pump(g + 1);
+    else if (threadIdx.x == 0 && g + S < nc) {
       asm volatile("fence.proxy.async.shared::cta;"); issue(g + S);
       if (PF && g + S + PF < nc) prefetch(g + S + PF);
     }
     if (c == per - 1) {                                                 // the layer's last chunk: y, then the next x
       // tl (null: none): thread 0's clock64 at the layer's end, once its adds are fenced, past the barrier, and once x
       // is updated; %globaltimer past the barrier -- 5 slots a layer and block
-      unsigned long long* tb = tl && threadIdx.x == 0 ? tl + ((size_t)l * G + b) * 5 : nullptr;
+      // (KF: thread ST's clock, the thread that fences and waits)
+      unsigned long long* tb = tl && threadIdx.x == (KF ? ST : 0) ? tl + ((size_t)l * G + b) * 5 : nullptr;
       if (tb) tb[0] = clock64();
       if (SYNC && LL) {
         unsigned long long* ll1 = ll;                                  // [G][C]: producer p's partial of output j
@@ -521,8 +545,10 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
         __syncthreads();
         if (threadIdx.x == ST && !FENCE_ALL) { if (ACQREL) asm volatile("fence.acq_rel.gpu;" ::: "memory"); else __threadfence(); }
         if (tb) tb[1] = clock64();
-        if (threadIdx.x == ST) grid_arrive_wait(arrived);
+        if (threadIdx.x == ST) { grid_arrive_wait(arrived); if (KF) passed = 1; }
+        if (KF && threadIdx.x == 0) while (!passed) pump(g + 1);      // the ring kept going through the barrier
         __syncthreads();
+        if (KF && threadIdx.x == ST) passed = 0;                       // read again only past later block barriers
         if (tb) { tb[2] = clock64(); tb[4] = gtime(); }
       }
       for (int i = threadIdx.x; i < C; i += NTH) xs[i] = __hadd(xs[i], __float2half(__ldcg(acc + i)));
@@ -662,10 +688,10 @@ void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tens
   k<<<blocks, 256, bytes, STREAM>>>(IN(w1), IN(x), IN(w2t), IN(r), OUT(y), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(done.data_ptr())); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros
-template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false, int ST = 0>
+template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false, int ST = 0, int KF = 0>
 void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
     torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl, torch::Tensor ll) {
-  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX, ST>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
+  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX, ST, KF>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
   k<<<blocks, 256, bytes, STREAM>>>(reinterpret_cast<const long long*>(w1s.data_ptr()),
                                     reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
@@ -677,13 +703,21 @@ template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, to
          : v == 4 ? all_layers<SYNC, 4, 25600, 8, false> : v == 5 ? all_layers<SYNC, 4, 25600, 16, false>
          : v == 6 ? all_layers<SYNC, 4, 51200, 0, false, false> : v == 7 ? all_layers<SYNC, 4, 51200, 0, false, true, true>
          : v == 8 ? all_layers<SYNC, 4, 51200, 0, false, true, false, true>
-         : all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32>;
+         : v == 9 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32>
+         : v == 10 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32, 4>
+         : v == 11 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32, 3>
+         : v == 12 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32, 2>
+         : v == 13 ? all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 6>
+         : v == 14 ? all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 4>
+         : all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 2>;
   f(w1s, w2ts, x, yacc, arrived, blocks, tl, ll); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros; variant
 // (ring, L2 prefetch distance in chunks, who fences): 0: 4 x 51.2 KB, 0, all; 1: 4 x 51.2 KB, 0, thread 0; 2: 4 x 51.2 KB,
 // 4, thread 0; 3: 4 x 51.2 KB, 8, thread 0; 4: 4 x 25.6 KB, 8, thread 0; 5: 4 x 25.6 KB, 16, thread 0; 6: as 1 without
 // the adds into yacc (wrong results); 7: as 1, its fence fence.acq_rel.gpu; 8: the sum exchanged as tagged values
-// (LL; ll: int64 [G * C + C + G], zeros, kept between calls); 9: as 1, thread 32 fences and arrives. timeline: an
+// (LL; ll: int64 [G * C + C + G], zeros, kept between calls); 9: as 1, thread 32 fences and arrives; 10-15: as 9, at
+// most KF chunks in flight, thread 0 keeping them so through the barrier -- 4 x 51.2 KB with KF 4, 3, 2, and
+// 8 x 25.6 KB with KF 6, 4, 2. timeline: an
 // address or 0. gpt2-xl's shapes only (the caller checks)
 void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
                     int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll) {
@@ -773,6 +807,8 @@ def main():
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
     timeline_only = "--timeline" in sys.argv[1:]                      # section 5 alone
     layers_only = "--layers" in sys.argv[1:]                          # section 3's one-launch rows and its baseline
+    which = next(({int(v) for v in a.split("=", 1)[1].split(",")} for a in sys.argv[1:] if a.startswith("--variants=")),
+                 None)                                                # --layers: these mlp_layers variants alone
     if not torch.cuda.is_available():
         raise SystemExit("bench_weight_stream: no CUDA GPU here (run it on the GPU machine)")
     ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
@@ -783,7 +819,7 @@ def main():
     if timeline_only:
         timeline_section(ext, cfg, lines)       # 5
     elif layers_only:
-        mlp_section(ext, cfg, lines, layers_only=True)
+        mlp_section(ext, cfg, lines, layers_only=True, which=which)
     else:
         if not mlp_only:
             read_sections(ext, cfg, lines)      # 1 and 2
@@ -855,7 +891,8 @@ def mlp_tensors(C, F):
     return w1, w2, x, r, torch.empty(F, device="cuda", dtype=torch.half), torch.empty(C, device="cuda", dtype=torch.half)
 
 
-def mlp_section(ext, cfg, lines, layers_only=False):
+def mlp_section(ext, cfg, lines, layers_only=False, which=None):
+    """Section 3; layers_only: the one-launch rows alone (those in `which`, every one if None) and their baseline."""
     # --- 3. the MLP x 48 in a CUDA graph: two kernels a layer, or one persistent ---
     C, F = cfg.n_embd, cfg.n_inner
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -945,7 +982,13 @@ def mlp_section(ext, cfg, lines, layers_only=False):
                                  "4 x 51.2 KB, thread 0 fences, no float atomics (wrong results)",
                                  "4 x 51.2 KB, thread 0 fences with fence.acq_rel.gpu",
                                  "4 x 51.2 KB, the sum exchanged as tagged 8-byte values (no atomics, fence or counter)",
-                                 "4 x 51.2 KB, thread 32 fences and arrives (thread 0 issues the copies)"]):
+                                 "4 x 51.2 KB, thread 32 fences and arrives (thread 0 issues the copies)",
+                                 *(f"{ring}, at most {kf} in flight, thread 32 fences and arrives (thread 0 keeps the "
+                                   "ring going through the barrier)" for ring, kf in
+                                   (("4 x 51.2 KB", 4), ("4 x 51.2 KB", 3), ("4 x 51.2 KB", 2), ("8 x 25.6 KB", 6),
+                                    ("8 x 25.6 KB", 4), ("8 x 25.6 KB", 2)))]):
+        if which is not None and ring not in which:
+            continue
         xio.copy_(x0); acc3.zero_(); arrived.zero_()
         ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0, ll)
         err = ((xio.float() - ref.float()).abs().max() / ref.float().abs().max()).item()

@@ -33,7 +33,10 @@ INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for
                                           "4, 51200, 8, false", "4, 25600, 8, false", "4, 25600, 16, false",
                                           "4, 51200, 0, false, false", "4, 51200, 0, false, true, true",
                                           "4, 51200, 0, false, true, false, true",
-                                          "4, 51200, 0, false, true, false, false, 32")} | \
+                                          "4, 51200, 0, false, true, false, false, 32",
+                                          *(f"{ring}, 0, false, true, false, false, 32, {kf}" for ring, kf in
+                                            (("4, 51200", 4), ("4, 51200", 3), ("4, 51200", 2), ("8, 25600", 6),
+                                             ("8, 25600", 4), ("8, 25600", 2))))} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
