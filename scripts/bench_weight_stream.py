@@ -503,7 +503,9 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   for (int g = 0; g < nc; ++g) {
     const int l = g / per, c = g % per;
     const uint4* chunk = ring + (g % S) * (CB / 16);
-    if (KF && threadIdx.x == 0) while (!bar_test(&full[g % S], (g / S) & 1)) pump(g);
+    // KF: warp 0 polls (mbarrier.test_wait) while its lane 0 keeps the ring going. Not lane 0 alone: its warp-mates'
+    // try_wait may suspend the warp, stalling lane 0's loop too (lane 0 alone: ~0.8 us more a chunk, 2026-12-04)
+    if (KF && threadIdx.x < 32) while (!bar_test(&full[g % S], (g / S) & 1)) { if (threadIdx.x == 0) pump(g); }
     else bar_wait(&full[g % S], (g / S) & 1);
     if (c < nc1) fc_step<NTH, C, R>(chunk, reinterpret_cast<const uint4*>(xs), c * R, n1, hl, red);
     else proj_step<C>(chunk, (c - nc1) * R, min(R, n1 - (c - nc1) * R), hl, a);
@@ -546,7 +548,7 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
         if (threadIdx.x == ST && !FENCE_ALL) { if (ACQREL) asm volatile("fence.acq_rel.gpu;" ::: "memory"); else __threadfence(); }
         if (tb) tb[1] = clock64();
         if (threadIdx.x == ST) { grid_arrive_wait(arrived); if (KF) passed = 1; }
-        if (KF && threadIdx.x == 0) while (!passed) pump(g + 1);      // the ring kept going through the barrier
+        if (KF && threadIdx.x < 32) while (!passed) { if (threadIdx.x == 0) pump(g + 1); }   // the ring kept going
         __syncthreads();
         if (KF && threadIdx.x == ST) passed = 0;                       // read again only past later block barriers
         if (tb) { tb[2] = clock64(); tb[4] = gtime(); }
