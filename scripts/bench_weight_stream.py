@@ -344,13 +344,14 @@ __global__ void __launch_bounds__(NTH, 1) mlp_stream(const half* __restrict__ w1
 
 // the split MLP's two steps and its sum (mlp_splitk, mlp_layers): R rows of K halves a chunk.
 // fc_step: h[row] = gelu(W1[row] . x) for the chunk's rows (TPR threads a row), rounded to fp16 as a tensor would be
-template <int NTH, int K, int R>
+// (GELU false: W1[row] . x, as scripts/bench_decode_layers.py's qkv rows)
+template <int NTH, int K, int R, bool GELU = true>
 __device__ __forceinline__ void fc_step(const uint4* chunk, const uint4* xv, int first, int n, float* hl, float* red) {
   constexpr int TPR = NTH / R;
   const int rr = threadIdx.x / TPR, lane = threadIdx.x % TPR, row = first + rr;
   float acc = row < n ? chunk_dot<NTH, K, R>(chunk, xv, rr, lane) : 0.f;
   acc = row_reduce(acc, red, TPR);
-  if (lane == 0 && row < n) hl[row] = __half2float(__float2half(gelu(acc))); }
+  if (lane == 0 && row < n) hl[row] = __half2float(__float2half(GELU ? gelu(acc) : acc)); }
 // proj_step: a += h[k] W2T[k, 8 t : 8 t + 8] over the chunk's `rows` rows k = first, ...: thread t owns 8 outputs
 template <int K>
 __device__ __forceinline__ void proj_step(const uint4* chunk, int first, int rows, const float* hl, float* a) {
