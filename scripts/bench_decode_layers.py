@@ -1,6 +1,6 @@
 """On the GPU machine: gpt2-xl's whole decode layer -- attention and MLP -- for every layer in one launch.
 
-    PYTHONPATH=. python3 scripts/bench_decode_layers.py [--out=DIR] [--context=256]     (torch + nvcc)
+    PYTHONPATH=. python3 scripts/bench_decode_layers.py [--out=DIR] [--context=255]     (torch + nvcc)
 
 Step 2 of docs/persistent_decode.md, after the MLP alone (scripts/bench_weight_stream.py's `mlp_layers`): does a
 one-kernel decode step beat today's ~28 us a layer (one kernel per operator in a CUDA graph), and by how much?
@@ -256,7 +256,7 @@ def main():
     from tinygpt2.config import PRESETS
 
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
-    T = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--context=")), 256)
+    T = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--context=")), 255)
     if not torch.cuda.is_available():
         raise SystemExit("bench_decode_layers: no CUDA GPU here (run it on the GPU machine)")
     assert 0 < T < 256, "one key a thread: the context below the block's 256 threads"
