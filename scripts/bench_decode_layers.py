@@ -9,8 +9,9 @@ One block of 256 threads an SM, all resident for the whole launch. Each block st
 four matrices, in order, through one TMA ring of shared memory (4 x 51.2 KB) that runs on across phases and layers:
 
     x -> ln_1 -> qkv rows        -> [barrier A: q, k, v complete]
-      -> attention (block h < 25: head h, over the cache and the new key) -> [barrier B: every head's output]
-      -> attn c_proj, split by its input rows (W_o as [in, out]: a partial of all 1600 outputs, float atomics)
+      -> attention (blocks 5h .. 5h + 4: head h, a fifth of its keys each)  -> [barrier B: every split's output]
+      -> attn c_proj, split by its input rows (each block merges the splits of its inputs; W_o as [in, out]:
+         a partial of all 1600 outputs, float atomics)
       -> [barrier C] -> x += the sum -> ln_2
       -> c_fc rows (gelu, kept in shared memory) -> MLP c_proj split by the same rows (float atomics)
       -> [barrier D] -> x += the sum -> the next layer
@@ -73,52 +74,68 @@ __device__ __forceinline__ void grid_sync(unsigned* arrived) {
   if (threadIdx.x == 0) { __threadfence(); grid_arrive_wait(arrived); }
   __syncthreads(); }
 
-// one head's attention for the new token (block h of the first HD blocks): q . k_j / sqrt(64) over the T cached keys
-// and the new one (appended to the cache at position T), softmax, the values' weighted sum. One key a thread for the
-// scores (T < NTH), then each warp sums its keys' values, two dimensions a lane, and the warps' sums are added.
-template <int NTH, int C, int DH>
-__device__ void attend(const half* qkv, half* kc, half* vc, int T, half* out, float* red) {
-  static_assert(DH == 64, "two dimensions a lane");
-  __shared__ __align__(16) half qs[DH], kn[DH], vn[DH];
-  __shared__ float p[NTH], part[NTH / 32][DH];
-  const int h = blockIdx.x;
+// attention for the new token, split over the keys ("flash-decoding"): block b < HD * SPLIT takes head b / SPLIT and
+// the b % SPLIT-th of the T + 1 keys (the cached T and the new one, which the block holding it appends to the cache).
+// Thread t loads key t's K and V rows at once (one round trip for the block, not one a key: the loads wait behind
+// the weight stream's), q . k / sqrt(64), then the split's max m, sum l of exp(s - m) and o = sum exp(s - m) v,
+// written as floats for the consumers to merge (att_merge): no dependency of its own.
+template <int NTH, int C, int DH, int SPLIT>
+__device__ void attend(const half* qkv, half* kc, half* vc, int T, float* po, float* pml, float* red) {
+  static_assert(DH == 64 && NTH % DH == 0, "4 groups of 64 threads sum the values");
+  __shared__ __align__(16) half qs[DH], kn[DH], vn[DH], vs[64][DH];
+  __shared__ float p[64], part[NTH / DH][DH];
+  const int h = blockIdx.x / SPLIT, sp = blockIdx.x % SPLIT, n = T + 1, per = (n + SPLIT - 1) / SPLIT;
+  const int j0 = sp * per, nk = min(n, j0 + per) - j0;                  // this block's keys [j0, j0 + nk)
   if (threadIdx.x < DH) {                                               // q, k, v of head h: written by other blocks
-    qs[threadIdx.x] = __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(qkv + h * DH + threadIdx.x)));
-    kn[threadIdx.x] = __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(qkv + C + h * DH + threadIdx.x)));
-    vn[threadIdx.x] = __ushort_as_half(__ldcg(reinterpret_cast<const unsigned short*>(qkv + 2 * C + h * DH + threadIdx.x)));
+    const unsigned short* u = reinterpret_cast<const unsigned short*>(qkv);
+    qs[threadIdx.x] = __ushort_as_half(__ldcg(u + h * DH + threadIdx.x));
+    kn[threadIdx.x] = __ushort_as_half(__ldcg(u + C + h * DH + threadIdx.x));
+    vn[threadIdx.x] = __ushort_as_half(__ldcg(u + 2 * C + h * DH + threadIdx.x));
   }
   __syncthreads();
-  if (threadIdx.x < DH) { kc[T * DH + threadIdx.x] = kn[threadIdx.x]; vc[T * DH + threadIdx.x] = vn[threadIdx.x]; }
-  const int j = threadIdx.x;
+  if (j0 + nk == n && threadIdx.x < DH) { kc[T * DH + threadIdx.x] = kn[threadIdx.x]; vc[T * DH + threadIdx.x] = vn[threadIdx.x]; }
+  const int t = threadIdx.x, j = j0 + t;
   float s = -INFINITY;
-  if (j <= T) {
+  if (t < nk) {
     const uint4* k = reinterpret_cast<const uint4*>(j < T ? kc + (size_t)j * DH : kn);
+    const uint4* v = reinterpret_cast<const uint4*>(j < T ? vc + (size_t)j * DH : vn);
+    uint4 kr[DH / 8], vr[DH / 8];
+    #pragma unroll
+    for (int i = 0; i < DH / 8; ++i) { kr[i] = k[i]; vr[i] = v[i]; }   // every load in flight at once
     const uint4* q = reinterpret_cast<const uint4*>(qs);
     s = 0.f;
     #pragma unroll
-    for (int v = 0; v < DH / 8; ++v) s += dot8(k[v], q[v]);
+    for (int i = 0; i < DH / 8; ++i) { s += dot8(kr[i], q[i]); reinterpret_cast<uint4*>(vs[t])[i] = vr[i]; }
     s *= 0.125f;
   }
   const float m = block_max<NTH>(s, red);
-  const float e = j <= T ? __expf(s - m) : 0.f;
-  const float denom = block_sum<NTH>(e, red);
-  p[j] = e;
+  const float e = t < nk ? __expf(s - m) : 0.f;
+  const float l = block_sum<NTH>(e, red);
+  if (t < 64) p[t] = e;
   __syncthreads();
-  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float2 acc = make_float2(0.f, 0.f);
-  for (int jj = w; jj <= T; jj += NTH / 32) {
-    const half2 v = reinterpret_cast<const half2*>(jj < T ? vc + (size_t)jj * DH : vn)[lane];
-    const float2 f = __half22float2(v);
-    acc.x += p[jj] * f.x; acc.y += p[jj] * f.y;
-  }
-  part[w][2 * lane] = acc.x; part[w][2 * lane + 1] = acc.y;
+  const int grp = t / DH, d = t % DH;                                   // group grp sums keys grp, grp + 4, ...
+  float o = 0.f;
+  for (int jj = grp; jj < nk; jj += NTH / DH) o += p[jj] * __half2float(vs[jj][d]);
+  part[grp][d] = o;
   __syncthreads();
-  if (threadIdx.x < DH) {
-    float o = 0.f;
-    for (int ww = 0; ww < NTH / 32; ++ww) o += part[ww][threadIdx.x];
-    out[h * DH + threadIdx.x] = __float2half(o / denom);
+  if (t < DH) {
+    for (int g2 = 1; g2 < NTH / DH; ++g2) o += part[g2][d];
+    po[blockIdx.x * DH + d] = o;
+    if (t == 0) { pml[2 * blockIdx.x] = m; pml[2 * blockIdx.x + 1] = l; }
   }
 }
+// output row `row` of the attention (head row / 64, dimension row % 64), merged over the SPLIT splits, read through L2
+template <int DH, int SPLIT>
+__device__ __forceinline__ float att_merge(const float* po, const float* pml, int row) {
+  const int h = row / DH, d = row % DH;
+  float ms[SPLIT], mx = -INFINITY, num = 0.f, den = 0.f;
+  #pragma unroll
+  for (int s = 0; s < SPLIT; ++s) { ms[s] = __ldcg(pml + 2 * (h * SPLIT + s)); mx = fmaxf(mx, ms[s]); }
+  #pragma unroll
+  for (int s = 0; s < SPLIT; ++s) {
+    const float f = __expf(ms[s] - mx);
+    num += f * __ldcg(po + (h * SPLIT + s) * DH + d); den += f * __ldcg(pml + 2 * (h * SPLIT + s) + 1); }
+  return num / den; }
 
 // x += the sum in acc[k % 3] (read through L2), then this block's share of acc[(k + 2) % 3] zeroed (every block read
 // it after the barrier before, and it is added into again only after the next one): mlp_layers' rotation, with
@@ -133,11 +150,13 @@ __device__ __forceinline__ void take_sum(half* xs, float* acc3, int k) {
 
 // every layer of the decode step in one launch (this file's docstring). ws: the layers' weight addresses, 4 a layer
 // (c_attn [3C, C], c_proj as [in, out] [C, C], c_fc [F, C], MLP c_proj as [in, out] [F, C]); kc, vc: [L][H][TM][64]
-// the cache, T positions filled; qkv [3C], att [C]: the exchange buffers; acc3 [3][C] float, zeros.
+// the cache, T positions filled; qkv [3C], po [HD * SPLIT * 64], pml [HD * SPLIT * 2] float: the exchange buffers;
+// acc3 [3][C] float, zeros.
 template <int NTH, int C, int F, int HD, bool SYNC>
 __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, half* xio, half* kcs, half* vcs, int T, int TM,
-    half* qkv, half* att, float* acc3, unsigned* arrived, int L) {
+    half* qkv, float* po, float* pml, float* acc3, unsigned* arrived, int L) {
   static_assert(C / 8 <= NTH && HD * 64 == C, "a thread's 8 outputs; heads of 64");
+  constexpr int SPLIT = 5;                                              // blocks a head (125 of gpt2-xl's 132 SMs)
   extern __shared__ __align__(128) unsigned char sm[];
   constexpr int S = 4, CB = 51200, R = CB / (2 * C);                   // the ring; rows a chunk, of any matrix (K = C)
   uint4* ring = reinterpret_cast<uint4*>(sm);
@@ -178,11 +197,10 @@ __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, hal
     if (c == e1 - 1) {                                                  // q, k, v rows done: publish, attend
       for (int i = threadIdx.x; i < nq; i += NTH) qkv[q1 + i] = __float2half(hl[i]);
       grid_sync<SYNC>(arrived);                                         // A
-      const size_t cache = ((size_t)l * HD + b) * TM * 64;
-      if (b < HD) attend<NTH, C, 64>(qkv, kcs + cache, vcs + cache, T, att, red);
+      const size_t cache = ((size_t)l * HD + b / SPLIT) * TM * 64;
+      if (b < HD * SPLIT) attend<NTH, C, 64, SPLIT>(qkv, kcs + cache, vcs + cache, T, po, pml, red);
       grid_sync<SYNC>(arrived);                                         // B
-      for (int i = threadIdx.x; i < no; i += NTH) hl[i] = __half2float(__ushort_as_half(
-          __ldcg(reinterpret_cast<const unsigned short*>(att + o1 + i))));
+      for (int i = threadIdx.x; i < no; i += NTH) hl[i] = __half2float(__float2half(att_merge<64, SPLIT>(po, pml, o1 + i)));
       __syncthreads();
     }
     if (c == e2 - 1 || c == per - 1) {                                  // a sum done: add it, wait, take it
@@ -202,19 +220,19 @@ LAUNCHERS = r'''
 constexpr int LAYER_SMEM = 4 * 51200 + 2 * 2 * 1600;
 // gpt2-xl's shapes only (the caller checks); ws: int64 [L * 4] weight addresses
 void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
-            torch::Tensor att, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync) {
+            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync) {
   auto k = sync ? decode_layers<256, 1600, 6400, 25, true> : decode_layers<256, 1600, 6400, 25, false>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   k<<<blocks, 256, LAYER_SMEM, at::cuda::getCurrentCUDAStream()>>>(reinterpret_cast<const long long*>(ws.data_ptr()), h(x),
-      h(kc), h(vc), (int)T, (int)kc.size(2), h(qkv), h(att), acc3.data_ptr<float>(),
+      h(kc), h(vc), (int)T, (int)kc.size(2), h(qkv), po.data_ptr<float>(), pml.data_ptr<float>(), acc3.data_ptr<float>(),
       reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)(ws.size(0) / 4)); }
 int64_t layers_blocks_resident() { int n = 0; auto k = decode_layers<256, 1600, 6400, 25, true>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 256, LAYER_SMEM); return n; }
 '''
 CPP = """void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
-            torch::Tensor att, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync);
+            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync);
 int64_t layers_blocks_resident();"""
 
 
@@ -259,7 +277,6 @@ def main():
     T = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--context=")), 255)
     if not torch.cuda.is_available():
         raise SystemExit("bench_decode_layers: no CUDA GPU here (run it on the GPU machine)")
-    assert 0 < T < 256, "one key a thread: the context below the block's 256 threads"
     ext = load_inline("tinygpt2_decode_layers", CPP, cuda_sources=KERNELS + LAYER_KERNEL + LAUNCHERS,
                       functions=["layers", "layers_blocks_resident"],
                       extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
@@ -271,11 +288,14 @@ def main():
     g = torch.Generator().manual_seed(0)
     rnd = lambda *shape, s=0.02: (torch.randn(*shape, generator=g) * s).half().cuda()
     w = [(rnd(3 * C, C), rnd(C, C), rnd(F, C), rnd(F, C)) for _ in range(L)]
-    TM = 256
+    TM = 320                                   # the cache's positions
     kc, vc = rnd(L, H, TM, D, s=1.0), rnd(L, H, TM, D, s=1.0)
     ws = torch.tensor([t.data_ptr() for layer in w for t in layer], dtype=torch.int64, device="cuda")
     x0 = rnd(C, s=1.0)
-    xio, qkv, att = x0.clone(), torch.zeros(3 * C, device="cuda").half(), torch.zeros(C, device="cuda").half()
+    SPLIT = 5                                  # the kernel's blocks a head
+    assert T + 1 <= min(64 * SPLIT, TM) and H * SPLIT <= sms, "a split's keys: at most 64; a block a split"
+    xio, qkv = x0.clone(), torch.zeros(3 * C, device="cuda").half()
+    po, pml = torch.zeros(H * SPLIT * D, device="cuda"), torch.zeros(H * SPLIT * 2, device="cuda")
     acc3, arrived = torch.zeros(3, C, device="cuda"), torch.zeros(1, device="cuda", dtype=torch.int32)
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16, context {T}; a CUDA graph's replay (events), medians\n"]
 
@@ -283,7 +303,7 @@ def main():
     n = 4
     want = decode_layers_ref([tuple(t.cpu().numpy() for t in layer) for layer in w[:n]], kc[:n].cpu().numpy(),
                              vc[:n].cpu().numpy(), x0.cpu().numpy(), T)
-    ext.layers(ws[:4 * n], xio, kc, vc, T, qkv, att, acc3, arrived, sms, True)
+    ext.layers(ws[:4 * n], xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, True)
     got = xio.float().cpu().numpy()
     err = float(np.abs(got - want.astype(np.float32)).max() / np.abs(want.astype(np.float32)).max())
     assert err < 2e-2, f"decode_layers, {n} layers: relative error {err:.2e}"
@@ -296,7 +316,7 @@ def main():
                        (False, "the same without its barriers (wrong results)")):
         arrived.zero_()
         us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(),
-                               ext.layers(ws, xio, kc, vc, T, qkv, att, acc3, arrived, sms, sync))) / L
+                               ext.layers(ws, xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, sync))) / L
         lines.append(f"| {name} | {us:.2f} | {layer_bytes / us / 1e6:.2f} |")
         if sync:
             step_us = us * L
