@@ -67,11 +67,12 @@ __device__ __forceinline__ void layernorm(const half* x, half* xn, float* red) {
   for (int i = threadIdx.x; i < C; i += NTH) xn[i] = __float2half((__half2float(x[i]) - mean) * rstd);
   __syncthreads(); }
 // grid-wide barrier as mlp_layers' (thread 0 fences the block's writes and arrives), SYNC false: none (wrong results)
+// (tb, thread 0's timeline slot or null: clock64 once the fence is passed)
 template <bool SYNC>
-__device__ __forceinline__ void grid_sync(unsigned* arrived) {
+__device__ __forceinline__ void grid_sync(unsigned* arrived, unsigned long long* tb = nullptr) {
   if (!SYNC) return;
   __syncthreads();
-  if (threadIdx.x == 0) { __threadfence(); grid_arrive_wait(arrived); }
+  if (threadIdx.x == 0) { __threadfence(); if (tb) *tb = clock64(); grid_arrive_wait(arrived); }
   __syncthreads(); }
 
 // attention for the new token, split over the keys ("flash-decoding"): block b < HD * SPLIT takes head b / SPLIT and
@@ -154,7 +155,7 @@ __device__ __forceinline__ void take_sum(half* xs, float* acc3, int k) {
 // acc3 [3][C] float, zeros.
 template <int NTH, int C, int F, int HD, bool SYNC>
 __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, half* xio, half* kcs, half* vcs, int T, int TM,
-    half* qkv, float* po, float* pml, float* acc3, unsigned* arrived, int L) {
+    half* qkv, float* po, float* pml, float* acc3, unsigned* arrived, int L, unsigned long long* tl) {
   static_assert(C / 8 <= NTH && HD * 64 == C, "a thread's 8 outputs; heads of 64");
   constexpr int SPLIT = 5;                                              // blocks a head (125 of gpt2-xl's 132 SMs)
   extern __shared__ __align__(128) unsigned char sm[];
@@ -185,6 +186,9 @@ __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, hal
   float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};               // a partial of y[8 t : 8 t + 8]
   for (int g = 0; g < nc; ++g) {
     const int l = g / per, c = g % per;
+    // tl (null: none): thread 0's clock64 at 13 points of each layer (TL_POINTS in Python), a row per layer and block
+    unsigned long long* tb = tl && threadIdx.x == 0 ? tl + ((size_t)l * G + b) * 13 : nullptr;
+    if (tb && c == 0) tb[0] = clock64();
     if (c == 0) layernorm<NTH, C>(xs, xn, red);                        // ln_1
     const uint4* chunk = ring + (g % S) * (CB / 16);
     bar_wait(&full[g % S], (g / S) & 1);
@@ -195,19 +199,26 @@ __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, hal
     __syncthreads();                                                    // the stage is read: refill it
     if (threadIdx.x == 0 && g + S < nc) { asm volatile("fence.proxy.async.shared::cta;"); issue(g + S); }
     if (c == e1 - 1) {                                                  // q, k, v rows done: publish, attend
+      if (tb) tb[1] = clock64();
       for (int i = threadIdx.x; i < nq; i += NTH) qkv[q1 + i] = __float2half(hl[i]);
-      grid_sync<SYNC>(arrived);                                         // A
+      grid_sync<SYNC>(arrived, tb ? tb + 2 : nullptr);                  // A
+      if (tb) tb[3] = clock64();
       const size_t cache = ((size_t)l * HD + b / SPLIT) * TM * 64;
       if (b < HD * SPLIT) attend<NTH, C, 64, SPLIT>(qkv, kcs + cache, vcs + cache, T, po, pml, red);
-      grid_sync<SYNC>(arrived);                                         // B
+      if (tb) tb[4] = clock64();
+      grid_sync<SYNC>(arrived, tb ? tb + 5 : nullptr);                  // B
       for (int i = threadIdx.x; i < no; i += NTH) hl[i] = __half2float(__float2half(att_merge<64, SPLIT>(po, pml, o1 + i)));
       __syncthreads();
+      if (tb) tb[6] = clock64();
     }
     if (c == e2 - 1 || c == per - 1) {                                  // a sum done: add it, wait, take it
-      add_partial<C>(acc3 + ((2 * l + (c == per - 1)) % 3) * C, a);
-      grid_sync<SYNC>(arrived);                                         // C, D
-      take_sum<NTH, C>(xs, acc3, 2 * l + (c == per - 1));
+      const int k = c == per - 1;
+      if (tb) tb[7 + 3 * k] = clock64();
+      add_partial<C>(acc3 + ((2 * l + k) % 3) * C, a);
+      grid_sync<SYNC>(arrived, tb ? tb + 8 + 3 * k : nullptr);          // C, D
+      take_sum<NTH, C>(xs, acc3, 2 * l + k);
       if (c == e2 - 1) layernorm<NTH, C>(xs, xn, red);                 // ln_2
+      if (tb) tb[9 + 3 * k] = clock64();
     }
   }
   if (b == 0) for (int i = threadIdx.x; i < C; i += NTH) xio[i] = xs[i];
@@ -220,20 +231,29 @@ LAUNCHERS = r'''
 constexpr int LAYER_SMEM = 4 * 51200 + 2 * 2 * 1600;
 // gpt2-xl's shapes only (the caller checks); ws: int64 [L * 4] weight addresses
 void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
-            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync) {
+            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync,
+            int64_t timeline) {
   auto k = sync ? decode_layers<256, 1600, 6400, 25, true> : decode_layers<256, 1600, 6400, 25, false>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   k<<<blocks, 256, LAYER_SMEM, at::cuda::getCurrentCUDAStream()>>>(reinterpret_cast<const long long*>(ws.data_ptr()), h(x),
       h(kc), h(vc), (int)T, (int)kc.size(2), h(qkv), po.data_ptr<float>(), pml.data_ptr<float>(), acc3.data_ptr<float>(),
-      reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)(ws.size(0) / 4)); }
+      reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)(ws.size(0) / 4), reinterpret_cast<unsigned long long*>(timeline)); }
 int64_t layers_blocks_resident() { int n = 0; auto k = decode_layers<256, 1600, 6400, 25, true>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 256, LAYER_SMEM); return n; }
 '''
 CPP = """void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
-            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync);
+            torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks, bool sync,
+            int64_t timeline);
 int64_t layers_blocks_resident();"""
+
+
+# decode_layers' timeline: what lies between each of its 13 points and the next
+TL_POINTS = ["ln_1, qkv rows", "barrier A: qkv stored, the fence", "barrier A: arrive and wait", "attention",
+             "barrier B: the fence", "barrier B: arrive and wait, the splits merged", "attn c_proj rows",
+             "barrier C: the adds, the fence", "barrier C: arrive and wait, x updated, ln_2", "c_fc and MLP c_proj rows",
+             "barrier D: the adds, the fence", "barrier D: arrive and wait, x updated"]
 
 
 def layernorm_ref(x):
@@ -303,7 +323,7 @@ def main():
     n = 4
     want = decode_layers_ref([tuple(t.cpu().numpy() for t in layer) for layer in w[:n]], kc[:n].cpu().numpy(),
                              vc[:n].cpu().numpy(), x0.cpu().numpy(), T)
-    ext.layers(ws[:4 * n], xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, True)
+    ext.layers(ws[:4 * n], xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, True, 0)
     got = xio.float().cpu().numpy()
     err = float(np.abs(got - want.astype(np.float32)).max() / np.abs(want.astype(np.float32)).max())
     assert err < 2e-2, f"decode_layers, {n} layers: relative error {err:.2e}"
@@ -316,10 +336,23 @@ def main():
                        (False, "the same without its barriers (wrong results)")):
         arrived.zero_()
         us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(),
-                               ext.layers(ws, xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, sync))) / L
+                               ext.layers(ws, xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, sync, 0))) / L
         lines.append(f"| {name} | {us:.2f} | {layer_bytes / us / 1e6:.2f} |")
         if sync:
             step_us = us * L
+    # where a layer's time goes: thread 0's clock in one more call (medians over layers, and over the blocks that
+    # attend / the others), at the SM clock measured by bench_weight_stream.py's section 5 (1.97 GHz)
+    tl = torch.zeros(L, sms, 13, device="cuda", dtype=torch.int64)
+    xio.copy_(x0); acc3.zero_(); arrived.zero_()
+    ext.layers(ws, xio, kc, vc, T, qkv, po, pml, acc3, arrived, sms, True, tl.data_ptr())
+    t = tl.cpu().double()
+    lines += ["", "| thread 0's clock, us (medians over layers) | attending blocks | the others |", "|---|---|---|"]
+    for (i, j), what in zip(zip(range(12), range(1, 13)), TL_POINTS):
+        d = (t[:, :, j] - t[:, :, i]) / 1.97e3
+        lines.append(f"| {what} | {d[:, :H * SPLIT].median().item():.2f} | {d[:, H * SPLIT:].median().item():.2f} |")
+    total = (t[1:, :, 0] - t[:-1, :, 0]) / 1.97e3
+    lines.append(f"| a layer, start to start | {total[:, :H * SPLIT].median().item():.2f} | "
+                 f"{total[:, H * SPLIT:].median().item():.2f} |")
     # the step as the model's: these layers plus lm_head's bytes at the copy rate; against bench's roofline
     per_token = decode_bytes_per_token(cfg, "float16", T)
     lm_head_us = cfg.vocab_size * C * 2 / bw / 1e-6
