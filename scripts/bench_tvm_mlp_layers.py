@@ -25,10 +25,10 @@ Checked against numpy (`mlp_layers_ref`: the same roundings) on 8 layers, then t
 Markdown: us a layer and the weights' rate, against the raw CUDA kernel's 14.7-14.9 us a layer (two kernels a
 layer: 15.0-15.1; docs/results/bench_weight_stream_h200.md).
 
-Measured once (H200, 2026-12-04): correct (relative error 7.6e-4 on 8 layers), but 25.26 us a layer (1.62 TB/s)
--- with 8 scalar float atomics a thread (red.global.add.f32) and the c_proj rows one at a time. Both are changed
-since to what the raw CUDA kernel does (two red.global.add.v4.f32 a thread; four rows' loads at once), which the
-device budget left unmeasured.
+Measured (H200, 2026-12-04): first correct (relative error 7.6e-4 on 8 layers) but 25.26 us a layer (1.62 TB/s),
+with 8 scalar float atomics a thread (red.global.add.f32) and the c_proj rows one at a time; then, as the raw CUDA
+kernel does (two red.global.add.v4.f32 a thread; four rows' loads at once), correct (9.5e-4) and 14.20 us a layer
+(2.88 TB/s, launches included) -- faster than the raw kernel's 14.7-14.9 and two kernels' 15.1-15.2 (CUPTI).
 """
 
 import argparse
