@@ -304,7 +304,7 @@ def main():
     import torch
     from torch.utils.cpp_extension import load_inline
 
-    from bench_weight_stream import KERNELS, graph_us
+    from bench_weight_stream import KERNELS, graph_us, report
     from tinygpt2.bench import copy_bandwidth, decode_bytes_per_token
     from tinygpt2.config import PRESETS
 
@@ -381,15 +381,10 @@ def main():
     lm_head_us = cfg.vocab_size * C * 2 / bw / 1e-6
     tok_s = 1e6 / (min(step_us[k] for k, (sync, _) in kinds.items() if sync) + lm_head_us)
     roof = bw / per_token
-    lines += ["", f"A step of the faster synchronised layers plus lm_head at the copy rate ({bw / 1e12:.2f} TB/s, {lm_head_us:.1f} us): "
-              f"{tok_s:.0f} tok/s, {100 * tok_s / roof:.0f}% of the roofline ({roof:.0f} tok/s at context {T}); "
-              "today's model: 714 tok/s, 54% (~28 us a layer)."]
-    text = "\n".join(lines)
-    print(text)
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "bench_decode_layers.md"), "w") as f:
-            f.write(text + "\n")
+    lines += ["", f"A step of the faster synchronised layers plus lm_head at the copy rate ({bw / 1e12:.2f} TB/s, "
+              f"{lm_head_us:.1f} us): {tok_s:.0f} tok/s, {100 * tok_s / roof:.0f}% of the roofline ({roof:.0f} tok/s "
+              f"at context {T}); today's model: 714 tok/s, 54% (~28 us a layer)."]
+    report(lines, out_dir, "bench_decode_layers.md")
 
 
 if __name__ == "__main__":

@@ -828,11 +828,16 @@ def main():
             read_sections(ext, cfg, lines)      # 1 and 2
         mlp_section(ext, cfg, lines)            # 3
         ring_section(ext, cfg, lines)           # 4
+    report(lines, out_dir, "bench_weight_stream.md")
+
+
+def report(lines, out_dir, name):
+    """Print the Markdown lines, and write them to out_dir/name too if out_dir is given."""
     text = "\n".join(lines)
     print(text)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "bench_weight_stream.md"), "w") as f:
+        with open(os.path.join(out_dir, name), "w") as f:
             f.write(text + "\n")
 
 
