@@ -55,6 +55,7 @@ from tinygpt2.config import PRESETS
 KERNELS = r'''
 #include <cuda_fp16.h>
 #include <cstdint>
+#include <cooperative_groups.h>
 #define KO 7                     // vector loads of W a thread (gpt2-xl: 200 or 800 vectors a row / 32 or 128 lanes)
 
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {              // 8 halves . 8 halves, in float32
@@ -458,8 +459,13 @@ __device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* 
 // run ahead while they wait) is split from its bytes in flight (what the barrier's own round trips queue behind):
 // thread 0 keeps KF chunks in flight whenever a stage is free -- while it waits for a chunk, and through the barrier,
 // which thread ST fences, arrives at and waits for alone, telling thread 0 by a flag in shared memory.
+// CL > 1 (launched in clusters of CL blocks): the block's partial sums first reduced inside its cluster through
+// distributed shared memory (each block writes its partial into its own shared memory, a cluster barrier, then block
+// rank r of the cluster adds the CL partials of outputs [r C / CL, (r + 1) C / CL) read from the others' shared
+// memory, and only those into yacc: CL times fewer float atomics). Does an exchange between SMs that does not go
+// through L2 keep its latency while the same SMs stream (docs/persistent_decode.md, its last section)?
 template <int NTH, int C, int F, bool SYNC, int S, int CB, int PF, bool FENCE_ALL, bool ADDS = true, bool ACQREL = false,
-          bool LL = false, int ST = 0, int KF = 0>
+          bool LL = false, int ST = 0, int KF = 0, int CL = 1>
 __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const long long* w2ts, half* xio, float* yacc,
                                                       unsigned* arrived, int L, unsigned long long* tl, unsigned long long* ll) {
   static_assert(C / 8 <= NTH, "a thread's 8 outputs");
@@ -468,6 +474,8 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   extern __shared__ __align__(128) unsigned char sm[];
   uint4* ring = reinterpret_cast<uint4*>(sm);                           // [S][CB / 16]
   half* xs = reinterpret_cast<half*>(ring + S * (CB / 16));     // x, [C]: this block's copy
+  float* csum = reinterpret_cast<float*>(xs + C);                       // CL: this block's partial y, [C]
+  static_assert(CL == 1 || (C % (8 * CL) == 0 && !LL && KF == 0), "CL: whole vectors of 8 a block");
   __shared__ uint64_t full[S + 1]; __shared__ float red[NTH / 32]; __shared__ float hl[64];
   constexpr int R = CB / (2 * C);                                       // rows a chunk, of either matrix
   const int G = gridDim.x, b = blockIdx.x;
@@ -520,7 +528,8 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
       // tl (null: none): thread 0's clock64 at the layer's end, once its adds are fenced, past the barrier, and once x
       // is updated; %globaltimer past the barrier -- 5 slots a layer and block
       // (KF: thread ST's clock, the thread that fences and waits)
-      unsigned long long* tb = tl && threadIdx.x == (KF ? ST : 0) ? tl + ((size_t)l * G + b) * 5 : nullptr;
+      // (slot 5, CL: once the cluster's exchange and the block's adds are issued)
+      unsigned long long* tb = tl && threadIdx.x == (KF ? ST : 0) ? tl + ((size_t)l * G + b) * 6 : nullptr;
       if (tb) tb[0] = clock64();
       if (SYNC && LL) {
         unsigned long long* ll1 = ll;                                  // [G][C]: producer p's partial of output j
@@ -541,7 +550,27 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
         continue;
       }
       float* acc = yacc + (l % 3) * C;
-      if (ADDS) add_partial<C>(acc, a);
+      if (CL > 1) {                                                     // the cluster's sum, then its adds
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        if (threadIdx.x < C / 8)
+          for (int e = 0; e < 8; ++e) { csum[8 * threadIdx.x + e] = a[e]; a[e] = 0.f; }
+        cluster.sync();                                                 // every partial of the cluster written
+        const int r = cluster.block_rank(), v = threadIdx.x;           // vector v of this block's C / CL outputs
+        if (v < C / (8 * CL)) {
+          const int o = r * (C / CL) + 8 * v;
+          float4 s0 = make_float4(0.f, 0.f, 0.f, 0.f), s1 = s0;
+          for (int q = 0; q < CL; ++q) {
+            const float4* p = reinterpret_cast<const float4*>(cluster.map_shared_rank(csum, q) + o);
+            const float4 u = p[0], w = p[1];
+            s0.x += u.x; s0.y += u.y; s0.z += u.z; s0.w += u.w; s1.x += w.x; s1.y += w.y; s1.z += w.z; s1.w += w.w; }
+          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(acc + o), "f"(s0.x), "f"(s0.y), "f"(s0.z), "f"(s0.w) : "memory");
+          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(acc + o + 4), "f"(s1.x), "f"(s1.y), "f"(s1.z), "f"(s1.w) : "memory");
+        }
+        // csum is written again only at the next layer's end, after the grid barrier, which no block of the
+        // cluster passes before its reads here are done
+        if (tb) tb[5] = clock64();
+      } else if (ADDS) add_partial<C>(acc, a);
       else for (int e = 0; e < 8; ++e) a[e] = 0.f;
       if (SYNC) {
         if (FENCE_ALL) __threadfence();
@@ -563,6 +592,7 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
   }
   if (b == 0) for (int i = threadIdx.x; i < C; i += NTH) xio[i] = xs[i];
   if (LL && threadIdx.x == 0) ll[(size_t)G * C + C + b] = base + L;    // this call's tags, used
+  if (CL > 1) cooperative_groups::this_cluster().sync();               // no block leaves while others may read it
 }
 
 // the same ring filled by cp.async instead of TMA: each thread copies, 16 bytes at a time, exactly the vectors of a
@@ -691,15 +721,26 @@ void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tens
   k<<<blocks, 256, bytes, STREAM>>>(IN(w1), IN(x), IN(w2t), IN(r), OUT(y), yacc.data_ptr<float>(),
                                     reinterpret_cast<unsigned*>(done.data_ptr())); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros
-template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false, int ST = 0, int KF = 0>
-void all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
+template <bool SYNC, int S, int CB, int PF, bool FA, bool ADDS = true, bool AR = false, bool LLX = false, int ST = 0, int KF = 0,
+          int CL = 1>
+int64_t all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x,
     torch::Tensor yacc, torch::Tensor arrived, int blocks, int64_t tl, torch::Tensor ll) {
-  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX, ST, KF>; const int bytes = S * CB + 2 * 1600; allow_smem(k, bytes);
-  k<<<blocks, 256, bytes, STREAM>>>(reinterpret_cast<const long long*>(w1s.data_ptr()),
-                                    reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
-                                    reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
-                                    reinterpret_cast<unsigned long long*>(tl), reinterpret_cast<unsigned long long*>(ll.data_ptr())); }
-template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc,
+  auto k = mlp_layers<256, 1600, 6400, SYNC, S, CB, PF, FA, ADDS, AR, LLX, ST, KF, CL>;
+  const int bytes = S * CB + 2 * 1600 + (CL > 1 ? 4 * 1600 : 0); allow_smem(k, bytes);
+  // in clusters of CL (1: none); every cluster must be resident at once, as every block (the grid barrier)
+  cudaLaunchConfig_t cfg = {}; cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(blocks); cfg.blockDim = dim3(256); cfg.dynamicSmemBytes = bytes; cfg.stream = STREAM;
+  attr[0].id = cudaLaunchAttributeClusterDimension; attr[0].val.clusterDim.x = CL; attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1; cfg.attrs = attr; cfg.numAttrs = CL > 1;
+  if (CL > 1) { int n = 0; cudaOccupancyMaxActiveClusters(&n, k, &cfg);            // (fewer blocks if they do not all fit)
+                blocks = min(blocks / CL, n) * CL; cfg.gridDim = dim3(blocks); TORCH_CHECK(blocks > 0, "no cluster fits"); }
+  TORCH_CHECK(cudaLaunchKernelEx(&cfg, k, reinterpret_cast<const long long*>(w1s.data_ptr()),
+                                 reinterpret_cast<const long long*>(w2ts.data_ptr()), OUT(x), yacc.data_ptr<float>(),
+                                 reinterpret_cast<unsigned*>(arrived.data_ptr()), (int)w1s.size(0),
+                                 reinterpret_cast<unsigned long long*>(tl), reinterpret_cast<unsigned long long*>(ll.data_ptr()))
+              == cudaSuccess, "mlp_layers: launch failed");
+  return blocks; }
+template <bool SYNC> int64_t all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc,
                                        torch::Tensor arrived, int blocks, int v, int64_t tl, torch::Tensor ll) {
   auto f = v == 0 ? all_layers<SYNC, 4, 51200, 0, true> : v == 1 ? all_layers<SYNC, 4, 51200, 0, false>
          : v == 2 ? all_layers<SYNC, 4, 51200, 4, false> : v == 3 ? all_layers<SYNC, 4, 51200, 8, false>
@@ -712,19 +753,22 @@ template <bool SYNC> void all_layers_v(torch::Tensor w1s, torch::Tensor w2ts, to
          : v == 12 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 32, 2>
          : v == 13 ? all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 6>
          : v == 14 ? all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 4>
-         : all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 2>;
-  f(w1s, w2ts, x, yacc, arrived, blocks, tl, ll); }
+         : v == 15 ? all_layers<SYNC, 8, 25600, 0, false, true, false, false, 32, 2>
+         : v == 16 ? all_layers<SYNC, 4, 51200, 0, false, true, false, false, 0, 0, 4>
+         : all_layers<SYNC, 4, 51200, 0, false, true, false, false, 0, 0, 2>;
+  return f(w1s, w2ts, x, yacc, arrived, blocks, tl, ll); }
 // w1s, w2ts: int64 tensors of the layers' weight addresses; x: in x_0, out x_L; yacc: float [3, C], zeros; variant
 // (ring, L2 prefetch distance in chunks, who fences): 0: 4 x 51.2 KB, 0, all; 1: 4 x 51.2 KB, 0, thread 0; 2: 4 x 51.2 KB,
 // 4, thread 0; 3: 4 x 51.2 KB, 8, thread 0; 4: 4 x 25.6 KB, 8, thread 0; 5: 4 x 25.6 KB, 16, thread 0; 6: as 1 without
 // the adds into yacc (wrong results); 7: as 1, its fence fence.acq_rel.gpu; 8: the sum exchanged as tagged values
 // (LL; ll: int64 [G * C + C + G], zeros, kept between calls); 9: as 1, thread 32 fences and arrives; 10-15: as 9, at
 // most KF chunks in flight, thread 0 keeping them so through the barrier -- 4 x 51.2 KB with KF 4, 3, 2, and
-// 8 x 25.6 KB with KF 6, 4, 2. timeline: an
+// 8 x 25.6 KB with KF 6, 4, 2; 16, 17: as 1, the sum reduced in clusters of 4 / 2 through distributed shared memory
+// first (returns the blocks launched: for clusters, as many as fit at once, at most `blocks`). timeline: an
 // address or 0. gpt2-xl's shapes only (the caller checks)
-void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
+int64_t mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
                     int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll) {
-  (sync ? all_layers_v<true> : all_layers_v<false>)(w1s, w2ts, x, yacc, arrived, blocks, variant, timeline, ll); }
+  return (sync ? all_layers_v<true> : all_layers_v<false>)(w1s, w2ts, x, yacc, arrived, blocks, variant, timeline, ll); }
 template <int S, int CB, bool SYNC> void ring(torch::Tensor b, torch::Tensor out, int blocks) {
   allow_smem(ring_read<S, CB, SYNC>, S * CB);
   ring_read<S, CB, SYNC><<<blocks, 1024, S * CB, STREAM>>>(reinterpret_cast<const char*>(b.data_ptr()), b.numel() * 2, out.data_ptr<float>()); }
@@ -760,7 +804,7 @@ void mlp_streamed_cp(torch::Tensor w1, torch::Tensor x, torch::Tensor h, torch::
 void ring_stream(torch::Tensor b, torch::Tensor out, int64_t v, int64_t blocks);
 void mlp_split(torch::Tensor w1, torch::Tensor x, torch::Tensor w2t, torch::Tensor r, torch::Tensor y, torch::Tensor yacc,
                torch::Tensor done, int64_t blocks);
-void mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
+int64_t mlp_all_layers(torch::Tensor w1s, torch::Tensor w2ts, torch::Tensor x, torch::Tensor yacc, torch::Tensor arrived,
                     int64_t blocks, bool sync, int64_t variant, int64_t timeline, torch::Tensor ll);"""
 FUNCTIONS = ["stream_read", "gemv", "prefetch", "wait_ns", "mlp", "mlp_blocks_resident", "gemv_early", "mlp_reg",
              "mlp_reg_blocks_resident", "mlp_streamed", "mlp_stream_blocks_resident",
@@ -994,11 +1038,15 @@ def mlp_section(ext, cfg, lines, layers_only=False, which=None):
                                  *(f"{ring}, at most {kf} in flight, thread 32 fences and arrives (thread 0 keeps the "
                                    "ring going through the barrier)" for ring, kf in
                                    (("4 x 51.2 KB", 4), ("4 x 51.2 KB", 3), ("4 x 51.2 KB", 2), ("8 x 25.6 KB", 6),
-                                    ("8 x 25.6 KB", 4), ("8 x 25.6 KB", 2)))]):
+                                    ("8 x 25.6 KB", 4), ("8 x 25.6 KB", 2))),
+                                 *(f"4 x 51.2 KB, thread 0 fences, the sum reduced in clusters of {cl} through distributed "
+                                   "shared memory first" for cl in (4, 2))]):
         if which is not None and ring not in which:
             continue
         xio.copy_(x0); acc3.zero_(); arrived.zero_()
-        ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0, ll)
+        used = ext.mlp_all_layers(w1s[:8], w2ts[:8], xio, acc3, arrived, sms, True, ring, 0, ll)
+        if used != sms:                                                # clusters: as many as fit at once
+            what += f", {used} blocks"
         err = ((xio.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
         assert err < 1e-2 or "wrong results" in what, f"mlp_layers, ring {what}, 8 layers: relative error {err:.2e}"
         for sync, name in ((True, f"every layer in one launch ({sms} blocks of 256, a ring of {what}), the ring running "
@@ -1009,17 +1057,18 @@ def mlp_section(ext, cfg, lines, layers_only=False, which=None):
                                    ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, sync, ring, 0, ll))) / LAYERS
             lines.append(f"| {name} | {us:.2f} | {4 * C * F / us / 1e6:.2f} |")
         # where a layer's barrier goes: thread 0's timeline in one more call (medians over layers and blocks)
-        tl = torch.zeros(LAYERS, sms, 5, device="cuda", dtype=torch.int64)
+        tl = torch.zeros(LAYERS, sms, 6, device="cuda", dtype=torch.int64)
         xio.copy_(small); acc3.zero_(); arrived.zero_()
         ext.mlp_all_layers(w1s, w2ts, xio, acc3, arrived, sms, True, ring, tl.data_ptr(), ll)
-        t = tl.cpu().double()
+        t = tl[:, :used].cpu().double()
         d = lambda i, j: (t[:, :, j] - t[:, :, i]).median().item() / 1.97e3      # us, at the SM clock section 5 measured
         past = t[:, :, 4]
         barrier_notes.append(f"| {what} | {d(0, 1):.2f} | {d(1, 2):.2f} | {d(2, 3):.2f} | "
-                             f"{(past.max(1).values - past.min(1).values).median().item() / 1e3:.2f} |")
+                             f"{(past.max(1).values - past.min(1).values).median().item() / 1e3:.2f} | "
+                             + (f"{d(0, 5):.2f} |" if "clusters" in what else "|"))
     lines += ["", "| mlp_layers' barrier, thread 0's clock (us, medians): ring | adds fenced (LL: partials stored) | "
-              "barrier passed (LL: its slice summed) | x updated | the blocks' passing spread over (globaltimer) |",
-              "|---|---|---|---|---|"] + barrier_notes
+              "barrier passed (LL: its slice summed) | x updated | the blocks' passing spread over (globaltimer) | "
+              "of the first column, the cluster's exchange and adds |", "|---|---|---|---|---|---|"] + barrier_notes
 
 
 def timeline_section(ext, cfg, lines):

@@ -36,7 +36,8 @@ INSTANCES = {f"{k}<{t}>": GEMV for k in ("gemv_reg", "gemv_tma", "gemv_pdl") for
                                           "4, 51200, 0, false, true, false, false, 32",
                                           *(f"{ring}, 0, false, true, false, false, 32, {kf}" for ring, kf in
                                             (("4, 51200", 4), ("4, 51200", 3), ("4, 51200", 2), ("8, 25600", 6),
-                                             ("8, 25600", 4), ("8, 25600", 2))))} | \
+                                             ("8, 25600", 4), ("8, 25600", 2))),
+                                          *(f"4, 51200, 0, false, true, false, false, 0, 0, {cl}" for cl in (4, 2)))} | \
     {f"ring_read<{v}>": "const char*, long, float*" for v in ("4, 51200, false", "16, 12800, false", "4, 51200, true",
                                                               "16, 12800, true", "4, 25600, false", "8, 12800, false")}
 
