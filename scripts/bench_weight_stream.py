@@ -364,13 +364,15 @@ __device__ __forceinline__ void proj_step(const uint4* chunk, int first, int row
     #pragma unroll
     for (int e = 0; e < 4; ++e) { const float2 f = __half22float2(wh[e]); a[2 * e] += hk * f.x; a[2 * e + 1] += hk * f.y; }
   } }
-// add_partial: acc[8 t : 8 t + 8] += a, by two vector float atomics (red: no value back), then a = 0
+// p[0 : 8] += a, by two vector float atomics (red: no value back)
+__device__ __forceinline__ void red_add8(float* p, const float* a) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory"); }
+// add_partial: acc[8 t : 8 t + 8] += a, then a = 0
 template <int K>
 __device__ __forceinline__ void add_partial(float* acc, float* a) {
   if (threadIdx.x >= K / 8) return;
-  float* p = acc + 8 * threadIdx.x;
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a[0]), "f"(a[1]), "f"(a[2]), "f"(a[3]) : "memory");
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p + 4), "f"(a[4]), "f"(a[5]), "f"(a[6]), "f"(a[7]) : "memory");
+  red_add8(acc + 8 * threadIdx.x, a);
   for (int e = 0; e < 8; ++e) a[e] = 0.f; }
 
 // 7. the MLP with no barrier inside it (split-K c_proj): block b computes h for its c_fc rows [r1, r1 + n1) and keeps
@@ -454,11 +456,12 @@ __device__ __forceinline__ unsigned long long ll_wait(const unsigned long long* 
 // count kept after ll2 carries them across calls), so nothing is zeroed and no buffer is reused too early: a block
 // writes layer l + 1's values only after reading every sum of layer l, which needed every slice read.
 // KF > 0 (with ST != 0): at most KF chunks in flight, out of S stages. The fence before a barrier waited ~4 us under the
-// stream's load, as long as more of the ring's bytes were in flight (4.2-4.4 us with 205 KB a block, 2.8 with 102 KB):
-// queueing, by Little's law, behind the 27 MB the 132 rings keep requested. So the ring's depth (what the blocks can
+// stream's load, longer the more of the ring's bytes were in flight (4.2-4.4 us with 205 KB a block, 2.8 with 102 KB):
+// queueing, by Little's law, behind the 27 MB the 132 rings keep requested? So the ring's depth (what the blocks can
 // run ahead while they wait) is split from its bytes in flight (what the barrier's own round trips queue behind):
 // thread 0 keeps KF chunks in flight whenever a stage is free -- while it waits for a chunk, and through the barrier,
-// which thread ST fences, arrives at and waits for alone, telling thread 0 by a flag in shared memory.
+// which thread ST fences, arrives at and waits for alone, telling thread 0 by a flag in shared memory. Measured
+// (2026-12-04): the fence as long with 2 chunks in flight as with 4; the hypothesis does not hold.
 // CL > 1 (launched in clusters of CL blocks): the block's partial sums first reduced inside its cluster through
 // distributed shared memory (each block writes its partial into its own shared memory, a cluster barrier, then block
 // rank r of the cluster adds the CL partials of outputs [r C / CL, (r + 1) C / CL) read from the others' shared
@@ -559,13 +562,12 @@ __global__ void __launch_bounds__(NTH, 1) mlp_layers(const long long* w1s, const
         const int r = cluster.block_rank(), v = threadIdx.x;           // vector v of this block's C / CL outputs
         if (v < C / (8 * CL)) {
           const int o = r * (C / CL) + 8 * v;
-          float4 s0 = make_float4(0.f, 0.f, 0.f, 0.f), s1 = s0;
-          for (int q = 0; q < CL; ++q) {
+          float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+          for (int q = 0; q < CL; ++q) {                                // the cluster's CL partials, 2 x 16 bytes each
             const float4* p = reinterpret_cast<const float4*>(cluster.map_shared_rank(csum, q) + o);
             const float4 u = p[0], w = p[1];
-            s0.x += u.x; s0.y += u.y; s0.z += u.z; s0.w += u.w; s1.x += w.x; s1.y += w.y; s1.z += w.z; s1.w += w.w; }
-          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(acc + o), "f"(s0.x), "f"(s0.y), "f"(s0.z), "f"(s0.w) : "memory");
-          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(acc + o + 4), "f"(s1.x), "f"(s1.y), "f"(s1.z), "f"(s1.w) : "memory");
+            sum[0] += u.x; sum[1] += u.y; sum[2] += u.z; sum[3] += u.w; sum[4] += w.x; sum[5] += w.y; sum[6] += w.z; sum[7] += w.w; }
+          red_add8(acc + o, sum);
         }
         // csum is written again only at the next layer's end, after the grid barrier, which no block of the
         // cluster passes before its reads here are done
