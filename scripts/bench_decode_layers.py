@@ -21,9 +21,14 @@ The next phase's weights are already in the ring while a block waits at a barrie
 Simplified against the model (what costs no bandwidth and no dependency): no biases, layernorms without their
 affine weights. The KV cache holds `--context` positions; the new token's key and value are appended there.
 
+A variant (LLA) drops barrier A: each block stores its qkv rows as tagged 8-byte values (NCCL's LL protocol), and
+the attending blocks wait for the 192 values their head needs, without a fence or a counter.
+
 Checked against numpy (`decode_layers_ref`: the same roundings) on 4 layers, then timed on 48 in a CUDA graph (CUDA
 events around a replay, median; the graph also copies x in and zeroes the accumulators), with and without its
-barriers (wrong results: what the dependencies cost).
+barriers (wrong results: what the dependencies cost); then thread 0's clock at 13 points of each layer (TL_POINTS),
+medians for the attending blocks and the others. Results: docs/results/bench_decode_layers_h200.md -- correct, and
+slower than the model (33.7-34.2 us a layer), half of it in the four dependencies.
 """
 
 import os
