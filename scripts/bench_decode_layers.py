@@ -168,7 +168,9 @@ __device__ __forceinline__ void take_sum(half* xs, float* acc3, int k) {
 // LLA: no barrier A -- each block stores its qkv rows as tagged 8-byte values into qll [3C] (zeros at the call's
 // start; the tag is the layer + 1), and the attending blocks await the 192 they need (NCCL's LL protocol, as
 // mlp_layers' variant 8): no fence, no counter, no wait for blocks the head does not need.
-template <int NTH, int C, int F, int HD, bool SYNC, bool LLA = false>
+// MATH false: no dot products in the weight phases (the chunks are waited for and dropped; wrong results): what the
+// blocks' arithmetic costs on the critical path.
+template <int NTH, int C, int F, int HD, bool SYNC, bool LLA = false, bool MATH = true>
 __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, half* xio, half* kcs, half* vcs, int T, int TM,
     half* qkv, unsigned long long* qll, float* po, float* pml, float* acc3, unsigned* arrived, int L, unsigned long long* tl) {
   static_assert(C / 8 <= NTH && HD * 64 == C, "a thread's 8 outputs; heads of 64");
@@ -207,7 +209,8 @@ __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, hal
     if (c == 0) layernorm<NTH, C>(xs, xn, red);                        // ln_1
     const uint4* chunk = ring + (g % S) * (CB / 16);
     bar_wait(&full[g % S], (g / S) & 1);
-    if (c < e1) fc_step<NTH, C, R, false>(chunk, reinterpret_cast<const uint4*>(xn), c * R, nq, hl, red);
+    if (!MATH) {}
+    else if (c < e1) fc_step<NTH, C, R, false>(chunk, reinterpret_cast<const uint4*>(xn), c * R, nq, hl, red);
     else if (c < e2) proj_step<C>(chunk, (c - e1) * R, min(R, no - (c - e1) * R), hl, a);
     else if (c < e3) fc_step<NTH, C, R>(chunk, reinterpret_cast<const uint4*>(xn), (c - e2) * R, n1, hl, red);
     else proj_step<C>(chunk, (c - e3) * R, min(R, n1 - (c - e3) * R), hl, a);
@@ -250,8 +253,9 @@ constexpr int LAYER_SMEM = 4 * 51200 + 2 * 2 * 1600;
 // gpt2-xl's shapes only (the caller checks); ws: int64 [L * 4] weight addresses
 void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
             torch::Tensor qll, torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks,
-            bool sync, bool lla, int64_t timeline) {
-  auto k = !sync ? decode_layers<256, 1600, 6400, 25, false> : lla ? decode_layers<256, 1600, 6400, 25, true, true>
+            bool sync, bool lla, bool math, int64_t timeline) {
+  auto k = !math ? (sync ? decode_layers<256, 1600, 6400, 25, true, false, false> : decode_layers<256, 1600, 6400, 25, false, false, false>)
+         : !sync ? decode_layers<256, 1600, 6400, 25, false> : lla ? decode_layers<256, 1600, 6400, 25, true, true>
                                                                   : decode_layers<256, 1600, 6400, 25, true>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
@@ -264,7 +268,7 @@ int64_t layers_blocks_resident() { int n = 0; auto k = decode_layers<256, 1600, 
 '''
 CPP = """void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
             torch::Tensor qll, torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks,
-            bool sync, bool lla, int64_t timeline);
+            bool sync, bool lla, bool math, int64_t timeline);
 int64_t layers_blocks_resident();"""
 
 
@@ -340,17 +344,20 @@ def main():
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16, context {T}; a CUDA graph's replay (events), medians", ""]
 
     qll = torch.zeros(3 * C, device="cuda", dtype=torch.int64)     # LLA's tagged q, k, v (zeros at each call)
-    run = lambda ws_, sync, lla, tl=0: ext.layers(ws_, xio, kc, vc, T, qkv, qll, po, pml, acc3, arrived, sms, sync, lla, tl)
-    kinds = {"every layer, four grid barriers a layer": (True, False),
-             "the same, q, k, v as tagged values awaited by the attending blocks (no barrier A)": (True, True),
-             "the same without its barriers (wrong results)": (False, False)}
+    run = lambda ws_, sync, lla, math=True, tl=0: ext.layers(ws_, xio, kc, vc, T, qkv, qll, po, pml, acc3, arrived, sms,
+                                                             sync, lla, math, tl)
+    kinds = {"every layer, four grid barriers a layer": (True, False, True),
+             "the same, q, k, v as tagged values awaited by the attending blocks (no barrier A)": (True, True, True),
+             "the same without its barriers (wrong results)": (False, False, True),
+             "four barriers, no dot products in the weight phases (wrong results)": (True, False, False),
+             "neither barriers nor dot products (wrong results)": (False, False, False)}
 
     # correct first: 4 layers against numpy, for each synchronised kind
     n = 4
     want = decode_layers_ref([tuple(t.cpu().numpy() for t in layer) for layer in w[:n]], kc[:n].cpu().numpy(),
                              vc[:n].cpu().numpy(), x0.cpu().numpy(), T).astype(np.float32)
-    for name, (sync, lla) in kinds.items():
-        if not sync:
+    for name, (sync, lla, math) in kinds.items():
+        if not (sync and math):
             continue
         xio.copy_(x0); acc3.zero_(); qll.zero_(); arrived.zero_()
         run(ws[:4 * n], sync, lla)
@@ -362,9 +369,9 @@ def main():
     bw = copy_bandwidth()
     lines += ["", f"| {L} layers in one launch ({sms} blocks of 256) | us a layer | TB/s (weights + KV) |", "|---|---|---|"]
     step_us = {}
-    for name, (sync, lla) in kinds.items():
+    for name, (sync, lla, math) in kinds.items():
         arrived.zero_()
-        us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(), qll.zero_(), run(ws, sync, lla))) / L
+        us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(), qll.zero_(), run(ws, sync, lla, math))) / L
         lines.append(f"| {name} | {us:.2f} | {layer_bytes / us / 1e6:.2f} |")
         step_us[name] = us * L
     # where a layer's time goes: thread 0's clock in one more call (medians over layers, and over the blocks that
@@ -375,7 +382,7 @@ def main():
     for lla in (False, True):
         tl = torch.zeros(L, sms, 13, device="cuda", dtype=torch.int64)
         xio.copy_(x0); acc3.zero_(); qll.zero_(); arrived.zero_()
-        run(ws, True, lla, tl.data_ptr())
+        run(ws, True, lla, tl=tl.data_ptr())
         t = tl.cpu().double()
         d = [(t[:, :, j] - t[:, :, j - 1]) / 1.97e3 for j in range(1, 13)] + [(t[1:, :, 0] - t[:-1, :, 0]) / 1.97e3]
         cols += [[x[:, :H * SPLIT].median().item() for x in d], [x[:, H * SPLIT:].median().item() for x in d]]
@@ -384,7 +391,7 @@ def main():
     # the step as the model's: these layers plus lm_head's bytes at the copy rate; against bench's roofline
     per_token = decode_bytes_per_token(cfg, "float16", T)
     lm_head_us = cfg.vocab_size * C * 2 / bw / 1e-6
-    tok_s = 1e6 / (min(step_us[k] for k, (sync, _) in kinds.items() if sync) + lm_head_us)
+    tok_s = 1e6 / (min(step_us[k] for k, (sync, _, math) in kinds.items() if sync and math) + lm_head_us)
     roof = bw / per_token
     lines += ["", f"A step of the faster synchronised layers plus lm_head at the copy rate ({bw / 1e12:.2f} TB/s, "
               f"{lm_head_us:.1f} us): {tok_s:.0f} tok/s, {100 * tok_s / roof:.0f}% of the roofline ({roof:.0f} tok/s "
