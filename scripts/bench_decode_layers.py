@@ -170,7 +170,11 @@ __device__ __forceinline__ void take_sum(half* xs, float* acc3, int k) {
 // mlp_layers' variant 8): no fence, no counter, no wait for blocks the head does not need.
 // MATH false: no dot products in the weight phases (the chunks are waited for and dropped; wrong results): what the
 // blocks' arithmetic costs on the critical path.
-template <int NTH, int C, int F, int HD, bool SYNC, bool LLA = false, bool MATH = true>
+// PF > 0: each chunk issued into the ring also prefetches the chunk PF further on into L2 (cp.async.bulk.prefetch.L2).
+// The dependencies leave HBM idle ~15 us a layer (run 6: 32.30 us a layer with them, 17.25 without, no dot products);
+// weights already in L2 when a block leaves a barrier would shorten the phases after it. (For the MLP alone, with one
+// barrier a layer, the same prefetch lost: 16.1-20.8 against 14.8 us, bench_weight_stream_h200.md.)
+template <int NTH, int C, int F, int HD, bool SYNC, bool LLA = false, bool MATH = true, int PF = 0>
 __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, half* xio, half* kcs, half* vcs, int T, int TM,
     half* qkv, unsigned long long* qll, float* po, float* pml, float* acc3, unsigned* arrived, int L, unsigned long long* tl) {
   static_assert(C / 8 <= NTH && HD * 64 == C, "a thread's 8 outputs; heads of 64");
@@ -187,12 +191,17 @@ __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, hal
   const int r1 = (long)b * F / G, n1 = (long)(b + 1) * F / G - r1;           // of c_fc and of MLP c_proj (inputs)
   const int ncq = (nq + R - 1) / R, nco = (no + R - 1) / R, nc1 = (n1 + R - 1) / R;
   const int e1 = ncq, e2 = ncq + nco, e3 = e2 + nc1, per = e3 + nc1, nc = L * per;   // a layer's chunk boundaries
-  auto issue = [&](int g) {                                             // thread 0: chunk g of the block's stream
+  auto src = [&](int g, unsigned* bytes) {                              // chunk g of the block's stream: its rows
     const int l = g / per, c = g % per;
     const int m = c < e1 ? 0 : c < e2 ? 1 : c < e3 ? 2 : 3, cc = c - (m == 0 ? 0 : m == 1 ? e1 : m == 2 ? e2 : e3);
     const int first = (m == 0 ? q1 : m == 1 ? o1 : r1) + cc * R, n = m == 0 ? nq : m == 1 ? no : n1;
-    const half* w = reinterpret_cast<const half*>(ws[4 * l + m]) + (size_t)first * C;
-    tma_rows(ring + (g % S) * (CB / 16), w, min(R, n - cc * R) * C * 2, &full[g % S]); };
+    *bytes = min(R, n - cc * R) * C * 2;
+    return reinterpret_cast<const half*>(ws[4 * l + m]) + (size_t)first * C; };
+  auto issue = [&](int g) {                                             // thread 0: chunk g into its stage, and (PF)
+    unsigned bytes; const half* w = src(g, &bytes);                     // chunk g + PF into L2
+    tma_rows(ring + (g % S) * (CB / 16), w, bytes, &full[g % S]);
+    if (PF && g + PF < nc) { w = src(g + PF, &bytes);
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(w), "r"(bytes) : "memory"); } };
   if (threadIdx.x == 0) {
     for (int s = 0; s <= S; ++s) bar_init(&full[s]);
     tma_rows(xs, xio, C * 2, &full[S]);
@@ -253,10 +262,13 @@ constexpr int LAYER_SMEM = 4 * 51200 + 2 * 2 * 1600;
 // gpt2-xl's shapes only (the caller checks); ws: int64 [L * 4] weight addresses
 void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
             torch::Tensor qll, torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks,
-            bool sync, bool lla, bool math, int64_t timeline) {
-  auto k = !math ? (sync ? decode_layers<256, 1600, 6400, 25, true, false, false> : decode_layers<256, 1600, 6400, 25, false, false, false>)
+            bool sync, bool lla, bool math, int64_t pf, int64_t timeline) {
+  auto k = pf == 4 ? (math ? decode_layers<256, 1600, 6400, 25, true, false, true, 4> : decode_layers<256, 1600, 6400, 25, true, false, false, 4>)
+         : pf == 8 ? decode_layers<256, 1600, 6400, 25, true, false, true, 8>
+         : !math ? (sync ? decode_layers<256, 1600, 6400, 25, true, false, false> : decode_layers<256, 1600, 6400, 25, false, false, false>)
          : !sync ? decode_layers<256, 1600, 6400, 25, false> : lla ? decode_layers<256, 1600, 6400, 25, true, true>
                                                                   : decode_layers<256, 1600, 6400, 25, true>;
+  TORCH_CHECK(pf == 0 || pf == 4 || pf == 8, "pf: 0, 4 or 8 (the instances built)");
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   k<<<blocks, 256, LAYER_SMEM, at::cuda::getCurrentCUDAStream()>>>(reinterpret_cast<const long long*>(ws.data_ptr()), h(x),
@@ -268,7 +280,7 @@ int64_t layers_blocks_resident() { int n = 0; auto k = decode_layers<256, 1600, 
 '''
 CPP = """void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor qkv,
             torch::Tensor qll, torch::Tensor po, torch::Tensor pml, torch::Tensor acc3, torch::Tensor arrived, int64_t blocks,
-            bool sync, bool lla, bool math, int64_t timeline);
+            bool sync, bool lla, bool math, int64_t pf, int64_t timeline);
 int64_t layers_blocks_resident();"""
 
 
@@ -344,23 +356,27 @@ def main():
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16, context {T}; a CUDA graph's replay (events), medians", ""]
 
     qll = torch.zeros(3 * C, device="cuda", dtype=torch.int64)     # LLA's tagged q, k, v (zeros at each call)
-    run = lambda ws_, sync, lla, math=True, tl=0: ext.layers(ws_, xio, kc, vc, T, qkv, qll, po, pml, acc3, arrived, sms,
-                                                             sync, lla, math, tl)
-    kinds = {"every layer, four grid barriers a layer": (True, False, True),
-             "the same, q, k, v as tagged values awaited by the attending blocks (no barrier A)": (True, True, True),
-             "the same without its barriers (wrong results)": (False, False, True),
-             "four barriers, no dot products in the weight phases (wrong results)": (True, False, False),
-             "neither barriers nor dot products (wrong results)": (False, False, False)}
+    run = lambda ws_, sync, lla, math=True, pf=0, tl=0: ext.layers(ws_, xio, kc, vc, T, qkv, qll, po, pml, acc3, arrived,
+                                                                    sms, sync, lla, math, pf, tl)
+    # (sync, lla, math, pf): decode_layers' template flags, as its comments say
+    kinds = {"every layer, four grid barriers a layer": (True, False, True, 0),
+             "the same, q, k, v as tagged values awaited by the attending blocks (no barrier A)": (True, True, True, 0),
+             "the same without its barriers (wrong results)": (False, False, True, 0),
+             "four barriers, each chunk issued prefetching the one 4 further on into L2": (True, False, True, 4),
+             "four barriers, L2 prefetch 8 chunks ahead": (True, False, True, 8),
+             "four barriers, no dot products in the weight phases (wrong results)": (True, False, False, 0),
+             "the same, L2 prefetch 4 chunks ahead (wrong results)": (True, False, False, 4),
+             "neither barriers nor dot products (wrong results)": (False, False, False, 0)}
 
     # correct first: 4 layers against numpy, for each synchronised kind
     n = 4
     want = decode_layers_ref([tuple(t.cpu().numpy() for t in layer) for layer in w[:n]], kc[:n].cpu().numpy(),
                              vc[:n].cpu().numpy(), x0.cpu().numpy(), T).astype(np.float32)
-    for name, (sync, lla, math) in kinds.items():
+    for name, (sync, lla, math, pf) in kinds.items():
         if not (sync and math):
             continue
         xio.copy_(x0); acc3.zero_(); qll.zero_(); arrived.zero_()
-        run(ws[:4 * n], sync, lla)
+        run(ws[:4 * n], sync, lla, pf=pf)
         err = float(np.abs(xio.float().cpu().numpy() - want).max() / np.abs(want).max())
         assert err < 2e-2, f"decode_layers ({name}), {n} layers: relative error {err:.2e}"
         lines += [f"{name}: checked against numpy on {n} layers, relative error {err:.1e}"]
@@ -369,9 +385,9 @@ def main():
     bw = copy_bandwidth()
     lines += ["", f"| {L} layers in one launch ({sms} blocks of 256) | us a layer | TB/s (weights + KV) |", "|---|---|---|"]
     step_us = {}
-    for name, (sync, lla, math) in kinds.items():
+    for name, (sync, lla, math, pf) in kinds.items():
         arrived.zero_()
-        us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(), qll.zero_(), run(ws, sync, lla, math))) / L
+        us = graph_us(lambda: (xio.copy_(x0), acc3.zero_(), qll.zero_(), run(ws, sync, lla, math, pf))) / L
         lines.append(f"| {name} | {us:.2f} | {layer_bytes / us / 1e6:.2f} |")
         step_us[name] = us * L
     # where a layer's time goes: thread 0's clock in one more call (medians over layers, and over the blocks that
@@ -391,7 +407,7 @@ def main():
     # the step as the model's: these layers plus lm_head's bytes at the copy rate; against bench's roofline
     per_token = decode_bytes_per_token(cfg, "float16", T)
     lm_head_us = cfg.vocab_size * C * 2 / bw / 1e-6
-    tok_s = 1e6 / (min(step_us[k] for k, (sync, _, math) in kinds.items() if sync and math) + lm_head_us)
+    tok_s = 1e6 / (min(step_us[k] for k, (sync, _, math, _) in kinds.items() if sync and math) + lm_head_us)
     roof = bw / per_token
     lines += ["", f"A step of the faster synchronised layers plus lm_head at the copy rate ({bw / 1e12:.2f} TB/s, "
               f"{lm_head_us:.1f} us): {tok_s:.0f} tok/s, {100 * tok_s / roof:.0f}% of the roofline ({roof:.0f} tok/s "
