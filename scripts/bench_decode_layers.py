@@ -292,6 +292,8 @@ TL_POINTS = ["ln_1, qkv rows", "barrier A: qkv stored, the fence (LLA: stored)",
              "barrier D: the adds, the fence", "barrier D: arrive and wait, x updated"]
 
 
+# (kernels/layernorm.py's and kernels/gelu.py's layernorm_ref and gelu_ref, written again: importing tinygpt2.kernels
+# imports TVM, which this torch-only script must not need on a bare GPU machine)
 def layernorm_ref(x):
     x = x.astype(np.float32)
     return ((x - x.mean()) / np.sqrt(x.var() + 1e-5)).astype(np.float16)

@@ -36,9 +36,8 @@ import argparse
 import numpy as np
 
 from tinygpt2.compile import build_cuda_kernel
+from tinygpt2.kernels.gelu import SQRT_2_OVER_PI, gelu_ref
 from tinygpt2.tvm_shim import T, tvm
-
-SQRT_2_OVER_PI = 0.7978845608028654
 
 
 def make_mlp_layers(L: int, C: int, F: int, G: int, stages: int = 4, chunk_bytes: int = 51200, threads: int = 256):
@@ -180,10 +179,6 @@ def make_mlp_layers(L: int, C: int, F: int, G: int, stages: int = 4, chunk_bytes
                                 x[t + i * threads] = xs[t + i * threads]
 
     return mlp_layers
-
-
-def gelu_ref(v):
-    return 0.5 * v * (1 + np.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v ** 3)))
 
 
 def mlp_layers_ref(w1: np.ndarray, w2t: np.ndarray, x: np.ndarray) -> np.ndarray:
