@@ -161,6 +161,7 @@ __device__ __forceinline__ void take_sum(half* xs, float* acc3, int k) {
   for (int i = (long)blockIdx.x * C / gridDim.x + threadIdx.x; i < (long)(blockIdx.x + 1) * C / gridDim.x; i += NTH) old[i] = 0.f;
   __syncthreads(); }
 
+constexpr int DECODE_SPLIT = 5;                                         // blocks a head (125 of gpt2-xl's 132 SMs)
 // every layer of the decode step in one launch (this file's docstring). ws: the layers' weight addresses, 4 a layer
 // (c_attn [3C, C], c_proj as [in, out] [C, C], c_fc [F, C], MLP c_proj as [in, out] [F, C]); kc, vc: [L][H][TM][64]
 // the cache, T positions filled; qkv [3C], po [HD * SPLIT * 64], pml [HD * SPLIT * 2] float: the exchange buffers;
@@ -178,7 +179,7 @@ template <int NTH, int C, int F, int HD, bool SYNC, bool LLA = false, bool MATH 
 __global__ void __launch_bounds__(NTH, 1) decode_layers(const long long* ws, half* xio, half* kcs, half* vcs, int T, int TM,
     half* qkv, unsigned long long* qll, float* po, float* pml, float* acc3, unsigned* arrived, int L, unsigned long long* tl) {
   static_assert(C / 8 <= NTH && HD * 64 == C, "a thread's 8 outputs; heads of 64");
-  constexpr int SPLIT = 5;                                              // blocks a head (125 of gpt2-xl's 132 SMs)
+  constexpr int SPLIT = DECODE_SPLIT;
   extern __shared__ __align__(128) unsigned char sm[];
   constexpr int S = 4, CB = 51200, R = CB / (2 * C);                   // the ring; rows a chunk, of any matrix (K = C)
   uint4* ring = reinterpret_cast<uint4*>(sm);
@@ -269,6 +270,8 @@ void layers(torch::Tensor ws, torch::Tensor x, torch::Tensor kc, torch::Tensor v
          : !sync ? decode_layers<256, 1600, 6400, 25, false> : lla ? decode_layers<256, 1600, 6400, 25, true, true>
                                                                   : decode_layers<256, 1600, 6400, 25, true>;
   TORCH_CHECK(pf == 0 || pf == 4 || pf == 8, "pf: 0, 4 or 8 (the instances built)");
+  TORCH_CHECK(po.numel() == 25 * DECODE_SPLIT * 64 && pml.numel() == 25 * DECODE_SPLIT * 2,
+              "po, pml: sized for ", DECODE_SPLIT, " blocks a head");
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, LAYER_SMEM);
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   k<<<blocks, 256, LAYER_SMEM, at::cuda::getCurrentCUDAStream()>>>(reinterpret_cast<const long long*>(ws.data_ptr()), h(x),
@@ -350,7 +353,7 @@ def main():
     kc, vc = rnd(L, H, TM, D, s=1.0), rnd(L, H, TM, D, s=1.0)
     ws = torch.tensor([t.data_ptr() for layer in w for t in layer], dtype=torch.int64, device="cuda")
     x0 = rnd(C, s=1.0)
-    SPLIT = 5                                  # the kernel's blocks a head
+    SPLIT = 5                                  # the kernel's blocks a head (DECODE_SPLIT; its launcher checks)
     assert T + 1 <= min(64 * SPLIT, TM) and H * SPLIT <= sms, "a split's keys: at most 64; a block a split"
     xio, qkv = x0.clone(), torch.zeros(3 * C, device="cuda").half()
     po, pml = torch.zeros(H * SPLIT * D, device="cuda"), torch.zeros(H * SPLIT * 2, device="cuda")
