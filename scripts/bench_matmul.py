@@ -1,11 +1,13 @@
-"""On the GPU machine: prefill's linears alone, per tensor-core schedule (tinygpt2/tensor_core.py).
+"""On the GPU machine: prefill's linears alone, per tensor-core schedule (tinygpt2/tensor_core.py), or in
+float32 per CUDA-core tile of DLight's Matmul (rules.TiledMatmul).
 
     python3 scripts/bench_matmul.py [--model gpt2-xl] [--n 1024] [--variants dlight,async,...]
+    python3 scripts/bench_matmul.py --dtype float32 [--variants simt-dlight,...]
 
 For gpt2-xl's four linears at n tokens (each with its epilogue: bias, GELU, residual), each schedule:
 a check against numpy (max abs error, fp16) and the median time of one call over 5 repeats of 20
 (TVM's time_evaluator, after a warm-up), in us and TFLOP/s; beside them torch's F.linear (cuBLAS),
-timed with CUDA events, when torch is there. Markdown on stdout.
+timed with CUDA events, when torch is there (TF32 off: the same float32 math as ours). Markdown on stdout.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import numpy as np
 from tinygpt2 import kernels as K
 from tinygpt2.compile import tir_pass_context
 from tinygpt2.config import PRESETS
+from tinygpt2.rules import TiledMatmul
 from tinygpt2.targets import make_target
 from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
 from tinygpt2.tvm_shim import tvm
@@ -33,6 +36,28 @@ VARIANTS = {
     "w2-64x64-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 1)),
     "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
+# float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB] is rules.TiledMatmul with BX x BY threads (C's rows x
+# columns), each computing MX x MY outputs (A x B of them, strided, with virtual threads), K-steps of K (16),
+# V-wide loads into shared memory (4);
+# simt-dlight is DLight's own config (8 x 16 threads of 4 x 4: a 32 x 64 tile)
+SIMT_DEFAULT = ["simt-dlight", "simt-16x16-4x8-v2", "simt-16x16-4x8", "simt-16x16-8x8", "simt-16x16-4x8-k32-v2"]
+# simt-16x16-4x8-v2 is the rule entry tiled-matmul's tile (its default)
+
+
+def simt_rule(name: str) -> TiledMatmul:
+    if name == "simt-dlight":
+        return TiledMatmul(block=(8, 16), micro=(4, 4), vector=2, min_out=0)
+    parts = name.split("-")[1:]
+    block, micro = (tuple(int(v) for v in p.split("x")) for p in parts[:2])
+    opts = {"k": 16, "vthread": (1, 1), "vector": 4, "min_out": 0}         # every linear, however narrow
+    for p in parts[2:]:
+        if p.startswith("k"):
+            opts["k"] = int(p[1:])
+        elif p.startswith("vt"):
+            opts["vthread"] = tuple(int(v) for v in p[2:].split("x"))
+        elif p.startswith("v"):
+            opts["vector"] = int(p[1:])
+    return TiledMatmul(block=block, micro=micro, **opts)
 
 
 def linears(cfg):
@@ -52,6 +77,7 @@ def cublas_us(x, w, b, r, gelu):
         import torch
     except ImportError:
         return None
+    torch.backends.cuda.matmul.allow_tf32 = False            # float32 as float32 (torch's default; said here)
     X, W, B = (torch.from_numpy(a).cuda() for a in (x, w, b))
     R = torch.from_numpy(r).cuda() if r is not None else None
 
@@ -77,31 +103,34 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gpt2-xl")
     ap.add_argument("--n", type=int, default=1024)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--variants", default=None)
     a = ap.parse_args()
+    a.variants = a.variants or ",".join(VARIANTS if a.dtype == "float16" else SIMT_DEFAULT)
     cfg = PRESETS[a.model]
     dev = tvm.cuda(0)
     target = make_target("cuda", "sm_90a")
     rng = np.random.default_rng(0)
     names = a.variants.split(",")
-    print(f"{a.model}, n = {a.n}, fp16: us a call (TFLOP/s), max abs error against numpy\n")
+    print(f"{a.model}, n = {a.n}, {a.dtype}: us a call (TFLOP/s), max abs error against numpy\n")
     print("| linear | " + " | ".join(names) + " | cuBLAS (torch) |\n|---|" + "---|" * (len(names) + 1))
     total = dict.fromkeys(names + ["cublas"], 0.0)
     for lin, (make, k_in, n_out, residual) in linears(cfg).items():
-        x = rng.standard_normal((a.n, k_in)).astype("float16")
-        w = (rng.standard_normal((n_out, k_in)) / np.sqrt(k_in)).astype("float16")
-        b = rng.standard_normal(n_out).astype("float16")
-        r = rng.standard_normal((a.n, n_out)).astype("float16") if residual else None
+        x = rng.standard_normal((a.n, k_in)).astype(a.dtype)
+        w = (rng.standard_normal((n_out, k_in)) / np.sqrt(k_in)).astype(a.dtype)
+        b = rng.standard_normal(n_out).astype(a.dtype)
+        r = rng.standard_normal((a.n, n_out)).astype(a.dtype) if residual else None
         want = refs(lin, x, w, b, r).astype(np.float32)
         flop = 2.0 * a.n * k_in * n_out
         cells = []
         for name in names:
             try:
-                sch = VARIANTS[name]().apply(make(k_in, n_out, "float16"), target, False)
+                rule = VARIANTS[name]() if a.dtype == "float16" else simt_rule(name)
+                sch = rule.apply(make(k_in, n_out, a.dtype), target, False)
                 with tir_pass_context(target):               # cp.async for the copies marked async
                     lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
                 args = [tvm.runtime.tensor(v, dev) for v in (x, w, b) + ((r,) if residual else ())]
-                args.append(tvm.runtime.tensor(np.zeros((a.n, n_out), "float16"), dev))
+                args.append(tvm.runtime.tensor(np.zeros((a.n, n_out), a.dtype), dev))
                 lib["main"](*args)
                 err = float(np.max(np.abs(args[-1].numpy().astype(np.float32) - want)))
                 t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)

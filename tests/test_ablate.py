@@ -44,7 +44,7 @@ def test_every_preset_gives_the_default_logits(tiny_checkpoint, default_logits, 
 
 def test_default_lists_order():
     assert A.default_lists("webgpu") == [
-        "none", "matmul", "gemv", "small-block-gemv", "low-batch-gemv", "reduction", "general-reduction", "rmsnorm",
+        "none", "matmul", "tiled-matmul", "gemv", "small-block-gemv", "low-batch-gemv", "reduction", "general-reduction", "rmsnorm",
         "transpose",
         "tensor-core-matmul", "tensor-core-matmul-async", "fused-decode", "hand-softmax", "flash-prefill", "default", "default-minus-matmul",
         "default-minus-gemv", "default-minus-reduction",

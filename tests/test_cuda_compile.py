@@ -159,6 +159,26 @@ def test_small_block_gemv_is_dlights_gemv_with_a_quarter_of_the_threads():
     assert (bounds("gemv"), bounds("small-block-gemv")) == (512, 128)
 
 
+def test_tiled_matmul_takes_wide_float32_linears_only():
+    """`tiled-matmul` (in `tuned` and `fused`, before `matmul`): DLight's Matmul with 64 x 128 tiles of 256
+    threads, for float32 matmuls at least 4096 outputs wide (gpt2-xl's qkv, c_fc); the 1600-wide c_projs
+    and every float16 kernel go on to the rules after it."""
+    from tinygpt2 import kernels as K
+    from tinygpt2.rules import TiledMatmul
+    from tinygpt2.targets import make_target
+    from tinygpt2.tvm_shim import tvm
+
+    rule, target = TiledMatmul(), make_target("cuda", "sm_90a")
+    assert rule.apply(K.make_linear_residual(1600, 1600, "float32"), target, False) is None
+    assert rule.apply(K.make_linear(1600, 4800, "float16"), target, False) is None
+    sch = rule.apply(K.make_linear_gelu(1600, 6400, "float32"), target, False)
+    source = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target).mod.imports[0].inspect_source()
+    assert "__launch_bounds__(256)" in source          # DLight's Matmul: 8 x 16 = 128 threads
+    wide = GPT2Config(vocab_size=512, n_positions=64, n_embd=1024, n_layer=1, n_head=16)     # c_fc: 4096
+    sched, _, _ = C.build_scheduled(wide, "cuda", "float32", "fused", arch="sm_90a")
+    assert (sched.rule_of["linear_fc_gelu"], sched.rule_of["linear_qkv"]) == ("tiled-matmul", "matmul")
+
+
 def device_kernels(sched, tgt) -> dict:
     """Kernel name -> its device PrimFunc after the TIR pipeline CUDA builds take (launch tags set; no nvcc)."""
     from tinygpt2.tvm_shim import pdl_tir_pipeline, tirx, tvm

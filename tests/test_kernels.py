@@ -285,6 +285,27 @@ def test_causal_softmax_gpu_on_webgpu(rng, n_head, n, m, n_ctx, dtype):
     assert (probs[:, masked] == 0).all()
 
 
+@pytest.mark.parametrize("n,k_in,n_out", [(70, 48, 200), (128, 96, 256)])   # padded and exact tiles
+def test_tiled_matmul_tile_on_webgpu(rng, n, k_in, n_out):
+    """`tiled-matmul` (rules.TiledMatmul) schedules float32 linears on CUDA with 64 x 128 tiles of 16 x 16
+    threads; here the same tile is put on the WebGPU adapter (llvmpipe) to run it: c_proj + residual against
+    numpy, shapes that do not divide the tile padded. With 1-wide loads into shared memory, not CUDA's 2-wide:
+    TVM's WebGPU lowering rejects those in this schedule (storage_rewrite); CUDA's were checked on the H200
+    (scripts/bench_matmul.py --dtype float32, scripts/gpu_check.py: docs/results/bench_matmul_fp32_h200.md)."""
+    from tinygpt2.rules import TiledMatmul
+    from tinygpt2.runtime.webgpu import run_kernel
+    from tinygpt2.targets import make_target
+
+    rule = TiledMatmul(kinds=("webgpu",), min_out=0, vector=1)
+    target = make_target("webgpu")
+    assert rule.get_configs(target).block_size_x * rule.get_configs(target).micro_size_x == 64
+    func = rule.apply(K.make_linear_residual(k_in, n_out, "float32", seq_len=n), target, False).mod["main"]
+    x, w = rand(rng, n, k_in), rand(rng, n_out, k_in, scale=0.1)
+    b, r = rand(rng, n_out), rand(rng, n, n_out)
+    out = run_kernel(func, [x, w, b, r, np.zeros((n, n_out), "float32")])[-1]
+    np.testing.assert_allclose(out, K.linear_residual_ref(x, w, b, r), **TOL["float32"])
+
+
 def test_argmax_lowest_id_on_ties(rng):
     logits = rand(rng, 1, V)
     logits[0, [17, 250]] = logits.max() + 1                        # a tie: the lower id wins, as np.argmax

@@ -14,6 +14,7 @@ DLight tries the rules of a list in order on each kernel; the first that returns
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 
@@ -114,6 +115,53 @@ class SmallBlockGEMV(dl.gpu.GEMV):
         return super().apply(func, target, tunable)
 
 
+class TiledMatmul(dl.gpu.Matmul):
+    """DLight's Matmul rule on CUDA cores for float32, with the block's tile as knobs, for wide matmuls.
+
+    On CUDA, DLight's Matmul gives a block 8 x 16 threads, each computing 4 x 4 outputs: a 32 x 64 tile of
+    C, its K-steps of 16 staged in shared memory, 2-wide loads. `block` is threads (x: C's rows, the
+    tokens; y: its columns, the output features), `micro` the outputs a thread computes, `k` the K-step,
+    `vector` the width of the loads into shared memory and of C's stores; `kinds` the targets it applies
+    to (elsewhere DLight's own config). The default, 16 x 16 threads of 4 x 8 (a 64 x 128 tile, 256
+    threads), was the fastest of 20 tiles for gpt2-xl's four linears at 1024 tokens on an H200: 154.7 ms
+    a prefill's linears against DLight's 209.0 (cuBLAS 81.5); 8 x 8 outputs a thread were slower (295-325
+    ms), and so were 4-wide loads (180.4) and K-steps of 8 or 32 (scripts/bench_matmul.py --dtype float32;
+    docs/results/bench_matmul_fp32_h200.md).
+    But a tile 4x DLight's makes 4x fewer blocks: at 128 tokens gpt2-xl's 1600-wide linears (the two
+    c_projs) then leave SMs idle (the MLP's c_proj 444 -> 745 us, and TTFT 49 -> 68 ms). So the rule takes
+    only matmuls at least `min_out` outputs wide (qkv and c_fc in gpt2-xl: at 128 tokens 168 / 194 us
+    against 167 / 221, at 1024 828 / 993 against 1038 / 1370) and leaves the others to the rules after it.
+    Only float32 kernels: a float16 one is left to the rules after it too (DLight's Matmul tensorizes it
+    on sm_70+), so fp16 builds do not change.
+    """
+
+    def __init__(self, block=(16, 16), micro=(4, 8), k=16, vector=2, vthread=(1, 1), min_out=4096,
+                 kinds=("cuda", "rocm")):
+        super().__init__()
+        self.tile = dict(block_size_x=block[0], block_size_y=block[1], micro_size_x=micro[0],
+                         micro_size_y=micro[1], micro_size_k=k, vector_size=vector, vthread_x=vthread[0],
+                         vthread_y=vthread[1])
+        self.min_out, self.kinds = min_out, tuple(kinds)
+
+    def get_configs(self, target):
+        config = super().get_configs(target)
+        if target.kind.name in self.kinds:      # the tile, with DLight's CUDA settings (rows of shared memory padded)
+            config = dataclasses.replace(config, storage_align=True, unroll=256, **self.tile)
+        return config
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            return None
+        sch = tvm.s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
+        if {str(r.source.dtype) for b in blocks for r in sch.get(b).reads} & {"float16", "bfloat16"}:
+            return None                                   # not a float32 matmul: DLight's Matmul's
+        out = sch.get(blocks[-1]).writes[0].source.shape[-1]          # the kernel's output: [.., n, out]
+        if not isinstance(out, tvm.tirx.IntImm) or out.value < self.min_out:
+            return None
+        return super().apply(func, target, tunable)
+
+
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
     names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
@@ -127,6 +175,7 @@ def hand_kernels(rule_list) -> tuple[str, ...]:
 # rule name -> class, per kind of target
 GPU_RULES = {
     "matmul": dl.gpu.Matmul,
+    "tiled-matmul": TiledMatmul,                 # ours: DLight's Matmul with a larger float32 tile (above)
     "gemv": dl.gpu.GEMV,
     "small-block-gemv": SmallBlockGEMV,          # ours: DLight's GEMV, at most 128 threads a block (above)
     "low-batch-gemv": dl.gpu.LowBatchGEMV,
@@ -160,13 +209,17 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # does not, sm_70-75), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200) and, taking the place of both for attention, flash-prefill (FlashPrefill; gpt2-xl's
 # 1024-token attention 13.1 -> 4.5 ms, prefill 29.7k -> 40.2k tok/s on an H200): docs/results/README.md
-GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", *GPU_DEFAULT]
+# tiled-matmul: float32's wide linears on a larger tile (TiledMatmul; gpt2-xl's fp32 prefill@1024 4.1k -> 4.6k
+# tok/s on an H200, docs/results/bench_matmul_fp32_h200.md)
+GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul",
+             *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
 # default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
 # 4191 and 621; with the layernorms folded into the weights (fused-decode's, weights.fold_layernorms) 4394
 # and 685 (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "matmul", "small-block-gemv", "gemv",
+GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
+             "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 
 
@@ -181,8 +234,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 the scores never in memory, WMMA on CUDA in fp16), tensor-core-matmul-async
                 (WMMA with larger warp tiles and cp.async, sm_80+) and tensor-core-matmul before it
                 (the linears on tensor cores; and attention's q.k^T and p.v, where DLight keeps them on
-                CUDA cores, when flash-prefill is taken out) and hand-softmax (the causal softmax
-                hand-scheduled, each score read once, likewise without flash-prefill).
+                CUDA cores, when flash-prefill is taken out), hand-softmax (the causal softmax
+                hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
+                (float32 linears at least 4096 wide on a 4x larger CUDA-core tile than DLight's).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and

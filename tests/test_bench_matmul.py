@@ -1,0 +1,26 @@
+"""scripts/bench_matmul.py's float32 tiles (the benchmark itself needs the GPU machine): what its names mean as
+rules.TiledMatmul configs, and that `simt-dlight` is DLight's own Matmul config, so that the table's baseline is
+the rule the `default` preset applies."""
+
+from scripts_loader import load_script
+
+from tinygpt2.rules import TiledMatmul
+from tinygpt2.targets import make_target
+from tinygpt2.tvm_shim import dl
+
+
+def test_simt_dlight_is_dlights_cuda_config():
+    bench, cuda = load_script("bench_matmul"), make_target("cuda", "sm_90a")
+    assert bench.simt_rule("simt-dlight").get_configs(cuda) == dl.gpu.Matmul().get_configs(cuda)
+
+
+def test_tile_names():
+    cfg = load_script("bench_matmul").simt_rule("simt-16x32-4x8-k32-vt2x1-v2").get_configs(make_target("cuda", "sm_90a"))
+    assert (cfg.block_size_x, cfg.block_size_y, cfg.micro_size_x, cfg.micro_size_y) == (16, 32, 4, 8)
+    assert (cfg.micro_size_k, cfg.vthread_x, cfg.vthread_y, cfg.vector_size) == (32, 2, 1, 2)
+
+
+def test_the_rule_entrys_tile_is_the_fastest_measured():
+    """tiled-matmul's default tile is the one docs/results/bench_matmul_fp32_h200.md kept: simt-16x16-4x8-v2."""
+    cuda = make_target("cuda", "sm_90a")
+    assert TiledMatmul().get_configs(cuda) == load_script("bench_matmul").simt_rule("simt-16x16-4x8-v2").get_configs(cuda)
