@@ -123,10 +123,10 @@ class TiledMatmul(dl.gpu.Matmul):
     tokens; y: its columns, the output features), `micro` the outputs a thread computes, `k` the K-step,
     `vector` the width of the loads into shared memory and of C's stores; `kinds` the targets it applies
     to (elsewhere DLight's own config). The default, 16 x 16 threads of 4 x 8 (a 64 x 128 tile, 256
-    threads), was the fastest of 20 tiles for gpt2-xl's four linears at 1024 tokens on an H200: 154.7 ms
-    a prefill's linears against DLight's 209.0 (cuBLAS 81.5); 8 x 8 outputs a thread were slower (295-325
-    ms), and so were 4-wide loads (180.4) and K-steps of 8 or 32 (scripts/bench_matmul.py --dtype float32;
-    docs/results/bench_matmul_fp32_h200.md).
+    threads), was the fastest of 23 tiles (DLight's included) for gpt2-xl's four linears at 1024 tokens on
+    an H200: 154.7 ms a prefill's linears against DLight's 209.0 (cuBLAS 81.5); 8 x 8 outputs a thread
+    were slower (295-325 ms), and so were 4-wide loads (180.4) and K-steps of 8 or 32
+    (scripts/bench_matmul.py --dtype float32; docs/results/bench_matmul_fp32_h200.md).
     But a tile 4x DLight's makes 4x fewer blocks: at 128 tokens gpt2-xl's 1600-wide linears (the two
     c_projs) then leave SMs idle (the MLP's c_proj 444 -> 745 us, and TTFT 49 -> 68 ms). So the rule takes
     only matmuls at least `min_out` outputs wide (qkv and c_fc in gpt2-xl: at 128 tokens 168 / 194 us
