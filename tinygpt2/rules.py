@@ -154,7 +154,7 @@ class TiledMatmul(dl.gpu.Matmul):
             return None
         sch = tvm.s_tir.Schedule(func)
         blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
-        if {str(r.source.dtype) for b in blocks for r in sch.get(b).reads} & {"float16", "bfloat16"}:
+        if not blocks or {str(r.source.dtype) for b in blocks for r in sch.get(b).reads} & {"float16", "bfloat16"}:
             return None                                   # not a float32 matmul: DLight's Matmul's
         out = sch.get(blocks[-1]).writes[0].source.shape[-1]          # the kernel's output: [.., n, out]
         if not isinstance(out, tvm.tirx.IntImm) or out.value < self.min_out:
