@@ -36,7 +36,7 @@ import argparse
 import numpy as np
 
 from tinygpt2.compile import build_cuda_kernel
-from tinygpt2.kernels.gelu import SQRT_2_OVER_PI, gelu_ref
+from tinygpt2.kernels.gelu import gelu_expr, gelu_ref
 from tinygpt2.tvm_shim import T, tvm
 
 
@@ -132,8 +132,7 @@ def make_mlp_layers(L: int, C: int, F: int, G: int, stages: int = 4, chunk_bytes
                                         T.uint32(0xFFFFFFFF), acc[0], (TPR // 2) >> k, 32, 32)
                                 if t % TPR == 0 and c * R + t // TPR < n1:
                                     sv[0] = acc[0]
-                                    hl[c * R + t // TPR] = T.Cast("float32", T.Cast("float16", T.float32(0.5) * sv[0] * (
-                                        T.float32(1) + T.tanh(T.float32(SQRT_2_OVER_PI) * (sv[0] + T.float32(0.044715) * sv[0] * sv[0] * sv[0])))))
+                                    hl[c * R + t // TPR] = T.Cast("float32", T.Cast("float16", gelu_expr(sv[0])))
                             elif t < NV:                             # part += h[k] W2T[k, 8t : 8t + 8]
                                 for k0 in range((T.min(R, n1 - (c - nc1) * R) + 3) // 4):    # 4 rows' loads in flight
                                     for k1 in T.unroll(4):
