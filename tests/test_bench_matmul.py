@@ -15,12 +15,16 @@ def test_simt_dlight_is_dlights_cuda_config():
 
 
 def test_tile_names():
-    cfg = load_script("bench_matmul").simt_rule("simt-16x32-4x8-k32-vt2x1-v2").get_configs(make_target("cuda", "sm_90a"))
+    rule = load_script("bench_matmul").simt_rule("simt-16x32-4x8-k32-vt2x1-v2")
+    cfg = rule.get_configs(make_target("cuda", "sm_90a"))
     assert (cfg.block_size_x, cfg.block_size_y, cfg.micro_size_x, cfg.micro_size_y) == (16, 32, 4, 8)
-    assert (cfg.micro_size_k, cfg.vthread_x, cfg.vthread_y, cfg.vector_size) == (32, 2, 1, 2)
+    assert (cfg.micro_size_k, cfg.vthread_x, cfg.vthread_y, cfg.vector_size, cfg.unroll) == (32, 2, 1, 2, 256)
+    assert not rule.k_major                                            # DLight's layout unless -km
+    rule = load_script("bench_matmul").simt_rule("simt-16x16-8x8-km-u1024")
+    assert rule.k_major and rule.get_configs(make_target("cuda", "sm_90a")).unroll == 1024
 
 
-def test_the_rule_entrys_tile_is_the_fastest_measured():
-    """tiled-matmul's default tile is the one docs/results/bench_matmul_fp32_h200.md kept: simt-16x16-4x8-v2."""
-    cuda = make_target("cuda", "sm_90a")
-    assert TiledMatmul().get_configs(cuda) == load_script("bench_matmul").simt_rule("simt-16x16-4x8-v2").get_configs(cuda)
+def test_the_rule_entrys_tile_is_the_one_kept():
+    """tiled-matmul's default tile is the one docs/results/bench_matmul_fp32_h200.md kept: simt-16x8-4x8-v4-km."""
+    cuda, kept = make_target("cuda", "sm_90a"), load_script("bench_matmul").simt_rule("simt-16x8-4x8-v4-km")
+    assert TiledMatmul().get_configs(cuda) == kept.get_configs(cuda) and TiledMatmul().k_major == kept.k_major

@@ -2,6 +2,7 @@
 scheduled by a rule, the CUDA C has a __global__ per kernel, and the decode step's static stretches
 are captured as CUDA graphs. Running it needs the GPU machine (scripts/device_bench.sh)."""
 
+import collections
 import re
 import shutil
 
@@ -159,24 +160,47 @@ def test_small_block_gemv_is_dlights_gemv_with_a_quarter_of_the_threads():
     assert (bounds("gemv"), bounds("small-block-gemv")) == (512, 128)
 
 
-def test_tiled_matmul_takes_wide_float32_linears_only():
-    """`tiled-matmul` (in `tuned` and `fused`, before `matmul`): DLight's Matmul with 64 x 128 tiles of 256
-    threads, for float32 matmuls at least 4096 outputs wide (gpt2-xl's qkv, c_fc); the 1600-wide c_projs
-    and every float16 kernel go on to the rules after it."""
+def test_tiled_matmul_takes_float32_matmuls():
+    """`tiled-matmul` (in `tuned` and `fused`, before `matmul`): DLight's Matmul with 64 x 64 tiles of 128
+    threads (DLight's: 32 x 64, 128 threads), for float32 matmuls; float16 kernels go on to the rules after
+    it, and so do those narrower than `min_out` when it is given."""
     from tinygpt2 import kernels as K
     from tinygpt2.rules import TiledMatmul
     from tinygpt2.targets import make_target
     from tinygpt2.tvm_shim import tvm
 
     rule, target = TiledMatmul(), make_target("cuda", "sm_90a")
-    assert rule.apply(K.make_linear_residual(1600, 1600, "float32"), target, False) is None
     assert rule.apply(K.make_linear(1600, 4800, "float16"), target, False) is None
-    sch = rule.apply(K.make_linear_gelu(1600, 6400, "float32"), target, False)
+    assert TiledMatmul(min_out=4096).apply(K.make_linear_residual(1600, 1600, "float32"), target, False) is None
+    sch = rule.apply(K.make_linear_residual(1600, 1600, "float32"), target, False)
     source = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target).mod.imports[0].inspect_source()
-    assert "__launch_bounds__(256)" in source          # DLight's Matmul: 8 x 16 = 128 threads
-    wide = GPT2Config(vocab_size=512, n_positions=64, n_embd=1024, n_layer=1, n_head=16)     # c_fc: 4096
-    sched, _, _ = C.build_scheduled(wide, "cuda", "float32", "fused", arch="sm_90a")
-    assert (sched.rule_of["linear_fc_gelu"], sched.rule_of["linear_qkv"]) == ("tiled-matmul", "matmul")
+    assert "__launch_bounds__(128)" in source
+    sched, _, _ = C.build_scheduled(CFG, "cuda", "float32", "fused", arch="sm_90a")
+    assert {sched.rule_of[f"linear_{name}"] for name in ("qkv", "attn_proj", "fc_gelu", "mlp_proj")} == {"tiled-matmul"}
+    assert sched.rule_of["ln_linear_qkv_n1"] == "hand-scheduled"       # decode's linears are not matmuls
+
+
+def test_tiled_matmul_stores_its_tiles_k_major():
+    """rules.to_k_major: in shared memory A's and B's 64-row tiles are stored as 16 k's of 64 + 4 floats
+    (DLight: 64 rows of 16 + 4 k's). A thread's 4 rows of A and 8 columns of B at one k then lie side by
+    side, so in SASS a K-step of 16 is 16 x (1 + 2) 16-byte loads for its 16 x 32 FMAs, and nothing else
+    from shared memory."""
+    from tinygpt2 import kernels as K
+    from tinygpt2.rules import TiledMatmul
+    from tinygpt2.targets import make_target
+    from tinygpt2.tvm_shim import tvm
+
+    target = make_target("cuda", "sm_90a")
+
+    def shared_arrays(rule):
+        func = rule.apply(K.make_linear(1600, 4800, "float32"), target, False).mod["main"]
+        source = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.imports[0].inspect_source()
+        return sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)), func
+
+    (k_major, func), (dlight, _) = shared_arrays(TiledMatmul()), shared_arrays(TiledMatmul(k_major=False))
+    assert k_major == [16 * (64 + 4)] * 2 and dlight == [64 * (16 + 4)] * 2
+    ops = (op.split()[0].removesuffix(".FTZ") for op in sass({"lin": func})["lin_kernel"])  # fast math: FTZ
+    assert collections.Counter(op for op in ops if op.startswith(("LDS", "FFMA"))) == {"FFMA": 512, "LDS.128": 48}
 
 
 def device_kernels(sched, tgt) -> dict:

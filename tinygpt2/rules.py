@@ -116,37 +116,45 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 
 class TiledMatmul(dl.gpu.Matmul):
-    """DLight's Matmul rule on CUDA cores for float32, with the block's tile as knobs, for wide matmuls.
+    """DLight's Matmul rule on CUDA cores for float32, with the block's tile as knobs and its tiles in shared
+    memory stored K-major.
 
     On CUDA, DLight's Matmul gives a block 8 x 16 threads, each computing 4 x 4 outputs: a 32 x 64 tile of
-    C, its K-steps of 16 staged in shared memory, 2-wide loads. `block` is threads (x: C's rows, the
-    tokens; y: its columns, the output features), `micro` the outputs a thread computes, `k` the K-step,
-    `vector` the width of the loads into shared memory and of C's stores; `kinds` the targets it applies
-    to (elsewhere DLight's own config). The default, 16 x 16 threads of 4 x 8 (a 64 x 128 tile, 256
-    threads), was the fastest of 23 tiles (DLight's included) for gpt2-xl's four linears at 1024 tokens on
-    an H200: 154.7 ms a prefill's linears against DLight's 209.0 (cuBLAS 81.5); 8 x 8 outputs a thread
-    were slower (295-325 ms), and so were 4-wide loads (180.4) and K-steps of 8 or 32
-    (scripts/bench_matmul.py --dtype float32; docs/results/bench_matmul_fp32_h200.md).
-    But a tile 4x DLight's makes 4x fewer blocks: at 128 tokens gpt2-xl's 1600-wide linears (the two
-    c_projs) then leave SMs idle (the MLP's c_proj 444 -> 745 us, and TTFT 49 -> 68 ms). So the rule takes
-    only matmuls at least `min_out` outputs wide (qkv and c_fc in gpt2-xl: at 128 tokens 168 / 194 us
-    against 167 / 221, at 1024 828 / 993 against 1038 / 1370) and leaves the others to the rules after it.
-    Only float32 kernels: a float16 one is left to the rules after it too (DLight's Matmul tensorizes it
-    on sm_70+), so fp16 builds do not change.
+    C, its K-steps of 16 staged in shared memory as they lie in memory (K innermost), 2-wide loads.
+    `block` is threads (x: C's rows, the tokens; y: its columns, the output features), `micro` the outputs
+    a thread computes, `k` the K-step, `vector` the width of the loads into shared memory and of C's
+    stores, `unroll` DLight's unroll limit (a thread's K-step is unrolled when micro x micro x k fits in
+    it), `k_major` the tiles' layout in shared memory (to_k_major, below), `min_out` the narrowest output
+    it takes (narrower matmuls go on to the rules after it), `kinds` the targets it applies to (elsewhere
+    DLight's own config and layout).
+
+    The default, 16 x 8 threads of 4 x 8 (a 64 x 64 tile, 128 threads), K-major, 4-wide loads, was chosen
+    among 30-odd tiles on gpt2-xl's four linears on an H200 (scripts/bench_matmul.py --dtype float32;
+    docs/results/bench_matmul_fp32_h200.md). A prefill's linears, ms, against DLight's config:
+
+        tokens   DLight   this   the best tile at that length   cuBLAS
+        128      43.3     41.1   33.1 (32 x 64)                 20.0
+        512      --       62.5   62.5                           47.0
+        1024     209.0    107.6  106.1 (64 x 128)               80.4
+
+    K-major is what pays (the same 64 x 128 tile, 154.6 -> 105.9 ms at 1024 tokens); among tiles, 64 x 64
+    is the one that is never far from the best at any length: the rows (tokens) are not known when the
+    kernel is built. Only float32 kernels: a float16 one is left to the rules after it (DLight's Matmul
+    tensorizes it on sm_70+), so fp16 builds do not change.
     """
 
-    def __init__(self, block=(16, 16), micro=(4, 8), k=16, vector=2, vthread=(1, 1), min_out=4096,
-                 kinds=("cuda", "rocm")):
+    def __init__(self, block=(16, 8), micro=(4, 8), k=16, vector=4, vthread=(1, 1), min_out=0,
+                 kinds=("cuda", "rocm"), k_major=True, unroll=256):
         super().__init__()
         self.tile = dict(block_size_x=block[0], block_size_y=block[1], micro_size_x=micro[0],
                          micro_size_y=micro[1], micro_size_k=k, vector_size=vector, vthread_x=vthread[0],
-                         vthread_y=vthread[1])
-        self.min_out, self.kinds = min_out, tuple(kinds)
+                         vthread_y=vthread[1], unroll=unroll)
+        self.min_out, self.kinds, self.k_major = min_out, tuple(kinds), k_major
 
     def get_configs(self, target):
         config = super().get_configs(target)
         if target.kind.name in self.kinds:      # the tile, with DLight's CUDA settings (rows of shared memory padded)
-            config = dataclasses.replace(config, storage_align=True, unroll=256, **self.tile)
+            config = dataclasses.replace(config, storage_align=True, **self.tile)
         return config
 
     def apply(self, func, target, tunable):
@@ -159,7 +167,30 @@ class TiledMatmul(dl.gpu.Matmul):
         out = sch.get(blocks[-1]).writes[0].source.shape[-1]          # the kernel's output: [.., n, out]
         if not isinstance(out, tvm.tirx.IntImm) or out.value < self.min_out:
             return None
-        return super().apply(func, target, tunable)
+        sch = super().apply(func, target, tunable)
+        if sch is not None and self.k_major and target.kind.name in self.kinds:
+            to_k_major(sch)
+        return sch
+
+
+def to_k_major(sch) -> None:
+    """Store the shared-memory tiles of a matmul DLight's Matmul scheduled K-major: [.., k, i], not [.., i, k].
+
+    As DLight leaves them, a thread's rows of A (and of B) at one k lie a row apart, K innermost, padded to
+    18 floats: a K-step of 4 x 8 outputs is loaded into registers whole (120 registers a thread, in nvcc
+    13's SASS), and the 16 threads of a warp that read different rows start them in 4 banks (rows
+    4 x 18 floats apart), 4-way conflicts. K-major, a thread's 4 rows at one k are 4 neighbouring floats:
+    one 16-byte load for A's 4, two for B's 8, every thread of the warp on its own banks; the same 48
+    16-byte loads a K-step, at 71 registers. The price is the copy in: a thread's consecutive k's are now
+    a row apart, stored one float at a time. Each row is padded by 4 floats (to 4 mod 32): the stores of
+    one copy then spread over the banks, and the loads stay 16-byte aligned.
+    """
+    for block in sch.get_child_blocks(dl.analysis.get_root_block(sch)):
+        buf = sch.get(block).writes[0].source
+        if buf.scope() == "shared":
+            sch.transform_layout(block, ("write", 0), lambda *i: (*i[:-2], i[-1], i[-2]))
+            sch.unannotate(block, "buffer_dim_align")             # DLight's padding, of the old rows
+            sch.storage_align(block, 0, axis=len(buf.shape) - 2, factor=32, offset=4)
 
 
 def hand_kernels(rule_list) -> tuple[str, ...]:
