@@ -132,14 +132,14 @@ class TiledMatmul(dl.gpu.Matmul):
     among 30-odd tiles on gpt2-xl's four linears on an H200 (scripts/bench_matmul.py --dtype float32;
     docs/results/bench_matmul_fp32_h200.md). A prefill's linears, ms, against DLight's config:
 
-        tokens   DLight   this   the best tile at that length   cuBLAS
-        128      43.3     41.1   33.1 (32 x 64)                 20.0
-        512      --       62.5   62.5                           47.0
-        1024     209.0    107.6  106.1 (64 x 128)               80.4
+        tokens   DLight   this          the best tile at that length   cuBLAS
+        128      43.3     41.1-41.4     33.1 (32 x 64)                 19.8-20.0
+        512      --       62.5          62.5                           47.0
+        1024     209.0    107.3-107.6   105.9-106.1 (64 x 128)         80.3-81.3
 
-    K-major is what pays (the same 64 x 128 tile, 154.6 -> 105.9 ms at 1024 tokens); among tiles, 64 x 64
-    is the one that is never far from the best at any length: the rows (tokens) are not known when the
-    kernel is built. Only float32 kernels: a float16 one is left to the rules after it (DLight's Matmul
+    K-major is what pays (this rule's first tile, 64 x 128 in DLight's layout: 154.6 -> 115.3 ms at 1024
+    tokens K-major, 105.9 with 4-wide loads); among tiles, 64 x 64 is never far from the best at any
+    length, and the rows (tokens) are not known when the kernel is built. Only float32 kernels: a float16 one is left to the rules after it (DLight's Matmul
     tensorizes it on sm_70+), so fp16 builds do not change.
     """
 
@@ -176,14 +176,15 @@ class TiledMatmul(dl.gpu.Matmul):
 def to_k_major(sch) -> None:
     """Store the shared-memory tiles of a matmul DLight's Matmul scheduled K-major: [.., k, i], not [.., i, k].
 
-    As DLight leaves them, a thread's rows of A (and of B) at one k lie a row apart, K innermost, padded to
-    18 floats: a K-step of 4 x 8 outputs is loaded into registers whole (120 registers a thread, in nvcc
-    13's SASS), and the 16 threads of a warp that read different rows start them in 4 banks (rows
-    4 x 18 floats apart), 4-way conflicts. K-major, a thread's 4 rows at one k are 4 neighbouring floats:
-    one 16-byte load for A's 4, two for B's 8, every thread of the warp on its own banks; the same 48
-    16-byte loads a K-step, at 71 registers. The price is the copy in: a thread's consecutive k's are now
-    a row apart, stored one float at a time. Each row is padded by 4 floats (to 4 mod 32): the stores of
-    one copy then spread over the banks, and the loads stay 16-byte aligned.
+    As DLight leaves them, a thread's rows of A (and of B) at one k lie a row apart, K innermost (with
+    2-wide loads, rows of 16 k's padded to 18 floats): a K-step of 4 x 8 outputs is loaded into registers
+    whole (120 registers a thread, in nvcc 13's SASS), and the 16 threads of a warp that read different rows
+    start them in 4 banks (rows 4 x 18 floats apart). K-major, a thread's 4 rows at one k are 4 neighbouring
+    floats: one 16-byte load for A's 4, two for B's 8, a warp's loads consecutive 16-byte words: 48 16-byte
+    loads a K-step (42 of 16 bytes and 12 of 8 before), at 71 registers. The price is the copy in: a
+    thread's consecutive k's are now a row apart, stored one float at a time. Each row is padded by 4
+    floats (to 4 mod 32), which keeps the loads 16-byte aligned and halves the stores' bank conflicts
+    (a warp's 4-wide copy: 2-way, 4-way with rows of 64).
     """
     for block in sch.get_child_blocks(dl.analysis.get_root_block(sch)):
         buf = sch.get(block).writes[0].source
@@ -206,7 +207,7 @@ def hand_kernels(rule_list) -> tuple[str, ...]:
 # rule name -> class, per kind of target
 GPU_RULES = {
     "matmul": dl.gpu.Matmul,
-    "tiled-matmul": TiledMatmul,                 # ours: DLight's Matmul with a larger float32 tile (above)
+    "tiled-matmul": TiledMatmul,                 # ours: DLight's Matmul, float32, its tiles K-major (above)
     "gemv": dl.gpu.GEMV,
     "small-block-gemv": SmallBlockGEMV,          # ours: DLight's GEMV, at most 128 threads a block (above)
     "low-batch-gemv": dl.gpu.LowBatchGEMV,
@@ -240,8 +241,8 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # does not, sm_70-75), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200) and, taking the place of both for attention, flash-prefill (FlashPrefill; gpt2-xl's
 # 1024-token attention 13.1 -> 4.5 ms, prefill 29.7k -> 40.2k tok/s on an H200): docs/results/README.md
-# tiled-matmul: float32's wide linears on a larger tile (TiledMatmul; gpt2-xl's fp32 prefill@1024 4.1k -> 4.6k
-# tok/s on an H200, docs/results/bench_matmul_fp32_h200.md)
+# tiled-matmul: float32's matmuls on a 64 x 64 tile stored K-major in shared memory (TiledMatmul; gpt2-xl's fp32
+# prefill@1024 4.1k -> 6.9k tok/s on an H200, docs/results/bench_matmul_fp32_h200.md)
 GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul",
              *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
@@ -267,7 +268,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (the linears on tensor cores; and attention's q.k^T and p.v, where DLight keeps them on
                 CUDA cores, when flash-prefill is taken out), hand-softmax (the causal softmax
                 hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
-                (float32 linears at least 4096 wide on a 4x larger CUDA-core tile than DLight's).
+                (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
