@@ -50,6 +50,12 @@ puts k_s in q_s's memory, dead once Q is in fragments: 27 KiB). p_s, the probabi
 K is no longer needed once S is computed, and the next tile's K is stored after P V is done (for head
 dimensions under BK, k_s gets the extra rows p_s needs).
 
+Without tensor cores the rows of q_s, k_s, v_s, s_s and p_s are padded by one float to odd strides: two
+lanes a row, a warp reads 16 rows at once, which rows of 64 (or 32) floats put in one bank. TVM compacts
+an allocation to the part of it that is read ([16, 65] to [16, 64]), so q_s, v_s and s_s are views of
+flat allocations, which it keeps whole. gpt2-xl's 1024-token attention in float32 on an H200: 795 ->
+473 us a call (scripts/bench_flash.py --dtype float32).
+
 Measured on an H200 (fp16, n = m = 1024, scripts/bench_flash.py, one call; docs/results/README.md):
 gpt2-xl's 25 heads 92.8 us with 4 warps (BQ = 64), 92.4 with the K/V prefetch, 98.1 with 2 warps
 without it and 82.6 with both (kept: twice the blocks, and the loads hidden), 111.4 with 4 warps and
@@ -72,20 +78,24 @@ LANES = 32                                   # threads a warp (two a row)
 
 
 def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 2, bk: int = 64,
-                 prefetch: bool = True) -> dict[str, int]:
+                 prefetch: bool = True, pad: int | None = None) -> dict[str, int]:
     """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides.
     (warps, bk, prefetch): the tensor-core variant's, unless asked otherwise (scripts/bench_flash.py);
-    prefetch: the next key tile's K, V loaded into registers while this one is computed."""
+    prefetch: the next key tile's K, V loaded into registers while this one is computed; pad: the
+    elements added to each row of shared memory (8 with tensor cores, 1 without; scripts/bench_flash.py)."""
     if tensor_cores:                         # 2 warps of 16 rows, keys in tiles of 64, 16-byte loads
         vec = 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
         warps, bk, vec = 1, 32, next(v for v in (4, 2) if head_dim % v == 0)
     assert head_dim % (16 if tensor_cores else 2) == 0, f"head_dim {head_dim}: 16 x 16 fragments / two lanes a row"
-    pad = 8 if tensor_cores else 0           # WMMA wants strides that are whole 16-byte units
+    # WMMA wants strides that are whole 16-byte units. Without it, the 16 rows a warp reads at once lie a
+    # row apart in shared memory (two lanes a row): rows of 64 (or 32) floats would put all 16 in one bank,
+    # a 16-way conflict on every read of q_s, s_s and p_s; an odd stride puts them in 16 banks
+    pad = (8 if tensor_cores else 1) if pad is None else pad
     lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec, prefetch=bool(prefetch and tensor_cores),
                dp=head_dim + pad,            # row stride of q_s, k_s, v_s
                pp=bk + pad,                  # row stride of p_s, which lives in k_s's memory
-               sp=max(bk, head_dim) + (4 if tensor_cores else 0))   # row stride of s_s (scores, then P V)
+               sp=max(bk, head_dim) + (4 if tensor_cores else pad))   # row stride of s_s (scores, then P V)
     # k_s's rows: a key tile's, or as many as p_s [BQ, PP] needs where it is larger (head_dim < BK)
     lay["k_rows"] = max(bk, -(-lay["bq"] * lay["pp"] // lay["dp"]))
     return lay
@@ -168,10 +178,15 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         b = T.launch_thread("blockIdx.x", n_qt(n) * H)
         tx = T.launch_thread("threadIdx.x", LANES)
         w = T.launch_thread("threadIdx.y", W)
-        q_s = T.alloc_buffer((BQ, DP), dtype, scope="shared")
+        # q_s, v_s, s_s: views of flat allocations, which TVM keeps whole (an allocation of [rows, stride]
+        # would be compacted to the columns read, [rows, D], and lose the padding; k_s keeps it, p_s a view)
+        q_mem = T.alloc_buffer((BQ * DP,), dtype, scope="shared")
+        v_mem = T.alloc_buffer((BK * DP,), dtype, scope="shared")
+        s_mem = T.alloc_buffer((BQ * SP,), ACC, scope="shared")
+        q_s = T.decl_buffer((BQ, DP), dtype, data=q_mem.data, scope="shared")
         k_s = T.alloc_buffer((KR, DP), dtype, scope="shared")
-        v_s = T.alloc_buffer((BK, DP), dtype, scope="shared")
-        s_s = T.alloc_buffer((BQ, SP), ACC, scope="shared")          # the tile's scores, then its P V
+        v_s = T.decl_buffer((BK, DP), dtype, data=v_mem.data, scope="shared")
+        s_s = T.decl_buffer((BQ, SP), ACC, data=s_mem.data, scope="shared")   # the tile's scores, then its P V
         p_s = T.decl_buffer((BQ, PP), dtype, data=k_s.data, scope="shared")   # probabilities: k_s's memory
         trade = T.alloc_buffer((BQ, 2), ACC, scope="shared")        # the two lanes of a row trade values here
         o = T.alloc_buffer((HALF_D,), ACC, scope="local")            # this lane's D/2 outputs, unnormalized

@@ -1,10 +1,12 @@
 """On the GPU machine: prefill's one-kernel attention (kernels/flash_attention.py) alone, per tile size.
 
     python3 scripts/bench_flash.py [--heads 25] [--n 1024] [--layers 48]
+    python3 scripts/bench_flash.py --dtype float32 [--tiles pad1,pad0]
 
-For each (warps, BK, prefetch or not) of the tensor-core variant: logits-free check against numpy (fp16 tolerance) and
-the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as a
-Markdown table; `x layers` is the time of a whole prefill's attention.
+For each (warps, BK, prefetch or not) of the tensor-core variant (float16), or each padding of shared
+memory's rows of the CUDA-core variant (float32: "padP", P elements a row): the max abs error against
+numpy and the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as
+a Markdown table; `x layers` is the time of a whole prefill's attention.
 """
 
 import argparse
@@ -22,28 +24,34 @@ def main():
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=48)
-    ap.add_argument("--tiles", default="2x64p,4x64,4x64p,2x64,4x32p")   # warps x BK, p: prefetch
+    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--tiles", default=None)   # float16: warps x BK, p: prefetch; float32: padP
     a = ap.parse_args()
+    a.tiles = a.tiles or ("2x64p,4x64,4x64p,2x64,4x32p" if a.dtype == "float16" else "pad1,pad0")
     H, D, P, n = a.heads, a.head_dim, 1024, a.n
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
-    qkv = (2 * rng.standard_normal((n, 3 * H * D))).astype("float16")
-    k_cache = rng.standard_normal((H, P, D)).astype("float16")
-    v_cache = rng.standard_normal((H, P, D)).astype("float16")
+    qkv = (2 * rng.standard_normal((n, 3 * H * D))).astype(a.dtype)
+    k_cache = rng.standard_normal((H, P, D)).astype(a.dtype)
+    v_cache = rng.standard_normal((H, P, D)).astype(a.dtype)
     want = flash_attention_ref(qkv, k_cache, v_cache, n)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-    print(f"| warps x BK | max abs err | us a call | x {a.layers} layers, ms |\n|---|---|---|---|")
+    print(f"| {'warps x BK' if a.dtype == 'float16' else 'padding'} | max abs err | us a call | x {a.layers} layers, ms |"
+          "\n|---|---|---|---|")
     for tiles in a.tiles.split(","):
-        warps, bk = (int(v) for v in tiles.rstrip("p").split("x"))
-        func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk,
-                                    prefetch=tiles.endswith("p"))
+        if a.dtype == "float16":
+            warps, bk = (int(v) for v in tiles.rstrip("p").split("x"))
+            func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk,
+                                        prefetch=tiles.endswith("p"))
+        else:
+            func = make_flash_attention(H, D, P, "float32", False, seq_len=n, pad=int(tiles[3:]))
         func = func.specialize({func.params[3]: tirx.IntImm("int64", n)})
         try:
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
         except Exception as e:                                           # a layout that does not build
             print(f"| {tiles} | build failed: {str(e).splitlines()[-1][:80]} | | |")
             continue
-        args = [tvm.runtime.tensor(x, dev) for x in (qkv, k_cache, v_cache, np.zeros((n, H * D), "float16"))]
+        args = [tvm.runtime.tensor(x, dev) for x in (qkv, k_cache, v_cache, np.zeros((n, H * D), a.dtype))]
         lib["main"](*args)
         err = float(np.max(np.abs(args[-1].numpy().astype(np.float32) - want.astype(np.float32))))
         t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)

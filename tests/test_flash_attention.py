@@ -66,9 +66,10 @@ def test_layouts():
     assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True,
                                                      dp=72, pp=72, sp=68, k_rows=64)
     assert flash_layout(32, "float16", True, warps=4)["k_rows"] == 116  # p_s [64, 72] is larger than a K tile [64, 40]
-    # the CUDA-core variant (WebGPU): one warp, 32-key tiles, vec4 loads, no padding
+    # the CUDA-core variant (WebGPU, float32): one warp, 32-key tiles, vec4 loads, rows padded to odd
+    # strides (the 16 rows a warp reads at once in 16 banks)
     assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False,
-                                                      dp=64, pp=32, sp=64, k_rows=32)
+                                                      dp=65, pp=33, sp=65, k_rows=32)
 
 
 def _cuda_source(H, D, P, seq_len=None):
@@ -86,6 +87,20 @@ def test_tensor_core_variant_builds_for_sm_90a():
                  for t, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) \w+\[(\d+)\]", src))
     assert shared <= 48 * 1024, shared                                   # static shared memory: 48 KiB at most
     assert "for (int64_t kt" in src                                      # one loop over key tiles, no scores buffer
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
+def test_cuda_core_variant_keeps_its_padded_rows_for_sm_90a():
+    """float32 on CUDA: q_s, k_s, v_s, s_s keep their odd row strides in the CUDA C (TVM would compact a
+    [16, 65] allocation whose last column is never read to [16, 64]: the flat allocations under views
+    are what keeps them). Without the padding gpt2-xl's 1024-token attention took 795 us a call on an
+    H200, with it 473 (scripts/bench_flash.py --dtype float32)."""
+    func = make_flash_attention(25, 64, 1024, "float32", False).with_attr("global_symbol", "flash")
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    src = tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
+    shared = dict(re.findall(r"__shared__ alignas\(\d+\) float (\w+)_ptr\[(\d+)\]", src))
+    assert {k: int(v) for k, v in shared.items() if k != "trade"} == {
+        "q_mem": 16 * 65, "k_s": 32 * 65, "v_mem": 32 * 65, "s_mem": 16 * 65}
 
 
 @pytest.fixture(scope="module")
