@@ -167,14 +167,12 @@ def test_tiled_matmul_takes_float32_matmuls():
     from tinygpt2 import kernels as K
     from tinygpt2.rules import TiledMatmul
     from tinygpt2.targets import make_target
-    from tinygpt2.tvm_shim import tvm
 
     rule, target = TiledMatmul(), make_target("cuda", "sm_90a")
     assert rule.apply(K.make_linear(1600, 4800, "float16"), target, False) is None
     assert TiledMatmul(min_out=4096).apply(K.make_linear_residual(1600, 1600, "float32"), target, False) is None
     sch = rule.apply(K.make_linear_residual(1600, 1600, "float32"), target, False)
-    source = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target).mod.imports[0].inspect_source()
-    assert "__launch_bounds__(128)" in source
+    assert "__launch_bounds__(128)" in cuda_source({"main": sch.mod["main"]})
     sched, _, _ = C.build_scheduled(CFG, "cuda", "float32", "fused", arch="sm_90a")
     assert {sched.rule_of[f"linear_{name}"] for name in ("qkv", "attn_proj", "fc_gelu", "mlp_proj")} == {"tiled-matmul"}
     assert sched.rule_of["ln_linear_qkv_n1"] == "hand-scheduled"       # decode's linears are not matmuls
@@ -188,13 +186,12 @@ def test_tiled_matmul_stores_its_tiles_k_major():
     from tinygpt2 import kernels as K
     from tinygpt2.rules import TiledMatmul
     from tinygpt2.targets import make_target
-    from tinygpt2.tvm_shim import tvm
 
     target = make_target("cuda", "sm_90a")
 
     def shared_arrays(rule):
         func = rule.apply(K.make_linear(1600, 4800, "float32"), target, False).mod["main"]
-        source = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.imports[0].inspect_source()
+        source = cuda_source({"main": func})
         return sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)), func
 
     (k_major, func), (dlight, _) = shared_arrays(TiledMatmul()), shared_arrays(TiledMatmul(k_major=False))
@@ -290,14 +287,9 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
 TVM_FLAGS = ("--use_fast_math", "--ptxas-options=--register-usage-level=10")
 
 
-def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):
+def cuda_source(funcs: dict) -> str:
     """PrimFuncs (name -> func, each exported under its name) built for sm_90a as compile.py builds CUDA
-    (TVM's TIR pipeline with the PDL launch tag), their CUDA C then compiled by nvcc to `out` ("ptx",
-    "cubin") with flags: the file's bytes; with report, nvcc's stderr instead (ptxas's -v report)."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
+    (TVM's TIR pipeline with the PDL launch tag): their CUDA C."""
     from tinygpt2 import targets as TG
     from tinygpt2.tvm_shim import pdl_tir_pipeline, tvm
 
@@ -305,8 +297,18 @@ def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):
     with tgt:
         ex = tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}), target=tgt,
                          tir_pipeline=pdl_tir_pipeline())
+    return C.device_module(ex.mod, "cuda").inspect_source()
+
+
+def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):
+    """cuda_source(funcs) compiled by nvcc to `out` ("ptx", "cubin") with flags: the file's bytes; with
+    report, nvcc's stderr instead (ptxas's -v report)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "k.cu").write_text(C.device_module(ex.mod, "cuda").inspect_source())
+        (Path(tmp) / "k.cu").write_text(cuda_source(funcs))
         run = subprocess.run(["nvcc", f"--{out}", "-O3", "-arch=sm_90a", *flags, "-o", f"{tmp}/k.{out}",
                               f"{tmp}/k.cu"], check=True, capture_output=True, text=True)
         return run.stderr if report else (Path(tmp) / f"k.{out}").read_bytes()
@@ -314,8 +316,6 @@ def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):
 
 def ptx_loads(func) -> dict[str, int]:
     """A kernel's global loads in the PTX nvcc makes of its CUDA C: {'ld.global.nc.v4.u32': n, ...}."""
-    import collections
-
     ptx = nvcc({"main": func}, "ptx").decode()
     return collections.Counter(re.findall(r"ld\.global(?:\.nc)?(?:\.v[24])?\.\w+", ptx))
 

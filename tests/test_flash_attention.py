@@ -72,10 +72,16 @@ def test_layouts():
                                                       dp=65, pp=33, sp=65, k_rows=32)
 
 
-def _cuda_source(H, D, P, seq_len=None):
-    func = make_flash_attention(H, D, P, "float16", True, seq_len=seq_len).with_attr("global_symbol", "flash")
+def _cuda_source(H, D, P, seq_len=None, dtype="float16", tensor_cores=True):
+    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=seq_len).with_attr("global_symbol", "flash")
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     return tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
+
+
+def _shared_arrays(src) -> dict[str, tuple[str, int]]:
+    """The CUDA C's static shared arrays: name -> (element type, count)."""
+    return {name: (t, int(count))
+            for t, name, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) (\w+)\[(\d+)\]", src)}
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
@@ -83,8 +89,7 @@ def test_tensor_core_variant_builds_for_sm_90a():
     src = _cuda_source(25, 64, 1024)                                     # gpt2-xl's attention
     # q.k^T: 4 x 4 fragment products a key tile, p.v: 4 x 4 (unrolled), on tensor cores
     assert src.count("wmma::mma_sync") == 32
-    shared = sum(int(count) * {"half": 2, "float": 4}[t]
-                 for t, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) \w+\[(\d+)\]", src))
+    shared = sum(count * {"half": 2, "float": 4}[t] for t, count in _shared_arrays(src).values())
     assert shared <= 48 * 1024, shared                                   # static shared memory: 48 KiB at most
     assert "for (int64_t kt" in src                                      # one loop over key tiles, no scores buffer
 
@@ -95,12 +100,10 @@ def test_cuda_core_variant_keeps_its_padded_rows_for_sm_90a():
     [16, 65] allocation whose last column is never read to [16, 64]: the flat allocations under views
     are what keeps them). Without the padding gpt2-xl's 1024-token attention took 795 us a call on an
     H200, with it 473 (scripts/bench_flash.py --dtype float32)."""
-    func = make_flash_attention(25, 64, 1024, "float32", False).with_attr("global_symbol", "flash")
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-    src = tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
-    shared = dict(re.findall(r"__shared__ alignas\(\d+\) float (\w+)_ptr\[(\d+)\]", src))
-    assert {k: int(v) for k, v in shared.items() if k != "trade"} == {
-        "q_mem": 16 * 65, "k_s": 32 * 65, "v_mem": 32 * 65, "s_mem": 16 * 65}
+    shared = _shared_arrays(_cuda_source(25, 64, 1024, dtype="float32", tensor_cores=False))
+    assert {k: n for k, (_, n) in shared.items() if k != "trade_ptr"} == {
+        "q_mem_ptr": 16 * 65, "k_s_ptr": 32 * 65, "v_mem_ptr": 32 * 65, "s_mem_ptr": 16 * 65}
+    assert {t for t, _ in shared.values()} == {"float"}
 
 
 @pytest.fixture(scope="module")
