@@ -36,27 +36,30 @@ VARIANTS = {
     "w2-64x64-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 1)),
     "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
-# float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB][-vV][-km][-uU] is rules.TiledMatmul with BX x BY threads
+# float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB][-vV][-km][-uU][-p] is rules.TiledMatmul with BX x BY threads
 # (C's rows x columns), each computing MX x MY outputs (A x B of them, strided, with virtual threads), K-steps of
 # K (16), V-wide loads into shared memory (4), the tiles in shared memory K-major with -km (rules.to_k_major;
-# DLight's layout without), an unroll limit of U (256; a thread's K-step is unrolled when MX x MY x K fits);
+# DLight's layout without), an unroll limit of U (256; a thread's K-step is unrolled when MX x MY x K fits),
+# the next K-step loaded into registers during this one with -p (rules.prefetch_to_registers);
 # simt-dlight is DLight's own config (8 x 16 threads of 4 x 4: a 32 x 64 tile)
-SIMT_DEFAULT = ["simt-dlight", "simt-16x16-4x8-v2", "simt-16x8-4x8-v4-km", "simt-16x16-4x8-v4-km",
-                "simt-8x16-4x4-v4-km"]
-# simt-16x8-4x8-v4-km is the rule entry tiled-matmul's tile (its default); simt-16x16-4x8-v2 its tile before
-# K-major (2026-12-04)
+SIMT_DEFAULT = ["simt-dlight", "simt-16x16-4x8-v2", "simt-16x8-4x8-v4-km", "simt-16x8-4x8-k32-v4-km-p",
+                "simt-16x16-4x8-k32-v4-km-p", "simt-8x16-4x4-k32-v4-km-p"]
+# simt-16x8-4x8-k32-v4-km-p is the rule entry tiled-matmul's tile (its default); simt-16x8-4x8-v4-km its tile
+# before the prefetch, simt-16x16-4x8-v2 before K-major (2026-12-04)
 
 
 def simt_rule(name: str) -> TiledMatmul:
     if name == "simt-dlight":
-        return TiledMatmul(block=(8, 16), micro=(4, 4), vector=2, min_out=0, k_major=False)
+        return TiledMatmul(block=(8, 16), micro=(4, 4), k=16, vector=2, min_out=0, k_major=False, prefetch=False)
     parts = name.split("-")[1:]
     block, micro = (tuple(int(v) for v in p.split("x")) for p in parts[:2])
     opts = {"k": 16, "vthread": (1, 1), "vector": 4, "min_out": 0,         # every linear, however narrow
-            "k_major": False}
+            "k_major": False, "prefetch": False}
     for p in parts[2:]:
         if p == "km":
             opts["k_major"] = True
+        elif p == "p":
+            opts["prefetch"] = True
         elif p.startswith("k"):
             opts["k"] = int(p[1:])
         elif p.startswith("vt"):

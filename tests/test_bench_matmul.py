@@ -19,12 +19,16 @@ def test_tile_names():
     cfg = rule.get_configs(make_target("cuda", "sm_90a"))
     assert (cfg.block_size_x, cfg.block_size_y, cfg.micro_size_x, cfg.micro_size_y) == (16, 32, 4, 8)
     assert (cfg.micro_size_k, cfg.vthread_x, cfg.vthread_y, cfg.vector_size, cfg.unroll) == (32, 2, 1, 2, 256)
-    assert not rule.k_major                                            # DLight's layout unless -km
-    rule = load_script("bench_matmul").simt_rule("simt-16x16-8x8-km-u1024")
+    assert not rule.k_major and not rule.prefetch                      # DLight's layout unless -km, ...
+    rule = load_script("bench_matmul").simt_rule("simt-16x16-8x8-km-u1024-p")
     assert rule.k_major and rule.get_configs(make_target("cuda", "sm_90a")).unroll == 1024
+    assert rule.prefetch                                               # ... and its copy unless -p
 
 
 def test_the_rule_entrys_tile_is_the_one_kept():
-    """tiled-matmul's default tile is the one docs/results/bench_matmul_fp32_h200.md kept: simt-16x8-4x8-v4-km."""
-    cuda, kept = make_target("cuda", "sm_90a"), load_script("bench_matmul").simt_rule("simt-16x8-4x8-v4-km")
-    assert TiledMatmul().get_configs(cuda) == kept.get_configs(cuda) and TiledMatmul().k_major == kept.k_major
+    """tiled-matmul's default tile is the one docs/results/bench_matmul_fp32_h200.md kept:
+    simt-16x8-4x8-k32-v4-km-p."""
+    cuda, kept = make_target("cuda", "sm_90a"), load_script("bench_matmul").simt_rule("simt-16x8-4x8-k32-v4-km-p")
+    rule = TiledMatmul()
+    assert rule.get_configs(cuda) == kept.get_configs(cuda)
+    assert (rule.k_major, rule.prefetch) == (kept.k_major, kept.prefetch) == (True, True)

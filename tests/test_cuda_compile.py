@@ -194,10 +194,39 @@ def test_tiled_matmul_stores_its_tiles_k_major():
         source = cuda_source({"main": func})
         return sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)), func
 
-    (k_major, func), (dlight, _) = shared_arrays(TiledMatmul()), shared_arrays(TiledMatmul(k_major=False))
+    # K-steps of 16, no prefetch: the tile as it was measured K-major (the default's K-steps are 32)
+    k_major, func = shared_arrays(TiledMatmul(k=16, prefetch=False))
+    dlight, _ = shared_arrays(TiledMatmul(k=16, prefetch=False, k_major=False))
     assert k_major == [16 * (64 + 4)] * 2 and dlight == [64 * (16 + 4)] * 2
     ops = (op.split()[0].removesuffix(".FTZ") for op in sass({"lin": func})["lin_kernel"])  # fast math: FTZ
     assert collections.Counter(op for op in ops if op.startswith(("LDS", "FFMA"))) == {"FFMA": 512, "LDS.128": 48}
+
+
+def test_tiled_matmul_loads_the_next_k_step_into_registers_during_this_one():
+    """rules.prefetch_to_registers (tiled-matmul's default): each K-step of the CUDA C first loads the next
+    step's tiles from global memory into a thread's registers (four 16-byte vectors each of A and B: 64 x 32
+    floats over 128 threads), then, between two barriers, computes this step from shared memory, then stores
+    the registers into shared memory. One copy of the tiles in shared memory (32 k's of 64 + 4 floats each), and the registers stay
+    registers: no stack frame in ptxas's report."""
+    from tinygpt2 import kernels as K
+    from tinygpt2.rules import TiledMatmul
+    from tinygpt2.targets import make_target
+
+    func = TiledMatmul().apply(K.make_linear(1600, 4800, "float32"), make_target("cuda", "sm_90a"), False)
+    source = cuda_source({"main": func.mod["main"]})
+    assert sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)) == [32 * (64 + 4)] * 2
+    assert re.findall(r"float4 (\w+_local_ptr)\[4\]", source) == ["x_reindex_pad_shared_local_ptr",
+                                                                   "w_reindex_shared_local_ptr"]
+    loop = source[source.index("for (int64_t ax3_0"):]                   # the K loop, from its first line
+    load = max(re.search(rf"{buf}_local_ptr\[(\(int64_t\))?3\] = ", loop).start()
+               for buf in ("x_reindex_pad_shared", "w_reindex_shared"))       # each copy's last vector
+    bar1 = loop.index("__syncthreads()")
+    fma = loop.index("acc_reindex_pad_local_ptr[0]")
+    bar2 = loop.index("__syncthreads()", fma)
+    store = loop.index("x_reindex_pad_shared_ptr[", bar2)
+    assert load < bar1 < fma < bar2 < store
+    report = nvcc({"main": func.mod["main"]}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
+    assert re.findall(r"(\d+) bytes stack frame", report) == ["0"]
 
 
 def device_kernels(sched, tgt) -> dict:

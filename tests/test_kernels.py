@@ -285,20 +285,23 @@ def test_causal_softmax_gpu_on_webgpu(rng, n_head, n, m, n_ctx, dtype):
     assert (probs[:, masked] == 0).all()
 
 
-@pytest.mark.parametrize("k_major", [True, False])
+@pytest.mark.parametrize("opts", [{},                                         # the default: prefetch, K-steps of 32
+                                  {"k": 16, "prefetch": False},               # as first measured K-major
+                                  {"k_major": False, "vector": 1}])           # DLight's layout
 @pytest.mark.parametrize("n,k_in,n_out", [(70, 48, 200), (128, 96, 256)])   # padded and exact tiles
-def test_tiled_matmul_tile_on_webgpu(rng, n, k_in, n_out, k_major):
+def test_tiled_matmul_tile_on_webgpu(rng, n, k_in, n_out, opts):
     """`tiled-matmul` (rules.TiledMatmul) schedules float32 linears on CUDA with 64 x 64 tiles of 16 x 8
-    threads, stored K-major in shared memory (rules.to_k_major); here the same schedule is put on the WebGPU
-    adapter (llvmpipe) to run it: c_proj + residual against numpy, shapes that do not divide the tile padded.
-    In DLight's layout with 1-wide loads: TVM's WebGPU lowering rejects wider ones there (storage_rewrite).
-    CUDA's were checked on the H200 (scripts/bench_matmul.py --dtype float32, scripts/gpu_check.py:
-    docs/results/bench_matmul_fp32_h200.md)."""
+    threads, stored K-major in shared memory (rules.to_k_major), the next K-step loaded into registers
+    during this one (rules.prefetch_to_registers); here the same schedule is put on the WebGPU adapter
+    (llvmpipe) to run it: c_proj + residual against numpy, shapes that do not divide the tile (rows, and K
+    by the K-step) padded. In DLight's layout with 1-wide loads: TVM's WebGPU lowering rejects wider ones
+    there (storage_rewrite). CUDA's were checked on the H200 (scripts/bench_matmul.py --dtype float32,
+    scripts/gpu_check.py: docs/results/bench_matmul_fp32_h200.md)."""
     from tinygpt2.rules import TiledMatmul
     from tinygpt2.runtime.webgpu import run_kernel
     from tinygpt2.targets import make_target
 
-    rule = TiledMatmul(kinds=("webgpu",), k_major=k_major, **({} if k_major else {"vector": 1}))
+    rule = TiledMatmul(kinds=("webgpu",), **opts)
     target = make_target("webgpu")
     assert rule.get_configs(target).block_size_x * rule.get_configs(target).micro_size_x == 64
     func = rule.apply(K.make_linear_residual(k_in, n_out, "float32", seq_len=n), target, False).mod["main"]

@@ -116,8 +116,8 @@ class SmallBlockGEMV(dl.gpu.GEMV):
 
 
 class TiledMatmul(dl.gpu.Matmul):
-    """DLight's Matmul rule on CUDA cores for float32, with the block's tile as knobs and its tiles in shared
-    memory stored K-major.
+    """DLight's Matmul rule on CUDA cores for float32, with the block's tile as knobs, its tiles in shared
+    memory stored K-major and the next K-step loaded into registers during this one.
 
     On CUDA, DLight's Matmul gives a block 8 x 16 threads, each computing 4 x 4 outputs: a 32 x 64 tile of
     C, its K-steps of 16 staged in shared memory as they lie in memory (K innermost), 2-wide loads.
@@ -128,28 +128,33 @@ class TiledMatmul(dl.gpu.Matmul):
     it takes (narrower matmuls go on to the rules after it), `kinds` the targets it applies to (elsewhere
     DLight's own config and layout).
 
-    The default, 16 x 8 threads of 4 x 8 (a 64 x 64 tile, 128 threads), K-major, 4-wide loads, was chosen
-    among 30-odd tiles on gpt2-xl's four linears on an H200 (scripts/bench_matmul.py --dtype float32;
-    docs/results/bench_matmul_fp32_h200.md). A prefill's linears, ms, against DLight's config:
+    `prefetch` loads the next K-step into registers while the block computes this one
+    (prefetch_to_registers, below).
 
-        tokens   DLight   this          the best tile at that length   cuBLAS
-        128      43.3     41.1-41.4     33.1 (32 x 64)                 19.8-20.0
-        512      --       62.5          62.5                           47.0
-        1024     209.0    107.3-107.6   105.9-106.1 (64 x 128)         80.3-81.3
+    The default, 16 x 8 threads of 4 x 8 (a 64 x 64 tile, 128 threads), K-major, 4-wide loads, K-steps of 32
+    with the next one prefetched, was chosen among 30-odd tiles on gpt2-xl's four linears on an H200
+    (scripts/bench_matmul.py --dtype float32; docs/results/bench_matmul_fp32_h200.md). A prefill's linears,
+    ms, against DLight's config:
 
-    K-major is what pays (this rule's first tile, 64 x 128 in DLight's layout: 154.6 -> 115.3 ms at 1024
-    tokens K-major, 105.9 with 4-wide loads); among tiles, 64 x 64 is never far from the best at any
-    length, and the rows (tokens) are not known when the kernel is built. Only float32 kernels: a float16 one is left to the rules after it (DLight's Matmul
-    tensorizes it on sm_70+), so fp16 builds do not change.
+        tokens   DLight   K-steps of 16   this (32, prefetched)   the best tile measured there   cuBLAS
+        128      43.3     40.8-40.9       31.0-31.8               26.1 (32 x 64, prefetched)     20.0-20.1
+        512      --       62.5            56.4                    56.4                           46.4
+        1024     209.0    107.2-107.5     103.2-103.4             101.1-101.6 (64 x 128, pref.)  80.2
+
+    K-major is what paid most (this rule's first tile, 64 x 128 in DLight's layout: 154.6 -> 115.3 ms at
+    1024 tokens K-major, 105.9 with 4-wide loads); among tiles, 64 x 64 is never far from the best at any
+    length, and the rows (tokens) are not known when the kernel is built. Only float32 kernels: a float16
+    one is left to the rules after it (DLight's Matmul tensorizes it on sm_70+), so fp16 builds do not
+    change.
     """
 
-    def __init__(self, block=(16, 8), micro=(4, 8), k=16, vector=4, vthread=(1, 1), min_out=0,
-                 kinds=("cuda", "rocm"), k_major=True, unroll=256):
+    def __init__(self, block=(16, 8), micro=(4, 8), k=32, vector=4, vthread=(1, 1), min_out=0,
+                 kinds=("cuda", "rocm"), k_major=True, unroll=256, prefetch=True):
         super().__init__()
         self.tile = dict(block_size_x=block[0], block_size_y=block[1], micro_size_x=micro[0],
                          micro_size_y=micro[1], micro_size_k=k, vector_size=vector, vthread_x=vthread[0],
                          vthread_y=vthread[1], unroll=unroll)
-        self.min_out, self.kinds, self.k_major = min_out, tuple(kinds), k_major
+        self.min_out, self.kinds, self.k_major, self.prefetch = min_out, tuple(kinds), k_major, prefetch
 
     def get_configs(self, target):
         config = super().get_configs(target)
@@ -168,8 +173,11 @@ class TiledMatmul(dl.gpu.Matmul):
         if not isinstance(out, tvm.tirx.IntImm) or out.value < self.min_out:
             return None
         sch = super().apply(func, target, tunable)
-        if sch is not None and self.k_major and target.kind.name in self.kinds:
-            to_k_major(sch)
+        if sch is not None and target.kind.name in self.kinds:
+            if self.k_major:
+                to_k_major(sch)
+            if self.prefetch:
+                prefetch_to_registers(sch)
         return sch
 
 
@@ -194,6 +202,40 @@ def to_k_major(sch) -> None:
             sch.storage_align(block, 0, axis=len(buf.shape) - 2, factor=32, offset=4)
 
 
+def prefetch_to_registers(sch) -> None:
+    """Load a matmul's next K-step from global memory into registers while the block computes this one.
+
+    As DLight's Matmul leaves it, a K-step is: copy A's and B's tiles into shared memory (global loads,
+    then shared stores), barrier, compute, barrier. Each copy's global loads are then a memory latency
+    that only other blocks on the SM can hide. Here each copy is split in two (TVM's
+    `manifest_shared_memory_local_stage`: global -> registers, registers -> shared), and the K loop is
+    software-pipelined (InjectSoftwarePipeline) so that a K-step runs
+
+        load step k+1 into registers;  barrier;  compute step k from shared;  barrier;  store step k+1 to shared
+
+    One copy of the tiles in shared memory, as before (the stores come after the compute that reads
+    them); the loads are issued before the compute and used after it. The registers stay registers: each
+    copy's local stage is a thread's own vectors, indexed by unrolled constants (3-5 more a thread, no
+    stack frame in ptxas's report; tests/test_cuda_compile.py).
+
+    Measured on an H200 (gpt2-xl's linears, docs/results/bench_matmul_fp32_h200.md): with K-steps of 16
+    it gains little on the 64 x 64 tile (107.2 -> 108.0 ms at 1024 tokens, 40.9 -> 39.6 at 128) and more
+    on 64 x 128 (106.0 -> 101.1); with K-steps of 32, a longer compute to hide the loads behind, 110.3 ->
+    103.2 at 1024 tokens, 36.7 -> 31.8 at 128 and 62.7 -> 56.4 at 512 on the 64 x 64 tile (K-steps of 32
+    without it lose at 1024: 107.5 with 16).
+    """
+    root = dl.analysis.get_root_block(sch)
+    copies = [b for b in sch.get_child_blocks(root) if sch.get(b).writes[0].source.scope() == "shared"]
+    for block in copies:
+        sch.annotate(block, "tirx.manifest_shared_memory_local_stage", 1)
+    k_outer = sch.get_loops(copies[0])[-5]             # the copies' loops: ..., k_outer, ty, tx, serial, vector
+    n = len(copies)
+    # after the split the K loop's body is (copy_i's load, copy_i's store) for each copy, then the compute:
+    # every load first, then the compute (stage 1: one K-step behind), then every store
+    sch.annotate(k_outer, "software_pipeline_stage", [0] * (2 * n) + [1])
+    sch.annotate(k_outer, "software_pipeline_order", [p for i in range(n) for p in (i, n + 1 + i)] + [n])
+
+
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
     names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
@@ -207,7 +249,7 @@ def hand_kernels(rule_list) -> tuple[str, ...]:
 # rule name -> class, per kind of target
 GPU_RULES = {
     "matmul": dl.gpu.Matmul,
-    "tiled-matmul": TiledMatmul,                 # ours: DLight's Matmul, float32, its tiles K-major (above)
+    "tiled-matmul": TiledMatmul,                 # ours: DLight's Matmul, float32, tiles K-major, prefetched (above)
     "gemv": dl.gpu.GEMV,
     "small-block-gemv": SmallBlockGEMV,          # ours: DLight's GEMV, at most 128 threads a block (above)
     "low-batch-gemv": dl.gpu.LowBatchGEMV,
@@ -241,8 +283,9 @@ CPU_DEFAULT = ["gemv", "reduction"]
 # does not, sm_70-75), the hand-scheduled causal softmax (HandSoftmax; gpt2-xl's 1024-token softmax 6.8 -> 3.3 ms
 # on an H200) and, taking the place of both for attention, flash-prefill (FlashPrefill; gpt2-xl's
 # 1024-token attention 13.1 -> 4.5 ms, prefill 29.7k -> 40.2k tok/s on an H200): docs/results/README.md
-# tiled-matmul: float32's matmuls on a 64 x 64 tile stored K-major in shared memory (TiledMatmul; gpt2-xl's fp32
-# prefill@1024 4.1k -> 6.9k tok/s on an H200, docs/results/bench_matmul_fp32_h200.md)
+# tiled-matmul: float32's matmuls on a 64 x 64 tile stored K-major in shared memory, the next K-step of 32 loaded
+# into registers during this one (TiledMatmul; gpt2-xl's fp32 prefill@1024 4.1k -> 6.9k tok/s on an H200 K-major,
+# 8.0k with the prefetch and the flash kernel's padded rows; docs/results/bench_matmul_fp32_h200.md)
 GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul",
              *GPU_DEFAULT]
 # ... and for decode, its hand-scheduled fused kernels (FusedDecode) and small-block-gemv before gemv (for
@@ -268,7 +311,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (the linears on tensor cores; and attention's q.k^T and p.v, where DLight keeps them on
                 CUDA cores, when flash-prefill is taken out), hand-softmax (the causal softmax
                 hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
-                (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64).
+                (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64,
+                the next K-step loaded into registers during this one).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
