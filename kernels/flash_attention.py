@@ -33,8 +33,14 @@ column-major) and P, V from shared memory each tile. WMMA hides which lane holds
 fragment, so the results go through shared memory (s_s) to the lanes that own the rows: that is why
 the softmax and the rescaling of o work on s_s, not on fragments. Without tensor cores (WebGPU,
 float32, or a head_dim that is no multiple of 16) each lane computes its row's BK/2 scores and D/2
-outputs as plain dot products from shared memory, one warp a block and BK = 32 (WebGPU's workgroup
-memory): the same algorithm, which is what the WebGPU tests check against numpy.
+outputs as plain dot products, one warp a block and BK = 32 (WebGPU's workgroup memory): the same
+algorithm, which is what the WebGPU tests check against numpy. With `registers` (CUDA) a lane keeps its
+row of Q (loaded once), its BK/2 scores and its row's BK probabilities in registers, and steps 4 and 5
+are one: o = o * alpha, then o += p_j v_j over the tile's keys. The products then read only K's and V's
+rows from shared memory, the same row for every lane of a half (a broadcast), and nvcc reads them 16
+bytes at a time; s_s is not used. Fully unrolled, that shader takes llvmpipe 30-50 s to compile (~1 s
+without), so WebGPU keeps the first version: operands read from shared memory for every product, the
+scores and P V through s_s.
 
 Probabilities are rounded to dtype before P V, as Hugging Face does (`attn_weights.type(value.dtype)`),
 but here before the division by the row's sum, which comes at the end (flash attention's order): in
@@ -54,7 +60,8 @@ Without tensor cores the rows of q_s, k_s, v_s, s_s and p_s are padded by one fl
 lanes a row, a warp reads 16 rows at once, which rows of 64 (or 32) floats put in one bank. TVM compacts
 an allocation to the part of it that is read ([16, 65] to [16, 64]), so q_s, v_s and s_s are views of
 flat allocations, which it keeps whole. gpt2-xl's 1024-token attention in float32 on an H200: 795 ->
-473 us a call (scripts/bench_flash.py --dtype float32).
+473 us a call (scripts/bench_flash.py --dtype float32). With `registers` only p_s is read a row a lane
+(odd stride kept), K and V a row a warp (rows of D + 4: 16-byte aligned).
 
 Measured on an H200 (fp16, n = m = 1024, scripts/bench_flash.py, one call; docs/results/README.md):
 gpt2-xl's 25 heads 92.8 us with 4 warps (BQ = 64), 92.4 with the K/V prefetch, 98.1 with 2 warps
@@ -78,11 +85,13 @@ LANES = 32                                   # threads a warp (two a row)
 
 
 def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 2, bk: int = 64,
-                 prefetch: bool = True, pad: int | None = None) -> dict[str, int]:
+                 prefetch: bool = True, pad: int | None = None, registers: bool = True) -> dict[str, int]:
     """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides.
     (warps, bk, prefetch): the tensor-core variant's, unless asked otherwise (scripts/bench_flash.py);
     prefetch: the next key tile's K, V loaded into registers while this one is computed; pad: the
-    elements added to each row of shared memory (8 with tensor cores, 1 without; scripts/bench_flash.py)."""
+    elements added to each row of shared memory (8 with tensor cores, 1 without; scripts/bench_flash.py);
+    registers: the CUDA-core variant's lanes keep their row of Q, their scores and their row's
+    probabilities in registers (False: read from shared memory for every product, its first version)."""
     if tensor_cores:                         # 2 warps of 16 rows, keys in tiles of 64, 16-byte loads
         vec = 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
@@ -92,8 +101,12 @@ def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 2, 
     # row apart in shared memory (two lanes a row): rows of 64 (or 32) floats would put all 16 in one bank,
     # a 16-way conflict on every read of q_s, s_s and p_s; an odd stride puts them in 16 banks
     pad = (8 if tensor_cores else 1) if pad is None else pad
+    # ... but with its operands in registers, the CUDA-core variant reads q_s once a block and k_s, v_s a row
+    # (or two) a warp at a time: rows of 16-byte units there, which nvcc may read 16 bytes at a time
+    regs = bool(registers and not tensor_cores)
     lay = dict(warps=warps, bq=ROWS * warps, bk=bk, vec=vec, prefetch=bool(prefetch and tensor_cores),
-               dp=head_dim + pad,            # row stride of q_s, k_s, v_s
+               registers=regs,
+               dp=head_dim + (4 if regs else pad),   # row stride of q_s, k_s, v_s
                pp=bk + pad,                  # row stride of p_s, which lives in k_s's memory
                sp=max(bk, head_dim) + (4 if tensor_cores else pad))   # row stride of s_s (scores, then P V)
     # k_s's rows: a key tile's, or as many as p_s [BQ, PP] needs where it is larger (head_dim < BK)
@@ -102,13 +115,15 @@ def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 2, 
 
 
 def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16",
-                         tensor_cores: bool = False, seq_len: int | None = None, **tiles):
+                         tensor_cores: bool = False, registers: bool = True, seq_len: int | None = None, **tiles):
     """Causal attention of the n new queries over the cache, one kernel (the module docstring).
-    tiles: flash_layout's warps and bk (the tensor-core variant's tile sizes)."""
+    registers: without tensor cores, a lane's operands in registers (flash_layout); tiles: flash_layout's
+    warps and bk (the tensor-core variant's tile sizes), pad."""
     check_dtype(dtype)
     assert not tensor_cores or dtype == "float16", "WMMA here is fp16 x fp16 -> fp32"
-    lay = flash_layout(head_dim, dtype, tensor_cores, **tiles)
+    lay = flash_layout(head_dim, dtype, tensor_cores, registers=registers, **tiles)
     W, BQ, BK, VEC, DP, PP, SP, KR = (lay[k] for k in ("warps", "bq", "bk", "vec", "dp", "pp", "sp", "k_rows"))
+    regs = lay["registers"]                              # CUDA cores: a lane's operands in registers
     NT = W * LANES                                       # threads a block
     H, D, P, C = n_head, head_dim, n_ctx, n_head * head_dim
     HALF_K, HALF_D = BK // 2, D // 2                     # a lane's keys of a tile, its outputs of a row
@@ -145,6 +160,12 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
 
     def n_kt(b, n, m):                                   # key tiles up to the last the tile's last row sees
         return (m - n + T.min(q_tile(b, n) * BQ + BQ, n) + BK - 1) // BK
+
+    def unless_regs(buf, other):                         # (a Python choice, made as the kernel is written)
+        return other if regs else buf
+
+    def score(s_s, s_r, c, tx, w):                       # this lane's score c of the tile (not yet scaled)
+        return s_r[c] if regs else s_s[row(tx, w), half(tx) * HALF_K + c]
 
     def vec_row(it, tx, w):                              # vector `it * NT + tid` of a [rows, D] tile: its row
         return (it * NT + tid(tx, w)) // (D // VEC)
@@ -186,7 +207,9 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         q_s = T.decl_buffer((BQ, DP), dtype, data=q_mem.data, scope="shared")
         k_s = T.alloc_buffer((KR, DP), dtype, scope="shared")
         v_s = T.decl_buffer((BK, DP), dtype, data=v_mem.data, scope="shared")
-        s_s = T.decl_buffer((BQ, SP), ACC, data=s_mem.data, scope="shared")   # the tile's scores, then its P V
+        # the tile's scores, then its P V (with regs neither: a view of q_s's memory, never read or written,
+        # since TVM drops an allocation nothing uses but not a view of it)
+        s_s = T.decl_buffer((BQ, SP), ACC, data=unless_regs(s_mem, q_mem).data, scope="shared")
         p_s = T.decl_buffer((BQ, PP), dtype, data=k_s.data, scope="shared")   # probabilities: k_s's memory
         trade = T.alloc_buffer((BQ, 2), ACC, scope="shared")        # the two lanes of a row trade values here
         o = T.alloc_buffer((HALF_D,), ACC, scope="local")            # this lane's D/2 outputs, unnormalized
@@ -196,6 +219,9 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         alpha = T.alloc_buffer((1,), ACC, scope="local")             # exp(m_i - m_new): o and l_i's rescaling
         p = T.alloc_buffer((1,), ACC, scope="local")
         dot = T.alloc_buffer((1,), ACC, scope="local")
+        q_r = T.alloc_buffer((D,), ACC, scope="local")               # regs: the row's Q, for every key tile
+        s_r = T.alloc_buffer((HALF_K,), ACC, scope="local")          # regs: this lane's scores of the tile
+        p_r = T.alloc_buffer((BK,), ACC, scope="local")              # regs: the row's probabilities, both halves
         q_frag = T.alloc_buffer((FD * 16, 16), dtype, scope="wmma.matrix_a")
         k_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_b")
         p_frag = T.alloc_buffer((16, 16), dtype, scope="wmma.matrix_a")
@@ -215,6 +241,9 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
         m_i[0] = lowest
         l_i[0] = T.float32(0)
         T.tvm_storage_sync("shared")
+        if regs:    # the lane's row of Q into registers, kept for every key tile
+            for d in T.unroll(D):
+                q_r[d] = T.Cast(ACC, q_s[row(tx, w), d])
         if tc:      # the warp's 16 rows of Q as D/16 fragments, kept for every key tile
             for f in T.unroll(FD):
                 T.tvm_load_matrix_sync(q_frag.data, 16, 16, 16, f, T.tvm_access_ptr(
@@ -245,18 +274,24 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
                         T.tvm_mma_sync(acc.data, f, q_frag.data, kk, k_frag.data, 0, acc.data, f)
                     T.tvm_store_matrix_sync(acc.data, 16, 16, 16, f, T.tvm_access_ptr(
                         T.type_annotation(ACC), s_s.data, w * ROWS * SP + f * 16, ROWS * SP, 2), SP, "row_major")
+            elif regs:  # a key's row of K is read by the warp's lanes of one half at once: a broadcast
+                for c in T.unroll(HALF_K):
+                    s_r[c] = T.float32(0)
+                    for d in T.unroll(D):
+                        s_r[c] = s_r[c] + q_r[d] * T.Cast(ACC, k_s[half(tx) * HALF_K + c, d])
             else:
                 for c in T.serial(HALF_K):
                     dot[0] = T.float32(0)
                     for d in T.unroll(D):
                         dot[0] = dot[0] + T.Cast(ACC, q_s[row(tx, w), d]) * T.Cast(ACC, k_s[half(tx) * HALF_K + c, d])
                     s_s[row(tx, w), half(tx) * HALF_K + c] = dot[0]
-            T.tvm_storage_sync("shared")
+            if not regs:    # (with regs the barrier after the trade below is the one p_s, in k_s's memory, needs)
+                T.tvm_storage_sync("shared")
             # 3. online softmax: the tile's max of the row (this lane's half, then the other lane's) ...
             m_new[0] = lowest
             for c in T.unroll(HALF_K):
                 m_new[0] = T.max(m_new[0], T.if_then_else(visible(kt * BK + half(tx) * HALF_K + c, b, tx, w, n, m),
-                                                          s_s[row(tx, w), half(tx) * HALF_K + c] * scale, lowest))
+                                                          score(s_s, s_r, c, tx, w) * scale, lowest))
             trade[row(tx, w), half(tx)] = m_new[0]
             T.tvm_storage_sync("shared")
             # ... then m_new, alpha = exp(m_i - m_new), p = exp(s - m_new) rounded to dtype -> p_s, and l_i
@@ -267,32 +302,42 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
             for c in T.unroll(HALF_K):
                 p[0] = T.Cast(ACC, T.Cast(dtype, T.if_then_else(
                     visible(kt * BK + half(tx) * HALF_K + c, b, tx, w, n, m),
-                    T.exp(s_s[row(tx, w), half(tx) * HALF_K + c] * scale - m_i[0]), T.float32(0))))
+                    T.exp(score(s_s, s_r, c, tx, w) * scale - m_i[0]), T.float32(0))))
                 p_s[row(tx, w), half(tx) * HALF_K + c] = T.Cast(dtype, p[0])
                 l_i[0] = l_i[0] + p[0]
             T.tvm_storage_sync("shared")
-            # 4. P V, the warp's 16 rows x D -> s_s
-            if tc:
-                for f in T.unroll(FD):
-                    T.tvm_fill_fragment(acc.data, 16, 16, 16, f, T.float32(0))
-                    for kk in T.unroll(FK):
-                        T.tvm_load_matrix_sync(p_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
-                            T.type_annotation(dtype), p_s.data, w * ROWS * PP + kk * 16, ROWS * PP, 1), PP, "row_major")
-                        T.tvm_load_matrix_sync(v_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
-                            T.type_annotation(dtype), v_s.data, kk * 16 * DP + f * 16, 16 * DP, 1), DP, "row_major")
-                        T.tvm_mma_sync(acc.data, f, p_frag.data, 0, v_frag.data, 0, acc.data, f)
-                    T.tvm_store_matrix_sync(acc.data, 16, 16, 16, f, T.tvm_access_ptr(
-                        T.type_annotation(ACC), s_s.data, w * ROWS * SP + f * 16, ROWS * SP, 2), SP, "row_major")
+            # 4. P V, the warp's 16 rows x D -> s_s, and 5. o = o * alpha + P V
+            if regs:    # straight into o: the row's probabilities into registers, then V's rows (a broadcast)
+                for j in T.unroll(BK):
+                    p_r[j] = T.Cast(ACC, p_s[row(tx, w), j])
+                for c in T.unroll(HALF_D):
+                    o[c] = o[c] * alpha[0]
+                for j in T.unroll(BK):
+                    for c in T.unroll(HALF_D):
+                        o[c] = o[c] + p_r[j] * T.Cast(ACC, v_s[j, half(tx) * HALF_D + c])
             else:
-                for c in T.serial(HALF_D):
-                    dot[0] = T.float32(0)
-                    for j in T.unroll(BK):
-                        dot[0] = dot[0] + T.Cast(ACC, p_s[row(tx, w), j]) * T.Cast(ACC, v_s[j, half(tx) * HALF_D + c])
-                    s_s[row(tx, w), half(tx) * HALF_D + c] = dot[0]
-            T.tvm_storage_sync("shared")
-            # 5. o = o * alpha + P V
-            for c in T.unroll(HALF_D):
-                o[c] = o[c] * alpha[0] + s_s[row(tx, w), half(tx) * HALF_D + c]
+                if tc:
+                    for f in T.unroll(FD):
+                        T.tvm_fill_fragment(acc.data, 16, 16, 16, f, T.float32(0))
+                        for kk in T.unroll(FK):
+                            T.tvm_load_matrix_sync(p_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
+                                T.type_annotation(dtype), p_s.data, w * ROWS * PP + kk * 16, ROWS * PP, 1), PP,
+                                "row_major")
+                            T.tvm_load_matrix_sync(v_frag.data, 16, 16, 16, 0, T.tvm_access_ptr(
+                                T.type_annotation(dtype), v_s.data, kk * 16 * DP + f * 16, 16 * DP, 1), DP,
+                                "row_major")
+                            T.tvm_mma_sync(acc.data, f, p_frag.data, 0, v_frag.data, 0, acc.data, f)
+                        T.tvm_store_matrix_sync(acc.data, 16, 16, 16, f, T.tvm_access_ptr(
+                            T.type_annotation(ACC), s_s.data, w * ROWS * SP + f * 16, ROWS * SP, 2), SP, "row_major")
+                else:
+                    for c in T.serial(HALF_D):
+                        dot[0] = T.float32(0)
+                        for j in T.unroll(BK):
+                            dot[0] = dot[0] + T.Cast(ACC, p_s[row(tx, w), j]) * T.Cast(ACC, v_s[j, half(tx) * HALF_D + c])
+                        s_s[row(tx, w), half(tx) * HALF_D + c] = dot[0]
+                T.tvm_storage_sync("shared")
+                for c in T.unroll(HALF_D):
+                    o[c] = o[c] * alpha[0] + s_s[row(tx, w), half(tx) * HALF_D + c]
 
         # l of the row = this lane's half + the other lane's; out = o / l for the rows i < n
         T.tvm_storage_sync("shared")

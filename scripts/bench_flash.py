@@ -1,10 +1,12 @@
 """On the GPU machine: prefill's one-kernel attention (kernels/flash_attention.py) alone, per tile size.
 
     python3 scripts/bench_flash.py [--heads 25] [--n 1024] [--layers 48]
-    python3 scripts/bench_flash.py --dtype float32 [--tiles pad1,pad0]
+    python3 scripts/bench_flash.py --dtype float32 [--tiles regs,pad1,pad0]
 
-For each (warps, BK, prefetch or not) of the tensor-core variant (float16), or each padding of shared
-memory's rows of the CUDA-core variant (float32: "padP", P elements a row): the max abs error against
+For each (warps, BK, prefetch or not) of the tensor-core variant (float16), or each version of the
+CUDA-core variant (float32: "regs", a lane's operands in registers, as model.py builds it for CUDA;
+"padP", its first version, operands read from shared memory, its rows padded by P elements, as model.py
+builds it for WebGPU with P = 1): the max abs error against
 numpy and the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as
 a Markdown table; `x layers` is the time of a whole prefill's attention.
 """
@@ -25,9 +27,9 @@ def main():
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=48)
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    ap.add_argument("--tiles", default=None)   # float16: warps x BK, p: prefetch; float32: padP
+    ap.add_argument("--tiles", default=None)   # float16: warps x BK, p: prefetch; float32: regs or padP
     a = ap.parse_args()
-    a.tiles = a.tiles or ("2x64p,4x64,4x64p,2x64,4x32p" if a.dtype == "float16" else "pad1,pad0")
+    a.tiles = a.tiles or ("2x64p,4x64,4x64p,2x64,4x32p" if a.dtype == "float16" else "regs,pad1")
     H, D, P, n = a.heads, a.head_dim, 1024, a.n
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
@@ -36,15 +38,17 @@ def main():
     v_cache = rng.standard_normal((H, P, D)).astype(a.dtype)
     want = flash_attention_ref(qkv, k_cache, v_cache, n)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-    print(f"| {'warps x BK' if a.dtype == 'float16' else 'padding'} | max abs err | us a call | x {a.layers} layers, ms |"
+    print(f"| {'warps x BK' if a.dtype == 'float16' else 'version'} | max abs err | us a call | x {a.layers} layers, ms |"
           "\n|---|---|---|---|")
     for tiles in a.tiles.split(","):
         if a.dtype == "float16":
             warps, bk = (int(v) for v in tiles.rstrip("p").split("x"))
             func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk,
                                         prefetch=tiles.endswith("p"))
+        elif tiles == "regs":
+            func = make_flash_attention(H, D, P, "float32", False, True, seq_len=n)
         else:
-            func = make_flash_attention(H, D, P, "float32", False, seq_len=n, pad=int(tiles[3:]))
+            func = make_flash_attention(H, D, P, "float32", False, False, seq_len=n, pad=int(tiles[3:]))
         func = func.specialize({func.params[3]: tirx.IntImm("int64", n)})
         try:
             lib = tvm.compile(tvm.IRModule({"main": func}), target=target)

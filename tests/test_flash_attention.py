@@ -31,20 +31,27 @@ def inputs(H, D, P, n, m, dtype, seed=0):
     return qkv, k_cache, v_cache
 
 
-def kernel(H, D, P, n, m, dtype, tensor_cores, **tiles):
+def kernel(H, D, P, n, m, dtype, tensor_cores, registers=True, **tiles):
     """The kernel built for this n, with m bound (the runners take no symbolic shapes)."""
-    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=n, **tiles)
+    func = make_flash_attention(H, D, P, dtype, tensor_cores, registers, seq_len=n, **tiles)
     return func.specialize({func.params[3]: tirx.IntImm("int64", m)})
 
 
+# the CUDA-core variant with its lanes' operands in registers (CUDA's, in float32), run on WebGPU: fully unrolled,
+# a head of 64 takes llvmpipe 30-50 s to compile, so the smaller heads (the loops are the same)
+REGISTERS = [(2, 32, 256, 50, 130), *SMALL_HEADS]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("H,D,P,n,m", CASES + SMALL_HEADS)
-def test_cuda_core_variant_on_webgpu(H, D, P, n, m, dtype):
+@pytest.mark.parametrize("H,D,P,n,m,registers", [(*c, False) for c in CASES + SMALL_HEADS] +
+                         [(*c, True) for c in REGISTERS])
+def test_cuda_core_variant_on_webgpu(H, D, P, n, m, registers, dtype):
+    """WebGPU's attention (registers=False, model.py) and CUDA's float32 one (registers=True)."""
     from tinygpt2.runtime.webgpu import run_kernel
 
     qkv, k_cache, v_cache = inputs(H, D, P, n, m, dtype)
     out0 = np.full((n, H * D), np.nan, dtype)                            # every element must be written
-    got = run_kernel(kernel(H, D, P, n, m, dtype, False), [qkv, k_cache, v_cache, out0], dtype)
+    got = run_kernel(kernel(H, D, P, n, m, dtype, False, registers), [qkv, k_cache, v_cache, out0], dtype)
     np.testing.assert_array_equal(got[0], qkv)                           # inputs untouched
     np.testing.assert_array_equal(got[1], k_cache)
     np.testing.assert_allclose(got[-1], flash_attention_ref(qkv, k_cache, v_cache, m), **TOL[dtype])
@@ -63,17 +70,20 @@ def test_the_reference_is_softmax_attention_over_visible_keys():
 
 def test_layouts():
     # CUDA fp16 (gpt2's head_dim): 2 warps of 16 query rows, 64-key tiles, 16-byte loads, padded rows
-    assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True,
+    assert flash_layout(64, "float16", True) == dict(warps=2, bq=32, bk=64, vec=8, prefetch=True, registers=False,
                                                      dp=72, pp=72, sp=68, k_rows=64)
     assert flash_layout(32, "float16", True, warps=4)["k_rows"] == 116  # p_s [64, 72] is larger than a K tile [64, 40]
     # the CUDA-core variant (WebGPU, float32): one warp, 32-key tiles, vec4 loads, rows padded to odd
-    # strides (the 16 rows a warp reads at once in 16 banks)
-    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False,
-                                                      dp=65, pp=33, sp=65, k_rows=32)
+    # strides (the 16 rows a warp reads at once in 16 banks) ...
+    assert flash_layout(64, "float32", False, registers=False) == dict(
+        warps=1, bq=16, bk=32, vec=4, prefetch=False, registers=False, dp=65, pp=33, sp=65, k_rows=32)
+    # ... but for p_s, with Q and the scores in registers, where K and V are read a row at a time: 16-byte rows
+    assert flash_layout(64, "float32", False) == dict(warps=1, bq=16, bk=32, vec=4, prefetch=False, registers=True,
+                                                      dp=68, pp=33, sp=65, k_rows=32)
 
 
-def _cuda_source(H, D, P, seq_len=None, dtype="float16", tensor_cores=True):
-    func = make_flash_attention(H, D, P, dtype, tensor_cores, seq_len=seq_len).with_attr("global_symbol", "flash")
+def _cuda_source(H, D, P, seq_len=None, dtype="float16", tensor_cores=True, registers=True):
+    func = make_flash_attention(H, D, P, dtype, tensor_cores, registers, seq_len=seq_len).with_attr("global_symbol", "flash")
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     return tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
 
@@ -100,10 +110,27 @@ def test_cuda_core_variant_keeps_its_padded_rows_for_sm_90a():
     [16, 65] allocation whose last column is never read to [16, 64]: the flat allocations under views
     are what keeps them). Without the padding gpt2-xl's 1024-token attention took 795 us a call on an
     H200, with it 473 (scripts/bench_flash.py --dtype float32)."""
-    shared = _shared_arrays(_cuda_source(25, 64, 1024, dtype="float32", tensor_cores=False))
+    shared = _shared_arrays(_cuda_source(25, 64, 1024, dtype="float32", tensor_cores=False, registers=False))
     assert {k: n for k, (_, n) in shared.items() if k != "trade_ptr"} == {
         "q_mem_ptr": 16 * 65, "k_s_ptr": 32 * 65, "v_mem_ptr": 32 * 65, "s_mem_ptr": 16 * 65}
     assert {t for t, _ in shared.values()} == {"float"}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
+def test_cuda_core_variant_keeps_a_lanes_operands_in_registers_for_sm_90a():
+    """float32 on CUDA (registers=True): a lane's row of Q, its 16 scores and its row's 32 probabilities in
+    registers, so the products read K and V only, a row a key, which nvcc reads 16 bytes at a time (rows
+    of 68 floats): in SASS a key tile is 2 x 16 x 64 FMAs and 2 x 256 16-byte loads of K and V (the first
+    version: 2 x 64 FMAs in loops, a scalar load of each operand for each), and no stack."""
+    import collections
+
+    from test_cuda_compile import TVM_FLAGS, nvcc, sass
+
+    func = make_flash_attention(25, 64, 1024, "float32", False, True)
+    ops = collections.Counter(op.split()[0].removesuffix(".FTZ") for op in sass({"flash": func})["flash_kernel"])
+    assert ops["FFMA"] >= 2 * 16 * 64 and ops["LDS.128"] >= 2 * 16 * 64 // 4, ops
+    report = nvcc({"flash": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
+    assert re.findall(r"(\d+) bytes stack frame", report) == ["0"]
 
 
 @pytest.fixture(scope="module")

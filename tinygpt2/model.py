@@ -126,8 +126,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         embedding = b.kernel("embedding", K.make_embedding, V, P, C, dtype)
         kv_append = b.kernel("kv_append", K.make_kv_append, H, D, P, dtype)
         if flash:       # the three below as one hand-scheduled kernel, on tensor cores where it can (WMMA)
+            # (without tensor cores its lanes' operands in registers, but not on WebGPU: fully unrolled, the
+            # shader took llvmpipe 30-50 s to compile, against ~1 s as it was; kernels/flash_attention.py)
             flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
-                                       gpu == "cuda" and dtype == "float16" and D % 16 == 0)
+                                       gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
         else:
             attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
             if "hand-softmax" in hand:  # hand-scheduled for a GPU: each score read once (make_causal_softmax_gpu)
