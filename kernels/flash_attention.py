@@ -61,7 +61,8 @@ lanes a row, a warp reads 16 rows at once, which rows of 64 (or 32) floats put i
 an allocation to the part of it that is read ([16, 65] to [16, 64]), so q_s, v_s and s_s are views of
 flat allocations, which it keeps whole. gpt2-xl's 1024-token attention in float32 on an H200: 795 ->
 473 us a call (scripts/bench_flash.py --dtype float32). With `registers` only p_s is read a row a lane
-(odd stride kept), K and V a row a warp (rows of D + 4: 16-byte aligned).
+(odd stride kept), K and V a row a warp (rows of D + 4: 16-byte aligned): 473 -> 391 us a call, gpt2-xl's
+fp32 prefill@1024 8.0k -> 8.4k tok/s (docs/results/bench_flash_kernel_h200.md, last section).
 
 Measured on an H200 (fp16, n = m = 1024, scripts/bench_flash.py, one call; docs/results/README.md):
 gpt2-xl's 25 heads 92.8 us with 4 warps (BQ = 64), 92.4 with the K/V prefetch, 98.1 with 2 warps
