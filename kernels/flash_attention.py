@@ -85,18 +85,18 @@ ROWS = 16                                    # query rows a warp owns (a WMMA fr
 LANES = 32                                   # threads a warp (two a row)
 
 
-def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int = 2, bk: int = 64,
+def flash_layout(head_dim: int, dtype: str, tensor_cores: bool, warps: int | None = None, bk: int | None = None,
                  prefetch: bool = True, pad: int | None = None, registers: bool = True) -> dict[str, int]:
     """The tile sizes: warps a block, BQ queries and BK keys a tile, vector width, padded strides.
-    (warps, bk, prefetch): the tensor-core variant's, unless asked otherwise (scripts/bench_flash.py);
+    (warps, bk): 2 and 64 with tensor cores, 1 and 32 without, unless asked otherwise (scripts/bench_flash.py);
     prefetch: the next key tile's K, V loaded into registers while this one is computed; pad: the
     elements added to each row of shared memory (8 with tensor cores, 1 without; scripts/bench_flash.py);
     registers: the CUDA-core variant's lanes keep their row of Q, their scores and their row's
     probabilities in registers (False: read from shared memory for every product, its first version)."""
     if tensor_cores:                         # 2 warps of 16 rows, keys in tiles of 64, 16-byte loads
-        vec = 16 // np.dtype(dtype).itemsize
+        warps, bk, vec = warps or 2, bk or 64, 16 // np.dtype(dtype).itemsize
     else:                                    # WebGPU: a vec4 at most, and 32 KiB of workgroup memory on llvmpipe
-        warps, bk, vec = 1, 32, next(v for v in (4, 2) if head_dim % v == 0)
+        warps, bk, vec = warps or 1, bk or 32, next(v for v in (4, 2) if head_dim % v == 0)
     assert head_dim % (16 if tensor_cores else 2) == 0, f"head_dim {head_dim}: 16 x 16 fragments / two lanes a row"
     # WMMA wants strides that are whole 16-byte units. Without it, the 16 rows a warp reads at once lie a
     # row apart in shared memory (two lanes a row): rows of 64 (or 32) floats would put all 16 in one bank,

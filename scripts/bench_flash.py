@@ -4,7 +4,8 @@
     python3 scripts/bench_flash.py --dtype float32 [--tiles regs,pad1,pad0]
 
 For each (warps, BK, prefetch or not) of the tensor-core variant (float16), or each version of the
-CUDA-core variant (float32: "regs", a lane's operands in registers, as model.py builds it for CUDA;
+CUDA-core variant (float32: "regs", a lane's operands in registers, as model.py builds it for CUDA,
+"regs-WxBK" the same with W warps a block and key tiles of BK;
 "padP", its first version, operands read from shared memory, its rows padded by P elements, as model.py
 builds it for WebGPU with P = 1): the max abs error against
 numpy and the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as
@@ -45,8 +46,9 @@ def main():
             warps, bk = (int(v) for v in tiles.rstrip("p").split("x"))
             func = make_flash_attention(H, D, P, "float16", True, seq_len=n, warps=warps, bk=bk,
                                         prefetch=tiles.endswith("p"))
-        elif tiles == "regs":
-            func = make_flash_attention(H, D, P, "float32", False, True, seq_len=n)
+        elif tiles.startswith("regs"):     # regs[-WxBK]: warps x BK other than 1 x 32
+            warps, bk = (int(v) for v in (tiles[5:] or "1x32").split("x"))
+            func = make_flash_attention(H, D, P, "float32", False, True, seq_len=n, warps=warps, bk=bk)
         else:
             func = make_flash_attention(H, D, P, "float32", False, False, seq_len=n, pad=int(tiles[3:]))
         func = func.specialize({func.params[3]: tirx.IntImm("int64", n)})
