@@ -57,6 +57,19 @@ def test_cuda_core_variant_on_webgpu(H, D, P, n, m, registers, dtype):
     np.testing.assert_allclose(got[-1], flash_attention_ref(qkv, k_cache, v_cache, m), **TOL[dtype])
 
 
+@pytest.mark.parametrize("tiles", [dict(warps=2, bk=64), dict(warps=4, bk=32)])
+def test_cuda_core_variant_with_more_warps_and_longer_key_tiles_on_webgpu(tiles):
+    """The CUDA-core variant's warps and BK are knobs on CUDA (scripts/bench_flash.py's regs-WxBK; 1 x 32, the
+    default, is what fits WebGPU): other tiles give the same attention (a small head: quick to compile)."""
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    H, D, P, n, m = 3, 18, 128, 70, 100
+    qkv, k_cache, v_cache = inputs(H, D, P, n, m, "float32")
+    got = run_kernel(kernel(H, D, P, n, m, "float32", False, True, **tiles),
+                     [qkv, k_cache, v_cache, np.full((n, H * D), np.nan, "float32")], "float32")
+    np.testing.assert_allclose(got[-1], flash_attention_ref(qkv, k_cache, v_cache, m), **TOL["float32"])
+
+
 def test_the_reference_is_softmax_attention_over_visible_keys():
     """flash_attention_ref, spelled out for one query: softmax over keys 0 .. its position, then V."""
     H, D, P, n, m = 2, 16, 32, 3, 10
