@@ -224,11 +224,16 @@ def prefetch_to_registers(sch) -> None:
     103.2 at 1024 tokens, 36.7 -> 31.8 at 128 and 62.7 -> 56.4 at 512 on the 64 x 64 tile (K-steps of 32
     without it lose at 1024: 107.5 with 16).
     """
-    root = dl.analysis.get_root_block(sch)
-    copies = [b for b in sch.get_child_blocks(root) if sch.get(b).writes[0].source.scope() == "shared"]
+    blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
+    copies = [b for b in blocks if sch.get(b).writes[0].source.scope() == "shared"]
+    computes = [b for b in blocks if any(r.source.scope() == "shared" for r in sch.get(b).reads)]
+    if not copies or len(computes) != 1:
+        return                                         # not the shape DLight's Matmul leaves: nothing to pipeline
+    # the K loop: the innermost loop around both the copies and the compute
+    compute_loops = [sch.get(loop) for loop in sch.get_loops(computes[0])]
+    k_outer = [loop for loop in sch.get_loops(copies[0]) if any(sch.get(loop).same_as(c) for c in compute_loops)][-1]
     for block in copies:
         sch.annotate(block, "tirx.manifest_shared_memory_local_stage", 1)
-    k_outer = sch.get_loops(copies[0])[-5]             # the copies' loops: ..., k_outer, ty, tx, serial, vector
     n = len(copies)
     # after the split the K loop's body is (copy_i's load, copy_i's store) for each copy, then the compute:
     # every load first, then the compute (stage 1: one K-step behind), then every store
