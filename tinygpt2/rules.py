@@ -194,12 +194,17 @@ def to_k_major(sch) -> None:
     floats (to 4 mod 32), which keeps the loads 16-byte aligned and halves the stores' bank conflicts
     (a warp's 4-wide copy: 2-way, 4-way with rows of 64).
     """
-    for block in sch.get_child_blocks(dl.analysis.get_root_block(sch)):
-        buf = sch.get(block).writes[0].source
-        if buf.scope() == "shared":
-            sch.transform_layout(block, ("write", 0), lambda *i: (*i[:-2], i[-1], i[-2]))
-            sch.unannotate(block, "buffer_dim_align")             # DLight's padding, of the old rows
-            sch.storage_align(block, 0, axis=len(buf.shape) - 2, factor=32, offset=4)
+    for block in _shared_copies(sch):
+        ndim = len(sch.get(block).writes[0].source.shape)
+        sch.transform_layout(block, ("write", 0), lambda *i: (*i[:-2], i[-1], i[-2]))
+        sch.unannotate(block, "buffer_dim_align")             # DLight's padding, of the old rows
+        sch.storage_align(block, 0, axis=ndim - 2, factor=32, offset=4)
+
+
+def _shared_copies(sch) -> list:
+    """The blocks of a scheduled matmul that copy its operands' tiles into shared memory."""
+    return [b for b in sch.get_child_blocks(dl.analysis.get_root_block(sch))
+            if sch.get(b).writes[0].source.scope() == "shared"]
 
 
 def prefetch_to_registers(sch) -> None:
@@ -224,9 +229,9 @@ def prefetch_to_registers(sch) -> None:
     103.2 at 1024 tokens, 36.7 -> 31.8 at 128 and 62.7 -> 56.4 at 512 on the 64 x 64 tile (K-steps of 32
     without it lose at 1024: 107.5 with 16).
     """
-    blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
-    copies = [b for b in blocks if sch.get(b).writes[0].source.scope() == "shared"]
-    computes = [b for b in blocks if any(r.source.scope() == "shared" for r in sch.get(b).reads)]
+    copies = _shared_copies(sch)
+    computes = [b for b in sch.get_child_blocks(dl.analysis.get_root_block(sch))
+                if any(r.source.scope() == "shared" for r in sch.get(b).reads)]
     if not copies or len(computes) != 1:
         return                                         # not the shape DLight's Matmul leaves: nothing to pipeline
     # the K loop: the innermost loop around both the copies and the compute
