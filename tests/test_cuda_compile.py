@@ -189,14 +189,13 @@ def test_tiled_matmul_stores_its_tiles_k_major():
 
     target = make_target("cuda", "sm_90a")
 
-    def shared_arrays(rule):
+    def float_arrays(rule):
         func = rule.apply(K.make_linear(1600, 4800, "float32"), target, False).mod["main"]
-        source = cuda_source({"main": func})
-        return sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)), func
+        return sorted(n for t, n in shared_arrays(cuda_source({"main": func})).values() if t == "float"), func
 
     # K-steps of 16, no prefetch: the tile as it was measured K-major (the default's K-steps are 32)
-    k_major, func = shared_arrays(TiledMatmul(k=16, prefetch=False))
-    dlight, _ = shared_arrays(TiledMatmul(k=16, prefetch=False, k_major=False))
+    k_major, func = float_arrays(TiledMatmul(k=16, prefetch=False))
+    dlight, _ = float_arrays(TiledMatmul(k=16, prefetch=False, k_major=False))
     assert k_major == [16 * (64 + 4)] * 2 and dlight == [64 * (16 + 4)] * 2
     ops = (op.split()[0].removesuffix(".FTZ") for op in sass({"lin": func})["lin_kernel"])  # fast math: FTZ
     assert collections.Counter(op for op in ops if op.startswith(("LDS", "FFMA"))) == {"FFMA": 512, "LDS.128": 48}
@@ -206,15 +205,15 @@ def test_tiled_matmul_loads_the_next_k_step_into_registers_during_this_one():
     """rules.prefetch_to_registers (tiled-matmul's default): each K-step of the CUDA C first loads the next
     step's tiles from global memory into a thread's registers (four 16-byte vectors each of A and B: 64 x 32
     floats over 128 threads), then, between two barriers, computes this step from shared memory, then stores
-    the registers into shared memory. One copy of the tiles in shared memory (32 k's of 64 + 4 floats each), and the registers stay
-    registers: no stack frame in ptxas's report."""
+    the registers into shared memory. One copy of the tiles in shared memory (32 k's of 64 + 4 floats
+    each), and the registers stay registers: no stack frame in ptxas's report."""
     from tinygpt2 import kernels as K
     from tinygpt2.rules import TiledMatmul
     from tinygpt2.targets import make_target
 
     func = TiledMatmul().apply(K.make_linear(1600, 4800, "float32"), make_target("cuda", "sm_90a"), False)
     source = cuda_source({"main": func.mod["main"]})
-    assert sorted(int(n) for n in re.findall(r"__shared__ .*?float \w+\[(\d+)\]", source)) == [32 * (64 + 4)] * 2
+    assert sorted(n for _, n in shared_arrays(source).values()) == [32 * (64 + 4)] * 2
     assert re.findall(r"float4 (\w+_local_ptr)\[4\]", source) == ["x_reindex_pad_shared_local_ptr",
                                                                    "w_reindex_shared_local_ptr"]
     loop = source[source.index("for (int64_t ax3_0"):]                   # the K loop, from its first line
@@ -327,6 +326,12 @@ def cuda_source(funcs: dict) -> str:
         ex = tvm.compile(tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()}), target=tgt,
                          tir_pipeline=pdl_tir_pipeline())
     return C.device_module(ex.mod, "cuda").inspect_source()
+
+
+def shared_arrays(src: str) -> dict[str, tuple[str, int]]:
+    """CUDA C's static shared arrays: name -> (element type, count)."""
+    return {name: (t, int(count))
+            for t, name, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) (\w+)\[(\d+)\]", src)}
 
 
 def nvcc(funcs: dict, out: str, *flags: str, report: bool = False):

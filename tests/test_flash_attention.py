@@ -3,11 +3,13 @@ the CUDA-core variant run on the WebGPU adapter (llvmpipe in CI), the tensor-cor
 built for sm_90a here and run where a CUDA GPU is (the lent machine: `python -m pytest
 tests/test_flash_attention.py`)."""
 
+import collections
 import re
 import shutil
 
 import numpy as np
 import pytest
+from test_cuda_compile import TVM_FLAGS, nvcc, sass, shared_arrays
 
 from tinygpt2.kernels.flash_attention import flash_attention_ref, flash_layout, make_flash_attention
 from tinygpt2.tvm_shim import tirx, tvm
@@ -101,18 +103,12 @@ def _cuda_source(H, D, P, seq_len=None, dtype="float16", tensor_cores=True, regi
     return tvm.compile(tvm.IRModule({"flash": func}), target=target).mod.imports[0].inspect_source()
 
 
-def _shared_arrays(src) -> dict[str, tuple[str, int]]:
-    """The CUDA C's static shared arrays: name -> (element type, count)."""
-    return {name: (t, int(count))
-            for t, name, count in re.findall(r"__shared__ alignas\(\d+\) (half|float) (\w+)\[(\d+)\]", src)}
-
-
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 def test_tensor_core_variant_builds_for_sm_90a():
     src = _cuda_source(25, 64, 1024)                                     # gpt2-xl's attention
     # q.k^T: 4 x 4 fragment products a key tile, p.v: 4 x 4 (unrolled), on tensor cores
     assert src.count("wmma::mma_sync") == 32
-    shared = sum(count * {"half": 2, "float": 4}[t] for t, count in _shared_arrays(src).values())
+    shared = sum(count * {"half": 2, "float": 4}[t] for t, count in shared_arrays(src).values())
     assert shared <= 48 * 1024, shared                                   # static shared memory: 48 KiB at most
     assert "for (int64_t kt" in src                                      # one loop over key tiles, no scores buffer
 
@@ -123,7 +119,7 @@ def test_cuda_core_variant_keeps_its_padded_rows_for_sm_90a():
     [16, 65] allocation whose last column is never read to [16, 64]: the flat allocations under views
     are what keeps them). Without the padding gpt2-xl's 1024-token attention took 795 us a call on an
     H200, with it 473 (scripts/bench_flash.py --dtype float32)."""
-    shared = _shared_arrays(_cuda_source(25, 64, 1024, dtype="float32", tensor_cores=False, registers=False))
+    shared = shared_arrays(_cuda_source(25, 64, 1024, dtype="float32", tensor_cores=False, registers=False))
     assert {k: n for k, (_, n) in shared.items() if k != "trade_ptr"} == {
         "q_mem_ptr": 16 * 65, "k_s_ptr": 32 * 65, "v_mem_ptr": 32 * 65, "s_mem_ptr": 16 * 65}
     assert {t for t, _ in shared.values()} == {"float"}
@@ -135,10 +131,6 @@ def test_cuda_core_variant_keeps_a_lanes_operands_in_registers_for_sm_90a():
     registers, so the products read K and V only, a row a key, which nvcc reads 16 bytes at a time (rows
     of 68 floats): in SASS a key tile is 2 x 16 x 64 FMAs and 2 x 256 16-byte loads of K and V (the first
     version: 2 x 64 FMAs in loops, a scalar load of each operand for each), and no stack."""
-    import collections
-
-    from test_cuda_compile import TVM_FLAGS, nvcc, sass
-
     func = make_flash_attention(25, 64, 1024, "float32", False, True)
     ops = collections.Counter(op.split()[0].removesuffix(".FTZ") for op in sass({"flash": func})["flash_kernel"])
     assert ops["FFMA"] >= 2 * 16 * 64 and ops["LDS.128"] >= 2 * 16 * 64 // 4, ops
