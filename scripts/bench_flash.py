@@ -4,12 +4,11 @@
     python3 scripts/bench_flash.py --dtype float32 [--tiles regs,pad1,pad0]
 
 For each (warps, BK, prefetch or not) of the tensor-core variant (float16), or each version of the
-CUDA-core variant (float32: "regs", a lane's operands in registers, as model.py builds it for CUDA,
-"regs-WxBK" the same with W warps a block and key tiles of BK;
-"padP", its first version, operands read from shared memory, its rows padded by P elements, as model.py
-builds it for WebGPU with P = 1): the max abs error against
-numpy and the median time of one call over 5 repeats of 20 (TVM's time_evaluator, after a warm-up), as
-a Markdown table; `x layers` is the time of a whole prefill's attention.
+CUDA-core variant (float32: "regs", a lane's operands in registers, as model.py builds it for CUDA;
+"regs-WxBK", the same with W warps a block and key tiles of BK; "padP", its first version, operands read
+from shared memory, its rows padded by P elements, as model.py builds it for WebGPU with P = 1): the max
+abs error against numpy and the median time of one call over 5 repeats of 20 (TVM's time_evaluator,
+after a warm-up), as a Markdown table; `x layers` is the time of a whole prefill's attention.
 """
 
 import argparse
