@@ -7,7 +7,8 @@ memory) because no rule matches them: attention.make_decode_attention and ln_lin
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
 entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
 _pdl.py), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`) and
-flash_attention.make_flash_attention (`flash-prefill`).
+flash_attention.make_flash_attention (`flash-prefill`); and sample.make_sample_advance_gpu, decode's
+sampler on any GPU (no rule matches a sampler either).
 Installed as `tinygpt2.kernels`.
 """
 
@@ -28,3 +29,4 @@ from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_line
                      make_linear_residual)
 from .lm_head import lm_head_ref, make_lm_head
 from .residual import add_ref, make_add
+from .sample import make_sample_advance_gpu, sample_advance_ref, sample_probs_ref

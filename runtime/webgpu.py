@@ -254,11 +254,13 @@ class WebGPUExecutor(Executor):
         return {fn: len(f["dispatches"]) for fn, f in self.functions.items()}
 
 
-def run_kernel(func, arrays: list, dtype: str = "float32") -> list:
+def run_kernel(func, arrays: list, dtype: str = "float32", repeat: int = 1) -> list:
     """Run one scheduled PrimFunc (no symbolic shapes) on the WebGPU adapter, outside any model.
 
     `arrays` are numpy arrays in the PrimFunc's parameter order, outputs included; returns them as they
-    are after the call. What the kernel tests use for kernels that only exist on a GPU.
+    are after the call, or after `repeat` calls back to back in one submit (a kernel that updates its
+    inputs in place, as decode's sampler advances the position, then runs as a decode loop would).
+    What the kernel tests use for kernels that only exist on a GPU.
     """
     from tinygpt2 import compile as C
     from tinygpt2 import targets as TG
@@ -274,7 +276,7 @@ def run_kernel(func, arrays: list, dtype: str = "float32") -> list:
     for name, ws in fn["workspaces"].items():
         count = int(np.prod([e({}) for e in ws["shape"]]))
         buffers[name] = dev.create_buffer(size=max(count, 1) * ITEMSIZE[ws["dtype"]], usage=usage.STORAGE)
-    encoder = dev.create_command_encoder()
+    steps = []                             # (pipeline, bind group, grid) of each launch
     for k in fn["launches"]:
         module = dev.create_shader_module(code=art["kernels"][k["kernel"]])
         pipeline = dev.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": k["kernel"]})
@@ -284,10 +286,14 @@ def run_kernel(func, arrays: list, dtype: str = "float32") -> list:
         uniform = dev.create_buffer_with_data(data=words, usage=usage.UNIFORM)
         entries = [{"binding": b, "resource": {"buffer": buffers[name]}} for b, name in enumerate(k["buffers"])]
         entries.append({"binding": len(k["buffers"]), "resource": {"buffer": uniform}})
+        steps.append((pipeline, dev.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries),
+                      (x, y, z)))
+    encoder = dev.create_command_encoder()
+    for pipeline, bind_group, grid in steps * repeat:
         cpass = encoder.begin_compute_pass()
         cpass.set_pipeline(pipeline)
-        cpass.set_bind_group(0, dev.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries))
-        cpass.dispatch_workgroups(x, y, z)
+        cpass.set_bind_group(0, bind_group)
+        cpass.dispatch_workgroups(*grid)
         cpass.end()
     dev.queue.submit([encoder.finish()])
     # buffers are whole 4-byte words: an odd count of float16 reads back one element too many
