@@ -61,19 +61,28 @@ class VMExecutor(Executor):
     """llvm / cuda: the Relax VM calls the kernels; weights and KV cache live on `device`."""
 
     def __init__(self, executable_or_lib, config, params: dict[str, np.ndarray], param_order: list[str],
-                 dtype: str, device):
+                 dtype: str, device, functions=("prefill", "decode", "decode_greedy")):
         self.config, self.device = config, device
         self.vm = relax.VirtualMachine(executable_or_lib, device)
         self.params = [to_tensor(params[name], device) for name in param_order]     # uploaded once
         self.cache = KVCache(config.n_layer, config.n_head, config.n_positions, config.head_dim, dtype,
                              lambda shape, dt: empty(shape, dt, device))
-        self._fns = {name: self.vm[name] for name in ("prefill", "decode", "decode_greedy")}
+        self._fns = {name: self.vm[name] for name in functions}
         # decode's inputs are persistent tensors: the CUDA graph that captures the step keeps their addresses
         self._decode_ids = empty((1,), "int32", device)
         self._decode_pos = empty((1,), "int32", device)
-        self._history = empty((config.n_positions + 1,), "int32", device)   # history[p]: greedy token for p
-        self._greedy_args = (self._decode_ids, self._decode_pos, self._history, *self.cache.tensors, *self.params)
-        self._next_on_device = None     # (token, position) that ids/pos already hold after greedy steps
+        self._history = empty((config.n_positions + 1,), "int32", device)   # history[p]: the token chosen for p
+        self._sampling = empty((4,), "float32", device)                    # decode_sample's knobs
+        self._picked_args = {"decode_greedy": (self._decode_ids, self._decode_pos, self._history),
+                             "decode_sample": (self._decode_ids, self._decode_pos, self._history, self._sampling)}
+        self._next_on_device = None     # (token, position) that ids/pos already hold after steps on the device
+
+    @property
+    def samples_on_device(self) -> bool:
+        """Whether `sample` can run: the build has decode_sample (GPU targets)."""
+        return "decode_sample" in self._fns
+
+    samples_on_device_by_default = samples_on_device     # generate(sample_on="auto"): wherever it can
 
     def greedy(self, token: int, count: int) -> list[int]:
         """Append `token`, then `count - 1` greedy tokens, on the device; returns the `count` greedy tokens.
@@ -84,6 +93,15 @@ class VMExecutor(Executor):
         `token` and the first count - 1 returned tokens; the last one is not appended yet (as after
         `decode`). `truncate` undoes steps run ahead of need.
         """
+        return self._ahead("decode_greedy", token, count)
+
+    def sample(self, token: int, count: int, sampling) -> list[int]:
+        """As `greedy`, each token drawn on the device (`decode_sample`, kernels/sample.py) with
+        sampling = (temperature > 0, top_k (vocab: off), top_p (1: off), seed in [0, 2^24))."""
+        self._sampling.copyfrom(np.asarray(sampling, np.float32))
+        return self._ahead("decode_sample", token, count)
+
+    def _ahead(self, fn: str, token: int, count: int) -> list[int]:
         if self.cache.length == 0:
             raise GenerationError("decode() before prefill(): there is no sequence to continue")
         start = self.cache.length                           # the position `token` goes to
@@ -91,9 +109,9 @@ class VMExecutor(Executor):
         if self._next_on_device != (token, start):          # else the last step left them there (advance)
             self._decode_ids.copyfrom(self._check_ids([token]))
             self._decode_pos.copyfrom(np.array([start], np.int32))
-        step = self._fns["decode_greedy"]
+        step, args = self._fns[fn], (*self._picked_args[fn], *self.cache.tensors, *self.params)
         for _ in range(count):
-            step(*self._greedy_args)                        # asynchronous: a CUDA graph launch on cuda
+            step(*args)                                     # asynchronous: a CUDA graph launch on cuda
         new = [int(t) for t in self._history.numpy()[start + 1:start + 1 + count]]   # waits for the last step
         self.cache.commit(m)
         self._next_on_device = (new[-1], m)

@@ -61,7 +61,7 @@ class Expr:
 
 @dataclass
 class Tensor:
-    kind: str                      # "ids" | "pos" | "history" | "cache" | "param" | "tmp"
+    kind: str                      # "ids" | "pos" | "history" | "sampling" | "cache" | "param" | "tmp"
     index: int                     # which cache tensor / param / temporary
     shape: list[Expr]
     dtype: str
@@ -104,8 +104,11 @@ def build_plan(mod, function: str) -> Plan:
     if isinstance(params[1].ty, relax.TensorType):             # decode's `pos` (prefill's `total` is a shape)
         env[params[1]] = Tensor("pos", 0, [Expr(1)], "int32")
     rest = params[2:]
-    if rest and rest[0].name == "history":                     # decode_greedy's token history
+    if rest and rest[0].name == "history":                     # decode_greedy's / decode_sample's token history
         env[rest[0]] = _tensor("history", 0, rest[0].ty)
+        rest = rest[1:]
+    if rest and rest[0].name == "sampling":                    # decode_sample's temperature, top_k, top_p, seed
+        env[rest[0]] = _tensor("sampling", 0, rest[0].ty)
         rest = rest[1:]
     n_cache = sum(1 for p in rest if p.name[:2] in ("k_", "v_"))
     for i, p in enumerate(rest[:n_cache]):

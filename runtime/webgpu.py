@@ -118,8 +118,9 @@ class WebGPUExecutor(Executor):
             module = dev.create_shader_module(code=code)
             self.pipelines[name] = dev.create_compute_pipeline(layout="auto",
                                                                compute={"module": module, "entry_point": name})
+        self.sampling = dev.create_buffer(size=16, usage=usage.STORAGE | usage.COPY_DST)   # decode_sample's knobs
         self.functions = {fn: self._prepare(plans[fn], art["functions"], cfg.n_positions if fn == "prefill" else 1)
-                          for fn in ("prefill", "decode", "decode_greedy")}
+                          for fn in plans}
         self.plans = plans
         self._pending = None               # ((fn, n, m), command buffer) encoded ahead of time
 
@@ -136,6 +137,8 @@ class WebGPUExecutor(Executor):
                 return self.pos
             if t.kind == "history":
                 return self.history
+            if t.kind == "sampling":
+                return self.sampling
             if t.kind == "cache":
                 return self.cache.tensors[t.index]
             if t.kind == "param":
@@ -229,9 +232,27 @@ class WebGPUExecutor(Executor):
         self.readback.unmap()
         return logits
 
+    @property
+    def samples_on_device(self) -> bool:
+        return "decode_sample" in self.functions
+
+    @property
+    def samples_on_device_by_default(self) -> bool:
+        """Not on a CPU adapter: on Mesa's llvmpipe one call of the sampler over GPT-2's 50257 logits takes
+        ~5.5 ms (its 256 threads' ~1300 barriers emulated), the host sampler 0.3-1 ms with the readback."""
+        return self.samples_on_device and self.adapter.info.get("adapter_type") != "CPU"
+
     def greedy(self, token: int, count: int) -> list[int]:
         """As VMExecutor.greedy: `token`, then count - 1 greedy steps chosen on the GPU; returns the
         `count` new ids. All `count` steps are one compute pass, one submit; only the ids are read."""
+        return self._ahead("decode_greedy", token, count)
+
+    def sample(self, token: int, count: int, sampling) -> list[int]:
+        """As VMExecutor.sample: each token drawn on the GPU (kernels/sample.py)."""
+        self.device.queue.write_buffer(self.sampling, 0, np.asarray(sampling, np.float32))
+        return self._ahead("decode_sample", token, count)
+
+    def _ahead(self, fn: str, token: int, count: int) -> list[int]:
         from tinygpt2.errors import GenerationError
         if self.cache.length == 0:
             raise GenerationError("decode() before prefill(): there is no sequence to continue")
@@ -240,7 +261,7 @@ class WebGPUExecutor(Executor):
         queue = self.device.queue
         queue.write_buffer(self.ids, 0, self._check_ids([token]))
         queue.write_buffer(self.pos, 0, np.array([start], np.int32))
-        encoder = self._encode("decode_greedy", {"n": 1, "m": m}, repeat=count)
+        encoder = self._encode(fn, {"n": 1, "m": m}, repeat=count)
         encoder.copy_buffer_to_buffer(self.history, 4 * (start + 1), self.readback, 0, 4 * count)
         queue.submit([encoder.finish()])
         self.readback.map_sync("READ_NOSYNC")

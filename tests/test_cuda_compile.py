@@ -24,7 +24,8 @@ def test_cuda_builds_with_every_kernel_scheduled(dtype):
     assert sched.rule_of["linear_qkv"] == "matmul" and sched.rule_of["linear_qkv_n1"] == "gemv"
     ex = C.codegen(sched, tgt)
     source = C.device_module(ex.mod, "cuda").inspect_source()
-    for kernel in ("linear_qkv_n1_kernel", "lm_head_kernel", "causal_softmax_kernel"):
+    assert sched.rule_of["sample_advance_n1"] == C.HAND_SCHEDULED       # decode_sample's sampler (kernels/sample.py)
+    for kernel in ("linear_qkv_n1_kernel", "lm_head_kernel", "causal_softmax_kernel", "sample_advance_n1_kernel"):
         assert f"__global__ void __launch_bounds__" in source and kernel in source
     if dtype == "float16":
         assert "half" in source
@@ -34,7 +35,8 @@ def test_decode_uses_cuda_graphs():
     sched, tgt, _ = C.build_scheduled(CFG, "cuda", "float32", "default", arch="sm_90a")
     with tgt, C.tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}):
         lowered = C.relax.get_pipeline("default_build")(sched.mod)
-    assert "vm.builtin.cuda_graph.run_or_capture" in lowered["decode"].script()
+    for fn in ("decode", "decode_greedy", "decode_sample"):       # every decode step: one graph replay
+        assert "vm.builtin.cuda_graph.run_or_capture" in lowered[fn].script(), fn
 
 
 def test_a_rule_list_that_leaves_a_kernel_unscheduled_is_an_error():

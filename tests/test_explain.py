@@ -46,8 +46,8 @@ def test_every_kernel_once_per_function(explained, plans, target):
 
 def test_rules_match_build_scheduled(explained):
     sched, _, _ = build_scheduled(CFG, "cuda", "float32", "default")
-    # explain covers prefill and decode; decode_greedy adds only its two tail kernels
-    assert set(sched.rule_of) - set(explained["cuda"].rule_of) == {"argmax_n1", "advance_n1"}
+    # explain covers prefill and decode; decode_greedy adds only its two tail kernels, decode_sample one
+    assert set(sched.rule_of) - set(explained["cuda"].rule_of) == {"argmax_n1", "advance_n1", "sample_advance_n1"}
     assert explained["cuda"].rule_of == {k: sched.rule_of[k] for k in explained["cuda"].rule_of}
     assert explained["cuda"].rule_of["linear_qkv"] == "matmul"
 

@@ -46,7 +46,8 @@ def make_executor(compiled: Compiled, ckpt: Checkpoint):
     names = param_names(ckpt.config, folded)
     if compiled.target in ("llvm", "cuda"):
         from tinygpt2.runtime.executor import VMExecutor
-        return VMExecutor(compiled.executable, ckpt.config, params, names, compiled.dtype, TG.device(compiled.target))
+        return VMExecutor(compiled.executable, ckpt.config, params, names, compiled.dtype, TG.device(compiled.target),
+                          functions=tuple(compiled.plans))
     if compiled.target == "webgpu":
         from tinygpt2.runtime.webgpu import WebGPUExecutor
         return WebGPUExecutor(compiled, ckpt.config, params, names)

@@ -43,6 +43,14 @@ _KERNELS = sorted((_HERE.parent / "kernels").glob("*.py")) or sorted((_HERE / "k
 _SOURCES += _KERNELS          # editable checkout: top-level kernels/; installed: tinygpt2/kernels
 
 
+# the model's Relax functions (model.build_module): decode_sample only on a GPU
+FUNCTIONS = ("prefill", "decode", "decode_greedy", "decode_sample")
+
+
+def _function_names(mod) -> set[str]:
+    return {gv.name_hint for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TINYGPT2_CACHE", Path.home() / ".cache" / "tinygpt2"))
 
@@ -64,7 +72,7 @@ class Compiled:
     library: Path | None                    # exported .so (llvm/cuda); None for webgpu
     executable: object = field(repr=False, default=None)    # Relax VM executable / loaded library
     from_cache: bool = False
-    plans: dict = field(repr=False, default_factory=dict)    # "prefill"/"decode"/"decode_greedy" -> runtime.plan.Plan
+    plans: dict = field(repr=False, default_factory=dict)    # each of FUNCTIONS the module has -> runtime.plan.Plan
     webgpu: dict | None = field(repr=False, default=None)    # see webgpu_kernels
     kernel_scripts: dict = field(repr=False, default_factory=dict)   # kernel -> scheduled TVMScript (step-through)
 
@@ -311,7 +319,7 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     bar.set_postfix_str("build + schedule")
     sched, tgt, _ = build_scheduled(cfg, target, dtype, rule_list, arch=arch, dump_dir=dump_dir)
     compiled = Compiled(cfg, target, dtype, names, sched.rule_of, None)
-    compiled.plans = {fn: build_plan(sched.mod, fn) for fn in ("prefill", "decode", "decode_greedy")}
+    compiled.plans = {fn: build_plan(sched.mod, fn) for fn in FUNCTIONS if fn in _function_names(sched.mod)}
     compiled.kernel_scripts = {gv.name_hint: f.script() for gv, f in sched.mod.functions_items()
                                if isinstance(f, tirx.PrimFunc)}
     bar.update()

@@ -10,6 +10,7 @@ The module holds two Relax functions with the same signature,
     prefill(ids [n] int32, total: Shape([m]), k_0, v_0, …, k_{L-1}, v_{L-1}, *params) -> logits [1, vocab] f32
     decode (ids [1] int32, pos [1] int32,    …same…)                                -> logits [1, vocab] f32
     decode_greedy (ids, pos, history [n_ctx + 1] int32, …same…)                      -> next id [1] int32
+    decode_sample (ids, pos, history, sampling [4] f32, …same…)     (GPU targets)    -> next id [1] int32
 
 where n is the number of new tokens, m the sequence length after them (the new tokens sit at
 positions m-n … m-1), k_i/v_i the layer-i KV cache [n_head, n_ctx, head_dim] (updated in place), and
@@ -76,7 +77,7 @@ class _Builder:
 
 
 def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Config, dtype: str,
-                   seq_len: int | None, greedy: bool = False, gpu: str | None = None, hand=()):
+                   seq_len: int | None, pick: str | None = None, gpu: str | None = None, hand=()):
     C, H, D, F, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.n_inner, cfg.n_positions, cfg.vocab_size
     eps = cfg.layer_norm_epsilon
     decode = seq_len == 1
@@ -108,7 +109,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         ln_1, ln_2 = ["ln_1.weight", "ln_1.bias"], ["ln_2.weight", "ln_2.bias"]
         c_attn, c_fc = "attn.c_attn.", "mlp.c_fc."
 
-    history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy: tokens chosen so far
+    history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy/_sample: tokens so far
+    sampling = relax.Var("sampling", relax.TensorType([4], "float32"))    # decode_sample: temperature, top_k, top_p, seed
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
         if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
@@ -153,7 +155,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl)
     else:
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
-    with bb.function(name, [ids, where, *([history] if greedy else []), *cache, *w.values()]):
+    picked = [history] if pick == "greedy" else [history, sampling] if pick == "sample" else []
+    with bb.function(name, [ids, where, *picked, *cache, *w.values()]):
         with bb.dataflow():
             x = b.call("x", embedding, [ids, *pos, w["wte.weight"], w["wpe.weight"], *([] if decode else [m])],
                        [n, C], dtype)                                                          # [n, C]
@@ -196,7 +199,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
                             [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
-            if greedy:
+            if pick == "sample":
+                # the next token drawn on the device (temperature, top-k, top-p; kernels/sample.py), left where
+                # the next step reads it; hand-scheduled on every GPU rule list (no rule matches a sampler)
+                sample_advance = b.kernel("sample_advance", K.make_sample_advance_gpu, V, P,
+                                          256 if gpu == "webgpu" else 1024)
+                nxt, *_ = b.call_inplace("next", sample_advance, [logits, sampling, ids, where, history],
+                                         [-1, 2, 3, 4], fresh=[([1], "int32")])
+                out = bb.emit_output(nxt)
+            elif pick == "greedy":
                 # the next token, chosen on the device and left where the next step reads it
                 if fused:           # argmax + advance as one hand-scheduled kernel of one block (kernels/argmax.py)
                     argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
@@ -239,15 +250,19 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back
     with nothing from the host (runtime/executor.py's `greedy`). It returns the new token as well.
+    On a GPU, decode_sample(ids, pos, history, sampling [4] float32, caches..., params...) does the same
+    with a token drawn on the device (temperature, top-k, top-p, seed: kernels/sample.py), for
+    runtime/executor.py's `sample`.
     """
     # one BlockBuilder per sequence length, so that prefill and decode keep the plain variable names
     # (h0_qkv, ...) the step-through executor shows; decode and decode_greedy share their kernels (_n1)
     mod = tvm.IRModule()
-    for seq_len, functions in ((None, [("prefill", False)]), (1, [("decode", False), ("decode_greedy", True)])):
+    decode = [("decode", None), ("decode_greedy", "greedy"), *([("decode_sample", "sample")] if gpu else [])]
+    for seq_len, functions in ((None, [("prefill", None)]), (1, decode)):
         bb = relax.BlockBuilder()
         b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
-        for name, greedy in functions:
-            _gpt2_function(bb, b, name, cfg, dtype, seq_len, greedy, gpu, tuple(hand) if gpu else ())
+        for name, pick in functions:
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, pick, gpu, tuple(hand) if gpu else ())
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod
