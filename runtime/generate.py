@@ -108,8 +108,20 @@ class _TextStream:
 
 def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop: str | list[str] | None = None, stream: Callable[[str], None] | None = None) -> Generation:
-    """Generate a continuation of `prompt` (text or token ids)."""
+             stop: str | list[str] | None = None, stream: Callable[[str], None] | None = None,
+             sample_on: str = "auto") -> Generation:
+    """Generate a continuation of `prompt` (text or token ids).
+
+    sample_on: where a token is drawn when temperature > 0: "device" (GPU targets: decode_sample,
+    kernels/sample.py; the same distribution as the host's, its own random stream, so the same seed
+    gives other tokens than on the host), "host" (runtime/sampling.py), or "auto": the device on CUDA
+    and on a WebGPU GPU, the host on a CPU (llvm, or WebGPU on a CPU adapter such as llvmpipe, where
+    the host is faster). Greedy (temperature 0) takes its argmax on the device wherever it can.
+    """
+    if sample_on not in ("auto", "device", "host"):
+        raise GenerationError(f"sample_on must be 'auto', 'device' or 'host', got {sample_on!r}")
+    if sample_on == "device" and temperature > 0 and not getattr(executor, "samples_on_device", False):
+        raise GenerationError("sampling on the device needs a GPU target (cuda, webgpu)")
     if max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_args(temperature, top_k, top_p)
@@ -127,8 +139,15 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
     text = _TextStream(tokenizer, stops, stream)
 
     # greedy on a VM or WebGPU target: argmax on the device, greedy_chunk() steps queued at a time (see
-    # VMExecutor.greedy); `ahead` holds tokens computed but not consumed yet
-    on_device = temperature == 0 and hasattr(executor, "greedy")
+    # VMExecutor.greedy); sampling likewise on a GPU (VMExecutor.sample); `ahead` holds tokens computed
+    # but not consumed yet
+    if temperature == 0:
+        on_device = hasattr(executor, "greedy")
+    else:
+        on_device = sample_on == "device" or (sample_on == "auto"
+                                              and getattr(executor, "samples_on_device_by_default", False))
+        if on_device:       # the device's seed, drawn from the host's generator (so from `seed`), once
+            knobs = [temperature, top_k or executor.config.vocab_size, top_p or 1.0, int(rng.integers(0, 2 ** 24))]
     ahead: list[int] = []
 
     t0 = time.perf_counter()
@@ -156,7 +175,7 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
         t1 = time.perf_counter()
         if on_device:
             count = min(greedy_chunk(len(out.ids)), max_new_tokens - len(out.ids), n_ctx - executor.cache.length)
-            ahead = executor.greedy(token, count)
+            ahead = executor.greedy(token, count) if temperature == 0 else executor.sample(token, count, knobs)
         else:
             logits = executor.decode(token)
         t_decode += time.perf_counter() - t1

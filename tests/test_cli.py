@@ -63,6 +63,11 @@ def test_negative_max_new_tokens():
     assert_one_line_error(tinygpt2("generate", "--model", "random:gpt2", "--max-new-tokens", "-1"), "max-new-tokens")
 
 
+def test_sampling_on_the_device_of_a_cpu_target():
+    assert_one_line_error(tinygpt2("generate", "--model", "random:gpt2", "--temperature", "0.8", "--sample-on", "device"),
+                          "--sample-on device", "GPU")
+
+
 def test_unknown_rule(tiny_checkpoint):
     assert_one_line_error(tinygpt2("generate", "--model", str(tiny_checkpoint), "--rules", "gemv,magic"), "magic")
 

@@ -137,3 +137,12 @@ def test_second_load_comes_from_the_cache_and_a_corrupt_entry_is_rebuilt(tiny_ch
     again = tinygpt2.load(str(tiny_checkpoint), target="llvm")
     assert not again.compiled.from_cache
     np.testing.assert_array_equal(again.prefill(ids), tiny.prefill(ids))
+
+
+def test_sampling_on_the_device_needs_a_gpu_target(tiny):
+    from tinygpt2.errors import GenerationError
+    assert not tiny.executor.samples_on_device                        # llvm builds have no decode_sample
+    with pytest.raises(GenerationError, match="GPU target"):
+        tiny.generate([1, 2, 3], max_new_tokens=4, temperature=0.8, sample_on="device")
+    with pytest.raises(GenerationError, match="sample_on"):
+        tiny.generate([1, 2, 3], max_new_tokens=4, temperature=0.8, sample_on="gpu")

@@ -73,6 +73,39 @@ def test_greedy_on_the_gpu_is_the_host_argmax_in_one_submit(gpu):
     assert gpu.executor.cache.length == len(ids) + 20
 
 
+def test_sampling_on_the_gpu_draws_only_what_the_host_sampler_keeps(gpu):
+    """decode_sample (kernels/sample.py) runs 24 steps, each token drawn on the GPU and fed to the next
+    step there. Replayed through `decode`, every token is one that temperature, top-k and top-p keep
+    for the logits it was drawn from (runtime/sampling.keep, float64 on the host)."""
+    from tinygpt2.runtime.sampling import keep
+
+    ids = gpu.tokenizer.encode(PROMPT)
+    out = gpu.generate(ids, max_new_tokens=24, temperature=1.5, top_k=40, top_p=0.8, seed=1, sample_on="device")
+    assert len(out.ids) == 24
+    logits = gpu.prefill(ids)
+    for token in out.ids:
+        kept = keep(logits, 1.5, 40, 0.8)[0]
+        assert token in kept and 1 < kept.size <= 40              # a real choice at every step
+        logits = gpu.decode(token)
+
+
+def test_sampling_on_the_gpu_is_reproducible_and_top_k_1_is_greedy(gpu):
+    ids = gpu.tokenizer.encode(PROMPT)
+    run = lambda **kw: gpu.generate(ids, max_new_tokens=20, temperature=0.8, sample_on="device", **kw).ids  # noqa: E731
+    assert run(seed=7) == run(seed=7) != run(seed=8)
+    assert run(seed=7, top_k=1) == gpu.generate(ids, max_new_tokens=20).ids
+
+
+def test_auto_samples_on_the_host_on_a_cpu_adapter(gpu):
+    """llvmpipe is a CPU: there `auto` keeps sampling on the host, which is faster there (and so gives
+    the host sampler's tokens for a seed)."""
+    assert gpu.executor.samples_on_device and not gpu.executor.samples_on_device_by_default
+    ids = gpu.tokenizer.encode(PROMPT)
+    auto, host = (gpu.generate(ids, max_new_tokens=12, temperature=0.8, top_k=50, seed=3, sample_on=where).ids
+                  for where in ("auto", "host"))
+    assert auto == host
+
+
 def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     counts = gpu.executor.dispatches_per_step
     plan = gpu.compiled.plans["decode"]

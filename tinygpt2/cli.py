@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--sample-on", choices=("auto", "device", "host"), default="auto",
+                   help="where tokens are drawn when --temperature > 0: auto (default) = the device on CUDA and "
+                        "WebGPU GPUs, the host on CPUs; device draws from the same distribution with its own "
+                        "random stream (same seed, other tokens than the host)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.set_defaults(handler=cmd_generate)
     for name in SUBCOMMANDS:            # step, explain, bench, ablate: one module each, registering itself
@@ -56,6 +60,8 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens < 0:          # check cheap arguments before loading and compiling anything
         raise GenerationError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     check_args(args.temperature, args.top_k, args.top_p)
+    if args.sample_on == "device" and args.temperature > 0 and args.target not in ("cuda", "webgpu"):
+        raise GenerationError(f"--sample-on device needs a GPU target (cuda, webgpu), not {args.target}")
     prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt
     m = tinygpt2.load(args.model, target=args.target, dtype=args.dtype, rules=args.rules, arch=args.arch,
                       cache=not args.no_cache)
@@ -63,7 +69,7 @@ def cmd_generate(args) -> int:
         print(f"WebGPU adapter: {m.executor.adapter_name}", file=sys.stderr, flush=True)
     print(prompt, end="", flush=True)
     out = m.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, seed=args.seed, stop=args.stop,
+                     top_p=args.top_p, seed=args.seed, stop=args.stop, sample_on=args.sample_on,
                      stream=lambda piece: print(piece, end="", flush=True))
     print(flush=True)
     print(f"[{args.target} {args.dtype}] {out.stats.line()}", file=sys.stderr)
