@@ -73,6 +73,12 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     if hasattr(m.executor, "greedy"):
         host = steps / _greedy_time(m, ids[:decode_prompt], steps, on_device=False)
         notes.append(f"decode with logits to the host every step: {host:.0f} tok/s")
+    if getattr(m.executor, "samples_on_device", False):
+        # sampled decode (temperature 0.8, top-k 50, top-p 0.95), each token drawn on the device
+        # (kernels/sample.py) against the logits to the host and runtime/sampling.py there
+        dev, host = (steps / _sampled_time(m, ids[:decode_prompt], steps, where) for where in ("device", "host"))
+        notes.append(f"sampled decode (T 0.8, top-k 50, top-p 0.95): {dev:.0f} tok/s drawn on the device, "
+                     f"{host:.0f} on the host")
     step_s = _decode_call_time(m)
     if step_s:
         notes.append(f"one decode call without readback: {step_s * 1e6:.0f} us")
@@ -80,23 +86,38 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     return row, m
 
 
-def _greedy_time(m, prompt, steps: int, on_device: bool) -> float:
-    """Seconds for `steps` greedy decode steps after prefilling `prompt` (a warm-up run first)."""
+def _decode_time(m, prompt, steps: int, pick, ahead=None) -> float:
+    """Seconds for `steps` decode steps after prefilling `prompt` (a warm-up run first): each token
+    picked on the host from the step's logits (pick(logits) -> id), or, with ahead(token, count) ->
+    ids, on the device, greedy_chunk() steps a round trip as `generate` runs them."""
     from tinygpt2.runtime.generate import greedy_chunk
     for _ in range(2):                                               # warm-up run, then the measured one
-        token = int(np.argmax(m.prefill(prompt)))
+        token = pick(m.prefill(prompt))
         t = time.perf_counter()
-        if on_device:
+        if ahead is not None:
             done = 0
             while done < steps:
                 count = min(greedy_chunk(done + 1), steps - done)     # done + 1: prefill gave one
-                token = m.executor.greedy(token, count)[-1]
+                token = ahead(token, count)[-1]
                 done += count
         else:
             for _ in range(steps):
-                token = int(np.argmax(m.decode(token)))
+                token = pick(m.decode(token))
         elapsed = time.perf_counter() - t
     return elapsed
+
+
+def _greedy_time(m, prompt, steps: int, on_device: bool) -> float:
+    return _decode_time(m, prompt, steps, lambda logits: int(np.argmax(logits)), m.executor.greedy if on_device else None)
+
+
+def _sampled_time(m, prompt, steps: int, where: str, temperature=0.8, top_k=50, top_p=0.95) -> float:
+    """Sampled decode: drawn on the device (kernels/sample.py) or on the host (runtime/sampling.py)."""
+    from tinygpt2.runtime.sampling import sample
+    rng = np.random.default_rng(0)
+    on_device = lambda token, count: m.executor.sample(token, count, [temperature, top_k, top_p, 1234])  # noqa: E731
+    return _decode_time(m, prompt, steps, lambda logits: sample(logits, temperature, top_k, top_p, rng),
+                        on_device if where == "device" else None)
 
 
 def _decode_call_time(m, repeats: int = 200) -> float | None:

@@ -62,8 +62,8 @@ def run(args) -> int:
             if args.target == "cuda":
                 row.peak_mem_mib = _gpu_mib()
             if args.target == "webgpu":
-                row.note = (f"{m.executor.adapter_name}: {m.executor.dispatches_per_step['decode']} dispatches, "
-                            "1 submit per decode step")
+                row.note = "; ".join([f"{m.executor.adapter_name}: {m.executor.dispatches_per_step['decode']} dispatches, "
+                                      "1 submit per decode step", *([row.note] if row.note else [])])
             rows.append(row)
             print(B.to_markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)
             if bw:
