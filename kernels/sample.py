@@ -32,8 +32,8 @@ registers; e^x is recomputed where needed, since beside x 1024 threads' register
            draws each. Without top-p the first draw is kept.
   draw     the exponential race: v = argmax e^{x_v} / E_v over the candidates, E_v ~ Exp(1) independent
            (equivalent to Gumbel-max: argmax x_v - log E_v), E_v = -log(1 - u_v) from a hash of
-           (seed, pos, round, v): u has 32 bits, so E >= 1.2e-10 and a token's noise is capped; the
-           chance that the cap binds for any of 50257 tokens is ~6e-6 a draw.
+           (seed, pos, round, v): u = (32 random bits + 1/2) / 2^32, so E >= 1.2e-10 and a token's noise is
+           capped; the chance that the cap binds for any of 50257 tokens is ~6e-6 a draw.
   advance  thread 0 writes the token where the next step reads it: history[pos + 1], ids, pos + 1.
 
 It differs from the host sampler in its random numbers (its own stream: same seed, other tokens) and
@@ -200,11 +200,11 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                             t_base[vt] = h[0]
                             for e in T.unroll(E):
                                 if key_at(xs, vt, e) <= cand[vt]:
-                                    # u in [0, 1): 32 random bits; E = -log(1 - u) ~ Exp(1), for small u its
+                                    # u in (0, 1]: 32 random bits + 1/2; E = -log(1 - u) ~ Exp(1), for small u its
                                     # series (log(1 - u) would round it away); score = e^x / E (e^x recomputed: kept
                                     # beside x, 1024 threads' registers would not hold them)
                                     _pcg(h, t_base[vt] + T.Cast("uint32", e * TH + vt))
-                                    f[0] = T.Cast("float32", h[0]) * T.float32(2.0 ** -32)
+                                    f[0] = (T.Cast("float32", h[0]) + T.float32(0.5)) * T.float32(2.0 ** -32)
                                     f[1] = T.if_then_else(f[0] < T.float32(1e-4), f[0] + T.float32(0.5) * f[0] * f[0],
                                                           T.float32(0) - T.log(T.float32(1) - f[0]))
                                     f[3] = T.exp(xs[vt, e])
@@ -304,7 +304,7 @@ def sample_advance_ref(logits, sampling, pos: int, rounds: int = ROUNDS) -> int:
     ids = np.arange(z.size, dtype=np.uint64)
     for r in range(rounds):
         base = _pcg_ref(_pcg_ref(_pcg_ref(np.uint64(int(seed))) ^ np.uint64(pos)) + np.uint64(r))
-        u = _pcg_ref(base + ids).astype(np.float32) * np.float32(2.0 ** -32)
+        u = (_pcg_ref(base + ids).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -32)
         ex = np.where(u < np.float32(1e-4), u + np.float32(0.5) * u * u, -np.log(np.float32(1) - u))
         m = key <= cand
         drawn = int(np.argmax(np.where(m, e / np.maximum(ex, np.float32(1e-30)), -np.inf)))
