@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|mm|weight-stream|ring|mlp-layers|decode-layers|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -24,6 +24,14 @@ case "$1" in
   # decode's kernels as they run inside the CUDA graph (CUPTI), plain graph vs fused kernels
   trace)      for r in ${2:-default fused}; do python3 scripts/trace_decode.py ${MODEL:-random:gpt2} float16 $r 20 \
                 --out="$OUT/trace" | tee -a "$OUT/trace.md"; done ;;
+  # sampling on the device (kernels/sample.py, decode_sample): the logits check with its sampled column, decode's
+  # kernels in the graph with the sampler, and sampled decode on the device against the host (bench's notes)
+  sampling)   timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                | tee "$OUT/gpu_check_sampling.md" || true
+              for m in random:gpt2 random:gpt2-xl; do timeout 70 python3 scripts/trace_decode.py $m float16 fused 20 --sampled \
+                --out="$OUT/trace" | tee -a "$OUT/trace_sampled.md" || true; done
+              (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
+                --dtypes float16 --rules fused --prompt-lens 128 --peers none --repeats 3 --out "$OUT/bench-sampling") || true ;;
   # one loan's whole round for preset `fused` (about 530 s at most: with install.sh, under a call's 600): decode's kernels in the
   # graph for gpt2 and gpt2-xl, the logits check, then the bench of each beside its peers
   round)      for m in random:gpt2 random:gpt2-xl; do MODEL=$m timeout 70 bash "$0" trace fused || true; done

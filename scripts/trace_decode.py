@@ -1,8 +1,9 @@
 """On the GPU machine: where a decode step's time goes *inside* its CUDA graph, from CUPTI.
 
-    python3 scripts/trace_decode.py random:gpt2 float16 default [steps] [--out=DIR]
+    python3 scripts/trace_decode.py random:gpt2 float16 default [steps] [--out=DIR] [--sampled]
 
-Traces greedy decode steps with torch.profiler (CUPTI's kernel activity records every node of a
+Traces greedy decode steps (with --sampled, steps drawing their token on the device: decode_sample,
+temperature 0.8, top-k 50, top-p 0.95) with torch.profiler (CUPTI's kernel activity records every node of a
 replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
 kernel the median time per step, and per step its span (first kernel start to last kernel end) and
 the idle gaps between kernels. Unlike ncu (each kernel replayed alone, caches warm) and
@@ -18,7 +19,7 @@ import tempfile
 from collections import defaultdict
 
 
-def trace(model, dtype, rules, steps, out):
+def trace(model, dtype, rules, steps, out, sampled=False):
     """(start ns, duration ns, name) of every GPU kernel, from CUPTI through torch.profiler (kineto):
     the tracer is process-wide, so it sees TVM's launches and each node of a replayed CUDA graph."""
     import numpy as np
@@ -30,9 +31,10 @@ def trace(model, dtype, rules, steps, out):
     torch.cuda.init()
     m = tinygpt2.load(model, target="cuda", dtype=dtype, rules=rules, progress=False)
     token = int(np.argmax(m.prefill(list(range(1000, 1128)))))
-    m.executor.greedy(token, 2)                              # captures the graph
+    run = (lambda t, n: m.executor.sample(t, n, [0.8, 50, 0.95, 1])) if sampled else m.executor.greedy
+    run(token, 2)                                            # captures the graph
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        m.executor.greedy(token, steps)
+        run(token, steps)
         torch.cuda.synchronize()
     tag = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in f"{model}_{dtype}_{rules}")
     path = os.path.join(out, f"decode_{tag[:80]}.json")
@@ -83,12 +85,14 @@ def summarize(kernels, label):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    sampled = "--sampled" in sys.argv[1:]
     out = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), tempfile.mkdtemp())
     model, dtype, rules = args[:3]
     steps = int(args[3]) if len(args) > 3 else 20
     os.makedirs(out, exist_ok=True)
-    summarize(trace(model, dtype, rules, steps, out), f"{model} {dtype} --rules {rules}, in the CUDA graph (CUPTI)")
+    summarize(trace(model, dtype, rules, steps, out, sampled),
+              f"{model} {dtype} --rules {rules}{', sampled on the device' if sampled else ''}, in the CUDA graph (CUPTI)")
 
 
 if __name__ == "__main__":
