@@ -52,9 +52,10 @@ def keep(logits: np.ndarray, temperature: float, top_k: int | None = None,
     if top_k is not None and top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
         ids = np.flatnonzero(z >= kth)                 # the k largest, ties with the k-th included
+        x = z[ids].astype(np.float64) / temperature
     else:
         ids = np.arange(z.size)
-    x = z[ids].astype(np.float64) / temperature
+        x = z.astype(np.float64) / temperature
     probs = np.exp(x - x.max())
     probs /= probs.sum()
     if top_p is not None and top_p < 1:
