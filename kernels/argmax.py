@@ -91,6 +91,28 @@ def make_advance(n_ctx: int):
     return advance
 
 
+@T.macro(hygienic=False)
+def block_argmax(TH, t_val, t_id, out_val, out_id, i):
+    """out_val[i] = max over the block's threads t of t_val[t]; out_id[i] = the lowest t_id[t] among the
+    threads holding it (numpy's tie rule, when each thread's id is its own first). Two cross-thread
+    reductions, which TVM lowers to warp shuffles + shared memory; `i` picks the element of out_val /
+    out_id to write (a reduction inside a loop writes its own element)."""
+    for tx in T.thread_binding(TH, thread="threadIdx.x"):
+        with T.sblock("b_max"):
+            vi = T.axis.spatial(out_val.shape[0], i)
+            vt = T.axis.reduce(TH, tx)
+            with T.init():
+                out_val[vi] = T.float32(F32_MIN)
+            out_val[vi] = T.max(out_val[vi], t_val[vt])
+    for tx in T.thread_binding(TH, thread="threadIdx.x"):
+        with T.sblock("b_first"):
+            vi = T.axis.spatial(out_val.shape[0], i)
+            vt = T.axis.reduce(TH, tx)
+            with T.init():                       # min's identity: cross-thread reduction needs it exact
+                out_id[vi] = T.max_value("int32")
+            out_id[vi] = T.min(out_id[vi], T.if_then_else(t_val[vt] == out_val[vi], t_id[vt], T.max_value("int32")))
+
+
 def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
     """make_argmax then make_advance, as one hand-scheduled GPU kernel of one block:
 
@@ -143,18 +165,7 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
                                                          T.Cast("int32", T.min((jo * G + g) * TH + vt, V - one)),
                                                          t_first[vt])
                             t_best[vt] = T.max(t_best[vt], vals[g])
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("b_max"):
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():
-                        best[0] = lowest
-                    best[0] = T.max(best[0], t_best[vt])
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("b_first"):
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():                       # min's identity: cross-thread reduction needs it exact
-                        first[0] = none
-                    first[0] = T.min(first[0], T.if_then_else(t_best[vt] == best[0], t_first[vt], none))
+            block_argmax(TH, t_best, t_first, best, first, 0)
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("advance"):
                     vt = T.axis.spatial(TH, tx)

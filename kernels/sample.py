@@ -48,6 +48,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import F32_MIN
+from .argmax import block_argmax
 
 ROUNDS = 32
 KEY_INF = 0x7F800000          # bits of +inf: key of x = -inf, above every finite x's
@@ -121,18 +122,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                         t_first[vt] = T.if_then_else(xs[vt, e] > t_max[vt],
                                                      T.Cast("int32", T.min(e * TH + vt, V - one)), t_first[vt])
                         t_max[vt] = T.max(t_max[vt], xs[vt, e])
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("max"):
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():
-                        b_max[0] = lowest
-                    b_max[0] = T.max(b_max[0], t_max[vt])
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("first"):
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():                       # min's identity: cross-thread reduction needs it exact
-                        b_first[0] = none
-                    b_first[0] = T.min(b_first[0], T.if_then_else(t_max[vt] == b_max[0], t_first[vt], none))
+            block_argmax(TH, t_max, t_first, b_max, b_first, 0)
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("scale"):
                     vt = T.axis.spatial(TH, tx)
@@ -213,20 +203,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                                     t_id[vt] = T.if_then_else(f[2] > t_best[vt], T.Cast("int32", e * TH + vt), t_id[vt])
                                     t_best[vt] = T.max(t_best[vt], f[2])
                                     t_mass[vt] = t_mass[vt] + f[3]
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("best"):
-                        vr = T.axis.spatial(R, r)
-                        vt = T.axis.reduce(TH, tx)
-                        with T.init():
-                            b_best[vr] = lowest
-                        b_best[vr] = T.max(b_best[vr], t_best[vt])
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("best_id"):
-                        vr = T.axis.spatial(R, r)
-                        vt = T.axis.reduce(TH, tx)
-                        with T.init():
-                            b_id[vr] = none
-                        b_id[vr] = T.min(b_id[vr], T.if_then_else(t_best[vt] == b_best[vr], t_id[vt], none))
+                block_argmax(TH, t_best, t_id, b_best, b_id, r)          # the round's draw
                 for tx in T.thread_binding(TH, thread="threadIdx.x"):
                     with T.sblock("mass"):
                         vr = T.axis.spatial(R, r)
