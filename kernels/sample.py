@@ -40,7 +40,10 @@ It differs from the host sampler in its random numbers (its own stream: same see
 in float32 arithmetic: x + noise, and top-p's masses, to ~1e-6 relative, against float64 on the host.
 Rounds after the one that accepts skip their arithmetic but not their block-wide reductions: a branch
 around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
-same in every thread.
+same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
+T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped
+(and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64 registers and a 312-byte stack,
+against 32 and 832 without the branch).
 """
 
 import numpy as np
@@ -65,8 +68,11 @@ def _pcg(h, x):
     h[0] = (h[0] >> T.uint32(22)) ^ h[0]
 
 
-def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, rounds: int = ROUNDS):
-    """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit)."""
+def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, rounds: int = ROUNDS,
+                            skip: bool = False):
+    """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit). skip (CUDA): without
+    top-k, the bisection's 31 block-wide counts are skipped, a branch around barriers that is the same in
+    every thread (WGSL's uniformity analysis cannot be told so: see the module's docstring)."""
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     TH, E, R = T.int64(threads), T.int64(-(-n_vocab // threads)), T.int64(rounds)
     lowest, none = T.float32(F32_MIN), T.max_value("int32")
@@ -78,6 +84,35 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
 
     def key_at(xs, vt, e):                           # the thread's e-th logit's key; past the vocabulary, above all
         return T.if_then_else(e * TH + vt < V, key(xs[vt, e]), none)
+
+    @T.macro(hygienic=False)
+    def bisect():
+        """top-k: the least K with #{key <= K} >= k (in hi), by halving [lo, hi] 31 times."""
+        for it in T.serial(T.int64(31)):
+            for tx in T.thread_binding(TH, thread="threadIdx.x"):
+                with T.sblock("count_part"):
+                    vt = T.axis.spatial(TH, tx)
+                    t_count[vt] = T.int32(0)
+                    for e in T.unroll(E):
+                        t_count[vt] = t_count[vt] + T.Cast("int32", key_at(xs, vt, e) <= lo[vt] + (hi[vt] - lo[vt]) // 2)
+            for tx in T.thread_binding(TH, thread="threadIdx.x"):
+                with T.sblock("count"):
+                    vi = T.axis.spatial(T.int64(31), it)
+                    vt = T.axis.reduce(TH, tx)
+                    with T.init():
+                        b_count[vi] = T.int32(0)
+                    b_count[vi] = b_count[vi] + t_count[vt]
+            for tx in T.thread_binding(TH, thread="threadIdx.x"):
+                with T.sblock("halve"):
+                    vt = T.axis.spatial(TH, tx)
+                    vi = T.axis.spatial(T.int64(31), it)
+                    # (shared memory read into a register first: TVM's ThreadSync rejects it in an `if`)
+                    go_low = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                    go_low[0] = T.Cast("int32", b_count[vi] >= T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)))
+                    if go_low[0] == 1:
+                        hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
+                    else:
+                        lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1
 
     @T.prim_func(s_tir=True)
     def sample_advance(logits: T.Buffer((one, V), "float32"), sampling: T.Buffer((T.int64(4),), "float32"),
@@ -131,31 +166,13 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                     lo[vt] = T.int32(0)
                     hi[vt] = key_inf
             # --- top-k: the least K with #{key <= K} >= k, by halving [lo, hi] 31 times ---
-            for it in T.serial(T.int64(31)):
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("count_part"):
-                        vt = T.axis.spatial(TH, tx)
-                        t_count[vt] = T.int32(0)
-                        for e in T.unroll(E):
-                            t_count[vt] = t_count[vt] + T.Cast("int32", key_at(xs, vt, e) <= lo[vt] + (hi[vt] - lo[vt]) // 2)
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("count"):
-                        vi = T.axis.spatial(T.int64(31), it)
-                        vt = T.axis.reduce(TH, tx)
-                        with T.init():
-                            b_count[vi] = T.int32(0)
-                        b_count[vi] = b_count[vi] + t_count[vt]
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("halve"):
-                        vt = T.axis.spatial(TH, tx)
-                        vi = T.axis.spatial(T.int64(31), it)
-                        # (shared memory read into a register first: TVM's ThreadSync rejects it in an `if`)
-                        go_low = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                        go_low[0] = T.Cast("int32", b_count[vi] >= T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)))
-                        if go_low[0] == 1:
-                            hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
-                        else:
-                            lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1
+            if skip:
+                # without top-k (k >= vocab) none of it: a branch around barriers, which TVM's ThreadSync
+                # takes only when told the condition is the same in every thread (it is: a kernel input)
+                if T.tvm_thread_invariant(sampling[1] < T.float32(n_vocab)):
+                    bisect()
+            else:
+                bisect()
             # --- top-p: Z_k, then rounds of draw + test ---
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("zk_part"):

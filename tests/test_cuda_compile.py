@@ -31,6 +31,15 @@ def test_cuda_builds_with_every_kernel_scheduled(dtype):
         assert "half" in source
 
 
+def test_cuda_sampler_skips_the_bisection_without_top_k():
+    """decode_sample's sampler on CUDA (kernels/sample.py, skip=True): the 31 block-wide counts of top-k's
+    bisection sit behind a branch on top_k < vocab (sampling[1]), marked thread-invariant for ThreadSync."""
+    sched, tgt, _ = C.build_scheduled(CFG, "cuda", "float32", "default", arch="sm_90a")
+    kernel = cuda_kernels(sched, tgt)["sample_advance_n1_kernel"]
+    branch = kernel.index("if ((sampling_ptr[1] < ")
+    assert branch < kernel.index("for (int64_t it = (int64_t)0; it < (int64_t)31; ++it)")
+
+
 def test_decode_uses_cuda_graphs():
     sched, tgt, _ = C.build_scheduled(CFG, "cuda", "float32", "default", arch="sm_90a")
     with tgt, C.tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}):

@@ -18,10 +18,10 @@ from tinygpt2.runtime.webgpu import run_kernel  # noqa: E402
 P, TH = 4100, 256          # n_ctx: room for 4000 steps; WebGPU's 256 threads
 
 
-def draw(logits, temperature, top_k, top_p, seed, steps, rounds=K.sample.ROUNDS):
+def draw(logits, temperature, top_k, top_p, seed, steps, rounds=K.sample.ROUNDS, skip=False):
     """`steps` sampled decode steps from position 0: (tokens [steps], ids, pos)."""
     V = logits.shape[1]
-    func = make_sample_advance_gpu(V, P, TH, rounds)
+    func = make_sample_advance_gpu(V, P, TH, rounds, skip)
     knobs = np.array([temperature, V if top_k is None else top_k, 1.0 if top_p is None else top_p, seed], np.float32)
     _, _, ids, pos, history, nxt = run_kernel(func, [logits, knobs, np.zeros(1, np.int32), np.zeros(1, np.int32),
                                                       np.zeros(P + 1, np.int32), np.zeros(1, np.int32)], repeat=steps)
@@ -61,6 +61,15 @@ def test_same_tokens_as_numpy(temperature, top_k, top_p):
     tokens, *_ = draw(logits, temperature, top_k, top_p, seed=777, steps=40)
     knobs = [temperature, 300 if top_k is None else top_k, 1.0 if top_p is None else top_p, 777]
     assert tokens.tolist() == [sample_advance_ref(logits, knobs, p) for p in range(40)]
+
+
+@pytest.mark.parametrize("top_k", [None, 20])
+def test_cudas_variant_skipping_the_bisection_draws_the_same_tokens(top_k):
+    """skip=True (the model's choice on CUDA) branches around the bisection's barriers when there is no
+    top-k; run here too (naga accepts the branch), it must change nothing."""
+    logits = (np.random.default_rng(2).standard_normal((1, 300)) * 2).astype(np.float32)
+    runs = [draw(logits, 0.9, top_k, 0.7, seed=11, steps=30, skip=skip)[0].tolist() for skip in (False, True)]
+    assert runs[0] == runs[1]
 
 
 def test_top_k_1_and_a_tiny_top_p_are_greedy(logits):

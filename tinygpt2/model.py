@@ -202,8 +202,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             if pick == "sample":
                 # the next token drawn on the device (temperature, top-k, top-p; kernels/sample.py), left where
                 # the next step reads it; hand-scheduled on every GPU rule list (no rule matches a sampler)
+                # (on CUDA without top-k the bisection is skipped: a branch around barriers WGSL would refuse)
                 sample_advance = b.kernel("sample_advance", K.make_sample_advance_gpu, V, P,
-                                          256 if gpu == "webgpu" else 1024)
+                                          256 if gpu == "webgpu" else 1024, K.sample.ROUNDS, gpu == "cuda")
                 nxt, *_ = b.call_inplace("next", sample_advance, [logits, sampling, ids, where, history],
                                          [-1, 2, 3, 4], fresh=[([1], "int32")])
                 out = bb.emit_output(nxt)
