@@ -41,9 +41,11 @@ in float32 arithmetic: x + noise, and top-p's masses, to ~1e-6 relative, against
 Rounds after the one that accepts skip their arithmetic but not their block-wide reductions: a branch
 around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
 same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
-T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped
-(and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64 registers and a 312-byte stack,
-against 32 and 832 without the branch).
+T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, and
+without top-p the rounds after the first (and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread
+kernel 64 registers and a 320-byte stack, against 32 and 832 without the branches). Each round's blocks
+are written once (the macro one_round) and emitted once: emitted twice, for round 0 and for a loop over
+the rest, the kernel drew wrong tokens on WebGPU.
 """
 
 import numpy as np
@@ -68,22 +70,25 @@ def _pcg(h, x):
     h[0] = (h[0] >> T.uint32(22)) ^ h[0]
 
 
+def _key(x):
+    """x <= 0 -> an int32 that grows as x falls: the bits of -x, its sign bit cleared, since a compiler may
+    fold 0 - x into -x (llvmpipe does), and -(+0.0) is -0.0, whose bits are int32's lowest."""
+    return T.bitwise_and(T.reinterpret("int32", T.float32(0) - x), T.int32(0x7FFFFFFF))
+
+
 def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, rounds: int = ROUNDS,
                             skip: bool = False):
     """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit). skip (CUDA): without
-    top-k, the bisection's 31 block-wide counts are skipped, a branch around barriers that is the same in
-    every thread (WGSL's uniformity analysis cannot be told so: see the module's docstring)."""
+    top-k, the bisection's 31 block-wide counts are skipped, and without top-p the rounds after the first:
+    branches around barriers that are the same in every thread (WGSL's uniformity analysis cannot be told
+    so: see the module's docstring)."""
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     TH, E, R = T.int64(threads), T.int64(-(-n_vocab // threads)), T.int64(rounds)
     lowest, none = T.float32(F32_MIN), T.max_value("int32")
     key_inf = T.int32(KEY_INF)
 
-    def key(x):        # x <= 0 -> int32 that grows as x falls: the bits of -x, its sign bit cleared, since a
-        # compiler may fold 0 - x into -x (llvmpipe does), and -(+0.0) is -0.0, whose bits are int32's lowest
-        return T.bitwise_and(T.reinterpret("int32", T.float32(0) - x), T.int32(0x7FFFFFFF))
-
     def key_at(xs, vt, e):                           # the thread's e-th logit's key; past the vocabulary, above all
-        return T.if_then_else(e * TH + vt < V, key(xs[vt, e]), none)
+        return T.if_then_else(e * TH + vt < V, _key(xs[vt, e]), none)
 
     @T.macro(hygienic=False)
     def bisect():
@@ -113,6 +118,67 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                         hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
                     else:
                         lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1
+
+    @T.macro(hygienic=False)
+    def one_round(r):
+        """Round r of top-p's rejection: draw from the candidates, test the last round's draw."""
+        for tx in T.thread_binding(TH, thread="threadIdx.x"):
+            with T.sblock("draw"):
+                vt = T.axis.spatial(TH, tx)
+                vr = T.axis.spatial(R, r)
+                f = T.sblock_alloc_buffer((4,), "float32", scope="local")     # u, E, score, e^x
+                h = T.sblock_alloc_buffer((1,), "uint32", scope="local")      # a hash
+                t_best[vt] = lowest
+                t_id[vt] = none
+                t_mass[vt] = T.float32(0)
+                if done[vt] == 0:
+                    # the round's stream: hash(seed, pos, round), then one more hash per token
+                    _pcg(h, T.Cast("uint32", sampling[3]))
+                    _pcg(h, h[0] ^ T.Cast("uint32", t_pos[vt]))
+                    _pcg(h, h[0] + T.Cast("uint32", vr))
+                    t_base[vt] = h[0]
+                    for e in T.unroll(E):
+                        if key_at(xs, vt, e) <= cand[vt]:
+                            # u in (0, 1]: 32 random bits + 1/2; E = -log(1 - u) ~ Exp(1), for small u its
+                            # series (log(1 - u) would round it away); score = e^x / E (e^x recomputed: kept
+                            # beside x, 1024 threads' registers would not hold them)
+                            _pcg(h, t_base[vt] + T.Cast("uint32", e * TH + vt))
+                            f[0] = (T.Cast("float32", h[0]) + T.float32(0.5)) * T.float32(2.0 ** -32)
+                            f[1] = T.if_then_else(f[0] < T.float32(1e-4), f[0] + T.float32(0.5) * f[0] * f[0],
+                                                  T.float32(0) - T.log(T.float32(1) - f[0]))
+                            f[3] = T.exp(xs[vt, e])
+                            f[2] = f[3] / T.max(f[1], T.float32(1e-30))
+                            # the lowest id on ties: ids rise with e
+                            t_id[vt] = T.if_then_else(f[2] > t_best[vt], T.Cast("int32", e * TH + vt), t_id[vt])
+                            t_best[vt] = T.max(t_best[vt], f[2])
+                            t_mass[vt] = t_mass[vt] + f[3]
+        block_argmax(TH, t_best, t_id, b_best, b_id, r)          # the round's draw
+        for tx in T.thread_binding(TH, thread="threadIdx.x"):
+            with T.sblock("mass"):
+                vr = T.axis.spatial(R, r)
+                vt = T.axis.reduce(TH, tx)
+                with T.init():
+                    b_mass[vr] = T.float32(0)
+                b_mass[vr] = b_mass[vr] + t_mass[vt]
+        for tx in T.thread_binding(TH, thread="threadIdx.x"):
+            with T.sblock("test"):
+                vt = T.axis.spatial(TH, tx)
+                vr = T.axis.spatial(R, r)
+                # b_mass[r]: the mass of this round's candidates, i.e. strictly above the last round's
+                # sample (chosen[vt]): that sample is kept if it is < top_p Z_k
+                kept = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                drawn = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                kept[0] = T.Cast("int32", b_mass[vr] < sampling[2] * b_zk[0])
+                drawn[0] = b_id[vr]
+                if done[vt] == 0:
+                    if vr > 0 and kept[0] == 1:
+                        done[vt] = 1
+                    elif sampling[2] >= T.float32(1):             # no top-p: every draw is kept
+                        done[vt] = 1
+                        chosen[vt] = drawn[0]
+                    else:                                         # test it next round, below it
+                        chosen[vt] = drawn[0]
+                        cand[vt] = _key((logits[0, T.Cast("int64", drawn[0])] - b_max[0]) / sampling[0]) - 1
 
     @T.prim_func(s_tir=True)
     def sample_advance(logits: T.Buffer((one, V), "float32"), sampling: T.Buffer((T.int64(4),), "float32"),
@@ -190,63 +256,13 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                         b_zk[0] = T.float32(0)
                     b_zk[0] = b_zk[0] + t_mass[vt]
             for r in T.serial(R):
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("draw"):
-                        vt = T.axis.spatial(TH, tx)
-                        vr = T.axis.spatial(R, r)
-                        f = T.sblock_alloc_buffer((4,), "float32", scope="local")     # u, E, score, e^x
-                        h = T.sblock_alloc_buffer((1,), "uint32", scope="local")      # a hash
-                        t_best[vt] = lowest
-                        t_id[vt] = none
-                        t_mass[vt] = T.float32(0)
-                        if done[vt] == 0:
-                            # the round's stream: hash(seed, pos, round), then one more hash per token
-                            _pcg(h, T.Cast("uint32", sampling[3]))
-                            _pcg(h, h[0] ^ T.Cast("uint32", t_pos[vt]))
-                            _pcg(h, h[0] + T.Cast("uint32", vr))
-                            t_base[vt] = h[0]
-                            for e in T.unroll(E):
-                                if key_at(xs, vt, e) <= cand[vt]:
-                                    # u in (0, 1]: 32 random bits + 1/2; E = -log(1 - u) ~ Exp(1), for small u its
-                                    # series (log(1 - u) would round it away); score = e^x / E (e^x recomputed: kept
-                                    # beside x, 1024 threads' registers would not hold them)
-                                    _pcg(h, t_base[vt] + T.Cast("uint32", e * TH + vt))
-                                    f[0] = (T.Cast("float32", h[0]) + T.float32(0.5)) * T.float32(2.0 ** -32)
-                                    f[1] = T.if_then_else(f[0] < T.float32(1e-4), f[0] + T.float32(0.5) * f[0] * f[0],
-                                                          T.float32(0) - T.log(T.float32(1) - f[0]))
-                                    f[3] = T.exp(xs[vt, e])
-                                    f[2] = f[3] / T.max(f[1], T.float32(1e-30))
-                                    # the lowest id on ties: ids rise with e
-                                    t_id[vt] = T.if_then_else(f[2] > t_best[vt], T.Cast("int32", e * TH + vt), t_id[vt])
-                                    t_best[vt] = T.max(t_best[vt], f[2])
-                                    t_mass[vt] = t_mass[vt] + f[3]
-                block_argmax(TH, t_best, t_id, b_best, b_id, r)          # the round's draw
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("mass"):
-                        vr = T.axis.spatial(R, r)
-                        vt = T.axis.reduce(TH, tx)
-                        with T.init():
-                            b_mass[vr] = T.float32(0)
-                        b_mass[vr] = b_mass[vr] + t_mass[vt]
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("test"):
-                        vt = T.axis.spatial(TH, tx)
-                        vr = T.axis.spatial(R, r)
-                        # b_mass[r]: the mass of this round's candidates, i.e. strictly above the last round's
-                        # sample (chosen[vt]): that sample is kept if it is < top_p Z_k
-                        kept = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                        drawn = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                        kept[0] = T.Cast("int32", b_mass[vr] < sampling[2] * b_zk[0])
-                        drawn[0] = b_id[vr]
-                        if done[vt] == 0:
-                            if vr > 0 and kept[0] == 1:
-                                done[vt] = 1
-                            elif sampling[2] >= T.float32(1):             # no top-p: every draw is kept
-                                done[vt] = 1
-                                chosen[vt] = drawn[0]
-                            else:                                         # test it next round, below it
-                                chosen[vt] = drawn[0]
-                                cand[vt] = key((logits[0, T.Cast("int64", drawn[0])] - b_max[0]) / sampling[0]) - 1
+                if skip:
+                    # without top-p the first draw is kept: later rounds are skipped whole, a branch the same
+                    # in every thread (kernel inputs and the loop variable)
+                    if T.tvm_thread_invariant(r == 0 or sampling[2] < T.float32(1)):
+                        one_round(r)
+                else:
+                    one_round(r)
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("advance"):
                     vt = T.axis.spatial(TH, tx)

@@ -63,12 +63,13 @@ def test_same_tokens_as_numpy(temperature, top_k, top_p):
     assert tokens.tolist() == [sample_advance_ref(logits, knobs, p) for p in range(40)]
 
 
-@pytest.mark.parametrize("top_k", [None, 20])
-def test_cudas_variant_skipping_the_bisection_draws_the_same_tokens(top_k):
-    """skip=True (the model's choice on CUDA) branches around the bisection's barriers when there is no
-    top-k; run here too (naga accepts the branch), it must change nothing."""
+@pytest.mark.parametrize("top_k,top_p", [(None, 0.7), (20, 0.7), (None, None), (20, None)])
+def test_cudas_variant_skipping_unused_work_draws_the_same_tokens(top_k, top_p):
+    """skip=True (the model's choice on CUDA) branches around barriers: around the bisection when there
+    is no top-k, around the rounds after the first when there is no top-p. Run here too (naga accepts
+    such branches), it must change nothing."""
     logits = (np.random.default_rng(2).standard_normal((1, 300)) * 2).astype(np.float32)
-    runs = [draw(logits, 0.9, top_k, 0.7, seed=11, steps=30, skip=skip)[0].tolist() for skip in (False, True)]
+    runs = [draw(logits, 0.9, top_k, top_p, seed=11, steps=30, skip=skip)[0].tolist() for skip in (False, True)]
     assert runs[0] == runs[1]
 
 
