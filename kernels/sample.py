@@ -38,12 +38,13 @@ registers; e^x is recomputed where needed, since beside x 1024 threads' register
 
 It differs from the host sampler in its random numbers (its own stream: same seed, other tokens) and
 in float32 arithmetic: x + noise, and top-p's masses, to ~1e-6 relative, against float64 on the host.
-Rounds after the one that accepts skip their arithmetic but not their block-wide reductions: a branch
-around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
+On WebGPU rounds after the one that accepts skip their arithmetic but not their block-wide reductions:
+a branch around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
 same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
 T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, and
-without top-p the rounds after the first (and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread
-kernel 64 registers and a 320-byte stack, against 32 and 832 without the branches). Each round's blocks
+the rounds after the first without top-p or once a draw is kept (`go_on`, a register each thread sets
+alike from block-wide results), and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64
+registers and a 320-byte stack, against 32 and 832 without the branches. Each round's blocks
 are written once (the macro one_round) and emitted once: emitted twice, for round 0 and for a loop over
 the rest, the kernel drew wrong tokens on WebGPU.
 """
@@ -79,9 +80,9 @@ def _key(x):
 def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, rounds: int = ROUNDS,
                             skip: bool = False):
     """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit). skip (CUDA): without
-    top-k, the bisection's 31 block-wide counts are skipped, and without top-p the rounds after the first:
-    branches around barriers that are the same in every thread (WGSL's uniformity analysis cannot be told
-    so: see the module's docstring)."""
+    top-k, the bisection's 31 block-wide counts are skipped, and the rounds after the first without top-p
+    or once a draw is kept: branches around barriers that are the same in every thread (WGSL's
+    uniformity analysis cannot be told so: see the module's docstring)."""
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     TH, E, R = T.int64(threads), T.int64(-(-n_vocab // threads)), T.int64(rounds)
     lowest, none = T.float32(F32_MIN), T.max_value("int32")
@@ -173,6 +174,8 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 if done[vt] == 0:
                     if vr > 0 and kept[0] == 1:
                         done[vt] = 1
+                        if skip:                                  # every thread alike: the rest is skipped
+                            go_on[0] = 0
                     elif sampling[2] >= T.float32(1):             # no top-p: every draw is kept
                         done[vt] = 1
                         chosen[vt] = drawn[0]
@@ -198,6 +201,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
         hi = T.sblock_alloc_buffer((TH,), "int32", scope="local")          # then top-k's K
         cand = T.sblock_alloc_buffer((TH,), "int32", scope="local")        # candidates: key <= cand
         done = T.sblock_alloc_buffer((TH,), "int32", scope="local")
+        go_on = T.sblock_alloc_buffer((1,), "int32", scope="local")        # skip: 0 once a draw is kept
         chosen = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_pos = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_base = T.sblock_alloc_buffer((TH,), "uint32", scope="local")     # the round's random stream
@@ -248,6 +252,8 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                         t_mass[vt] = t_mass[vt] + T.if_then_else(key_at(xs, vt, e) <= hi[vt], T.exp(xs[vt, e]), T.float32(0))
                     cand[vt] = hi[vt]
                     done[vt] = 0
+                    if skip:
+                        go_on[0] = 1
                     chosen[vt] = 0
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("zk"):
@@ -259,7 +265,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 if skip:
                     # without top-p the first draw is kept: later rounds are skipped whole, a branch the same
                     # in every thread (kernel inputs and the loop variable)
-                    if T.tvm_thread_invariant(r == 0 or sampling[2] < T.float32(1)):
+                    if T.tvm_thread_invariant(r == 0 or (sampling[2] < T.float32(1) and go_on[0] == 1)):
                         one_round(r)
                 else:
                     one_round(r)
