@@ -51,7 +51,7 @@ the rest, the kernel drew wrong tokens on WebGPU.
 
 import numpy as np
 
-from tinygpt2.tvm_shim import T
+from tinygpt2.tvm_shim import T, tirx
 
 from ._dtypes import F32_MIN
 from .argmax import block_argmax
@@ -69,6 +69,19 @@ def _pcg(h, x):
     h[0] = x * T.uint32(747796405) + T.uint32(2891336453)
     h[0] = ((h[0] >> ((h[0] >> T.uint32(28)) + T.uint32(4))) ^ h[0]) * T.uint32(277803737)
     h[0] = (h[0] >> T.uint32(22)) ^ h[0]
+
+
+@T.macro(hygienic=False)
+def _block_sum(TH, t_val, out, i):
+    """out[i] = the sum over the block's threads t of t_val[t]: a cross-thread reduction, which TVM lowers
+    to warp shuffles + shared memory (as argmax.block_argmax's); `i` picks the element of out to write."""
+    for tx in T.thread_binding(TH, thread="threadIdx.x"):
+        with T.sblock("b_sum"):
+            vi = T.axis.spatial(out.shape[0], i)
+            vt = T.axis.reduce(TH, tx)
+            with T.init():
+                out[vi] = tirx.const(0, out.dtype)        # a literal: TVM's reducer matcher needs it
+            out[vi] = out[vi] + t_val[vt]
 
 
 def _key(x):
@@ -101,13 +114,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                     t_count[vt] = T.int32(0)
                     for e in T.unroll(E):
                         t_count[vt] = t_count[vt] + T.Cast("int32", key_at(xs, vt, e) <= lo[vt] + (hi[vt] - lo[vt]) // 2)
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("count"):
-                    vi = T.axis.spatial(T.int64(31), it)
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():
-                        b_count[vi] = T.int32(0)
-                    b_count[vi] = b_count[vi] + t_count[vt]
+            _block_sum(TH, t_count, b_count, it)
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("halve"):
                     vt = T.axis.spatial(TH, tx)
@@ -154,13 +161,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                             t_best[vt] = T.max(t_best[vt], f[2])
                             t_mass[vt] = t_mass[vt] + f[3]
         block_argmax(TH, t_best, t_id, b_best, b_id, r)          # the round's draw
-        for tx in T.thread_binding(TH, thread="threadIdx.x"):
-            with T.sblock("mass"):
-                vr = T.axis.spatial(R, r)
-                vt = T.axis.reduce(TH, tx)
-                with T.init():
-                    b_mass[vr] = T.float32(0)
-                b_mass[vr] = b_mass[vr] + t_mass[vt]
+        _block_sum(TH, t_mass, b_mass, r)                         # the mass of the round's candidates
         for tx in T.thread_binding(TH, thread="threadIdx.x"):
             with T.sblock("test"):
                 vt = T.axis.spatial(TH, tx)
@@ -255,12 +256,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                     if skip:
                         go_on[0] = 1
                     chosen[vt] = 0
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("zk"):
-                    vt = T.axis.reduce(TH, tx)
-                    with T.init():
-                        b_zk[0] = T.float32(0)
-                    b_zk[0] = b_zk[0] + t_mass[vt]
+            _block_sum(TH, t_mass, b_zk, 0)
             for r in T.serial(R):
                 if skip:
                     # without top-p the first draw is kept: later rounds are skipped whole, a branch the same
