@@ -42,7 +42,7 @@ On WebGPU rounds after the one that accepts skip their arithmetic but not their 
 a branch around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
 same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
 T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, and
-the rounds after the first without top-p or once a draw is kept (`go_on`, a register each thread sets
+the rounds after the first without top-p or once a draw is kept (`done`, a register each thread sets
 alike from block-wide results), and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64
 registers and a 320-byte stack, against 32 and 832 without the branches. Each round's blocks
 are written once (the macro one_round) and emitted once: emitted twice, for round 0 and for a loop over
@@ -139,7 +139,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 t_best[vt] = lowest
                 t_id[vt] = none
                 t_mass[vt] = T.float32(0)
-                if done[vt] == 0:
+                if done[0] == 0:
                     # the round's stream: hash(seed, pos, round), then one more hash per token
                     _pcg(h, T.Cast("uint32", sampling[3]))
                     _pcg(h, h[0] ^ T.Cast("uint32", t_pos[vt]))
@@ -172,13 +172,11 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 drawn = T.sblock_alloc_buffer((1,), "int32", scope="local")
                 kept[0] = T.Cast("int32", b_mass[vr] < sampling[2] * b_zk[0])
                 drawn[0] = b_id[vr]
-                if done[vt] == 0:
+                if done[0] == 0:
                     if vr > 0 and kept[0] == 1:
-                        done[vt] = 1
-                        if skip:                                  # every thread alike: the rest is skipped
-                            go_on[0] = 0
+                        done[0] = 1
                     elif sampling[2] >= T.float32(1):             # no top-p: every draw is kept
-                        done[vt] = 1
+                        done[0] = 1
                         chosen[vt] = drawn[0]
                     else:                                         # test it next round, below it
                         chosen[vt] = drawn[0]
@@ -201,8 +199,8 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
         lo = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         hi = T.sblock_alloc_buffer((TH,), "int32", scope="local")          # then top-k's K
         cand = T.sblock_alloc_buffer((TH,), "int32", scope="local")        # candidates: key <= cand
-        done = T.sblock_alloc_buffer((TH,), "int32", scope="local")
-        go_on = T.sblock_alloc_buffer((1,), "int32", scope="local")        # skip: 0 once a draw is kept
+        # 1 once a draw is kept; one register each thread sets alike, so that skip's branch can read it
+        done = T.sblock_alloc_buffer((1,), "int32", scope="local")
         chosen = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_pos = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_base = T.sblock_alloc_buffer((TH,), "uint32", scope="local")     # the round's random stream
@@ -252,16 +250,14 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                     for e in T.unroll(E):
                         t_mass[vt] = t_mass[vt] + T.if_then_else(key_at(xs, vt, e) <= hi[vt], T.exp(xs[vt, e]), T.float32(0))
                     cand[vt] = hi[vt]
-                    done[vt] = 0
-                    if skip:
-                        go_on[0] = 1
+                    done[0] = 0
                     chosen[vt] = 0
             _block_sum(TH, t_mass, b_zk, 0)
             for r in T.serial(R):
                 if skip:
                     # without top-p the first draw is kept: later rounds are skipped whole, a branch the same
                     # in every thread (kernel inputs and the loop variable)
-                    if T.tvm_thread_invariant(r == 0 or (sampling[2] < T.float32(1) and go_on[0] == 1)):
+                    if T.tvm_thread_invariant(r == 0 or (sampling[2] < T.float32(1) and done[0] == 0)):
                         one_round(r)
                 else:
                     one_round(r)
@@ -269,7 +265,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 with T.sblock("advance"):
                     vt = T.axis.spatial(TH, tx)
                     if vt == T.int64(0):
-                        chosen[vt] = T.if_then_else(done[vt] == 1, chosen[vt], b_first[0])   # out of rounds
+                        chosen[vt] = T.if_then_else(done[0] == 1, chosen[vt], b_first[0])   # out of rounds
                         history[T.Cast("int64", t_pos[vt]) + one] = chosen[vt]
                         ids[0] = chosen[vt]
                         pos[0] = t_pos[vt] + 1

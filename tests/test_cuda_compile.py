@@ -41,7 +41,7 @@ def test_cuda_sampler_skips_unused_work():
     assert branch < kernel.index("for (int64_t it = (int64_t)0; it < (int64_t)31; ++it)")
     rounds = kernel.index("for (int r = 0; r < 32; ++r)")
     branch = kernel[rounds:kernel.index("t_best_ptr", rounds)]
-    assert "(r == 0) ||" in branch and "sampling_ptr[2] < 0x1p+0f" in branch and "go_on_ptr[0] == 1" in branch
+    assert "(r == 0) ||" in branch and "sampling_ptr[2] < 0x1p+0f" in branch and "done_ptr[0] == 0" in branch
 
 
 def test_decode_uses_cuda_graphs():
