@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import pickle
@@ -31,7 +30,8 @@ from tinygpt2 import targets as TG
 from tinygpt2.config import GPT2Config
 from tinygpt2.errors import CompileError, DTypeError, RuleError
 from tinygpt2.model import build_module
-from tinygpt2.tvm_shim import TVM_FFI_VERSION, TVM_VERSION, is_scheduled, pdl_tir_pipeline, relax, tirx, tvm
+from tinygpt2.tvm_shim import (TVM_FFI_VERSION, TVM_VERSION, is_scheduled, kernel_launches, lower_host, pdl_tir_pipeline,
+                                register_nvcc, relax, tirx, tvm)
 
 __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
@@ -177,10 +177,10 @@ def tir_pass_context(tgt):
 def cuda_binary_at_build_time():
     """Make tvm.compile for CUDA compile the CUDA C to a binary at build time (nvcc, or NVRTC without it).
 
-    Importing tvm.support.nvcc registers the callback that does it; without it the library carries only
+    tvm_shim.register_nvcc registers the callback that does it; without it the library carries only
     source, to be compiled at load time (NVRTC). nvcc is the default here: NVRTC needs the cuda-bindings
     package."""
-    importlib.import_module("tvm.support.nvcc")
+    register_nvcc()
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc" if shutil.which("nvcc") else "nvrtc")
 
 
@@ -227,8 +227,6 @@ def webgpu_kernels(sched: Scheduled, tgt) -> dict:
     "grid": {"blockIdx.x": Expr, ...}}]}}}. A PrimFunc may become several kernels (one per
     top-level thread-bound loop nest), launched in order.
     """
-    import tvm_ffi
-
     from tinygpt2.runtime.plan import Expr
 
     prims = tvm.IRModule({gv: f for gv, f in sched.mod.functions_items() if isinstance(f, tirx.PrimFunc)})
@@ -245,17 +243,11 @@ def webgpu_kernels(sched: Scheduled, tgt) -> dict:
         if code.strip():
             kernels[name] = code
     # launches: the host side of TVM's own lowering calls each kernel with its arguments and grid
-    s_tir_pipeline = tvm.s_tir.pipeline.default_s_tir_pipeline()[0]
-    with no_cse:
-        lowered = s_tir_pipeline(tirx.transform.BindTarget(tgt)(prims))
-    launch_op = tvm.ir.Op.get("tirx.call_ffi_kernel")
+    lowered = lower_host(prims, tgt)
     functions = {}
     for gv, f in prims.functions_items():
-        calls = []
-        tvm_ffi.structural_walk(lowered[gv.name_hint].body, (tvm.ir.expr.Call, lambda c: calls.append(c) if
-                                isinstance(c.op, tvm.ir.Op) and c.op.same_as(launch_op) else None), order="post")
         launches = []
-        for c in calls:
+        for c in kernel_launches(lowered[gv.name_hint]):
             tags = list(c.attrs.launch_params)
             args = list(c.args[1:len(c.args) - len(tags)])
             buffers = [str(a).removesuffix(".data") for a in args if str(a.ty) == "handle" or str(a).endswith(".data")]

@@ -369,15 +369,13 @@ def _size(shape, dtype):
 
 def _total(sizes) -> int | str:
     """The sum of byte counts (PrimExprs), simplified: an int, or an expression in n / m."""
-    import tvm.sym
-
-    from tinygpt2.tvm_shim import tirx
+    from tinygpt2.tvm_shim import simplify, tirx
 
     total = tirx.IntImm("int64", 0)
     for s in sizes:
         total = total + (tirx.IntImm("int64", s) if isinstance(s, int) else
                          s if str(s.ty) == "int64" else tirx.Cast("int64", s))
-    total = tvm.sym.Analyzer().simplify(total)
+    total = simplify(total)
     return int(total.value) if isinstance(total, tirx.IntImm) else _expr(total)
 
 
@@ -398,9 +396,7 @@ def _bytes(b: int | str) -> str:
 
 def _loops(func, info: KernelInfo):
     """Vector widths, unrolling, CPU parallel loops and global workspaces, from the scheduled TIR."""
-    import tvm_ffi
-
-    from tinygpt2.tvm_shim import tirx
+    from tinygpt2.tvm_shim import tirx, walk
 
     vector, unroll, parallel = set(), set(), []
 
@@ -416,7 +412,7 @@ def _loops(func, info: KernelInfo):
         if step is not None:
             unroll.add(int(step))
 
-    tvm_ffi.structural_walk(func.body, (tirx.For, on_for), order="pre")
+    walk(func.body, tirx.For, on_for)
     info.vector = sorted(vector, key=lambda v: (isinstance(v, str), v))
     info.unroll = sorted(unroll)
     info.parallel = parallel
@@ -427,23 +423,16 @@ def _loops(func, info: KernelInfo):
 
 def _launches(prims, tgt) -> dict[str, list[Launch]]:
     """PrimFunc -> its device kernels' launches, read off TVM's lowering (as compile.webgpu_kernels does)."""
-    import tvm_ffi
+    from tinygpt2.tvm_shim import kernel_launches, lower_host
 
-    from tinygpt2.tvm_shim import tirx, tvm
-
-    lower = tvm.s_tir.pipeline.default_s_tir_pipeline()[0]
     try:
-        with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):   # plain launch expressions
-            lowered = lower(tirx.transform.BindTarget(tgt)(prims))
+        lowered = lower_host(prims, tgt)
     except Exception as e:
         raise CompileError(f"lowering for {tgt.kind.name} failed: {str(e).strip().splitlines()[-1]}") from e
-    launch_op = tvm.ir.Op.get("tirx.call_ffi_kernel")
     device = {gv.name_hint: f for gv, f in lowered.functions_items()}
     out: dict[str, list[Launch]] = {}
     for gv in prims.get_global_vars():
-        calls = []
-        tvm_ffi.structural_walk(lowered[gv.name_hint].body, (tvm.ir.expr.Call, lambda c: calls.append(c) if
-                                isinstance(c.op, tvm.ir.Op) and c.op.same_as(launch_op) else None), order="post")
+        calls = kernel_launches(lowered[gv.name_hint])
         launches = []
         for c in calls:
             name = c.args[0].value
@@ -461,9 +450,7 @@ def _launches(prims, tgt) -> dict[str, list[Launch]]:
 
 def _allocations(device_func):
     """The sizes of a lowered device kernel's shared (per block) and local (per thread) allocations."""
-    import tvm_ffi
-
-    from tinygpt2.tvm_shim import tirx
+    from tinygpt2.tvm_shim import tirx, walk
 
     sizes = {"shared": [], "local": []}
 
@@ -474,7 +461,7 @@ def _allocations(device_func):
         if key:
             sizes[key].append(_size(buf.shape, buf.dtype))
 
-    tvm_ffi.structural_walk(device_func.body, (tirx.AllocBuffer, on_alloc), order="pre")
+    walk(device_func.body, tirx.AllocBuffer, on_alloc)
     return sizes["shared"], sizes["local"]
 
 
@@ -575,29 +562,15 @@ def _rocm_without_install():
     swapped (for this build only) for ones that link nothing: the LLVM IR and assembly are complete
     except that math calls (__ocml_*) stay unresolved. Yields the notes to show.
     """
-    import tvm_ffi
+    from tinygpt2.tvm_shim import global_funcs_swapped, rocm_installed
 
-    import tvm.support.rocm as rocm
-
-    try:
-        rocm.find_rocm_path()
-        installed = True
-    except RuntimeError:
-        installed = False
-    if installed:
+    if rocm_installed():
         yield []
         return
-    names = ("tvm_callback_rocm_bitcode_path", "tvm_callback_rocm_link")
-    old = {n: tvm_ffi.get_global_func(n, allow_missing=True) for n in names}
-    tvm_ffi.register_global_func(names[0], lambda *a: [], override=True)
-    tvm_ffi.register_global_func(names[1], lambda obj: obj, override=True)
-    try:
+    with global_funcs_swapped({"tvm_callback_rocm_bitcode_path": lambda *a: [],
+                               "tvm_callback_rocm_link": lambda obj: obj}):
         yield ["no ROCm install here: the AMD device libraries (ocml, ockl) were not linked, so their math "
                "calls stay unresolved, and no code object was linked"]
-    finally:
-        for n, f in old.items():
-            if f is not None:
-                tvm_ffi.register_global_func(n, f, override=True)
 
 
 @contextlib.contextmanager

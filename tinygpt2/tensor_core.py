@@ -27,7 +27,7 @@ its default, 8 warps of 64 x 32 instead of 16 of 32 x 32, took gpt2-xl's four pr
 from __future__ import annotations
 
 from tinygpt2.errors import RuleError
-from tinygpt2.tvm_shim import dl, tirx, tvm
+from tinygpt2.tvm_shim import dl, tirx, tvm, wmma_intrin_group
 
 _M = dl.gpu.matmul                      # DLight's matmul module: its analysis helpers and its WMMA schedule
 MIN_EXTENT = 16                         # one WMMA fragment: a smaller fixed extent stays on CUDA cores
@@ -118,8 +118,6 @@ class PipelinedTensorCoreMatmul(TensorCoreMatmul):
 def schedule_pipelined(func, tile, warps, stages):
     """DLight's MatmulTensorization (tvm/s_tir/dlight/gpu/matmul.py), steps 1-3 and its tensorization
     unchanged, with the global -> shared copies and the K loop's pipeline replaced (see above)."""
-    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
-
     rows, cols = tile
     wr, wc = warps
     fr, fc, fk = rows // (wr * FRAG), cols // (wc * FRAG), K_STEP // FRAG    # fragments a warp holds
@@ -186,7 +184,7 @@ def schedule_pipelined(func, tile, warps, stages):
     init = sch.get_child_blocks(sch.decompose_reduction(tile_block, k0))[0]
 
     # 4. WMMA intrinsics: fragment loads, fill, mma_sync, store
-    wmma = get_wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn", in_dtype="float16",
+    wmma = wmma_intrin_group(load_scope="shared.dyn", store_scope="shared.dyn", in_dtype="float16",
                                  out_dtype="float32", trans_b=True)
     for frag, intrin in ((a_frag, "load_a"), (b_frag, "load_b")):
         fi, fj = sch.get_loops(frag)[-2:]
@@ -197,7 +195,7 @@ def schedule_pipelined(func, tile, warps, stages):
         sch.unroll(fj0)
         sch.tensorize(fi1, wmma[intrin])
     sch.tensorize(sch.get_loops(init)[-2], wmma["init"])
-    store = get_wmma_intrin_group(load_scope="shared.dyn", store_scope=c_scope, in_dtype="float16",
+    store = wmma_intrin_group(load_scope="shared.dyn", store_scope=c_scope, in_dtype="float16",
                                   out_dtype="float32", trans_b=True)["store"]
     sch.tensorize(sch.get_loops(c_frag)[-2], store)
     sch.tensorize(sch.get_loops(mma)[-3], wmma["compute"])

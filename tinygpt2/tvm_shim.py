@@ -7,6 +7,8 @@ names from here, so API drift is fixed in this file only. The version is pinned 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.metadata
 import inspect
 import linecache
@@ -15,12 +17,15 @@ import sys
 
 import numpy as np
 import tvm
+import tvm.sym
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.s_tir import dlight as dl
 from tvm.script import tirx as T
 
 __all__ = ["tvm", "relax", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
-           "int64"]
+           "int64", "walk", "simplify", "lower_host", "kernel_launches", "wmma_intrin_group", "register_nvcc",
+           "rocm_installed", "global_funcs_swapped"]
 
 TVM_VERSION = tvm.__version__
 TVM_FFI_VERSION = importlib.metadata.version("apache-tvm-ffi")
@@ -145,3 +150,76 @@ def pdl_tir_pipeline() -> str:
 
     tirx.register_tir_pipeline(name, factory)
     return name
+
+
+# --- reading TIR: walking it, simplifying, and the kernel launches of TVM's own lowering ---
+
+def walk(node, node_type, visit, order: str = "pre") -> None:
+    """visit(n) for every n of node_type under node (TVM 0.27 has no Python TIR visitor class: tvm_ffi's walk)."""
+    tvm_ffi.structural_walk(node, (node_type, visit), order=order)
+
+
+def simplify(expr):
+    """An integer expression simplified by TVM's arithmetic analyzer (0.27: tvm.sym, was tvm.arith)."""
+    return tvm.sym.Analyzer().simplify(expr)
+
+
+def lower_host(prims: "tvm.IRModule", tgt) -> "tvm.IRModule":
+    """PrimFuncs through TVM's default s_tir lowering for `tgt`, up to the split into host and device code:
+    each host function then launches its device kernels (kernel_launches). CSE off, so that the launches'
+    arguments stay plain expressions rather than hoisted `cse_v*` scalars."""
+    lower = tvm.s_tir.pipeline.default_s_tir_pipeline()[0]
+    with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+        return lower(tirx.transform.BindTarget(tgt)(prims))
+
+
+def kernel_launches(host_func) -> list:
+    """The device-kernel launches of a lowered host function (lower_host), in order. TVM 0.27 spells each
+    as a `tirx.call_ffi_kernel` call: args = (kernel name, its arguments..., launch extents), and
+    attrs.launch_params names the extents ("blockIdx.x", "threadIdx.x", "tirx.use_dyn_shared_memory", ...)."""
+    launch_op = tvm.ir.Op.get("tirx.call_ffi_kernel")
+    calls = []
+    walk(host_func.body, tvm.ir.expr.Call,
+         lambda c: calls.append(c) if isinstance(c.op, tvm.ir.Op) and c.op.same_as(launch_op) else None, order="post")
+    return calls
+
+
+# --- build helpers whose home moved or that touch TVM's global registry ---
+
+def wmma_intrin_group(*args, **kwargs) -> dict:
+    """tvm.s_tir.tensor_intrin.cuda.get_wmma_intrin_group, imported on first use: that module registers
+    248 PrimFuncs when imported (seconds), and only tensor-core schedules need it."""
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+    return get_wmma_intrin_group(*args, **kwargs)
+
+
+def register_nvcc() -> None:
+    """Importing tvm.support.nvcc registers the callback through which tvm.compile turns CUDA C into a
+    binary at build time (nvcc or NVRTC, by TVM_CUDA_COMPILE_MODE); without it only source is kept."""
+    importlib.import_module("tvm.support.nvcc")
+
+
+def rocm_installed() -> bool:
+    """Whether TVM finds a ROCm install (its device bitcode libraries and linker)."""
+    import tvm.support.rocm as rocm
+
+    try:
+        rocm.find_rocm_path()
+        return True
+    except RuntimeError:
+        return False
+
+
+@contextlib.contextmanager
+def global_funcs_swapped(funcs: dict):
+    """TVM global functions (the callbacks its C++ code looks up by name) replaced for the block's duration,
+    the old ones put back after."""
+    old = {n: tvm_ffi.get_global_func(n, allow_missing=True) for n in funcs}
+    for n, f in funcs.items():
+        tvm_ffi.register_global_func(n, f, override=True)
+    try:
+        yield
+    finally:
+        for n, f in old.items():
+            if f is not None:
+                tvm_ffi.register_global_func(n, f, override=True)
