@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,13 @@ __version__ = "0.1.0"
 PHASES = ("build", "schedule", "lower", "codegen")
 HAND_SCHEDULED = "hand-scheduled"          # rule_of's entry for a kernel that came scheduled (no rule's)
 _HERE = Path(__file__).parent
-# the graph, the kernels, the rule lists, our own rule and the shim (which patches DLight): what the code depends on
+# the graph, the kernels, the rule lists, our own rule and the shim (which patches DLight): what the code depends on;
+# and runtime/plan.py, whose objects (the launch plans, WebGPU's expressions) an entry holds pickled
 _SOURCES = [_HERE / name for name in ("compile.py", "model.py", "rules.py", "tensor_core.py", "tvm_shim.py")]
 _KERNELS = sorted((_HERE.parent / "kernels").glob("*.py")) or sorted((_HERE / "kernels").glob("*.py"))
 _SOURCES += _KERNELS          # editable checkout: top-level kernels/; installed: tinygpt2/kernels
+_SOURCES += [p for p in (_HERE.parent / "runtime" / "plan.py", _HERE / "runtime" / "plan.py") if p.exists()][:1]
+STALE_TMP_S = 24 * 3600       # a temporary entry directory this old was left by a process that died
 
 
 # the model's Relax functions (model.build_module): decode_sample only on a GPU
@@ -366,9 +370,25 @@ def _store(entry: Path, compiled: Compiled, meta: dict):
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))      # written last: marks a complete entry
         try:
             os.rename(tmp, entry)
-            compiled.library = entry / "model.so" if compiled.executable is not None else None
-        except OSError:                                                 # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            if (entry / "meta.json").exists():                          # another process won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:                    # what is there is no entry (half deleted, say): replace it
+                shutil.rmtree(entry, ignore_errors=True)
+                os.rename(tmp, entry)
+        compiled.library = entry / "model.so" if compiled.executable is not None else None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _sweep_stale(entry.parent)
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove temporary entry directories that processes killed mid-store left behind (older than a day)."""
+    now = time.time()
+    for d in root.glob("*.tmp*"):
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
