@@ -69,10 +69,11 @@ class VMExecutor(Executor):
                              lambda shape, dt: empty(shape, dt, device))
         self._fns = {name: self.vm[name] for name in functions}
         # decode's inputs are persistent tensors: the CUDA graph that captures the step keeps their addresses
-        self._decode_ids = empty((1,), "int32", device)
-        self._decode_pos = empty((1,), "int32", device)
-        self._history = empty((config.n_positions + 1,), "int32", device)   # history[p]: the token chosen for p
-        self._sampling = empty((4,), "float32", device)                    # decode_sample's knobs
+        # (zeroed: a position read from uninitialised memory would send the kernels' cache writes anywhere)
+        self._decode_ids = to_tensor(np.zeros(1, np.int32), device)
+        self._decode_pos = to_tensor(np.zeros(1, np.int32), device)
+        self._history = to_tensor(np.zeros(config.n_positions + 1, np.int32), device)   # history[p]: token for p
+        self._sampling = to_tensor(np.array([1, config.vocab_size, 1, 0], np.float32), device)  # decode_sample's knobs
         self._picked_args = {"decode_greedy": (self._decode_ids, self._decode_pos, self._history),
                              "decode_sample": (self._decode_ids, self._decode_pos, self._history, self._sampling)}
         self._next_on_device = None     # (token, position) that ids/pos already hold after steps on the device

@@ -139,6 +139,17 @@ def test_second_load_comes_from_the_cache_and_a_corrupt_entry_is_rebuilt(tiny_ch
     np.testing.assert_array_equal(again.prefill(ids), tiny.prefill(ids))
 
 
+def test_one_decode_call_timed_right_after_a_prefill(tiny):
+    """bench times the compiled decode alone by replaying it on the executor's position tensor; right after a
+    prefill no decode has set that tensor yet (it was uninitialised memory once, and replays wrote the
+    cache wherever it pointed: a segfault)."""
+    from tinygpt2 import bench
+
+    tiny.prefill([464, 2068, 7586])
+    assert bench._decode_call_time(tiny, repeats=3) > 0
+    assert tiny.executor._decode_pos.numpy().tolist() == [2]          # the cache's last position, again
+
+
 def test_sampling_on_the_device_needs_a_gpu_target(tiny):
     from tinygpt2.errors import GenerationError
     assert not tiny.executor.samples_on_device                        # llvm builds have no decode_sample

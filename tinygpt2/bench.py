@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 import tinygpt2
-from tinygpt2.errors import PeerError
-from tinygpt2.weights import param_shapes
+from tinygpt2.errors import BenchError, PeerError
+from tinygpt2.weights import param_shapes, peek_config
 
 ITEMSIZE = {"float32": 4, "float16": 2}
 
@@ -51,10 +51,28 @@ def decode_bytes_per_token(cfg, dtype: str, context: int) -> int:
     return weights + kv
 
 
+def check_workload(n_positions: int | None, prompt_lens, decode_prompt: int, decode_tokens: int, repeats: int):
+    """Raise BenchError for a request with nothing to measure (before anything is compiled, where the
+    context n_positions is known without loading the model; None: not yet known)."""
+    for name, value in (("decode tokens", decode_tokens), ("repeats", repeats), ("decode prompt", decode_prompt),
+                        *(("prompt length", n) for n in prompt_lens)):
+        if not isinstance(value, int) or value < 1:
+            raise BenchError(f"{name} must be a whole number >= 1, got {value!r}")
+    if n_positions is not None and decode_prompt >= n_positions:
+        raise BenchError(f"a {decode_prompt}-token prompt leaves no room to decode in the model's context "
+                         f"({n_positions} positions)")
+
+
 def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens=(128, 512, 1024),
                decode_prompt: int = 128, decode_tokens: int = 256, repeats: int = 5) -> tuple[Row, object]:
+    """Prefill tok/s at each prompt length that fits the context (the others are left out of the row),
+    time to first token and decode tok/s over up to `decode_tokens` tokens after a `decode_prompt`-token
+    prompt, greedy (and sampled where the device draws tokens)."""
+    check_workload(peek_config(model).n_positions if peek_config(model) else None, prompt_lens, decode_prompt,
+                   decode_tokens, repeats)
     m = tinygpt2.load(model, target=target, dtype=dtype, rules=rules, progress=False)
     cfg = m.config
+    check_workload(cfg.n_positions, prompt_lens, decode_prompt, decode_tokens, repeats)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, cfg.n_positions).tolist()
     row = Row("tinygpt2", model, target, dtype)
@@ -128,7 +146,11 @@ def _decode_call_time(m, repeats: int = 200) -> float | None:
     fn = getattr(ex, "_fns", {}).get("decode")
     if fn is None or ex.cache.length == 0:
         return None
-    args = (ex._decode_ids, ex._decode_pos, *ex.cache.tensors, *ex.params)   # the position last decoded, again
+    # the cache's last position decoded again (with token 0): whatever ran last, prefill or decode steps
+    ex._decode_ids.copyfrom(np.zeros(1, np.int32))
+    ex._decode_pos.copyfrom(np.array([ex.cache.length - 1], np.int32))
+    ex._next_on_device = None
+    args = (ex._decode_ids, ex._decode_pos, *ex.cache.tensors, *ex.params)
     for _ in range(10):
         fn(*args)
     ex.device.sync()
