@@ -23,6 +23,7 @@ before it. The launch flag itself is not in the kernel: compile.py's TIR pipelin
 launch tag to every CUDA kernel whose body calls `griddepcontrol.wait`, and only those.
 """
 
+from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import T
 
 
@@ -96,5 +97,5 @@ def flags(mode: str | None) -> tuple[bool, bool, bool]:
     """(wait, early, loaded) for a kernel factory's `pdl` argument: None (an ordinary launch) or a MODE.
     Plain bools, which TVMScript resolves while parsing (it takes no None for an `if`)."""
     if mode is not None and mode not in MODES:
-        raise ValueError(f"unknown PDL mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise RuleError(f"unknown PDL mode {mode!r}: choose one of {', '.join(MODES)}")
     return mode is not None, mode == "early", mode == "loaded"

@@ -124,7 +124,7 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
         raise GenerationError("sampling on the device needs a GPU target (cuda, webgpu)")
     if max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_args(temperature, top_k, top_p)
+    check_args(temperature, top_k, top_p, seed, stop)
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
     if not ids:
         ids = [tokenizer.eos_id]         # GPT-2 convention: an empty prompt starts after <|endoftext|>

@@ -16,6 +16,8 @@ the 2-core CI machine; a decode step of gpt2 on an H200 takes ~0.2 ms).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tinygpt2.errors import GenerationError
@@ -23,13 +25,19 @@ from tinygpt2.errors import GenerationError
 NUCLEUS_FIRST = 256       # tokens sorted first when looking for top-p's nucleus; x16 while too few
 
 
-def check_args(temperature: float, top_k: int | None, top_p: float | None):
-    if temperature < 0:
-        raise GenerationError(f"temperature must be >= 0, got {temperature}")
+def check_args(temperature: float, top_k: int | None, top_p: float | None, seed: int | None = None,
+               stop: str | list[str] | None = None):
+    """GenerationError for sampling arguments no sampler takes (NaN and infinities included)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise GenerationError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise GenerationError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and not 0 <= seed < 2 ** 63:
+        raise GenerationError(f"seed must be a whole number in [0, 2^63), got {seed}")
+    if any(s == "" for s in ([stop] if isinstance(stop, str) else stop or [])):
+        raise GenerationError("a stop string must not be empty")
 
 
 def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,

@@ -40,8 +40,9 @@ def _wgpu():
     return wgpu
 
 
-def open_device(dtype: str):
-    """(wgpu, adapter, device) with the adapter's own limits, and shader-f16 for float16."""
+def find_adapter(dtype: str):
+    """(wgpu, adapter): the WebGPU adapter, checked to run `dtype` (shader-f16 for float16); TargetError or
+    DTypeError otherwise. Cheap: what `load` asks before it compiles."""
     wgpu = _wgpu()
     try:
         adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
@@ -51,12 +52,16 @@ def open_device(dtype: str):
     if adapter is None:
         raise TargetError("no WebGPU adapter found; on Linux install a Vulkan driver, e.g. Mesa's llvmpipe: "
                           "apt-get install mesa-vulkan-drivers")
-    features = []
-    if dtype == "float16":
-        if "shader-f16" not in adapter.features:
-            raise DTypeError(f"WebGPU adapter '{adapter.info['device']}' lacks the shader-f16 feature float16 "
-                             "needs; use --dtype float32")
-        features.append("shader-f16")
+    if dtype == "float16" and "shader-f16" not in adapter.features:
+        raise DTypeError(f"WebGPU adapter '{adapter.info['device']}' lacks the shader-f16 feature float16 "
+                         "needs; use --dtype float32")
+    return wgpu, adapter
+
+
+def open_device(dtype: str):
+    """(wgpu, adapter, device) with the adapter's own limits, and shader-f16 for float16."""
+    wgpu, adapter = find_adapter(dtype)
+    features = ["shader-f16"] if dtype == "float16" else []
     keys = ["max-storage-buffer-binding-size", "max-buffer-size", "max-storage-buffers-per-shader-stage",
             "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
             "max-compute-workgroup-size-x"]

@@ -106,3 +106,91 @@ def test_a_transformers_peer_that_cannot_import_says_why():
     r = subprocess.run([sys.executable, "-c", "from tinygpt2 import bench; print(bench._import_hf()[2].__name__)"],
                        cwd=root.parent, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "GPT2LMHeadModel", r.stderr
+
+
+def _in_process_error(capsys, argv) -> str:
+    """Run the CLI in this process (no interpreter start, no TVM import per case): the one stderr line of a
+    bad-input error, with exit code 2 (an internal error would be 1)."""
+    from tinygpt2.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, (rc, err)
+    assert err[0].startswith("tinygpt2: error: ")
+    return err[0]
+
+
+# each rejected before any model is compiled (the machine's cache is not touched)
+BAD_GENERATE = [
+    (["--temperature", "nan"], "temperature"),
+    (["--temperature", "inf"], "temperature"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-k", "0"], "top_k"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--seed", "-1"], "seed"),
+    (["--stop", ""], "stop string"),
+    (["--target", "cuda", "--arch", "bogus"], "arch"),
+    (["--arch", "bogus"], "LLVM knows no such CPU"),
+    (["--target", "webgpu", "--arch", "sm_90a"], "does not apply"),
+    (["--model", "random:gpt3"], "unknown preset"),
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_GENERATE, ids=[" ".join(f) for f, _ in BAD_GENERATE])
+def test_bad_generate_flags(capsys, flags, words):
+    assert words in _in_process_error(capsys, ["generate", "--model", "shakespeare", "--max-new-tokens", "2", *flags])
+
+
+def test_cuda_without_a_gpu_fails_before_compiling(capsys, tmp_path, monkeypatch):
+    from tinygpt2.tvm_shim import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a CUDA GPU: the error under test cannot happen")
+    monkeypatch.setenv("TINYGPT2_CACHE", str(tmp_path))
+    assert "no CUDA GPU" in _in_process_error(capsys, ["generate", "--model", "shakespeare", "--target", "cuda"])
+    assert not any(tmp_path.iterdir())                        # nothing compiled, nothing cached
+
+
+BAD_BENCH = [
+    (["--decode-tokens", "0"], "decode tokens"),
+    (["--decode-tokens", "-5"], "decode tokens"),
+    (["--repeats", "0"], "repeats"),
+    (["--prompt-lens", "abc"], "--prompt-lens"),
+    (["--prompt-lens", "16,0"], "prompt length"),
+    (["--peers", "bogus"], "--peers"),
+    (["--dtypes", "int8"], "int8"),
+    (["--profile-prefill-len", "0"], "--profile-prefill-len"),
+    (["--model", "TINY"], "no room to decode"),             # a 64-token context: the 128-token decode prompt
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_BENCH, ids=[" ".join(f) for f, _ in BAD_BENCH])
+def test_bad_bench_flags(capsys, tiny_checkpoint_hub_layout, flags, words):
+    flags = [str(tiny_checkpoint_hub_layout) if f == "TINY" else f for f in flags]
+    argv = ["bench", "--model", "shakespeare", "--peers", "none", *flags]
+    assert words in _in_process_error(capsys, argv)
+
+
+BAD_ABLATE = [
+    (["--model", "random:gpt3"], "unknown preset"),
+    (["--dtype", "int8"], "int8"),
+    (["--rule-lists", "bogus"], "bogus"),
+    (["--rule-lists", "none+gemv"], "'none' is a preset"),
+    (["--prompt-len", "256"], "no room to decode"),          # shakespeare's context is 256
+    (["--decode-tokens", "0"], "--decode-tokens"),
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_ABLATE, ids=[" ".join(f) for f, _ in BAD_ABLATE])
+def test_bad_ablate_flags(capsys, flags, words):
+    argv = ["ablate", "--model", "shakespeare", "--targets", "llvm", "--no-charts", *flags]
+    assert words in _in_process_error(capsys, argv)
+
+
+def test_a_module_attribute_that_is_no_rule_list(capsys):
+    assert "'os:path' is a module, not a rule list" in _in_process_error(
+        capsys, ["generate", "--model", "shakespeare", "--rules", "os:path"])
+
+
+def test_step_with_a_tolerance_that_passes_nothing(capsys):
+    assert "--tolerance must be > 0" in _in_process_error(capsys, ["step", "--model", "shakespeare", "--tolerance", "-1"])

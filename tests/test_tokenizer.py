@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt2.errors import CheckpointError
+from tinygpt2.errors import CheckpointError, GenerationError
 from tinygpt2.tokenizer import Tokenizer
 
 VOCAB_DIR = Path(__file__).resolve().parents[1] / "tinygpt2" / "assets" / "gpt2-vocab"
@@ -97,6 +97,11 @@ def test_endoftext_matches_transformers(tok):
     hf = transformers.GPT2TokenizerFast.from_pretrained(str(VOCAB_DIR))
     for text in ["Hello<|endoftext|>world", "x <|endoftext|> y", " <|endoftext|>\n", "a<|endoftext|><|endoftext|>b"]:
         assert tok.encode(text) == hf.encode(text)
+
+
+def test_an_id_past_the_vocabulary_is_a_typed_error(tok):
+    with pytest.raises(GenerationError, match="999999 is not in the vocabulary"):
+        tok.decode([999999])
 
 
 def test_decode_bytes_can_cut_a_character(tok):

@@ -25,15 +25,17 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinygpt2 import rules as R
+from tinygpt2.errors import BenchError, CheckpointError, ConfigError, DTypeError, TargetError
 from tinygpt2.targets import kind as target_kind
 
 PROFILED = ("llvm", "cuda")          # targets bench.profile can time kernel by kernel
+# errors that say the request is wrong (model, dtype, device, workload), whatever the rule list: raised, not rows
+REQUEST_ERRORS = (CheckpointError, ConfigError, DTypeError, TargetError, BenchError)
 
 
 def default_lists(target: str) -> list[str]:
@@ -135,8 +137,6 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
     try:
         rules = name if name in R.presets(target_kind(target)) else row.rules
         bench_row, m = B.bench_ours(model, target, dtype, rules, (prompt_len,), prompt_len, decode_tokens, repeats)
-        if prompt_len not in bench_row.prefill_tok_s:
-            raise ValueError(f"prompt length {prompt_len} does not fit the model's context ({m.config.n_positions})")
         row.prefill_tok_s = bench_row.prefill_tok_s[prompt_len]
         row.decode_tok_s = bench_row.decode_tok_s
         row.prefill_runs, row.decode_runs = [row.prefill_tok_s], [row.decode_tok_s]
@@ -145,6 +145,8 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
         if per_kernel and target in PROFILED:
             row.profiles = {"decode": B.profile(m, "decode", 1, prompt_len, profile_repeats),
                             "prefill": B.profile(m, "prefill", prompt_len, 0, profile_repeats)}
+    except REQUEST_ERRORS:           # the request itself is wrong: no row can be measured
+        raise
     except Exception as e:           # a rule list failing on a target is a result, not a crash
         row.error = _one_line(e)
     finally:
@@ -152,6 +154,22 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
         gc.collect()
     row.seconds = time.perf_counter() - t0
     return row, device
+
+
+def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_tokens: int, repeats: int) -> None:
+    """The request's errors before anything is compiled: DTypeError, RuleError naming the list and the
+    rule, BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
+    from tinygpt2 import bench as B
+    from tinygpt2.weights import DTYPES, peek_config
+
+    if dtype not in DTYPES:
+        raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
+    for target in targets:
+        presets = R.presets(target_kind(target))
+        for name in rule_lists or []:
+            R.resolve(name if name in presets else rules_of(name, target), target_kind(target))
+    cfg = peek_config(model)
+    B.check_workload(cfg.n_positions if cfg else None, (prompt_len,), prompt_len, decode_tokens, repeats)
 
 
 def run(model: str, targets, dtype: str = "float32", rule_lists=None, *, prompt_len: int = 128,
@@ -167,7 +185,8 @@ def run(model: str, targets, dtype: str = "float32", rule_lists=None, *, prompt_
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     if isinstance(rule_lists, str):
         rule_lists = [r.strip() for r in rule_lists.split(",") if r.strip()]
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or (lambda msg: None)
+    check(model, targets, dtype, rule_lists, prompt_len, decode_tokens, repeats)
     result = Ablation(model, dtype, prompt_len, decode_tokens, repeats, max(1, rounds),
                       date=datetime.date.today().isoformat())
     for target in targets:
@@ -420,7 +439,7 @@ def read(folder) -> Ablation:
     with open(folder / "ablate.csv") as f:
         table = list(csv.DictReader(f))
     if not table:
-        raise ValueError(f"{folder / 'ablate.csv'} has no rows")
+        raise BenchError(f"{folder / 'ablate.csv'} has no rows")
     first = table[0]
     result = Ablation(first["model"], first["dtype"], int(first["prompt_len"]), int(first["decode_tokens"]),
                       int(first["repeats"]), int(first.get("rounds") or 1), date=first.get("date") or "")

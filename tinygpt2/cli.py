@@ -59,7 +59,7 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:          # check cheap arguments before loading and compiling anything
         raise GenerationError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    check_args(args.temperature, args.top_k, args.top_p)
+    check_args(args.temperature, args.top_k, args.top_p, args.seed, args.stop)
     if args.sample_on == "device" and args.temperature > 0 and args.target not in ("cuda", "webgpu"):
         raise GenerationError(f"--sample-on device needs a GPU target (cuda, webgpu), not {args.target}")
     prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt

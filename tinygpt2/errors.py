@@ -49,6 +49,11 @@ class ExplainError(TinyGPT2Error):
     """An explain request the model cannot answer (a --kernel it does not have, code it cannot show)."""
 
 
+class BenchError(TinyGPT2Error):
+    """A benchmark request that cannot be measured: no decode steps, a prompt that leaves no room to decode in
+    the context, no repeats, an unknown peer."""
+
+
 class PeerError(TinyGPT2Error):
     """A benchmark peer (Hugging Face transformers) that cannot be run here: torch or transformers missing, or
     not importable."""

@@ -362,7 +362,11 @@ def resolve(rules, target_kind: str) -> list:
         rules = "default"
     if isinstance(rules, str):
         if ":" in rules:
-            return resolve(_load_attr(rules), target_kind)
+            obj = _load_attr(rules)
+            if not isinstance(obj, (str, Sequence, dl.ScheduleRule)):
+                raise RuleError(f"{rules!r} is a {type(obj).__name__}, not a rule list: module:attr must name a "
+                                "ScheduleRule, a list of them, or a preset name")
+            return resolve(obj, target_kind)
         named = presets(target_kind)
         if rules in named:
             rules = named[rules]
@@ -378,6 +382,9 @@ def resolve(rules, target_kind: str) -> list:
             out.append(r)
         elif isinstance(r, str) and r in table:
             out.append(table[r]())
+        elif isinstance(r, str) and len(rules) > 1 and r in presets(target_kind):
+            raise RuleError(f"{r!r} is a preset (a whole rule list), not a rule: give it alone, or list rules from "
+                            f"{', '.join(table)}")
         elif isinstance(r, str):
             choices = ", ".join(sorted(set(table) | set(presets(target_kind))))
             raise RuleError(f"unknown rule or preset {r!r} for a {target_kind.upper()} target; choose from {choices}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tinygpt2.errors import TargetError
 from tinygpt2.tvm_shim import sm_version, tvm
 
@@ -29,9 +31,29 @@ def supports_pdl(tgt) -> bool:
     return tgt is not None and tgt.kind.name == "cuda" and sm_version(str(tgt.attrs.get("arch", ""))) >= 90
 
 
+# what --arch names, per target: a CUDA compute capability, an AMD GPU, an LLVM CPU (its -mcpu)
+ARCH_PATTERNS = {"cuda": (r"sm_\d{2,3}[af]?", "sm_80, sm_90a"), "rocm": (r"gfx[0-9a-f]{3,4}", "gfx942"),
+                 "llvm": (r"[a-z][a-z0-9_.-]*", "znver4, skylake-avx512")}
+
+
+def check_arch(name: str, arch: str | None) -> None:
+    """TargetError unless `arch` is None or looks like an arch of target `name` (TVM's own check is a C++
+    assertion, and LLVM takes an unknown CPU name with a warning)."""
+    if arch is None:
+        return
+    if name not in ARCH_PATTERNS:
+        raise TargetError(f"--arch does not apply to the {name} target")
+    pattern, examples = ARCH_PATTERNS[name]
+    if not re.fullmatch(pattern, arch):
+        raise TargetError(f"--arch {arch!r} is no {name} arch (e.g. {examples})")
+    if name == "llvm" and arch not in tvm.target.codegen.llvm_get_cpu_archlist(tvm.target.Target("llvm")):
+        raise TargetError(f"--arch {arch!r}: LLVM knows no such CPU (e.g. {examples})")
+
+
 def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":
     if name not in TARGETS:
         raise TargetError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    check_arch(name, arch)
     host = {"kind": "llvm"}
     if name == "llvm":
         # this machine's CPU (e.g. znver4): without it LLVM targets baseline x86-64, no AVX2/AVX-512 FMA

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import regex
 
-from .errors import CheckpointError
+from .errors import CheckpointError, GenerationError
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -149,7 +149,7 @@ class Tokenizer:
         for i in ids:
             tok = self.decoder.get(int(i))
             if tok is None:
-                raise ValueError(f"token id {i} is not in the vocabulary (size {self.vocab_size})")
+                raise GenerationError(f"token id {i} is not in the vocabulary (size {self.vocab_size})")
             if tok in self.special:
                 out += tok.encode("utf-8")
             else:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt2.config import PRESETS, GPT2Config
-from tinygpt2.errors import CheckpointError, DTypeError, OfflineError
+from tinygpt2.errors import CheckpointError, DTypeError, OfflineError, TinyGPT2Error
 
 DTYPES = ("float32", "float16")
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
@@ -143,6 +143,22 @@ def load_checkpoint(spec: str, dtype: str = "float32", progress: bool = True) ->
     if _looks_like_path(spec):
         raise CheckpointError(f"no such checkpoint directory: {spec}")
     return load_directory(_hub_snapshot(spec, progress), dtype, source=spec)
+
+
+def peek_config(spec: str) -> GPT2Config | None:
+    """`spec`'s config without loading its weights, where that is cheap: a random:<preset>, a bundled model or
+    a local directory with a readable config.json; None otherwise (a Hub id, or something load_checkpoint
+    will reject with its own message). For checks worth making before a compile."""
+    from tinygpt2.api import BUNDLED
+
+    spec = str(BUNDLED.get(spec, spec))
+    if spec.startswith("random:"):
+        return PRESETS.get(spec[len("random:"):])
+    path = Path(spec).expanduser() / "config.json"
+    try:
+        return GPT2Config.from_json(path) if path.is_file() else None
+    except TinyGPT2Error:
+        return None
 
 
 # ----------------------------------------------------------------------------------- local directories

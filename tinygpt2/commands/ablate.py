@@ -50,12 +50,10 @@ def run(args) -> int:
         raise TargetError(f"--targets: {', '.join(bad) or '(none)'} cannot run here; choose from "
                             f"{', '.join(RUNNABLE)}" + (" (rocm/metal only generate code)" if set(bad) & set(TARGETS)
                                                          else ""))
-    for name, value in (("--prompt-len", args.prompt_len), ("--repeats", args.repeats), ("--rounds", args.rounds),
-                        ("--profile-repeats", args.profile_repeats)):
+    for name, value in (("--prompt-len", args.prompt_len), ("--decode-tokens", args.decode_tokens),
+                        ("--repeats", args.repeats), ("--rounds", args.rounds), ("--profile-repeats", args.profile_repeats)):
         if value < 1:
             raise TinyGPT2Error(f"{name} must be >= 1, got {value}")
-    if args.decode_tokens < 0:
-        raise TinyGPT2Error(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
     if args.out and not args.no_charts:
         try:
             import matplotlib  # noqa: F401
@@ -63,7 +61,8 @@ def run(args) -> int:
             raise TinyGPT2Error("charts need matplotlib: pip install 'tinygpt2[plots]', or pass --no-charts") from None
     result = A.run(args.model, targets, args.dtype, args.rule_lists, prompt_len=args.prompt_len,
                    decode_tokens=args.decode_tokens, repeats=args.repeats, rounds=args.rounds,
-                   per_kernel=args.per_kernel, profile_repeats=args.profile_repeats)
+                   per_kernel=args.per_kernel, profile_repeats=args.profile_repeats,
+                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(A.to_markdown(result))
     if args.out:
         paths = A.write(result, args.out, charts=not args.no_charts)

@@ -8,18 +8,22 @@ import sys
 from pathlib import Path
 
 ALL_MODELS = "random:gpt2,random:gpt2-medium,random:gpt2-large,random:gpt2-xl"
+PEERS = ("hf-eager", "hf-compiled")
 
 
 def register(sub, add_model_args):
     p = sub.add_parser("bench", help="prefill/decode speed beside HF transformers (a benchmark, not a test)")
     add_model_args(p)
     p.set_defaults(model=None)
-    p.add_argument("--models", default=ALL_MODELS, help=f"comma-separated (default: {ALL_MODELS})")
-    p.add_argument("--dtypes", default="float16,float32")
-    p.add_argument("--prompt-lens", default="128,512,1024")
-    p.add_argument("--decode-tokens", type=int, default=256)
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated (default: {ALL_MODELS} on a GPU, random:gpt2 on llvm)")
+    p.add_argument("--dtypes", default=None,
+                   help="comma-separated (default: float16,float32 on a GPU, float32 on llvm)")
+    p.add_argument("--prompt-lens", default="128,512,1024", help="prefill lengths (those past the context: left out)")
+    p.add_argument("--decode-tokens", type=int, default=256, help="decoded after a 128-token prompt")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--peers", default="hf-eager,hf-compiled", help="hf-eager, hf-compiled, or none (CUDA only)")
+    p.add_argument("--peers", default="hf-eager,hf-compiled",
+                   help="hf-eager, hf-compiled, or none (hf-compiled: CUDA only; no peer on webgpu)")
     p.add_argument("--hf-compiled-models", default="random:gpt2,random:gpt2-xl",
                    help="models to run hf-compiled on (torch.compile takes minutes per shape)")
     p.add_argument("--hf-compiled-dtypes", default="float16", help="dtypes to run hf-compiled in")
@@ -43,13 +47,44 @@ def _gpu_mib() -> float:
     return 0.0
 
 
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _whole_numbers(flag: str, text: str) -> tuple[int, ...]:
+    from tinygpt2.errors import BenchError
+
+    try:
+        return tuple(int(x) for x in _items(text))
+    except ValueError:
+        raise BenchError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+
+
 def run(args) -> int:
     from tinygpt2 import bench as B
+    from tinygpt2.errors import BenchError, DTypeError
 
-    models = (args.model or args.models).split(",")
-    dtypes = args.dtypes.split(",")
-    lens = tuple(int(x) for x in args.prompt_lens.split(","))
-    peers = [] if args.peers == "none" or args.target == "webgpu" else args.peers.split(",")
+    gpu = args.target != "llvm"
+    models = _items(args.model or args.models or (ALL_MODELS if gpu else "random:gpt2"))
+    dtypes = _items(args.dtypes or ("float16,float32" if gpu else "float32"))
+    bad = [d for d in dtypes if d not in B.ITEMSIZE]
+    if bad or not dtypes:
+        raise DTypeError(f"--dtypes: unsupported {', '.join(bad) or '(none)'}: choose float32, float16 or both")
+    lens = _whole_numbers("--prompt-lens", args.prompt_lens)
+    if not lens:
+        raise BenchError("--prompt-lens needs at least one prompt length")
+    B.check_workload(None, lens, 128, args.decode_tokens, args.repeats)
+    if args.profile_prefill_len < 1:
+        raise BenchError(f"--profile-prefill-len must be >= 1, got {args.profile_prefill_len}")
+    peers = [] if args.peers == "none" else _items(args.peers)
+    bad = [p for p in peers if p not in PEERS]
+    if bad or not peers and args.peers != "none":
+        raise BenchError(f"--peers: unknown {', '.join(bad) or '(none)'}: choose from {', '.join(PEERS)}, or none")
+    if args.target == "webgpu":
+        peers = []
+    if args.target == "cuda":
+        from tinygpt2 import targets as TG
+        TG.device("cuda")                                  # no GPU: say so before compiling anything
     if args.target == "llvm":
         peers = [p for p in peers if p == "hf-eager"]          # beside the CPU target: torch on the CPU
     rows, roofline, profiles = [], {}, []

@@ -50,12 +50,14 @@ def _values(label: str, array: np.ndarray, count: int = 8) -> str:
 
 def run(args) -> int:
     import tinygpt2
-    from tinygpt2.errors import GenerationError
+    from tinygpt2.errors import ContextOverflowError, GenerationError
     from tinygpt2.reference import Reference
     from tinygpt2.runtime.step import check_stop_at, compare, launch_names, step_through
 
     if args.decode_tokens < 0:
         raise GenerationError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise GenerationError(f"--tolerance must be > 0, got {args.tolerance}")
     prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt
     model = tinygpt2.load(args.model, target=args.target, dtype=args.dtype, rules=args.rules, arch=args.arch,
                           cache=not args.no_cache)
@@ -68,6 +70,9 @@ def run(args) -> int:
     ids = model.tokenizer.encode(prompt)
     if not ids:
         raise GenerationError("the prompt encodes to no tokens")
+    if len(ids) + decode_tokens > model.config.n_positions:
+        raise ContextOverflowError(f"{len(ids)} prompt tokens + {decode_tokens} decode steps do not fit the model's "
+                                   f"context of {model.config.n_positions}")
     tol = args.tolerance if args.tolerance is not None else TOLERANCE[args.dtype]
     if args.target == "webgpu":
         print(f"WebGPU adapter: {model.executor.adapter_name}", file=sys.stderr, flush=True)
