@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinygpt2 import rules as R
-from tinygpt2.errors import BenchError, CheckpointError, ConfigError, DTypeError, TargetError
+from tinygpt2.errors import BenchError, CheckpointError, ConfigError, DTypeError, RuleError, TargetError
 from tinygpt2.targets import kind as target_kind
 
 PROFILED = ("llvm", "cuda")          # targets bench.profile can time kernel by kernel
@@ -157,17 +157,23 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
 
 
 def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_tokens: int, repeats: int) -> None:
-    """The request's errors before anything is compiled: DTypeError, RuleError naming the list and the
-    rule, BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
+    """The request's errors before anything is compiled: DTypeError, RuleError for a list no target takes
+    (naming the rule), BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
     from tinygpt2 import bench as B
     from tinygpt2.weights import DTYPES, peek_config
 
     if dtype not in DTYPES:
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
-    for target in targets:
-        presets = R.presets(target_kind(target))
-        for name in rule_lists or []:
-            R.resolve(name if name in presets else rules_of(name, target), target_kind(target))
+    for name in rule_lists or []:        # a list some target takes; on the others it is a failed row
+        errors = []
+        for target in targets:
+            presets = R.presets(target_kind(target))
+            try:
+                R.resolve(name if name in presets else rules_of(name, target), target_kind(target))
+            except RuleError as e:
+                errors.append(e)
+        if errors and len(errors) == len(targets):
+            raise errors[0]
     cfg = peek_config(model)
     B.check_workload(cfg.n_positions if cfg else None, (prompt_len,), prompt_len, decode_tokens, repeats)
 
