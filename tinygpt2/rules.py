@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from tinygpt2.errors import RuleError
 from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
-from tinygpt2.tvm_shim import dl, tvm
+from tinygpt2.tvm_shim import dl, simplify, tirx, tvm
 
 
 class FusedDecode(dl.ScheduleRule):
@@ -246,6 +246,96 @@ def prefetch_to_registers(sch) -> None:
     sch.annotate(k_outer, "software_pipeline_order", [p for i in range(n) for p in (i, n + 1 + i)] + [n])
 
 
+class DotProducts(dl.cpu.base.CPUScheduleRule):
+    """CPU: every output a dot product along the rows' contiguous axis, `lanes` products at a time.
+
+    For a kernel whose one reduction block is out[s...] = sum_k a[..., k] * b[..., k] with k the innermost
+    axis of every operand -- the linears as W is stored ([out, in]: x @ W.T), lm_head, and the attention's
+    q . k -- in prefill (a matmul) and decode (a GEMV) alike:
+
+        k split into (ko, ki) with ki `lanes` wide, and rfactor'd: part[s..., ki] = sum_ko a[.., ko, ki] b[.., ko, ki]
+        the part's loops: (rows of `tile`) x (columns of `tile`), parallel over tiles; ko; the tile; ki vectorized
+        out[s...] = sum_ki part[s..., ki]      (the block as written, over 16 values)
+
+    so each vector load reads `lanes` neighbouring floats of a row and each FMA adds `lanes` products, a
+    tile x tile block of outputs sharing its rows' loads. DLight's CPU GEMV (TVM 0.27, dlight/cpu/gemv.py)
+    vectorizes the *output* axis instead: with W stored [out, in] its 64-128 lanes are rows `in` apart, a
+    gather each; and its CPU Reduction gives prefill's linears one scalar dot product an output. (Either
+    would suit W stored [in, out], the layout tinygpt2 keeps for DLight's GPU GEMV.) Epilogues (bias, GELU,
+    residual) stay plain loops. Declines kernels whose reduction is not over every operand's last axis
+    (attn_values: the keys are V's rows), or not a multiple of `lanes` long."""
+
+    def __init__(self, lanes: int = 16, tile: int = 4):
+        super().__init__()
+        self.lanes, self.tile = lanes, tile
+
+    def apply(self, func, target, _):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = tvm.s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
+        reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
+        if len(reducing) != 1 or not reducing[0].same_as(blocks[0]):
+            return None
+        block = reducing[0]
+        loops, stmt = sch.get_loops(block), sch.get(block)
+        kinds = [v.iter_type for v in stmt.iter_vars]
+        if len(loops) != len(kinds) or kinds[-1] != tirx.IterVar.CommReduce or kinds.count(tirx.IterVar.CommReduce) != 1:
+            return None
+        k = stmt.iter_vars[-1]
+        extent = sch.get(loops[-1]).extent
+        if not isinstance(extent, tirx.IntImm) or int(extent) % self.lanes or len(stmt.reads) < 2:
+            return None
+        for region in stmt.reads:                      # every operand: k in its last index only, stride 1
+            if region.source.same_as(stmt.writes[0].source):
+                continue
+            last = region.region[-1]
+            if not (isinstance(last.extent, tirx.IntImm) and int(last.extent) == 1):
+                return None
+            rest = simplify(last.min - k.var)
+            if any(v.same_as(k.var) for v in dl.analysis.collect_vars_used_in_prim_expr(rest)) or any(
+                    any(v.same_as(k.var) for v in dl.analysis.collect_vars_used_in_prim_expr(r.min))
+                    for r in region.region[:-1]):
+                return None
+        ko, ki = sch.split(loops[-1], [None, self.lanes])
+        part = sch.rfactor(ki, len(stmt.writes[0].source.shape))     # the lanes innermost in the part buffer
+        *spatial, ko, ki = sch.get_loops(part)
+        cols, cols_t = sch.split(spatial[-1], [None, self.tile])
+        rows = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0] if len(spatial) == 2 else None
+        if rows is None or (isinstance(sch.get(rows).extent, tirx.IntImm) and int(sch.get(rows).extent) == 1):
+            sch.reorder(cols, ko, cols_t, ki)                           # decode: one row, tiles of columns
+            outer = cols if rows is None else sch.fuse(rows, cols)
+        else:
+            rows, rows_t = sch.split(rows, [None, self.tile])
+            sch.reorder(rows, cols, ko, rows_t, cols_t, ki)
+            outer = sch.fuse(rows, cols)
+        sch.vectorize(ki)
+        sch.parallel(outer)
+        sch.decompose_reduction(part, ko)
+        return sch
+
+
+class RowReduction(dl.cpu.Reduction):
+    """DLight's CPU Reduction rule, declining kernels whose reductions each produce one value (decode's layernorm:
+    one row's sum and sum of squares).
+
+    For such a kernel the rule parallelizes the epilogue's elements and computes the reductions at each of them
+    (TVM 0.27, dlight/cpu/reduction.py): decode's layernorm sums its 768 inputs twice for each of its 768
+    outputs, O(C^2), ~1.1 ms a call where plain loops take microseconds. Declined, the kernel keeps its
+    plain loops. Kernels that reduce many rows (prefill's layernorm, the softmax, attn_values) are the rule's."""
+
+    def apply(self, func, target, tunable):
+        if isinstance(func, tirx.PrimFunc):
+            sch = tvm.s_tir.Schedule(func)
+            blocks = [sch.get(b) for b in sch.get_child_blocks(dl.analysis.get_root_block(sch))]
+            reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in b.iter_vars)]
+            if reducing and len(blocks) > len(reducing) and all(
+                    all(isinstance(v.dom.extent, tirx.IntImm) and int(v.dom.extent) == 1
+                        for v in b.iter_vars if v.iter_type == tirx.IterVar.DataPar) for b in reducing):
+                return None
+        return super().apply(func, target, tunable)
+
+
 def hand_kernels(rule_list) -> tuple[str, ...]:
     """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
     names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
@@ -280,13 +370,18 @@ GPU_RULES = {
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 CPU_RULES = {
+    "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "gemv": dl.cpu.GEMV,
     "reduction": dl.cpu.Reduction,
+    "row-reduction": RowReduction,               # ours: DLight's Reduction, but not for one-row reductions (above)
 }
 
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
+# ours, for the CPU: dot-products (DotProducts) first, for every kernel whose reduction runs along its operands'
+# rows (the linears, lm_head, q.k), DLight's rules for the rest
+CPU_TUNED = ["dot-products", "gemv", "row-reduction"]
 # ours, for prefill: DLight's list with tensor-core-matmul-async and tensor-core-matmul first
 # (tinygpt2/tensor_core.py says what they change: the first, 8 warps of 64 x 32 a tile and cp.async, took
 # gpt2-xl's 1024-token prefill from 40.8k to 47.5k tok/s on an H200; the second takes what the first
@@ -332,7 +427,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     default-minus-<rule> -- the default list without that rule.
     """
     if target_kind == "cpu":
-        out = {"none": [], "default": list(CPU_DEFAULT)}
+        out = {"none": [], "default": list(CPU_DEFAULT), "tuned": list(CPU_TUNED)}
         out.update({name: [name] for name in CPU_RULES})
         out.update({f"default-minus-{name}": [r for r in CPU_DEFAULT if r != name] for name in CPU_DEFAULT})
         return out
