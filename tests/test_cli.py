@@ -161,6 +161,7 @@ BAD_BENCH = [
     (["--dtypes", "int8"], "int8"),
     (["--profile-prefill-len", "0"], "--profile-prefill-len"),
     (["--model", "TINY"], "no room to decode"),             # a 64-token context: the 128-token decode prompt
+    (["--profile", "--profile-prefill-len", "300"], "past shakespeare's context"),
 ]
 
 

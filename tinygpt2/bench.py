@@ -289,6 +289,9 @@ def profile(m, function: str = "decode", n: int = 1, past: int = 128, repeats: i
     from tinygpt2.runtime.plan import Scalar
     from tinygpt2.tvm_shim import empty, to_tensor
 
+    if n < 1 or past + n > m.config.n_positions:
+        raise BenchError(f"a {function} of {n} token(s) after {past} does not fit the model's context "
+                         f"({m.config.n_positions} positions)")
     ex = m.executor
     root = m.compiled.executable
     root = getattr(root, "mod", root)                # a fresh Executable wraps the VM module

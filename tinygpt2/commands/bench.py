@@ -76,6 +76,13 @@ def run(args) -> int:
     B.check_workload(None, lens, 128, args.decode_tokens, args.repeats)
     if args.profile_prefill_len < 1:
         raise BenchError(f"--profile-prefill-len must be >= 1, got {args.profile_prefill_len}")
+    for model in models:                     # what fails after a model's compile and run, checked before any
+        cfg = B.peek_config(model)
+        if cfg is not None:
+            B.check_workload(cfg.n_positions, lens, 128, args.decode_tokens, args.repeats)
+            if args.profile and args.profile_prefill_len > cfg.n_positions:
+                raise BenchError(f"--profile-prefill-len {args.profile_prefill_len} is past {model}'s context "
+                                 f"({cfg.n_positions} positions)")
     peers = [] if args.peers == "none" else _items(args.peers)
     bad = [p for p in peers if p not in PEERS]
     if bad or not peers and args.peers != "none":
