@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinygpt2 import kernels as K
-from tinygpt2.rules import DotProducts, RowReduction
+from tinygpt2.rules import DotProducts, RowReduction, WeightedRows
 from tinygpt2.targets import make_target
 from tinygpt2.tvm_shim import tvm
 
@@ -25,6 +25,16 @@ def _run(sch, arrays, out_shape):
     args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.empty(out_shape, "float32", dev)]
     ex[sch.mod.get_global_vars()[0].name_hint](*args)
     return args[-1].numpy()
+
+
+H, D, P = 2, 16, 32
+
+
+def _decode_cache(pos, seed=0):
+    """A [H, P, D] cache whose rows past `pos` are NaN, as decode's stale rows may be."""
+    cache = np.random.default_rng(seed).standard_normal((H, P, D)).astype(np.float32)
+    cache[:, pos + 1:] = np.nan
+    return cache
 
 
 @pytest.mark.parametrize("seq_len, n", [(1, 1), (None, 1), (None, 7), (None, 33)])
@@ -57,3 +67,42 @@ def test_row_reduction_leaves_a_one_row_layernorm_to_plain_loops():
     assert _scheduled(RowReduction(), K.make_layernorm(64, "float32", seq_len=1)) is None
     sch = _scheduled(RowReduction(), K.make_layernorm(64, "float32"))
     assert sch is not None and "T.parallel" in sch.mod.script()
+
+
+def test_dot_products_decode_scores_over_the_cache_up_to_pos():
+    """scores[h, 0, j] = q[h] . k[h, j] for j <= pos, 0 beyond (the rows there hold NaN)."""
+    sch = _scheduled(DotProducts(), K.make_attn_scores_decode(H, D, P, "float32"))
+    assert sch is not None
+    pos, k_cache = 9, _decode_cache(9)
+    qkv = np.random.default_rng(1).standard_normal((1, 3 * H * D)).astype(np.float32)
+    got = _run(sch, (qkv, k_cache, np.array([pos], np.int32)), (H, 1, P))
+    want = np.zeros((H, 1, P), np.float32)
+    want[:, 0, :pos + 1] = np.einsum("hd,hjd->hj", qkv[0, :H * D].reshape(H, D), k_cache[:, :pos + 1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_weighted_rows_prefill_values_match_numpy(n):
+    """out[i, h*D + d] = sum_j p[h, i, j] v[h, j, d]: one vector per row of V, parallel over (head, query)."""
+    sch = _scheduled(WeightedRows(), K.make_attn_values(H, D, P, "float32"))
+    assert sch is not None and "T.vectorized(T.int64(16))" in sch.mod.script()
+    m = 11
+    rng = np.random.default_rng(n)
+    probs, v_cache = rng.random((H, n, m)).astype(np.float32), rng.standard_normal((H, P, D)).astype(np.float32)
+    want = np.einsum("hij,hjd->ihd", probs, v_cache[:, :m]).reshape(n, H * D)
+    np.testing.assert_allclose(_run(sch, (probs, v_cache), (n, H * D)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_rows_decode_values_ignore_the_rows_past_pos():
+    sch = _scheduled(WeightedRows(), K.make_attn_values_decode(H, D, P, "float32"))
+    assert sch is not None
+    pos, v_cache = 6, _decode_cache(6, seed=2)
+    probs = np.zeros((H, 1, P), np.float32)
+    probs[:, 0, :pos + 1] = np.random.default_rng(3).random((H, pos + 1))
+    got = _run(sch, (probs, v_cache, np.array([pos], np.int32)), (1, H * D))
+    want = np.einsum("hj,hjd->hd", probs[:, 0, :pos + 1], v_cache[:, :pos + 1]).reshape(1, H * D)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_rows_declines_dot_products():
+    assert _scheduled(WeightedRows(), K.make_linear(64, 40, "float32")) is None     # k is W's row, not a row of W
