@@ -481,6 +481,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
                 (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64,
                 the next K-step loaded into registers during this one).
+    tuned    -- CPU: tinygpt2's dot-products (linears, lm_head, q.k vectorised along their rows) and
+                weighted-rows (p.V, a row of V a vector) before DLight's GEMV, and row-reduction
+                (DLight's Reduction minus one-row reductions).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
