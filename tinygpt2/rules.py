@@ -259,8 +259,8 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
 
     so each vector load reads `lanes` neighbouring floats of a row and each FMA adds `lanes` products, the
     outputs of a tile sharing their rows' loads. A tile side is cut to a power of two that divides its loop
-    (_whole_tile): 1 row for prefill's symbolic n, 1 column for lm_head's 50257. DLight's CPU GEMV (TVM 0.27, dlight/cpu/gemv.py)
-    vectorizes the *output* axis instead: with W stored [out, in] its 64-128 lanes are rows `in` apart, a
+    (_whole_tile): 1 row for prefill's symbolic n, 1 column for lm_head's 50257. DLight's CPU GEMV (TVM 0.27,
+    dlight/cpu/gemv.py) vectorizes the *output* axis instead: with W stored [out, in] its 64-128 lanes are rows `in` apart, a
     gather each; and its CPU Reduction gives prefill's linears one scalar dot product an output. (Either
     would suit W stored [in, out], the layout tinygpt2 keeps for DLight's GPU GEMV.) Epilogues (bias, GELU,
     residual) stay plain loops. Declines kernels whose reduction is not over every operand's last axis
@@ -274,11 +274,9 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = tvm.s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
-        reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
-        if len(reducing) != 1 or not reducing[0].same_as(blocks[0]):
+        block = _first_and_only_reduction(sch)
+        if block is None:
             return None
-        block = reducing[0]
         loops, stmt = sch.get_loops(block), sch.get(block)
         kinds = [v.iter_type for v in stmt.iter_vars]
         if len(loops) != len(kinds) or kinds[-1] != tirx.IterVar.CommReduce or kinds.count(tirx.IterVar.CommReduce) != 1:
@@ -287,6 +285,7 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         extent = sch.get(loops[-1]).extent
         if not isinstance(extent, tirx.IntImm) or int(extent) % self.lanes:
             return None
+
         def uses_k(expr) -> bool:
             return any(v.same_as(k.var) for v in dl.analysis.collect_vars_used_in_prim_expr(expr))
 
@@ -306,10 +305,10 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         part = sch.rfactor(ki, len(stmt.writes[0].source.shape))     # the lanes innermost in the part buffer
         *spatial, ko, ki = sch.get_loops(part)
         rows = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0] if len(spatial) == 2 else None
-        loops = [sch.split(loop, [None, _whole_tile(sch.get(loop).extent, want)])
+        tiles = [sch.split(loop, [None, _whole_tile(sch.get(loop).extent, want)])
                  for loop, want in ((rows, self.rows), (spatial[-1], self.cols)) if loop is not None]
-        sch.reorder(*(outer for outer, _ in loops), ko, *(inner for _, inner in loops), ki)
-        outer = sch.fuse(*(outer for outer, _ in loops))
+        sch.reorder(*(outer for outer, _ in tiles), ko, *(inner for _, inner in tiles), ki)
+        outer = sch.fuse(*(outer for outer, _ in tiles))
         sch.vectorize(ki)
         sch.parallel(outer)
         # the 16 lanes summed in the tile too: the part buffer then shrinks to a tile's (TVM compacts it)
@@ -333,11 +332,9 @@ class WeightedRows(dl.cpu.base.CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = tvm.s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
-        reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
-        if len(reducing) != 1 or not reducing[0].same_as(blocks[0]):
+        block = _first_and_only_reduction(sch)
+        if block is None:
             return None
-        block = reducing[0]
         loops, stmt = sch.get_loops(block), sch.get(block)
         kinds = [v.iter_type for v in stmt.iter_vars]
         if (len(loops) < 2 or len(loops) != len(kinds) or kinds[-1] != tirx.IterVar.CommReduce
@@ -363,6 +360,13 @@ class WeightedRows(dl.cpu.base.CPUScheduleRule):
         sch.vectorize(d_loop)
         sch.decompose_reduction(block, j_loop)
         return sch
+
+
+def _first_and_only_reduction(sch):
+    """The kernel's one reduction block when it is also its first (the rest: epilogues), else None."""
+    blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
+    reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
+    return reducing[0] if len(reducing) == 1 and reducing[0].same_as(blocks[0]) else None
 
 
 def _whole_tile(extent, want: int) -> int:
