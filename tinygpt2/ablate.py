@@ -160,10 +160,10 @@ def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_t
     """The request's errors before anything is compiled: DTypeError, RuleError for a list no target takes
     (naming the rule), BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
     from tinygpt2 import bench as B
-    from tinygpt2.weights import DTYPES, peek_config
+    from tinygpt2.kernels._dtypes import check_dtype
+    from tinygpt2.weights import peek_config
 
-    if dtype not in DTYPES:
-        raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
+    check_dtype(dtype)                                   # DTypeError
     for name in rule_lists or []:        # a list some target takes; on the others it is a failed row
         errors = []
         for target in targets:

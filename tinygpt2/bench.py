@@ -68,8 +68,8 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     """Prefill tok/s at each prompt length that fits the context (the others are left out of the row),
     time to first token and decode tok/s over up to `decode_tokens` tokens after a `decode_prompt`-token
     prompt, greedy (and sampled where the device draws tokens)."""
-    check_workload(peek_config(model).n_positions if peek_config(model) else None, prompt_lens, decode_prompt,
-                   decode_tokens, repeats)
+    known = peek_config(model)
+    check_workload(known.n_positions if known else None, prompt_lens, decode_prompt, decode_tokens, repeats)
     m = tinygpt2.load(model, target=target, dtype=dtype, rules=rules, progress=False)
     cfg = m.config
     check_workload(cfg.n_positions, prompt_lens, decode_prompt, decode_tokens, repeats)

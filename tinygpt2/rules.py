@@ -271,15 +271,11 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         self.lanes, self.rows, self.cols = lanes, rows, cols
 
     def apply(self, func, target, _):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        nest = _reduction_nest(self, func, target)
+        if nest is None:
             return None
-        sch = tvm.s_tir.Schedule(func)
-        block = _first_and_only_reduction(sch)
-        if block is None:
-            return None
-        loops, stmt = sch.get_loops(block), sch.get(block)
-        kinds = [v.iter_type for v in stmt.iter_vars]
-        if len(loops) != len(kinds) or kinds[-1] != tirx.IterVar.CommReduce or kinds.count(tirx.IterVar.CommReduce) != 1:
+        sch, block, loops, stmt, kinds = nest
+        if kinds[-1] != tirx.IterVar.CommReduce or kinds.count(tirx.IterVar.CommReduce) != 1:
             return None
         k = stmt.iter_vars[-1]
         extent = sch.get(loops[-1]).extent
@@ -329,15 +325,11 @@ class WeightedRows(dl.cpu.base.CPUScheduleRule):
     loop, or whose innermost spatial axis is not the last axis of the output and of the operand it indexes."""
 
     def apply(self, func, target, _):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        nest = _reduction_nest(self, func, target)
+        if nest is None:
             return None
-        sch = tvm.s_tir.Schedule(func)
-        block = _first_and_only_reduction(sch)
-        if block is None:
-            return None
-        loops, stmt = sch.get_loops(block), sch.get(block)
-        kinds = [v.iter_type for v in stmt.iter_vars]
-        if (len(loops) < 2 or len(loops) != len(kinds) or kinds[-1] != tirx.IterVar.CommReduce
+        sch, block, loops, stmt, kinds = nest
+        if (len(loops) < 2 or kinds[-1] != tirx.IterVar.CommReduce
                 or kinds[:-1] != [tirx.IterVar.DataPar] * (len(kinds) - 1)):
             return None
         d = stmt.iter_vars[-2].var
@@ -362,11 +354,25 @@ class WeightedRows(dl.cpu.base.CPUScheduleRule):
         return sch
 
 
-def _first_and_only_reduction(sch):
-    """The kernel's one reduction block when it is also its first (the rest: epilogues), else None."""
+def _reduction_blocks(sch) -> tuple[list, list]:
+    """(every block under the kernel's root, those of them with a reduction axis)."""
     blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
-    reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
-    return reducing[0] if len(reducing) == 1 and reducing[0].same_as(blocks[0]) else None
+    return blocks, [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in sch.get(b).iter_vars)]
+
+
+def _reduction_nest(rule, func, target):
+    """For DotProducts and WeightedRows: (schedule, block, its loops, the block, its iter kinds) of a CPU kernel
+    whose one reduction block is its first (the rest: epilogues), the loops one per block axis; else None."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = tvm.s_tir.Schedule(func)
+    blocks, reducing = _reduction_blocks(sch)
+    if len(reducing) != 1 or not reducing[0].same_as(blocks[0]):
+        return None
+    block = reducing[0]
+    loops, stmt = sch.get_loops(block), sch.get(block)
+    kinds = [v.iter_type for v in stmt.iter_vars]
+    return None if len(loops) != len(kinds) else (sch, block, loops, stmt, kinds)
 
 
 def _whole_tile(extent, want: int) -> int:
@@ -393,11 +399,10 @@ class RowReduction(dl.cpu.Reduction):
     def apply(self, func, target, tunable):
         if isinstance(func, tirx.PrimFunc):
             sch = tvm.s_tir.Schedule(func)
-            blocks = [sch.get(b) for b in sch.get_child_blocks(dl.analysis.get_root_block(sch))]
-            reducing = [b for b in blocks if any(v.iter_type == tirx.IterVar.CommReduce for v in b.iter_vars)]
+            blocks, reducing = _reduction_blocks(sch)
             if reducing and len(blocks) > len(reducing) and all(
                     all(isinstance(v.dom.extent, tirx.IntImm) and int(v.dom.extent) == 1
-                        for v in b.iter_vars if v.iter_type == tirx.IterVar.DataPar) for b in reducing):
+                        for v in sch.get(b).iter_vars if v.iter_type == tirx.IterVar.DataPar) for b in reducing):
                 return None
         return super().apply(func, target, tunable)
 
