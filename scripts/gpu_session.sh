@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
+#   bash scripts/gpu_session.sh verify|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
 #                               bench-xl-tuned|bench-fused|bench-mm|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
@@ -13,6 +13,16 @@ PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul-async,
 NOPDL=${PDL#pdl-decode,}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
+  # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
+  # check for `default` and `fused`, and the README's CUDA example (shakespeare, greedy and sampled on the device)
+  verify)     (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_flash_attention.py") \
+                | tail -3 | tee "$OUT/test_flash.txt" || true
+              for r in fused default; do timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 \
+                --rules $r | tee "$OUT/gpu_check_$r.md" || true; done
+              (cd /tmp && timeout 60 python3 "$OLDPWD/examples/generate.py" --model shakespeare --target cuda \
+                --prompt "ROMEO:" --max-new-tokens 48 && timeout 60 python3 "$OLDPWD/examples/generate.py" --model shakespeare \
+                --target cuda --dtype float16 --prompt "ROMEO:" --max-new-tokens 48 --temperature 0.8 --seed 1) \
+                2>&1 | tee "$OUT/generate.txt" || true ;;
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
   check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
   check-fused) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused | tee "$OUT/gpu_check_fused.md" ;;
