@@ -62,8 +62,10 @@ def make_linear(in_features: int, out_features: int, dtype: str = "float32", seq
 # Each saves a kernel launch and a round trip of the activation through memory. Rules see the same
 # "matmul + elementwise epilogue" pair as above; only the epilogue's expression (and inputs) differ.
 
-def make_linear_gelu(in_features: int, out_features: int, dtype: str = "float32", seq_len: int | None = None):
-    """c_fc followed by GELU:  y = gelu(x @ W.T + b)        x [n, K], W [N, K], b [N] -> y [n, N]"""
+def make_linear_gelu(in_features: int, out_features: int, dtype: str = "float32", seq_len: int | None = None,
+                     rational_tanh: bool = False):
+    """c_fc followed by GELU:  y = gelu(x @ W.T + b)        x [n, K], W [N, K], b [N] -> y [n, N]
+    rational_tanh: GELU's tanh as gelu.tanh_rational (the CPU build: it vectorizes, T.tanh does not there)."""
     check_dtype(dtype)
     K, N = T.int64(in_features), T.int64(out_features)
 
@@ -80,7 +82,7 @@ def make_linear_gelu(in_features: int, out_features: int, dtype: str = "float32"
             with T.sblock("bias_gelu"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 # GELU of the float32 sum: the bias-added value is not rounded to dtype in between
-                y[vi, vj] = T.Cast(dtype, gelu_expr(acc[vi, vj] + T.Cast(ACC, b[vj])))
+                y[vi, vj] = T.Cast(dtype, gelu_expr(acc[vi, vj] + T.Cast(ACC, b[vj]), rational_tanh))
 
     return linear_gelu
 

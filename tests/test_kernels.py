@@ -81,12 +81,14 @@ def test_linear(rng, n, dtype, k_in, n_out):
     np.testing.assert_allclose(out, K.linear_ref(x, w, b), **TOL[dtype])
 
 
+@pytest.mark.parametrize("rational_tanh", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
-def test_linear_gelu(rng, n, dtype):
-    """c_fc with GELU fused into its epilogue = GELU(linear) (GELU applied to the float32 sum)."""
+def test_linear_gelu(rng, n, dtype, rational_tanh):
+    """c_fc with GELU fused into its epilogue = GELU(linear) (GELU applied to the float32 sum); the CPU
+    build's tanh (rational_tanh) as well."""
     x, w, b = rand(rng, n, C, dtype=dtype), rand(rng, 4 * C, C, dtype=dtype, scale=0.3), rand(rng, 4 * C, dtype=dtype)
-    out = call(build("make_linear_gelu", C, 4 * C, dtype), x, w, b, np.zeros((n, 4 * C), dtype))[-1]
+    out = call(build("make_linear_gelu", C, 4 * C, dtype, None, rational_tanh), x, w, b, np.zeros((n, 4 * C), dtype))[-1]
     np.testing.assert_allclose(out, K.linear_gelu_ref(x, w, b), **TOL[dtype])
     np.testing.assert_allclose(out, K.gelu_ref(K.linear_ref(x, w, b)), **TOL[dtype])     # the unfused pair
 
@@ -102,12 +104,29 @@ def test_linear_residual(rng, n, dtype):
     np.testing.assert_allclose(out, K.add_ref(r, K.linear_ref(x, w, b)), **TOL[dtype])
 
 
+@pytest.mark.parametrize("rational_tanh", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", LENGTHS)
-def test_gelu(rng, n, dtype):
+def test_gelu(rng, n, dtype, rational_tanh):
     x = rand(rng, n, 4 * C, dtype=dtype, scale=3.0)
-    out = call(build("make_gelu", 4 * C, dtype), x, np.zeros_like(x))[-1]
+    out = call(build("make_gelu", 4 * C, dtype, None, rational_tanh), x, np.zeros_like(x))[-1]
     np.testing.assert_allclose(out, K.gelu_ref(x), **TOL[dtype])
+
+
+def test_rational_tanh_is_tanh_for_every_float32_range():
+    """The CPU build's GELU (tanh as a ratio of polynomials, clamped at |z| = 9) against numpy's tanh in
+    float64, densely from -30 to 30: past the clamp, across it and near 0, within a few float32 ulps."""
+    x = np.linspace(-30, 30, 600_001, dtype=np.float32)
+    out = call(build("make_gelu", x.size, "float32", 1, True), x[None], np.zeros((1, x.size), np.float32))[-1][0]
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * (1 + np.tanh(K.gelu.SQRT_2_OVER_PI * (x64 + 0.044715 * x64 ** 3)))
+    np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_the_cpu_builds_gelu_calls_no_tanh():
+    """On the CPU LLVM turns tanh into a libm call per vector lane; the rational form is arithmetic only."""
+    assert "tanh" in K.make_linear_gelu(C, 4 * C).script()
+    assert "tanh" not in K.make_linear_gelu(C, 4 * C, rational_tanh=True).script()
 
 
 def test_gelu_is_gpt2s_gelu_new():

@@ -52,12 +52,12 @@ class _Builder:
         self.bb, self.suffix, self.seq_len = bb, suffix, seq_len
         self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
 
-    def kernel(self, name: str, factory, *args) -> tvm.ir.GlobalVar:
-        key = (factory, args)
+    def kernel(self, name: str, factory, *args, **options) -> tvm.ir.GlobalVar:
+        key = (factory, args, tuple(sorted(options.items())))
         if key not in self.kernels:
             # decode's *_decode factories are n = 1 by construction and take no seq_len
             kw = {"seq_len": self.seq_len} if "seq_len" in inspect.signature(factory).parameters else {}
-            func = factory(*args, **kw).with_attr("global_symbol", name + self.suffix)
+            func = factory(*args, **kw, **options).with_attr("global_symbol", name + self.suffix)
             self.kernels[key] = self.bb.add_func(func, name + self.suffix)
         return self.kernels[key]
 
@@ -191,7 +191,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED)], [n, F], dtype)
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
-                    h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype),
+                    # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/gelu.py)
+                    h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype,
+                                                         rational_tanh=gpu is None),
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
