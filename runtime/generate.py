@@ -45,6 +45,8 @@ class Stats:
         return steps / self.decode_s if steps > 0 and self.decode_s else 0.0
 
     def line(self) -> str:
+        if self.prefill_s == 0.0:                 # max_new_tokens = 0: nothing ran
+            return f"prompt {self.prompt_tokens} tok, no new token asked for: nothing run"
         return (f"prefill {self.prompt_tokens} tok at {self.prefill_tok_s:.1f} tok/s, "
                 f"decode {self.new_tokens} tok at {self.decode_tok_s:.1f} tok/s, "
                 f"time to first token {self.ttft_s * 1000:.1f} ms")
@@ -106,6 +108,17 @@ class _TextStream:
         self.emitted = max(self.emitted, upto)
 
 
+def prompt_ids(tokenizer, prompt, n_ctx: int) -> list[int]:
+    """The prompt's token ids (text is encoded; ids are taken as they are); ContextOverflowError if they do
+    not fit the model's context of n_ctx positions."""
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    if not ids:
+        ids = [tokenizer.eos_id]         # GPT-2 convention: an empty prompt starts after <|endoftext|>
+    if len(ids) > n_ctx:
+        raise ContextOverflowError(f"prompt of {len(ids)} tokens is longer than the model's context of {n_ctx}")
+    return ids
+
+
 def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop: str | list[str] | None = None, stream: Callable[[str], None] | None = None,
@@ -125,12 +138,8 @@ def generate(executor, tokenizer, prompt, *, max_new_tokens: int = 64, temperatu
     if max_new_tokens < 0:
         raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_args(temperature, top_k, top_p, seed, stop)
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-    if not ids:
-        ids = [tokenizer.eos_id]         # GPT-2 convention: an empty prompt starts after <|endoftext|>
     n_ctx = executor.config.n_positions
-    if len(ids) > n_ctx:
-        raise ContextOverflowError(f"prompt of {len(ids)} tokens is longer than the model's context of {n_ctx}")
+    ids = prompt_ids(tokenizer, prompt, n_ctx)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     rng = np.random.default_rng(seed)
     out = Generation("", [], Stats(prompt_tokens=len(ids)), "max_new_tokens")

@@ -53,6 +53,32 @@ def test_corrupt_safetensors(tiny_checkpoint, tmp_path):
 def test_prompt_longer_than_the_context(tiny_checkpoint_hub_layout):
     r = tinygpt2("generate", "--model", str(tiny_checkpoint_hub_layout), "--prompt", "word " * 100)
     assert_one_line_error(r, "context", "64")
+    assert r.stdout == ""                                     # the error, not the prompt echoed first
+
+
+def test_generation_that_reaches_the_context_says_so(capsys, tiny_checkpoint_hub_layout):
+    from tinygpt2.cli import main
+
+    assert main(["generate", "--model", str(tiny_checkpoint_hub_layout), "--prompt", "word " * 60,
+                 "--max-new-tokens", "50"]) == 0
+    assert "stopped at the model's context of 64 tokens" in capsys.readouterr().err
+
+
+def test_no_new_tokens_asked_for_runs_nothing(capsys, tiny_checkpoint_hub_layout):
+    from tinygpt2.cli import main
+
+    assert main(["generate", "--model", str(tiny_checkpoint_hub_layout), "--prompt", "Hi", "--max-new-tokens", "0"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "Hi\n" and "nothing run" in out.err and "tok/s" not in out.err
+
+
+def test_prompt_escapes_only_newlines():
+    """--prompt's \\n is a newline; other backslashes and non-ASCII text are the user's text, untouched
+    (Python's unicode_escape codec garbled UTF-8 and failed on a lone \\x)."""
+    from tinygpt2.cli import prompt_text
+
+    assert prompt_text("JULIET: café\\nROMEO:") == "JULIET: café\nROMEO:"
+    assert prompt_text("C:\\temp\\x and \\u") == "C:\\temp\\x and \\u"
 
 
 def test_bad_dtype():
@@ -162,6 +188,7 @@ BAD_BENCH = [
     (["--profile-prefill-len", "0"], "--profile-prefill-len"),
     (["--model", "TINY"], "no room to decode"),             # a 64-token context: the 128-token decode prompt
     (["--profile", "--profile-prefill-len", "300"], "past shakespeare's context"),
+    (["--dtype", "bogus"], "bogus"),                         # --dtype: the one-item form of --dtypes
 ]
 
 
@@ -186,6 +213,23 @@ BAD_ABLATE = [
 def test_bad_ablate_flags(capsys, flags, words):
     argv = ["ablate", "--model", "shakespeare", "--targets", "llvm", "--no-charts", *flags]
     assert words in _in_process_error(capsys, argv)
+
+
+def test_ablate_checks_every_targets_device_before_measuring_any(capsys, tmp_path, monkeypatch):
+    from tinygpt2.tvm_shim import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a CUDA GPU: the error under test cannot happen")
+    monkeypatch.setenv("TINYGPT2_CACHE", str(tmp_path))
+    argv = ["ablate", "--model", "shakespeare", "--targets", "llvm,cuda", "--rule-lists", "none", "--no-charts"]
+    assert "no CUDA GPU" in _in_process_error(capsys, argv)
+    assert not any(tmp_path.iterdir())                        # llvm was not measured (nor compiled) first
+
+
+def test_a_cache_folder_that_is_a_file_fails_before_compiling(capsys, tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("TINYGPT2_CACHE", str(tmp_path / "cache"))
+    assert "not a writable folder" in _in_process_error(capsys, ["generate", "--model", "shakespeare"])
 
 
 def test_a_module_attribute_that_is_no_rule_list(capsys):

@@ -129,3 +129,17 @@ def test_cli_json_from_a_local_config(tmp_path, plans):
     for fn, calls in plans.items():
         assert Counter({k["name"]: k["calls"] for k in out["kernels"] if k["function"] == fn}) == calls
     assert {k["name"]: k["rule"] for k in out["kernels"]}["linear_qkv"] == "matmul"
+
+
+def test_a_hub_id_offline_is_the_one_line_offline_error(monkeypatch):
+    """explain needs a Hub model's config.json only; offline, it fails as generate does (no retries)."""
+    import time
+
+    from tinygpt2.errors import OfflineError
+    from tinygpt2.explain import model_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(OfflineError, match="not in the local cache"):
+        model_config("tinygpt2-tests/no-such-model-xyz")
+    assert time.perf_counter() - t < 10

@@ -150,6 +150,20 @@ def test_one_decode_call_timed_right_after_a_prefill(tiny):
     assert tiny.executor._decode_pos.numpy().tolist() == [2]          # the cache's last position, again
 
 
+def test_the_transformers_peer_of_the_bundled_model(monkeypatch):
+    """bench's HF peer builds transformers' model from the shapes alone: for `shakespeare` from its bundled
+    config.json, never from the Hub (it used to ask the Hub for a model named 'shakespeare')."""
+    pytest.importorskip("transformers")
+    from tinygpt2 import bench, weights
+
+    def no_checkpoint_load(*args, **kwargs):
+        raise AssertionError("the peer needs no weights")
+    monkeypatch.setattr(weights, "load_checkpoint", no_checkpoint_load)
+    row = bench.bench_hf("shakespeare", "float32", prompt_lens=(16,), decode_prompt=16, decode_tokens=2, repeats=1,
+                         device="cpu")
+    assert row.system == "hf-eager" and row.prefill_tok_s[16] > 0 and row.decode_tok_s > 0
+
+
 def test_sampling_on_the_device_needs_a_gpu_target(tiny):
     from tinygpt2.errors import GenerationError
     assert not tiny.executor.samples_on_device                        # llvm builds have no decode_sample

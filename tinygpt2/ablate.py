@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tinygpt2 import rules as R
 from tinygpt2.errors import BenchError, CheckpointError, ConfigError, DTypeError, RuleError, TargetError
-from tinygpt2.targets import kind as target_kind
+from tinygpt2.targets import kind as target_kind, require_device
 
 PROFILED = ("llvm", "cuda")          # targets bench.profile can time kernel by kernel
 # errors that say the request is wrong (model, dtype, device, workload), whatever the rule list: raised, not rows
@@ -157,13 +157,16 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
 
 
 def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_tokens: int, repeats: int) -> None:
-    """The request's errors before anything is compiled: DTypeError, RuleError for a list no target takes
+    """The request's errors before anything is compiled: DTypeError, TargetError for a target with no device
+    here, RuleError for a list no target takes
     (naming the rule), BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
     from tinygpt2 import bench as B
     from tinygpt2.kernels._dtypes import check_dtype
     from tinygpt2.weights import peek_config
 
     check_dtype(dtype)                                   # DTypeError
+    for target in targets:                               # no GPU for one target: before another is measured
+        require_device(target, dtype)
     for name in rule_lists or []:        # a list some target takes; on the others it is a failed row
         errors = []
         for target in targets:

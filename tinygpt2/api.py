@@ -60,11 +60,7 @@ def load(model: str = "gpt2", target: str = "llvm", dtype: str = "float32", rule
     if dtype not in ("float32", "float16"):
         raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
     TG.make_target(target, arch)                           # unknown target: fail before loading weights
-    if target == "webgpu":                                 # no device to run on: fail before compiling
-        from tinygpt2.runtime.webgpu import find_adapter
-        find_adapter(dtype)
-    else:
-        TG.device(target)
+    TG.require_device(target, dtype)                       # no device to run on: fail before compiling
     spec = str(BUNDLED[model]) if model in BUNDLED else model
     ckpt = load_checkpoint(spec, dtype=dtype, progress=progress)
     tokenizer = Tokenizer.from_dir(ckpt.tokenizer_dir) if ckpt.tokenizer_dir else Tokenizer.gpt2()

@@ -8,6 +8,7 @@ repeats after warm-up. Peers are timed with torch.cuda.synchronize around each m
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -70,6 +71,9 @@ def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens
     prompt, greedy (and sampled where the device draws tokens)."""
     known = peek_config(model)
     check_workload(known.n_positions if known else None, prompt_lens, decode_prompt, decode_tokens, repeats)
+    # a compile takes minutes on 2 cores the first time (cached after): say what is happening
+    named = rules if isinstance(rules, str) else "(a rule list)"
+    print(f"loading {model} ({dtype}) for {target}, rules {named}: compiling if not cached ...", file=sys.stderr, flush=True)
     m = tinygpt2.load(model, target=target, dtype=dtype, rules=rules, progress=False)
     cfg = m.config
     check_workload(cfg.n_positions, prompt_lens, decode_prompt, decode_tokens, repeats)
@@ -184,10 +188,8 @@ def bench_hf(model: str, dtype: str, compiled: bool = False, prompt_lens=(128, 5
     torch, HFConfig, GPT2LMHeadModel = _import_hf()
     from tinygpt2.weights import load_checkpoint
 
-    cfg = load_checkpoint(model, dtype=dtype, progress=False).config if not model.startswith("random:") else None
-    if cfg is None:
-        from tinygpt2.config import PRESETS
-        cfg = PRESETS[model.split(":", 1)[1]]
+    # the shapes only (random weights): random:<size>, bundled and local checkpoints without loading them
+    cfg = peek_config(model) or load_checkpoint(model, dtype=dtype, progress=False).config
     tdtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     hf = GPT2LMHeadModel(HFConfig(**cfg.to_dict())).to(device, tdtype).eval()
     cuda = device == "cuda"

@@ -29,7 +29,7 @@ from pathlib import Path
 from tinygpt2 import rules as R
 from tinygpt2 import targets as TG
 from tinygpt2.config import GPT2Config
-from tinygpt2.errors import CompileError, DTypeError, RuleError
+from tinygpt2.errors import CacheError, CompileError, DTypeError, RuleError
 from tinygpt2.model import build_module
 from tinygpt2.tvm_shim import (TVM_FFI_VERSION, TVM_VERSION, is_scheduled, kernel_launches, lower_host, pdl_tir_pipeline,
                                 register_nvcc, relax, tirx, tvm)
@@ -57,6 +57,20 @@ def _function_names(mod) -> set[str]:
 
 def cache_root() -> Path:
     return Path(os.environ.get("TINYGPT2_CACHE", Path.home() / ".cache" / "tinygpt2"))
+
+
+def check_cache_root() -> Path:
+    """cache_root(), created if missing; CacheError if it cannot hold entries (before a compile, not after)."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        usable = root.is_dir() and os.access(root, os.W_OK | os.X_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        raise CacheError(f"the compile cache {root} is not a writable folder: set TINYGPT2_CACHE to one, "
+                         "or pass --no-cache")
+    return root
 
 
 @dataclass
@@ -304,7 +318,7 @@ def compile(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
     names = R.describe(rule_list)
-    entry = cache_root() / cache_key(cfg, tgt, dtype, names)
+    entry = (check_cache_root() if cache else cache_root()) / cache_key(cfg, tgt, dtype, names)
     if cache and dump_dir is None and (entry / "meta.json").exists():
         try:
             return _load(entry, cfg, target, dtype, names)

@@ -33,6 +33,10 @@ class CompileError(TinyGPT2Error):
     """Compilation failed (the message names the phase and the kernel where known)."""
 
 
+class CacheError(CompileError):
+    """The compile cache's folder (TINYGPT2_CACHE, or ~/.cache/tinygpt2) cannot be used: not a folder, not writable."""
+
+
 class ContextOverflowError(TinyGPT2Error):
     """The sequence would grow past the model's context window (n_positions)."""
 

@@ -37,8 +37,9 @@ from pathlib import Path
 
 from tinygpt2 import rules as R
 from tinygpt2 import targets as TG
-from tinygpt2.config import PRESETS, GPT2Config
+from tinygpt2.config import GPT2Config
 from tinygpt2.errors import CheckpointError, CompileError, ExplainError
+from tinygpt2.weights import hub_config, preset_config
 
 FUNCTIONS = ("prefill", "decode")
 SHOW = ("before", "after", "code", "ir")      # ir: LLVM IR (llvm and rocm targets)
@@ -186,10 +187,7 @@ def model_config(spec: str) -> tuple[GPT2Config, str]:
     from tinygpt2.api import BUNDLED
 
     if spec.startswith("random:"):
-        preset = spec[len("random:"):]
-        if preset not in PRESETS:
-            raise CheckpointError(f"unknown preset {preset!r} in {spec!r}: choose one of {', '.join(PRESETS)}")
-        return PRESETS[preset], spec
+        return preset_config(spec[len("random:"):]), spec
     path = BUNDLED.get(spec) or Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -199,23 +197,7 @@ def model_config(spec: str) -> tuple[GPT2Config, str]:
         raise CheckpointError(f"{spec} is a file: give the checkpoint directory (config.json + *.safetensors)")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise CheckpointError(f"no such checkpoint directory: {spec}")
-    return GPT2Config.from_json(_hub_config(spec)), spec
-
-
-def _hub_config(repo_id: str) -> Path:
-    """config.json of a Hub model: from the local cache, else downloaded (that file only)."""
-    import huggingface_hub as hf
-
-    try:
-        return Path(hf.hf_hub_download(repo_id, "config.json", local_files_only=True))
-    except Exception:
-        pass
-    try:
-        return Path(hf.hf_hub_download(repo_id, "config.json"))
-    except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot get config.json of {repo_id!r} (not a local directory, 'random:<preset>' "
-                              f"or a reachable Hub model id): {why}") from None
+    return GPT2Config.from_json(hub_config(spec)), spec
 
 
 # ----------------------------------------------------------------------------------------------- explain

@@ -2,7 +2,7 @@
 
 A rule list is what schedules the hand-written kernels for a target. It can be given as
 
-    "default"                              a named preset (PRESETS below)
+    "default"                              a named preset (presets(target_kind) below)
     "gemv,reduction,fallback"              rule names, comma-separated (the CLI's --rules)
     ["gemv", "reduction", "fallback"]      the same as a list
     [dl.gpu.GEMV(), MyRule()]              rule objects, the user's own ScheduleRule subclasses included

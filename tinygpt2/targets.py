@@ -79,3 +79,13 @@ def device(name: str):
             raise TargetError("no CUDA GPU found: use --target llvm or --target webgpu")
         return dev
     raise TargetError(f"target {name!r} only generates code here; it cannot run (use llvm, cuda or webgpu)")
+
+
+def require_device(name: str, dtype: str = "float32") -> None:
+    """TargetError now, before anything is compiled, if target `name` has nothing here to run on (no CUDA
+    GPU; no WebGPU adapter, or one without float16 when dtype asks for it)."""
+    if name == "webgpu":
+        from tinygpt2.runtime.webgpu import find_adapter
+        find_adapter(dtype)
+    else:
+        device(name)

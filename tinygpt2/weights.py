@@ -146,14 +146,15 @@ def load_checkpoint(spec: str, dtype: str = "float32", progress: bool = True) ->
 
 
 def peek_config(spec: str) -> GPT2Config | None:
-    """`spec`'s config without loading its weights, where that is cheap: a random:<preset>, a bundled model or
-    a local directory with a readable config.json; None otherwise (a Hub id, or something load_checkpoint
-    will reject with its own message). For checks worth making before a compile."""
+    """`spec`'s config without loading its weights, where that is cheap: a random:<preset> (CheckpointError if
+    there is no such preset), a bundled model or a local directory with a readable config.json; None otherwise
+    (a Hub id, or something load_checkpoint will reject with its own message). For checks worth making before
+    a compile."""
     from tinygpt2.api import BUNDLED
 
     spec = str(BUNDLED.get(spec, spec))
     if spec.startswith("random:"):
-        return PRESETS.get(spec[len("random:"):])
+        return preset_config(spec[len("random:"):])            # an unknown preset: its error now
     path = Path(spec).expanduser() / "config.json"
     try:
         return GPT2Config.from_json(path) if path.is_file() else None
@@ -286,6 +287,13 @@ def _looks_like_path(spec: str) -> bool:
 
 # ------------------------------------------------------------------------------------------- random
 
+def preset_config(preset: str) -> GPT2Config:
+    """The config of random:<preset>; CheckpointError naming the presets if there is none of that name."""
+    if preset not in PRESETS:
+        raise CheckpointError(f"unknown preset {preset!r} in 'random:{preset}': choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
 def _random_checkpoint(preset: str, dtype: str) -> Checkpoint:
     """Seeded random weights with a preset's real shapes: N(0, 0.02) matrices, LN ones/zeros, zero biases.
 
@@ -293,10 +301,7 @@ def _random_checkpoint(preset: str, dtype: str) -> Checkpoint:
     every matrix is copied from windows of it at random offsets (i.i.d. within each window; windows
     overlap only by chance between tensors). Deterministic: seed 0.
     """
-    if preset not in PRESETS:
-        raise CheckpointError(f"unknown preset {preset!r} in 'random:{preset}': choose one of "
-                              f"{', '.join(PRESETS)}")
-    config = PRESETS[preset]
+    config = preset_config(preset)
     rng = np.random.default_rng(_RANDOM_SEED)
     pool = rng.standard_normal(1 << 25, dtype=np.float32)
     pool *= np.float32(_RANDOM_STD)
@@ -361,8 +366,15 @@ def _complete(d: Path) -> bool:
         return False
 
 
-def _hub_snapshot(repo_id: str, progress: bool) -> Path:
-    """The snapshot directory of `repo_id`: from the local cache if complete there, else downloaded.
+def hub_config(repo_id: str) -> Path:
+    """config.json of a Hub model (for its shapes alone: tinygpt2 explain): from the local cache, else that
+    one file downloaded; the same checks and one-line errors (OfflineError, ...) as a whole checkpoint's."""
+    return _hub_snapshot(repo_id, progress=False, config_only=True) / "config.json"
+
+
+def _hub_snapshot(repo_id: str, progress: bool, config_only: bool = False) -> Path:
+    """The snapshot directory of `repo_id`: from the local cache if complete there, else downloaded
+    (config_only: complete with config.json alone, and only that file downloaded).
 
     The cache is used without asking the Hub for a newer revision. huggingface_hub 2.x sends its repo
     lookup with no timeout (a host that accepts the connection and never answers hangs it for
@@ -387,9 +399,10 @@ def _hub_snapshot(repo_id: str, progress: bool) -> Path:
             return CheckpointError(f"no model {repo_id!r} on the Hugging Face Hub (and no such local directory)")
         return None
 
+    patterns = ["config.json"] if config_only else HUB_PATTERNS
     try:                                                          # 1. the local cache, no network
-        d = Path(hf.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
-        if _complete(d):
+        d = Path(hf.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        if (d / "config.json").is_file() if config_only else _complete(d):
             return d
     except Exception:                                             # not cached / incomplete snapshot
         pass
@@ -403,7 +416,7 @@ def _hub_snapshot(repo_id: str, progress: bool) -> Path:
     if quiet:
         disable_progress_bars()
     try:                                                          # 3. download (huggingface_hub's tqdm bars)
-        d = Path(hf.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        d = Path(hf.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:
         err = not_found(e) or OfflineError(f"downloading {repo_id!r} from the Hugging Face Hub failed "
                                            f"({_one_line(e)}); {_ALTERNATIVES}")

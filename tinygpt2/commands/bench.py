@@ -13,15 +13,15 @@ PEERS = ("hf-eager", "hf-compiled")
 
 def register(sub, add_model_args):
     p = sub.add_parser("bench", help="prefill/decode speed beside HF transformers (a benchmark, not a test)")
-    add_model_args(p)
-    p.set_defaults(model=None)
+    add_model_args(p, model=None, dtype=None)                 # one-item forms of --models / --dtypes
     p.add_argument("--models", default=None,
                    help=f"comma-separated (default: {ALL_MODELS} on a GPU, random:gpt2 on llvm)")
     p.add_argument("--dtypes", default=None,
                    help="comma-separated (default: float16,float32 on a GPU, float32 on llvm)")
-    p.add_argument("--prompt-lens", default="128,512,1024", help="prefill lengths (those past the context: left out)")
-    p.add_argument("--decode-tokens", type=int, default=256, help="decoded after a 128-token prompt")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prompt-lens", default="128,512,1024", help="prefill lengths (those past the context: left out) (default: 128,512,1024)")
+    p.add_argument("--decode-tokens", type=int, default=256, help="decoded after a 128-token prompt (default: 256)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each measurement, after a warm-up; "
+                   "the median is reported (default: 5)")
     p.add_argument("--peers", default="hf-eager,hf-compiled",
                    help="hf-eager, hf-compiled, or none (hf-compiled: CUDA only; no peer on webgpu)")
     p.add_argument("--hf-compiled-models", default="random:gpt2,random:gpt2-xl",
@@ -66,7 +66,7 @@ def run(args) -> int:
 
     gpu = args.target != "llvm"
     models = _items(args.model or args.models or (ALL_MODELS if gpu else "random:gpt2"))
-    dtypes = _items(args.dtypes or ("float16,float32" if gpu else "float32"))
+    dtypes = _items(args.dtype or args.dtypes or ("float16,float32" if gpu else "float32"))
     bad = [d for d in dtypes if d not in B.ITEMSIZE]
     if bad or not dtypes:
         raise DTypeError(f"--dtypes: unsupported {', '.join(bad) or '(none)'}: choose float32, float16 or both")

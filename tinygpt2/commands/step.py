@@ -21,7 +21,7 @@ def register(sub, add_model_args):
 
     p = sub.add_parser("step", help="run prefill/decode kernel by kernel, each output checked against numpy")
     add_model_args(p)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="\\n in it is a newline (default: the generate command's)")
     p.add_argument("--decode-tokens", type=int, default=0,
                    help="after the prefill, step through this many greedy decode steps (default: 0)")
     p.add_argument("--stop-at", default=None, metavar="NAME",
@@ -50,6 +50,7 @@ def _values(label: str, array: np.ndarray, count: int = 8) -> str:
 
 def run(args) -> int:
     import tinygpt2
+    from tinygpt2.cli import prompt_text
     from tinygpt2.errors import ContextOverflowError, GenerationError
     from tinygpt2.reference import Reference
     from tinygpt2.runtime.step import check_stop_at, compare, launch_names, step_through
@@ -58,7 +59,7 @@ def run(args) -> int:
         raise GenerationError(f"--decode-tokens must be >= 0, got {args.decode_tokens}")
     if args.tolerance is not None and not args.tolerance > 0:
         raise GenerationError(f"--tolerance must be > 0, got {args.tolerance}")
-    prompt = args.prompt.encode().decode("unicode_escape") if "\\n" in args.prompt else args.prompt
+    prompt = prompt_text(args.prompt)
     model = tinygpt2.load(args.model, target=args.target, dtype=args.dtype, rules=args.rules, arch=args.arch,
                           cache=not args.no_cache)
     stop_at, decode_tokens = args.stop_at, args.decode_tokens
