@@ -20,7 +20,8 @@ registers; e^x is recomputed where needed, since beside x 1024 threads' register
   scale    x of the thread's logits, after a block-wide max (and the first id holding it);
   top-k    the k-th largest x by bisection on its bit pattern: for x <= 0, key(x) = bits(-x) as int32
            grows as x falls, so "x >= the k-th largest" is "key <= K" for the least K with
-           #{key <= K} >= k: 31 halvings of [0, bits(inf)], a block-wide count each;
+           #{key <= K} >= k: 31 halvings of [0, bits(inf)], a block-wide count each, or fewer: a count of
+           exactly k stops the search there (the same k keys as the least K's: see halving);
   top-p    rejection, exact in distribution: draw s from the candidates {key <= K} (at first top-k's
            set); s is kept iff the mass of the candidates strictly above it, mass(key < key(s)), is
            < top_p Z_k; if it is not, no token below it is either, so the candidates become key < key(s)
@@ -41,10 +42,11 @@ in float32 arithmetic: x + noise, and top-p's masses, to ~1e-6 relative, against
 On WebGPU rounds after the one that accepts skip their arithmetic but not their block-wide reductions:
 a branch around a barrier is not allowed in WGSL, whose uniformity analysis does not see that `done` is the
 same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
-T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, and
-the rounds after the first without top-p or once a draw is kept (`done`, a register each thread sets
-alike from block-wide results), and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64
-registers and a 320-byte stack, against 32 and 832 without the branches. Each round's blocks
+T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, so are
+its halvings after a count of exactly k (`found`), and the rounds after the first without top-p or once a
+draw is kept (`done`; both registers each thread sets alike from block-wide results), and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64
+registers and a 320-byte stack, against 32 and 832 without the branches (found's branch, added later:
+64 registers still, and with nvcc -O3 alone a 112-byte stack against 216 before it). Each round's blocks
 are written once (the macro one_round) and emitted once: emitted twice, for round 0 and for a loop over
 the rest, the kernel drew wrong tokens on WebGPU.
 """
@@ -93,8 +95,8 @@ def _key(x):
 def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, rounds: int = ROUNDS,
                             skip: bool = False):
     """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit). skip (CUDA): without
-    top-k, the bisection's 31 block-wide counts are skipped, and the rounds after the first without top-p
-    or once a draw is kept: branches around barriers that are the same in every thread (WGSL's
+    top-k, the bisection's 31 block-wide counts are skipped, and its counts after one of exactly k, and the
+    rounds after the first without top-p or once a draw is kept: branches around barriers that are the same in every thread (WGSL's
     uniformity analysis cannot be told so: see the module's docstring)."""
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     TH, E, R = T.int64(threads), T.int64(-(-n_vocab // threads)), T.int64(rounds)
@@ -105,27 +107,33 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
         return T.if_then_else(e * TH + vt < V, _key(xs[vt, e]), none)
 
     @T.macro(hygienic=False)
-    def bisect():
-        """top-k: the least K with #{key <= K} >= k (in hi), by halving [lo, hi] 31 times."""
-        for it in T.serial(T.int64(31)):
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("count_part"):
-                    vt = T.axis.spatial(TH, tx)
-                    t_count[vt] = T.int32(0)
-                    for e in T.unroll(E):
-                        t_count[vt] = t_count[vt] + T.Cast("int32", key_at(xs, vt, e) <= lo[vt] + (hi[vt] - lo[vt]) // 2)
-            _block_sum(TH, t_count, b_count, it)
-            for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("halve"):
-                    vt = T.axis.spatial(TH, tx)
-                    vi = T.axis.spatial(T.int64(31), it)
-                    # (shared memory read into a register first: TVM's ThreadSync rejects it in an `if`)
-                    go_low = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                    go_low[0] = T.Cast("int32", b_count[vi] >= T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)))
-                    if go_low[0] == 1:
-                        hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
-                    else:
-                        lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1
+    def halving(it):
+        """One halving of [lo, hi] at its middle K, by #{key <= K} (a block-wide count). A count of exactly k
+        ends the search at K: #{key <= K_least} >= k and K_least <= K give the same k keys, so the same
+        tokens kept as the least K (the test's reference takes the least); lo = hi = K then, and a halving
+        after it counts at K again and changes nothing."""
+        for tx in T.thread_binding(TH, thread="threadIdx.x"):
+            with T.sblock("count_part"):
+                vt = T.axis.spatial(TH, tx)
+                t_count[vt] = T.int32(0)
+                for e in T.unroll(E):
+                    t_count[vt] = t_count[vt] + T.Cast("int32", key_at(xs, vt, e) <= lo[vt] + (hi[vt] - lo[vt]) // 2)
+        _block_sum(TH, t_count, b_count, it)
+        for tx in T.thread_binding(TH, thread="threadIdx.x"):
+            with T.sblock("halve"):
+                vt = T.axis.spatial(TH, tx)
+                vi = T.axis.spatial(T.int64(31), it)
+                # (shared memory read into a register first: TVM's ThreadSync rejects it in an `if`)
+                count = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                count[0] = b_count[vi]
+                if count[0] == T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)):
+                    hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
+                    lo[vt] = hi[vt]
+                    found[0] = 1
+                elif count[0] > T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)):
+                    hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
+                else:
+                    lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1
 
     @T.macro(hygienic=False)
     def one_round(r):
@@ -201,6 +209,7 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
         cand = T.sblock_alloc_buffer((TH,), "int32", scope="local")        # candidates: key <= cand
         # 1 once a draw is kept; one register each thread sets alike, so that skip's branch can read it
         done = T.sblock_alloc_buffer((1,), "int32", scope="local")
+        found = T.sblock_alloc_buffer((1,), "int32", scope="local")     # likewise, once top-k's count is exactly k
         chosen = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_pos = T.sblock_alloc_buffer((TH,), "int32", scope="local")
         t_base = T.sblock_alloc_buffer((TH,), "uint32", scope="local")     # the round's random stream
@@ -234,14 +243,21 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                         xs[vt, e] = T.if_then_else(e * TH + vt < V, (xs[vt, e] - b_max[0]) / sampling[0], lowest)
                     lo[vt] = T.int32(0)
                     hi[vt] = key_inf
-            # --- top-k: the least K with #{key <= K} >= k, by halving [lo, hi] 31 times ---
+                    found[0] = 0
+            # --- top-k: the least K with #{key <= K} >= k, by halving [lo, hi] 31 times, or a K with exactly k
+            # keys at or below it (halving) ---
             if skip:
                 # without top-k (k >= vocab) none of it: a branch around barriers, which TVM's ThreadSync
-                # takes only when told the condition is the same in every thread (it is: a kernel input)
+                # takes only when told the condition is the same in every thread (it is: a kernel input);
+                # and the halvings after a count of exactly k (`found`, set alike from a block-wide count):
+                # about half of them for k = 50 over 50257 logits, one block-wide count each
                 if T.tvm_thread_invariant(sampling[1] < T.float32(n_vocab)):
-                    bisect()
+                    for it in T.serial(T.int64(31)):
+                        if T.tvm_thread_invariant(found[0] == 0):
+                            halving(it)
             else:
-                bisect()
+                for it in T.serial(T.int64(31)):
+                    halving(it)
             # --- top-p: Z_k, then rounds of draw + test ---
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("zk_part"):

@@ -33,12 +33,14 @@ def test_cuda_builds_with_every_kernel_scheduled(dtype):
 
 def test_cuda_sampler_skips_unused_work():
     """decode_sample's sampler on CUDA (kernels/sample.py, skip=True): the 31 block-wide counts of top-k's
-    bisection sit behind a branch on top_k < vocab (sampling[1]), and each top-p round after the first
-    behind one on top_p < 1 (sampling[2]) and no draw kept yet, both marked thread-invariant for ThreadSync."""
+    bisection sit behind a branch on top_k < vocab (sampling[1]), each of them behind one on no count of
+    exactly k yet (found), and each top-p round after the first behind one on top_p < 1 (sampling[2]) and no
+    draw kept yet, all marked thread-invariant for ThreadSync."""
     sched, tgt, _ = C.build_scheduled(CFG, "cuda", "float32", "default", arch="sm_90a")
     kernel = cuda_kernels(sched, tgt)["sample_advance_n1_kernel"]
     branch = kernel.index("if ((sampling_ptr[1] < ")
-    assert branch < kernel.index("for (int64_t it = (int64_t)0; it < (int64_t)31; ++it)")
+    halvings = kernel.index("for (int64_t it = (int64_t)0; it < (int64_t)31; ++it)")
+    assert branch < halvings and kernel.index("if ((found_ptr[0] == 0))", halvings) < kernel.index("t_count", halvings)
     rounds = kernel.index("for (int r = 0; r < 32; ++r)")
     branch = kernel[rounds:kernel.index("t_best_ptr", rounds)]
     assert "(r == 0) ||" in branch and "sampling_ptr[2] < 0x1p+0f" in branch and "done_ptr[0] == 0" in branch

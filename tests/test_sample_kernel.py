@@ -73,6 +73,18 @@ def test_cudas_variant_skipping_unused_work_draws_the_same_tokens(top_k, top_p):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_top_k_with_ties_at_its_edge(skip):
+    """Logits on a grid of 0.25: hundreds of ties, so top-k's count jumps past k at its edge (the whole tie
+    kept) where the search cannot stop at a count of exactly k, and stops early where it can (k = 7 below
+    falls between two levels of the grid at this seed; 40 inside one). Token for token against numpy."""
+    logits = np.round(np.random.default_rng(3).standard_normal((1, 300)) * 4) / 4
+    logits = logits.astype(np.float32)
+    for top_k in (7, 40):
+        tokens, *_ = draw(logits, 1.0, top_k, None, seed=9, steps=20, skip=skip)
+        assert tokens.tolist() == [sample_advance_ref(logits, [1.0, top_k, 1.0, 9], p) for p in range(20)]
+
+
 def test_top_k_1_and_a_tiny_top_p_are_greedy(logits):
     assert set(draw(logits, 1.0, 1, None, seed=1, steps=20)[0]) == {int(np.argmax(logits))}
     assert set(draw(logits, 1.0, None, 1e-6, seed=1, steps=20)[0]) == {int(np.argmax(logits))}
