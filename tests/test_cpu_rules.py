@@ -106,3 +106,25 @@ def test_weighted_rows_decode_values_ignore_the_rows_past_pos():
 
 def test_weighted_rows_declines_dot_products():
     assert _scheduled(WeightedRows(), K.make_linear(64, 40, "float32")) is None     # k is W's row, not a row of W
+
+
+def test_the_cpu_target_runs_a_thread_a_core():
+    """TVM's thread pool, sized by targets.device("llvm") (tvm_shim.cpu_device) to the cores this process may
+    use: TVM's own default halves the CPU count on x86 (assuming hyper-threads), one thread on a 2-core VM.
+    TVM_NUM_THREADS, when the user sets it, is left to TVM. Fresh processes: a pool is sized once."""
+    import os
+    import subprocess
+    import sys
+
+    from tinygpt2.tvm_shim import _cores_here
+
+    probe = ("from tinygpt2 import targets as TG; from tinygpt2.tvm_shim import tvm; TG.device('llvm'); "
+             "print(tvm.get_global_func('runtime.NumThreads')())")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    threads = lambda extra: int(subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, check=True,
+                                               capture_output=True, text=True).stdout.split()[-1])
+    cores = _cores_here()
+    if cores is None:
+        pytest.skip("no CPU topology in sysfs here: TVM's default is kept")
+    assert threads({}) == cores
+    assert threads({"TVM_NUM_THREADS": "1"}) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tinygpt2.errors import TargetError
-from tinygpt2.tvm_shim import sm_version, tvm
+from tinygpt2.tvm_shim import cpu_device, sm_version, tvm
 
 TARGETS = ("llvm", "cuda", "webgpu", "rocm", "metal")
 RUNNABLE = ("llvm", "cuda", "webgpu")
@@ -72,7 +72,7 @@ def make_target(name: str, arch: str | None = None) -> "tvm.target.Target":
 def device(name: str):
     """The TVM device that runs a target's code (WebGPU runs through runtime/webgpu.py instead)."""
     if name == "llvm":
-        return tvm.cpu(0)
+        return cpu_device()                               # its thread pool sized to the cores (tvm_shim)
     if name == "cuda":
         dev = tvm.cuda(0)
         if not dev.exist:
