@@ -215,6 +215,24 @@ def test_bad_ablate_flags(capsys, flags, words):
     assert words in _in_process_error(capsys, argv)
 
 
+def test_bench_measures_ours_before_any_peer(capsys):
+    """Every tinygpt2 row is measured before the first peer runs (torch's allocations stay in the process), and
+    the table keeps each model's rows together; the peer of a bundled model is built from its config."""
+    pytest.importorskip("transformers")
+    from tinygpt2.cli import main
+
+    argv = ["bench", "--models", "shakespeare,random:distilgpt2", "--peers", "hf-eager", "--prompt-lens", "16",
+            "--decode-tokens", "2", "--repeats", "1", "--rules", "tuned"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    progress = [line.split(" | ")[0] + " " + line.split(" | ")[1] for line in out.err.splitlines() if line.startswith("| ")]
+    assert progress == ["| tinygpt2 shakespeare", "| tinygpt2 random:distilgpt2", "| hf-eager shakespeare",
+                        "| hf-eager random:distilgpt2"], out.err
+    table = [line.split(" | ")[:2] for line in out.out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert table == [["| tinygpt2", "shakespeare"], ["| hf-eager", "shakespeare"],
+                     ["| tinygpt2", "random:distilgpt2"], ["| hf-eager", "random:distilgpt2"]]
+
+
 def test_ablate_checks_every_targets_device_before_measuring_any(capsys, tmp_path, monkeypatch):
     from tinygpt2.tvm_shim import tvm
 
