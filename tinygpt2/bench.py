@@ -8,7 +8,6 @@ repeats after warm-up. Peers are timed with torch.cuda.synchronize around each m
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -65,15 +64,16 @@ def check_workload(n_positions: int | None, prompt_lens, decode_prompt: int, dec
 
 
 def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens=(128, 512, 1024),
-               decode_prompt: int = 128, decode_tokens: int = 256, repeats: int = 5) -> tuple[Row, object]:
+               decode_prompt: int = 128, decode_tokens: int = 256, repeats: int = 5, log=None) -> tuple[Row, object]:
     """Prefill tok/s at each prompt length that fits the context (the others are left out of the row),
     time to first token and decode tok/s over up to `decode_tokens` tokens after a `decode_prompt`-token
-    prompt, greedy (and sampled where the device draws tokens)."""
+    prompt, greedy (and sampled where the device draws tokens). log: a callable given a line before the load
+    (and the compile: minutes on 2 cores the first time), or None."""
     known = peek_config(model)
     check_workload(known.n_positions if known else None, prompt_lens, decode_prompt, decode_tokens, repeats)
-    # a compile takes minutes on 2 cores the first time (cached after): say what is happening
-    named = rules if isinstance(rules, str) else "(a rule list)"
-    print(f"loading {model} ({dtype}) for {target}, rules {named}: compiling if not cached ...", file=sys.stderr, flush=True)
+    if log:
+        named = rules if isinstance(rules, str) else "(a rule list)"
+        log(f"loading {model} ({dtype}) for {target}, rules {named}: compiling if not cached ...")
     m = tinygpt2.load(model, target=target, dtype=dtype, rules=rules, progress=False)
     cfg = m.config
     check_workload(cfg.n_positions, prompt_lens, decode_prompt, decode_tokens, repeats)

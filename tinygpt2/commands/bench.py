@@ -100,7 +100,8 @@ def run(args) -> int:
         print(f"device-to-device copy bandwidth: {bw / 1e9:.0f} GB/s", file=sys.stderr)
     for model in models:
         for dtype in dtypes:
-            row, m = B.bench_ours(model, args.target, dtype, args.rules, lens, 128, args.decode_tokens, args.repeats)
+            row, m = B.bench_ours(model, args.target, dtype, args.rules, lens, 128, args.decode_tokens, args.repeats,
+                                  log=lambda line: print(line, file=sys.stderr, flush=True))
             if args.target == "cuda":
                 row.peak_mem_mib = _gpu_mib()
             if args.target == "webgpu":
