@@ -44,9 +44,10 @@ a branch around a barrier is not allowed in WGSL, whose uniformity analysis does
 same in every thread. On CUDA (skip=True) a branch the same in every thread may hold barriers, and
 T.tvm_thread_invariant tells TVM's ThreadSync so: there, without top-k, the bisection is skipped, so are
 its halvings after a count of exactly k (`found`), and the rounds after the first without top-p or once a
-draw is kept (`done`; both registers each thread sets alike from block-wide results), and ptxas, nvcc 13.0 with TVM's flags, gives the 1024-thread kernel 64
-registers and a 320-byte stack, against 32 and 832 without the branches (found's branch, added later:
-64 registers still, and with nvcc -O3 alone a 112-byte stack against 216 before it). Each round's blocks
+draw is kept (`done`; both registers each thread sets alike from block-wide results), and ptxas, nvcc 13.0
+with TVM's flags, gives the 1024-thread kernel 64 registers and a 320-byte stack, against 32 and 832 without
+the branches (found's branch, added later: 64 registers still, and with nvcc -O3 alone a 112-byte stack
+against 216 before it). Each round's blocks
 are written once (the macro one_round) and emitted once: emitted twice, for round 0 and for a loop over
 the rest, the kernel drew wrong tokens on WebGPU.
 """
@@ -96,8 +97,8 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                             skip: bool = False):
     """See the module's docstring. threads: 1024 on CUDA, 256 on WebGPU (its limit). skip (CUDA): without
     top-k, the bisection's 31 block-wide counts are skipped, and its counts after one of exactly k, and the
-    rounds after the first without top-p or once a draw is kept: branches around barriers that are the same in every thread (WGSL's
-    uniformity analysis cannot be told so: see the module's docstring)."""
+    rounds after the first without top-p or once a draw is kept: branches around barriers that are the same
+    in every thread (WGSL's uniformity analysis cannot be told so: see the module's docstring)."""
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     TH, E, R = T.int64(threads), T.int64(-(-n_vocab // threads)), T.int64(rounds)
     lowest, none = T.float32(F32_MIN), T.max_value("int32")
@@ -125,12 +126,12 @@ def make_sample_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, round
                 vi = T.axis.spatial(T.int64(31), it)
                 # (shared memory read into a register first: TVM's ThreadSync rejects it in an `if`)
                 count = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                count[0] = b_count[vi]
-                if count[0] == T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)):
+                count[0] = b_count[vi] - T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V))   # minus k
+                if count[0] == 0:
                     hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
                     lo[vt] = hi[vt]
                     found[0] = 1
-                elif count[0] > T.min(T.Cast("int32", sampling[1]), T.Cast("int32", V)):
+                elif count[0] > 0:
                     hi[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2
                 else:
                     lo[vt] = lo[vt] + (hi[vt] - lo[vt]) // 2 + 1

@@ -158,8 +158,8 @@ def measure(model: str, target: str, dtype: str, name: str, *, prompt_len: int =
 
 def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_tokens: int, repeats: int) -> None:
     """The request's errors before anything is compiled: DTypeError, TargetError for a target with no device
-    here, RuleError for a list no target takes
-    (naming the rule), BenchError for a prompt that leaves no room to decode (where the context is known: peek_config)."""
+    here, RuleError for a list no target takes (naming the rule), BenchError for a prompt that leaves no room
+    to decode (where the context is known: peek_config)."""
     from tinygpt2 import bench as B
     from tinygpt2.kernels._dtypes import check_dtype
     from tinygpt2.weights import peek_config

@@ -83,9 +83,9 @@ def cmd_generate(args) -> int:
                       cache=not args.no_cache)
     if args.target == "webgpu":
         print(f"WebGPU adapter: {m.executor.adapter_name}", file=sys.stderr, flush=True)
-    prompt_ids(m.tokenizer, prompt, m.config.n_positions)         # too long: the error, not the prompt echoed
+    ids = prompt_ids(m.tokenizer, prompt, m.config.n_positions)   # too long: the error, not the prompt echoed
     print(prompt, end="", flush=True)
-    out = m.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+    out = m.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop=args.stop, sample_on=args.sample_on,
                      stream=lambda piece: print(piece, end="", flush=True))
     print(flush=True)

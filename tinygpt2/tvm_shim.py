@@ -98,16 +98,16 @@ def int64(v: int):
     return T.int64(v)
 
 
-def _cores_here() -> int | None:
-    """Physical cores among the CPUs this process may run on (Linux sysfs), or None where that is unknown."""
+def _cores_here(cpus) -> int | None:
+    """Physical cores among `cpus` (Linux sysfs), or None where that is unknown."""
     try:
         cores = set()
-        for cpu in os.sched_getaffinity(0):
+        for cpu in cpus:
             topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
             with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
                 cores.add((package.read().strip(), core.read().strip()))
         return len(cores) or None
-    except (OSError, AttributeError):
+    except OSError:
         return None
 
 
@@ -122,13 +122,13 @@ def cpu_device():
     global _cpu_pool_sized
     if not _cpu_pool_sized:
         _cpu_pool_sized = True
-        cores = _cores_here()
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []   # Linux only
+        cores = _cores_here(cpus)
         if cores and not (os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
             # -3: TVM's kSpecifyThreadShareAllCore, `cores` threads free to run on any of the allowed CPUs. It
             # must come before the calling thread's pool exists (its first parallel launch, or NumThreads()):
             # a pool never grows past the workers it was created with (nor does kBig, 1, lift the halving)
-            cpus = [str(c) for c in sorted(os.sched_getaffinity(0))]
-            tvm.get_global_func("runtime.config_threadpool")(-3, cores, cpus)
+            tvm.get_global_func("runtime.config_threadpool")(-3, cores, [str(c) for c in cpus])
     return tvm.cpu(0)
 
 
