@@ -5,18 +5,11 @@ Activations and weights are `dtype` (float32 or float16). Whatever `dtype` is, s
 an 11-bit mantissa, and a 768-term dot product accumulated in it loses about two decimal digits.
 """
 
-from tinygpt2.errors import DTypeError
+from tinygpt2.dtypes import check_dtype  # noqa: F401 (the kernels import it from here)
 from tinygpt2.tvm_shim import T, tirx
 
-SUPPORTED = ("float32", "float16")
 ACC = "float32"                           # accumulator dtype of every reduction
 F32_MIN = -3.4028234663852886e38          # exact float32 lowest value: the identity of max()
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype not in SUPPORTED:
-        raise DTypeError(f"unsupported dtype {dtype!r}: choose one of {', '.join(SUPPORTED)}")
-    return dtype
 
 
 def seq_len_var(seq_len):

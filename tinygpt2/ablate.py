@@ -161,7 +161,7 @@ def check(model: str, targets, dtype: str, rule_lists, prompt_len: int, decode_t
     here, RuleError for a list no target takes (naming the rule), BenchError for a prompt that leaves no room
     to decode (where the context is known: peek_config)."""
     from tinygpt2 import bench as B
-    from tinygpt2.kernels._dtypes import check_dtype
+    from tinygpt2.dtypes import check_dtype
     from tinygpt2.weights import peek_config
 
     check_dtype(dtype)                                   # DTypeError

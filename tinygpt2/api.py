@@ -8,7 +8,7 @@ import numpy as np
 
 from tinygpt2 import targets as TG
 from tinygpt2.compile import Compiled, compile
-from tinygpt2.errors import DTypeError
+from tinygpt2.dtypes import check_dtype
 from tinygpt2.tokenizer import Tokenizer
 from tinygpt2.weights import Checkpoint, fold_layernorms, load_checkpoint, param_names
 
@@ -57,8 +57,7 @@ def make_executor(compiled: Compiled, ckpt: Checkpoint):
 def load(model: str = "gpt2", target: str = "llvm", dtype: str = "float32", rules="default", *,
          arch: str | None = None, cache: bool = True, progress: bool = True) -> Model:
     """Load weights (Hub id, local directory, bundled name or random:<size>), compile, ready to run."""
-    if dtype not in ("float32", "float16"):
-        raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
+    check_dtype(dtype)
     TG.make_target(target, arch)                           # unknown target: fail before loading weights
     TG.require_device(target, dtype)                       # no device to run on: fail before compiling
     spec = str(BUNDLED[model]) if model in BUNDLED else model

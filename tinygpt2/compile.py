@@ -29,7 +29,8 @@ from pathlib import Path
 from tinygpt2 import rules as R
 from tinygpt2 import targets as TG
 from tinygpt2.config import GPT2Config
-from tinygpt2.errors import CacheError, CompileError, DTypeError, RuleError
+from tinygpt2.dtypes import check_dtype
+from tinygpt2.errors import CacheError, CompileError, RuleError
 from tinygpt2.model import build_module
 from tinygpt2.tvm_shim import (TVM_FFI_VERSION, TVM_VERSION, is_scheduled, kernel_launches, lower_host, pdl_tir_pipeline,
                                 register_nvcc, relax, tirx, tvm)
@@ -164,8 +165,7 @@ def hand_kernels(target: str, rule_list, tgt=None) -> dict:
 def build_scheduled(cfg: GPT2Config, target: str = "llvm", dtype: str = "float32", rules="default", *,
                     arch: str | None = None, dump_dir: Path | None = None) -> tuple[Scheduled, "tvm.target.Target", list]:
     """Phases build + schedule (no codegen): what `explain` and the WebGPU path start from."""
-    if dtype not in ("float32", "float16"):
-        raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
+    check_dtype(dtype)
     tgt = TG.make_target(target, arch)
     rule_list = R.resolve(rules, TG.kind(target))
     mod = build_module(cfg, dtype, **hand_kernels(target, rule_list, tgt))

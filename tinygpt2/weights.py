@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from tinygpt2.config import PRESETS, GPT2Config
-from tinygpt2.errors import CheckpointError, DTypeError, OfflineError, TinyGPT2Error
+from tinygpt2.dtypes import check_dtype
+from tinygpt2.errors import CheckpointError, OfflineError, TinyGPT2Error
 
-DTYPES = ("float32", "float16")
 HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "vocab.json", "merges.txt",
                 "tokenizer.json"]
 _LAYER = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
@@ -130,8 +130,7 @@ def fold_layernorms(config: GPT2Config, params: dict[str, np.ndarray]) -> dict[s
 
 def load_checkpoint(spec: str, dtype: str = "float32", progress: bool = True) -> Checkpoint:
     """Load `spec` (local dir, `random:<preset>` or Hub id) as arrays of `dtype` in our layout."""
-    if dtype not in DTYPES:
-        raise DTypeError(f"unsupported dtype {dtype!r}: choose float32 or float16")
+    check_dtype(dtype)
     spec = str(spec)
     if spec.startswith("random:"):
         return _random_checkpoint(spec[len("random:"):], dtype)
