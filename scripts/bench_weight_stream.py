@@ -1,6 +1,6 @@
 """On the GPU machine: how fast can one kernel per weight matrix stream gpt2-xl's decode weights at all?
 
-    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--mlp-only | --timeline | --layers [--variants=9,10]]
+    PYTHONPATH=. python3 scripts/bench_weight_stream.py [--out=DIR] [--reads | --mlp-only | --timeline | --layers [--variants=9,10]]
     bash scripts/gpu_session.sh weight-stream                           (the same, after the device install)
 
 Decode at batch 1 reads every weight once per token, so its time is bounded below by bytes / bandwidth
@@ -32,7 +32,7 @@ ways around its per-kernel cost buy -- the evidence behind issue 6's "what would
      who fences, L2 prefetch ahead of the ring) and a timeline of its barrier.
   4. the ring alone, no arithmetic: how fast one (or two) blocks an SM stream a buffer through a ring of
      shared-memory chunks filled by TMA, against read_sum's registers.
-     (--mlp-only runs sections 3 and 4 alone.)
+     (--reads runs sections 1 and 2 alone, --mlp-only sections 3 and 4.)
   5. (--timeline, alone) where the streaming kernel's time goes: thread 0 of each block writes when each chunk
      arrived and when the block was done with it, from the bare ring to the whole kernel one step at a time.
 
@@ -854,6 +854,7 @@ def graph_us(launch, replays: int = 20) -> float:
 def main():
     out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
+    reads_only = "--reads" in sys.argv[1:]                            # sections 1 and 2 alone
     timeline_only = "--timeline" in sys.argv[1:]                      # section 5 alone
     layers_only = "--layers" in sys.argv[1:]                          # section 3's one-launch rows and its baseline
     which = next(({int(v) for v in a.split("=", 1)[1].split(",")} for a in sys.argv[1:] if a.startswith("--variants=")),
@@ -872,8 +873,9 @@ def main():
     else:
         if not mlp_only:
             read_sections(ext, cfg, lines)      # 1 and 2
-        mlp_section(ext, cfg, lines)            # 3
-        ring_section(ext, cfg, lines)           # 4
+        if not reads_only:
+            mlp_section(ext, cfg, lines)        # 3
+            ring_section(ext, cfg, lines)       # 4
     report(lines, out_dir, "bench_weight_stream.md")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh verify|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
+#   bash scripts/gpu_session.sh verify|table|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
 #                               bench-xl-tuned|bench-fused|bench-mm|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
@@ -25,6 +25,15 @@ case "$1" in
                 --prompt "ROMEO:" --max-new-tokens 48 && timeout 60 python3 "$OLDPWD/examples/generate.py" --model shakespeare \
                 --target cuda --dtype float16 --prompt "ROMEO:" --max-new-tokens 48 --temperature 0.8 --seed 1) \
                 2>&1 | tee "$OUT/generate.txt" || true ;;
+  # the issue's headline run: both aims' models beside both HF peers in one process (the closing note's table)
+  table)      (cd /tmp && timeout ${T:-500} python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
+                --dtypes float16 --rules fused --peers hf-eager,hf-compiled --repeats 3 --out "$OUT/bench-table") || true ;;
+  # where decode's and a 1024-token prefill's time goes, per kernel (no peers), then the one-kernel-per-matrix
+  # ceiling of this GPU (scripts/bench_weight_stream.py's first two sections)
+  profile)    (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
+                --dtypes float16 --rules fused --peers none --prompt-lens 1024 --decode-tokens 64 --repeats 3 --profile \
+                --profile-prefill-len 1024 --out "$OUT/bench-profile") || true
+              timeout 200 python3 scripts/bench_weight_stream.py --reads --out="$OUT" || true ;;
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
   check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
   check-fused) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused | tee "$OUT/gpu_check_fused.md" ;;
