@@ -28,12 +28,15 @@ case "$1" in
   # the issue's headline run: both aims' models beside both HF peers in one process (the closing note's table)
   table)      (cd /tmp && timeout ${T:-500} python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
                 --dtypes float16 --rules fused --peers hf-eager,hf-compiled --repeats 3 --out "$OUT/bench-table") || true ;;
-  # where decode's and a 1024-token prefill's time goes, per kernel (no peers), then the one-kernel-per-matrix
-  # ceiling of this GPU (scripts/bench_weight_stream.py's first two sections)
-  profile)    (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
+  # where gpt2-xl's decode and 1024-token prefill spend their time, per kernel: the bench's profile, then decode's
+  # kernels as they run in the CUDA graph (CUPTI), then this GPU's one-kernel-per-matrix ceiling
+  # (scripts/bench_weight_stream.py's first two sections)
+  profile)    (cd /tmp && timeout 150 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl \
                 --dtypes float16 --rules fused --peers none --prompt-lens 1024 --decode-tokens 64 --repeats 3 --profile \
                 --profile-prefill-len 1024 --out "$OUT/bench-profile") || true
-              timeout 200 python3 scripts/bench_weight_stream.py --reads --out="$OUT" || true ;;
+              timeout 100 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace" \
+                | tee "$OUT/trace.md" || true
+              timeout 150 python3 scripts/bench_weight_stream.py --reads --out="$OUT" || true ;;
   check)      python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 | tee "$OUT/gpu_check.md" ;;
   check-tuned) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules tuned | tee "$OUT/gpu_check_tuned.md" ;;
   check-fused) python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused | tee "$OUT/gpu_check_fused.md" ;;
