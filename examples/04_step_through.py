@@ -26,7 +26,9 @@ from tinygpt2.reference import Reference
 from tinygpt2.runtime.step import compare, step_through
 
 target = sys.argv[sys.argv.index("--target") + 1] if "--target" in sys.argv else "llvm"
-model = tinygpt2.load("shakespeare", target=target)
+# DLight's own list: the plain graph of 10 launches a layer on every target (load's default, `auto`, takes
+# `fused` on WebGPU, which folds the layernorms into the linears and fuses the attention: fewer launches)
+model = tinygpt2.load("shakespeare", target=target, rules="default")
 ids = model.tokenizer.encode("ROMEO:\nBut soft, what light")
 
 ref = Reference.of(model).prefill(ids)           # numpy: every intermediate, by launch name

@@ -94,6 +94,13 @@ def test_sampling_on_the_device_of_a_cpu_target():
                           "--sample-on device", "GPU")
 
 
+def test_commands_that_run_the_model_take_auto_and_explain_takes_default():
+    from tinygpt2.cli import _parser
+    for command in ("generate", "step", "bench"):
+        assert _parser().parse_args([command]).rules == "auto", command
+    assert _parser().parse_args(["explain"]).rules == "default"
+
+
 def test_unknown_rule(tiny_checkpoint):
     assert_one_line_error(tinygpt2("generate", "--model", str(tiny_checkpoint), "--rules", "gemv,magic"), "magic")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tinygpt2
+from tinygpt2 import rules as R
 
 PROMPT = "The quick brown fox jumps over the lazy dog. It"
 
@@ -122,6 +123,12 @@ def test_float16_within_2e_2(tiny_checkpoint, hf):
     assert rel_err(m.prefill(ids), want[len(ids) - 1]) < 2e-2
     for step, token in enumerate([11, 12, 13]):
         assert rel_err(m.decode(token), want[len(ids) + step]) < 2e-2
+
+
+def test_load_takes_the_fastest_list_measured_unless_told(tiny):
+    """No rules given: the preset `auto`, on the CPU our `tuned` list (rules.AUTO), not DLight's `default`."""
+    assert tiny.compiled.rules == R.describe(R.resolve("tuned", "cpu")) == R.describe(R.resolve("auto", "cpu"))
+    assert R.describe(R.resolve("auto", "gpu")) == R.describe(R.resolve("fused", "gpu"))
 
 
 def test_second_load_comes_from_the_cache_and_a_corrupt_entry_is_rebuilt(tiny_checkpoint, tiny):

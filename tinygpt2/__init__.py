@@ -2,7 +2,7 @@
 runtime, compiled per target with a pluggable DLight rule list.
 
     import tinygpt2
-    m = tinygpt2.load("gpt2", target="llvm", dtype="float32", rules="default")
+    m = tinygpt2.load("gpt2", target="llvm", dtype="float32", rules="auto")   # auto: tuned on llvm, fused on a GPU
     print(m.generate("Hello", max_new_tokens=20).text)
 """
 

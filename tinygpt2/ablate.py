@@ -39,13 +39,14 @@ REQUEST_ERRORS = (CheckpointError, ConfigError, DTypeError, TargetError, BenchEr
 
 
 def default_lists(target: str) -> list[str]:
-    """Every preset for the target's kind, in reading order: none, each rule alone, default, leave-one-out."""
+    """Every preset for the target's kind, in reading order: none, each rule alone, default, leave-one-out;
+    not `auto`, which is another preset's list under a second name."""
     presets = R.presets(target_kind(target))
     table = R.CPU_RULES if target_kind(target) == "cpu" else R.GPU_RULES
     singles = [name for name in table if name in presets]
     minus = [name for name in presets if name.startswith("default-minus-")]
     order = ["none", *singles, "default", *minus]
-    return order + [name for name in presets if name not in order]
+    return order + [name for name in presets if name not in order and name != "auto"]
 
 
 def rules_of(name: str, target: str) -> list[str]:

@@ -63,7 +63,7 @@ def check_workload(n_positions: int | None, prompt_lens, decode_prompt: int, dec
                          f"({n_positions} positions)")
 
 
-def bench_ours(model: str, target: str, dtype: str, rules="default", prompt_lens=(128, 512, 1024),
+def bench_ours(model: str, target: str, dtype: str, rules="auto", prompt_lens=(128, 512, 1024),
                decode_prompt: int = 128, decode_tokens: int = 256, repeats: int = 5, log=None) -> tuple[Row, object]:
     """Prefill tok/s at each prompt length that fits the context (the others are left out of the row),
     time to first token and decode tok/s over up to `decode_tokens` tokens after a `decode_prompt`-token

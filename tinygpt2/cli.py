@@ -17,9 +17,11 @@ SUBCOMMANDS = [name for name in ("step", "explain", "bench", "ablate")
                if (Path(__file__).parent / "commands" / f"{name}.py").exists()]
 
 
-def _model_args(p: argparse.ArgumentParser, *, model: str | None = "gpt2", dtype: str | None = "float32"):
+def _model_args(p: argparse.ArgumentParser, *, model: str | None = "gpt2", dtype: str | None = "float32",
+                rules: str = "auto"):
     """The model/target flags every command shares. bench passes model=None, dtype=None: there --model and
-    --dtype are one-item forms of its --models and --dtypes, whose defaults apply."""
+    --dtype are one-item forms of its --models and --dtypes, whose defaults apply. explain passes
+    rules="default": it studies DLight's own list; the commands that run the model take the fastest."""
     after = " (default: see --models)" if model is None else f" (default: {model})"
     p.add_argument("--model", default=model,
                    help="Hub id (gpt2, gpt2-medium, ..., owner/name), a local checkpoint directory, "
@@ -28,9 +30,11 @@ def _model_args(p: argparse.ArgumentParser, *, model: str | None = "gpt2", dtype
                    help="llvm (CPU), cuda, webgpu; rocm and metal build code only (tinygpt2 explain) (default: llvm)")
     p.add_argument("--dtype", default=dtype,
                    help="float32 or float16" + (" (default: see --dtypes)" if dtype is None else f" (default: {dtype})"))
-    p.add_argument("--rules", default="default",
-                   help="DLight rule list: a preset (default, none, gemv, ...), names 'gemv,reduction,fallback' "
-                        "or module:attr (default: default)")
+    why = ("the fastest list measured: tuned on llvm, fused on a GPU" if rules == "auto" else
+           "DLight's own list" if rules == "default" else "")
+    p.add_argument("--rules", default=rules,
+                   help="DLight rule list: a preset (auto, default, tuned, fused, none, gemv, ...), names "
+                        f"'gemv,reduction,fallback' or module:attr (default: {rules}{' = ' + why if why else ''})")
     p.add_argument("--arch", default=None, help="for a target with no device here to ask: a CUDA arch (e.g. sm_90a), "
                                                 "or on llvm an LLVM CPU name (e.g. znver4)")
     p.add_argument("--no-cache", action="store_true", help="compile afresh, do not read or write the cache")

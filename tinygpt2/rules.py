@@ -473,6 +473,14 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
              "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
+# What runs when no list is asked for (generate, step, bench, tinygpt2.load): the fastest list measured per
+# target kind. On the CPU `tuned`: random:gpt2 fp32 decode 5 -> 38 tok/s (docs/rules.md), and DLight's CPU GEMV
+# makes `default` slow to build as well (each of its 128-lane gathers unrolled 192-256 times: shakespeare's
+# three decode linears with an epilogue take 14-51 s each in LLVM, 86 s a compile against 0.8 s for `tuned`,
+# 2-core machine, 2026-12-05). On a GPU `fused` (gpt2-xl fp16 decode 490 -> 714 tok/s on an H200; on WebGPU
+# measured only on llvmpipe, where it was no slower). `default` stays DLight's own list, which `explain` and
+# `ablate` start from.
+AUTO = {"cpu": "tuned", "gpu": "fused"}
 
 
 def presets(target_kind: str) -> dict[str, list[str]]:
@@ -482,6 +490,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 (spatial loops fused and bound to blocks/threads, reductions left serial);
                 CPU: no rule (plain loops, compiled as they are written).
     default  -- what TVM applies by default.
+    auto     -- the fastest list measured for the kind (AUTO above): tuned on the CPU, fused on a GPU.
+                What generate, step, bench and tinygpt2.load use unless told otherwise.
     tuned    -- GPU, for prefill: default with tinygpt2's flash-prefill (attention as one kernel,
                 the scores never in memory, WMMA on CUDA in fp16), tensor-core-matmul-async
                 (WMMA with larger warp tiles and cp.async, sm_80+) and tensor-core-matmul before it
@@ -503,10 +513,12 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     """
     if target_kind == "cpu":
         out = {"none": [], "default": list(CPU_DEFAULT), "tuned": list(CPU_TUNED)}
+        out["auto"] = list(out[AUTO["cpu"]])
         out.update({name: [name] for name in CPU_RULES})
         out.update({f"default-minus-{name}": [r for r in CPU_DEFAULT if r != name] for name in CPU_DEFAULT})
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
+    out["auto"] = list(out[AUTO["gpu"]])
     # each rule alone; not the PDL entries, which only change how fused-decode's kernels launch
     out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback" and name not in PDL_RULES})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT

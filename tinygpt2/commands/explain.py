@@ -21,7 +21,7 @@ def register(sub, add_model_args):
                                    "shared memory per block, vector width, unrolling; optionally its TVMScript "
                                    "before/after scheduling and its generated code, or a diff against another "
                                    "rule list. Targets: llvm, cuda, webgpu, rocm, metal (no GPU needed).")
-    add_model_args(p)
+    add_model_args(p, rules="default")
     for action in p._actions:               # explain also generates code for the targets that cannot run here
         if "--target" in action.option_strings:
             action.help = "llvm (CPU), cuda, webgpu, rocm, metal (default: llvm)"
