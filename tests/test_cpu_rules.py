@@ -39,10 +39,13 @@ def _decode_cache(pos, seed=0):
 
 @pytest.mark.parametrize("seq_len, n", [(1, 1), (None, 1), (None, 7), (None, 33)])
 def test_dot_products_linear_matches_numpy(seq_len, n):
-    """x @ W.T + b with W [out, in]: each output a dot product along a row, 16 lanes of k a vector."""
+    """x @ W.T + b with W [out, in]: each output a dot product along a row, 16 lanes of k a vector; for prefill's
+    symbolic n, the column tiles outside the rows."""
     sch = _scheduled(DotProducts(), K.make_linear(64, 40, "float32", seq_len=seq_len))
     assert sch is not None
     assert "T.vectorized(T.int64(16))" in sch.mod.script() and "T.parallel" in sch.mod.script()
+    if seq_len is None:                  # the parallel loop is the column tiles' (40 = 5 tiles of 8), rows inside
+        assert "T.parallel(T.int64(5))" in sch.mod.script()
     rng = np.random.default_rng(n)
     x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((n, 64), (40, 64), (40,)))
     np.testing.assert_allclose(_run(sch, (x, w, b), (n, 40)), K.linear_ref(x, w, b), rtol=1e-5, atol=1e-5)
