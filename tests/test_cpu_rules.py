@@ -72,6 +72,18 @@ def test_row_reduction_leaves_a_one_row_layernorm_to_plain_loops():
     assert sch is not None and "T.parallel" in sch.mod.script()
 
 
+@pytest.mark.parametrize("n, m", [(1, 1), (5, 9), (7, 32)])
+def test_dot_products_prefill_scores_match_numpy(n, m):
+    """scores[h, i, j] = q[i, h] . k[h, j] for the first m rows of the cache: (head, query) the parallel loop,
+    the keys a loop inside it (both symbolic)."""
+    sch = _scheduled(DotProducts(), K.make_attn_scores(H, D, P, "float32"))
+    assert sch is not None and "T.parallel" in sch.mod.script()
+    rng = np.random.default_rng(m)
+    qkv, k_cache = rng.standard_normal((n, 3 * H * D)).astype(np.float32), rng.standard_normal((H, P, D)).astype(np.float32)
+    np.testing.assert_allclose(_run(sch, (qkv, k_cache), (H, n, m)), K.attn_scores_ref(qkv, k_cache, m),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_dot_products_decode_scores_over_the_cache_up_to_pos():
     """scores[h, 0, j] = q[h] . k[h, j] for j <= pos, 0 beyond (the rows there hold NaN)."""
     sch = _scheduled(DotProducts(), K.make_attn_scores_decode(H, D, P, "float32"))
