@@ -341,7 +341,6 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         sch.decompose_reduction(part, ko)
         return sch
 
-
     @staticmethod
     def _keys_inside(sch, block, part, rows, keys, ko, ki):
         """Prefill's q . k (attn_scores): rows (head, query) and keys j both symbolic, so both tiles would be 1 wide,
