@@ -521,7 +521,7 @@ GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "ten
 # target kind. On the CPU `tuned`: random:gpt2 fp32 decode 5 -> 38 tok/s (docs/rules.md), and DLight's CPU GEMV
 # makes `default` slow to build as well (each of its 128-lane gathers unrolled 192-256 times: shakespeare's
 # three decode linears with an epilogue take 14-51 s each in LLVM, 86 s a compile against 0.8 s for `tuned`,
-# 2-core machine, 2026-12-05). On a GPU `fused`: in one H200 run gpt2 fp16 decoded at 2914 tok/s with `default`
+# 2-core machine, 2026-12-05). On a GPU `fused`: back to back on one H200, gpt2 fp16 decoded at 2914 tok/s with `default`
 # and 4079 with it (docs/results/cuda_gpt2_h200_default_vs_fused_rerun.md), and it has gained since; on WebGPU
 # measured only on llvmpipe, where it was no slower. `default` stays DLight's own list, which `explain` and
 # `ablate` start from.
