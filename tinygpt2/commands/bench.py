@@ -62,12 +62,13 @@ def _whole_numbers(flag: str, text: str) -> tuple[int, ...]:
 
 def run(args) -> int:
     from tinygpt2 import bench as B
+    from tinygpt2.dtypes import DTYPES
     from tinygpt2.errors import BenchError, DTypeError
 
     gpu = args.target != "llvm"
     models = _items(args.model or args.models or (ALL_MODELS if gpu else "random:gpt2"))
     dtypes = _items(args.dtype or args.dtypes or ("float16,float32" if gpu else "float32"))
-    bad = [d for d in dtypes if d not in B.ITEMSIZE]
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise DTypeError(f"--dtypes: unsupported {', '.join(bad) or '(none)'}: choose float32, float16 or both")
     lens = _whole_numbers("--prompt-lens", args.prompt_lens)
