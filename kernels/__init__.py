@@ -6,7 +6,7 @@ The exceptions are GPU decode's fused kernels, written already scheduled (thread
 memory) because no rule matches them: attention.make_decode_attention and ln_linear's
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
 entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
-_pdl.py), and prefill's attention.make_causal_softmax_gpu (`hand-softmax`) and
+_pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
 flash_attention.make_flash_attention (`flash-prefill`); and sample.make_sample_advance_gpu, decode's
 sampler on any GPU (no rule matches a sampler either).
 Installed as `tinygpt2.kernels`.
@@ -15,7 +15,7 @@ Installed as `tinygpt2.kernels`.
 from .argmax import advance_ref, argmax_ref, make_advance, make_argmax, make_argmax_advance_gpu
 from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_softmax_ref, decode_attention_ref,
                         decode_attention_parts,
-                        make_attn_scores, make_causal_softmax_gpu, make_decode_attention,
+                        make_attn_scores, make_causal_softmax_cpu, make_causal_softmax_gpu, make_decode_attention,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
 from .embedding import embedding_ref, make_embedding, make_embedding_decode

@@ -24,6 +24,7 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
+from ._cpu_math import exp_poly
 from ._dtypes import seq_len_var, ACC, F32_MIN, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .kv_cache import kv_append_ref
@@ -185,6 +186,92 @@ def make_causal_softmax_gpu(n_head: int, head_dim: int, n_ctx: int, dtype: str =
                         vj = T.axis.spatial(P, jo * NT + tx)
                         if vj < m:
                             probs[vh, vi, vj] = T.Cast(dtype, e[vh, vi, vj] / row_sum[vh, vi])
+
+    return causal_softmax
+
+
+# --- prefill on the CPU: the causal softmax, hand-scheduled ---------------------------------------------
+#
+# DLight's CPU Reduction (rules `reduction`, `row-reduction`) schedules causal_softmax above as one
+# parallel task per row with its keys in 16-wide steps and a bounds test (j < m, m symbolic) in each
+# step; TVM's vectorizer turns a loop with such a test back into scalar code, and LLVM turns T.exp
+# into a libm expf call per score, twice a score: gpt2's [12, 512, 512] took ~15 ms a layer on the
+# 2-core Xeon. This one splits each row's kept keys into whole vectors and a scalar rest, and
+# computes exp as arithmetic (_cpu_math.exp_poly): ~3 ms. The model uses it when the CPU rule list
+# has `hand-softmax` (rules.HandSoftmax, in `tuned`).
+
+
+def make_causal_softmax_cpu(n_head: int, head_dim: int, dtype: str = "float32", seq_len: int | None = None,
+                            lanes: int = 16):
+    """causal_softmax (same math, same signature) written already scheduled for the CPU:
+
+        probs[h, i, j] = exp(s - max_j s) / sum_j exp(s - max_j s),  s = scores[h, i, j] / sqrt(D),
+                         for j < kept = m - n + i + 1; 0 past it     scores [H, n, m] f32 -> probs [H, n, m] dtype
+
+    One parallel task per row (h, i); its kept keys as kept // lanes whole vectors of `lanes` floats
+    (vectorized, no bounds test) and the kept % lanes left over (scalar). Keys past `kept` are never read.
+      row_max    `lanes` running maxima, then the max across them and the rest;
+      row_sum    `lanes` running sums of exp((s - max) / sqrt(D)), then across them and the rest;
+      normalize  probs = exp((s - max) / sqrt(D)) / sum, rounded to dtype; zeros from kept to m.
+    (s - max) / sqrt(D) is the reference's s / sqrt(D) - max_j(s / sqrt(D)), since 1 / sqrt(D) > 0.
+    exp is computed twice a kept score (row_sum, normalize), as in causal_softmax, rather than stored in a
+    scratch row: exp_poly is arithmetic that vectorizes (a variant that stores it has not been measured).
+    """
+    check_dtype(dtype)
+    H, L = T.int64(n_head), T.int64(lanes)
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+
+    n = seq_len_var(seq_len)
+
+    @T.prim_func(s_tir=True)
+    def causal_softmax(s_h: T.handle, p_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()                                     # sequence length after the new tokens
+        scores = T.match_buffer(s_h, (H, n, m), ACC)       # [H, n, m]
+        probs = T.match_buffer(p_h, (H, n, m), dtype)      # [H, n, m]
+        for row in T.parallel(H * n):
+            with T.sblock("row"):
+                vr = T.axis.spatial(H * n, row)
+                T.reads(scores[vr // n, vr % n, 0:m])
+                T.writes(probs[vr // n, vr % n, 0:m])
+                lane = T.sblock_alloc_buffer((L,), ACC)        # [lanes] running max, then running sum
+                stat = T.sblock_alloc_buffer((2,), ACC)        # the row's max of s, its sum of exp
+                h = vr // n
+                i = vr % n
+                kept = m - n + i + T.int64(1)                  # keys j < kept are attended to
+                whole = kept // L * L                          # the keys in whole vectors
+                # row_max
+                for j in T.vectorized(L):
+                    lane[j] = lowest
+                for jo in range(kept // L):
+                    for j in T.vectorized(L):
+                        lane[j] = T.max(lane[j], scores[h, i, jo * L + j])
+                stat[0] = lowest
+                for j in range(L):
+                    stat[0] = T.max(stat[0], lane[j])
+                for j in range(kept - whole):
+                    stat[0] = T.max(stat[0], scores[h, i, whole + j])
+                # row_sum
+                for j in T.vectorized(L):
+                    lane[j] = T.float32(0)
+                for jo in range(kept // L):
+                    for j in T.vectorized(L):
+                        lane[j] = lane[j] + exp_poly((scores[h, i, jo * L + j] - stat[0]) * scale)
+                stat[1] = T.float32(0)
+                for j in range(L):
+                    stat[1] = stat[1] + lane[j]
+                for j in range(kept - whole):
+                    stat[1] = stat[1] + exp_poly((scores[h, i, whole + j] - stat[0]) * scale)
+                # normalize
+                for jo in range(kept // L):
+                    for j in T.vectorized(L):
+                        probs[h, i, jo * L + j] = T.Cast(
+                            dtype, exp_poly((scores[h, i, jo * L + j] - stat[0]) * scale) / stat[1])
+                for j in range(kept - whole):
+                    probs[h, i, whole + j] = T.Cast(dtype, exp_poly((scores[h, i, whole + j] - stat[0]) * scale) / stat[1])
+                for j in range(m - kept):
+                    probs[h, i, kept + j] = T.Cast(dtype, T.float32(0))
 
     return causal_softmax
 

@@ -65,7 +65,7 @@ def make_linear(in_features: int, out_features: int, dtype: str = "float32", seq
 def make_linear_gelu(in_features: int, out_features: int, dtype: str = "float32", seq_len: int | None = None,
                      rational_tanh: bool = False):
     """c_fc followed by GELU:  y = gelu(x @ W.T + b)        x [n, K], W [N, K], b [N] -> y [n, N]
-    rational_tanh: GELU's tanh as gelu.tanh_rational (the CPU build: it vectorizes, T.tanh does not there)."""
+    rational_tanh: GELU's tanh as _cpu_math.tanh_rational (the CPU build: it vectorizes, T.tanh does not there)."""
     check_dtype(dtype)
     K, N = T.int64(in_features), T.int64(out_features)
 

@@ -49,7 +49,8 @@ def test_default_lists_order():
         "tensor-core-matmul", "tensor-core-matmul-async", "fused-decode", "hand-softmax", "flash-prefill", "default", "default-minus-matmul",
         "default-minus-gemv", "default-minus-reduction",
         "default-minus-general-reduction", "tuned", "fused"]
-    assert A.default_lists("llvm") == ["none", "dot-products", "weighted-rows", "gemv", "reduction", "row-reduction", "default",
+    assert A.default_lists("llvm") == ["none", "dot-products", "weighted-rows", "gemv", "reduction", "row-reduction",
+                                       "hand-softmax", "default",
                                        "default-minus-gemv", "default-minus-reduction", "tuned"]
     assert sorted(A.default_lists("cuda")) == sorted(set(presets("gpu")) - {"auto"})   # auto: fused again
     assert A.rules_of("gemv", "webgpu") == ["gemv", "fallback"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinygpt2 import kernels as K
-from tinygpt2.tvm_shim import tvm, to_tensor
+from tinygpt2.tvm_shim import T, tvm, to_tensor
 
 V, P, C, H = 300, 96, 48, 4           # vocab, context, width, heads: small but not toy-symmetric
 D = C // H
@@ -302,6 +302,42 @@ def test_causal_softmax_gpu_on_webgpu(rng, n_head, n, m, n_ctx, dtype):
     _, probs = run_kernel(func, [scores, np.full((n_head, n, m), np.nan, dtype)], dtype)
     np.testing.assert_allclose(probs, want, **TOL[dtype])
     assert (probs[:, masked] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_head,n,m", [(H, 1, 1), (H, 7, 7), (3, 7, 37), (2, 5, 300), (1, 40, 40)])
+def test_causal_softmax_cpu(rng, n_head, n, m, dtype):
+    """Prefill's hand-scheduled CPU softmax (`hand-softmax` in a CPU list): rows whose kept keys are fewer
+    than, a multiple of and not a multiple of its 16 lanes; the numpy reference, zeros past the mask, and
+    the masked scores never read (NaN there stays out)."""
+    scores = rand(rng, n_head, n, m, scale=4.0)
+    want = K.causal_softmax_ref(scores, D, dtype)
+    masked = np.arange(m)[None, :] > (m - n + np.arange(n))[:, None]            # [n, m]
+    scores[:, masked] = np.nan
+    probs = call(build("make_causal_softmax_cpu", n_head, D, dtype), scores, np.full((n_head, n, m), np.nan, dtype))[-1]
+    np.testing.assert_allclose(probs, want, **({"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else TOL[dtype]))
+    assert (probs[:, masked] == 0).all()
+
+
+def test_exp_poly_is_exp_over_float32s_range():
+    """The CPU softmax's exp (kernels/_cpu_math.py: Cephes' polynomial, 2^k from the exponent bits) against
+    numpy's exp in float64, densely from -87 to 88 (float32's normal range) and clamped past it; and its
+    kernel calls no exp, which LLVM would make a libm call per score."""
+    from tinygpt2.kernels._cpu_math import exp_poly
+
+    @T.prim_func(s_tir=True)
+    def exp_kernel(x: T.Buffer((400_000,), "float32"), y: T.Buffer((400_000,), "float32")):
+        for i in range(400_000):
+            with T.sblock("exp"):
+                vi = T.axis.spatial(400_000, i)
+                y[vi] = exp_poly(x[vi])
+
+    x = np.concatenate([np.linspace(-87, 88, 399_996, dtype=np.float32), np.float32([-1e4, -90, 90, 1e4])])
+    y = np.zeros_like(x)
+    tvm.compile(tvm.IRModule({"main": exp_kernel}), target="llvm")["main"](to_tensor(x, tvm.cpu()), out := to_tensor(y, tvm.cpu()))
+    exact = np.exp(np.clip(x.astype(np.float64), -87, 88))
+    np.testing.assert_allclose(out.numpy(), exact, rtol=2e-7, atol=0)
+    assert "T.exp(" in K.make_causal_softmax(H, D).script() and "T.exp(" not in K.make_causal_softmax_cpu(H, D).script()
 
 
 @pytest.mark.parametrize("opts", [{},                                         # the default: prefetch, K-steps of 32

@@ -134,8 +134,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                        gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
         else:
             attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
-            if "hand-softmax" in hand:  # hand-scheduled for a GPU: each score read once (make_causal_softmax_gpu)
+            if "hand-softmax" in hand and gpu:  # hand-scheduled for a GPU: each score read once
                 softmax = b.kernel("causal_softmax", K.make_causal_softmax_gpu, H, D, P, dtype)
+            elif "hand-softmax" in hand:        # ... for the CPU: whole vectors, exp as arithmetic
+                softmax = b.kernel("causal_softmax", K.make_causal_softmax_cpu, H, D, dtype)
             else:
                 softmax = b.kernel("causal_softmax", K.make_causal_softmax, H, D, dtype)
             attn_values = b.kernel("attn_values", K.make_attn_values, H, D, P, dtype)
@@ -191,7 +193,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED)], [n, F], dtype)
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
-                    # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/gelu.py)
+                    # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/_cpu_math.py)
                     h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype,
                                                          rational_tanh=gpu is None),
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
@@ -239,13 +241,15 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
     """The IRModule with `prefill` (symbolic n), `decode` (n = 1) and `decode_greedy`, kernels unscheduled.
 
     gpu: a GPU target's name ("cuda", "webgpu", ...) to build hand-scheduled GPU kernels for, or None
-    (the CPU); hand: which of them the rule list asks for (compile.hand_kernels), none by default:
+    (the CPU); hand: which hand-scheduled kernels the rule list asks for (compile.hand_kernels), none by
+    default (on the CPU only hand-softmax has one):
       "fused-decode": on a GPU a decode step is bound by launches and weight streaming; kernels that
         no rule schedules, `decode_attention` (kv_append + scores + softmax + values), `ln_linear_qkv` /
         `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it) and the MLP's c_proj +
         residual (kernels/ln_linear.py): 5 calls a layer, not 10; and decode_greedy's argmax + advance
         as one kernel (`argmax_advance`, kernels/argmax.py);
-      "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu);
+      "hand-softmax": prefill's causal softmax reading each kept score once (make_causal_softmax_gpu), or
+        on the CPU in whole vectors with exp as arithmetic (make_causal_softmax_cpu);
       "flash-prefill": prefill's attn_scores + causal_softmax + attn_values as one kernel that keeps the
         scores on chip and skips the key tiles past the diagonal (kernels/flash_attention.py), on tensor
         cores on CUDA in float16.
@@ -259,13 +263,14 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
     """
     # one BlockBuilder per sequence length, so that prefill and decode keep the plain variable names
     # (h0_qkv, ...) the step-through executor shows; decode and decode_greedy share their kernels (_n1)
+    cpu_hand = tuple(h for h in hand if h in R.CPU_RULES)      # GPU kernels are not built for the CPU
     mod = tvm.IRModule()
     decode = [("decode", None), ("decode_greedy", "greedy"), *([("decode_sample", "sample")] if gpu else [])]
     for seq_len, functions in ((None, [("prefill", None)]), (1, decode)):
         bb = relax.BlockBuilder()
         b = _Builder(bb, "" if seq_len is None else f"_n{seq_len}", seq_len)
         for name, pick in functions:
-            _gpt2_function(bb, b, name, cfg, dtype, seq_len, pick, gpu, tuple(hand) if gpu else ())
+            _gpt2_function(bb, b, name, cfg, dtype, seq_len, pick, gpu, cpu_hand if gpu is None else tuple(hand))
         for gv, func in bb.get().functions_items():
             mod[gv] = func
     return mod

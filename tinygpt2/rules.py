@@ -43,10 +43,13 @@ class FusedDecode(dl.ScheduleRule):
 
 
 class HandSoftmax(dl.ScheduleRule):
-    """Not a schedule: a request for prefill's hand-scheduled GPU causal softmax (kernels/attention.py,
-    make_causal_softmax_gpu): each score read once, only those the causal mask keeps, into shared
-    memory, where DLight's GeneralReduction reads the row from global memory three times. Like
-    `fused-decode`, it matches no kernel itself; without it the softmax is the rule list's to schedule.
+    """Not a schedule: a request for prefill's hand-scheduled causal softmax (kernels/attention.py).
+    On a GPU, make_causal_softmax_gpu: each score read once, only those the causal mask keeps, into
+    shared memory, where DLight's GeneralReduction reads the row from global memory three times. On the
+    CPU, make_causal_softmax_cpu: each row's kept keys in whole vectors and a scalar rest, exp as
+    arithmetic, where DLight's CPU Reduction leaves a bounds test in every vector step (which TVM then
+    runs as scalar code) and a libm call per exp. Like `fused-decode`, it matches no kernel itself;
+    without it the softmax is the rule list's to schedule.
     """
 
     def apply(self, func, target, tunable):
@@ -451,10 +454,13 @@ class RowReduction(dl.cpu.Reduction):
         return super().apply(func, target, tunable)
 
 
-def hand_kernels(rule_list) -> tuple[str, ...]:
-    """The hand-scheduled GPU kernels a rule list asks for (model.build_module's `hand`)."""
+def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
+    """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
+    of CPU_RULES (hand-softmax), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
+    if target_kind == "cpu":
+        return tuple(name for name in names if name in CPU_RULES)
     # the PDL entries are one rule in three modes (subclasses); should a list name several, the first
     # of PDL_RULES wins
     modes = {r.mode for r in rule_list if isinstance(r, PDLDecode)}
@@ -490,14 +496,16 @@ CPU_RULES = {
     "gemv": dl.cpu.GEMV,
     "reduction": dl.cpu.Reduction,
     "row-reduction": RowReduction,               # ours: DLight's Reduction, but not for one-row reductions (above)
+    "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax, CPU (above)
 }
 
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
-# ours, for the CPU: dot-products (DotProducts) first, for every kernel whose reduction runs along its operands'
+# ours, for the CPU: prefill's hand-scheduled softmax (HandSoftmax; gpt2's at 512 tokens ~15 -> ~3 ms a layer on
+# the 2-core machine), dot-products (DotProducts) for every kernel whose reduction runs along its operands'
 # rows (the linears, lm_head, q.k), DLight's rules for the rest
-CPU_TUNED = ["dot-products", "weighted-rows", "gemv", "row-reduction"]
+CPU_TUNED = ["hand-softmax", "dot-products", "weighted-rows", "gemv", "row-reduction"]
 # ours, for prefill: DLight's list with tensor-core-matmul-async and tensor-core-matmul first
 # (tinygpt2/tensor_core.py says what they change: the first, 8 warps of 64 x 32 a tile and cp.async, took
 # gpt2-xl's 1024-token prefill from 40.8k to 47.5k tok/s on an H200; the second takes what the first
@@ -545,9 +553,10 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
                 (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64,
                 the next K-step loaded into registers during this one).
-    tuned    -- CPU: tinygpt2's dot-products (linears, lm_head, q.k vectorised along their rows) and
-                weighted-rows (p.V, a row of V a vector) before DLight's GEMV, and row-reduction
-                (DLight's Reduction minus one-row reductions).
+    tuned    -- CPU: tinygpt2's hand-softmax (prefill's causal softmax hand-scheduled, whole vectors
+                and a scalar rest, exp as arithmetic), dot-products (linears, lm_head, q.k vectorised
+                along their rows) and weighted-rows (p.V, a row of V a vector) before DLight's GEMV, and
+                row-reduction (DLight's Reduction minus one-row reductions).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
