@@ -7,7 +7,7 @@ memory) because no rule matches them: attention.make_decode_attention and ln_lin
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
 entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
 _pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
-flash_attention.make_flash_attention (`flash-prefill`); and sample.make_sample_advance_gpu, decode's
+flash_attention.make_flash_attention / _cpu (`flash-prefill`); and sample.make_sample_advance_gpu, decode's
 sampler on any GPU (no rule matches a sampler either).
 Installed as `tinygpt2.kernels`.
 """
@@ -19,7 +19,7 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
 from .embedding import embedding_ref, make_embedding, make_embedding_decode
-from .flash_attention import flash_attention_ref, make_flash_attention
+from .flash_attention import flash_attention_ref, make_flash_attention, make_flash_attention_cpu
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm

@@ -1,4 +1,5 @@
-"""Prefill's causal attention as one kernel ("flash attention"), written already scheduled for a GPU.
+"""Prefill's causal attention as one kernel ("flash attention"), written already scheduled for a GPU
+(make_flash_attention) and for the CPU (make_flash_attention_cpu, at the end of this file).
 
 The same math as attention.py's three kernels (attn_scores -> causal_softmax -> attn_values):
 
@@ -78,6 +79,7 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
+from ._cpu_math import exp_poly
 from ._dtypes import ACC, F32_MIN, check_dtype, seq_len_var
 from .attention import attention_ref
 
@@ -348,6 +350,122 @@ def make_flash_attention(n_head: int, head_dim: int, n_ctx: int, dtype: str = "f
             for c in T.unroll(HALF_D):
                 out[q_tile(b, n) * BQ + row(tx, w), head(b) * D + half(tx) * HALF_D + c] = T.Cast(
                     dtype, o[c] / (trade[row(tx, w), 0] + trade[row(tx, w), 1]))
+
+    return flash_attention
+
+
+# --- the CPU: one query row a task, its scores in a row buffer -------------------------------------------
+#
+# On the CPU the three kernels (tuned: dot-products' q . k, hand-softmax, weighted-rows' p . V) run over the
+# whole [H, n, m] square, the masked half included, and write and read the scores and probabilities through
+# memory: gpt2's attention at 512 tokens took 19 ms a layer on the 2-core Xeon (q . k 11.8, the softmax 2.4,
+# p . V 4.6). A CPU core has no shared memory to tile into, but a row of scores fits its L1 cache: n_ctx
+# floats, 4 KiB for GPT-2. So each task takes one query row, and the softmax is the plain two-pass one (no
+# online rescaling), over that row buffer.
+
+
+def make_flash_attention_cpu(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float32",
+                             seq_len: int | None = None, lanes: int = 16):
+    """Causal attention of the n new queries over the cache, one kernel for the CPU (the module docstring's
+    math and signature):
+
+        for each row (h, i), a parallel task; kept = m - n + i + 1 keys, j < kept (the rest never read):
+          1. s[j] = q_i . k_j            D in vectors of L floats, the L partial sums folded in halves
+          2. p = softmax(s / sqrt(D))    max, exp (_cpu_math.exp_poly), sum: whole vectors of L and a rest
+             p[j] rounded to dtype after the division, as attention_ref (and Hugging Face) round it
+          3. out[i, h*D:(h+1)*D] = sum_j p[j] v_j     the row of D outputs held in vector registers
+
+    L = `lanes` (16: one AVX-512 register of float32), halved until it divides head_dim. The row buffer s is
+    n_ctx floats, on the task's stack. Rows are numbered head-major (row = h * n + i), so that each of TVM's
+    threads, given a contiguous range of rows, gets whole heads: short and long rows alike.
+    """
+    check_dtype(dtype)
+    L = lanes
+    while head_dim % L:
+        L //= 2
+    H, D, P, C = n_head, head_dim, n_ctx, n_head * head_dim
+    scale = T.float32(1.0 / math.sqrt(head_dim))
+    lowest = T.float32(F32_MIN)
+    n = seq_len_var(seq_len)
+
+    @T.macro(hygienic=False)
+    def fold(width):                                    # lane[d] += lane[d + width], d < width
+        for d in T.vectorized(width):
+            lane[d] = lane[d] + lane[d + width]
+
+    @T.prim_func(s_tir=True)
+    def flash_attention(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), dtype), v_cache: T.Buffer((H, P, D), dtype),
+                        m: T.int64, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        qkv = T.match_buffer(qkv_h, (n, C * 3), dtype)               # [n, 3C]
+        out = T.match_buffer(out_h, (n, C), dtype)                   # [n, C]
+        for row in T.parallel(H * n):
+            with T.sblock("row"):
+                vr = T.axis.spatial(H * n, row)
+                T.reads(qkv[vr % n, 0:C], k_cache[vr // n, 0:P, 0:D], v_cache[vr // n, 0:P, 0:D])
+                T.writes(out[vr % n, 0:C])
+                s = T.sblock_alloc_buffer((P,), ACC)         # [n_ctx] the row's scores, then probabilities
+                lane = T.sblock_alloc_buffer((L,), ACC)      # [L] partial sums / maxima
+                o = T.sblock_alloc_buffer((D,), ACC)         # [D] the row's outputs
+                stat = T.sblock_alloc_buffer((2,), ACC)      # the row's max score, its sum of exp
+                h = vr // n
+                i = vr % n
+                kept = m - n + i + T.int64(1)                # keys j < kept are attended to
+                whole = kept // L * L                        # the keys in whole vectors
+                # 1. scores
+                for j in range(kept):
+                    for d in T.vectorized(L):
+                        lane[d] = T.float32(0)
+                    for dc in T.unroll(D // L):
+                        for d in T.vectorized(L):
+                            lane[d] = lane[d] + T.Cast(ACC, qkv[i, h * D + dc * L + d]) * T.Cast(ACC, k_cache[h, j, dc * L + d])
+                    fold(L // 2)                               # (a Python `if`: which folds L needs)
+                    if L >= 4:
+                        fold(L // 4)
+                    if L >= 8:
+                        fold(L // 8)
+                    if L >= 16:
+                        fold(L // 16)
+                    s[j] = lane[0]
+                # 2. softmax: max, exp in place, sum, p rounded to dtype
+                for d in T.vectorized(L):
+                    lane[d] = lowest
+                for jo in range(kept // L):
+                    for d in T.vectorized(L):
+                        lane[d] = T.max(lane[d], s[jo * L + d])
+                stat[0] = lowest
+                for d in range(L):
+                    stat[0] = T.max(stat[0], lane[d])
+                for j in range(kept - whole):
+                    stat[0] = T.max(stat[0], s[whole + j])
+                for jo in range(kept // L):
+                    for d in T.vectorized(L):
+                        s[jo * L + d] = exp_poly((s[jo * L + d] - stat[0]) * scale)
+                for j in range(kept - whole):
+                    s[whole + j] = exp_poly((s[whole + j] - stat[0]) * scale)
+                for d in T.vectorized(L):
+                    lane[d] = T.float32(0)
+                for jo in range(kept // L):
+                    for d in T.vectorized(L):
+                        lane[d] = lane[d] + s[jo * L + d]
+                stat[1] = T.float32(0)
+                for d in range(L):
+                    stat[1] = stat[1] + lane[d]
+                for j in range(kept - whole):
+                    stat[1] = stat[1] + s[whole + j]
+                for jo in range(kept // L):
+                    for d in T.vectorized(L):
+                        s[jo * L + d] = T.Cast(ACC, T.Cast(dtype, s[jo * L + d] / stat[1]))
+                for j in range(kept - whole):
+                    s[whole + j] = T.Cast(ACC, T.Cast(dtype, s[whole + j] / stat[1]))
+                # 3. p . V
+                for d in T.vectorized(D):
+                    o[d] = T.float32(0)
+                for j in range(kept):
+                    for d in T.vectorized(D):
+                        o[d] = o[d] + s[j] * T.Cast(ACC, v_cache[h, j, d])
+                for d in T.vectorized(D):
+                    out[i, h * D + d] = T.Cast(dtype, o[d])
 
     return flash_attention
 

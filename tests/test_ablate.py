@@ -50,7 +50,7 @@ def test_default_lists_order():
         "default-minus-gemv", "default-minus-reduction",
         "default-minus-general-reduction", "tuned", "fused"]
     assert A.default_lists("llvm") == ["none", "dot-products", "weighted-rows", "gemv", "reduction", "row-reduction",
-                                       "hand-softmax", "default",
+                                       "hand-softmax", "flash-prefill", "default",
                                        "default-minus-gemv", "default-minus-reduction", "tuned"]
     assert sorted(A.default_lists("cuda")) == sorted(set(presets("gpu")) - {"auto"})   # auto: fused again
     assert A.rules_of("gemv", "webgpu") == ["gemv", "fallback"]

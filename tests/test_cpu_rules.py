@@ -145,18 +145,23 @@ def test_the_cpu_target_runs_a_thread_a_core():
     assert threads({"TVM_NUM_THREADS": "1"}) == 1
 
 
-def test_tuned_takes_the_hand_scheduled_softmax_for_prefill_only():
-    """`hand-softmax` in the CPU list: prefill's causal softmax is attention.make_causal_softmax_cpu (no rule's),
-    decode's stays DLight's Reduction's (row-reduction); without the entry, prefill's is the rules' too. And a
+def test_tuned_takes_the_hand_scheduled_attention_for_prefill_only():
+    """`flash-prefill` in the CPU list (in `tuned`): prefill's attention is one kernel,
+    flash_attention.make_flash_attention_cpu (no rule's); decode's three stay the rules'. `hand-softmax` without
+    it: prefill's causal softmax is attention.make_causal_softmax_cpu; with neither, it is the rules' too. And a
     GPU-only request (fused-decode's marker) given to a CPU list builds nothing for the GPU."""
     from tinygpt2.compile import build_scheduled, hand_kernels
     from tinygpt2.config import GPT2Config
     from tinygpt2.rules import FusedDecode, HandSoftmax
 
     cfg = GPT2Config(n_layer=1, n_embd=64, n_head=4, n_positions=32, vocab_size=100)
+    rules = ["dot-products", "weighted-rows", "row-reduction"]
     sched, _, _ = build_scheduled(cfg, "llvm", "float32", "tuned")
-    assert sched.rule_of["causal_softmax"] == "hand-scheduled"
-    assert sched.rule_of["causal_softmax_n1"] == "cpu-row-reduction"
-    sched, _, _ = build_scheduled(cfg, "llvm", "float32", ["dot-products", "weighted-rows", "row-reduction"])
+    assert sched.rule_of["flash_attention"] == "hand-scheduled" and "causal_softmax" not in sched.rule_of
+    assert (sched.rule_of["attn_scores_n1"], sched.rule_of["causal_softmax_n1"], sched.rule_of["attn_values_n1"]) == (
+        "cpu-dot-products", "cpu-row-reduction", "cpu-weighted-rows")
+    sched, _, _ = build_scheduled(cfg, "llvm", "float32", ["hand-softmax", *rules])
+    assert sched.rule_of["causal_softmax"] == "hand-scheduled" and "flash_attention" not in sched.rule_of
+    sched, _, _ = build_scheduled(cfg, "llvm", "float32", rules)
     assert sched.rule_of["causal_softmax"] == "cpu-row-reduction"
     assert hand_kernels("llvm", [FusedDecode(), HandSoftmax()])["hand"] == ("hand-softmax",)

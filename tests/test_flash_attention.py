@@ -1,7 +1,7 @@
 """Prefill's attention as one kernel (kernels/flash_attention.py) against numpy's three-step attention:
-the CUDA-core variant run on the WebGPU adapter (llvmpipe in CI), the tensor-core (WMMA) variant
-built for sm_90a here and run where a CUDA GPU is (the lent machine: `python -m pytest
-tests/test_flash_attention.py`)."""
+the CPU's kernel run here, the CUDA-core variant run on the WebGPU adapter (llvmpipe in CI), the
+tensor-core (WMMA) variant built for sm_90a here and run where a CUDA GPU is (the lent machine:
+`python -m pytest tests/test_flash_attention.py`)."""
 
 import collections
 import re
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from test_cuda_compile import TVM_FLAGS, nvcc, sass, shared_arrays
 
-from tinygpt2.kernels.flash_attention import flash_attention_ref, flash_layout, make_flash_attention
-from tinygpt2.tvm_shim import tirx, tvm
+from tinygpt2.kernels.flash_attention import (flash_attention_ref, flash_layout, make_flash_attention,
+                                              make_flash_attention_cpu)
+from tinygpt2.tvm_shim import tirx, to_tensor, tvm
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float16": dict(rtol=2e-3, atol=2e-3)}
 
@@ -37,6 +38,21 @@ def kernel(H, D, P, n, m, dtype, tensor_cores, registers=True, **tiles):
     """The kernel built for this n, with m bound (the runners take no symbolic shapes)."""
     func = make_flash_attention(H, D, P, dtype, tensor_cores, registers, seq_len=n, **tiles)
     return func.specialize({func.params[3]: tirx.IntImm("int64", m)})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("H,D,P,n,m", CASES + SMALL_HEADS + [(2, 64, 128, 40, 40)])
+def test_cpu_kernel(H, D, P, n, m, dtype):
+    """The CPU's (`flash-prefill` in a CPU list), one build for every n and m (both symbolic): rows whose
+    kept keys are fewer than, a multiple of and not a multiple of its 16 lanes, heads of 12 and 18 (4 and
+    2 lanes), and the NaN past m never read. Its probabilities are rounded to dtype after the division,
+    as the reference's are: float32 within 1e-5, float16 within 2e-3."""
+    qkv, k_cache, v_cache = inputs(H, D, P, n, m, dtype)
+    ex = tvm.compile(tvm.IRModule({"main": make_flash_attention_cpu(H, D, P, dtype)}), target="llvm")
+    dev = tvm.cpu()
+    out = to_tensor(np.full((n, H * D), np.nan, dtype), dev)
+    ex["main"](to_tensor(qkv, dev), to_tensor(k_cache, dev), to_tensor(v_cache, dev), m, out)
+    np.testing.assert_allclose(out.numpy(), flash_attention_ref(qkv, k_cache, v_cache, m), **TOL[dtype])
 
 
 # the CUDA-core variant with its lanes' operands in registers (CUDA's, in float32), run on WebGPU: fully unrolled,

@@ -130,8 +130,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if flash:       # the three below as one hand-scheduled kernel, on tensor cores where it can (WMMA)
             # (without tensor cores its lanes' operands in registers, but not on WebGPU: fully unrolled, the
             # shader took llvmpipe 30-50 s to compile, against ~1 s as it was; kernels/flash_attention.py)
-            flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
-                                       gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
+            if gpu:
+                flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
+                                           gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
+            else:       # the CPU's: a query row a task, its scores in a row buffer
+                flash_attention = b.kernel("flash_attention", K.make_flash_attention_cpu, H, D, P, dtype)
         else:
             attn_scores = b.kernel("attn_scores", K.make_attn_scores, H, D, P, dtype)
             if "hand-softmax" in hand and gpu:  # hand-scheduled for a GPU: each score read once
@@ -242,7 +245,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
 
     gpu: a GPU target's name ("cuda", "webgpu", ...) to build hand-scheduled GPU kernels for, or None
     (the CPU); hand: which hand-scheduled kernels the rule list asks for (compile.hand_kernels), none by
-    default (on the CPU only hand-softmax has one):
+    default (on the CPU only hand-softmax and flash-prefill have one):
       "fused-decode": on a GPU a decode step is bound by launches and weight streaming; kernels that
         no rule schedules, `decode_attention` (kv_append + scores + softmax + values), `ln_linear_qkv` /
         `ln_linear_fc_gelu` (ln_1 / ln_2 folded into the linear after it) and the MLP's c_proj +
@@ -252,7 +255,7 @@ def build_module(cfg: GPT2Config, dtype: str = "float32", gpu: str | None = None
         on the CPU in whole vectors with exp as arithmetic (make_causal_softmax_cpu);
       "flash-prefill": prefill's attn_scores + causal_softmax + attn_values as one kernel that keeps the
         scores on chip and skips the key tiles past the diagonal (kernels/flash_attention.py), on tensor
-        cores on CUDA in float16.
+        cores on CUDA in float16; on the CPU a query row a task (make_flash_attention_cpu).
 
     decode_greedy(ids, pos, history [n_ctx + 1] int32, caches..., params...) is decode followed by the
     argmax on the device: history[pos + 1], ids and pos are updated in place, so steps run back to back

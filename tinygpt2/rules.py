@@ -57,11 +57,13 @@ class HandSoftmax(dl.ScheduleRule):
 
 
 class FlashPrefill(dl.ScheduleRule):
-    """Not a schedule: a request for prefill's attention as one hand-scheduled GPU kernel
-    (kernels/flash_attention.py): attn_scores, causal_softmax and attn_values fused, the scores kept in
-    shared memory and registers (never [H, n, m] in memory), the key tiles past the causal diagonal never
-    visited, and on CUDA in float16 q.k^T and p.v on tensor cores (WMMA). Like `fused-decode`, it
-    matches no kernel itself; without it the three kernels are the rule list's to schedule.
+    """Not a schedule: a request for prefill's attention as one hand-scheduled kernel
+    (kernels/flash_attention.py): attn_scores, causal_softmax and attn_values fused, the keys past the
+    causal diagonal never visited, the scores never [H, n, m] in memory. On a GPU make_flash_attention:
+    the scores in shared memory and registers, and on CUDA in float16 q.k^T and p.v on tensor cores
+    (WMMA). On the CPU make_flash_attention_cpu: a query row a task, its scores in a row buffer in L1.
+    Like `fused-decode`, it matches no kernel itself; without it the three kernels are the rule list's
+    to schedule.
     """
 
     def apply(self, func, target, tunable):
@@ -497,15 +499,17 @@ CPU_RULES = {
     "reduction": dl.cpu.Reduction,
     "row-reduction": RowReduction,               # ours: DLight's Reduction, but not for one-row reductions (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax, CPU (above)
+    "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel, CPU (above)
 }
 
 # The list TVM itself applies for CUDA in tvm.compile (relax/backend/cuda/pipeline.py).
 GPU_DEFAULT = ["matmul", "gemv", "reduction", "general-reduction", "fallback"]
 CPU_DEFAULT = ["gemv", "reduction"]
-# ours, for the CPU: prefill's hand-scheduled softmax (HandSoftmax; gpt2's at 512 tokens ~15 -> ~3 ms a layer on
+# ours, for the CPU: prefill's attention as one hand-scheduled kernel (FlashPrefill: keys past the diagonal never
+# visited), or without it its hand-scheduled softmax (HandSoftmax; gpt2's at 512 tokens ~15 -> ~3 ms a layer on
 # the 2-core machine), dot-products (DotProducts) for every kernel whose reduction runs along its operands'
 # rows (the linears, lm_head, q.k), DLight's rules for the rest
-CPU_TUNED = ["hand-softmax", "dot-products", "weighted-rows", "gemv", "row-reduction"]
+CPU_TUNED = ["flash-prefill", "hand-softmax", "dot-products", "weighted-rows", "gemv", "row-reduction"]
 # ours, for prefill: DLight's list with tensor-core-matmul-async and tensor-core-matmul first
 # (tinygpt2/tensor_core.py says what they change: the first, 8 warps of 64 x 32 a tile and cp.async, took
 # gpt2-xl's 1024-token prefill from 40.8k to 47.5k tok/s on an H200; the second takes what the first
@@ -553,10 +557,12 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 hand-scheduled, each score read once, likewise without flash-prefill) and tiled-matmul
                 (float32 matmuls on CUDA cores with their tiles K-major in shared memory, 64 x 64,
                 the next K-step loaded into registers during this one).
-    tuned    -- CPU: tinygpt2's hand-softmax (prefill's causal softmax hand-scheduled, whole vectors
-                and a scalar rest, exp as arithmetic), dot-products (linears, lm_head, q.k vectorised
-                along their rows) and weighted-rows (p.V, a row of V a vector) before DLight's GEMV, and
-                row-reduction (DLight's Reduction minus one-row reductions).
+    tuned    -- CPU: tinygpt2's flash-prefill (prefill's attention as one kernel, a query row a task,
+                the keys past the diagonal never read), hand-softmax (without flash-prefill, the causal
+                softmax hand-scheduled: whole vectors and a scalar rest, exp as arithmetic), dot-products
+                (linears, lm_head, q.k vectorised along their rows) and weighted-rows (p.V, a row of V a
+                vector) before DLight's GEMV, and row-reduction (DLight's Reduction minus one-row
+                reductions).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
