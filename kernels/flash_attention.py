@@ -372,6 +372,7 @@ def make_flash_attention_cpu(n_head: int, head_dim: int, n_ctx: int, dtype: str 
         for each row (h, i), a parallel task; kept = m - n + i + 1 keys, j < kept (the rest never read):
           1. s[j] = q_i . k_j            D in vectors of L floats, the L partial sums folded in halves
           2. p = softmax(s / sqrt(D))    max, exp (_cpu_math.exp_poly), sum: whole vectors of L and a rest
+             (attention.make_causal_softmax_cpu's passes, here in place over the row buffer);
              p[j] rounded to dtype after the division, as attention_ref (and Hugging Face) round it
           3. out[i, h*D:(h+1)*D] = sum_j p[j] v_j     the row of D outputs held in vector registers
 
