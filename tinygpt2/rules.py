@@ -458,7 +458,7 @@ class RowReduction(dl.cpu.Reduction):
 
 def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
-    of CPU_RULES (hand-softmax), whatever objects the list holds."""
+    of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
