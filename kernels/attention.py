@@ -195,10 +195,10 @@ def make_causal_softmax_gpu(n_head: int, head_dim: int, n_ctx: int, dtype: str =
 # DLight's CPU Reduction (rules `reduction`, `row-reduction`) schedules causal_softmax above as one
 # parallel task per row with its keys in 16-wide steps and a bounds test (j < m, m symbolic) in each
 # step; TVM's vectorizer turns a loop with such a test back into scalar code, and LLVM turns T.exp
-# into a libm expf call per score, twice a score: gpt2's [12, 512, 512] took ~15 ms a layer on the
-# 2-core Xeon. This one splits each row's kept keys into whole vectors and a scalar rest, and
-# computes exp as arithmetic (_cpu_math.exp_poly): ~3 ms. The model uses it when the CPU rule list
-# has `hand-softmax` (rules.HandSoftmax, in `tuned`).
+# into a libm expf call per score, twice a score: gpt2's [12, 512, 512] took 8.6 ms a layer on the
+# 2-core Xeon (a thread a core). This one splits each row's kept keys into whole vectors and a scalar
+# rest, and computes exp as arithmetic (_cpu_math.exp_poly): 2.1 ms. The model uses it when the CPU
+# rule list has `hand-softmax` (rules.HandSoftmax; in `tuned`, where flash-prefill takes its place).
 
 
 def make_causal_softmax_cpu(n_head: int, head_dim: int, dtype: str = "float32", seq_len: int | None = None,
