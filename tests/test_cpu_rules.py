@@ -37,15 +37,18 @@ def _decode_cache(pos, seed=0):
     return cache
 
 
-@pytest.mark.parametrize("seq_len, n", [(1, 1), (None, 1), (None, 7), (None, 33)])
-def test_dot_products_linear_matches_numpy(seq_len, n):
+@pytest.mark.parametrize("row_pairs", [True, False])
+@pytest.mark.parametrize("seq_len, n", [(1, 1), (None, 1), (None, 7), (None, 33), (None, 34)])
+def test_dot_products_linear_matches_numpy(seq_len, n, row_pairs):
     """x @ W.T + b with W [out, in]: each output a dot product along a row, 16 lanes of k a vector; for prefill's
-    symbolic n, the column tiles outside the rows."""
-    sch = _scheduled(DotProducts(), K.make_linear(64, 40, "float32", seq_len=seq_len))
+    symbolic n, the column tiles outside the rows, and with row_pairs n padded to an even count (odd n too) and
+    tiles of 2 rows x 4 columns."""
+    sch = _scheduled(DotProducts(row_pairs=row_pairs), K.make_linear(64, 40, "float32", seq_len=seq_len))
     assert sch is not None
     assert "T.vectorized(T.int64(16))" in sch.mod.script() and "T.parallel" in sch.mod.script()
-    if seq_len is None:                  # the parallel loop is the column tiles' (40 = 5 tiles of 8), rows inside
-        assert "T.parallel(T.int64(5))" in sch.mod.script()
+    if seq_len is None:      # the parallel loop is the column tiles': 40 = 5 tiles of 8, or 10 of 4 with pairs
+        assert f"T.parallel(T.int64({10 if row_pairs else 5}))" in sch.mod.script()
+        assert ("x_pad" in sch.mod.script()) == row_pairs                    # x padded to an even row count
     rng = np.random.default_rng(n)
     x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((n, 64), (40, 64), (40,)))
     np.testing.assert_allclose(_run(sch, (x, w, b), (n, 40)), K.linear_ref(x, w, b), rtol=1e-5, atol=1e-5)

@@ -265,16 +265,17 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
     so each vector load reads `lanes` neighbouring floats of a row and each FMA adds `lanes` products, the
     outputs of a tile sharing their rows' loads. A tile side is cut to a power of two that divides its loop
     (_whole_tile): 1 row for prefill's symbolic n (and there the column tiles go outside the rows, so that a
-    tile's rows of W are read from memory once: _rows_inside), 1 column for lm_head's 50257. DLight's CPU GEMV (TVM 0.27,
+    tile's rows of W are read from memory once: _rows_inside; with row_pairs, n padded to an even count and
+    tiles 2 rows high), 1 column for lm_head's 50257. DLight's CPU GEMV (TVM 0.27,
     dlight/cpu/gemv.py) vectorizes the *output* axis instead: with W stored [out, in] its 64-128 lanes are rows `in` apart, a
     gather each; and its CPU Reduction gives prefill's linears one scalar dot product an output. (Either
     would suit W stored [in, out], the layout tinygpt2 keeps for DLight's GPU GEMV.) Epilogues (bias, GELU,
     residual) stay plain loops. Declines kernels whose reduction is not over every operand's last axis
     (attn_values: the keys are V's rows), or not a multiple of `lanes` long."""
 
-    def __init__(self, lanes: int = 16, rows: int = 4, cols: int = 8):
+    def __init__(self, lanes: int = 16, rows: int = 4, cols: int = 8, row_pairs: bool = True):
         super().__init__()
-        self.lanes, self.rows, self.cols = lanes, rows, cols
+        self.lanes, self.rows, self.cols, self.row_pairs = lanes, rows, cols, row_pairs
 
     def apply(self, func, target, _):
         nest = _reduction_nest(self, func, target)
@@ -303,13 +304,19 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
             operands += 1
         if operands < 2:
             return None
+        # prefill's linears (_rows_inside): n symbolic, the output's columns fixed
+        pairs = self.row_pairs and len(loops) == 3 and not isinstance(sch.get(loops[0]).extent, tirx.IntImm) \
+            and isinstance(sch.get(loops[1]).extent, tirx.IntImm)
+        if pairs:
+            sch.pad_einsum(block, [2, 1, 1])       # n -> an even row count (x and y padded): see _rows_inside
+            loops = sch.get_loops(block)
         ko, ki = sch.split(loops[-1], [None, self.lanes])
         part = sch.rfactor(ki, len(stmt.writes[0].source.shape))     # the lanes innermost in the part buffer
         *spatial, ko, ki = sch.get_loops(part)
         rows = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0] if len(spatial) == 2 else None
         if rows is not None and not isinstance(sch.get(rows).extent, tirx.IntImm):
             if isinstance(sch.get(spatial[-1]).extent, tirx.IntImm):
-                return self._rows_inside(sch, block, part, rows, spatial[-1], ko, ki)
+                return self._rows_inside(sch, block, part, rows, spatial[-1], ko, ki, pairs)
             return self._keys_inside(sch, block, part, rows, spatial[-1], ko, ki)
         tiles = [sch.split(loop, [None, _whole_tile(sch.get(loop).extent, want)])
                  for loop, want in ((rows, self.rows), (spatial[-1], self.cols)) if loop is not None]
@@ -323,7 +330,7 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         sch.decompose_reduction(part, ko)
         return sch
 
-    def _rows_inside(self, sch, block, part, rows, cols, ko, ki):
+    def _rows_inside(self, sch, block, part, rows, cols, ko, ki, pairs: bool):
         """Prefill's linears, whose row count n is symbolic: a tile of `cols` outputs is 1 row high (a taller one
         would leave a bounds test in the vectorized loop), so the order of the tiles is what decides the traffic.
         Rows outside columns, as above, stream all of W from memory for every row (c_fc: 9.4 MB a row). Here the
@@ -332,17 +339,29 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
 
             col tiles (parallel); row (n); ko; the tile's cols; ki vectorized;  then out[row, tile] = sum_ki part
 
+        With row_pairs (the default), apply() first pads n to an even count (`pad_einsum`: x copied into an
+        even-rowed buffer, the result copied back), and a tile is 2 rows x cols / 2 columns: each vector of W
+        loaded serves two rows. Its 2 x 4 x 16 partial sums (512 bytes) then live in registers; a 2 x 8 tile's
+        (1 KiB) went to TVM's workspace pool instead (TVM puts allocations of 1 KiB and more there, not on the
+        stack), and the model got slower (prefill@512 ~550 -> ~345 tok/s). 2 x 4, back to back on the 2-core
+        Xeon: prefill@128 641 -> 776-810 tok/s, @512 582 -> 607-626, time to first token 200 -> 156-159 ms.
+
         On the 2-core machine (Xeon, AVX-512), n = 128: a [128, 768] x [3072, 768]^T linear 17.7 -> 3.7-4.3 ms
         (34 -> 141-162 GFLOP/s); a tile of 4 / 16 / 32 columns: 139 / 109 / 96 GFLOP/s. Tried and not kept: K in
         blocks of 768 for the MLP's c_proj (K = 3072), so that W's part in use stays 24 KB -- faster alone (4.7
         against 6.0 ms) but slower in the model (prefill@128 494 against 550 tok/s): its partial sums, n x N x 16
         floats, go round memory once per block; and the epilogue (bias, GELU, residual) moved into the tiles:
         474 tok/s."""
-        co, ci = sch.split(cols, [None, _whole_tile(sch.get(cols).extent, self.cols)])
-        sch.reorder(co, rows, ko, ci, ki)
+        co, ci = sch.split(cols, [None, _whole_tile(sch.get(cols).extent, self.cols // 2 if pairs else self.cols)])
+        if pairs:                   # apply() padded n to an even count: tiles of 2 rows, no bounds test
+            ro, ri = sch.split(rows, [None, 2])
+            sch.reorder(co, ro, ko, ri, ci, ki)
+        else:
+            ro = rows
+            sch.reorder(co, rows, ko, ci, ki)
         sch.vectorize(ki)
         sch.parallel(co)
-        sch.reverse_compute_at(block, rows)
+        sch.reverse_compute_at(block, ro)
         sch.decompose_reduction(part, ko)
         return sch
 
