@@ -331,8 +331,9 @@ class DotProducts(dl.cpu.base.CPUScheduleRule):
         return sch
 
     def _rows_inside(self, sch, block, part, rows, cols, ko, ki, pairs: bool):
-        """Prefill's linears, whose row count n is symbolic: a tile of `cols` outputs is 1 row high (a taller one
-        would leave a bounds test in the vectorized loop), so the order of the tiles is what decides the traffic.
+        """Prefill's linears, whose row count n is symbolic: without row_pairs a tile of `cols` outputs is 1 row
+        high (a taller one would leave a bounds test in the vectorized loop), so the order of the tiles is what
+        decides the traffic.
         Rows outside columns, as above, stream all of W from memory for every row (c_fc: 9.4 MB a row). Here the
         column tiles are the parallel loop and each walks every row with its `cols` rows of W in cache (24 KB
         for c_fc), x's rows coming from L2:
