@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
-#   bash scripts/gpu_session.sh verify|table|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
+#   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
 #                               bench-xl-tuned|bench-fused|bench-mm|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
@@ -28,6 +28,10 @@ case "$1" in
   # the issue's headline run: both aims' models beside both HF peers in one process (the closing note's table)
   table)      (cd /tmp && timeout ${T:-500} python3 -m tinygpt2 bench --target cuda --models random:gpt2,random:gpt2-xl \
                 --dtypes float16 --rules fused --peers hf-eager,hf-compiled --repeats 3 --out "$OUT/bench-table") || true ;;
+  # `tinygpt2 bench --target cuda` with its defaults (every Hub size, rules auto, both HF peers), one dtype a call
+  # (each fits a call's 600 s on an H100: ~290 s fp16 with install, ~195 s fp32): all-sizes float16, all-sizes float32
+  all-sizes)  (cd /tmp && timeout ${T:-500} python3 -m tinygpt2 bench --target cuda --dtypes ${2:-float16} --repeats 3 \
+                --out "$OUT/bench-${2:-float16}") || true ;;
   # where gpt2-xl's decode and 1024-token prefill spend their time, per kernel: the bench's profile, then decode's
   # kernels as they run in the CUDA graph (CUPTI), then this GPU's one-kernel-per-matrix ceiling
   # (scripts/bench_weight_stream.py's first two sections)
