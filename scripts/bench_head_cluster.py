@@ -65,7 +65,10 @@ constexpr int HC_KEYS = 64;                                             // keys 
 // w: c_attn [3C, C] (rows q, then k, then v; head h's are h * 64 .. h * 64 + 63 of each); x [C]; kc, vc [H][TM][64],
 // T positions cached (the new key, T, is appended); y [C]: the attention's output. ATT false: no attention, each
 // block writes its q, k, v rows to qkv [3C] and exits (no cluster exchange).
-template <int NTH, int CL, bool ATT>
+// TMA: W's rows copied into shared memory by the bulk-copy engine (a cp.async.bulk a row, one mbarrier a warp's row
+// slot: rows 0..NW-1, NW..2NW-1, ...) instead of loaded into registers: one block an SM has few requests in flight
+// of its own, and a bulk copy is one request for 3200 bytes.
+template <int NTH, int CL, bool ATT, bool TMA = false>
 __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict__ w, const half* __restrict__ x,
     half* kc, half* vc, int T, int TM, half* __restrict__ y, half* __restrict__ qkv) {
   constexpr int C = 1600, DH = 64, NV = C / 8, NL = (NV + 31) / 32;   // 200 vectors of 8 a row, 7 a lane at most
@@ -94,13 +97,27 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
   }
   // 2. W's rows into registers, every load issued before anything waits: warp wp takes block rows wp, wp + NW, ...;
   //    block row rr is head row hr = r + CL * rr, i.e. c_attn row (hr / 64) * C + h * 64 + hr % 64
-  uint4 wr[RPW][NL];
-  #pragma unroll
-  for (int i = 0; i < RPW; ++i) {
-    const int rr = wp + NW * i, hr = r + CL * rr;
-    const uint4* row = reinterpret_cast<const uint4*>(w + (size_t)((hr / DH) * C + h * DH + hr % DH) * C);
+  auto w_row = [&](int rr) { const int hr = r + CL * rr; return w + (size_t)((hr / DH) * C + h * DH + hr % DH) * C; };
+  uint4 wr[TMA ? 1 : RPW][NL];
+  extern __shared__ __align__(128) unsigned char hc_dyn[];               // TMA: the block's rows of W [NR][C]
+  __shared__ uint64_t wbar[RPW];
+  if (TMA) {
+    if (t == 0) for (int i = 0; i < RPW; ++i) bar_init(&wbar[i]);
+    __syncthreads();
+    if (t == 0) for (int i = 0; i < RPW; ++i) {
+      const int n_i = min(NW, nrows - NW * i);
+      if (n_i <= 0) break;
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem(&wbar[i])), "r"(n_i * C * 2) : "memory");
+      for (int rr = NW * i; rr < NW * i + n_i; ++rr)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     :: "r"(smem(hc_dyn + (size_t)rr * C * 2)), "l"(w_row(rr)), "r"(C * 2), "r"(smem(&wbar[i])) : "memory"); }
+  } else {
     #pragma unroll
-    for (int k = 0; k < NL; ++k) { const int v = lane + 32 * k; if (rr < nrows && v < NV) wr[i][k] = row[v]; } }
+    for (int i = 0; i < RPW; ++i) {
+      const int rr = wp + NW * i;
+      const uint4* row = reinterpret_cast<const uint4*>(w_row(rr));
+      #pragma unroll
+      for (int k = 0; k < NL; ++k) { const int v = lane + 32 * k; if (rr < nrows && v < NV) wr[TMA ? 0 : i][k] = row[v]; } } }
   // 3. xn = (x - mean) / sqrt(var + 1e-5), rounded to fp16
   float2 sq = make_float2(0.f, 0.f);
   for (int i = t; i < C; i += NTH) { const float v = __half2float(x[i]); sq.x += v; sq.y += v * v; }
@@ -115,8 +132,11 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
     const int rr = wp + NW * i, hr = r + CL * rr;
     if (rr < nrows) {                                                   // (the same for the whole warp)
       float acc = 0.f;
+      const uint4* ws = reinterpret_cast<const uint4*>(hc_dyn + (size_t)rr * C * 2);
+      if (TMA) bar_wait(&wbar[i], 0);
       #pragma unroll
-      for (int k = 0; k < NL; ++k) { const int v = lane + 32 * k; if (v < NV) acc += dot8(wr[i][k], reinterpret_cast<const uint4*>(xn)[v]); }
+      for (int k = 0; k < NL; ++k) { const int v = lane + 32 * k;
+        if (v < NV) acc += dot8(TMA ? ws[v] : wr[TMA ? 0 : i][k], reinterpret_cast<const uint4*>(xn)[v]); }
       for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
       if (ATT && lane < CL) cluster.map_shared_rank(qkvs, lane)[hr] = __float2half(acc);
       if (!ATT && lane == 0) qkv[(hr / DH) * C + h * DH + hr % DH] = __float2half(acc);
@@ -165,21 +185,25 @@ LAUNCHERS = r'''
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 constexpr int HC_NTH = 512;
-template <int CL, bool ATT> void launch_head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc,
-                                             int64_t T, torch::Tensor y, torch::Tensor qkv) {
-  cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(25 * CL); cfg.blockDim = dim3(HC_NTH);
+template <int CL, bool ATT, bool TMA = false> void launch_head(torch::Tensor w, torch::Tensor x, torch::Tensor kc,
+                                             torch::Tensor vc, int64_t T, torch::Tensor y, torch::Tensor qkv) {
+  constexpr int SMEM = TMA ? (3 * 64 + CL - 1) / CL * 1600 * 2 : 0;   // the block's rows of W
+  cudaFuncSetAttribute(head_qkv_attend<HC_NTH, CL, ATT, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+  cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(25 * CL); cfg.blockDim = dim3(HC_NTH); cfg.dynamicSmemBytes = SMEM;
   cfg.stream = at::cuda::getCurrentCUDAStream();
   cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeClusterDimension;
   at[0].val.clusterDim.x = CL; at[0].val.clusterDim.y = 1; at[0].val.clusterDim.z = 1; cfg.attrs = at; cfg.numAttrs = 1;
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   TORCH_CHECK(T + 1 <= CL * HC_KEYS, "at most ", CL * HC_KEYS, " keys");
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, head_qkv_attend<HC_NTH, CL, ATT>, (const half*)h(w), (const half*)h(x), h(kc), h(vc),
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, head_qkv_attend<HC_NTH, CL, ATT, TMA>, (const half*)h(w), (const half*)h(x), h(kc), h(vc),
                                     (int)T, (int)kc.size(1), h(y), h(qkv))); }
 // one layer: CL blocks a head (4 or 5), att: with the attention
 void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att) {
+          torch::Tensor qkv, int64_t cl, bool att, bool tma) {
   TORCH_CHECK(cl == 4 || cl == 5, "cl: 4 or 5 (the instances built)");
-  if (cl == 4) att ? launch_head<4, true>(w, x, kc, vc, T, y, qkv) : launch_head<4, false>(w, x, kc, vc, T, y, qkv);
+  TORCH_CHECK(!tma || cl == 4, "W by TMA: clusters of 4 only (the instances built)");
+  if (tma) att ? launch_head<4, true, true>(w, x, kc, vc, T, y, qkv) : launch_head<4, false, true>(w, x, kc, vc, T, y, qkv);
+  else if (cl == 4) att ? launch_head<4, true>(w, x, kc, vc, T, y, qkv) : launch_head<4, false>(w, x, kc, vc, T, y, qkv);
   else att ? launch_head<5, true>(w, x, kc, vc, T, y, qkv) : launch_head<5, false>(w, x, kc, vc, T, y, qkv); }
 // how many clusters of cl blocks can be resident at once (25 are needed for one wave)
 int64_t head_clusters_resident(int64_t cl) {
@@ -200,7 +224,7 @@ void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y) {       // kernels
       reinterpret_cast<half*>(y.data_ptr()), (int)w.size(1)); }
 '''
 CPP = """void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att);
+          torch::Tensor qkv, int64_t cl, bool att, bool tma);
 int64_t head_clusters_resident(int64_t cl);
 void stream_read(torch::Tensor b, torch::Tensor out);
 void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y);"""
@@ -249,26 +273,28 @@ def main():
     want_qkv, want_y = head_attention_ref(w[0].cpu().numpy(), kc[0].cpu().numpy(), vc[0].cpu().numpy(), x.cpu().numpy(), T)
     rel = lambda got, want: float(np.abs(got.float().cpu().numpy() - want.astype(np.float32)).max()
                                   / np.abs(want.astype(np.float32)).max())
-    for cl in (4, 5):
-        lines.append(f"clusters of {cl} resident at once: {ext.head_clusters_resident(cl)} (25 needed)")
+    variants = ((4, False), (5, False), (4, True))                    # (blocks a head, W by TMA)
+    for cl, tma in variants:
+        how = f"clusters of {cl}" + (", W by TMA" if tma else "")
+        if not tma:
+            lines.append(f"clusters of {cl} resident at once: {ext.head_clusters_resident(cl)} (25 needed)")
         k0, v0 = kc[0].clone(), vc[0].clone()
-        y.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, True)
+        y.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, True, tma)
         err_y = rel(y, want_y)
         err_k = rel(k0[:, T], want_qkv[C:2 * C].reshape(H, D))
-        qkv.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, False)
+        qkv.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, False, tma)
         err_q = rel(qkv, want_qkv)
-        assert max(err_y, err_k, err_q) < 2e-2, (cl, err_y, err_k, err_q)
-        lines.append(f"clusters of {cl}: checked against numpy, relative error y {err_y:.1e}, new key {err_k:.1e}, "
-                     f"q k v {err_q:.1e}")
+        assert max(err_y, err_k, err_q) < 2e-2, (how, err_y, err_k, err_q)
+        lines.append(f"{how}: checked against numpy, relative error y {err_y:.1e}, new key {err_k:.1e}, q k v {err_q:.1e}")
     torch.cuda.synchronize()
 
     bw = copy_bandwidth()
     kinds = {"read only (read_sum, 8 blocks of 256 an SM)": lambda l: ext.stream_read(w[l], sink),
              "GEMV as ln_linear schedules it (gemv_reg, 600 blocks of 256)": lambda l: ext.gemv8(w[l], x, qkv),
-             **{f"cluster of {cl} a head, qkv rows only (no attention)":
-                (lambda l, cl=cl: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, False)) for cl in (4, 5)},
-             **{f"**cluster of {cl} a head, qkv + attention**":
-                (lambda l, cl=cl: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, True)) for cl in (4, 5)}}
+             **{f"cluster of {cl} a head{', W by TMA' if tma else ''}, qkv rows only (no attention)":
+                (lambda l, cl=cl, tma=tma: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, False, tma)) for cl, tma in variants},
+             **{f"**cluster of {cl} a head{', W by TMA' if tma else ''}, qkv + attention**":
+                (lambda l, cl=cl, tma=tma: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, True, tma)) for cl, tma in variants}}
     lines += ["", f"| 48 launches in a CUDA graph (copy bandwidth {bw / 1e12:.2f} TB/s) | us a layer | TB/s of W |",
               "|---|---|---|"]
     for name, launch in kinds.items():
