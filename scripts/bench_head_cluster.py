@@ -65,12 +65,18 @@ constexpr int HC_KEYS = 64;                                             // keys 
 // w: c_attn [3C, C] (rows q, then k, then v; head h's are h * 64 .. h * 64 + 63 of each); x [C]; kc, vc [H][TM][64],
 // T positions cached (the new key, T, is appended); y [C]: the attention's output. ATT false: no attention, each
 // block writes its q, k, v rows to qkv [3C] and exits (no cluster exchange).
-// TMA: W's rows copied into shared memory by the bulk-copy engine (a cp.async.bulk a row, one mbarrier a warp's row
-// slot: rows 0..NW-1, NW..2NW-1, ...) instead of loaded into registers: one block an SM has few requests in flight
-// of its own, and a bulk copy is one request for 3200 bytes.
-template <int NTH, int CL, bool ATT, bool TMA = false>
+// TMA 1: W's rows copied into shared memory by the bulk-copy engine (a cp.async.bulk a row, one mbarrier a warp's
+// row slot: rows 0..NW-1, NW..2NW-1, ...) instead of loaded into registers: one block an SM has few requests in flight
+// of its own, and a bulk copy is one request for 3200 bytes. TMA 2: the same from W packed by block (w [25 * CL][NR][C],
+// the block's rows contiguous, head_pack in Python): one copy a row slot (16 rows, 51.2 KB).
+// tl (null: none): thread 0's clock64 at 5 points, [block][5]: entry, its warp's dot products done, after the first
+// cluster barrier, after the second, the end; and globaltimer at entry and end in tl[gridDim.x * 5 + 2 * block + 0/1].
+template <int NTH, int CL, bool ATT, int TMA = 0>
 __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict__ w, const half* __restrict__ x,
-    half* kc, half* vc, int T, int TM, half* __restrict__ y, half* __restrict__ qkv) {
+    half* kc, half* vc, int T, int TM, half* __restrict__ y, half* __restrict__ qkv, unsigned long long* tl) {
+  unsigned long long* tb = tl && threadIdx.x == 0 ? tl + blockIdx.x * 5 : nullptr;
+  auto gtime = []() { unsigned long long v; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)); return v; };
+  if (tb) { tb[0] = clock64(); tl[gridDim.x * 5 + 2 * blockIdx.x] = gtime(); }
   constexpr int C = 1600, DH = 64, NV = C / 8, NL = (NV + 31) / 32;   // 200 vectors of 8 a row, 7 a lane at most
   constexpr int NR = (3 * DH + CL - 1) / CL, NW = NTH / 32, RPW = (NR + NW - 1) / NW;   // rows a block, a warp (most)
   static_assert(NTH % DH == 0 && NTH >= HC_KEYS * 8, "groups of 64 threads sum the values; a key's row a thread");
@@ -108,9 +114,14 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
       const int n_i = min(NW, nrows - NW * i);
       if (n_i <= 0) break;
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem(&wbar[i])), "r"(n_i * C * 2) : "memory");
-      for (int rr = NW * i; rr < NW * i + n_i; ++rr)
+      if (TMA == 2) {
         asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                     :: "r"(smem(hc_dyn + (size_t)rr * C * 2)), "l"(w_row(rr)), "r"(C * 2), "r"(smem(&wbar[i])) : "memory"); }
+                     :: "r"(smem(hc_dyn + (size_t)NW * i * C * 2)), "l"(w + ((size_t)blockIdx.x * NR + NW * i) * C),
+                        "r"(n_i * C * 2), "r"(smem(&wbar[i])) : "memory");
+      } else {
+        for (int rr = NW * i; rr < NW * i + n_i; ++rr)
+          asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                       :: "r"(smem(hc_dyn + (size_t)rr * C * 2)), "l"(w_row(rr)), "r"(C * 2), "r"(smem(&wbar[i])) : "memory"); } }
   } else {
     #pragma unroll
     for (int i = 0; i < RPW; ++i) {
@@ -141,8 +152,10 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
       if (ATT && lane < CL) cluster.map_shared_rank(qkvs, lane)[hr] = __float2half(acc);
       if (!ATT && lane == 0) qkv[(hr / DH) * C + h * DH + hr % DH] = __float2half(acc);
     } }
-  if (!ATT) return;
+  if (tb) tb[1] = clock64();
+  if (!ATT) { if (tb) { tb[2] = tb[3] = tb[4] = tb[1]; tl[gridDim.x * 5 + 2 * blockIdx.x + 1] = gtime(); } return; }
   cluster.sync();                                                       // every block has all 192 of q, k, v
+  if (tb) tb[2] = clock64();
   // 5. attention over the block's keys [j0, j0 + nk): thread t < nk takes key j0 + t
   asm volatile("cp.async.wait_all;" ::: "memory");
   if (j0 + nk == n && t < DH) {                                         // the block holding the new key appends it
@@ -170,6 +183,7 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
     cluster.map_shared_rank(&po[0][0], 0)[r * DH + d] = o;
     if (t == 0) { float* ml = cluster.map_shared_rank(&pml[0][0], 0); ml[2 * r] = m; ml[2 * r + 1] = l; } }
   cluster.sync();                                                       // rank 0 has every split's (m, l, o)
+  if (tb) tb[3] = clock64();
   // 6. rank 0 merges: y = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s
   if (r == 0 && t < DH) {
     float mx = -INFINITY, num = 0.f, den = 0.f;
@@ -178,6 +192,7 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
     #pragma unroll
     for (int s2 = 0; s2 < CL; ++s2) { const float f = __expf(pml[s2][0] - mx); num += f * po[s2][t]; den += f * pml[s2][1]; }
     y[h * DH + t] = __float2half(num / den); }
+  if (tb) { tb[4] = clock64(); tl[gridDim.x * 5 + 2 * blockIdx.x + 1] = gtime(); }
 }
 '''
 
@@ -185,8 +200,8 @@ LAUNCHERS = r'''
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 constexpr int HC_NTH = 512;
-template <int CL, bool ATT, bool TMA = false> void launch_head(torch::Tensor w, torch::Tensor x, torch::Tensor kc,
-                                             torch::Tensor vc, int64_t T, torch::Tensor y, torch::Tensor qkv) {
+template <int CL, bool ATT, int TMA = 0> void launch_head(torch::Tensor w, torch::Tensor x, torch::Tensor kc,
+    torch::Tensor vc, int64_t T, torch::Tensor y, torch::Tensor qkv, int64_t tl) {
   constexpr int SMEM = TMA ? (3 * 64 + CL - 1) / CL * 1600 * 2 : 0;   // the block's rows of W
   cudaFuncSetAttribute(head_qkv_attend<HC_NTH, CL, ATT, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
   cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(25 * CL); cfg.blockDim = dim3(HC_NTH); cfg.dynamicSmemBytes = SMEM;
@@ -196,15 +211,17 @@ template <int CL, bool ATT, bool TMA = false> void launch_head(torch::Tensor w, 
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   TORCH_CHECK(T + 1 <= CL * HC_KEYS, "at most ", CL * HC_KEYS, " keys");
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, head_qkv_attend<HC_NTH, CL, ATT, TMA>, (const half*)h(w), (const half*)h(x), h(kc), h(vc),
-                                    (int)T, (int)kc.size(1), h(y), h(qkv))); }
-// one layer: CL blocks a head (4 or 5), att: with the attention
+                                    (int)T, (int)kc.size(1), h(y), h(qkv), reinterpret_cast<unsigned long long*>(tl))); }
+// one layer: CL blocks a head (4 or 5), att: with the attention, tma: 0 (W in registers), 1 (a bulk copy a row), 2
+// (W packed by block: a bulk copy a row slot); tl: the timeline's address (0: none)
 void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att, bool tma) {
+          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, int64_t tl) {
   TORCH_CHECK(cl == 4 || cl == 5, "cl: 4 or 5 (the instances built)");
-  TORCH_CHECK(!tma || cl == 4, "W by TMA: clusters of 4 only (the instances built)");
-  if (tma) att ? launch_head<4, true, true>(w, x, kc, vc, T, y, qkv) : launch_head<4, false, true>(w, x, kc, vc, T, y, qkv);
-  else if (cl == 4) att ? launch_head<4, true>(w, x, kc, vc, T, y, qkv) : launch_head<4, false>(w, x, kc, vc, T, y, qkv);
-  else att ? launch_head<5, true>(w, x, kc, vc, T, y, qkv) : launch_head<5, false>(w, x, kc, vc, T, y, qkv); }
+  TORCH_CHECK(tma == 0 || cl == 4, "W by TMA: clusters of 4 only (the instances built)");
+  if (tma == 1) att ? launch_head<4, true, 1>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 1>(w, x, kc, vc, T, y, qkv, tl);
+  else if (tma == 2) att ? launch_head<4, true, 2>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 2>(w, x, kc, vc, T, y, qkv, tl);
+  else if (cl == 4) att ? launch_head<4, true>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false>(w, x, kc, vc, T, y, qkv, tl);
+  else att ? launch_head<5, true>(w, x, kc, vc, T, y, qkv, tl) : launch_head<5, false>(w, x, kc, vc, T, y, qkv, tl); }
 // how many clusters of cl blocks can be resident at once (25 are needed for one wave)
 int64_t head_clusters_resident(int64_t cl) {
   cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(25 * cl); cfg.blockDim = dim3(HC_NTH);
@@ -224,10 +241,23 @@ void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y) {       // kernels
       reinterpret_cast<half*>(y.data_ptr()), (int)w.size(1)); }
 '''
 CPP = """void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att, bool tma);
+          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, int64_t tl);
 int64_t head_clusters_resident(int64_t cl);
 void stream_read(torch::Tensor b, torch::Tensor out);
 void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y);"""
+
+
+def head_rows(cl: int) -> list[int]:
+    """c_attn's row indices in the order TMA 2 reads them: block b = h * cl + r takes head h's rows r, r + cl, ... of
+    its 192 (q, then k, then v), NR of them (a row slot padded with row 0 where the head has fewer)."""
+    C, nr = H * D, (3 * D + cl - 1) // cl
+    rows = []
+    for b in range(H * cl):
+        h, r = divmod(b, cl)
+        for rr in range(nr):
+            hr = r + cl * rr
+            rows.append((hr // D) * C + h * D + hr % D if hr < 3 * D else 0)
+    return rows
 
 
 def head_attention_ref(w, kc, vc, x, T):
@@ -273,16 +303,19 @@ def main():
     want_qkv, want_y = head_attention_ref(w[0].cpu().numpy(), kc[0].cpu().numpy(), vc[0].cpu().numpy(), x.cpu().numpy(), T)
     rel = lambda got, want: float(np.abs(got.float().cpu().numpy() - want.astype(np.float32)).max()
                                   / np.abs(want.astype(np.float32)).max())
-    variants = ((4, False), (5, False), (4, True))                    # (blocks a head, W by TMA)
+    variants = ((4, 0), (5, 0), (4, 1), (4, 2))                     # (blocks a head, TMA: as the kernel's)
+    names = {0: "", 1: ", W by TMA a row", 2: ", W packed, by TMA a row slot"}
+    pack = [wl[torch.tensor(head_rows(4), device="cuda")].contiguous() for wl in w]
+    wsrc = lambda l, tma: pack[l] if tma == 2 else w[l]
     for cl, tma in variants:
-        how = f"clusters of {cl}" + (", W by TMA" if tma else "")
+        how = f"clusters of {cl}{names[tma]}"
         if not tma:
             lines.append(f"clusters of {cl} resident at once: {ext.head_clusters_resident(cl)} (25 needed)")
         k0, v0 = kc[0].clone(), vc[0].clone()
-        y.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, True, tma)
+        y.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, True, tma, 0)
         err_y = rel(y, want_y)
         err_k = rel(k0[:, T], want_qkv[C:2 * C].reshape(H, D))
-        qkv.zero_(); ext.head(w[0], x, k0, v0, T, y, qkv, cl, False, tma)
+        qkv.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, False, tma, 0)
         err_q = rel(qkv, want_qkv)
         assert max(err_y, err_k, err_q) < 2e-2, (how, err_y, err_k, err_q)
         lines.append(f"{how}: checked against numpy, relative error y {err_y:.1e}, new key {err_k:.1e}, q k v {err_q:.1e}")
@@ -291,15 +324,43 @@ def main():
     bw = copy_bandwidth()
     kinds = {"read only (read_sum, 8 blocks of 256 an SM)": lambda l: ext.stream_read(w[l], sink),
              "GEMV as ln_linear schedules it (gemv_reg, 600 blocks of 256)": lambda l: ext.gemv8(w[l], x, qkv),
-             **{f"cluster of {cl} a head{', W by TMA' if tma else ''}, qkv rows only (no attention)":
-                (lambda l, cl=cl, tma=tma: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, False, tma)) for cl, tma in variants},
-             **{f"**cluster of {cl} a head{', W by TMA' if tma else ''}, qkv + attention**":
-                (lambda l, cl=cl, tma=tma: ext.head(w[l], x, kc[l], vc[l], T, y, qkv, cl, True, tma)) for cl, tma in variants}}
+             **{f"cluster of {cl} a head{names[tma]}, qkv rows only (no attention)":
+                (lambda l, cl=cl, tma=tma: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, False, tma, 0))
+                for cl, tma in variants},
+             **{f"**cluster of {cl} a head{names[tma]}, qkv + attention**":
+                (lambda l, cl=cl, tma=tma: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, True, tma, 0))
+                for cl, tma in variants}}
     lines += ["", f"| 48 launches in a CUDA graph (copy bandwidth {bw / 1e12:.2f} TB/s) | us a layer | TB/s of W |",
               "|---|---|---|"]
     for name, launch in kinds.items():
         us = graph_us(lambda: [launch(l) for l in range(L)]) / L
         lines.append(f"| {name} | {us:.2f} | {3 * C * C * 2 / us / 1e6:.2f} |")
+
+    # where the time goes inside the kernel: thread 0's clock at 5 points of each block, 48 launches one after another
+    # (not in a graph: the points are inside each kernel), the SM clock from the clock against globaltimer
+    lines += ["", "| inside one launch, us (medians over 48 layers and the blocks; clusters of 4) | " +
+              " | ".join(names[t][2:] or "W in registers" for t in (0, 1, 2)) + " |", "|---|---|---|---|"]
+    cols = []
+    for tma in (0, 1, 2):
+        nb = 4 * H
+        tl = torch.zeros(L, nb * 7, device="cuda", dtype=torch.int64)
+        for l in range(L):
+            ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, 4, True, tma, tl[l].data_ptr())
+        torch.cuda.synchronize()
+        t = tl.cpu().double()
+        clk, gt = t[:, :nb * 5].reshape(L, nb, 5), t[:, nb * 5:].reshape(L, nb, 2)
+        ghz = ((clk[:, :, 4] - clk[:, :, 0]) / (gt[:, :, 1] - gt[:, :, 0])).median().item()
+        d = [((clk[:, :, j + 1] - clk[:, :, j]) / ghz / 1e3).median().item() for j in range(4)]
+        rank0 = ((clk[:, ::4, 4] - clk[:, ::4, 3]) / ghz / 1e3).median().item()
+        skew = ((gt[:, :, 0].max(1).values - gt[:, :, 0].min(1).values) / 1e3).median().item()
+        span = ((gt[:, :, 1].max(1).values - gt[:, :, 0].min(1).values) / 1e3).median().item()
+        cols.append(d[:3] + [rank0, skew, span, ghz])
+    for i, what in enumerate(["entry -> its warp's dot products done (W landed, x normalized)",
+                              "-> first cluster barrier passed (q, k, v everywhere)",
+                              "-> second cluster barrier passed (the attention, partials in rank 0)",
+                              "-> rank 0 merged and wrote y", "blocks' entries, first to last (globaltimer)",
+                              "first entry to last end (globaltimer)", "SM clock, GHz (clock64 / globaltimer)"]):
+        lines.append(f"| {what} | " + " | ".join(f"{c[i]:.2f}" for c in cols) + " |")
     lines += ["", "The model on the H100 (trace_decode_h100_99d28ef.md, from the previous kernel's end): ln_linear_qkv "
               "7.23 us, the attention's chunks 4.83 and merge 1.44: 13.50 us a layer for this chain."]
     report(lines, out_dir, "bench_head_cluster.md")

@@ -46,9 +46,9 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
 
     hc = load_script("bench_head_cluster")
     assert "constexpr int HC_NTH = 512;" in hc.LAUNCHERS
-    args = "const half*, const half*, half*, half*, int, int, half*, half*"
+    args = "const half*, const half*, half*, half*, int, int, half*, half*, unsigned long long*"
     instances = [f"head_qkv_attend<512, {cl}, {att}>" for cl in (4, 5) for att in ("true", "false")] + \
-        [f"head_qkv_attend<512, 4, {att}, true>" for att in ("true", "false")]
+        [f"head_qkv_attend<512, 4, {att}, {tma}>" for att in ("true", "false") for tma in (1, 2)]
     src = kernels_source() + hc.HEAD_KERNEL + "".join(f"template __global__ void {k}({args});\n" for k in instances)
     (tmp_path / "k.cu").write_text(src)
     err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
@@ -67,7 +67,7 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
     kernels = {k.split()[0]: k for k in kernels if k.startswith("_Z15head_qkv_attend")}
     assert len(kernels) == len(instances)
     for name, body in kernels.items():
-        if name.split("EEvPK6")[0].endswith("ELb1"):                      # the last template argument, TMA, true
+        if not name.split("EEvPK6")[0].endswith("ELi0"):                  # the last template argument, TMA, 1 or 2
             # W by TMA: bulk copies (a row each, issued by thread 0 in a loop) before the layernorm's barriers,
             # and no 16-byte loads of W into registers
             assert "UBLKCP" in body.split("BAR.SYNC")[1] and "LDG.E.128" not in body, name
@@ -75,3 +75,15 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
         before = body.split("BAR.SYNC")[0]
         # 3 rows a warp at most (48 or 39 rows, 16 warps), 7 16-byte vectors a lane a row (200 a row)
         assert len(re.findall(r"LDG\.E\.128", before)) == 3 * 7, name
+
+
+def test_w_packed_by_block_is_c_attn_s_rows_each_once_a_head_s_q_k_v_rows_in_its_four_blocks():
+    hc = load_script("bench_head_cluster")
+    rows = hc.head_rows(4)
+    assert sorted(rows) == list(range(3 * 1600))                         # a permutation (48 rows a block, no padding)
+    C = 1600
+    for b in (0, 5, 99):                                                 # block b: head b // 4, rows b % 4, + 4, ...
+        h, r = divmod(b, 4)
+        got = rows[b * 48:(b + 1) * 48]
+        want = [part * C + h * 64 + i for part in range(3) for i in range(64)][r::4]
+        assert got == want
