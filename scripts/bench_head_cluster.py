@@ -69,14 +69,17 @@ constexpr int HC_KEYS = 64;                                             // keys 
 // row slot: rows 0..NW-1, NW..2NW-1, ...) instead of loaded into registers: one block an SM has few requests in flight
 // of its own, and a bulk copy is one request for 3200 bytes. TMA 2: the same from W packed by block (w [25 * CL][NR][C],
 // the block's rows contiguous, head_pack in Python): one copy a row slot (16 rows, 51.2 KB).
-// tl (null: none): thread 0's clock64 at 5 points, [block][5]: entry, its warp's dot products done, after the first
-// cluster barrier, after the second, the end; and globaltimer at entry and end in tl[gridDim.x * 5 + 2 * block + 0/1].
-template <int NTH, int CL, bool ATT, int TMA = 0>
+// PDL: launched as a programmatic dependent of the kernel before (x read after griddepcontrol.wait; W and the cached
+// keys, which no kernel of the step writes, before it), as the model's decode kernels are.
+// tl (null: none): thread 0's clock64 at 6 points, [block][6]: entry, its warp's dot products done, after the first
+// cluster barrier, its split's partials written, after the second barrier, the end; and globaltimer at entry and end
+// in tl[gridDim.x * 6 + 2 * block + 0/1].
+template <int NTH, int CL, bool ATT, int TMA = 0, bool PDL = false>
 __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict__ w, const half* __restrict__ x,
     half* kc, half* vc, int T, int TM, half* __restrict__ y, half* __restrict__ qkv, unsigned long long* tl) {
-  unsigned long long* tb = tl && threadIdx.x == 0 ? tl + blockIdx.x * 5 : nullptr;
+  unsigned long long* tb = tl && threadIdx.x == 0 ? tl + blockIdx.x * 6 : nullptr;
   auto gtime = []() { unsigned long long v; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)); return v; };
-  if (tb) { tb[0] = clock64(); tl[gridDim.x * 5 + 2 * blockIdx.x] = gtime(); }
+  if (tb) { tb[0] = clock64(); tl[gridDim.x * 6 + 2 * blockIdx.x] = gtime(); }
   constexpr int C = 1600, DH = 64, NV = C / 8, NL = (NV + 31) / 32;   // 200 vectors of 8 a row, 7 a lane at most
   constexpr int NR = (3 * DH + CL - 1) / CL, NW = NTH / 32, RPW = (NR + NW - 1) / NW;   // rows a block, a warp (most)
   static_assert(NTH % DH == 0 && NTH >= HC_KEYS * 8, "groups of 64 threads sum the values; a key's row a thread");
@@ -129,6 +132,7 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
       const uint4* row = reinterpret_cast<const uint4*>(w_row(rr));
       #pragma unroll
       for (int k = 0; k < NL; ++k) { const int v = lane + 32 * k; if (rr < nrows && v < NV) wr[TMA ? 0 : i][k] = row[v]; } } }
+  if (PDL) grid_dep_wait();                                              // x: written by the kernel before
   // 3. xn = (x - mean) / sqrt(var + 1e-5), rounded to fp16
   float2 sq = make_float2(0.f, 0.f);
   for (int i = t; i < C; i += NTH) { const float v = __half2float(x[i]); sq.x += v; sq.y += v * v; }
@@ -153,7 +157,7 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
       if (!ATT && lane == 0) qkv[(hr / DH) * C + h * DH + hr % DH] = __float2half(acc);
     } }
   if (tb) tb[1] = clock64();
-  if (!ATT) { if (tb) { tb[2] = tb[3] = tb[4] = tb[1]; tl[gridDim.x * 5 + 2 * blockIdx.x + 1] = gtime(); } return; }
+  if (!ATT) { if (tb) { tb[2] = tb[3] = tb[4] = tb[5] = tb[1]; tl[gridDim.x * 6 + 2 * blockIdx.x + 1] = gtime(); } return; }
   cluster.sync();                                                       // every block has all 192 of q, k, v
   if (tb) tb[2] = clock64();
   // 5. attention over the block's keys [j0, j0 + nk): thread t < nk takes key j0 + t
@@ -166,7 +170,9 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
   if (t < nk) {
     s = 0.f;
     #pragma unroll
-    for (int i = 0; i < DH / 8; ++i) s += dot8(reinterpret_cast<const uint4*>(ks[t])[i], reinterpret_cast<const uint4*>(qkvs)[i]);
+    for (int i = 0; i < DH / 8; ++i) {                                  // vector (i + t) % 8: no bank conflicts between
+      const int ii = (i + t) & 7;                                       // the rows, 128 bytes apart
+      s += dot8(reinterpret_cast<const uint4*>(ks[t])[ii], reinterpret_cast<const uint4*>(qkvs)[ii]); }
     s *= 0.125f; }
   const float m = hc_max<NTH>(s, red);
   const float e = t < nk ? __expf(s - m) : 0.f;
@@ -182,8 +188,9 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
     for (int g = 1; g < NTH / DH; ++g) o += part[g][d];
     cluster.map_shared_rank(&po[0][0], 0)[r * DH + d] = o;
     if (t == 0) { float* ml = cluster.map_shared_rank(&pml[0][0], 0); ml[2 * r] = m; ml[2 * r + 1] = l; } }
-  cluster.sync();                                                       // rank 0 has every split's (m, l, o)
   if (tb) tb[3] = clock64();
+  cluster.sync();                                                       // rank 0 has every split's (m, l, o)
+  if (tb) tb[4] = clock64();
   // 6. rank 0 merges: y = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s
   if (r == 0 && t < DH) {
     float mx = -INFINITY, num = 0.f, den = 0.f;
@@ -192,7 +199,7 @@ __global__ void __launch_bounds__(NTH, 1) head_qkv_attend(const half* __restrict
     #pragma unroll
     for (int s2 = 0; s2 < CL; ++s2) { const float f = __expf(pml[s2][0] - mx); num += f * po[s2][t]; den += f * pml[s2][1]; }
     y[h * DH + t] = __float2half(num / den); }
-  if (tb) { tb[4] = clock64(); tl[gridDim.x * 5 + 2 * blockIdx.x + 1] = gtime(); }
+  if (tb) { tb[5] = clock64(); tl[gridDim.x * 6 + 2 * blockIdx.x + 1] = gtime(); }
 }
 '''
 
@@ -200,25 +207,31 @@ LAUNCHERS = r'''
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 constexpr int HC_NTH = 512;
-template <int CL, bool ATT, int TMA = 0> void launch_head(torch::Tensor w, torch::Tensor x, torch::Tensor kc,
-    torch::Tensor vc, int64_t T, torch::Tensor y, torch::Tensor qkv, int64_t tl) {
+template <int CL, bool ATT, int TMA = 0, bool PDL = false> void launch_head(torch::Tensor w, torch::Tensor x,
+    torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y, torch::Tensor qkv, int64_t tl) {
   constexpr int SMEM = TMA ? (3 * 64 + CL - 1) / CL * 1600 * 2 : 0;   // the block's rows of W
-  cudaFuncSetAttribute(head_qkv_attend<HC_NTH, CL, ATT, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+  auto k = head_qkv_attend<HC_NTH, CL, ATT, TMA, PDL>;
+  cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
   cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(25 * CL); cfg.blockDim = dim3(HC_NTH); cfg.dynamicSmemBytes = SMEM;
   cfg.stream = at::cuda::getCurrentCUDAStream();
-  cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeClusterDimension;
-  at[0].val.clusterDim.x = CL; at[0].val.clusterDim.y = 1; at[0].val.clusterDim.z = 1; cfg.attrs = at; cfg.numAttrs = 1;
+  cudaLaunchAttribute at[2]; at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = CL; at[0].val.clusterDim.y = 1; at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization; at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at; cfg.numAttrs = PDL ? 2 : 1;
   auto h = [](torch::Tensor t) { return reinterpret_cast<half*>(t.data_ptr()); };
   TORCH_CHECK(T + 1 <= CL * HC_KEYS, "at most ", CL * HC_KEYS, " keys");
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, head_qkv_attend<HC_NTH, CL, ATT, TMA>, (const half*)h(w), (const half*)h(x), h(kc), h(vc),
-                                    (int)T, (int)kc.size(1), h(y), h(qkv), reinterpret_cast<unsigned long long*>(tl))); }
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, k, (const half*)h(w), (const half*)h(x), h(kc), h(vc), (int)T, (int)kc.size(1),
+                                    h(y), h(qkv), reinterpret_cast<unsigned long long*>(tl))); }
 // one layer: CL blocks a head (4 or 5), att: with the attention, tma: 0 (W in registers), 1 (a bulk copy a row), 2
-// (W packed by block: a bulk copy a row slot); tl: the timeline's address (0: none)
+// (W packed by block: a bulk copy a row slot); pdl: launched as a programmatic dependent (with tma 1 only); tl: the
+// timeline's address (0: none)
 void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, int64_t tl) {
+          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, bool pdl, int64_t tl) {
   TORCH_CHECK(cl == 4 || cl == 5, "cl: 4 or 5 (the instances built)");
   TORCH_CHECK(tma == 0 || cl == 4, "W by TMA: clusters of 4 only (the instances built)");
-  if (tma == 1) att ? launch_head<4, true, 1>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 1>(w, x, kc, vc, T, y, qkv, tl);
+  TORCH_CHECK(!pdl || tma == 1, "PDL: W by TMA a row only (the instances built)");
+  if (pdl) att ? launch_head<4, true, 1, true>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 1, true>(w, x, kc, vc, T, y, qkv, tl);
+  else if (tma == 1) att ? launch_head<4, true, 1>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 1>(w, x, kc, vc, T, y, qkv, tl);
   else if (tma == 2) att ? launch_head<4, true, 2>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false, 2>(w, x, kc, vc, T, y, qkv, tl);
   else if (cl == 4) att ? launch_head<4, true>(w, x, kc, vc, T, y, qkv, tl) : launch_head<4, false>(w, x, kc, vc, T, y, qkv, tl);
   else att ? launch_head<5, true>(w, x, kc, vc, T, y, qkv, tl) : launch_head<5, false>(w, x, kc, vc, T, y, qkv, tl); }
@@ -235,16 +248,25 @@ void stream_read(torch::Tensor b, torch::Tensor out) {                // 8 block
   int sms = 0; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, b.get_device());
   read_sum<<<sms * 8, 256, 0, at::cuda::getCurrentCUDAStream()>>>(reinterpret_cast<const uint4*>(b.data_ptr()),
                                                                    b.numel() * 2 / 16, out.data_ptr<float>()); }
+void gemv8_pdl(torch::Tensor w, torch::Tensor x, torch::Tensor y) {   // the same as a programmatic dependent launch
+  cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(w.size(0) / 8); cfg.blockDim = dim3(256);
+  cfg.stream = at::cuda::getCurrentCUDAStream();
+  cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1; cfg.attrs = at; cfg.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_pdl<8, 0>, reinterpret_cast<const half*>(w.data_ptr()),
+                                    reinterpret_cast<const half*>(x.data_ptr()), (const half*)nullptr,
+                                    reinterpret_cast<half*>(y.data_ptr()), (int)w.size(1))); }
 void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y) {       // kernels/ln_linear.py's schedule: 8 rows a block
   gemv_reg<8, 0><<<w.size(0) / 8, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const half*>(w.data_ptr()), reinterpret_cast<const half*>(x.data_ptr()), nullptr,
       reinterpret_cast<half*>(y.data_ptr()), (int)w.size(1)); }
 '''
 CPP = """void head(torch::Tensor w, torch::Tensor x, torch::Tensor kc, torch::Tensor vc, int64_t T, torch::Tensor y,
-          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, int64_t tl);
+          torch::Tensor qkv, int64_t cl, bool att, int64_t tma, bool pdl, int64_t tl);
 int64_t head_clusters_resident(int64_t cl);
 void stream_read(torch::Tensor b, torch::Tensor out);
-void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y);"""
+void gemv8(torch::Tensor w, torch::Tensor x, torch::Tensor y);
+void gemv8_pdl(torch::Tensor w, torch::Tensor x, torch::Tensor y);"""
 
 
 def head_rows(cl: int) -> list[int]:
@@ -287,7 +309,7 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("bench_head_cluster: no CUDA GPU here (run it on the GPU machine)")
     ext = load_inline("tinygpt2_head_cluster", CPP, cuda_sources=KERNELS + HEAD_KERNEL + LAUNCHERS,
-                      functions=["head", "head_clusters_resident", "stream_read", "gemv8"],
+                      functions=["head", "head_clusters_resident", "stream_read", "gemv8", "gemv8_pdl"],
                       extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
     C, L, TM = 1600, 48, 320
     g = torch.Generator().manual_seed(0)
@@ -303,19 +325,19 @@ def main():
     want_qkv, want_y = head_attention_ref(w[0].cpu().numpy(), kc[0].cpu().numpy(), vc[0].cpu().numpy(), x.cpu().numpy(), T)
     rel = lambda got, want: float(np.abs(got.float().cpu().numpy() - want.astype(np.float32)).max()
                                   / np.abs(want.astype(np.float32)).max())
-    variants = ((4, 0), (5, 0), (4, 1), (4, 2))                     # (blocks a head, TMA: as the kernel's)
-    names = {0: "", 1: ", W by TMA a row", 2: ", W packed, by TMA a row slot"}
+    variants = ((4, 0, False), (5, 0, False), (4, 1, False), (4, 2, False), (4, 1, True))   # (blocks a head, TMA, PDL)
+    name = lambda tma, pdl: {0: "", 1: ", W by TMA a row", 2: ", W packed, by TMA a row slot"}[tma] + (", PDL" if pdl else "")
     pack = [wl[torch.tensor(head_rows(4), device="cuda")].contiguous() for wl in w]
     wsrc = lambda l, tma: pack[l] if tma == 2 else w[l]
-    for cl, tma in variants:
-        how = f"clusters of {cl}{names[tma]}"
+    for cl, tma, pdl in variants:
+        how = f"clusters of {cl}{name(tma, pdl)}"
         if not tma:
             lines.append(f"clusters of {cl} resident at once: {ext.head_clusters_resident(cl)} (25 needed)")
         k0, v0 = kc[0].clone(), vc[0].clone()
-        y.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, True, tma, 0)
+        y.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, True, tma, pdl, 0)
         err_y = rel(y, want_y)
         err_k = rel(k0[:, T], want_qkv[C:2 * C].reshape(H, D))
-        qkv.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, False, tma, 0)
+        qkv.zero_(); ext.head(wsrc(0, tma), x, k0, v0, T, y, qkv, cl, False, tma, pdl, 0)
         err_q = rel(qkv, want_qkv)
         assert max(err_y, err_k, err_q) < 2e-2, (how, err_y, err_k, err_q)
         lines.append(f"{how}: checked against numpy, relative error y {err_y:.1e}, new key {err_k:.1e}, q k v {err_q:.1e}")
@@ -324,41 +346,44 @@ def main():
     bw = copy_bandwidth()
     kinds = {"read only (read_sum, 8 blocks of 256 an SM)": lambda l: ext.stream_read(w[l], sink),
              "GEMV as ln_linear schedules it (gemv_reg, 600 blocks of 256)": lambda l: ext.gemv8(w[l], x, qkv),
-             **{f"cluster of {cl} a head{names[tma]}, qkv rows only (no attention)":
-                (lambda l, cl=cl, tma=tma: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, False, tma, 0))
-                for cl, tma in variants},
-             **{f"**cluster of {cl} a head{names[tma]}, qkv + attention**":
-                (lambda l, cl=cl, tma=tma: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, True, tma, 0))
-                for cl, tma in variants}}
+             "the same GEMV, PDL (gemv_pdl: W loaded, then griddepcontrol.wait)": lambda l: ext.gemv8_pdl(w[l], x, qkv),
+             **{f"cluster of {cl} a head{name(tma, pdl)}, qkv rows only (no attention)":
+                (lambda l, cl=cl, tma=tma, pdl=pdl: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, False, tma, pdl, 0))
+                for cl, tma, pdl in variants},
+             **{f"**cluster of {cl} a head{name(tma, pdl)}, qkv + attention**":
+                (lambda l, cl=cl, tma=tma, pdl=pdl: ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, cl, True, tma, pdl, 0))
+                for cl, tma, pdl in variants}}
     lines += ["", f"| 48 launches in a CUDA graph (copy bandwidth {bw / 1e12:.2f} TB/s) | us a layer | TB/s of W |",
               "|---|---|---|"]
-    for name, launch in kinds.items():
+    for what, launch in kinds.items():
         us = graph_us(lambda: [launch(l) for l in range(L)]) / L
-        lines.append(f"| {name} | {us:.2f} | {3 * C * C * 2 / us / 1e6:.2f} |")
+        lines.append(f"| {what} | {us:.2f} | {3 * C * C * 2 / us / 1e6:.2f} |")
 
-    # where the time goes inside the kernel: thread 0's clock at 5 points of each block, 48 launches one after another
+    # where the time goes inside the kernel: thread 0's clock at 6 points of each block, 48 launches one after another
     # (not in a graph: the points are inside each kernel), the SM clock from the clock against globaltimer
+    timed = ((0, False), (1, False), (2, False))
     lines += ["", "| inside one launch, us (medians over 48 layers and the blocks; clusters of 4) | " +
-              " | ".join(names[t][2:] or "W in registers" for t in (0, 1, 2)) + " |", "|---|---|---|---|"]
+              " | ".join(name(t, p)[2:] or "W in registers" for t, p in timed) + " |", "|---|---|---|---|"]
     cols = []
-    for tma in (0, 1, 2):
+    for tma, pdl in timed:
         nb = 4 * H
-        tl = torch.zeros(L, nb * 7, device="cuda", dtype=torch.int64)
+        tl = torch.zeros(L, nb * 8, device="cuda", dtype=torch.int64)
         for l in range(L):
-            ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, 4, True, tma, tl[l].data_ptr())
+            ext.head(wsrc(l, tma), x, kc[l], vc[l], T, y, qkv, 4, True, tma, pdl, tl[l].data_ptr())
         torch.cuda.synchronize()
         t = tl.cpu().double()
-        clk, gt = t[:, :nb * 5].reshape(L, nb, 5), t[:, nb * 5:].reshape(L, nb, 2)
-        ghz = ((clk[:, :, 4] - clk[:, :, 0]) / (gt[:, :, 1] - gt[:, :, 0])).median().item()
+        clk, gt = t[:, :nb * 6].reshape(L, nb, 6), t[:, nb * 6:].reshape(L, nb, 2)
+        ghz = ((clk[:, :, 5] - clk[:, :, 0]) / (gt[:, :, 1] - gt[:, :, 0])).median().item()
         d = [((clk[:, :, j + 1] - clk[:, :, j]) / ghz / 1e3).median().item() for j in range(4)]
-        rank0 = ((clk[:, ::4, 4] - clk[:, ::4, 3]) / ghz / 1e3).median().item()
+        rank0 = ((clk[:, ::4, 5] - clk[:, ::4, 4]) / ghz / 1e3).median().item()
         skew = ((gt[:, :, 0].max(1).values - gt[:, :, 0].min(1).values) / 1e3).median().item()
         span = ((gt[:, :, 1].max(1).values - gt[:, :, 0].min(1).values) / 1e3).median().item()
-        cols.append(d[:3] + [rank0, skew, span, ghz])
+        cols.append(d + [rank0, skew, span, ghz])
     for i, what in enumerate(["entry -> its warp's dot products done (W landed, x normalized)",
                               "-> first cluster barrier passed (q, k, v everywhere)",
-                              "-> second cluster barrier passed (the attention, partials in rank 0)",
-                              "-> rank 0 merged and wrote y", "blocks' entries, first to last (globaltimer)",
+                              "-> its split of the attention done, partials written into rank 0",
+                              "-> second cluster barrier passed", "-> rank 0 merged and wrote y",
+                              "blocks' entries, first to last (globaltimer)",
                               "first entry to last end (globaltimer)", "SM clock, GHz (clock64 / globaltimer)"]):
         lines.append(f"| {what} | " + " | ".join(f"{c[i]:.2f}" for c in cols) + " |")
     lines += ["", "The model on the H100 (trace_decode_h100_99d28ef.md, from the previous kernel's end): ln_linear_qkv "

@@ -48,7 +48,8 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
     assert "constexpr int HC_NTH = 512;" in hc.LAUNCHERS
     args = "const half*, const half*, half*, half*, int, int, half*, half*, unsigned long long*"
     instances = [f"head_qkv_attend<512, {cl}, {att}>" for cl in (4, 5) for att in ("true", "false")] + \
-        [f"head_qkv_attend<512, 4, {att}, {tma}>" for att in ("true", "false") for tma in (1, 2)]
+        [f"head_qkv_attend<512, 4, {att}, {tma}>" for att in ("true", "false") for tma in (1, 2)] + \
+        [f"head_qkv_attend<512, 4, {att}, 1, true>" for att in ("true", "false")]
     src = kernels_source() + hc.HEAD_KERNEL + "".join(f"template __global__ void {k}({args});\n" for k in instances)
     (tmp_path / "k.cu").write_text(src)
     err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
@@ -67,7 +68,7 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
     kernels = {k.split()[0]: k for k in kernels if k.startswith("_Z15head_qkv_attend")}
     assert len(kernels) == len(instances)
     for name, body in kernels.items():
-        if not name.split("EEvPK6")[0].endswith("ELi0"):                  # the last template argument, TMA, 1 or 2
+        if not name.split("EEvPK6")[0].endswith("ELi0ELb0"):              # TMA (the 4th template argument) 1 or 2
             # W by TMA: bulk copies (a row each, issued by thread 0 in a loop) before the layernorm's barriers,
             # and no 16-byte loads of W into registers
             assert "UBLKCP" in body.split("BAR.SYNC")[1] and "LDG.E.128" not in body, name
