@@ -548,3 +548,85 @@ def test_tvmscript_writes_the_tma_ring_a_streaming_decode_kernel_needs():
     refill = ptx[ptx.index("fence.proxy.async.shared::cta"):]
     assert copy in refill
     nvcc({"ring": ring}, "cubin")                      # ptxas accepts it for sm_90a
+
+
+def cluster_exchange(blocks: int = 8, cluster: int = 4):
+    """A thread-block cluster's exchange through distributed shared memory, as a head's cluster in
+    scripts/bench_head_cluster.py does it: block b (rank r = b % cluster in its cluster) stores b * 10 + r into
+    slot r of every block of its cluster (mapa maps its slot's shared address into block t's; st.shared::cluster
+    stores there), between two cluster barriers; then each block writes its slots out.
+    out[b, t] = (b - r + t) * 10 + t: what block t of b's cluster stored."""
+    from tinygpt2.tvm_shim import T
+
+    NB, CL = T.int64(blocks), T.int64(cluster)
+
+    @T.prim_func(s_tir=True)
+    def exchange(out: T.Buffer((NB, CL), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for r in T.thread_binding(CL, thread="clusterCtaIdx.x"):         # launched as clusters of CL blocks
+            for b in T.thread_binding(NB, thread="blockIdx.x"):
+                for t in T.thread_binding(T.int64(32), thread="threadIdx.x"):
+                    with T.sblock("exchange"):
+                        T.reads()
+                        T.writes(out[b, t])
+                        slots = T.sblock_alloc_buffer((CL,), "float32", scope="shared")
+                        addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        T.ptx.barrier.cluster.arrive.relaxed.aligned()    # every block of the cluster started
+                        T.ptx.barrier.cluster.wait.aligned()              # before any store into another's memory
+                        if t < CL:
+                            T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(
+                                T.address_of(slots[r])), T.Cast("uint32", t))
+                            T.ptx.st.shared__cluster.f32(addr[0], T.Cast("float32", b * T.int64(10) + r))
+                        T.ptx.barrier.cluster.arrive.release.aligned()    # the stores visible to the cluster ...
+                        T.ptx.barrier.cluster.wait.acquire.aligned()      # ... once every block has arrived
+                        if t < CL:
+                            out[b, t] = slots[t]
+
+    return exchange
+
+
+def cluster_exchange_ref(blocks: int = 8, cluster: int = 4):
+    import numpy as np
+
+    b, t = np.arange(blocks)[:, None], np.arange(cluster)[None, :]
+    return ((b - b % cluster + t) * 10 + t).astype("float32")
+
+
+def test_tvmscript_writes_the_cluster_exchange_a_head_cluster_kernel_needs():
+    """docs/persistent_decode.md's cluster per head (scripts/bench_head_cluster.py, raw CUDA there) written in
+    TVMScript: a thread binding to clusterCtaIdx.x makes the kernel a cluster launch (TVM 0.27's launch tag; the
+    rank is read from %cluster_ctarank), and T.ptx writes mapa, st.shared::cluster and the split cluster barrier.
+    ptxas builds it for sm_90a. The test below runs it where there is a GPU."""
+    from types import SimpleNamespace
+
+    from tinygpt2 import targets as TG
+    from tinygpt2.tvm_shim import tvm
+
+    func = cluster_exchange()
+    src = cuda_source({"exchange": func})
+    body = src[src.rindex("exchange_kernel("):]
+    for ins in ("barrier.cluster.arrive.relaxed.aligned", "barrier.cluster.wait.aligned",
+                "mapa.shared::cluster.u32", "st.shared::cluster.f32", "barrier.cluster.arrive.release.aligned",
+                "barrier.cluster.wait.acquire.aligned", "%%cluster_ctarank"):
+        assert ins in src, ins
+    assert body.index("mapa_u32_shared__cluster") < body.index("arrive_release") < body.index("out_ptr[")
+    kernel = device_kernels(SimpleNamespace(mod=tvm.IRModule({"exchange": func})), TG.make_target("cuda", "sm_90a"))
+    assert "clusterCtaIdx.x" in list(kernel["exchange_kernel"].attrs["tirx.kernel_launch_params"])
+    nvcc({"exchange": func}, "cubin")
+
+
+def test_the_cluster_exchange_runs_as_clusters_on_the_gpu():
+    """The same kernel run: only a launch as clusters of 4 gives every block its cluster's values (launched as
+    single blocks, mapa into ranks 1-3 would fault)."""
+    import numpy as np
+
+    from tinygpt2.compile import build_cuda_kernel
+    from tinygpt2.tvm_shim import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU here: the cluster launch runs on the lent GPU machine")
+    lib = build_cuda_kernel(cluster_exchange())
+    out = tvm.runtime.tensor(np.zeros((8, 4), "float32"), dev)
+    lib["main"](out)
+    np.testing.assert_array_equal(out.numpy(), cluster_exchange_ref())
