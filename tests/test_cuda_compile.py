@@ -630,3 +630,82 @@ def test_the_cluster_exchange_runs_as_clusters_on_the_gpu():
     out = tvm.runtime.tensor(np.zeros((8, 4), "float32"), dev)
     lib["main"](out)
     np.testing.assert_array_equal(out.numpy(), cluster_exchange_ref())
+
+
+# a config whose heads are 64 wide (decode-cluster's), small enough to build quickly
+CFG64 = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=2, n_head=2)
+
+
+def test_decode_cluster_makes_ln_1_c_attn_and_the_attention_one_cluster_kernel_launched_with_pdl():
+    """`decode-cluster` (kernels/decode_cluster.py) in front of `fused`: decode's ln_linear_qkv and
+    decode_attention give way to one kernel a layer, launched as clusters of 4 blocks (clusterCtaIdx.x) and
+    with PDL; prefill and the other decode kernels as in `fused`. Not in float32, where it is dropped."""
+    from tinygpt2.rules import GPU_FUSED
+    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["decode-cluster", *GPU_FUSED], arch="sm_90a")
+    assert all(sched.rule_of.values()), sched.rule_of
+    names = set(sched.rule_of)
+    assert "decode_cluster_n1" in names and not {"ln_linear_qkv_n1", "decode_attention_n1"} & names
+    kernels = device_kernels(sched, tgt)
+    params = list(kernels["decode_cluster_n1_kernel"].attrs["tirx.kernel_launch_params"])
+    assert "clusterCtaIdx.x" in params and PDL_LAUNCH_TAG in params
+    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    body = src[src.rindex("decode_cluster_n1_kernel("):]
+    # the order the kernel is built on: W's bulk copies, the PDL wait, q, k, v across the cluster, attention
+    marks = ["cp_async_bulk", "griddepcontrol_wait", "st_shared__cluster", "barrier_cluster_wait_cluster_wait_acquire"]
+    at = [body.index(m) for m in marks]
+    assert at == sorted(at), dict(zip(marks, at))
+    plain, *_ = C.build_scheduled(CFG64, "cuda", "float32", ["decode-cluster", *GPU_FUSED], arch="sm_90a")
+    assert "decode_attention_n1" in plain.rule_of and "decode_cluster_n1" not in plain.rule_of
+
+
+@pytest.mark.parametrize("size", ["gpt2", "gpt2-xl"])
+def test_decode_cluster_builds_without_spills_and_fits_one_block_an_sm(size):
+    """The kernel at a Hub size's shapes (n_ctx 1024), built by nvcc for sm_90a: no spills, its 512 threads'
+    registers within an SM's, and its shared memory (static + the dynamic W', K and V rows) within a block's 227 KB."""
+    from tinygpt2.config import PRESETS
+    from tinygpt2.kernels.decode_cluster import make_decode_cluster
+
+    cfg = PRESETS[size]
+    func = make_decode_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16", pdl="exit")
+    report = nvcc({"dc": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
+    spill, regs, static = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers, used \d+ barriers, "
+                                             r"(\d+) bytes smem", report, re.S).groups())
+    dynamic = (48 * cfg.n_embd + 2 * (cfg.n_positions // 4) * 64) * 2
+    assert spill == 0 and regs * 512 <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static, dynamic)
+
+
+@pytest.mark.parametrize("pos", [0, 5, 255, 1023])
+def test_decode_cluster_matches_its_numpy_reference_on_the_gpu(pos):
+    """The kernel at gpt2-xl's shapes against decode_cluster_ref (the two kernels it replaces, in numpy), at the
+    first position, a few, and the last; the new key and value appended, no other row of the cache touched."""
+    import numpy as np
+
+    from tinygpt2.compile import build_cuda_kernel
+    from tinygpt2.kernels import decode_cluster_ref, make_decode_cluster
+    from tinygpt2.tvm_shim import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU here: the cluster kernel runs on the lent GPU machine")
+    H, D, P = 25, 64, 1024
+    C = H * D
+    rng = np.random.default_rng(pos)
+    x = rng.standard_normal((1, C)).astype("float16")
+    w = (rng.standard_normal((3 * C, C)) * 0.02).astype("float16")
+    b = (rng.standard_normal(3 * C) * 0.1).astype("float16")
+    w_sum = w.astype(np.float64).sum(axis=1).astype("float32")
+    kc = rng.standard_normal((H, P, D)).astype("float16")
+    vc = rng.standard_normal((H, P, D)).astype("float16")
+    kc[:, pos + 1:] = np.nan                                             # stale rows past pos: never read
+    vc[:, pos + 1:] = np.nan
+    want, want_k, want_v = decode_cluster_ref(x, w, b, w_sum, kc.copy(), vc.copy(), pos)
+    lib = build_cuda_kernel(make_decode_cluster(H, D, P))
+    args = [tvm.runtime.tensor(a, dev) for a in (x, w, b, w_sum, kc, vc, np.array([pos], "int32"))]
+    out = tvm.runtime.tensor(np.zeros((1, C), "float16"), dev)
+    lib["main"](*args, out)
+    np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(args[4].numpy()[:, :pos + 1].astype("float32"), want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(args[5].numpy()[:, :pos + 1].astype("float32"), want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    assert np.isnan(args[4].numpy()[:, pos + 1:].astype("float32")).all()

@@ -85,6 +85,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
     # ... launched with programmatic dependent launch (CUDA sm_90+): kernels/_pdl.py's mode, or None
     pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
+    # ... and ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (CUDA sm_90+, fp16,
+    # head_dim 64; kernels/decode_cluster.py). Dropped elsewhere, as the PDL entries are
+    cluster = fused and "decode-cluster" in hand and gpu == "cuda" and dtype == "float16" and D == 64
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -113,10 +116,13 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     sampling = relax.Var("sampling", relax.TensorType([4], "float32"))    # decode_sample: temperature, top_k, top_p, seed
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
         embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
-        if fused:       # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
+        if cluster:     # ln_1 + c_attn and the four below as one kernel, a cluster per head (make_decode_cluster)
+            decode_cluster = b.kernel("decode_cluster", K.make_decode_cluster, H, D, P, dtype, eps, pdl)
+        elif fused:     # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
             decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
+        if fused:
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
@@ -168,27 +174,31 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             for i in range(cfg.n_layer):
                 p = f"h.{i}."
                 # --- attention: x = x + c_proj(attn(c_attn(ln_1(x)))) ---
-                if fused:                                                  # c_attn(ln_1(x)) in one launch
+                if cluster:                                                # ln_1, c_attn, append, attend: one launch
+                    a, *_ = b.call_inplace(f"h{i}_attn", decode_cluster,
+                                           [x, *(w[p + c_attn + t] for t in FOLDED), cache[2 * i], cache[2 * i + 1],
+                                            where], [-1, 4, 5], fresh=[([n, C], dtype)])
+                elif fused:                                                # c_attn(ln_1(x)) in one launch
                     qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED)], [n, 3 * C], dtype)
+                    # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place),
+                    # the chunks' partial results
+                    a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
+                                           [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
+                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
                 else:
                     h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
                                  [h, w[p + c_attn + "weight"], w[p + c_attn + "bias"]], [n, 3 * C], dtype)
-                if fused:                                                  # append K, V and attend, in one call
-                    # outputs: attention [n, C], the two caches (in place), the chunks' partial results
-                    a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
-                                           [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
-                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
-                elif flash:                                                # softmax(q.K^T).V in one launch
-                    k, v = b.call_inplace(f"h{i}_kv", kv_append, [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])
-                    a = b.call(f"h{i}_attn", flash_attention, [qkv, k, v, m], [n, C], dtype)      # [n, C]
-                else:
-                    k, v = b.call_inplace(f"h{i}_kv", kv_append,
-                                          [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])  # [H, P, D] x2
-                    s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)   # [H, n, keys]
-                    # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
-                    s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
-                    a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
+                    if flash:                                              # softmax(q.K^T).V in one launch
+                        k, v = b.call_inplace(f"h{i}_kv", kv_append, [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])
+                        a = b.call(f"h{i}_attn", flash_attention, [qkv, k, v, m], [n, C], dtype)      # [n, C]
+                    else:
+                        k, v = b.call_inplace(f"h{i}_kv", kv_append,                          # [H, P, D] x2
+                                              [qkv, cache[2 * i], cache[2 * i + 1], *(pos or [m])], [1, 2])
+                        s = b.call(f"h{i}_scores", attn_scores, [qkv, k, *pos], [H, n, keys], ACC)   # [H, n, keys]
+                        # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
+                        s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
+                        a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
                 x = b.call(f"h{i}_resid_attn", attn_proj,                                      # x + c_proj(a)
                            [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---

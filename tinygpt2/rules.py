@@ -92,6 +92,19 @@ class PDLDecode(dl.ScheduleRule):
         return None
 
 
+class DecodeCluster(dl.ScheduleRule):
+    """Not a schedule: a request that decode's ln_1 + c_attn and its attention (ln_linear_qkv and
+    decode_attention of `fused-decode`, which it needs) be one kernel, a thread-block cluster of 4 blocks per
+    head (kernels/decode_cluster.py): the head's q, k and v never go through L2, and its attention starts
+    without a kernel boundary. CUDA sm_90 and later, float16, head_dim 64; dropped elsewhere. Measured first as
+    raw CUDA on an H100: 12.46 us a layer of gpt2-xl against 13.5 for the three kernels it replaces
+    (docs/results/README.md, last section). It matches no kernel.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class PDLDecodeLoaded(PDLDecode):
     mode = "loaded"
 
@@ -479,7 +492,7 @@ class RowReduction(dl.cpu.Reduction):
 def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
-    names = tuple(name for name in ("fused-decode", "hand-softmax", "flash-prefill")
+    names = tuple(name for name in ("fused-decode", "decode-cluster", "hand-softmax", "flash-prefill")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -507,6 +520,7 @@ GPU_RULES = {
     "pdl-decode": PDLDecode,                     # ours: ... launched with programmatic dependent launch (above)
     "pdl-decode-loaded": PDLDecodeLoaded,
     "pdl-decode-early": PDLDecodeEarly,
+    "decode-cluster": DecodeCluster,             # ours: ln_1 + c_attn + attention, a cluster per head (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }

@@ -1,0 +1,283 @@
+"""Decode's ln_1 + c_attn + attention as one CUDA kernel, a thread-block cluster of 4 blocks per head (one token).
+
+    q, k, v = rstd * (W' @ x - mu * s) + b'       (ln_1 folded into c_attn: ln_linear.py's fold_layernorm)
+    k_cache[h, pos] = k[h],  v_cache[h, pos] = v[h]
+    out[0, h*D + d] = sum_{j <= pos} softmax_j(q[h] . k_j / sqrt(D)) v_j[d]
+
+    x [1, C], W' [3C, C], b' [3C], s [3C] (float32), k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32
+      ->  out [1, C]                                    fp16 only, D = 64; accumulated in float32
+
+The chain ln_linear_qkv -> decode_attention (chunks, merge) of `fused-decode` crosses SMs twice through L2
+and two kernel boundaries; on an H100 it costs gpt2-xl 13.5 us a layer, 6.27 of them after qkv's end
+(docs/results/README.md). Here the head's own blocks compute its q, k and v and attend at once, exchanging
+values through distributed shared memory (DSMEM), which never leaves the cluster's SMs. Block b is rank
+r = b % 4 of head h = b // 4's cluster (launched as clusters of 4 by the binding to clusterCtaIdx.x):
+
+  1. thread 0 copies the block's 48 rows of W' (head rows r, r + 4, ..., 188 + r of its 192 q, k, v rows) into
+     shared memory by TMA, a bulk copy a row, one mbarrier per 16 rows; every thread copies its share of the
+     cached K and V rows of the block's keys (a quarter of pos + 1) into shared memory. Neither is written by
+     any kernel of the step, so both are issued before the PDL wait.
+  2. wait (PDL); x into shared memory, its mean and variance (block reductions).
+  3. a warp a row: W' . x from shared memory, summed over the warp, the layernorm's epilogue and bias,
+     rounded to fp16; lanes 0-3 store the value into q/k/v of every block of the cluster (mapa + st.shared::
+     cluster). Cluster barrier.
+  4. attention over the block's keys, a key a thread: s = q . k / 8, the block's max m and sum l of exp(s - m),
+     o = sum exp(s - m) v in 8 groups of 64 threads; (m, l, o) stored into rank 0 through DSMEM; the block
+     holding key pos appends the new k, v to the cache. Cluster barrier.
+  5. rank 0 merges the 4 parts: out = sum_r e^(m_r - M) o_r / sum_r e^(m_r - M) l_r.
+
+Measured first as raw CUDA (scripts/bench_head_cluster.py, H100): 12.46 us a layer against 13.5 for the three
+kernels; the attention after the stream ~2.7 us, but 100 blocks on 100 of 132 SMs stream c_attn ~1.6 us
+slower than a GEMV over every SM. Limits: head_dim 64; fp16 (48 rows of W' in fp32 would overflow shared
+memory); H * 4 blocks of 512 threads, one an SM; shared memory 48 C + 4 n_ctx halves and ~8 KB, which fits
+an sm_90 block (227 KB) up to C = 1600 at n_ctx = 1024.
+"""
+
+import math
+
+import numpy as np
+
+from tinygpt2.errors import RuleError
+from tinygpt2.tvm_shim import T
+
+from ._dtypes import ACC, F32_MIN
+from ._pdl import flags as pdl_flags
+
+CLUSTER = 4                                  # blocks a head
+THREADS = 512                                # 16 warps a block
+D_HEAD = 64
+
+
+def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", eps: float = 1e-5,
+                        pdl: str | None = None):
+    """The kernel in this module's docstring. pdl: one of kernels/_pdl.py's MODES (or None: an ordinary launch);
+    in every mode it lets the next kernel (the attention's c_proj) launch at once, as decode_attention does."""
+    if dtype != "float16" or head_dim != D_HEAD:
+        raise RuleError(f"decode-cluster: float16 and head_dim {D_HEAD} only (got {dtype}, {head_dim})")
+    H, D, C, P = n_head, head_dim, n_head * head_dim, n_ctx
+    CL, NTH, NW = CLUSTER, THREADS, THREADS // 32
+    NR = 3 * D // CL                          # rows of W' a block (48)
+    RPW = -(-NR // NW)                        # rows a warp (3)
+    NV = C // 8                               # 16-byte vectors a row
+    NL = -(-NV // 32)                         # ... a lane
+    KB = -(-P // CL)                          # keys a block at most
+    NG = NTH // D                             # groups of 64 threads in p . v (8)
+    XI = -(-C // NTH)                         # elements of x a thread
+    assert C % 8 == 0 and KB <= NTH and NR % NW == 0
+    K_OFF, V_OFF = NR * C, NR * C + KB * D    # the dynamic shared buffer: W' rows, K rows, V rows (halves)
+    scale = T.float32(1.0 / math.sqrt(D))
+    lowest = T.float32(F32_MIN)
+    inv_c, eps_ = T.float32(1.0 / C), T.float32(eps)
+    wait_pdl = pdl_flags(pdl)[0]
+
+    @T.macro(hygienic=False)
+    def cluster_sync():                       # every thread: arrive (release), wait (acquire)
+        T.ptx.barrier.cluster.arrive.release.aligned()
+        T.ptx.barrier.cluster.wait.acquire.aligned()
+
+    @T.macro(hygienic=False)
+    def warp_sum(v):                          # v[0] summed over the warp (every lane gets it)
+        for k in T.unroll(5):
+            v[0] = v[0] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[0], 16 >> k, 32, 32)
+
+    @T.macro(hygienic=False)
+    def warp_max(v):
+        for k in T.unroll(5):
+            v[0] = T.max(v[0], T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[0], 16 >> k, 32, 32))
+
+    @T.macro(hygienic=False)
+    def dsmem_store(dst, rank, value):        # dst: a shared float32 element, as block `rank` of the cluster has it
+        T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)), T.Cast("uint32", rank))
+        T.ptx.st.shared__cluster.f32(addr[0], value)
+
+    @T.prim_func(s_tir=True)
+    def decode_cluster(x: T.Buffer((1, C), dtype), w: T.Buffer((3 * C, C), dtype), b: T.Buffer((3 * C,), dtype),
+                       w_sum: T.Buffer((3 * C,), ACC), k_cache: T.Buffer((H, P, D), dtype),
+                       v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((1,), "int32"),
+                       out: T.Buffer((1, C), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for r in T.thread_binding(CL, thread="clusterCtaIdx.x"):          # launched as clusters of CL blocks
+            for bx in T.thread_binding(H * CL, thread="blockIdx.x"):
+                for t in T.thread_binding(NTH, thread="threadIdx.x"):
+                    with T.sblock("decode_cluster"):
+                        T.reads(x[0, 0:C], w[0:3 * C, 0:C], b[0:3 * C], w_sum[0:3 * C], k_cache[0:H, 0:P, 0:D],
+                                v_cache[0:H, 0:P, 0:D], pos[0])
+                        T.writes(k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], out[0, 0:C])
+                        big = T.sblock_alloc_buffer((NR * C + 2 * KB * D,), dtype, scope="shared.dyn")
+                        xs = T.sblock_alloc_buffer((C,), dtype, scope="shared")
+                        qkv = T.sblock_alloc_buffer((3 * D,), ACC, scope="shared")   # the head's q, k, v
+                        red = T.sblock_alloc_buffer((2 * NW,), ACC, scope="shared")
+                        p = T.sblock_alloc_buffer((KB,), ACC, scope="shared")
+                        part = T.sblock_alloc_buffer((NG * D,), ACC, scope="shared")
+                        po = T.sblock_alloc_buffer((CL * D,), ACC, scope="shared")    # rank 0: each part's o
+                        pml = T.sblock_alloc_buffer((CL * 2,), ACC, scope="shared")   # ... and (m, l)
+                        bar = T.sblock_alloc_buffer((RPW,), "uint64", scope="shared")
+                        ready = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        acc = T.sblock_alloc_buffer((2,), ACC, scope="local")
+                        stat = T.sblock_alloc_buffer((4,), ACC, scope="local")       # mean, rstd, m, l
+                        wv = T.sblock_alloc_buffer((8,), dtype, scope="local")
+                        xv = T.sblock_alloc_buffer((8,), dtype, scope="local")
+                        h = bx // CL
+                        nrows = (3 * D - r + CL - 1) // CL                   # head rows r, r + CL, ... < 3D
+                        n = pos[0] + 1                                      # keys, the new one included
+                        per = (n + CL - 1) // CL
+                        j0 = r * per                                        # the block's keys [j0, j0 + nk)
+                        nk = T.max(0, T.min(n, j0 + per) - j0)
+                        # what other blocks of the cluster store into (DSMEM), zeroed first: TVM sees no other write
+                        # of them, and without one its storage planner would let them share memory with buffers
+                        # this block still uses while the stores arrive (it did: po with p and part)
+                        if t < 3 * D:
+                            qkv[t] = T.float32(0)
+                        if t < CL * D:
+                            po[t] = T.float32(0)
+                        if t < CL * 2:
+                            pml[t] = T.float32(0)
+                        # 1. W' rows by TMA (thread 0), the cached keys' K and V rows (every thread)
+                        if t == 0:
+                            for i in range(RPW):
+                                T.ptx.mbarrier.init.shared.b64(T.address_of(bar[i]), T.uint32(1))
+                            T.ptx.fence.proxy.async_.shared__cta()
+                            for i in range(RPW):
+                                T.ptx.mbarrier.arrive.expect_tx.shared.b64(
+                                    T.address_of(bar[i]), T.Cast("uint32", T.max(0, T.min(NW, nrows - NW * i)) * C * 2))
+                                for rr in range(NW * i, T.min(NW * i + NW, nrows)):
+                                    T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
+                                        T.address_of(big[rr * C]),
+                                        T.address_of(w[((r + CL * rr) // D) * C + h * D + (r + CL * rr) % D, 0]),
+                                        T.uint32(C * 2), T.address_of(bar[i]))
+                        for i in range(-(-(KB * 8) // NTH)):
+                            if t + i * NTH < nk * 8 and j0 + (t + i * NTH) // 8 < pos[0]:
+                                for e in T.vectorized(8):
+                                    big[K_OFF + (t + i * NTH) * 8 + e] = k_cache[h, j0 + (t + i * NTH) // 8,
+                                                                                 ((t + i * NTH) % 8) * 8 + e]
+                                for e in T.vectorized(8):
+                                    big[V_OFF + (t + i * NTH) * 8 + e] = v_cache[h, j0 + (t + i * NTH) // 8,
+                                                                                 ((t + i * NTH) % 8) * 8 + e]
+                        T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
+                        if wait_pdl:
+                            if t == 0:                                      # x read coherently (_pdl.read_coherently)
+                                T.ptx.prefetch.global_.L2(T.address_of(x[0, 0]))
+                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
+                            T.ptx.griddepcontrol.wait()
+                        # 2. x, its mean and rstd
+                        acc[0] = T.float32(0)
+                        acc[1] = T.float32(0)
+                        for i in T.unroll(XI):
+                            if t + i * NTH < C:
+                                xs[t + i * NTH] = x[0, t + i * NTH]
+                                acc[0] = acc[0] + T.Cast(ACC, x[0, t + i * NTH])
+                                acc[1] = acc[1] + T.Cast(ACC, x[0, t + i * NTH]) * T.Cast(ACC, x[0, t + i * NTH])
+                        for k in T.unroll(5):
+                            acc[0] = acc[0] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), acc[0], 16 >> k, 32, 32)
+                            acc[1] = acc[1] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), acc[1], 16 >> k, 32, 32)
+                        if t % 32 == 0:
+                            red[(t // 32) * 2] = acc[0]
+                            red[(t // 32) * 2 + 1] = acc[1]
+                        T.tvm_storage_sync("shared")
+                        acc[0] = T.float32(0)
+                        acc[1] = T.float32(0)
+                        for i in T.unroll(NW):
+                            acc[0] = acc[0] + red[i * 2]
+                            acc[1] = acc[1] + red[i * 2 + 1]
+                        stat[0] = acc[0] * inv_c
+                        stat[1] = T.rsqrt(acc[1] * inv_c - stat[0] * stat[0] + eps_)
+                        T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started
+                        # 3. a warp a row: q, k, v into every block of the cluster
+                        for i in T.unroll(RPW):
+                            if t // 32 + NW * i < nrows:
+                                ready[0] = T.uint32(0)
+                                while ready[0] == T.uint32(0):
+                                    T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[i]), T.uint32(0))
+                                acc[0] = T.float32(0)
+                                for k in T.unroll(NL):
+                                    if t % 32 + 32 * k < NV:
+                                        for e in T.vectorized(8):
+                                            wv[e] = big[(t // 32 + NW * i) * C + (t % 32 + 32 * k) * 8 + e]
+                                        for e in T.vectorized(8):
+                                            xv[e] = xs[(t % 32 + 32 * k) * 8 + e]
+                                        for e in T.unroll(8):
+                                            acc[0] = acc[0] + T.Cast(ACC, wv[e]) * T.Cast(ACC, xv[e])
+                                warp_sum(acc)
+                                if t % 32 < CL:                             # lane c: into rank c's q, k, v
+                                    dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(dtype,
+                                        stat[1] * (acc[0] - stat[0] * w_sum[((r + CL * (t // 32 + NW * i)) // D) * C + h * D
+                                                                        + (r + CL * (t // 32 + NW * i)) % D])
+                                        + T.Cast(ACC, b[((r + CL * (t // 32 + NW * i)) // D) * C + h * D
+                                                        + (r + CL * (t // 32 + NW * i)) % D]))))
+                        cluster_sync()
+                        # 4. attention over the block's keys: key j0 + t, its row in shared memory (j < pos) or new
+                        acc[0] = lowest
+                        if t < nk:
+                            acc[1] = T.float32(0)
+                            for i in T.unroll(D // 8):                     # vector (i + t) % 8: the rows, 128 bytes
+                                for e in T.vectorized(8):                  # apart, share no bank in a phase
+                                    wv[e] = big[K_OFF + t * D + ((i + t) % 8) * 8 + e]
+                                for e in T.unroll(8):
+                                    acc[1] = acc[1] + qkv[((i + t) % 8) * 8 + e] * T.if_then_else(
+                                        j0 + t < pos[0], T.Cast(ACC, wv[e]), qkv[D + ((i + t) % 8) * 8 + e])
+                            acc[0] = acc[1] * scale
+                        stat[2] = acc[0]
+                        warp_max(acc)
+                        T.tvm_storage_sync("shared")
+                        if t % 32 == 0:
+                            red[t // 32] = acc[0]
+                        T.tvm_storage_sync("shared")
+                        stat[3] = lowest
+                        for i in T.unroll(NW):
+                            stat[3] = T.max(stat[3], red[i])
+                        acc[0] = T.if_then_else(t < nk, T.exp(stat[2] - stat[3]), T.float32(0))
+                        if t < KB:
+                            p[t] = acc[0]
+                        warp_sum(acc)
+                        T.tvm_storage_sync("shared")
+                        if t % 32 == 0:
+                            red[t // 32] = acc[0]
+                        T.tvm_storage_sync("shared")
+                        stat[2] = T.float32(0)                              # l
+                        for i in T.unroll(NW):
+                            stat[2] = stat[2] + red[i]
+                        acc[1] = T.float32(0)                               # group t // D: keys t // D, + NG, ...
+                        for jj in T.serial((nk - t // D + NG - 1) // NG):
+                            acc[1] = acc[1] + p[t // D + jj * NG] * T.if_then_else(
+                                j0 + t // D + jj * NG < pos[0], T.Cast(ACC, big[V_OFF + (t // D + jj * NG) * D + t % D]),
+                                qkv[2 * D + t % D])
+                        part[t] = acc[1]
+                        T.tvm_storage_sync("shared")
+                        if t < D:
+                            acc[1] = T.float32(0)
+                            for g in T.unroll(NG):
+                                acc[1] = acc[1] + part[g * D + t]
+                            dsmem_store(po[r * D + t], 0, acc[1])
+                            if t == 0:
+                                dsmem_store(pml[r * 2], 0, stat[3])
+                                dsmem_store(pml[r * 2 + 1], 0, stat[2])
+                            if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
+                                k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
+                                v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
+                        cluster_sync()
+                        # 5. rank 0 merges
+                        if r == 0 and t < D:
+                            stat[3] = lowest
+                            for c in T.unroll(CL):
+                                stat[3] = T.max(stat[3], pml[c * 2])
+                            acc[0] = T.float32(0)
+                            acc[1] = T.float32(0)
+                            for c in T.unroll(CL):
+                                acc[0] = acc[0] + po[c * D + t] * T.exp(pml[c * 2] - stat[3])
+                                acc[1] = acc[1] + pml[c * 2 + 1] * T.exp(pml[c * 2] - stat[3])
+                            out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
+
+    return decode_cluster
+
+
+def decode_cluster_ref(x, w, b, w_sum, k_cache, v_cache, pos, eps=1e-5):
+    """Returns (out [1, C], k_cache, v_cache): the folded ln_1 + c_attn (rstd * (W' @ x - mu * s) + b', rounded to
+    x's dtype, as make_ln_linear_decode computes it), then decode_attention_ref -- the two kernels it replaces."""
+    from .attention import decode_attention_ref
+
+    xf = x.astype(np.float32)
+    mu = xf.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xf * xf).mean(axis=-1, keepdims=True) - mu * mu + eps)
+    qkv = (rstd * (xf @ w.astype(np.float32).T - mu * w_sum) + b.astype(np.float32)).astype(x.dtype)
+    return decode_attention_ref(qkv, k_cache, v_cache, pos)
