@@ -34,6 +34,7 @@ an sm_90 block (227 KB) up to C = 1600 at n_ctx = 1024.
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -69,6 +70,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
     lowest = T.float32(F32_MIN)
     inv_c, eps_ = T.float32(1.0 / C), T.float32(eps)
     wait_pdl = pdl_flags(pdl)[0]
+    next_early = os.environ.get("TG_CLUSTER_NEXT", "early") == "early"     # (experiment: "exit")
 
     @T.macro(hygienic=False)
     def cluster_sync():                       # every thread: arrive (release), wait (acquire)
@@ -116,6 +118,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
                         acc = T.sblock_alloc_buffer((2,), ACC, scope="local")
                         stat = T.sblock_alloc_buffer((4,), ACC, scope="local")       # mean, rstd, m, l
+                        bs = T.sblock_alloc_buffer((RPW * 2,), ACC, scope="local")   # b', s of the warp's rows
                         wv = T.sblock_alloc_buffer((8,), dtype, scope="local")
                         xv = T.sblock_alloc_buffer((8,), dtype, scope="local")
                         h = bx // CL
@@ -154,11 +157,19 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                 for e in T.vectorized(8):
                                     big[V_OFF + (t + i * NTH) * 8 + e] = v_cache[h, j0 + (t + i * NTH) // 8,
                                                                                  ((t + i * NTH) % 8) * 8 + e]
+                        # the bias and row sum of the warp's rows, which the epilogue needs after the dot product:
+                        # weights, so loaded before the wait, their latency passing under W's copies
+                        for i in T.unroll(RPW):
+                            bs[i * 2] = T.Cast(ACC, b[((r + CL * T.min(t // 32 + NW * i, nrows - 1)) // D) * C + h * D
+                                                      + (r + CL * T.min(t // 32 + NW * i, nrows - 1)) % D])
+                            bs[i * 2 + 1] = w_sum[((r + CL * T.min(t // 32 + NW * i, nrows - 1)) // D) * C + h * D
+                                                  + (r + CL * T.min(t // 32 + NW * i, nrows - 1)) % D]
                         T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
                         if wait_pdl:
                             if t == 0:                                      # x read coherently (_pdl.read_coherently)
                                 T.ptx.prefetch.global_.L2(T.address_of(x[0, 0]))
-                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
+                            if next_early:
+                                T.ptx.griddepcontrol.launch_dependents()    # the attention's c_proj, at once
                             T.ptx.griddepcontrol.wait()
                         # 2. x, its mean and rstd
                         acc[0] = T.float32(0)
@@ -200,11 +211,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                             acc[0] = acc[0] + T.Cast(ACC, wv[e]) * T.Cast(ACC, xv[e])
                                 warp_sum(acc)
                                 if t % 32 < CL:                             # lane c: into rank c's q, k, v
-                                    dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(dtype,
-                                        stat[1] * (acc[0] - stat[0] * w_sum[((r + CL * (t // 32 + NW * i)) // D) * C + h * D
-                                                                        + (r + CL * (t // 32 + NW * i)) % D])
-                                        + T.Cast(ACC, b[((r + CL * (t // 32 + NW * i)) // D) * C + h * D
-                                                        + (r + CL * (t // 32 + NW * i)) % D]))))
+                                    dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
+                                        dtype, stat[1] * (acc[0] - stat[0] * bs[i * 2 + 1]) + bs[i * 2])))
                         cluster_sync()
                         # 4. attention over the block's keys: key j0 + t, its row in shared memory (j < pos) or new
                         acc[0] = lowest
