@@ -70,7 +70,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
     lowest = T.float32(F32_MIN)
     inv_c, eps_ = T.float32(1.0 / C), T.float32(eps)
     wait_pdl = pdl_flags(pdl)[0]
-    next_early = os.environ.get("TG_CLUSTER_NEXT", "early") == "early"     # (experiment: "exit")
+    next_early = os.environ.get("TG_CLUSTER_NEXT", "early") == "early"     # (experiment: "exit", "loaded")
+    next_loaded = os.environ.get("TG_CLUSTER_NEXT", "early") == "loaded"
 
     @T.macro(hygienic=False)
     def cluster_sync():                       # every thread: arrive (release), wait (acquire)
@@ -214,6 +215,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                     dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
                                         dtype, stat[1] * (acc[0] - stat[0] * bs[i * 2 + 1]) + bs[i * 2])))
                         cluster_sync()
+                        if wait_pdl and next_loaded:
+                            T.ptx.griddepcontrol.launch_dependents()        # W read: the attention's c_proj now
                         # 4. attention over the block's keys: key j0 + t, its row in shared memory (j < pos) or new
                         acc[0] = lowest
                         if t < nk:
