@@ -28,13 +28,19 @@ r = b % 4 of head h = b // 4's cluster (launched as clusters of 4 by the binding
 
 Measured first as raw CUDA (scripts/bench_head_cluster.py, H100): 12.46 us a layer against 13.5 for the three
 kernels; the attention after the stream ~2.7 us, but 100 blocks on 100 of 132 SMs stream c_attn ~1.6 us
-slower than a GEMV over every SM. Limits: head_dim 64; fp16 (48 rows of W' in fp32 would overflow shared
-memory); H * 4 blocks of 512 threads, one an SM; shared memory 48 C + 4 n_ctx halves and ~8 KB, which fits
-an sm_90 block (227 KB) up to C = 1600 at n_ctx = 1024.
+slower than a GEMV over every SM. In the model (rule entry `decode-cluster`, H100, gpt2-xl fp16, CUDA graph,
+docs/results/trace_decode_h100_decode_cluster.md) it is correct (logits 1.38e-3 / 1.52e-3 against
+transformers) and **no faster than `fused`**: 1667.8 us a step against 1666.8-1667.2. Where it lets the
+attention's c_proj launch decides that: at once (kept), the kernel takes 13.86 us and c_proj 1.98 after it
+(c_proj's blocks, on the 32 SMs the clusters leave, load its weights meanwhile and slow the stream); as its
+blocks exit, 12.54 and 3.39 (1677.0 us a step); once W is read, 14.05 and 1.95 (1680.0). The bias and row
+sums of a warp's rows loaded before the wait took it from 14.43 to 13.86 us (1700.9 -> 1667.8 us a step).
+Limits: head_dim 64; fp16 (48 rows of W' in fp32 would overflow shared memory); H * 4 blocks of 512 threads,
+one an SM; shared memory 48 C + 4 n_ctx halves and ~5 KB, which fits an sm_90 block (227 KB) up to C = 1600
+at n_ctx = 1024.
 """
 
 import math
-import os
 
 import numpy as np
 
@@ -70,8 +76,6 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
     lowest = T.float32(F32_MIN)
     inv_c, eps_ = T.float32(1.0 / C), T.float32(eps)
     wait_pdl = pdl_flags(pdl)[0]
-    next_early = os.environ.get("TG_CLUSTER_NEXT", "early") == "early"     # (experiment: "exit", "loaded")
-    next_loaded = os.environ.get("TG_CLUSTER_NEXT", "early") == "loaded"
 
     @T.macro(hygienic=False)
     def cluster_sync():                       # every thread: arrive (release), wait (acquire)
@@ -169,8 +173,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         if wait_pdl:
                             if t == 0:                                      # x read coherently (_pdl.read_coherently)
                                 T.ptx.prefetch.global_.L2(T.address_of(x[0, 0]))
-                            if next_early:
-                                T.ptx.griddepcontrol.launch_dependents()    # the attention's c_proj, at once
+                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
                             T.ptx.griddepcontrol.wait()
                         # 2. x, its mean and rstd
                         acc[0] = T.float32(0)
@@ -215,8 +218,6 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                     dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
                                         dtype, stat[1] * (acc[0] - stat[0] * bs[i * 2 + 1]) + bs[i * 2])))
                         cluster_sync()
-                        if wait_pdl and next_loaded:
-                            T.ptx.griddepcontrol.launch_dependents()        # W read: the attention's c_proj now
                         # 4. attention over the block's keys: key j0 + t, its row in shared memory (j < pos) or new
                         acc[0] = lowest
                         if t < nk:
