@@ -7,8 +7,9 @@ memory) because no rule matches them: attention.make_decode_attention and ln_lin
 make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
 entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
 _pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
-flash_attention.make_flash_attention / _cpu (`flash-prefill`); and sample.make_sample_advance_gpu, decode's
-sampler on any GPU (no rule matches a sampler either).
+flash_attention.make_flash_attention / _cpu (`flash-prefill`); decode_cluster.make_decode_cluster (`decode-cluster`:
+ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head); and
+sample.make_sample_advance_gpu, decode's sampler on any GPU (no rule matches a sampler either).
 Installed as `tinygpt2.kernels`.
 """
 

@@ -94,7 +94,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
 
     @T.macro(hygienic=False)
     def dsmem_store(dst, rank, value):        # dst: a shared float32 element, as block `rank` of the cluster has it
-        T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)), T.Cast("uint32", rank))
+        T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)),
+                                       T.Cast("uint32", rank))
         T.ptx.st.shared__cluster.f32(addr[0], value)
 
     @T.prim_func(s_tir=True)
@@ -203,7 +204,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                             if t // 32 + NW * i < nrows:
                                 ready[0] = T.uint32(0)
                                 while ready[0] == T.uint32(0):
-                                    T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[i]), T.uint32(0))
+                                    T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[i]),
+                                                                              T.uint32(0))
                                 acc[0] = T.float32(0)
                                 for k in T.unroll(NL):
                                     if t % 32 + 32 * k < NV:
@@ -252,7 +254,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         acc[1] = T.float32(0)                               # group t // D: keys t // D, + NG, ...
                         for jj in T.serial((nk - t // D + NG - 1) // NG):
                             acc[1] = acc[1] + p[t // D + jj * NG] * T.if_then_else(
-                                j0 + t // D + jj * NG < pos[0], T.Cast(ACC, big[V_OFF + (t // D + jj * NG) * D + t % D]),
+                                j0 + t // D + jj * NG < pos[0],
+                                T.Cast(ACC, big[V_OFF + (t // D + jj * NG) * D + t % D]),
                                 qkv[2 * D + t % D])
                         part[t] = acc[1]
                         T.tvm_storage_sync("shared")

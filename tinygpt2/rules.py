@@ -526,6 +526,8 @@ GPU_RULES = {
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
+# entries that change fused-decode's kernels, and do nothing without it
+NEEDS_FUSED_DECODE = {*PDL_RULES, "decode-cluster"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -602,7 +604,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
                 small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
-                the pdl-decode entries, which need fused-decode.
+                the pdl-decode entries and decode-cluster, which need fused-decode.
     default-minus-<rule> -- the default list without that rule.
     """
     if target_kind == "cpu":
@@ -613,8 +615,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
     out["auto"] = list(out[AUTO["gpu"]])
-    # each rule alone; not the PDL entries, which only change how fused-decode's kernels launch
-    out.update({name: [name, "fallback"] for name in GPU_RULES if name != "fallback" and name not in PDL_RULES})
+    # each rule alone; not the entries that only change fused-decode's kernels (alone they would do nothing)
+    out.update({name: [name, "fallback"] for name in GPU_RULES
+                if name != "fallback" and name not in NEEDS_FUSED_DECODE})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
