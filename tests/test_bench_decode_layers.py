@@ -5,7 +5,6 @@ shared memory (the ring's 200 KB, x twice, the attention's buffers), which its g
 
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -39,7 +38,7 @@ def test_the_reference_is_a_gpt2_block_without_biases_and_affine_layernorms():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 def test_the_kernel_builds_without_spills_and_fits_one_block_an_sm(tmp_path):
-    from test_bench_weight_stream import kernels_source
+    from test_bench_weight_stream import build
 
     dl = load_script("bench_decode_layers")
     args = ("const long long*, half*, half*, half*, int, int, half*, unsigned long long*, float*, float*, float*, "
@@ -47,10 +46,7 @@ def test_the_kernel_builds_without_spills_and_fits_one_block_an_sm(tmp_path):
     instances = [f"decode_layers<256, 1600, 6400, 25, {s}>" for s in ("true", "false", "true, true", "true, false, false",
                                                                       "false, false, false", "true, false, true, 4",
                                                                       "true, false, false, 4", "true, false, true, 8")]
-    src = kernels_source() + dl.LAYER_KERNEL + "".join(f"template __global__ void {k}({args});\n" for k in instances)
-    (tmp_path / "k.cu").write_text(src)
-    err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
+    err = build(tmp_path, dl.LAYER_KERNEL, dict.fromkeys(instances, args))
     report = re.findall(r"Compiling entry function '_Z13decode_layers\w*'.*?(\d+) bytes spill stores.*?"
                         r"Used (\d+) registers, used \d+ barriers, (\d+) bytes smem", err, re.S)
     assert len(report) == len(instances), err

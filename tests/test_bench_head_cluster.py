@@ -42,7 +42,7 @@ def test_the_reference_is_c_attn_then_attention_over_the_cache_and_the_new_key()
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_before_any_barrier(tmp_path):
-    from test_bench_weight_stream import kernels_source
+    from test_bench_weight_stream import build
 
     hc = load_script("bench_head_cluster")
     assert "constexpr int HC_NTH = 512;" in hc.LAUNCHERS
@@ -50,10 +50,7 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
     instances = [f"head_qkv_attend<512, {cl}, {att}>" for cl in (4, 5) for att in ("true", "false")] + \
         [f"head_qkv_attend<512, 4, {att}, {tma}>" for att in ("true", "false") for tma in (1, 2)] + \
         [f"head_qkv_attend<512, 4, {att}, 1, true>" for att in ("true", "false")]
-    src = kernels_source() + hc.HEAD_KERNEL + "".join(f"template __global__ void {k}({args});\n" for k in instances)
-    (tmp_path / "k.cu").write_text(src)
-    err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
+    err = build(tmp_path, hc.HEAD_KERNEL, dict.fromkeys(instances, args))
     report = re.findall(r"Compiling entry function '_Z15head_qkv_attend\w*'.*?(\d+) bytes spill stores.*?"
                         r"Used (\d+) registers", err, re.S)
     assert len(report) == len(instances), err

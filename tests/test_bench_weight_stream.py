@@ -50,9 +50,11 @@ def kernels_source() -> str:
     raise AssertionError("no KERNELS in scripts/bench_weight_stream.py")
 
 
-def build(tmp_path) -> str:
-    """nvcc's ptxas -v report for the kernels, the templates instantiated as launched; the cubin in tmp_path."""
-    src = kernels_source() + "".join(f"template __global__ void {k}({a});\n" for k, a in INSTANCES.items())
+def build(tmp_path, source: str = "", instances: dict | None = None) -> str:
+    """nvcc's ptxas -v report for the kernels (KERNELS, then `source`), the templates instantiated as launched
+    (`instances`: name<args> -> parameter list; this script's INSTANCES by default); the cubin in tmp_path."""
+    instances = INSTANCES if instances is None else instances
+    src = kernels_source() + source + "".join(f"template __global__ void {k}({a});\n" for k, a in instances.items())
     (tmp_path / "k.cu").write_text(src)
     return subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
                            str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
