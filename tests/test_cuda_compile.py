@@ -639,7 +639,7 @@ CFG64 = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=2, n_he
 def test_decode_cluster_makes_ln_1_c_attn_and_the_attention_one_cluster_kernel_launched_with_pdl():
     """`decode-cluster` (kernels/decode_cluster.py) in front of `fused`: decode's ln_linear_qkv and
     decode_attention give way to one kernel a layer, launched as clusters of 4 blocks (clusterCtaIdx.x) and
-    with PDL; prefill and the other decode kernels as in `fused`. Not in float32, where it is dropped."""
+    with PDL; prefill and the other decode kernels as in `fused`. Dropped in float32 and before sm_90."""
     from tinygpt2.rules import GPU_FUSED
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
@@ -656,8 +656,9 @@ def test_decode_cluster_makes_ln_1_c_attn_and_the_attention_one_cluster_kernel_l
     marks = ["cp_async_bulk", "griddepcontrol_wait", "st_shared__cluster", "barrier_cluster_wait_cluster_wait_acquire"]
     at = [body.index(m) for m in marks]
     assert at == sorted(at), dict(zip(marks, at))
-    plain, *_ = C.build_scheduled(CFG64, "cuda", "float32", ["decode-cluster", *GPU_FUSED], arch="sm_90a")
-    assert "decode_attention_n1" in plain.rule_of and "decode_cluster_n1" not in plain.rule_of
+    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):   # no cluster kernel: fused's kernels
+        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["decode-cluster", *GPU_FUSED], arch=arch)
+        assert "decode_attention_n1" in plain.rule_of and "decode_cluster_n1" not in plain.rule_of, (dtype, arch)
 
 
 @pytest.mark.parametrize("size", ["gpt2", "gpt2-xl"])
