@@ -143,3 +143,17 @@ def test_a_hub_id_offline_is_the_one_line_offline_error(monkeypatch):
     with pytest.raises(OfflineError, match="not in the local cache"):
         model_config("tinygpt2-tests/no-such-model-xyz")
     assert time.perf_counter() - t < 10
+
+
+def test_dynamic_shared_memory_is_counted_once():
+    """A kernel's shared memory per block is its static allocations plus the launch's dynamic bytes; TVM's merged
+    dynamic buffer (scope shared.dyn) in the lowered kernel is those same bytes, not more. decode-cluster's kernel
+    (kernels/decode_cluster.py) takes 48 rows of W' and its keys' K and V rows dynamically, ~5 KB statically."""
+    from tinygpt2.rules import GPU_FUSED
+
+    cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=1, n_head=2)     # heads 64 wide
+    e = explain(cfg, "cuda", "float16", ["decode-cluster", *GPU_FUSED], arch="sm_90a", functions=("decode",),
+                kernels=["decode_cluster"])
+    (launch,) = {k.name: k for k in e.kernels}["decode_cluster_n1"].launches
+    dynamic = (48 * 128 + 2 * (64 // 4) * 64) * 2
+    assert dynamic < launch.shared_bytes < dynamic + 8 * 1024, launch.shared_bytes

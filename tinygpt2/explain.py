@@ -439,6 +439,8 @@ def _allocations(device_func):
     def on_alloc(node):
         buf = node.buffer
         scope = buf.scope()
+        if scope == "shared.dyn":           # TVM's merged dynamic buffer: the launch's dynamic size counts it
+            return
         key = "shared" if scope.startswith("shared") else "local" if scope.startswith("local") else None
         if key:
             sizes[key].append(_size(buf.shape, buf.dtype))
