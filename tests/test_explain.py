@@ -145,7 +145,7 @@ def test_a_hub_id_offline_is_the_one_line_offline_error(monkeypatch):
     assert time.perf_counter() - t < 10
 
 
-def test_dynamic_shared_memory_is_counted_once():
+def test_dynamic_shared_memory_is_counted_once_and_clusters_are_shown():
     """A kernel's shared memory per block is its static allocations plus the launch's dynamic bytes; TVM's merged
     dynamic buffer (scope shared.dyn) in the lowered kernel is those same bytes, not more. decode-cluster's kernel
     (kernels/decode_cluster.py) takes 48 rows of W' and its keys' K and V rows dynamically, ~5 KB statically."""
@@ -157,3 +157,4 @@ def test_dynamic_shared_memory_is_counted_once():
     (launch,) = {k.name: k for k in e.kernels}["decode_cluster_n1"].launches
     dynamic = (48 * 128 + 2 * (64 // 4) * 64) * 2
     assert dynamic < launch.shared_bytes < dynamic + 8 * 1024, launch.shared_bytes
+    assert launch.cluster == 4 and e.kernels[0].grid_text() == "8 in clusters of 4"      # 2 heads x 4 blocks

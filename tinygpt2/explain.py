@@ -57,6 +57,7 @@ class Launch:
     block: list[str]                      # threadIdx.x, .y, .z extents
     shared_bytes: int | str               # per block: static shared allocations + dynamic shared memory
     local_bytes: int | str                # per thread: local arrays (registers, if they fit)
+    cluster: int = 1                      # CUDA: blocks a thread-block cluster (clusterCtaIdx.x), 1: none
 
 
 @dataclass
@@ -76,7 +77,8 @@ class KernelInfo:
     # one-cell renderings, for the table and the diff
     def grid_text(self) -> str:
         if self.launches:
-            return "; ".join(_dims(ln.grid) for ln in self.launches)
+            return "; ".join(_dims(ln.grid) + (f" in clusters of {ln.cluster}" if ln.cluster > 1 else "")
+                             for ln in self.launches)
         return f"parallel {' × '.join(self.parallel)}" if self.parallel else "-"
 
     def block_text(self) -> str:
@@ -425,7 +427,7 @@ def _launches(prims, tgt) -> dict[str, list[Launch]]:
             shared, local = _allocations(device[name]) if name in device else ([], [])
             dyn = dims.get("tirx.use_dyn_shared_memory")        # dynamic shared memory, in bytes
             launches.append(Launch(name, grid, block, _total(shared + ([dyn] if dyn is not None else [])),
-                                   _total(local)))
+                                   _total(local), int(dims.get("clusterCtaIdx.x", 1))))
         out[gv.name_hint] = launches
     return out
 
