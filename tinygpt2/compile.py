@@ -159,7 +159,7 @@ def hand_kernels(target: str, rule_list, tgt=None) -> dict:
     gpu = TG.kind(target) == "gpu"
     hand = R.hand_kernels(rule_list, TG.kind(target))
     if not TG.supports_pdl(tgt):
-        hand = tuple(h for h in hand if h not in R.PDL_RULES and h != "decode-cluster")
+        hand = tuple(h for h in hand if h not in R.FUSED_DECODE_SM90)
     return {"gpu": target if gpu else None, "hand": hand}
 
 

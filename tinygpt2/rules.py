@@ -526,8 +526,9 @@ GPU_RULES = {
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
-# entries that change fused-decode's kernels, and do nothing without it
-NEEDS_FUSED_DECODE = {*PDL_RULES, "decode-cluster"}
+# entries that change fused-decode's kernels for CUDA sm_90+: they do nothing without fused-decode (so presets()
+# has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
+FUSED_DECODE_SM90 = {*PDL_RULES, "decode-cluster"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -617,7 +618,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     out["auto"] = list(out[AUTO["gpu"]])
     # each rule alone; not the entries that only change fused-decode's kernels (alone they would do nothing)
     out.update({name: [name, "fallback"] for name in GPU_RULES
-                if name != "fallback" and name not in NEEDS_FUSED_DECODE})
+                if name != "fallback" and name not in FUSED_DECODE_SM90})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
