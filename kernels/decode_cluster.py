@@ -82,10 +82,13 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
         T.ptx.barrier.cluster.arrive.release.aligned()
         T.ptx.barrier.cluster.wait.acquire.aligned()
 
+    def c_attn_row(r, h, rr):                 # c_attn's row of block row rr: head h's row r + CL * rr of its q, k, v
+        return ((r + CL * rr) // D) * C + h * D + (r + CL * rr) % D
+
     @T.macro(hygienic=False)
-    def warp_sum(v):                          # v[0] summed over the warp (every lane gets it)
+    def warp_sum(v, i):                       # v[i] summed over the warp (every lane gets it)
         for k in T.unroll(5):
-            v[0] = v[0] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[0], 16 >> k, 32, 32)
+            v[i] = v[i] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32)
 
     @T.macro(hygienic=False)
     def warp_max(v):
@@ -153,7 +156,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                 for rr in range(NW * i, T.min(NW * i + NW, nrows)):
                                     T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
                                         T.address_of(big[rr * C]),
-                                        T.address_of(w[((r + CL * rr) // D) * C + h * D + (r + CL * rr) % D, 0]),
+                                        T.address_of(w[c_attn_row(r, h, rr), 0]),
                                         T.uint32(C * 2), T.address_of(bar[i]))
                         for i in range(-(-(KB * 8) // NTH)):
                             if t + i * NTH < nk * 8 and j0 + (t + i * NTH) // 8 < pos[0]:
@@ -166,10 +169,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         # the bias and row sum of the warp's rows, which the epilogue needs after the dot product:
                         # weights, so loaded before the wait, their latency passing under W's copies
                         for i in T.unroll(RPW):
-                            bs[i * 2] = T.Cast(ACC, b[((r + CL * T.min(t // 32 + NW * i, nrows - 1)) // D) * C + h * D
-                                                      + (r + CL * T.min(t // 32 + NW * i, nrows - 1)) % D])
-                            bs[i * 2 + 1] = w_sum[((r + CL * T.min(t // 32 + NW * i, nrows - 1)) // D) * C + h * D
-                                                  + (r + CL * T.min(t // 32 + NW * i, nrows - 1)) % D]
+                            bs[i * 2] = T.Cast(ACC, b[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))])
+                            bs[i * 2 + 1] = w_sum[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))]
                         T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
                         if wait_pdl:
                             if t == 0:                                      # x read coherently (_pdl.read_coherently)
@@ -184,9 +185,8 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                 xs[t + i * NTH] = x[0, t + i * NTH]
                                 acc[0] = acc[0] + T.Cast(ACC, x[0, t + i * NTH])
                                 acc[1] = acc[1] + T.Cast(ACC, x[0, t + i * NTH]) * T.Cast(ACC, x[0, t + i * NTH])
-                        for k in T.unroll(5):
-                            acc[0] = acc[0] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), acc[0], 16 >> k, 32, 32)
-                            acc[1] = acc[1] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), acc[1], 16 >> k, 32, 32)
+                        warp_sum(acc, 0)
+                        warp_sum(acc, 1)
                         if t % 32 == 0:
                             red[(t // 32) * 2] = acc[0]
                             red[(t // 32) * 2 + 1] = acc[1]
@@ -215,7 +215,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                             xv[e] = xs[(t % 32 + 32 * k) * 8 + e]
                                         for e in T.unroll(8):
                                             acc[0] = acc[0] + T.Cast(ACC, wv[e]) * T.Cast(ACC, xv[e])
-                                warp_sum(acc)
+                                warp_sum(acc, 0)
                                 if t % 32 < CL:                             # lane c: into rank c's q, k, v
                                     dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
                                         dtype, stat[1] * (acc[0] - stat[0] * bs[i * 2 + 1]) + bs[i * 2])))
@@ -243,7 +243,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         acc[0] = T.if_then_else(t < nk, T.exp(stat[2] - stat[3]), T.float32(0))
                         if t < KB:
                             p[t] = acc[0]
-                        warp_sum(acc)
+                        warp_sum(acc, 0)
                         T.tvm_storage_sync("shared")
                         if t % 32 == 0:
                             red[t // 32] = acc[0]
