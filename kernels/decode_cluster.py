@@ -91,9 +91,29 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
             v[i] = v[i] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32)
 
     @T.macro(hygienic=False)
-    def warp_max(v):
+    def warp_max(v, i):
         for k in T.unroll(5):
-            v[0] = T.max(v[0], T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[0], 16 >> k, 32, 32))
+            v[i] = T.max(v[i], T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32))
+
+    @T.macro                                  # hygienic: warp_sum and warp_max resolve here, not in the caller
+    def block_reduce(v, nv, is_max, t, red):  # v[0:nv] combined (max or sum) over the block, into every thread's v
+        for i in T.unroll(nv):                # a warp's by shuffles, then the NW warps' through shared memory
+            if is_max:
+                warp_max(v, i)
+            else:
+                warp_sum(v, i)
+        T.tvm_storage_sync("shared")          # red's last values read by every warp before they are overwritten
+        if t % 32 == 0:
+            for i in T.unroll(nv):
+                red[(t // 32) * nv + i] = v[i]
+        T.tvm_storage_sync("shared")
+        for i in T.unroll(nv):
+            v[i] = red[i]
+            for k in T.unroll(NW - 1):
+                if is_max:
+                    v[i] = T.max(v[i], red[(k + 1) * nv + i])
+                else:
+                    v[i] = v[i] + red[(k + 1) * nv + i]
 
     @T.macro(hygienic=False)
     def dsmem_store(dst, rank, value):        # dst: a shared float32 element, as block `rank` of the cluster has it
@@ -185,17 +205,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                 xs[t + i * NTH] = x[0, t + i * NTH]
                                 acc[0] = acc[0] + T.Cast(ACC, x[0, t + i * NTH])
                                 acc[1] = acc[1] + T.Cast(ACC, x[0, t + i * NTH]) * T.Cast(ACC, x[0, t + i * NTH])
-                        warp_sum(acc, 0)
-                        warp_sum(acc, 1)
-                        if t % 32 == 0:
-                            red[(t // 32) * 2] = acc[0]
-                            red[(t // 32) * 2 + 1] = acc[1]
-                        T.tvm_storage_sync("shared")
-                        acc[0] = T.float32(0)
-                        acc[1] = T.float32(0)
-                        for i in T.unroll(NW):
-                            acc[0] = acc[0] + red[i * 2]
-                            acc[1] = acc[1] + red[i * 2 + 1]
+                        block_reduce(acc, 2, False, t, red)
                         stat[0] = acc[0] * inv_c
                         stat[1] = T.rsqrt(acc[1] * inv_c - stat[0] * stat[0] + eps_)
                         T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started
@@ -232,25 +242,13 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                         j0 + t < pos[0], T.Cast(ACC, wv[e]), qkv[D + ((i + t) % 8) * 8 + e])
                             acc[0] = acc[1] * scale
                         stat[2] = acc[0]
-                        warp_max(acc)
-                        T.tvm_storage_sync("shared")
-                        if t % 32 == 0:
-                            red[t // 32] = acc[0]
-                        T.tvm_storage_sync("shared")
-                        stat[3] = lowest
-                        for i in T.unroll(NW):
-                            stat[3] = T.max(stat[3], red[i])
+                        block_reduce(acc, 1, True, t, red)
+                        stat[3] = acc[0]                                    # m
                         acc[0] = T.if_then_else(t < nk, T.exp(stat[2] - stat[3]), T.float32(0))
                         if t < KB:
                             p[t] = acc[0]
-                        warp_sum(acc, 0)
-                        T.tvm_storage_sync("shared")
-                        if t % 32 == 0:
-                            red[t // 32] = acc[0]
-                        T.tvm_storage_sync("shared")
-                        stat[2] = T.float32(0)                              # l
-                        for i in T.unroll(NW):
-                            stat[2] = stat[2] + red[i]
+                        block_reduce(acc, 1, False, t, red)
+                        stat[2] = acc[0]                                    # l
                         acc[1] = T.float32(0)                               # group t // D: keys t // D, + NG, ...
                         for jj in T.serial((nk - t // D + NG - 1) // NG):
                             acc[1] = acc[1] + p[t // D + jj * NG] * T.if_then_else(
