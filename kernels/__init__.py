@@ -19,7 +19,7 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
                         make_attn_scores, make_causal_softmax_cpu, make_causal_softmax_gpu, make_decode_attention,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
-from .decode_cluster import decode_cluster_ref, make_decode_cluster
+from .decode_cluster import decode_cluster_ref, make_attention_cluster, make_decode_cluster
 from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .flash_attention import flash_attention_ref, make_flash_attention, make_flash_attention_cpu
 from .gelu import gelu_expr, gelu_ref, make_gelu

@@ -51,75 +51,190 @@ from ._dtypes import ACC, F32_MIN
 from ._pdl import flags as pdl_flags
 
 CLUSTER = 4                                  # blocks a head
-THREADS = 512                                # 16 warps a block
+THREADS = 512                                # decode_cluster: 16 warps a block, 3 of W' rows a warp
 D_HEAD = 64
+
+
+def _check(dtype: str, head_dim: int, name: str):
+    if dtype != "float16" or head_dim != D_HEAD:
+        raise RuleError(f"{name}: float16 and head_dim {D_HEAD} only (got {dtype}, {head_dim})")
+
+
+class _HeadAttention:
+    """What both kernels share: a head's attention split over the CL blocks of its cluster (steps 1's K and V
+    rows, 4 and 5 of the module docstring), as hygienic macros over the caller's buffers. big holds the block's
+    cached K rows at k_off and V rows after them (halves); the head's q, k, v are in qkv (float32, shared)."""
+
+    def __init__(self, n_head: int, head_dim: int, n_ctx: int, dtype: str, threads: int, k_off: int):
+        H, D, P, CL, NTH = n_head, head_dim, n_ctx, CLUSTER, threads
+        NW = NTH // 32
+        KB = -(-P // CL)                          # keys a block at most
+        NG = NTH // D                             # groups of 64 threads in p . v
+        assert KB <= NTH, "a key a thread"
+        K_OFF, V_OFF = k_off, k_off + KB * D
+        scale = T.float32(1.0 / math.sqrt(D))
+        lowest = T.float32(F32_MIN)
+        self.KB, self.NG, self.NW, self.big = KB, NG, NW, k_off + 2 * KB * D   # big: halves
+
+        @T.macro(hygienic=False)
+        def warp_sum(v, i):                       # v[i] summed over the warp (every lane gets it)
+            for k in T.unroll(5):
+                v[i] = v[i] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32)
+
+        @T.macro(hygienic=False)
+        def warp_max(v, i):
+            for k in T.unroll(5):
+                v[i] = T.max(v[i], T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32))
+
+        @T.macro                                  # hygienic: warp_sum and warp_max resolve here, not in the caller
+        def block_reduce(v, nv, is_max, t, red):  # v[0:nv] combined (max or sum) over the block, into every thread's v
+            for i in T.unroll(nv):                # a warp's by shuffles, then the NW warps' through shared memory
+                if is_max:
+                    warp_max(v, i)
+                else:
+                    warp_sum(v, i)
+            T.tvm_storage_sync("shared")          # red's last values read by every warp before they are overwritten
+            if t % 32 == 0:
+                for i in T.unroll(nv):
+                    red[(t // 32) * nv + i] = v[i]
+            T.tvm_storage_sync("shared")
+            for i in T.unroll(nv):
+                v[i] = red[i]
+                for k in T.unroll(NW - 1):
+                    if is_max:
+                        v[i] = T.max(v[i], red[(k + 1) * nv + i])
+                    else:
+                        v[i] = v[i] + red[(k + 1) * nv + i]
+
+        @T.macro
+        def dsmem_store(addr, dst, rank, value):  # dst: a shared float32 element, as block `rank` of the cluster has it
+            T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)),
+                                           T.Cast("uint32", rank))
+            T.ptx.st.shared__cluster.f32(addr[0], value)
+
+        @T.macro
+        def cluster_sync():                       # every thread: arrive (release), wait (acquire)
+            T.ptx.barrier.cluster.arrive.release.aligned()
+            T.ptx.barrier.cluster.wait.acquire.aligned()
+
+        @T.macro
+        def load_kv(t, h, j0, nk, pos, big, k_cache, v_cache):
+            """The cached K and V rows of the block's keys [j0, j0 + nk), j < pos, into shared memory (every
+            thread a 16-byte vector of each at a time). No kernel of the step writes them: callable before the wait."""
+            for i in range(-(-(KB * 8) // NTH)):
+                if t + i * NTH < nk * 8 and j0 + (t + i * NTH) // 8 < pos[0]:
+                    for e in T.vectorized(8):
+                        big[K_OFF + (t + i * NTH) * 8 + e] = k_cache[h, j0 + (t + i * NTH) // 8,
+                                                                     ((t + i * NTH) % 8) * 8 + e]
+                    for e in T.vectorized(8):
+                        big[V_OFF + (t + i * NTH) * 8 + e] = v_cache[h, j0 + (t + i * NTH) // 8,
+                                                                     ((t + i * NTH) % 8) * 8 + e]
+
+        @T.macro
+        def copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache):
+            """The same rows by TMA: thread 0 copies the block's cached K rows j0 .. min(j0 + nk, pos) - 1, contiguous
+            in the cache, in one bulk copy, and their V rows in another, both counted by the mbarrier bar (a phase
+            of their bytes); no registers held, every byte in flight at once. Wait with wait_copies."""
+            if t == 0:
+                T.ptx.mbarrier.init.shared.b64(T.address_of(bar[0]), T.uint32(1))
+                T.ptx.fence.proxy.async_.shared__cta()
+                T.ptx.mbarrier.arrive.expect_tx.shared.b64(
+                    T.address_of(bar[0]), T.Cast("uint32", T.max(0, T.min(j0 + nk, pos[0]) - j0) * D * 2 * 2))
+                if T.min(j0 + nk, pos[0]) > j0:
+                    T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
+                        T.address_of(big[K_OFF]), T.address_of(k_cache[h, j0, 0]),
+                        T.Cast("uint32", (T.min(j0 + nk, pos[0]) - j0) * D * 2), T.address_of(bar[0]))
+                    T.ptx.cp.async_.bulk.shared__cluster.global_.mbarrier__complete_tx__bytes(
+                        T.address_of(big[V_OFF]), T.address_of(v_cache[h, j0, 0]),
+                        T.Cast("uint32", (T.min(j0 + nk, pos[0]) - j0) * D * 2), T.address_of(bar[0]))
+
+        @T.macro
+        def wait_copies(bar, ready):              # every thread: until the mbarrier's first phase completes
+            ready[0] = T.uint32(0)
+            while ready[0] == T.uint32(0):
+                T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[0]), T.uint32(0))
+
+        @T.macro
+        def attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
+                   k_cache, v_cache, out):
+            """4. attention over the block's keys, 5. rank 0 merges (the module docstring). Starts with the head's
+            q, k, v in qkv, visible to every thread, and every block of the cluster started."""
+            # 4. key j0 + t, its row in shared memory (j < pos) or the new one
+            acc[0] = lowest
+            if t < nk:
+                acc[1] = T.float32(0)
+                for i in T.unroll(D // 8):                     # vector (i + t) % 8: the rows, 128 bytes
+                    for e in T.vectorized(8):                  # apart, share no bank in a phase
+                        wv[e] = big[K_OFF + t * D + ((i + t) % 8) * 8 + e]
+                    for e in T.unroll(8):
+                        acc[1] = acc[1] + qkv[((i + t) % 8) * 8 + e] * T.if_then_else(
+                            j0 + t < pos[0], T.Cast(ACC, wv[e]), qkv[D + ((i + t) % 8) * 8 + e])
+                acc[0] = acc[1] * scale
+            stat[2] = acc[0]
+            block_reduce(acc, 1, True, t, red)
+            stat[3] = acc[0]                                    # m
+            acc[0] = T.if_then_else(t < nk, T.exp(stat[2] - stat[3]), T.float32(0))
+            if t < KB:
+                p[t] = acc[0]
+            block_reduce(acc, 1, False, t, red)
+            stat[2] = acc[0]                                    # l
+            acc[1] = T.float32(0)                               # group t // D: keys t // D, + NG, ...
+            for jj in T.serial((nk - t // D + NG - 1) // NG):
+                acc[1] = acc[1] + p[t // D + jj * NG] * T.if_then_else(
+                    j0 + t // D + jj * NG < pos[0],
+                    T.Cast(ACC, big[V_OFF + (t // D + jj * NG) * D + t % D]),
+                    qkv[2 * D + t % D])
+            part[t] = acc[1]
+            T.tvm_storage_sync("shared")
+            if t < D:
+                acc[1] = T.float32(0)
+                for g in T.unroll(NG):
+                    acc[1] = acc[1] + part[g * D + t]
+                dsmem_store(addr, po[r * D + t], 0, acc[1])
+                if t == 0:
+                    dsmem_store(addr, pml[r * 2], 0, stat[3])
+                    dsmem_store(addr, pml[r * 2 + 1], 0, stat[2])
+                if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
+                    k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
+                    v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
+            cluster_sync()
+            # 5. rank 0 merges
+            if r == 0 and t < D:
+                stat[3] = lowest
+                for c in T.unroll(CL):
+                    stat[3] = T.max(stat[3], pml[c * 2])
+                acc[0] = T.float32(0)
+                acc[1] = T.float32(0)
+                for c in T.unroll(CL):
+                    acc[0] = acc[0] + po[c * D + t] * T.exp(pml[c * 2] - stat[3])
+                    acc[1] = acc[1] + pml[c * 2 + 1] * T.exp(pml[c * 2] - stat[3])
+                out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
+
+        self.warp_sum, self.block_reduce, self.dsmem_store, self.cluster_sync = (warp_sum, block_reduce,
+                                                                                 dsmem_store, cluster_sync)
+        self.load_kv, self.copy_kv, self.wait_copies, self.attend = load_kv, copy_kv, wait_copies, attend
 
 
 def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", eps: float = 1e-5,
                         pdl: str | None = None):
     """The kernel in this module's docstring. pdl: one of kernels/_pdl.py's MODES (or None: an ordinary launch);
     in every mode it lets the next kernel (the attention's c_proj) launch at once, as decode_attention does."""
-    if dtype != "float16" or head_dim != D_HEAD:
-        raise RuleError(f"decode-cluster: float16 and head_dim {D_HEAD} only (got {dtype}, {head_dim})")
+    _check(dtype, head_dim, "decode-cluster")
     H, D, C, P = n_head, head_dim, n_head * head_dim, n_ctx
     CL, NTH, NW = CLUSTER, THREADS, THREADS // 32
     NR = 3 * D // CL                          # rows of W' a block (48)
     RPW = -(-NR // NW)                        # rows a warp (3)
     NV = C // 8                               # 16-byte vectors a row
     NL = -(-NV // 32)                         # ... a lane
-    KB = -(-P // CL)                          # keys a block at most
-    NG = NTH // D                             # groups of 64 threads in p . v (8)
     XI = -(-C // NTH)                         # elements of x a thread
-    assert C % 8 == 0 and KB <= NTH and NR % NW == 0
-    K_OFF, V_OFF = NR * C, NR * C + KB * D    # the dynamic shared buffer: W' rows, K rows, V rows (halves)
-    scale = T.float32(1.0 / math.sqrt(D))
-    lowest = T.float32(F32_MIN)
+    assert C % 8 == 0 and NR % NW == 0
+    ha = _HeadAttention(H, D, P, dtype, NTH, NR * C)   # the dynamic shared buffer: W' rows, then K and V rows
+    KB, NG, BIG = ha.KB, ha.NG, ha.big
     inv_c, eps_ = T.float32(1.0 / C), T.float32(eps)
     wait_pdl = pdl_flags(pdl)[0]
 
-    @T.macro(hygienic=False)
-    def cluster_sync():                       # every thread: arrive (release), wait (acquire)
-        T.ptx.barrier.cluster.arrive.release.aligned()
-        T.ptx.barrier.cluster.wait.acquire.aligned()
-
     def c_attn_row(r, h, rr):                 # c_attn's row of block row rr: head h's row r + CL * rr of its q, k, v
         return ((r + CL * rr) // D) * C + h * D + (r + CL * rr) % D
-
-    @T.macro(hygienic=False)
-    def warp_sum(v, i):                       # v[i] summed over the warp (every lane gets it)
-        for k in T.unroll(5):
-            v[i] = v[i] + T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32)
-
-    @T.macro(hygienic=False)
-    def warp_max(v, i):
-        for k in T.unroll(5):
-            v[i] = T.max(v[i], T.tvm_warp_shuffle_xor(T.uint32(0xFFFFFFFF), v[i], 16 >> k, 32, 32))
-
-    @T.macro                                  # hygienic: warp_sum and warp_max resolve here, not in the caller
-    def block_reduce(v, nv, is_max, t, red):  # v[0:nv] combined (max or sum) over the block, into every thread's v
-        for i in T.unroll(nv):                # a warp's by shuffles, then the NW warps' through shared memory
-            if is_max:
-                warp_max(v, i)
-            else:
-                warp_sum(v, i)
-        T.tvm_storage_sync("shared")          # red's last values read by every warp before they are overwritten
-        if t % 32 == 0:
-            for i in T.unroll(nv):
-                red[(t // 32) * nv + i] = v[i]
-        T.tvm_storage_sync("shared")
-        for i in T.unroll(nv):
-            v[i] = red[i]
-            for k in T.unroll(NW - 1):
-                if is_max:
-                    v[i] = T.max(v[i], red[(k + 1) * nv + i])
-                else:
-                    v[i] = v[i] + red[(k + 1) * nv + i]
-
-    @T.macro(hygienic=False)
-    def dsmem_store(dst, rank, value):        # dst: a shared float32 element, as block `rank` of the cluster has it
-        T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)),
-                                       T.Cast("uint32", rank))
-        T.ptx.st.shared__cluster.f32(addr[0], value)
 
     @T.prim_func(s_tir=True)
     def decode_cluster(x: T.Buffer((1, C), dtype), w: T.Buffer((3 * C, C), dtype), b: T.Buffer((3 * C,), dtype),
@@ -134,7 +249,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         T.reads(x[0, 0:C], w[0:3 * C, 0:C], b[0:3 * C], w_sum[0:3 * C], k_cache[0:H, 0:P, 0:D],
                                 v_cache[0:H, 0:P, 0:D], pos[0])
                         T.writes(k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], out[0, 0:C])
-                        big = T.sblock_alloc_buffer((NR * C + 2 * KB * D,), dtype, scope="shared.dyn")
+                        big = T.sblock_alloc_buffer((BIG,), dtype, scope="shared.dyn")
                         xs = T.sblock_alloc_buffer((C,), dtype, scope="shared")
                         qkv = T.sblock_alloc_buffer((3 * D,), ACC, scope="shared")   # the head's q, k, v
                         red = T.sblock_alloc_buffer((2 * NW,), ACC, scope="shared")
@@ -178,14 +293,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                         T.address_of(big[rr * C]),
                                         T.address_of(w[c_attn_row(r, h, rr), 0]),
                                         T.uint32(C * 2), T.address_of(bar[i]))
-                        for i in range(-(-(KB * 8) // NTH)):
-                            if t + i * NTH < nk * 8 and j0 + (t + i * NTH) // 8 < pos[0]:
-                                for e in T.vectorized(8):
-                                    big[K_OFF + (t + i * NTH) * 8 + e] = k_cache[h, j0 + (t + i * NTH) // 8,
-                                                                                 ((t + i * NTH) % 8) * 8 + e]
-                                for e in T.vectorized(8):
-                                    big[V_OFF + (t + i * NTH) * 8 + e] = v_cache[h, j0 + (t + i * NTH) // 8,
-                                                                                 ((t + i * NTH) % 8) * 8 + e]
+                        ha.load_kv(t, h, j0, nk, pos, big, k_cache, v_cache)
                         # the bias and row sum of the warp's rows, which the epilogue needs after the dot product:
                         # weights, so loaded before the wait, their latency passing under W's copies
                         for i in T.unroll(RPW):
@@ -205,7 +313,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                 xs[t + i * NTH] = x[0, t + i * NTH]
                                 acc[0] = acc[0] + T.Cast(ACC, x[0, t + i * NTH])
                                 acc[1] = acc[1] + T.Cast(ACC, x[0, t + i * NTH]) * T.Cast(ACC, x[0, t + i * NTH])
-                        block_reduce(acc, 2, False, t, red)
+                        ha.block_reduce(acc, 2, False, t, red)
                         stat[0] = acc[0] * inv_c
                         stat[1] = T.rsqrt(acc[1] * inv_c - stat[0] * stat[0] + eps_)
                         T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started
@@ -225,63 +333,85 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                                             xv[e] = xs[(t % 32 + 32 * k) * 8 + e]
                                         for e in T.unroll(8):
                                             acc[0] = acc[0] + T.Cast(ACC, wv[e]) * T.Cast(ACC, xv[e])
-                                warp_sum(acc, 0)
+                                ha.warp_sum(acc, 0)
                                 if t % 32 < CL:                             # lane c: into rank c's q, k, v
-                                    dsmem_store(qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
+                                    ha.dsmem_store(addr, qkv[r + CL * (t // 32 + NW * i)], t % 32, T.Cast(ACC, T.Cast(
                                         dtype, stat[1] * (acc[0] - stat[0] * bs[i * 2 + 1]) + bs[i * 2])))
-                        cluster_sync()
-                        # 4. attention over the block's keys: key j0 + t, its row in shared memory (j < pos) or new
-                        acc[0] = lowest
-                        if t < nk:
-                            acc[1] = T.float32(0)
-                            for i in T.unroll(D // 8):                     # vector (i + t) % 8: the rows, 128 bytes
-                                for e in T.vectorized(8):                  # apart, share no bank in a phase
-                                    wv[e] = big[K_OFF + t * D + ((i + t) % 8) * 8 + e]
-                                for e in T.unroll(8):
-                                    acc[1] = acc[1] + qkv[((i + t) % 8) * 8 + e] * T.if_then_else(
-                                        j0 + t < pos[0], T.Cast(ACC, wv[e]), qkv[D + ((i + t) % 8) * 8 + e])
-                            acc[0] = acc[1] * scale
-                        stat[2] = acc[0]
-                        block_reduce(acc, 1, True, t, red)
-                        stat[3] = acc[0]                                    # m
-                        acc[0] = T.if_then_else(t < nk, T.exp(stat[2] - stat[3]), T.float32(0))
-                        if t < KB:
-                            p[t] = acc[0]
-                        block_reduce(acc, 1, False, t, red)
-                        stat[2] = acc[0]                                    # l
-                        acc[1] = T.float32(0)                               # group t // D: keys t // D, + NG, ...
-                        for jj in T.serial((nk - t // D + NG - 1) // NG):
-                            acc[1] = acc[1] + p[t // D + jj * NG] * T.if_then_else(
-                                j0 + t // D + jj * NG < pos[0],
-                                T.Cast(ACC, big[V_OFF + (t // D + jj * NG) * D + t % D]),
-                                qkv[2 * D + t % D])
-                        part[t] = acc[1]
-                        T.tvm_storage_sync("shared")
-                        if t < D:
-                            acc[1] = T.float32(0)
-                            for g in T.unroll(NG):
-                                acc[1] = acc[1] + part[g * D + t]
-                            dsmem_store(po[r * D + t], 0, acc[1])
-                            if t == 0:
-                                dsmem_store(pml[r * 2], 0, stat[3])
-                                dsmem_store(pml[r * 2 + 1], 0, stat[2])
-                            if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
-                                k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
-                                v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
-                        cluster_sync()
-                        # 5. rank 0 merges
-                        if r == 0 and t < D:
-                            stat[3] = lowest
-                            for c in T.unroll(CL):
-                                stat[3] = T.max(stat[3], pml[c * 2])
-                            acc[0] = T.float32(0)
-                            acc[1] = T.float32(0)
-                            for c in T.unroll(CL):
-                                acc[0] = acc[0] + po[c * D + t] * T.exp(pml[c * 2] - stat[3])
-                                acc[1] = acc[1] + pml[c * 2 + 1] * T.exp(pml[c * 2] - stat[3])
-                            out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
+                        ha.cluster_sync()
+                        ha.attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
+                                  k_cache, v_cache, out)
 
     return decode_cluster
+
+
+ATTENTION_THREADS = 256                      # attention_cluster: a key a thread, n_ctx up to CLUSTER * 256
+
+
+def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", pdl: str | None = None):
+    """Decode's attention alone (after ln_linear_qkv), as steps 1 (K and V rows only), 4 and 5 of this module's
+    docstring: a cluster of 4 blocks per head, the parts merged through DSMEM in rank 0 -- one kernel where
+    decode_attention has two (chunks, merge), and no partial results through L2.
+
+        qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32  ->  out [1, C]
+
+    pdl as make_decode_cluster's (it lets the attention's c_proj launch at once)."""
+    _check(dtype, head_dim, "attention-cluster")
+    H, D, C, P = n_head, head_dim, n_head * head_dim, n_ctx
+    CL, NTH = CLUSTER, ATTENTION_THREADS
+    ha = _HeadAttention(H, D, P, dtype, NTH, 0)          # the dynamic shared buffer: K rows, then V rows
+    KB, NG, NW, BIG = ha.KB, ha.NG, ha.NW, ha.big
+    wait_pdl = pdl_flags(pdl)[0]
+
+    @T.prim_func(s_tir=True)
+    def attention_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
+                          v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((1,), "int32"),
+                          out: T.Buffer((1, C), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for r in T.thread_binding(CL, thread="clusterCtaIdx.x"):          # launched as clusters of CL blocks
+            for bx in T.thread_binding(H * CL, thread="blockIdx.x"):
+                for t in T.thread_binding(NTH, thread="threadIdx.x"):
+                    with T.sblock("attention_cluster"):
+                        T.reads(qkv_in[0, 0:3 * C], k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], pos[0])
+                        T.writes(k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], out[0, 0:C])
+                        big = T.sblock_alloc_buffer((BIG,), dtype, scope="shared.dyn")
+                        qkv = T.sblock_alloc_buffer((3 * D,), ACC, scope="shared")   # the head's q, k, v
+                        red = T.sblock_alloc_buffer((NW,), ACC, scope="shared")
+                        p = T.sblock_alloc_buffer((KB,), ACC, scope="shared")
+                        part = T.sblock_alloc_buffer((NG * D,), ACC, scope="shared")
+                        po = T.sblock_alloc_buffer((CL * D,), ACC, scope="shared")    # rank 0: each part's o
+                        pml = T.sblock_alloc_buffer((CL * 2,), ACC, scope="shared")   # ... and (m, l)
+                        bar = T.sblock_alloc_buffer((1,), "uint64", scope="shared")
+                        ready = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        acc = T.sblock_alloc_buffer((2,), ACC, scope="local")
+                        stat = T.sblock_alloc_buffer((4,), ACC, scope="local")       # -, -, m, l
+                        wv = T.sblock_alloc_buffer((8,), dtype, scope="local")
+                        h = bx // CL
+                        n = pos[0] + 1                                      # keys, the new one included
+                        per = (n + CL - 1) // CL
+                        j0 = r * per                                        # the block's keys [j0, j0 + nk)
+                        nk = T.max(0, T.min(n, j0 + per) - j0)
+                        if t < CL * D:                                      # DSMEM targets, zeroed first (above)
+                            po[t] = T.float32(0)
+                        if t < CL * 2:
+                            pml[t] = T.float32(0)
+                        ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
+                        T.tvm_storage_sync("shared")                        # the mbarrier initialized for all
+                        T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
+                        if wait_pdl:
+                            if t == 0:                                      # qkv read coherently (_pdl.read_coherently)
+                                T.ptx.prefetch.global_.L2(T.address_of(qkv_in[0, 0]))
+                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
+                            T.ptx.griddepcontrol.wait()
+                        if t < 3 * D:                                       # the head's q, k, v
+                            qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
+                        ha.wait_copies(bar, ready)                          # the K and V rows landed
+                        T.tvm_storage_sync("shared")
+                        T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started
+                        ha.attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
+                                  k_cache, v_cache, out)
+
+    return attention_cluster
 
 
 def decode_cluster_ref(x, w, b, w_sum, k_cache, v_cache, pos, eps=1e-5):

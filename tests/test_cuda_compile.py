@@ -710,3 +710,78 @@ def test_decode_cluster_matches_its_numpy_reference_on_the_gpu(pos):
     np.testing.assert_allclose(args[4].numpy()[:, :pos + 1].astype("float32"), want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
     np.testing.assert_allclose(args[5].numpy()[:, :pos + 1].astype("float32"), want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
     assert np.isnan(args[4].numpy()[:, pos + 1:].astype("float32")).all()
+
+
+def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_linear_qkv():
+    """`attention-cluster` in front of `fused`: decode_attention's two kernels (chunks, merge) give way to one,
+    launched as clusters of 4 blocks and with PDL, its K and V rows copied (TMA) before the wait; ln_linear_qkv
+    stays. Dropped in float32 and before sm_90; decode-cluster wins where both are listed."""
+    from tinygpt2.rules import GPU_FUSED
+    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["attention-cluster", *GPU_FUSED], arch="sm_90a")
+    assert all(sched.rule_of.values()), sched.rule_of
+    names = set(sched.rule_of)
+    assert {"attention_cluster_n1", "ln_linear_qkv_n1"} <= names and "decode_attention_n1" not in names
+    kernels = device_kernels(sched, tgt)
+    params = list(kernels["attention_cluster_n1_kernel"].attrs["tirx.kernel_launch_params"])
+    assert "clusterCtaIdx.x" in params and PDL_LAUNCH_TAG in params
+    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    body = src[src.rindex("attention_cluster_n1_kernel("):]
+    marks = ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster", "out_ptr["]
+    at = [body.index(m) for m in marks]
+    assert at == sorted(at), dict(zip(marks, at))
+    both, *_ = C.build_scheduled(CFG64, "cuda", "float16", ["decode-cluster", "attention-cluster", *GPU_FUSED],
+                                 arch="sm_90a")
+    assert "decode_cluster_n1" in both.rule_of and "attention_cluster_n1" not in both.rule_of
+    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):
+        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["attention-cluster", *GPU_FUSED], arch=arch)
+        assert "decode_attention_n1" in plain.rule_of and "attention_cluster_n1" not in plain.rule_of, (dtype, arch)
+
+
+@pytest.mark.parametrize("size", ["gpt2", "gpt2-xl"])
+def test_attention_cluster_builds_without_spills(size):
+    """make_attention_cluster at a Hub size's shapes (n_ctx 1024) for sm_90a: no spills, its threads' registers
+    within an SM's, and its shared memory (static + the dynamic K and V rows of 256 keys) within a block's 227 KB."""
+    from tinygpt2.config import PRESETS
+    from tinygpt2.kernels.decode_cluster import ATTENTION_THREADS, make_attention_cluster
+
+    cfg = PRESETS[size]
+    func = make_attention_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16", pdl="exit")
+    report = nvcc({"ac": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
+    spill, regs, static = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers, used \d+ barriers, "
+                                             r"(\d+) bytes smem", report, re.S).groups())
+    dynamic = 2 * (cfg.n_positions // 4) * 64 * 2
+    assert spill == 0 and regs * ATTENTION_THREADS <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static)
+
+
+@pytest.mark.parametrize("pos", [0, 5, 255, 1023])
+def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos):
+    """The kernel at gpt2-xl's shapes against decode_attention_ref (numpy), as
+    test_decode_cluster_matches_its_numpy_reference_on_the_gpu checks decode_cluster."""
+    import numpy as np
+
+    from tinygpt2.compile import build_cuda_kernel
+    from tinygpt2.kernels import decode_attention_ref, make_attention_cluster
+    from tinygpt2.tvm_shim import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU here: the cluster kernel runs on the lent GPU machine")
+    H, D, P = 25, 64, 1024
+    C = H * D
+    rng = np.random.default_rng(pos)
+    qkv = rng.standard_normal((1, 3 * C)).astype("float16")
+    kc = rng.standard_normal((H, P, D)).astype("float16")
+    vc = rng.standard_normal((H, P, D)).astype("float16")
+    kc[:, pos + 1:] = np.nan                                             # stale rows past pos: never read
+    vc[:, pos + 1:] = np.nan
+    want, want_k, want_v = decode_attention_ref(qkv, kc.copy(), vc.copy(), pos)
+    lib = build_cuda_kernel(make_attention_cluster(H, D, P))
+    args = [tvm.runtime.tensor(a, dev) for a in (qkv, kc, vc, np.array([pos], "int32"))]
+    out = tvm.runtime.tensor(np.zeros((1, C), "float16"), dev)
+    lib["main"](*args, out)
+    np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(args[1].numpy()[:, :pos + 1].astype("float32"), want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(args[2].numpy()[:, :pos + 1].astype("float32"), want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    assert np.isnan(args[1].numpy()[:, pos + 1:].astype("float32")).all()

@@ -88,6 +88,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # ... and ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (CUDA sm_90+, fp16,
     # head_dim 64; kernels/decode_cluster.py). Dropped elsewhere, as the PDL entries are
     cluster = fused and "decode-cluster" in hand and gpu == "cuda" and dtype == "float16" and D == 64
+    # ... or the attention alone as one such kernel, after ln_linear_qkv (make_attention_cluster)
+    attn_cluster = (fused and not cluster and "attention-cluster" in hand and gpu == "cuda" and dtype == "float16"
+                    and D == 64)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -119,7 +122,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if cluster:     # ln_1 + c_attn and the four below as one kernel, a cluster per head (make_decode_cluster)
             decode_cluster = b.kernel("decode_cluster", K.make_decode_cluster, H, D, P, dtype, eps, pdl)
         elif fused:     # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
-            decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
+            if attn_cluster:
+                attention_cluster = b.kernel("attention_cluster", K.make_attention_cluster, H, D, P, dtype, pdl)
+            else:
+                decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
         if fused:
@@ -180,11 +186,16 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                             where], [-1, 4, 5], fresh=[([n, C], dtype)])
                 elif fused:                                                # c_attn(ln_1(x)) in one launch
                     qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED)], [n, 3 * C], dtype)
-                    # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place),
-                    # the chunks' partial results
-                    a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
-                                           [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
-                                           fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
+                    # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place)
+                    # (and decode_attention's: the chunks' partial results)
+                    if attn_cluster:
+                        a, *_ = b.call_inplace(f"h{i}_attn", attention_cluster,
+                                               [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2],
+                                               fresh=[([n, C], dtype)])
+                    else:
+                        a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
+                                               [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
+                                               fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
                 else:
                     h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)
                     qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),

@@ -105,6 +105,18 @@ class DecodeCluster(dl.ScheduleRule):
         return None
 
 
+class AttentionCluster(dl.ScheduleRule):
+    """Not a schedule: a request that decode's attention (decode_attention of `fused-decode`: a kernel over
+    chunks of keys, then a kernel merging them) be one kernel, a thread-block cluster of 4 blocks per head
+    (kernels/decode_cluster.py's make_attention_cluster): the parts merged through distributed shared memory,
+    no partial results through L2, one kernel boundary fewer. ln_linear_qkv stays. CUDA sm_90 and later,
+    float16, head_dim 64; dropped elsewhere; decode-cluster, where both are listed, wins. It matches no kernel.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class PDLDecodeLoaded(PDLDecode):
     mode = "loaded"
 
@@ -492,7 +504,8 @@ class RowReduction(dl.cpu.Reduction):
 def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
-    names = tuple(name for name in ("fused-decode", "decode-cluster", "hand-softmax", "flash-prefill")
+    names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "hand-softmax",
+                                    "flash-prefill")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -521,6 +534,7 @@ GPU_RULES = {
     "pdl-decode-loaded": PDLDecodeLoaded,
     "pdl-decode-early": PDLDecodeEarly,
     "decode-cluster": DecodeCluster,             # ours: ln_1 + c_attn + attention, a cluster per head (above)
+    "attention-cluster": AttentionCluster,       # ours: the attention alone, a cluster per head (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
 }
@@ -528,7 +542,7 @@ GPU_RULES = {
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 # entries that change fused-decode's kernels for CUDA sm_90+: they do nothing without fused-decode (so presets()
 # has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
-FUSED_DECODE_SM90 = {*PDL_RULES, "decode-cluster"}
+FUSED_DECODE_SM90 = {*PDL_RULES, "decode-cluster", "attention-cluster"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
