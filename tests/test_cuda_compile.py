@@ -731,6 +731,10 @@ def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_li
     marks = ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster", "out_ptr["]
     at = [body.index(m) for m in marks]
     assert at == sorted(at), dict(zip(marks, at))
+    # ... and ln_linear_qkv lets it launch at once, so that its blocks copy their rows while qkv streams
+    qkv = src[src.rindex("ln_linear_qkv_n1_kernel("):]
+    qkv = qkv[:qkv.index("\n}\n")]
+    assert -1 < qkv.index("griddepcontrol_launch_dependents") < qkv.index("griddepcontrol_wait")
     both, *_ = C.build_scheduled(CFG64, "cuda", "float16", ["decode-cluster", "attention-cluster", *GPU_FUSED],
                                  arch="sm_90a")
     assert "decode_cluster_n1" in both.rule_of and "attention_cluster_n1" not in both.rule_of

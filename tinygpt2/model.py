@@ -127,7 +127,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             else:
                 decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
-            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes, pdl)
+            # (before attention_cluster it lets that launch at once: its blocks then copy their K and V rows while
+            # qkv streams, H100 gpt2-xl: qkv 7.17 -> 8.10 us, the attention 5.57 -> 3.46 after it, the step
+            # 1632.8 -> 1572.4 us; docs/results/trace_decode_h100_attention_cluster.md)
+            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
+                              "early" if attn_cluster and pdl else pdl)
         if fused:
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
         else:
