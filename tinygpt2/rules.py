@@ -577,7 +577,7 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 # default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
 # 4191 and 621; with the layernorms folded into the weights (fused-decode's, weights.fold_layernorms) 4394
 # and 685 (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "pdl-decode", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
+GPU_FUSED = ["fused-decode", "pdl-decode", "attention-cluster", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
              "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 # What runs when no list is asked for (generate, step, bench, tinygpt2.load): the fastest list measured per
