@@ -8,7 +8,8 @@ make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advan
 entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
 _pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
 flash_attention.make_flash_attention / _cpu (`flash-prefill`); decode_cluster.make_decode_cluster (`decode-cluster`:
-ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head); and
+ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head) and
+decode_cluster.make_attention_cluster (`attention-cluster`: the attention alone, likewise); and
 sample.make_sample_advance_gpu, decode's sampler on any GPU (no rule matches a sampler either).
 Installed as `tinygpt2.kernels`.
 """

@@ -1,4 +1,7 @@
-"""Decode's ln_1 + c_attn + attention as one CUDA kernel, a thread-block cluster of 4 blocks per head (one token).
+"""Decode's attention as CUDA thread-block clusters, 4 blocks per head (one token), in two kernels:
+make_decode_cluster (ln_1 + c_attn + the attention, rule entry `decode-cluster`, in no preset) and
+make_attention_cluster (the attention alone after ln_linear_qkv, `attention-cluster`, in preset `fused`; at the
+end of this docstring). First the former:
 
     q, k, v = rstd * (W' @ x - mu * s) + b'       (ln_1 folded into c_attn: ln_linear.py's fold_layernorm)
     k_cache[h, pos] = k[h],  v_cache[h, pos] = v[h]
@@ -38,6 +41,18 @@ sums of a warp's rows loaded before the wait took it from 14.43 to 13.86 us (170
 Limits: head_dim 64; fp16 (48 rows of W' in fp32 would overflow shared memory); H * 4 blocks of 512 threads,
 one an SM; shared memory 48 C + 4 n_ctx halves and ~5 KB, which fits an sm_90 block (227 KB) up to C = 1600
 at n_ctx = 1024.
+
+make_attention_cluster keeps that kernel's attention and drops its c_attn: ln_linear_qkv computes q, k and v as in
+`fused`, and the cluster kernel (256 threads a block, a key a thread, n_ctx up to 1024) reads the head's from
+qkv after the PDL wait. Before the wait each block's thread 0 copies the block's cached K rows, contiguous in the
+cache, by one TMA bulk copy and its V rows by another (no registers held, every byte in flight at once; the
+register copy of decode_cluster, not measured here, goes through 33 registers a thread). It replaces decode_attention's two kernels (chunks of 64 keys,
+a merge reading their partial results through L2) by one, and ln_linear_qkv lets it launch at once, so that its
+blocks are resident and their copies run while qkv streams. On an H100 (gpt2-xl fp16, in the CUDA graph;
+docs/results/trace_decode_h100_attention_cluster.md) the attention takes 3.46 us a layer after qkv against
+4.80 + 1.44, qkv 8.10 against 7.23 (the rows' 1.6 MB share HBM with its weights), the step 1572.4 us against
+1667.6-1667.9; launched at qkv's exit instead, 5.57 us and 1632.8. On an H200 gpt2-xl 1292.2 against 1404.0,
+gpt2 188.9 against 208.5.
 """
 
 import math
@@ -345,6 +360,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
 
 
 ATTENTION_THREADS = 256                      # attention_cluster: a key a thread, n_ctx up to CLUSTER * 256
+ATTENTION_MAX_CTX = CLUSTER * ATTENTION_THREADS
 
 
 def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", pdl: str | None = None):

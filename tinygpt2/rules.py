@@ -109,8 +109,12 @@ class AttentionCluster(dl.ScheduleRule):
     """Not a schedule: a request that decode's attention (decode_attention of `fused-decode`: a kernel over
     chunks of keys, then a kernel merging them) be one kernel, a thread-block cluster of 4 blocks per head
     (kernels/decode_cluster.py's make_attention_cluster): the parts merged through distributed shared memory,
-    no partial results through L2, one kernel boundary fewer. ln_linear_qkv stays. CUDA sm_90 and later,
-    float16, head_dim 64; dropped elsewhere; decode-cluster, where both are listed, wins. It matches no kernel.
+    no partial results through L2, one kernel boundary fewer. ln_linear_qkv stays, and lets it launch at once, so
+    that its blocks copy their K and V rows while qkv streams. CUDA sm_90 and later, float16, head_dim 64;
+    dropped elsewhere; decode-cluster, where both are listed, wins. In preset `fused`: on an H100 gpt2-xl's step
+    in the CUDA graph takes 1572.4 us against 1667.6-1667.9 without it (the attention 3.46 us a layer after qkv
+    against 4.80 + 1.44, qkv 8.10 against 7.23), on an H200 1292.2 against 1404.0, gpt2's 188.9 against 208.5
+    (docs/results/trace_decode_h100_attention_cluster.md). It matches no kernel.
     """
 
     def apply(self, func, target, tunable):
@@ -576,8 +580,10 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 # the GEMVs left to DLight): on an H200 gpt2 fp16 decodes at 4051 tok/s with this list (2864 with the
 # default one, a day earlier), gpt2-xl at 609 (493); with pdl-decode (their launches overlapped, sm_90+)
 # 4191 and 621; with the layernorms folded into the weights (fused-decode's, weights.fold_layernorms) 4394
-# and 685 (docs/results/README.md)
-GPU_FUSED = ["fused-decode", "pdl-decode", "attention-cluster", "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
+# and 685 (docs/results/README.md); with attention-cluster (sm_90+, fp16) gpt2-xl's step 1404 -> 1292 us, gpt2's
+# 209 -> 189 (H200), and on an H100 gpt2-xl decodes at 631 tok/s instead of 597, gpt2 at 4612 instead of 4393
+GPU_FUSED = ["fused-decode", "pdl-decode", "attention-cluster", "flash-prefill", "hand-softmax",
+             "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
              "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 # What runs when no list is asked for (generate, step, bench, tinygpt2.load): the fastest list measured per
@@ -616,8 +622,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 reductions).
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
-                kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+) and
-                small-block-gemv before gemv: the fastest list measured, prefill and decode.
+                kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+),
+                attention-cluster (decode's attention one kernel, a thread-block cluster per head; CUDA
+                sm_90+, fp16) and small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
                 the pdl-decode entries and decode-cluster, which need fused-decode.
     default-minus-<rule> -- the default list without that rule.
