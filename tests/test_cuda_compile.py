@@ -678,39 +678,49 @@ def test_decode_cluster_builds_without_spills_and_fits_one_block_an_sm(size):
     assert spill == 0 and regs * 512 <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static, dynamic)
 
 
-@pytest.mark.parametrize("pos", [0, 5, 255, 1023])
-def test_decode_cluster_matches_its_numpy_reference_on_the_gpu(pos):
-    """The kernel at gpt2-xl's shapes against decode_cluster_ref (the two kernels it replaces, in numpy), at the
-    first position, a few, and the last; the new key and value appended, no other row of the cache touched."""
+def run_cluster_kernel(func, inputs, pos, ref):
+    """Run a cluster kernel (inputs, then gpt2-xl's K and V caches and pos; out [1, C] last) on the GPU against
+    its numpy reference ref(*inputs, k_cache, v_cache, pos) -> (out, k_cache, v_cache). The caches are random up
+    to pos and NaN past it (stale rows: never read); checked: out, the new key and value appended at pos, no row
+    past pos touched."""
     import numpy as np
 
     from tinygpt2.compile import build_cuda_kernel
-    from tinygpt2.kernels import decode_cluster_ref, make_decode_cluster
     from tinygpt2.tvm_shim import tvm
 
     dev = tvm.cuda(0)
     if not dev.exist:
         pytest.skip("no CUDA GPU here: the cluster kernel runs on the lent GPU machine")
     H, D, P = 25, 64, 1024
-    C = H * D
+    rng = np.random.default_rng(pos + 1)
+    kc, vc = (rng.standard_normal((H, P, D)).astype("float16") for _ in range(2))
+    kc[:, pos + 1:] = vc[:, pos + 1:] = np.nan
+    want, want_k, want_v = ref(*inputs, kc.copy(), vc.copy(), pos)
+    args = [tvm.runtime.tensor(a, dev) for a in (*inputs, kc, vc, np.array([pos], "int32"))]
+    out = tvm.runtime.tensor(np.zeros((1, H * D), "float16"), dev)
+    build_cuda_kernel(func)["main"](*args, out)
+    got_k, got_v = (a.numpy().astype("float32") for a in args[-3:-1])
+    np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(got_k[:, :pos + 1], want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(got_v[:, :pos + 1], want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
+    assert np.isnan(got_k[:, pos + 1:]).all() and np.isnan(got_v[:, pos + 1:]).all()
+
+
+@pytest.mark.parametrize("pos", [0, 5, 255, 1023])
+def test_decode_cluster_matches_its_numpy_reference_on_the_gpu(pos):
+    """The kernel at gpt2-xl's shapes against decode_cluster_ref (the two kernels it replaces, in numpy), at the
+    first position, a few, and the last."""
+    import numpy as np
+
+    from tinygpt2.kernels import decode_cluster_ref, make_decode_cluster
+
+    C = 25 * 64
     rng = np.random.default_rng(pos)
     x = rng.standard_normal((1, C)).astype("float16")
     w = (rng.standard_normal((3 * C, C)) * 0.02).astype("float16")
     b = (rng.standard_normal(3 * C) * 0.1).astype("float16")
     w_sum = w.astype(np.float64).sum(axis=1).astype("float32")
-    kc = rng.standard_normal((H, P, D)).astype("float16")
-    vc = rng.standard_normal((H, P, D)).astype("float16")
-    kc[:, pos + 1:] = np.nan                                             # stale rows past pos: never read
-    vc[:, pos + 1:] = np.nan
-    want, want_k, want_v = decode_cluster_ref(x, w, b, w_sum, kc.copy(), vc.copy(), pos)
-    lib = build_cuda_kernel(make_decode_cluster(H, D, P))
-    args = [tvm.runtime.tensor(a, dev) for a in (x, w, b, w_sum, kc, vc, np.array([pos], "int32"))]
-    out = tvm.runtime.tensor(np.zeros((1, C), "float16"), dev)
-    lib["main"](*args, out)
-    np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
-    np.testing.assert_allclose(args[4].numpy()[:, :pos + 1].astype("float32"), want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
-    np.testing.assert_allclose(args[5].numpy()[:, :pos + 1].astype("float32"), want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
-    assert np.isnan(args[4].numpy()[:, pos + 1:].astype("float32")).all()
+    run_cluster_kernel(make_decode_cluster(25, 64, 1024), (x, w, b, w_sum), pos, decode_cluster_ref)
 
 
 def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_linear_qkv():
@@ -763,31 +773,10 @@ def test_attention_cluster_builds_without_spills(size):
 
 @pytest.mark.parametrize("pos", [0, 5, 255, 1023])
 def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos):
-    """The kernel at gpt2-xl's shapes against decode_attention_ref (numpy), as
-    test_decode_cluster_matches_its_numpy_reference_on_the_gpu checks decode_cluster."""
+    """The kernel at gpt2-xl's shapes against decode_attention_ref (numpy), as decode_cluster above."""
     import numpy as np
 
-    from tinygpt2.compile import build_cuda_kernel
     from tinygpt2.kernels import decode_attention_ref, make_attention_cluster
-    from tinygpt2.tvm_shim import tvm
 
-    dev = tvm.cuda(0)
-    if not dev.exist:
-        pytest.skip("no CUDA GPU here: the cluster kernel runs on the lent GPU machine")
-    H, D, P = 25, 64, 1024
-    C = H * D
-    rng = np.random.default_rng(pos)
-    qkv = rng.standard_normal((1, 3 * C)).astype("float16")
-    kc = rng.standard_normal((H, P, D)).astype("float16")
-    vc = rng.standard_normal((H, P, D)).astype("float16")
-    kc[:, pos + 1:] = np.nan                                             # stale rows past pos: never read
-    vc[:, pos + 1:] = np.nan
-    want, want_k, want_v = decode_attention_ref(qkv, kc.copy(), vc.copy(), pos)
-    lib = build_cuda_kernel(make_attention_cluster(H, D, P))
-    args = [tvm.runtime.tensor(a, dev) for a in (qkv, kc, vc, np.array([pos], "int32"))]
-    out = tvm.runtime.tensor(np.zeros((1, C), "float16"), dev)
-    lib["main"](*args, out)
-    np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
-    np.testing.assert_allclose(args[1].numpy()[:, :pos + 1].astype("float32"), want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
-    np.testing.assert_allclose(args[2].numpy()[:, :pos + 1].astype("float32"), want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
-    assert np.isnan(args[1].numpy()[:, pos + 1:].astype("float32")).all()
+    qkv = np.random.default_rng(pos).standard_normal((1, 3 * 25 * 64)).astype("float16")
+    run_cluster_kernel(make_attention_cluster(25, 64, 1024), (qkv,), pos, decode_attention_ref)
