@@ -626,7 +626,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 attention-cluster (decode's attention one kernel, a thread-block cluster per head; CUDA
                 sm_90+, fp16) and small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
-                the pdl-decode entries and decode-cluster, which need fused-decode.
+                the pdl-decode entries, decode-cluster and attention-cluster, which need fused-decode.
     default-minus-<rule> -- the default list without that rule.
     """
     if target_kind == "cpu":
