@@ -87,11 +87,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
     # ... and ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (CUDA sm_90+, fp16,
     # head_dim 64; kernels/decode_cluster.py). Dropped elsewhere, as the PDL entries are
-    cluster = fused and "decode-cluster" in hand and gpu == "cuda" and dtype == "float16" and D == 64
+    clusters = fused and gpu == "cuda" and dtype == "float16" and D == 64
+    cluster = clusters and "decode-cluster" in hand
     # ... or the attention alone as one such kernel, after ln_linear_qkv (make_attention_cluster; a key a thread:
     # contexts up to 1024)
-    attn_cluster = (fused and not cluster and "attention-cluster" in hand and gpu == "cuda" and dtype == "float16"
-                    and D == 64 and P <= K.decode_cluster.ATTENTION_MAX_CTX)
+    attn_cluster = (clusters and not cluster and "attention-cluster" in hand
+                    and P <= K.decode_cluster.ATTENTION_MAX_CTX)
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
