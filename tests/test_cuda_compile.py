@@ -637,29 +637,44 @@ def test_the_cluster_exchange_runs_as_clusters_on_the_gpu():
 CFG64 = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=2, n_head=2)
 
 
+def check_cluster_kernel(entry: str, kernel: str, gone: set, marks: list) -> str:
+    """`entry` in front of `fused` on sm_90a in fp16: every kernel scheduled, `kernel` in place of `gone`, launched
+    as clusters (clusterCtaIdx.x) and with PDL, its CUDA in the order of `marks`; in float32 and on sm_80 the
+    entry is dropped (fused's decode_attention instead). Returns the fp16 module's CUDA source."""
+    from tinygpt2.rules import GPU_FUSED
+    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", [entry, *GPU_FUSED], arch="sm_90a")
+    assert all(sched.rule_of.values()), sched.rule_of
+    names = set(sched.rule_of)
+    assert kernel in names and not gone & names, names
+    params = list(device_kernels(sched, tgt)[f"{kernel}_kernel"].attrs["tirx.kernel_launch_params"])
+    assert "clusterCtaIdx.x" in params and PDL_LAUNCH_TAG in params
+    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    body = src[src.rindex(f"{kernel}_kernel("):]
+    at = [body.index(m) for m in marks]
+    assert at == sorted(at), dict(zip(marks, at))
+    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):
+        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, [entry, *GPU_FUSED], arch=arch)
+        assert "decode_attention_n1" in plain.rule_of and kernel not in plain.rule_of, (dtype, arch)
+    return src
+
+
+def ptxas_usage(func) -> tuple[int, int, int]:
+    """(spill store bytes, registers a thread, static shared bytes) of a kernel built by nvcc for sm_90a."""
+    report = nvcc({"k": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
+    return tuple(map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers, used \d+ barriers, "
+                                    r"(\d+) bytes smem", report, re.S).groups()))
+
+
 def test_decode_cluster_makes_ln_1_c_attn_and_the_attention_one_cluster_kernel_launched_with_pdl():
     """`decode-cluster` (kernels/decode_cluster.py) in front of `fused`: decode's ln_linear_qkv and
     decode_attention give way to one kernel a layer, launched as clusters of 4 blocks (clusterCtaIdx.x) and
     with PDL; prefill and the other decode kernels as in `fused`. Dropped in float32 and before sm_90."""
-    from tinygpt2.rules import GPU_FUSED
-    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
-
-    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["decode-cluster", *GPU_FUSED], arch="sm_90a")
-    assert all(sched.rule_of.values()), sched.rule_of
-    names = set(sched.rule_of)
-    assert "decode_cluster_n1" in names and not {"ln_linear_qkv_n1", "decode_attention_n1"} & names
-    kernels = device_kernels(sched, tgt)
-    params = list(kernels["decode_cluster_n1_kernel"].attrs["tirx.kernel_launch_params"])
-    assert "clusterCtaIdx.x" in params and PDL_LAUNCH_TAG in params
-    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-    body = src[src.rindex("decode_cluster_n1_kernel("):]
     # the order the kernel is built on: W's bulk copies, the PDL wait, q, k, v across the cluster, attention
-    marks = ["cp_async_bulk", "griddepcontrol_wait", "st_shared__cluster", "barrier_cluster_wait_cluster_wait_acquire"]
-    at = [body.index(m) for m in marks]
-    assert at == sorted(at), dict(zip(marks, at))
-    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):   # no cluster kernel: fused's kernels
-        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["decode-cluster", *GPU_FUSED], arch=arch)
-        assert "decode_attention_n1" in plain.rule_of and "decode_cluster_n1" not in plain.rule_of, (dtype, arch)
+    check_cluster_kernel("decode-cluster", "decode_cluster_n1", {"ln_linear_qkv_n1", "decode_attention_n1"},
+                         ["cp_async_bulk", "griddepcontrol_wait", "st_shared__cluster",
+                          "barrier_cluster_wait_cluster_wait_acquire"])
 
 
 @pytest.mark.parametrize("size", ["gpt2", "gpt2-xl"])
@@ -670,10 +685,8 @@ def test_decode_cluster_builds_without_spills_and_fits_one_block_an_sm(size):
     from tinygpt2.kernels.decode_cluster import make_decode_cluster
 
     cfg = PRESETS[size]
-    func = make_decode_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16", pdl="exit")
-    report = nvcc({"dc": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
-    spill, regs, static = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers, used \d+ barriers, "
-                                             r"(\d+) bytes smem", report, re.S).groups())
+    spill, regs, static = ptxas_usage(make_decode_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16",
+                                                          pdl="exit"))
     dynamic = (48 * cfg.n_embd + 2 * (cfg.n_positions // 4) * 64) * 2
     assert spill == 0 and regs * 512 <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static, dynamic)
 
@@ -726,23 +739,13 @@ def test_decode_cluster_matches_its_numpy_reference_on_the_gpu(pos):
 def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_linear_qkv():
     """`attention-cluster` in front of `fused`: decode_attention's two kernels (chunks, merge) give way to one,
     launched as clusters of 4 blocks and with PDL, its K and V rows copied (TMA) before the wait; ln_linear_qkv
-    stays. Dropped in float32 and before sm_90; decode-cluster wins where both are listed."""
+    stays. Dropped in float32, before sm_90 and past 1024 positions; decode-cluster wins where both are listed."""
     from tinygpt2.rules import GPU_FUSED
-    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
-    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["attention-cluster", *GPU_FUSED], arch="sm_90a")
-    assert all(sched.rule_of.values()), sched.rule_of
-    names = set(sched.rule_of)
-    assert {"attention_cluster_n1", "ln_linear_qkv_n1"} <= names and "decode_attention_n1" not in names
-    kernels = device_kernels(sched, tgt)
-    params = list(kernels["attention_cluster_n1_kernel"].attrs["tirx.kernel_launch_params"])
-    assert "clusterCtaIdx.x" in params and PDL_LAUNCH_TAG in params
-    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-    body = src[src.rindex("attention_cluster_n1_kernel("):]
-    marks = ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster", "out_ptr["]
-    at = [body.index(m) for m in marks]
-    assert at == sorted(at), dict(zip(marks, at))
-    # ... and ln_linear_qkv lets it launch at once, so that its blocks copy their rows while qkv streams
+    src = check_cluster_kernel("attention-cluster", "attention_cluster_n1", {"decode_attention_n1"},
+                               ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster",
+                                "out_ptr["])
+    # ... and ln_linear_qkv stays, and lets it launch at once, so that its blocks copy their rows while qkv streams
     qkv = src[src.rindex("ln_linear_qkv_n1_kernel("):]
     qkv = qkv[:qkv.index("\n}\n")]
     assert -1 < qkv.index("griddepcontrol_launch_dependents") < qkv.index("griddepcontrol_wait")
@@ -750,9 +753,8 @@ def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_li
                                  arch="sm_90a")
     assert "decode_cluster_n1" in both.rule_of and "attention_cluster_n1" not in both.rule_of
     long = dataclasses.replace(CFG64, n_positions=2048)           # more keys than its threads can hold: dropped
-    for cfg, dtype, arch in ((CFG64, "float32", "sm_90a"), (CFG64, "float16", "sm_80"), (long, "float16", "sm_90a")):
-        plain, *_ = C.build_scheduled(cfg, "cuda", dtype, ["attention-cluster", *GPU_FUSED], arch=arch)
-        assert "decode_attention_n1" in plain.rule_of and "attention_cluster_n1" not in plain.rule_of, (dtype, arch)
+    plain, *_ = C.build_scheduled(long, "cuda", "float16", ["attention-cluster", *GPU_FUSED], arch="sm_90a")
+    assert "decode_attention_n1" in plain.rule_of and "attention_cluster_n1" not in plain.rule_of
 
 
 @pytest.mark.parametrize("size", ["gpt2", "gpt2-xl"])
@@ -763,10 +765,8 @@ def test_attention_cluster_builds_without_spills(size):
     from tinygpt2.kernels.decode_cluster import ATTENTION_THREADS, make_attention_cluster
 
     cfg = PRESETS[size]
-    func = make_attention_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16", pdl="exit")
-    report = nvcc({"ac": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
-    spill, regs, static = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers, used \d+ barriers, "
-                                             r"(\d+) bytes smem", report, re.S).groups())
+    spill, regs, static = ptxas_usage(make_attention_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16",
+                                                             pdl="exit"))
     dynamic = 2 * (cfg.n_positions // 4) * 64 * 2
     assert spill == 0 and regs * ATTENTION_THREADS <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static)
 
