@@ -328,19 +328,14 @@ def decode_layers_ref(w, kc, vc, x, T):
 
 def main():
     import torch
-    from torch.utils.cpp_extension import load_inline
 
-    from bench_weight_stream import KERNELS, graph_us, report
+    from bench_weight_stream import KERNELS, build_extension, graph_us, option, report
     from tinygpt2.bench import copy_bandwidth, decode_bytes_per_token
     from tinygpt2.config import PRESETS
 
-    out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
-    T = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--context=")), 255)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_decode_layers: no CUDA GPU here (run it on the GPU machine)")
-    ext = load_inline("tinygpt2_decode_layers", CPP, cuda_sources=KERNELS + LAYER_KERNEL + LAUNCHERS,
-                      functions=["layers", "layers_blocks_resident"],
-                      extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
+    out_dir, T = option("out"), option("context", 255, int)
+    ext = build_extension("bench_decode_layers", "tinygpt2_decode_layers", CPP, KERNELS + LAYER_KERNEL + LAUNCHERS,
+                          ["layers", "layers_blocks_resident"])
     cfg = PRESETS["gpt2-xl"]
     C, F, L = cfg.n_embd, cfg.n_inner, cfg.n_layer
     assert (C, F, cfg.n_head) == (1600, 6400, H), "the kernel is instantiated for gpt2-xl"

@@ -299,18 +299,13 @@ def head_attention_ref(w, kc, vc, x, T):
 
 def main():
     import torch
-    from torch.utils.cpp_extension import load_inline
 
-    from bench_weight_stream import KERNELS, graph_us, report
+    from bench_weight_stream import KERNELS, build_extension, graph_us, option, report
     from tinygpt2.bench import copy_bandwidth
 
-    out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
-    T = next((int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--context=")), 255)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_head_cluster: no CUDA GPU here (run it on the GPU machine)")
-    ext = load_inline("tinygpt2_head_cluster", CPP, cuda_sources=KERNELS + HEAD_KERNEL + LAUNCHERS,
-                      functions=["head", "head_clusters_resident", "stream_read", "gemv8", "gemv8_pdl"],
-                      extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
+    out_dir, T = option("out"), option("context", 255, int)
+    ext = build_extension("bench_head_cluster", "tinygpt2_head_cluster", CPP, KERNELS + HEAD_KERNEL + LAUNCHERS,
+                          ["head", "head_clusters_resident", "stream_read", "gemv8", "gemv8_pdl"])
     C, L, TM = 1600, 48, 320
     g = torch.Generator().manual_seed(0)
     rnd = lambda *shape, s=0.02: (torch.randn(*shape, generator=g) * s).half().cuda()

@@ -851,18 +851,29 @@ def graph_us(launch, replays: int = 20) -> float:
     return statistics.median(times)
 
 
+def option(name: str, default=None, cast=str):
+    """--name=VALUE from the command line, cast; default where it is not given."""
+    return next((cast(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith(f"--{name}=")), default)
+
+
+def build_extension(script: str, name: str, cpp: str, cuda_sources: str, functions: list):
+    """The raw CUDA kernels and their launchers built by torch for this GPU (sm_XXa: TMA, clusters, PDL), or a
+    one-line exit where there is none."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{script}: no CUDA GPU here (run it on the GPU machine)")
+    arch = "".join(map(str, torch.cuda.get_device_capability()))
+    return load_inline(name, cpp, cuda_sources=cuda_sources, functions=functions,
+                       extra_cuda_cflags=["-O3", f"-arch=sm_{arch}a"])
+
+
 def main():
-    out_dir = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), None)
+    out_dir = option("out")
     mlp_only = "--mlp-only" in sys.argv[1:]                           # sections 3 and 4 alone
     reads_only = "--reads" in sys.argv[1:]                            # sections 1 and 2 alone
     timeline_only = "--timeline" in sys.argv[1:]                      # section 5 alone
     layers_only = "--layers" in sys.argv[1:]                          # section 3's one-launch rows and its baseline
-    which = next(({int(v) for v in a.split("=", 1)[1].split(",")} for a in sys.argv[1:] if a.startswith("--variants=")),
-                 None)                                                # --layers: these mlp_layers variants alone
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_weight_stream: no CUDA GPU here (run it on the GPU machine)")
-    ext = load_inline("tinygpt2_weight_stream", CPP, cuda_sources=KERNELS + LAUNCHERS, functions=FUNCTIONS,
-                      extra_cuda_cflags=["-O3", f"-arch=sm_{''.join(map(str, torch.cuda.get_device_capability()))}a"])
+    which = option("variants", None, lambda v: {int(x) for x in v.split(",")})  # --layers: these variants alone
+    ext = build_extension("bench_weight_stream", "tinygpt2_weight_stream", CPP, KERNELS + LAUNCHERS, FUNCTIONS)
     cfg = PRESETS["gpt2-xl"]
     torch.manual_seed(0)
     lines = [f"{torch.cuda.get_device_name()}; gpt2-xl fp16 shapes; kernel times from CUPTI, medians\n"]
