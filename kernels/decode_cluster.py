@@ -53,6 +53,12 @@ docs/results/trace_decode_h100_attention_cluster.md) the attention takes 3.46 us
 4.80 + 1.44, qkv 8.10 against 7.23 (the rows' 1.6 MB share HBM with its weights), the step 1572.4 us against
 1667.6-1667.9; launched at qkv's exit instead, 5.57 us and 1632.8. On an H200 gpt2-xl 1292.2 against 1404.0,
 gpt2 188.9 against 208.5.
+
+After its wait, with HBM idle until c_fc (the attention and c_proj wait on latencies, c_proj's weights are in),
+the kernel also brings the first quarter of the layer's c_fc weights into L2, a bulk prefetch a block, so that
+c_fc finds them there. The grid completes only once they have landed, which delays c_proj and c_fc behind it:
+a trade, measured by how much is prefetched (gpt2-xl, H100, us a layer against none, PREFETCH_FRACTION below):
+a quarter -0.86 (c_fc 8.83 -> 7.42, the kernel 3.49 -> 3.71, c_proj 2.11 -> 2.37), all of it +1.64.
 """
 
 import math
@@ -361,33 +367,45 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
 
 ATTENTION_THREADS = 256                      # attention_cluster: a key a thread, n_ctx up to CLUSTER * 256
 ATTENTION_MAX_CTX = CLUSTER * ATTENTION_THREADS
+# attention_cluster prefetches this fraction of c_fc's rows into L2 (1/4: 5.12 MB for gpt2-xl). gpt2-xl on an
+# H100, us a layer against none, two loans (docs/results/trace_decode_h100_prefetch_fc.md): 1/8 -0.51,
+# 3/16 -0.80, 1/4 -0.86 / -0.87, 3/8 -0.67, 1/2 -0.23, all +1.64
+PREFETCH_FRACTION = 4
 
 
-def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", pdl: str | None = None):
+def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
+                           pdl: str | None = None):
     """Decode's attention alone (after ln_linear_qkv), as steps 1 (K and V rows only), 4 and 5 of this module's
     docstring: a cluster of 4 blocks per head, the parts merged through DSMEM in rank 0 -- one kernel where
     decode_attention has two (chunks, merge), and no partial results through L2.
 
-        qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32  ->  out [1, C]
+        qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32, w_fc [n_inner, C]  ->  out [1, C]
 
+    w_fc is the layer's c_fc weights (ln_2 folded in, as ln_linear_fc_gelu takes them), only prefetched: once
+    its wait is over, each block has the first quarter of their rows brought into L2 (PREFETCH_FRACTION).
     pdl as make_decode_cluster's (it lets the attention's c_proj launch at once)."""
     _check(dtype, head_dim, "attention-cluster")
-    H, D, C, P = n_head, head_dim, n_head * head_dim, n_ctx
+    H, D, C, P, F = n_head, head_dim, n_head * head_dim, n_ctx, n_inner
     CL, NTH = CLUSTER, ATTENTION_THREADS
+    if P > ATTENTION_MAX_CTX:
+        raise RuleError(f"attention-cluster: a key a thread, so n_ctx up to {ATTENTION_MAX_CTX} (got {P})")
     ha = _HeadAttention(H, D, P, dtype, NTH, 0)          # the dynamic shared buffer: K rows, then V rows
     KB, NG, NW, BIG = ha.KB, ha.NG, ha.NW, ha.big
     wait_pdl = pdl_flags(pdl)[0]
+    PF_ROWS = F // PREFETCH_FRACTION // (H * CL)         # c_fc's rows a block prefetches (gpt2 to xl: 16)
+    PF_THREAD = NTH - 32                                 # the last warp's first thread: it loads no q, k, v
 
     @T.prim_func(s_tir=True)
     def attention_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
                           v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((1,), "int32"),
-                          out: T.Buffer((1, C), dtype)):
+                          w_fc: T.Buffer((F, C), dtype), out: T.Buffer((1, C), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for r in T.thread_binding(CL, thread="clusterCtaIdx.x"):          # launched as clusters of CL blocks
             for bx in T.thread_binding(H * CL, thread="blockIdx.x"):
                 for t in T.thread_binding(NTH, thread="threadIdx.x"):
                     with T.sblock("attention_cluster"):
-                        T.reads(qkv_in[0, 0:3 * C], k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], pos[0])
+                        T.reads(qkv_in[0, 0:3 * C], k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], pos[0],
+                                w_fc[0:F, 0:C])
                         T.writes(k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], out[0, 0:C])
                         big = T.sblock_alloc_buffer((BIG,), dtype, scope="shared.dyn")
                         qkv = T.sblock_alloc_buffer((3 * D,), ACC, scope="shared")   # the head's q, k, v
@@ -421,6 +439,13 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = 
                             T.ptx.griddepcontrol.wait()
                         if t < 3 * D:                                       # the head's q, k, v
                             qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
+                        # c_fc's next: while the rest of this kernel and c_proj wait on latencies, HBM would idle;
+                        # the block's PF_ROWS rows of c_fc's first quarter into L2, one bulk prefetch (after the
+                        # wait: before it, these bytes would share HBM with qkv's). The grid completes only once
+                        # they have landed, so more rows delay c_proj and c_fc after it (docstring above)
+                        if PF_ROWS > 0 and t == PF_THREAD:
+                            T.ptx.cp.async_.bulk.prefetch.L2.global_(T.address_of(w_fc[bx * PF_ROWS, 0]),
+                                                                     T.uint32(PF_ROWS * C * 2))
                         ha.wait_copies(bar, ready)                          # the K and V rows landed
                         T.tvm_storage_sync("shared")
                         T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started

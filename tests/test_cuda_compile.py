@@ -691,11 +691,11 @@ def test_decode_cluster_builds_without_spills_and_fits_one_block_an_sm(size):
     assert spill == 0 and regs * 512 <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static, dynamic)
 
 
-def run_cluster_kernel(func, inputs, pos, ref):
-    """Run a cluster kernel (inputs, then gpt2-xl's K and V caches and pos; out [1, C] last) on the GPU against
-    its numpy reference ref(*inputs, k_cache, v_cache, pos) -> (out, k_cache, v_cache). The caches are random up
-    to pos and NaN past it (stale rows: never read); checked: out, the new key and value appended at pos, no row
-    past pos touched."""
+def run_cluster_kernel(func, inputs, pos, ref, after=()):
+    """Run a cluster kernel (inputs, then gpt2-xl's K and V caches and pos, then `after`; out [1, C] last) on the
+    GPU against its numpy reference ref(*inputs, k_cache, v_cache, pos) -> (out, k_cache, v_cache). The caches are
+    random up to pos and NaN past it (stale rows: never read); checked: out, the new key and value appended at
+    pos, no row past pos touched."""
     import numpy as np
 
     from tinygpt2.compile import build_cuda_kernel
@@ -709,10 +709,10 @@ def run_cluster_kernel(func, inputs, pos, ref):
     kc, vc = (rng.standard_normal((H, P, D)).astype("float16") for _ in range(2))
     kc[:, pos + 1:] = vc[:, pos + 1:] = np.nan
     want, want_k, want_v = ref(*inputs, kc.copy(), vc.copy(), pos)
-    args = [tvm.runtime.tensor(a, dev) for a in (*inputs, kc, vc, np.array([pos], "int32"))]
+    args = [tvm.runtime.tensor(a, dev) for a in (*inputs, kc, vc, np.array([pos], "int32"), *after)]
     out = tvm.runtime.tensor(np.zeros((1, H * D), "float16"), dev)
     build_cuda_kernel(func)["main"](*args, out)
-    got_k, got_v = (a.numpy().astype("float32") for a in args[-3:-1])
+    got_k, got_v = (args[len(inputs) + i].numpy().astype("float32") for i in (0, 1))
     np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
     np.testing.assert_allclose(got_k[:, :pos + 1], want_k[:, :pos + 1], rtol=2e-2, atol=2e-3)
     np.testing.assert_allclose(got_v[:, :pos + 1], want_v[:, :pos + 1], rtol=2e-2, atol=2e-3)
@@ -742,9 +742,13 @@ def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_li
     stays. Dropped in float32, before sm_90 and past 1024 positions; decode-cluster wins where both are listed."""
     from tinygpt2.rules import GPU_FUSED
 
+    # (the order: K and V rows copied, the wait, q k v read, a quarter of c_fc's rows prefetched, DSMEM, out)
     src = check_cluster_kernel("attention-cluster", "attention_cluster_n1", {"decode_attention_n1"},
-                               ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster",
-                                "out_ptr["])
+                               ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "prefetch_L2_global(",
+                                "st_shared__cluster", "out_ptr["])
+    # ... each of its 2 heads x 4 blocks 16 rows (128 halves) of c_fc's 512: the first quarter, 4096 bytes a block
+    body = src[src.rindex("attention_cluster_n1_kernel("):]
+    assert "prefetch_L2_global((&(w_fc_ptr[(((int)blockIdx.x) * 2048)])), (uint)4096)" in body
     # ... and ln_linear_qkv stays, and lets it launch at once, so that its blocks copy their rows while qkv streams
     qkv = src[src.rindex("ln_linear_qkv_n1_kernel("):]
     qkv = qkv[:qkv.index("\n}\n")]
@@ -765,8 +769,8 @@ def test_attention_cluster_builds_without_spills(size):
     from tinygpt2.kernels.decode_cluster import ATTENTION_THREADS, make_attention_cluster
 
     cfg = PRESETS[size]
-    spill, regs, static = ptxas_usage(make_attention_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, "float16",
-                                                             pdl="exit"))
+    spill, regs, static = ptxas_usage(make_attention_cluster(cfg.n_head, cfg.head_dim, cfg.n_positions, cfg.n_inner,
+                                                             "float16", pdl="exit"))
     dynamic = 2 * (cfg.n_positions // 4) * 64 * 2
     assert spill == 0 and regs * ATTENTION_THREADS <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static)
 
@@ -778,5 +782,17 @@ def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos):
 
     from tinygpt2.kernels import decode_attention_ref, make_attention_cluster
 
-    qkv = np.random.default_rng(pos).standard_normal((1, 3 * 25 * 64)).astype("float16")
-    run_cluster_kernel(make_attention_cluster(25, 64, 1024), (qkv,), pos, decode_attention_ref)
+    rng = np.random.default_rng(pos)
+    qkv = rng.standard_normal((1, 3 * 25 * 64)).astype("float16")
+    w_fc = rng.standard_normal((4 * 25 * 64, 25 * 64)).astype("float16")       # only prefetched
+    run_cluster_kernel(make_attention_cluster(25, 64, 1024, 4 * 25 * 64), (qkv,), pos, decode_attention_ref, (w_fc,))
+
+
+def test_attention_cluster_refuses_more_keys_than_its_threads():
+    """A key a thread, 4 blocks of 256 a head: past 1024 positions the factory says so (the model drops the entry
+    there, test above)."""
+    from tinygpt2.errors import RuleError
+    from tinygpt2.kernels import make_attention_cluster
+
+    with pytest.raises(RuleError, match="n_ctx up to 1024"):
+        make_attention_cluster(25, 64, 2048, 6400)

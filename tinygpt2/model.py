@@ -125,7 +125,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             decode_cluster = b.kernel("decode_cluster", K.make_decode_cluster, H, D, P, dtype, eps, pdl)
         elif fused:     # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
             if attn_cluster:
-                attention_cluster = b.kernel("attention_cluster", K.make_attention_cluster, H, D, P, dtype, pdl)
+                attention_cluster = b.kernel("attention_cluster", K.make_attention_cluster, H, D, P, F, dtype, pdl)
             else:
                 decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
             # ... and each layernorm folded into the linear after it (kernels/ln_linear.py)
@@ -194,10 +194,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                     qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED)], [n, 3 * C], dtype)
                     # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place)
                     # (and decode_attention's: the chunks' partial results)
-                    if attn_cluster:
+                    if attn_cluster:       # (c_fc's weights only prefetched into L2: make_attention_cluster)
                         a, *_ = b.call_inplace(f"h{i}_attn", attention_cluster,
-                                               [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2],
-                                               fresh=[([n, C], dtype)])
+                                               [qkv, cache[2 * i], cache[2 * i + 1], where, w[p + c_fc + "weight"]],
+                                               [-1, 1, 2], fresh=[([n, C], dtype)])
                     else:
                         a, *_ = b.call_inplace(f"h{i}_attn", decode_attention,
                                                [qkv, cache[2 * i], cache[2 * i + 1], where], [-1, 1, 2, -1, -1],
