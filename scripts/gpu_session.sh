@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -109,6 +109,12 @@ case "$1" in
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
   # prefill's linears per tensor-core schedule (scripts/bench_matmul.py), cuBLAS beside them
   bench-mm)   timeout 300 python3 scripts/bench_matmul.py ${MM_ARGS:-} | tee "$OUT/bench_matmul.md" || true ;;
+  # prefill's attention as FlashAttention-2 lays it out (raw CUDA, mma.sync) beside the model's kernel and torch's
+  # SDPA, at 1024 and 128 tokens (scripts/bench_flash_mma.py; then the tile knobs of bench-mm on this GPU)
+  flash-mma)  for n in 1024 128; do timeout 200 python3 scripts/bench_flash_mma.py --n=$n \
+                --out="$OUT/flash-mma-$n" || true; done
+              timeout 250 python3 scripts/bench_matmul.py --variants w8-64x32,w8-32x64,w4-64x64,w4-64x32-128x64 \
+                | tee "$OUT/bench_matmul.md" || true ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
   weight-stream) timeout 300 python3 scripts/bench_weight_stream.py --out="$OUT" || true ;;
   # the MLP and the bare ring in raw CUDA (sections 3-4), then the same TMA ring written in TVMScript, one loan
