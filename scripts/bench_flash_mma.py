@@ -24,6 +24,9 @@ k_j / 8) V, probabilities rounded to fp16 before P V, the division by the row's 
 
 Not yet run on a GPU (written 2026-12-05 while no machine could be started); tests/test_bench_flash_mma.py builds it
 for sm_90a and reads its SASS (tensor-core products, ldmatrix, no stores to shared memory but the tiles' copies).
+The lane layouts it rests on are also written in TVMScript, for the port to come (tests/test_cuda_compile.py's
+mma_fragments: TVM 0.27's T.ptx.ldmatrix and T.ptx.mma on local registers), and run against numpy where there is
+a GPU.
 """
 
 import os

@@ -633,6 +633,105 @@ def test_the_cluster_exchange_runs_as_clusters_on_the_gpu():
     np.testing.assert_array_equal(out.numpy(), cluster_exchange_ref())
 
 
+def mma_fragments():
+    """One warp's two tensor-core products as scripts/bench_flash_mma.py's attention lays them out, in TVMScript:
+    S = Q K^T (Q [16, 16] by ldmatrix.x4 as mma's A, K [8 keys, 16] by ldmatrix.x2 as B: K's rows are B's
+    columns) and O = S' V (S' = S rounded to fp16, taken from S's accumulators as the A fragment, FA2's trick
+    with keys 0-7 only (a2, a3 zero); V [16 keys, 8] by ldmatrix.x2.trans). The accumulators are written out by
+    the layout the kernel assumes: lane l holds rows l / 4 and l / 4 + 8, columns 2 (l % 4) and + 1.
+    Shared rows padded to 24 halves as flat buffers (TVM compacts a 2-D allocation to the columns it reads)."""
+    from tinygpt2.tvm_shim import T
+
+    @T.prim_func(s_tir=True)
+    def fragments(q: T.Buffer((16, 16), "float16"), k: T.Buffer((8, 16), "float16"),
+                  v: T.Buffer((16, 8), "float16"), s: T.Buffer((16, 8), "float32"), o: T.Buffer((16, 8), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for tx in T.thread_binding(32, thread="threadIdx.x"):
+            with T.sblock("fragments"):
+                T.reads(q[0:16, 0:16], k[0:8, 0:16], v[0:16, 0:8])
+                T.writes(s[0:16, 0:8], o[0:16, 0:8])
+                q_s = T.sblock_alloc_buffer((16 * 24,), "float16", scope="shared")
+                k_s = T.sblock_alloc_buffer((8 * 24,), "float16", scope="shared")
+                v_s = T.sblock_alloc_buffer((16 * 24,), "float16", scope="shared")
+                qa = T.sblock_alloc_buffer((4,), "uint32", scope="local")
+                kb = T.sblock_alloc_buffer((2,), "uint32", scope="local")
+                vb = T.sblock_alloc_buffer((2,), "uint32", scope="local")
+                pa = T.sblock_alloc_buffer((4,), "uint32", scope="local")
+                acc = T.sblock_alloc_buffer((4,), "float32", scope="local")
+                acc2 = T.sblock_alloc_buffer((4,), "float32", scope="local")
+                for i in T.serial(8):
+                    q_s[(tx * 8 + i) // 16 * 24 + (tx * 8 + i) % 16] = q[(tx * 8 + i) // 16, (tx * 8 + i) % 16]
+                for i in T.serial(4):
+                    k_s[(tx * 4 + i) // 16 * 24 + (tx * 4 + i) % 16] = k[(tx * 4 + i) // 16, (tx * 4 + i) % 16]
+                    v_s[(tx * 4 + i) // 8 * 24 + (tx * 4 + i) % 8] = v[(tx * 4 + i) // 8, (tx * 4 + i) % 8]
+                T.tvm_storage_sync("shared")
+                T.ptx.ldmatrix.sync.aligned.m8n8.x4.shared.b16(                      # rows 0-15, k 0-7 / 8-15
+                    qa[0], qa[1], qa[2], qa[3], T.address_of(q_s[tx % 16 * 24 + tx // 16 * 8]))
+                T.ptx.ldmatrix.sync.aligned.m8n8.x2.shared.b16(                      # keys 0-7, d 0-7 / 8-15
+                    kb[0], kb[1], T.address_of(k_s[tx % 8 * 24 + tx // 8 % 2 * 8]))
+                T.ptx.ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16(                # keys 0-7 / 8-15, d 0-7
+                    vb[0], vb[1], T.address_of(v_s[(tx % 8 + tx // 8 % 2 * 8) * 24]))
+                for i in T.serial(4):
+                    acc[i] = T.float32(0)
+                    acc2[i] = T.float32(0)
+                T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
+                    acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], kb[0], kb[1],
+                    acc[0], acc[1], acc[2], acc[3])
+                # S's accumulators -> P's A fragment, keys 0-7: a0 row g, a1 row g + 8 (a2, a3: keys 8-15, zero)
+                # (two fp16 in a register: the first in the low half, as __floats2half2_rn packs them)
+                for i in T.serial(2):
+                    pa[i] = T.Cast("uint32", T.reinterpret("uint16", T.Cast("float16", acc[2 * i]))) | (T.Cast(
+                        "uint32", T.reinterpret("uint16", T.Cast("float16", acc[2 * i + 1]))) << T.uint32(16))
+                pa[2] = T.uint32(0)
+                pa[3] = T.uint32(0)
+                T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
+                    acc2[0], acc2[1], acc2[2], acc2[3], pa[0], pa[1], pa[2], pa[3], vb[0], vb[1],
+                    acc2[0], acc2[1], acc2[2], acc2[3])
+                for e in T.serial(2):
+                    s[tx // 4, tx % 4 * 2 + e] = acc[e]
+                    s[tx // 4 + 8, tx % 4 * 2 + e] = acc[2 + e]
+                    o[tx // 4, tx % 4 * 2 + e] = acc2[e]
+                    o[tx // 4 + 8, tx % 4 * 2 + e] = acc2[2 + e]
+
+    return fragments
+
+
+def mma_fragments_ref(q, k, v):
+    s = q.astype("float32") @ k.astype("float32").T                   # [16, 8]
+    o = s.astype("float16").astype("float32") @ v[:8].astype("float32")   # keys 0-7 only (a2, a3 zero)
+    return s, o
+
+
+def test_tvmscript_writes_the_tensor_core_fragments_of_an_fa2_attention():
+    """The layout scripts/bench_flash_mma.py assumes, in TVMScript (TVM 0.27's T.ptx: ldmatrix, ldmatrix.trans,
+    mma.sync.m16n8k16 on local registers): built by ptxas for sm_90a; the test below runs it where there is a GPU."""
+    src = cuda_source({"fragments": mma_fragments()})
+    for ins in ("ldmatrix.sync.aligned.m8n8.x4.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16",
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"):
+        assert ins in src, ins
+    nvcc({"fragments": mma_fragments()}, "cubin")
+
+
+def test_the_tensor_core_fragments_match_numpy_on_the_gpu():
+    """Run: S = Q K^T and (S in fp16) V over keys 0-7, against numpy -- so the lane layouts the FA2 prototype is
+    built on (A by ldmatrix.x4, B from K's rows by ldmatrix.x2, from V's by .trans, C's rows g and g + 8) hold."""
+    import numpy as np
+
+    from tinygpt2.compile import build_cuda_kernel
+    from tinygpt2.tvm_shim import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        pytest.skip("no CUDA GPU here: the tensor-core fragments run on the lent GPU machine")
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(shape).astype("float16") for shape in ((16, 16), (8, 16), (16, 8)))
+    args = [tvm.runtime.tensor(a, dev) for a in (q, k, v, np.zeros((16, 8), "float32"), np.zeros((16, 8), "float32"))]
+    build_cuda_kernel(mma_fragments())["main"](*args)
+    want_s, want_o = mma_fragments_ref(q, k, v)
+    np.testing.assert_allclose(args[3].numpy(), want_s, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(args[4].numpy(), want_o, rtol=1e-2, atol=1e-2)
+
+
 # a config whose heads are 64 wide (decode-cluster's), small enough to build quickly
 CFG64 = GPT2Config(vocab_size=50257, n_positions=64, n_embd=128, n_layer=2, n_head=2)
 
