@@ -11,6 +11,8 @@ flash_attention.make_flash_attention / _cpu (`flash-prefill`); decode_cluster.ma
 ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head) and
 decode_cluster.make_attention_cluster (`attention-cluster`: the attention alone, likewise); and
 sample.make_sample_advance_gpu, decode's sampler on any GPU (no rule matches a sampler either).
+flash_attention_mma.make_flash_attention_mma is prefill's attention on mma.sync in FlashAttention-2's layout,
+in no rule entry yet: built and its SASS checked, not yet run on a GPU.
 Installed as `tinygpt2.kernels`.
 """
 
@@ -23,6 +25,7 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
 from .decode_cluster import decode_cluster_ref, make_attention_cluster, make_decode_cluster
 from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .flash_attention import flash_attention_ref, make_flash_attention, make_flash_attention_cpu
+from .flash_attention_mma import make_flash_attention_mma
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm

@@ -24,9 +24,9 @@ k_j / 8) V, probabilities rounded to fp16 before P V, the division by the row's 
 
 Not yet run on a GPU (written 2026-12-05 while no machine could be started); tests/test_bench_flash_mma.py builds it
 for sm_90a and reads its SASS (tensor-core products, ldmatrix, no stores to shared memory but the tiles' copies).
-The lane layouts it rests on are also written in TVMScript, for the port to come (tests/test_cuda_compile.py's
-mma_fragments: TVM 0.27's T.ptx.ldmatrix and T.ptx.mma on local registers), and run against numpy where there is
-a GPU.
+Its port to TVMScript, kernels/flash_attention_mma.py (TVM 0.27's T.ptx.ldmatrix, T.ptx.mma, T.ptx.cp.async), is
+timed in the same table; the lane layouts both rest on are checked alone by tests/test_cuda_compile.py's
+mma_fragments where there is a GPU.
 """
 
 import os
@@ -201,6 +201,7 @@ def main():
 
     from bench_weight_stream import build_extension, option, report
     from tinygpt2.kernels.flash_attention import flash_attention_ref, make_flash_attention
+    from tinygpt2.kernels.flash_attention_mma import make_flash_attention_mma
     from tinygpt2.tvm_shim import tirx, tvm
 
     n = option("n", 1024, int)
@@ -245,6 +246,15 @@ def main():
     lib["main"](*args)
     t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
     row("kernels/flash_attention.py (WMMA, the model's)", args[-1].numpy(), float(np.median(t.results)) * 1e6)
+    # ... and kernels/flash_attention_mma.py, this file's kernel written in TVMScript
+    func = make_flash_attention_mma(H, D, P, seq_len=n)
+    func = func.specialize({func.params[3]: tirx.IntImm("int64", m)})
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90a"},
+                                                                               host="llvm"))
+    args[-1] = tvm.runtime.tensor(np.zeros((n, H * D), np.float16), dev)
+    lib["main"](*args)
+    t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
+    row("kernels/flash_attention_mma.py (mma.sync, TVMScript)", args[-1].numpy(), float(np.median(t.results)) * 1e6)
     # 2. this file's kernel
     g = {k: torch.from_numpy(v).cuda() for k, v in (("qkv", qkv), ("kc", kc), ("vc", vc))}
     for minb in (1, 4):
