@@ -7,7 +7,7 @@ flash_attention.py's (make_flash_attention, whose numpy reference `flash_attenti
     qkv [n, 3C], k_cache, v_cache [H, n_ctx, 64] (the new tokens' K, V already appended), m  ->  out [n, C]
 
 **Not yet run on a GPU** (written 2026-12-05, when no machine could be started): built for sm_90a and its SASS
-read by tests/test_flash_attention_mma.py; in no rule entry, no preset. Why it exists: flash_attention.py's
+read by tests/test_flash_attention_mma.py; rule entry `flash-prefill-mma`, in no preset. Why it exists: flash_attention.py's
 tensor-core variant goes through WMMA, whose fragments hide which lane holds which element, so each tile's S and
 P V pass through shared memory to the lanes that own their rows; gpt2-xl's 1024-token prefill spends 4.5 of its
 20.3 ms there on an H100 (~36 TFLOP/s; docs/results/README.md, nineteenth session). mma.sync's fragments have a

@@ -148,7 +148,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if flash:       # the three below as one hand-scheduled kernel, on tensor cores where it can (WMMA)
             # (without tensor cores its lanes' operands in registers, but not on WebGPU: fully unrolled, the
             # shader took llvmpipe 30-50 s to compile, against ~1 s as it was; kernels/flash_attention.py)
-            if gpu:
+            if gpu == "cuda" and dtype == "float16" and D == 64 and "flash-prefill-mma" in hand:
+                # ... or on mma.sync, FA2's layout (kernels/flash_attention_mma.py; opt-in, not yet run on a GPU)
+                flash_attention = b.kernel("flash_attention", K.make_flash_attention_mma, H, D, P)
+            elif gpu:
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
                                            gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
             else:       # the CPU's: a query row a task, its scores in a row buffer

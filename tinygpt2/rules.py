@@ -70,6 +70,21 @@ class FlashPrefill(dl.ScheduleRule):
         return None
 
 
+class FlashPrefillMma(dl.ScheduleRule):
+    """Not a schedule: a request that `flash-prefill`'s kernel (which it needs) be
+    kernels/flash_attention_mma.py's on CUDA in float16 with heads 64 wide: FlashAttention-2's layout, q.k^T and
+    p.v on mma.sync with fragments from ldmatrix, the softmax and P in registers, where make_flash_attention's
+    WMMA fragments send every tile's S and P V through shared memory (gpt2-xl's 1024-token prefill spends 4.5 of
+    its 20.3 ms of kernels in that attention on an H100, ~36 TFLOP/s). CUDA sm_90 and later (the one family of
+    GPUs it is built and checked for); dropped elsewhere. **In no preset, and not yet run on a GPU**: built for
+    sm_90a and its SASS checked (tests/test_flash_attention_mma.py), its numbers and its check against numpy to
+    come (`bash scripts/gpu_session.sh flash-mma`). It matches no kernel.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class PDLDecode(dl.ScheduleRule):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
@@ -511,7 +526,7 @@ def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "hand-softmax",
-                                    "flash-prefill")
+                                    "flash-prefill", "flash-prefill-mma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -543,12 +558,15 @@ GPU_RULES = {
     "attention-cluster": AttentionCluster,       # ours: the attention alone, a cluster per head (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
+    "flash-prefill-mma": FlashPrefillMma,        # ours: ... on mma.sync, FA2's layout (above; not yet run)
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 # entries that change fused-decode's kernels for CUDA sm_90+: they do nothing without fused-decode (so presets()
 # has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
 FUSED_DECODE_SM90 = {*PDL_RULES, "decode-cluster", "attention-cluster"}
+# ... and the one that changes flash-prefill's kernel, likewise (it does nothing without flash-prefill)
+FLASH_PREFILL_SM90 = {"flash-prefill-mma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -641,7 +659,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     out["auto"] = list(out[AUTO["gpu"]])
     # each rule alone; not the entries that only change fused-decode's kernels (alone they would do nothing)
     out.update({name: [name, "fallback"] for name in GPU_RULES
-                if name != "fallback" and name not in FUSED_DECODE_SM90})
+                if name != "fallback" and name not in FUSED_DECODE_SM90 | FLASH_PREFILL_SM90})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
