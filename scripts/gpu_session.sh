@@ -109,10 +109,20 @@ case "$1" in
                 --decode-tokens 256 --repeats 3 --profile --out "$OUT/bench-pdl-$(echo $r | cut -c1-5)") || true; done ;;
   # prefill's linears per tensor-core schedule (scripts/bench_matmul.py), cuBLAS beside them
   bench-mm)   timeout 300 python3 scripts/bench_matmul.py ${MM_ARGS:-} | tee "$OUT/bench_matmul.md" || true ;;
-  # prefill's attention as FlashAttention-2 lays it out (raw CUDA, mma.sync) beside the model's kernel and torch's
-  # SDPA, at 1024 and 128 tokens (scripts/bench_flash_mma.py; then the tile knobs of bench-mm on this GPU)
-  flash-mma)  for n in 1024 128; do timeout 200 python3 scripts/bench_flash_mma.py --n=$n \
+  # prefill's attention as FlashAttention-2 lays it out (mma.sync): its tests on the GPU (the lane layouts alone, then
+  # the TVMScript kernel against numpy), the raw and TVMScript kernels beside the model's and torch's SDPA at 1024 and
+  # 128 tokens (scripts/bench_flash_mma.py), the model's prefill with `flash-prefill-mma` in front of `fused` and
+  # without it, HF eager beside (a loan's host moves HF's figure), then the tile knobs of bench-mm on this GPU
+  flash-mma)  (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "fragments or mma" \
+                "$OLDPWD/tests/test_cuda_compile.py" "$OLDPWD/tests/test_flash_attention_mma.py") | tail -4 \
+                | tee "$OUT/tests.txt" || true
+              for n in 1024 128; do timeout 200 python3 scripts/bench_flash_mma.py --n=$n \
                 --out="$OUT/flash-mma-$n" || true; done
+              FUSED=$(python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
+              PEERS=hf-eager; for r in flash-prefill-mma,$FUSED $FUSED; do (cd /tmp && timeout 200 python3 -m tinygpt2 \
+                bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 --rules $r --peers $PEERS \
+                --decode-tokens 16 --repeats 3 --profile --profile-prefill-len 1024 \
+                --out "$OUT/bench-$(echo $r | cut -c1-12)") || true; PEERS=none; done
               timeout 250 python3 scripts/bench_matmul.py --variants w8-64x32,w8-32x64,w4-64x64,w4-64x32-128x64 \
                 | tee "$OUT/bench_matmul.md" || true ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
