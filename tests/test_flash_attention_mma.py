@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from test_cuda_compile import TVM_FLAGS, nvcc, sass
-from test_flash_attention import TOL, inputs
+from test_flash_attention import TOL, cuda_device, inputs  # noqa: F401 (a fixture)
 
 from tinygpt2.errors import RuleError
 from tinygpt2.kernels.flash_attention import flash_attention_ref
@@ -42,14 +42,6 @@ def test_it_builds_for_sm_90a_with_s_and_p_in_registers():
     assert ops["HMMA.16816.F32"] == 64, ops
     assert ops["LDSM.16.M88.4"] >= 8 and ops["LDSM.16.MT88.4"] == 16 and ops["LDGSTS.E.BYPASS.128"] > 0, ops
     assert not any(re.fullmatch(r"STS(\.\w+)*", op) for op in ops), ops
-
-
-@pytest.fixture(scope="module")
-def cuda_device():
-    dev = tvm.cuda(0)
-    if not dev.exist:
-        pytest.skip("no CUDA GPU here: the mma.sync kernel runs on the lent GPU machine")
-    return dev
 
 
 @pytest.mark.parametrize("H,D,P,n,m", CASES)
