@@ -141,6 +141,18 @@ class _HeadAttention:
             T.ptx.barrier.cluster.wait.acquire.aligned()
 
         @T.macro
+        def arrive_and_wait(t, first, wait_pdl):  # first: the address of the activation the kernel reads first
+            """Arrive at the cluster barrier (this block started, its DSMEM targets zeroed); with PDL (wait_pdl, a
+            Python bool), let the attention's c_proj launch at once, then wait for the kernels before this one. The
+            activation read coherently (_pdl.read_coherently: an asm statement takes its address)."""
+            T.ptx.barrier.cluster.arrive.release.aligned()
+            if wait_pdl:
+                if t == 0:
+                    T.ptx.prefetch.global_.L2(first)
+                T.ptx.griddepcontrol.launch_dependents()
+                T.ptx.griddepcontrol.wait()
+
+        @T.macro
         def load_kv(t, h, j0, nk, pos, big, k_cache, v_cache):
             """The cached K and V rows of the block's keys [j0, j0 + nk), j < pos, into shared memory (every
             thread a 16-byte vector of each at a time). No kernel of the step writes them: callable before the wait."""
@@ -236,6 +248,7 @@ class _HeadAttention:
         self.warp_sum, self.block_reduce, self.dsmem_store, self.cluster_sync = (warp_sum, block_reduce,
                                                                                  dsmem_store, cluster_sync)
         self.load_kv, self.copy_kv, self.wait_copies, self.attend = load_kv, copy_kv, wait_copies, attend
+        self.arrive_and_wait = arrive_and_wait
 
 
 def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "float16", eps: float = 1e-5,
@@ -322,12 +335,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         for i in T.unroll(RPW):
                             bs[i * 2] = T.Cast(ACC, b[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))])
                             bs[i * 2 + 1] = w_sum[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))]
-                        T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
-                        if wait_pdl:
-                            if t == 0:                                      # x read coherently (_pdl.read_coherently)
-                                T.ptx.prefetch.global_.L2(T.address_of(x[0, 0]))
-                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
-                            T.ptx.griddepcontrol.wait()
+                        ha.arrive_and_wait(t, T.address_of(x[0, 0]), wait_pdl)
                         # 2. x, its mean and rstd
                         acc[0] = T.float32(0)
                         acc[1] = T.float32(0)
@@ -433,12 +441,7 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                             pml[t] = T.float32(0)
                         ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
                         T.tvm_storage_sync("shared")                        # the mbarrier initialized for all
-                        T.ptx.barrier.cluster.arrive.release.aligned()      # started, its zeros stored (for DSMEM)
-                        if wait_pdl:
-                            if t == 0:                                      # qkv read coherently (_pdl.read_coherently)
-                                T.ptx.prefetch.global_.L2(T.address_of(qkv_in[0, 0]))
-                            T.ptx.griddepcontrol.launch_dependents()        # the attention's c_proj, at once
-                            T.ptx.griddepcontrol.wait()
+                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl)
                         if t < 3 * D:                                       # the head's q, k, v
                             qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
                         # c_fc's next: while the rest of this kernel and c_proj wait on latencies, HBM would idle;
