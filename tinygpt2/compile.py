@@ -155,12 +155,11 @@ def _dump(dump_dir: Path | None, name: str, text: str):
 def hand_kernels(target: str, rule_list, tgt=None) -> dict:
     """build_module's `gpu` and `hand`: the hand-scheduled kernels the list asks for (on a CPU only those it has:
     hand-softmax, flash-prefill). The pdl-decode entries, the cluster ones and flash-prefill-mma are dropped where
-    the target (tgt, the TVM target) cannot run them (all need CUDA sm_90 or later: rules.FUSED_DECODE_SM90,
-    rules.FLASH_PREFILL_SM90)."""
+    the target (tgt, the TVM target) cannot run them (all need CUDA sm_90 or later: rules.SM90_REQUESTS)."""
     gpu = TG.kind(target) == "gpu"
     hand = R.hand_kernels(rule_list, TG.kind(target))
     if not TG.supports_pdl(tgt):
-        hand = tuple(h for h in hand if h not in R.FUSED_DECODE_SM90 | R.FLASH_PREFILL_SM90)
+        hand = tuple(h for h in hand if h not in R.SM90_REQUESTS)
     return {"gpu": target if gpu else None, "hand": hand}
 
 

@@ -85,9 +85,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
     # ... launched with programmatic dependent launch (CUDA sm_90+): kernels/_pdl.py's mode, or None
     pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
-    # ... and ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (CUDA sm_90+, fp16,
-    # head_dim 64; kernels/decode_cluster.py). Dropped elsewhere, as the PDL entries are
-    clusters = fused and gpu == "cuda" and dtype == "float16" and D == 64
+    # what the cluster kernels and flash-prefill-mma are written for: CUDA (sm_90+: compile.hand_kernels), fp16,
+    # heads 64 wide
+    cuda_fp16_64 = gpu == "cuda" and dtype == "float16" and D == 64
+    # ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (kernels/decode_cluster.py)
+    clusters = fused and cuda_fp16_64
     cluster = clusters and "decode-cluster" in hand
     # ... or the attention alone as one such kernel, after ln_linear_qkv (make_attention_cluster; a key a thread:
     # contexts up to 1024)
@@ -148,7 +150,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if flash:       # the three below as one hand-scheduled kernel, on tensor cores where it can (WMMA)
             # (without tensor cores its lanes' operands in registers, but not on WebGPU: fully unrolled, the
             # shader took llvmpipe 30-50 s to compile, against ~1 s as it was; kernels/flash_attention.py)
-            if gpu == "cuda" and dtype == "float16" and D == 64 and "flash-prefill-mma" in hand:
+            if cuda_fp16_64 and "flash-prefill-mma" in hand:
                 # ... or on mma.sync, FA2's layout (kernels/flash_attention_mma.py; opt-in, not yet run on a GPU)
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention_mma, H, D, P)
             elif gpu:

@@ -562,11 +562,10 @@ GPU_RULES = {
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
-# entries that change fused-decode's kernels for CUDA sm_90+: they do nothing without fused-decode (so presets()
-# has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
-FUSED_DECODE_SM90 = {*PDL_RULES, "decode-cluster", "attention-cluster"}
-# ... and the one that changes flash-prefill's kernel, likewise (it does nothing without flash-prefill)
-FLASH_PREFILL_SM90 = {"flash-prefill-mma"}
+# entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones and the cluster ones;
+# flash-prefill's: flash-prefill-mma): they do nothing alone (so presets() has no list of one of them alone), and
+# compile.hand_kernels drops them where the target cannot run them
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -659,7 +658,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     out["auto"] = list(out[AUTO["gpu"]])
     # each rule alone; not the entries that only change fused-decode's kernels (alone they would do nothing)
     out.update({name: [name, "fallback"] for name in GPU_RULES
-                if name != "fallback" and name not in FUSED_DECODE_SM90 | FLASH_PREFILL_SM90})
+                if name != "fallback" and name not in SM90_REQUESTS})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
