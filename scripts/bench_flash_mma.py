@@ -236,25 +236,21 @@ def main():
             times.append(a.elapsed_time(b) * 1e3 / reps)
         return statistics.median(times)
 
-    # 1. the model's kernel (kernels/flash_attention.py as model.py builds it for CUDA fp16), TVM's time_evaluator
-    func = make_flash_attention(H, D, P, "float16", True, seq_len=n)
-    func = func.specialize({func.params[3]: tirx.IntImm("int64", m)})
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90a"},
-                                                                               host="llvm"))
     dev = tvm.cuda(0)
-    args = [tvm.runtime.tensor(x, dev) for x in (qkv, kc, vc, np.zeros((n, H * D), np.float16))]
-    lib["main"](*args)
-    t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
-    row("kernels/flash_attention.py (WMMA, the model's)", args[-1].numpy(), float(np.median(t.results)) * 1e6)
-    # ... and kernels/flash_attention_mma.py, this file's kernel written in TVMScript
-    func = make_flash_attention_mma(H, D, P, seq_len=n)
-    func = func.specialize({func.params[3]: tirx.IntImm("int64", m)})
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90a"},
-                                                                               host="llvm"))
-    args[-1] = tvm.runtime.tensor(np.zeros((n, H * D), np.float16), dev)
-    lib["main"](*args)
-    t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
-    row("kernels/flash_attention_mma.py (mma.sync, TVMScript)", args[-1].numpy(), float(np.median(t.results)) * 1e6)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+
+    def tvm_row(name, func):                      # a TVMScript kernel, built for this n and m, timed by time_evaluator
+        func = func.specialize({func.params[3]: tirx.IntImm("int64", m)})
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        args = [tvm.runtime.tensor(x, dev) for x in (qkv, kc, vc, np.zeros((n, H * D), np.float16))]
+        lib["main"](*args)
+        t = lib.mod.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=0)(*args)
+        row(name, args[-1].numpy(), float(np.median(t.results)) * 1e6)
+
+    # 1. the model's kernel (kernels/flash_attention.py as model.py builds it for CUDA fp16), and
+    # kernels/flash_attention_mma.py, this file's kernel written in TVMScript
+    tvm_row("kernels/flash_attention.py (WMMA, the model's)", make_flash_attention(H, D, P, "float16", True, seq_len=n))
+    tvm_row("kernels/flash_attention_mma.py (mma.sync, TVMScript)", make_flash_attention_mma(H, D, P, seq_len=n))
     # 2. this file's kernel
     g = {k: torch.from_numpy(v).cuda() for k, v in (("qkv", qkv), ("kc", kc), ("vc", vc))}
     for minb in (1, 4):
