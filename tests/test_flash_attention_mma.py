@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_cuda_compile import TVM_FLAGS, nvcc, sass
+from test_cuda_compile import ptxas_usage, sass
 from test_flash_attention import TOL, cuda_device, inputs  # noqa: F401 (a fixture)
 
 from tinygpt2.errors import RuleError
@@ -34,9 +34,7 @@ def test_it_builds_for_sm_90a_with_s_and_p_in_registers():
     memory; in SASS a key tile's 64 tensor-core products (S: 8 column tiles x 4 k-steps, P V: 4 x 8), K's and V's
     fragments by ldmatrix (V's transposed), the tiles by cp.async (LDGSTS), and no store to shared memory at all."""
     func = make_flash_attention_mma(25, 64, 1024)
-    report = nvcc({"flash": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
-    spill, regs, smem = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers.*?(\d+) bytes smem",
-                                           report, re.S).groups())
+    spill, regs, smem = ptxas_usage(func)
     assert spill == 0 and regs * 128 * 3 <= 65536 and smem <= 48 * 1024, (spill, regs, smem)
     ops = collections.Counter(op.split()[0] for op in sass({"flash": func})["flash_kernel"])
     assert ops["HMMA.16816.F32"] == 64, ops
