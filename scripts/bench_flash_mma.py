@@ -30,7 +30,6 @@ mma_fragments where there is a GPU.
 """
 
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -199,7 +198,7 @@ def flops(n: int, m: int, heads: int = H) -> float:
 def main():
     import torch
 
-    from bench_weight_stream import build_extension, option, report
+    from bench_weight_stream import build_extension, events_us, option, report
     from tinygpt2.kernels.flash_attention import flash_attention_ref, make_flash_attention
     from tinygpt2.kernels.flash_attention_mma import make_flash_attention_mma
     from tinygpt2.tvm_shim import tirx, tvm
@@ -222,20 +221,6 @@ def main():
         err = float(np.nanmax(np.abs(out.astype(np.float32) - want))) if np.isfinite(out).all() else float("nan")
         lines.append(f"| {name} | {err:.2e} | {us:.1f} | {us * L / 1e3:.2f} | {f / us / 1e6:.0f} |")
 
-    def event_us(fn, reps=20):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(5):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(reps):
-                fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1e3 / reps)
-        return statistics.median(times)
-
     dev = tvm.cuda(0)
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
 
@@ -255,13 +240,13 @@ def main():
     g = {k: torch.from_numpy(v).cuda() for k, v in (("qkv", qkv), ("kc", kc), ("vc", vc))}
     for minb in (1, 4):
         out = torch.zeros((n, H * D), dtype=torch.float16, device="cuda")
-        us = event_us(lambda: ext.flash(g["qkv"], g["kc"], g["vc"], out, n, m, minb))
+        us = events_us(lambda: ext.flash(g["qkv"], g["kc"], g["vc"], out, n, m, minb))
         row(f"flash_mma<{minb}> (mma.sync, softmax in registers)", out.cpu().numpy(), us)
     # 3. torch's scaled_dot_product_attention (FlashAttention-2 on sm_90 where it applies), the same tensors
     q = g["qkv"][:, :H * D].reshape(n, H, D).transpose(0, 1)[None].contiguous()  # [1, H, n, D]
     k, v = g["kc"][None, :, :m], g["vc"][None, :, :m]
     sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    us = event_us(sdpa)
+    us = events_us(sdpa)
     row("torch SDPA (is_causal)", sdpa()[0].transpose(0, 1).reshape(n, H * D).cpu().numpy(), us)
     report(lines, option("out"), "bench_flash_mma.md")
 

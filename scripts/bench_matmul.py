@@ -86,6 +86,8 @@ def refs(name, x, w, b, r):
 def cublas_us(x, w, b, r, gelu):
     try:
         import torch
+
+        from bench_weight_stream import events_us
     except ImportError:
         return None
     torch.backends.cuda.matmul.allow_tf32 = False            # float32 as float32 (torch's default; said here)
@@ -96,18 +98,7 @@ def cublas_us(x, w, b, r, gelu):
         y = torch.nn.functional.linear(X, W, B)
         y = torch.nn.functional.gelu(y, approximate="tanh") if gelu else y
         return y + R if R is not None else y
-    for _ in range(5):
-        f()
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(20):
-            f()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / 20)
-    return float(np.median(times))
+    return float(events_us(f))
 
 
 def main():

@@ -851,6 +851,22 @@ def graph_us(launch, replays: int = 20) -> float:
     return statistics.median(times)
 
 
+def events_us(fn, warmup: int = 5, repeats: int = 5, reps: int = 20) -> float:
+    """Median time (us) of one call of fn(), launched reps times between two CUDA events, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / reps)
+    return statistics.median(times)
+
+
 def option(name: str, default=None, cast=str):
     """--name=VALUE from the command line, cast; default where it is not given."""
     return next((cast(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith(f"--{name}=")), default)
