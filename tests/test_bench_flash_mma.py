@@ -4,15 +4,13 @@ by nvcc for sm_90a, within 48 KB of static shared memory, the unbounded one with
 SM; in SASS its products on the tensor cores (HMMA.16816) with operands from ldmatrix (LDSM), and no store to shared
 memory at all: the tiles arrive by cp.async (LDGSTS), and S and P stay in registers."""
 
-import os
 import re
 import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scripts_loader import load_script
+from test_cuda_compile import cuobjdump_sass
 
 
 def test_flops_count_the_products_over_the_causal_triangle():
@@ -37,10 +35,7 @@ def test_the_kernel_builds_for_sm90a_its_s_and_p_in_registers(tmp_path):
         assert smem <= 48 * 1024 and regs * 128 * (3 if minb == 1 else 4) <= 65536, (minb, got)
     assert got[1][0] == 0, got
 
-    nvidia = pytest.importorskip("nvidia", reason="the nvidia-cuda-cuobjdump wheel (test extras) reads the SASS")
-    cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
-    out = subprocess.run([str(cuobjdump), "-sass", str(tmp_path / "k.cubin")], check=True, capture_output=True,
-                         text=True, env={**os.environ, "NVDISASM_PATH": str(cuobjdump.parent)}).stdout
+    out = cuobjdump_sass(tmp_path / "k.cubin")
     bodies = [k for k in re.split(r"Function : ", out)[1:] if k.startswith("_Z9flash_mma")]
     assert len(bodies) == 2, out[:300]                                  # (build() adds the other benches' kernels)
     for body in bodies:

@@ -4,15 +4,13 @@ torch's own operators, and the kernel as launched -- built by nvcc for sm_90a wi
 by its registers, and in SASS every load of W issued before the block's first barrier (the layernorm's), so that the
 block's whole share of W is in flight while it normalizes x."""
 
-import os
 import re
 import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scripts_loader import load_script
+from test_cuda_compile import cuobjdump_sass
 
 
 def test_the_reference_is_c_attn_then_attention_over_the_cache_and_the_new_key():
@@ -57,10 +55,7 @@ def test_the_kernel_builds_without_spills_one_block_an_sm_its_weights_in_flight_
     for spill, regs in report:
         assert int(spill) == 0 and int(regs) * 512 <= 65536, (spill, regs)
 
-    nvidia = pytest.importorskip("nvidia", reason="the nvidia-cuda-cuobjdump wheel (test extras) reads the SASS")
-    cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
-    out = subprocess.run([str(cuobjdump), "-sass", str(tmp_path / "k.cubin")], check=True, capture_output=True,
-                         text=True, env={**os.environ, "NVDISASM_PATH": str(cuobjdump.parent)}).stdout
+    out = cuobjdump_sass(tmp_path / "k.cubin")
     kernels = re.split(r"Function : ", out)[1:]
     kernels = {k.split()[0]: k for k in kernels if k.startswith("_Z15head_qkv_attend")}
     assert len(kernels) == len(instances)

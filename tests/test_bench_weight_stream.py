@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_cuda_compile import cuobjdump_sass
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 
@@ -96,11 +97,8 @@ def test_the_benchmark_kernels_build_without_spills_within_their_registers(tmp_p
 def test_the_register_loaded_mlp_issues_its_c_proj_loads_before_the_grid_barrier(tmp_path):
     """mlp_persistent_reg<true>: the 13 loads of its c_proj rows (LDG.E.128.CONSTANT: W is read-only) come before
     the barrier's atomic; in <false>, after it. What the benchmark's two rows compare."""
-    import nvidia
     build(tmp_path)
-    cuobjdump = next(Path(p) / "cu13" / "bin" / "cuobjdump" for p in nvidia.__path__)
-    out = subprocess.run([str(cuobjdump), "-sass", str(tmp_path / "k.cubin")], check=True, capture_output=True,
-                         text=True).stdout
+    out = cuobjdump_sass(tmp_path / "k.cubin")
     for pre in (True, False):
         mangled = f"_Z18mlp_persistent_regILb{int(pre)}EEv"
         body = out[out.index(mangled):]
