@@ -6,8 +6,9 @@ flash_attention.py's (make_flash_attention, whose numpy reference `flash_attenti
 
     qkv [n, 3C], k_cache, v_cache [H, n_ctx, 64] (the new tokens' K, V already appended), m  ->  out [n, C]
 
-**Not yet run on a GPU** (written 2026-12-05, when no machine could be started): built for sm_90a and its SASS
-read by tests/test_flash_attention_mma.py; rule entry `flash-prefill-mma`, in no preset. Why it exists: flash_attention.py's
+Rule entry `flash-prefill-mma` (preset `fused`). Measured on an H100 (docs/results/cuda_flash_mma_h100.md):
+gpt2-xl's attention at n = m = 1024, 30.6 us a layer (110 TFLOP/s over the causal triangle) against 83.9 for the
+WMMA kernel and 20.5 for torch SDPA; max abs error 1.95e-3 against the numpy reference, as theirs. Why it exists: flash_attention.py's
 tensor-core variant goes through WMMA, whose fragments hide which lane holds which element, so each tile's S and
 P V pass through shared memory to the lanes that own their rows; gpt2-xl's 1024-token prefill spends 4.5 of its
 20.3 ms there on an H100 (~36 TFLOP/s; docs/results/README.md, nineteenth session). mma.sync's fragments have a

@@ -151,7 +151,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # (without tensor cores its lanes' operands in registers, but not on WebGPU: fully unrolled, the
             # shader took llvmpipe 30-50 s to compile, against ~1 s as it was; kernels/flash_attention.py)
             if cuda_fp16_64 and "flash-prefill-mma" in hand:
-                # ... or on mma.sync, FA2's layout (kernels/flash_attention_mma.py; opt-in, not yet run on a GPU)
+                # ... or on mma.sync, FA2's layout (kernels/flash_attention_mma.py; preset `fused`)
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention_mma, H, D, P)
             elif gpu:
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
