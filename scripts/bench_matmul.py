@@ -1,10 +1,11 @@
 """On the GPU machine: prefill's linears alone, per tensor-core schedule (tinygpt2/tensor_core.py), or in
 float32 per CUDA-core tile of DLight's Matmul (rules.TiledMatmul).
 
-    python3 scripts/bench_matmul.py [--model gpt2-xl] [--n 1024] [--variants dlight,async,...]
+    python3 scripts/bench_matmul.py [--model gpt2-xl] [--n 1024] [--variants dlight,w8-64x32,mma-128x128-w2x4-k32-s4,...]
     python3 scripts/bench_matmul.py --dtype float32 [--n 128] [--variants simt-dlight,...]
 
-For gpt2-xl's four linears at n tokens (each with its epilogue: bias, GELU, residual), each schedule:
+For gpt2-xl's four linears at n tokens (each with its epilogue: bias, GELU, residual), each schedule (or each
+tile of kernels/linear_mma.py's hand-written kernel):
 a check against numpy (max abs error, fp16) and the median time of one call over 5 repeats of 20
 (TVM's time_evaluator, after a warm-up), in us and TFLOP/s; beside them torch's F.linear (cuBLAS),
 timed with CUDA events, when torch is there (TF32 off: the same float32 math as ours). Markdown on stdout.
@@ -36,6 +37,20 @@ VARIANTS = {
     "w2-64x64-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 1)),
     "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
+# kernels/linear_mma.py (mma.sync, written already scheduled): mma-BMxBN-wWMxWN-kBK-sS is make_linear_mma with
+# a BM x BN tile, WM x WN warps, K-steps of BK, S of them in shared memory
+MMA_DEFAULT = ["mma-128x128-w2x4-k32-s4", "mma-128x128-w2x4-k32-s3", "mma-128x128-w2x2-k32-s4",
+               "mma-128x64-w2x2-k32-s4", "mma-128x128-w2x4-k64-s3", "mma-64x128-w2x2-k32-s4"]
+
+
+def mma_kernel(name: str, make, k_in: int, n_out: int):
+    """The variant's make_linear_mma for the linear that `make` (linear.py's) builds."""
+    tile, warps, k, s = name.split("-")[1:]
+    epilogue = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}[make]
+    return K.make_linear_mma(k_in, n_out, epilogue, tile=tuple(int(v) for v in tile.split("x")),
+                             warps=tuple(int(v) for v in warps[1:].split("x")), k_step=int(k[1:]), stages=int(s[1:]))
+
+
 # float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB][-vV][-km][-uU][-p] is rules.TiledMatmul with BX x BY threads
 # (C's rows x columns), each computing MX x MY outputs (A x B of them, strided, with virtual threads), K-steps of
 # K (16), V-wide loads into shared memory (4), the tiles in shared memory K-major with -km (rules.to_k_major;
@@ -108,7 +123,7 @@ def main():
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--variants", default=None)
     a = ap.parse_args()
-    a.variants = a.variants or ",".join(VARIANTS if a.dtype == "float16" else SIMT_DEFAULT)
+    a.variants = a.variants or ",".join([*VARIANTS, *MMA_DEFAULT] if a.dtype == "float16" else SIMT_DEFAULT)
     cfg = PRESETS[a.model]
     dev = tvm.cuda(0)
     target = make_target("cuda", "sm_90a")
@@ -127,10 +142,13 @@ def main():
         cells = []
         for name in names:
             try:
-                rule = VARIANTS[name]() if a.dtype == "float16" else simt_rule(name)
-                sch = rule.apply(make(k_in, n_out, a.dtype), target, False)
+                if name.startswith("mma-"):
+                    func = mma_kernel(name, make, k_in, n_out)
+                else:
+                    rule = VARIANTS[name]() if a.dtype == "float16" else simt_rule(name)
+                    func = rule.apply(make(k_in, n_out, a.dtype), target, False).mod["main"]
                 with tir_pass_context(target):               # cp.async for the copies marked async
-                    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
+                    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
                 args = [tvm.runtime.tensor(v, dev) for v in (x, w, b) + ((r,) if residual else ())]
                 args.append(tvm.runtime.tensor(np.zeros((a.n, n_out), a.dtype), dev))
                 lib["main"](*args)
