@@ -41,16 +41,17 @@ LANES = 32
 
 
 def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias", seq_len: int | None = None,
-                    tile=(128, 128), warps=(2, 4), k_step: int = 32, stages: int = 4):
+                    tile=(128, 128), warps=(2, 4), k_step: int = 32, stages: int = 4, min_blocks: int = 2):
     """The kernel in this module's docstring (float16 only: mma.sync's f16 inputs, f32 accumulators).
-    tile: (BM, BN); warps: (WM, WN); k_step: BK; stages: K-steps in shared memory at once."""
+    tile: (BM, BN); warps: (WM, WN); k_step: BK; stages: K-steps in shared memory at once; min_blocks: blocks an SM
+    that ptxas must leave registers for (__launch_bounds__'s second argument)."""
     (BM, BN), (WM, WN), BK, S = tile, warps, k_step, stages
     if epilogue not in EPILOGUES:
         raise RuleError(f"linear on mma.sync: epilogue is one of {EPILOGUES} (got {epilogue!r})")
     TM, TN = BM // WM, BN // WN
-    if BM % (WM * 16) or BN % (WN * 16) or BK % 16 or in_features % BK or stages < 2:
+    if BM % (WM * 16) or BN % (WN * 16) or BK % 32 or in_features % BK or stages < 2:
         raise RuleError(f"linear on mma.sync: each warp's share of the tile must be whole 16 x 16 tiles, K "
-                        f"({in_features}) whole K-steps of a multiple of 16 and stages >= 2 (tile {tile}, warps "
+                        f"({in_features}) whole K-steps of a multiple of 32 and stages >= 2 (tile {tile}, warps "
                         f"{warps}, k_step {BK}, stages {stages})")
     K, N = T.int64(in_features), T.int64(out_features)
     n = seq_len_var(seq_len)                     # new tokens: symbolic, or fixed (tests)
@@ -62,8 +63,10 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
     if BM * CH % NTH or BN * CH % NTH:
         raise RuleError(f"linear on mma.sync: the {NTH} threads must share a tile's {BM * CH} and {BN * CH} "
                         "16-byte copies evenly")
-    KT = in_features // BK
+    KT, KK = in_features // BK, BK // 16          # K-steps; 16s of K a step (even: fragment buffer kk % 2)
     STAGE = (BM + BN) * LD                       # halves a stage: x's tile, then W's
+
+    ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
 
     # index arithmetic, inlined where it is used
     def tid(w, tx):
@@ -95,40 +98,63 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
                                 T.Cast("int64", kt * BK + (it * NTH + tid(w, tx)) % CH * 8)]), 16)
 
     @T.macro
+    def load_frags(af, bf, smem, stage, kk, fb, w, tx):
+        """Fragments of 16 of K (kk) of a stage -> buffer fb of af, bf."""
+        for mt in T.unroll(MT):                                         # rows 0-7 / 8-15 x k 0-7, then k 8-15
+            T.ptx.ldmatrix.sync.aligned.m8n8.x4.shared.b16(
+                af[(fb * MT + mt) * 4], af[(fb * MT + mt) * 4 + 1], af[(fb * MT + mt) * 4 + 2],
+                af[(fb * MT + mt) * 4 + 3],
+                T.address_of(smem[stage * STAGE + (w // WN * TM + mt * 16 + tx % 16) * LD + kk * 16 + tx // 16 * 8]))
+        for np_ in T.unroll(NT // 2):                                   # W's rows 16np.. (two column tiles) x k
+            T.ptx.ldmatrix.sync.aligned.m8n8.x4.shared.b16(            # 0-7 / 8-15: b0, b1 of tile 2np, then
+                bf[(fb * NT // 2 + np_) * 4], bf[(fb * NT // 2 + np_) * 4 + 1],            # of 2np + 1
+                bf[(fb * NT // 2 + np_) * 4 + 2], bf[(fb * NT // 2 + np_) * 4 + 3],
+                T.address_of(smem[stage * STAGE + (BM + w % WN * TN + np_ * 16 + tx // 16 * 8 + tx % 8) * LD
+                                  + kk * 16 + tx // 8 % 2 * 8]))
+
+    @T.macro
+    def mmas(acc, af, bf, fb):
+        """acc += the products of fragment buffer fb: MT x NT mma.m16n8k16."""
+        for mt in T.unroll(MT):
+            for nt in T.unroll(NT):
+                T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
+                    acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
+                    acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3],
+                    af[(fb * MT + mt) * 4], af[(fb * MT + mt) * 4 + 1], af[(fb * MT + mt) * 4 + 2],
+                    af[(fb * MT + mt) * 4 + 3],
+                    bf[(fb * NT + nt) * 2], bf[(fb * NT + nt) * 2 + 1],
+                    acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
+                    acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3])
+
+    @T.macro
     def mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx):
-        """acc = the warp's TM x TN of x W^T, in MT x NT accumulators of 4 floats."""
+        """acc = the warp's TM x TN of x W^T, in MT x NT accumulators of 4 floats. CUTLASS's multistage order:
+        the fragments of the next 16 of K are loaded (buffer (kk + 1) % 2) while the products of these run, and
+        the wait for the next K-step's copies comes before the last 16 of this one, whose products then overlap
+        the first ldmatrix of the next."""
         for i in T.unroll(MT * NT * 4):
             acc[i] = T.float32(0)
         for s in T.unroll(S - 1):                                       # the first S - 1 K-steps in flight
             if s < KT:
                 load_stage(smem, x, w_, s, bx, by, w, tx)
             T.ptx.cp.async_.commit_group()
+        T.ptx.cp.async_.wait_group(S - 2)                               # step 0's copies landed (everyone's)
+        T.tvm_storage_sync("shared")
+        load_frags(af, bf, smem, 0, 0, 0, w, tx)
         for kt in T.serial(KT):
-            T.ptx.cp.async_.wait_group(S - 2)                           # step kt's copies landed
-            T.tvm_storage_sync("shared")                                # ... everyone's; step kt - 1 read by all
-            if kt + S - 1 < KT:
-                load_stage(smem, x, w_, kt + S - 1, bx, by, w, tx)
-            T.ptx.cp.async_.commit_group()
-            for kk in T.unroll(BK // 16):
-                for mt in T.unroll(MT):                                 # rows 0-7 / 8-15 x k 0-7, then k 8-15
-                    T.ptx.ldmatrix.sync.aligned.m8n8.x4.shared.b16(
-                        af[mt * 4], af[mt * 4 + 1], af[mt * 4 + 2], af[mt * 4 + 3],
-                        T.address_of(smem[kt % S * STAGE + (w // WN * TM + mt * 16 + tx % 16) * LD
-                                          + kk * 16 + tx // 16 * 8]))
-                for np_ in T.unroll(NT // 2):                           # W's rows 16np.. (two column tiles)
-                    T.ptx.ldmatrix.sync.aligned.m8n8.x4.shared.b16(    # x k 0-7 / 8-15: b0, b1 of tile 2np,
-                        bf[np_ * 4], bf[np_ * 4 + 1], bf[np_ * 4 + 2], bf[np_ * 4 + 3],    # then of 2np + 1
-                        T.address_of(smem[kt % S * STAGE + (BM + w % WN * TN + np_ * 16 + tx // 16 * 8 + tx % 8) * LD
-                                          + kk * 16 + tx // 8 % 2 * 8]))
-                for mt in T.unroll(MT):
-                    for nt in T.unroll(NT):
-                        T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
-                            acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
-                            acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3],
-                            af[mt * 4], af[mt * 4 + 1], af[mt * 4 + 2], af[mt * 4 + 3],
-                            bf[nt // 2 * 4 + nt % 2 * 2], bf[nt // 2 * 4 + nt % 2 * 2 + 1],
-                            acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
-                            acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3])
+            for kk in T.unroll(KK):
+                if kk == 0:                                             # step kt + S - 1 into the stage step
+                    if kt + S - 1 < KT:                                 # kt - 1 used (read before the last barrier)
+                        load_stage(smem, x, w_, kt + S - 1, bx, by, w, tx)
+                    T.ptx.cp.async_.commit_group()
+                if kk == KK - 1:                                        # step kt + 1's copies landed, everyone's;
+                    T.ptx.cp.async_.wait_group(S - 2)                   # this step's last fragments are in
+                    T.tvm_storage_sync("shared")                        # registers already
+                    if kt + 1 < KT:
+                        load_frags(af, bf, smem, (kt + 1) % S, 0, (kk + 1) % 2, w, tx)
+                else:
+                    load_frags(af, bf, smem, kt % S, kk + 1, (kk + 1) % 2, w, tx)
+                mmas(acc, af, bf, kk % 2)
 
     def value(acc, b, mt, nt, half, e, bx, w, tx):                    # acc + bias, float32
         return acc[(mt * NT + nt) * 4 + half * 2 + e] + T.Cast(ACC, b[col(bx, w, nt, tx, e)])
@@ -159,9 +185,10 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
         tx = T.launch_thread("threadIdx.x", LANES)
         w = T.launch_thread("threadIdx.y", WM * WN)
         smem = T.alloc_buffer((S * STAGE,), "float16", scope="shared.dyn")
-        af = T.alloc_buffer((MT * 4,), "uint32", scope="local")      # A fragments of one 16 of K
-        bf = T.alloc_buffer((NT * 2,), "uint32", scope="local")      # B fragments of one 16 of K
+        af = T.alloc_buffer((2 * MT * 4,), "uint32", scope="local")  # A fragments of 16 of K, two buffers
+        bf = T.alloc_buffer((2 * NT * 2,), "uint32", scope="local")  # B fragments of 16 of K, two buffers
         acc = T.alloc_buffer((MT * NT * 4,), ACC, scope="local")     # the warp's TM x TN of C
+        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", min_blocks)   # __launch_bounds__(NTH, min_blocks)
         mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx)
         store(y, acc, b, r, bx, by, w, tx)
 
@@ -169,7 +196,7 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
         @T.prim_func
         def linear_mma(x_h: T.handle, w_: T.Buffer((N, K), "float16"), b: T.Buffer((N,), "float16"), r_h: T.handle,
                        y_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(ATTRS)
             x = T.match_buffer(x_h, (n, K), "float16")           # [n, K]
             r = T.match_buffer(r_h, (n, N), "float16")           # [n, N]
             y = T.match_buffer(y_h, (n, N), "float16")           # [n, N]
@@ -178,7 +205,7 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
         @T.prim_func
         def linear_mma(x_h: T.handle, w_: T.Buffer((N, K), "float16"), b: T.Buffer((N,), "float16"),
                        y_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            T.func_attr(ATTRS)
             x = T.match_buffer(x_h, (n, K), "float16")           # [n, K]
             y = T.match_buffer(y_h, (n, N), "float16")           # [n, N]
             body(x, w_, b, None, y)

@@ -38,17 +38,21 @@ VARIANTS = {
     "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
 # kernels/linear_mma.py (mma.sync, written already scheduled): mma-BMxBN-wWMxWN-kBK-sS is make_linear_mma with
-# a BM x BN tile, WM x WN warps, K-steps of BK, S of them in shared memory
-MMA_DEFAULT = ["mma-128x128-w2x4-k32-s4", "mma-128x128-w2x4-k32-s3", "mma-128x128-w2x2-k32-s4",
-               "mma-128x64-w2x2-k32-s4", "mma-128x128-w2x4-k64-s3", "mma-64x128-w2x2-k32-s4"]
+# a BM x BN tile, WM x WN warps, K-steps of BK, S of them in shared memory (and -bB: registers left for B blocks
+# an SM, 2 unless said)
+MMA_DEFAULT = ["mma-128x128-w2x4-k32-s4", "mma-128x128-w2x4-k64-s3", "mma-128x128-w2x4-k32-s3",
+               "mma-128x256-w2x4-k32-s3", "mma-256x128-w4x2-k32-s3", "mma-128x128-w2x2-k32-s4",
+               "mma-128x64-w2x2-k32-s4"]
 
 
 def mma_kernel(name: str, make, k_in: int, n_out: int):
     """The variant's make_linear_mma for the linear that `make` (linear.py's) builds."""
-    tile, warps, k, s = name.split("-")[1:]
+    tile, warps, k, s, *more = name.split("-")[1:]
     epilogue = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}[make]
+    opts = {"min_blocks": int(more[0][1:])} if more else {}
     return K.make_linear_mma(k_in, n_out, epilogue, tile=tuple(int(v) for v in tile.split("x")),
-                             warps=tuple(int(v) for v in warps[1:].split("x")), k_step=int(k[1:]), stages=int(s[1:]))
+                             warps=tuple(int(v) for v in warps[1:].split("x")), k_step=int(k[1:]), stages=int(s[1:]),
+                             **opts)
 
 
 # float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB][-vV][-km][-uU][-p] is rules.TiledMatmul with BX x BY threads
