@@ -169,14 +169,15 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
 
     @T.macro
     def store(y, acc, b, r, bx, by, w, tx):
-        """y's rows < n, columns < N (the lane's two columns 2t, 2t + 1: both in or both out, N being even)."""
+        """y's rows < n, columns < N (the lane's two columns 2t, 2t + 1: both in or both out, N being even), as one
+        32-bit store of the two halves (y32: y's memory seen as pairs), not two 16-bit ones."""
+        y32 = T.decl_buffer((n * (N // 2),), "uint32", data=y.data)
         for mt in T.unroll(MT):
             for nt in T.unroll(NT):
                 for half in T.unroll(2):
                     if row(by, w, mt, tx, half) < n and col(bx, w, nt, tx, 0) < N:
-                        for e in T.unroll(2):
-                            y[row(by, w, mt, tx, half), col(bx, w, nt, tx, e)] = out(acc, b, r, mt, nt, half, e,
-                                                                                      bx, by, w, tx)
+                        y32[row(by, w, mt, tx, half) * (N // 2) + col(bx, w, nt, tx, 0) // 2] = pack(
+                            out(acc, b, r, mt, nt, half, 0, bx, by, w, tx), out(acc, b, r, mt, nt, half, 1, bx, by, w, tx))
 
     @T.macro
     def body(x, w_, b, r, y):
