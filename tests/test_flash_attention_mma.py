@@ -55,7 +55,7 @@ def test_it_matches_numpy_on_cuda(H, D, P, n, m, cuda_device):
 
 
 def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_only():
-    """`flash-prefill-mma` in front of `fused` (which has flash-prefill) on sm_90a in fp16: prefill's attention is this
+    """`flash-prefill-mma` (in `fused`, which has flash-prefill) on sm_90a in fp16: prefill's attention is this
     kernel (mma.sync, ldmatrix in its CUDA), every kernel scheduled; in float32 and on sm_80 the entry is dropped and
     flash_attention.py's kernel stays (WMMA in fp16); alone, without flash-prefill, it asks for nothing."""
     from test_cuda_compile import CFG64
@@ -70,9 +70,11 @@ def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_only():
         body = src[src.rindex("flash_attention_kernel("):]
         return body[:body.index("\n}\n")]
 
-    mma = flash_source("float16", "sm_90a", ["flash-prefill-mma", *GPU_FUSED])
+    assert "flash-prefill-mma" in GPU_FUSED
+    mma = flash_source("float16", "sm_90a", GPU_FUSED)
     assert "mma_sync_aligned_m16n8k16" in mma and "ldmatrix" in mma and "wmma::" not in mma
-    wmma = flash_source("float16", "sm_80", ["flash-prefill-mma", *GPU_FUSED])
+    wmma = flash_source("float16", "sm_80", GPU_FUSED)
     assert "wmma::mma_sync" in wmma and "m16n8k16" not in wmma
-    assert "m16n8k16" not in flash_source("float32", "sm_90a", ["flash-prefill-mma", *GPU_FUSED])
+    assert "m16n8k16" not in flash_source("float32", "sm_90a", GPU_FUSED)
+    assert "wmma::mma_sync" in flash_source("float16", "sm_90a", [r for r in GPU_FUSED if r != "flash-prefill-mma"])
     assert "flash-prefill-mma" not in presets("gpu")                 # no list of it alone: it needs flash-prefill

@@ -62,3 +62,29 @@ def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
     lib["main"](*args)
     np.testing.assert_allclose(args[-1].numpy().astype(np.float32),
                                REFS[epilogue](x, w, b, *extra).astype(np.float32), **TOL["float16"])
+
+
+def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_prefill_only():
+    """`matmul-mma` in front of `fused` on sm_90a in fp16: prefill's four linears are this kernel (mma.sync, ldmatrix in
+    their CUDA; the qkv one, say), decode's stay fused-decode's, every kernel scheduled; in float32 and on sm_80 the
+    entry is dropped and tensor-core-matmul-async's WMMA schedule (fp16) takes the linears."""
+    from test_cuda_compile import CFG64
+
+    from tinygpt2 import compile as C
+    from tinygpt2.rules import GPU_FUSED, presets
+
+    def kernels(dtype, arch):
+        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, ["matmul-mma", *GPU_FUSED], arch=arch)
+        assert all(sched.rule_of.values()), sched.rule_of
+        src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+        body = src[src.rindex("linear_qkv_kernel("):]
+        return sched.rule_of, body[:body.index("\n}\n")]
+
+    rule_of, qkv = kernels("float16", "sm_90a")
+    assert "mma_sync_aligned_m16n8k16" in qkv and "ldmatrix" in qkv and "wmma::" not in qkv
+    assert {rule_of[k] for k in ("linear_qkv", "linear_attn_proj", "linear_fc_gelu", "linear_mlp_proj")} == {"hand-scheduled"}
+    assert rule_of["ln_linear_qkv_n1"] == "hand-scheduled"
+    rule_of, qkv = kernels("float16", "sm_80")
+    assert "wmma::mma_sync" in qkv and "m16n8k16" not in qkv and rule_of["linear_qkv"] == "tensor-core-matmul-async"
+    assert "m16n8k16" not in kernels("float32", "sm_90a")[1]
+    assert "matmul-mma" not in presets("gpu")                        # no list of it alone

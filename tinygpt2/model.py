@@ -88,6 +88,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # what the cluster kernels and flash-prefill-mma are written for: CUDA (sm_90+: compile.hand_kernels), fp16,
     # heads 64 wide
     cuda_fp16_64 = gpu == "cuda" and dtype == "float16" and D == 64
+    # prefill's linears on mma.sync (kernels/linear_mma.py: CUDA sm_90+, fp16, K-steps of 32)
+    mma = not decode and gpu == "cuda" and dtype == "float16" and "matmul-mma" in hand and C % 32 == 0
     # ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (kernels/decode_cluster.py)
     clusters = fused and cuda_fp16_64
     cluster = clusters and "decode-cluster" in hand
@@ -175,14 +177,19 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # schedule (DLight's GEMV: 3.3 us on gpt2-xl, the hand-scheduled one launched after the merge 3.9).
     # The MLP's, rows 4C long, hand-scheduled in fused decode (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us,
     # gpt2 3.7 -> 3.4)
+    def linear(name, make, k_in, n_out, epilogue, **options):                  # prefill's: linear.py's or mma's
+        if mma:
+            return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
+        return b.kernel(name, make, k_in, n_out, dtype, **options)
+
     if pdl:
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True)
     else:
-        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual, C, C, dtype)
+        attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
     if fused:
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl)
     else:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual, F, C, dtype)
+        mlp_proj = linear("linear_mlp_proj", K.make_linear_residual, F, C, "residual")
     picked = [history] if pick == "greedy" else [history, sampling] if pick == "sample" else []
     with bb.function(name, [ids, where, *picked, *cache, *w.values()]):
         with bb.dataflow():
@@ -209,7 +216,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                                fresh=[([n, C], dtype), *K.decode_attention_parts(H, D, P, dtype, lanes)])
                 else:
                     h = b.call(f"h{i}_ln_1", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_1)], [n, C], dtype)
-                    qkv = b.call(f"h{i}_qkv", b.kernel("linear_qkv", K.make_linear, C, 3 * C, dtype),
+                    qkv = b.call(f"h{i}_qkv", linear("linear_qkv", K.make_linear, C, 3 * C, "bias"),
                                  [h, w[p + c_attn + "weight"], w[p + c_attn + "bias"]], [n, 3 * C], dtype)
                     if flash:                                              # softmax(q.K^T).V in one launch
                         k, v = b.call_inplace(f"h{i}_kv", kv_append, [qkv, cache[2 * i], cache[2 * i + 1], m], [1, 2])
@@ -229,8 +236,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
                     # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/_cpu_math.py)
-                    h = b.call(f"h{i}_fc_gelu", b.kernel("linear_fc_gelu", K.make_linear_gelu, C, F, dtype,
-                                                         rational_tanh=gpu is None),
+                    h = b.call(f"h{i}_fc_gelu", linear("linear_fc_gelu", K.make_linear_gelu, C, F, "gelu",
+                                                       rational_tanh=gpu is None),
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)

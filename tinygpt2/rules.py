@@ -85,6 +85,19 @@ class FlashPrefillMma(dl.ScheduleRule):
         return None
 
 
+class MatmulMma(dl.ScheduleRule):
+    """Not a schedule: a request that prefill's four linears (c_attn, the two c_projs with their residual, c_fc with
+    GELU) be kernels/linear_mma.py's on CUDA in float16: written already scheduled on mma.sync, fragments by
+    ldmatrix from tiles that cp.async streams in (CUTLASS's multistage GEMM), where tensor-core-matmul-async
+    schedules linear.py's kernels onto WMMA. CUDA sm_90 and later (the one family of GPUs it is built and checked
+    for); dropped elsewhere, and in float32. Opt-in, in no preset: docs/results/cuda_flash_mma_h100.md has its
+    tiles against WMMA and cuBLAS. It matches no kernel.
+    """
+
+    def apply(self, func, target, tunable):
+        return None
+
+
 class PDLDecode(dl.ScheduleRule):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
@@ -526,7 +539,7 @@ def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "hand-softmax",
-                                    "flash-prefill", "flash-prefill-mma")
+                                    "flash-prefill", "flash-prefill-mma", "matmul-mma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -559,13 +572,14 @@ GPU_RULES = {
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
     "flash-prefill-mma": FlashPrefillMma,        # ours: ... on mma.sync, FA2's layout (above)
+    "matmul-mma": MatmulMma,                     # ours: prefill's linears written on mma.sync (above)
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 # entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones and the cluster ones;
-# flash-prefill's: flash-prefill-mma): they do nothing alone (so presets() has no list of one of them alone), and
-# compile.hand_kernels drops them where the target cannot run them
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma"}
+# flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma): they do nothing alone (so presets()
+# has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma", "matmul-mma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
