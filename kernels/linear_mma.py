@@ -156,19 +156,23 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
                     load_frags(af, bf, smem, kt % S, kk + 1, (kk + 1) % 2, w, tx)
                 mmas(acc, af, bf, kk % 2)
 
-    def value(acc, b, mt, nt, half, e, bx, w, tx):                    # acc + bias, float32
-        return acc[(mt * NT + nt) * 4 + half * 2 + e] + T.Cast(ACC, b[col(bx, w, nt, tx, e)])
+    def unpack(v, e):                            # half e of a register holding two fp16
+        return T.reinterpret("float16", T.Cast("uint16", T.shift_right(v, T.uint32(16 * e)) & T.uint32(0xFFFF)))
 
-    def out(acc, b, r, mt, nt, half, e, bx, by, w, tx):                # the epilogue of one element, fp16
+    # the epilogue reads b (and r) as pairs of halves too: b32, r32 (b's and r's memory seen as uint32)
+    def value(acc, b32, mt, nt, half, e, bx, w, tx):                  # acc + bias, float32
+        return acc[(mt * NT + nt) * 4 + half * 2 + e] + T.Cast(ACC, unpack(b32[col(bx, w, nt, tx, 0) // 2], e))
+
+    def out(acc, b32, r32, mt, nt, half, e, bx, by, w, tx):            # the epilogue of one element, fp16
         if epilogue == "gelu":                  # GELU of the float32 sum, as make_linear_gelu
-            return T.Cast("float16", gelu_expr(value(acc, b, mt, nt, half, e, bx, w, tx)))
-        y = T.Cast("float16", value(acc, b, mt, nt, half, e, bx, w, tx))
+            return T.Cast("float16", gelu_expr(value(acc, b32, mt, nt, half, e, bx, w, tx)))
+        y = T.Cast("float16", value(acc, b32, mt, nt, half, e, bx, w, tx))
         if epilogue == "residual":              # the sublayer's output rounded before the add, as make_linear_residual
-            return r[row(by, w, mt, tx, half), col(bx, w, nt, tx, e)] + y
+            return unpack(r32[row(by, w, mt, tx, half) * (N // 2) + col(bx, w, nt, tx, 0) // 2], e) + y
         return y
 
     @T.macro
-    def store(y, acc, b, r, bx, by, w, tx):
+    def store(y, acc, b32, r32, bx, by, w, tx):
         """y's rows < n, columns < N (the lane's two columns 2t, 2t + 1: both in or both out, N being even), as one
         32-bit store of the two halves (y32: y's memory seen as pairs), not two 16-bit ones."""
         y32 = T.decl_buffer((n * (N // 2),), "uint32", data=y.data)
@@ -177,10 +181,11 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
                 for half in T.unroll(2):
                     if row(by, w, mt, tx, half) < n and col(bx, w, nt, tx, 0) < N:
                         y32[row(by, w, mt, tx, half) * (N // 2) + col(bx, w, nt, tx, 0) // 2] = pack(
-                            out(acc, b, r, mt, nt, half, 0, bx, by, w, tx), out(acc, b, r, mt, nt, half, 1, bx, by, w, tx))
+                            out(acc, b32, r32, mt, nt, half, 0, bx, by, w, tx),
+                            out(acc, b32, r32, mt, nt, half, 1, bx, by, w, tx))
 
     @T.macro
-    def body(x, w_, b, r, y):
+    def body(x, w_, b32, r32, y):
         bx = T.launch_thread("blockIdx.x", (N + BN - 1) // BN)
         by = T.launch_thread("blockIdx.y", (n + BM - 1) // BM)
         tx = T.launch_thread("threadIdx.x", LANES)
@@ -191,7 +196,7 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
         acc = T.alloc_buffer((MT * NT * 4,), ACC, scope="local")     # the warp's TM x TN of C
         T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", min_blocks)   # __launch_bounds__(NTH, min_blocks)
         mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx)
-        store(y, acc, b, r, bx, by, w, tx)
+        store(y, acc, b32, r32, bx, by, w, tx)
 
     if epilogue == "residual":
         @T.prim_func
@@ -201,7 +206,8 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
             x = T.match_buffer(x_h, (n, K), "float16")           # [n, K]
             r = T.match_buffer(r_h, (n, N), "float16")           # [n, N]
             y = T.match_buffer(y_h, (n, N), "float16")           # [n, N]
-            body(x, w_, b, r, y)
+            body(x, w_, T.decl_buffer((N // 2,), "uint32", data=b.data),
+                 T.decl_buffer((n * (N // 2),), "uint32", data=r.data), y)
     else:
         @T.prim_func
         def linear_mma(x_h: T.handle, w_: T.Buffer((N, K), "float16"), b: T.Buffer((N,), "float16"),
@@ -209,5 +215,5 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
             T.func_attr(ATTRS)
             x = T.match_buffer(x_h, (n, K), "float16")           # [n, K]
             y = T.match_buffer(y_h, (n, N), "float16")           # [n, N]
-            body(x, w_, b, None, y)
+            body(x, w_, T.decl_buffer((N // 2,), "uint32", data=b.data), None, y)
     return linear_mma
