@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -125,6 +125,16 @@ case "$1" in
                 --out "$OUT/bench-$(echo $r | cut -c1-12)") || true; PEERS=none; done
               timeout 250 python3 scripts/bench_matmul.py --variants w8-64x32,w8-32x64,w4-64x64,w4-64x32-128x64 \
                 | tee "$OUT/bench_matmul.md" || true ;;
+  # prefill's linears on mma.sync (kernels/linear_mma.py): its numpy tests on the GPU, its tiles beside WMMA's and
+  # cuBLAS (bench_matmul.py), then gpt2-xl's prefill with and without `matmul-mma`, HF eager beside the first
+  linear-mma) (cd /tmp && timeout 100 python3 -m pytest -q -p no:cacheprovider -k numpy "$OLDPWD/tests/test_linear_mma.py") \
+                | tail -3 | tee "$OUT/tests.txt" || true
+              timeout 150 python3 scripts/bench_matmul.py --variants ${VARIANTS:-w8-64x32,mma-128x128-w2x4-k32-s4,mma-128x128-w2x4-k32-s4-b1,mma-128x128-w2x4-k64-s3,mma-128x192-w2x4-k32-s4,mma-128x256-w2x4-k32-s3-b1,mma-64x128-w2x4-k32-s4,mma-64x128-w2x4-k64-s3,mma-256x128-w4x2-k32-s3-b1} \
+                | tee "$OUT/bench_matmul_mma.md" || true
+              FUSED=$(python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
+              PEERS=hf-eager; for r in matmul-mma,$FUSED $FUSED; do (cd /tmp && timeout 150 python3 -m tinygpt2 bench \
+                --target cuda --models random:gpt2-xl --dtypes float16 --rules $r --peers $PEERS --prompt-lens 128,1024 \
+                --decode-tokens 16 --repeats 3 --out "$OUT/bench-$(echo $r | cut -c1-10)") || true; PEERS=none; done ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
   weight-stream) timeout 300 python3 scripts/bench_weight_stream.py --out="$OUT" || true ;;
   # the MLP and the bare ring in raw CUDA (sections 3-4), then the same TMA ring written in TVMScript, one loan
