@@ -18,11 +18,14 @@ lane layout is documented, loaded by ldmatrix from tiles that cp.async streams i
                       (TM = BM / WM, TN = BN / WN): TM / 16 x TN / 8 accumulators of mma.m16n8k16
     x's BM x BK and W's BN x BK tiles of each K-step -> shared memory by cp.async, 16 bytes a copy, STAGES deep
                       (rows past n read row n - 1, rows past N row N - 1: their outputs are not written)
-    for each K-step kt:   wait for its copies (cp.async.wait_group), one barrier, then the copies of step
-                          kt + STAGES - 1 into the buffer step kt - 1 used (every warp is past it: the barrier)
-      for each 16 of K:   A fragments: ldmatrix.x4 for each of the warp's 16-row tiles
-                          B fragments: ldmatrix.x4 for each pair of its 8-column tiles (W's rows are B's columns)
-                          TM / 16 x TN / 8 mma.m16n8k16
+    for each K-step kt (CUTLASS's multistage order):
+      at its first 16 of K:  the copies of step kt + STAGES - 1, into the stage step kt - 1 used (every warp read
+                             it before the last barrier)
+      before its last 16:    wait for step kt + 1's copies (cp.async.wait_group), one barrier
+      for each 16 of K:      the next 16's fragments (of step kt + 1 after the last) into the other fragment
+                             buffer: A by ldmatrix.x4 for each of the warp's 16-row tiles, B by ldmatrix.x4 for
+                             each pair of its 8-column tiles (W's rows are B's columns); then this 16's
+                             TM / 16 x TN / 8 mma.m16n8k16, which overlap those loads
     epilogue in registers: lane (g = lane / 4, t = lane % 4) holds rows g, g + 8 x columns 2t, 2t + 1 of each
                           accumulator; the bias, GELU or residual added there, two halves a 32-bit store.
 
