@@ -31,6 +31,12 @@ lane layout is documented, loaded by ldmatrix from tiles that cp.async streams i
 
 Shared memory: STAGES x (BM + BN) rows of BK + 8 halves (rows padded by 8 halves: 16-byte aligned, and the 8 rows
 of one ldmatrix matrix fall in 8 different bank groups), in dynamic shared memory (past 48 KiB).
+
+Measured: its first version (one barrier a K-step, then all of a 16 of K's fragments, then the products; 16-bit
+stores) matched numpy on an H100 and ran **slower than WMMA**: gpt2-xl's four linears x 48 layers at 1024 tokens
+in 16.4 ms at best against 14.8 (docs/results/bench_matmul_mma_h100.md). This version (the order above,
+__launch_bounds__(256, 2), 32-bit epilogue) is built and its SASS checked here, not yet run on a GPU. Hence the
+rule entry `matmul-mma` is in no preset.
 """
 
 from tinygpt2.errors import RuleError

@@ -90,8 +90,9 @@ class MatmulMma(dl.ScheduleRule):
     GELU) be kernels/linear_mma.py's on CUDA in float16: written already scheduled on mma.sync, fragments by
     ldmatrix from tiles that cp.async streams in (CUTLASS's multistage GEMM), where tensor-core-matmul-async
     schedules linear.py's kernels onto WMMA. CUDA sm_90 and later (the one family of GPUs it is built and checked
-    for); dropped elsewhere, and in float32. Opt-in, in no preset: docs/results/cuda_flash_mma_h100.md has its
-    tiles against WMMA and cuBLAS. It matches no kernel.
+    for); dropped elsewhere, and in float32. Opt-in, in no preset: the kernel's first version ran slower than WMMA
+    on an H100 (16.4 against 14.8 ms for gpt2-xl's linears at 1024 tokens, docs/results/bench_matmul_mma_h100.md),
+    the present one is not yet measured. It matches no kernel.
     """
 
     def apply(self, func, target, tunable):
