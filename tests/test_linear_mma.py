@@ -34,7 +34,7 @@ def test_shapes_it_cannot_tile_are_refused():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 def test_it_builds_for_sm_90a_on_tensor_cores():
     """gpt2-xl's c_fc + GELU (symbolic n): registers for two blocks of 256 an SM (__launch_bounds__(256, 2): 128; ptxas
-    then spills a few bytes, not in the main loop); in SASS a K-step of 32's 32 tensor-core products (a warp's 64 x 32
+    then spills 20 bytes of addresses, reloaded once a K-step); in SASS a K-step of 32's 32 tensor-core products (a warp's 64 x 32
     of C: 4 x 4 tiles, 2 k-steps) from 12 ldmatrix.x4 (A: 4 a k-step, B: 2), the tiles by cp.async (LDGSTS) and no
     other store to shared memory; y written two halves a store (STG.E, 32 bits)."""
     func = K.make_linear_mma(1600, 6400, "gelu")
