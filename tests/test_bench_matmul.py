@@ -1,6 +1,6 @@
-"""scripts/bench_matmul.py's float32 tiles (the benchmark itself needs the GPU machine): what its names mean as
+"""scripts/bench_matmul.py's tiles (the benchmark itself needs the GPU machine): what its float32 names mean as
 rules.TiledMatmul configs, and that `simt-dlight` is DLight's own Matmul config, so that the table's baseline is
-the rule the `default` preset applies."""
+the rule the `default` preset applies; what its mma-... names build (kernels/linear_mma.py)."""
 
 from scripts_loader import load_script
 
@@ -32,3 +32,16 @@ def test_the_rule_entrys_tile_is_the_one_kept():
     rule = TiledMatmul()
     assert rule.get_configs(cuda) == kept.get_configs(cuda)
     assert (rule.k_major, rule.prefetch) == (kept.k_major, kept.prefetch) == (True, True)
+
+
+def test_mma_variant_names():
+    """mma-BMxBN-wWMxWN-kBK-sS[-bB] is kernels/linear_mma.py's kernel with that tile, warps, K-step, stages (and launch
+    bounds), with the epilogue of the linear it stands in for: here c_fc's GELU on 64-column tiles, 4 warps,
+    __launch_bounds__(128, 1)."""
+    from tinygpt2 import kernels as K
+
+    func = load_script("bench_matmul").mma_kernel("mma-128x64-w2x2-k64-s3-b1", K.make_linear_gelu, 1600, 6400)
+    text = func.script()
+    assert 'T.launch_thread("blockIdx.x", T.int64(100))' in text and 'T.launch_thread("threadIdx.y", 4)' in text
+    assert '{"tirx.launch_bounds_min_blocks_per_sm": 1}' in text and "T.tanh" in text
+    assert "smem = T.alloc_buffer((41472,)" in text                   # 3 stages x (128 + 64) rows x (64 + 8) halves
