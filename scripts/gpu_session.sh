@@ -11,6 +11,16 @@ tg() { (cd /tmp && python3 -m tinygpt2 "$@"); }
 # `fused` (which has pdl-decode) spelt out, and without pdl-decode
 PDL=pdl-decode,fused-decode,flash-prefill,hand-softmax,tensor-core-matmul-async,tensor-core-matmul,matmul,small-block-gemv,gemv,reduction,general-reduction,fallback
 NOPDL=${PDL#pdl-decode,}
+# preset `fused` as tinygpt2.rules has it now, without the entry $1 (whether it holds it or not)
+fused_without() { python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(r for r in GPU_FUSED if r != '$1'))"; }
+# the model (MODELS, gpt2-xl by default) with `fused` and the entry $1, then without it, HF eager beside the first;
+# the rest of the arguments go to `tinygpt2 bench`; tables under $OUT/bench-with, $OUT/bench-without
+with_without() {
+  local entry=$1 rest; shift; rest=$(fused_without "$entry"); PEERS=hf-eager
+  for r in "with $entry,$rest" "without $rest"; do (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda \
+    --models ${MODELS:-random:gpt2-xl} --dtypes float16 --rules ${r#* } --peers $PEERS --repeats 3 "$@" \
+    --out "$OUT/bench-${r%% *}") || true; PEERS=none; done
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
@@ -111,18 +121,15 @@ case "$1" in
   bench-mm)   timeout 300 python3 scripts/bench_matmul.py ${MM_ARGS:-} | tee "$OUT/bench_matmul.md" || true ;;
   # prefill's attention as FlashAttention-2 lays it out (mma.sync): its tests on the GPU (the lane layouts alone, then
   # the TVMScript kernel against numpy), the raw and TVMScript kernels beside the model's and torch's SDPA at 1024 and
-  # 128 tokens (scripts/bench_flash_mma.py), the model's prefill with `flash-prefill-mma` in front of `fused` and
+  # 128 tokens (scripts/bench_flash_mma.py), gpt2 and gpt2-xl's prefill with `flash-prefill-mma` (in `fused`) and
   # without it, HF eager beside (a loan's host moves HF's figure), then the tile knobs of bench-mm on this GPU
   flash-mma)  (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "fragments or mma" \
                 "$OLDPWD/tests/test_cuda_compile.py" "$OLDPWD/tests/test_flash_attention_mma.py") | tail -4 \
                 | tee "$OUT/tests.txt" || true
               for n in 1024 128; do timeout 200 python3 scripts/bench_flash_mma.py --n=$n \
                 --out="$OUT/flash-mma-$n" || true; done
-              FUSED=$(python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
-              PEERS=hf-eager; for r in flash-prefill-mma,$FUSED $FUSED; do (cd /tmp && timeout 200 python3 -m tinygpt2 \
-                bench --target cuda --models random:gpt2,random:gpt2-xl --dtypes float16 --rules $r --peers $PEERS \
-                --decode-tokens 16 --repeats 3 --profile --profile-prefill-len 1024 \
-                --out "$OUT/bench-$(echo $r | cut -c1-12)") || true; PEERS=none; done
+              MODELS=random:gpt2,random:gpt2-xl with_without flash-prefill-mma --decode-tokens 16 --profile \
+                --profile-prefill-len 1024
               timeout 250 python3 scripts/bench_matmul.py --variants w8-64x32,w8-32x64,w4-64x64,w4-64x32-128x64 \
                 | tee "$OUT/bench_matmul.md" || true ;;
   # prefill's linears on mma.sync (kernels/linear_mma.py): its numpy tests on the GPU, its tiles beside WMMA's and
@@ -131,10 +138,7 @@ case "$1" in
                 | tail -3 | tee "$OUT/tests.txt" || true
               timeout 150 python3 scripts/bench_matmul.py --variants ${VARIANTS:-w8-64x32,mma-128x128-w2x4-k32-s4,mma-128x128-w2x4-k32-s4-b1,mma-128x128-w2x4-k64-s3,mma-128x192-w2x4-k32-s4,mma-128x256-w2x4-k32-s3-b1,mma-64x128-w2x4-k32-s4,mma-64x128-w2x4-k64-s3,mma-256x128-w4x2-k32-s3-b1} \
                 | tee "$OUT/bench_matmul_mma.md" || true
-              FUSED=$(python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
-              PEERS=hf-eager; for r in matmul-mma,$FUSED $FUSED; do (cd /tmp && timeout 150 python3 -m tinygpt2 bench \
-                --target cuda --models random:gpt2-xl --dtypes float16 --rules $r --peers $PEERS --prompt-lens 128,1024 \
-                --decode-tokens 16 --repeats 3 --out "$OUT/bench-$(echo $r | cut -c1-10)") || true; PEERS=none; done ;;
+              with_without matmul-mma --prompt-lens 128,1024 --decode-tokens 16 ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
   weight-stream) timeout 300 python3 scripts/bench_weight_stream.py --out="$OUT" || true ;;
   # the MLP and the bare ring in raw CUDA (sections 3-4), then the same TMA ring written in TVMScript, one loan
