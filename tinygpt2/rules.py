@@ -23,7 +23,16 @@ from tinygpt2.tensor_core import PipelinedTensorCoreMatmul, TensorCoreMatmul
 from tinygpt2.tvm_shim import dl, simplify, tirx, tvm
 
 
-class FusedDecode(dl.ScheduleRule):
+class Request(dl.ScheduleRule):
+    """An entry that is not a schedule but a request to the model builder (hand_kernels below ->
+    model.build_module's `hand`): the model is built with kernels written already scheduled, which no rule then
+    touches. It matches no kernel itself."""
+
+    def apply(self, func, target, tunable):
+        return None
+
+
+class FusedDecode(Request):
     """Not a schedule: a request for decode's hand-scheduled GPU kernels (model.build_module's `gpu`).
 
     On a GPU a decode step is bound by launches and by how near its linears stream their weights to the
@@ -38,11 +47,8 @@ class FusedDecode(dl.ScheduleRule):
     no kernel itself.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class HandSoftmax(dl.ScheduleRule):
+class HandSoftmax(Request):
     """Not a schedule: a request for prefill's hand-scheduled causal softmax (kernels/attention.py).
     On a GPU, make_causal_softmax_gpu: each score read once, only those the causal mask keeps, into
     shared memory, where DLight's GeneralReduction reads the row from global memory three times. On the
@@ -52,11 +58,8 @@ class HandSoftmax(dl.ScheduleRule):
     without it the softmax is the rule list's to schedule.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class FlashPrefill(dl.ScheduleRule):
+class FlashPrefill(Request):
     """Not a schedule: a request for prefill's attention as one hand-scheduled kernel
     (kernels/flash_attention.py): attn_scores, causal_softmax and attn_values fused, the keys past the
     causal diagonal never visited, the scores never [H, n, m] in memory. On a GPU make_flash_attention:
@@ -66,11 +69,8 @@ class FlashPrefill(dl.ScheduleRule):
     to schedule.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class FlashPrefillMma(dl.ScheduleRule):
+class FlashPrefillMma(Request):
     """Not a schedule: a request that `flash-prefill`'s kernel (which it needs) be
     kernels/flash_attention_mma.py's on CUDA in float16 with heads 64 wide: FlashAttention-2's layout, q.k^T and
     p.v on mma.sync with fragments from ldmatrix, the softmax and P in registers, where make_flash_attention's
@@ -81,11 +81,8 @@ class FlashPrefillMma(dl.ScheduleRule):
     and its prefill@1024 57.3k tok/s instead of 49.1k (docs/results/cuda_flash_mma_h100.md). It matches no kernel.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class MatmulMma(dl.ScheduleRule):
+class MatmulMma(Request):
     """Not a schedule: a request that prefill's four linears (c_attn, the two c_projs with their residual, c_fc with
     GELU) be kernels/linear_mma.py's on CUDA in float16: written already scheduled on mma.sync, fragments by
     ldmatrix from tiles that cp.async streams in (CUTLASS's multistage GEMM), where tensor-core-matmul-async
@@ -95,11 +92,8 @@ class MatmulMma(dl.ScheduleRule):
     the present one is not yet measured. It matches no kernel.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class PDLDecode(dl.ScheduleRule):
+class PDLDecode(Request):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
     elsewhere). Each issues its weight loads, then waits for the kernel before it; the GPU launches the
@@ -117,11 +111,8 @@ class PDLDecode(dl.ScheduleRule):
 
     mode = "exit"
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class DecodeCluster(dl.ScheduleRule):
+class DecodeCluster(Request):
     """Not a schedule: a request that decode's ln_1 + c_attn and its attention (ln_linear_qkv and
     decode_attention of `fused-decode`, which it needs) be one kernel, a thread-block cluster of 4 blocks per
     head (kernels/decode_cluster.py): the head's q, k and v never go through L2, and its attention starts
@@ -130,11 +121,8 @@ class DecodeCluster(dl.ScheduleRule):
     1666.8-1667.2; the kernel's docstring says why). It matches no kernel.
     """
 
-    def apply(self, func, target, tunable):
-        return None
 
-
-class AttentionCluster(dl.ScheduleRule):
+class AttentionCluster(Request):
     """Not a schedule: a request that decode's attention (decode_attention of `fused-decode`: a kernel over
     chunks of keys, then a kernel merging them) be one kernel, a thread-block cluster of 4 blocks per head
     (kernels/decode_cluster.py's make_attention_cluster): the parts merged through distributed shared memory,
@@ -147,9 +135,6 @@ class AttentionCluster(dl.ScheduleRule):
     c_fc weights into L2 after its wait, while HBM idles: 1571.0 -> 1514.0 us on an H100
     (docs/results/trace_decode_h100_prefetch_fc.md). It matches no kernel.
     """
-
-    def apply(self, func, target, tunable):
-        return None
 
 
 class PDLDecodeLoaded(PDLDecode):
@@ -674,7 +659,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
     out["auto"] = list(out[AUTO["gpu"]])
-    # each rule alone; not the entries that only change fused-decode's kernels (alone they would do nothing)
+    # each rule alone; not the SM90_REQUESTS entries (alone they would do nothing, or leave the rest unscheduled)
     out.update({name: [name, "fallback"] for name in GPU_RULES
                 if name != "fallback" and name not in SM90_REQUESTS})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
