@@ -85,11 +85,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     flash = not decode and "flash-prefill" in hand    # prefill's attention as one kernel (build_module)
     # ... launched with programmatic dependent launch (CUDA sm_90+): kernels/_pdl.py's mode, or None
     pdl = next((R.PDL_RULES[h] for h in hand if h in R.PDL_RULES), None) if fused else None
-    # what the cluster kernels and flash-prefill-mma are written for: CUDA (sm_90+: compile.hand_kernels), fp16,
-    # heads 64 wide
-    cuda_fp16_64 = gpu == "cuda" and dtype == "float16" and D == 64
-    # prefill's linears on mma.sync (kernels/linear_mma.py: CUDA sm_90+, fp16, K-steps of 32)
-    mma = not decode and gpu == "cuda" and dtype == "float16" and "matmul-mma" in hand and C % 32 == 0
+    # what the mma and cluster kernels are written for: CUDA (sm_90+: compile.hand_kernels), fp16; the cluster
+    # kernels and flash-prefill-mma for heads 64 wide
+    cuda_fp16 = gpu == "cuda" and dtype == "float16"
+    cuda_fp16_64 = cuda_fp16 and D == 64
+    # prefill's linears on mma.sync (kernels/linear_mma.py: K-steps of 32)
+    mma = not decode and cuda_fp16 and "matmul-mma" in hand and C % 32 == 0
     # ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (kernels/decode_cluster.py)
     clusters = fused and cuda_fp16_64
     cluster = clusters and "decode-cluster" in hand
@@ -157,7 +158,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention_mma, H, D, P)
             elif gpu:
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention, H, D, P, dtype,
-                                           gpu == "cuda" and dtype == "float16" and D % 16 == 0, gpu != "webgpu")
+                                           cuda_fp16 and D % 16 == 0, gpu != "webgpu")
             else:       # the CPU's: a query row a task, its scores in a row buffer
                 flash_attention = b.kernel("flash_attention", K.make_flash_attention_cpu, H, D, P, dtype)
         else:
