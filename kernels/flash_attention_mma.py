@@ -41,6 +41,7 @@ from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, F32_MIN, seq_len_var
+from ._mma import mma, pack
 
 D_HEAD = 64
 BQ, BK, WARPS, LANES = 64, 64, 4, 32
@@ -80,10 +81,6 @@ def make_flash_attention_mma(n_head: int, head_dim: int, n_ctx: int, seq_len: in
     def tile_row(buf, r):                        # the first half of row r of K's (or V's) buffer buf
         return (buf * BK + r) * LD
 
-    def pack(lo, hi):                            # two fp16 in a register, the first in the low half
-        return T.Cast("uint32", T.reinterpret("uint16", lo)) | (T.Cast("uint32", T.reinterpret("uint16", hi))
-                                                                 << T.uint32(16))
-
     @T.macro                                     # hygienic: COPIES, tile_row, head resolve here
     def load_tile(tile, cache, buf, kt, b, w, tx, m):
         """Keys [kt * BK, kt * BK + BK) of head h's cache -> tile's buffer buf: 16 bytes a cp.async, COPIES a thread."""
@@ -92,12 +89,6 @@ def make_flash_attention_mma(n_head: int, head_dim: int, n_ctx: int, seq_len: in
                 T.address_of(tile[tile_row(buf, (it * NTH + w * LANES + tx) // 8) + (it * NTH + w * LANES + tx) % 8 * 8]),
                 T.address_of(cache[head(b), T.min(kt * BK + T.Cast("int64", (it * NTH + w * LANES + tx) // 8), m - 1),
                                    (it * NTH + w * LANES + tx) % 8 * 8]), 16)
-
-    @T.macro
-    def mma(c, ci, a, ai, b0, b1):               # c[ci:ci+4] += A (a[ai:ai+4]) B (b0, b1): m16n8k16, f16 -> f32
-        T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
-            c[ci], c[ci + 1], c[ci + 2], c[ci + 3], a[ai], a[ai + 1], a[ai + 2], a[ai + 3], b0, b1,
-            c[ci], c[ci + 1], c[ci + 2], c[ci + 3])
 
     @T.prim_func
     def flash_attention_mma(qkv_h: T.handle, k_cache: T.Buffer((H, P, D), "float16"),

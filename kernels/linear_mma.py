@@ -43,6 +43,7 @@ from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, seq_len_var
+from ._mma import mma, pack
 from .gelu import gelu_expr
 
 EPILOGUES = ("bias", "gelu", "residual")
@@ -87,10 +88,6 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
     def col(bx, w, nt, tx, e):                   # ... its column 2t + e in column tile nt
         return T.Cast("int64", bx * BN + w % WN * TN + nt * 8 + tx % 4 * 2 + e)
 
-    def pack(lo, hi):                            # two fp16 in a register, the first in the low half
-        return T.Cast("uint32", T.reinterpret("uint16", lo)) | (T.Cast("uint32", T.reinterpret("uint16", hi))
-                                                                 << T.uint32(16))
-
     @T.macro                                     # hygienic: the constants above resolve here
     def load_stage(smem, x, w_, kt, bx, by, w, tx):
         """K-step kt of x's rows and W's rows -> stage kt % S: 16 bytes a cp.async."""
@@ -126,14 +123,7 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
         """acc += the products of fragment buffer fb: MT x NT mma.m16n8k16."""
         for mt in T.unroll(MT):
             for nt in T.unroll(NT):
-                T.ptx.mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32(
-                    acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
-                    acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3],
-                    af[(fb * MT + mt) * 4], af[(fb * MT + mt) * 4 + 1], af[(fb * MT + mt) * 4 + 2],
-                    af[(fb * MT + mt) * 4 + 3],
-                    bf[(fb * NT + nt) * 2], bf[(fb * NT + nt) * 2 + 1],
-                    acc[(mt * NT + nt) * 4], acc[(mt * NT + nt) * 4 + 1],
-                    acc[(mt * NT + nt) * 4 + 2], acc[(mt * NT + nt) * 4 + 3])
+                mma(acc, (mt * NT + nt) * 4, af, (fb * MT + mt) * 4, bf[(fb * NT + nt) * 2], bf[(fb * NT + nt) * 2 + 1])
 
     @T.macro
     def mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx):
