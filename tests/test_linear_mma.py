@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_cuda_compile import TVM_FLAGS, nvcc, sass
+from test_cuda_compile import ptxas_usage, sass
 from test_flash_attention import TOL, cuda_device  # noqa: F401 (a fixture)
 
 from tinygpt2 import kernels as K
@@ -38,9 +38,8 @@ def test_it_builds_for_sm_90a_on_tensor_cores():
     of C: 4 x 4 tiles, 2 k-steps) from 12 ldmatrix.x4 (A: 4 a k-step, B: 2), the tiles by cp.async (LDGSTS) and no
     other store to shared memory; y written two halves a store (STG.E, 32 bits)."""
     func = K.make_linear_mma(1600, 6400, "gelu")
-    report = nvcc({"k": func}, "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
-    spill, regs = map(int, re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers", report, re.S).groups())
-    assert spill <= 32 and regs * 256 * 2 <= 65536, report
+    spill, regs, _ = ptxas_usage(func)
+    assert spill <= 32 and regs * 256 * 2 <= 65536, (spill, regs)
     ops = collections.Counter(op.split()[0] for op in sass({"lin": func})["lin_kernel"])
     assert ops["HMMA.16816.F32"] == 32 and ops["LDSM.16.M88.4"] == 12 and ops["LDGSTS.E.BYPASS.LTC128B.128"] > 0, ops
     assert not any(re.fullmatch(r"STS(\.\w+)*", op) for op in ops), ops
