@@ -76,8 +76,6 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
     KT, KK = in_features // BK, BK // 16          # K-steps; 16s of K a step (even: fragment buffer kk % 2)
     STAGE = (BM + BN) * LD                       # halves a stage: x's tile, then W's
 
-    ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
-
     # index arithmetic, inlined where it is used
     def tid(w, tx):
         return w * LANES + tx
@@ -155,6 +153,30 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
                     load_frags(af, bf, smem, kt % S, kk + 1, (kk + 1) % 2, w, tx)
                 mmas(acc, af, bf, kk % 2)
 
+    store = make_store(epilogue, n, N, MT, NT, row, col)
+
+    @T.macro
+    def body(x, w_, b32, r32, y):
+        bx = T.launch_thread("blockIdx.x", (N + BN - 1) // BN)
+        by = T.launch_thread("blockIdx.y", (n + BM - 1) // BM)
+        tx = T.launch_thread("threadIdx.x", LANES)
+        w = T.launch_thread("threadIdx.y", WM * WN)
+        smem = T.alloc_buffer((S * STAGE,), "float16", scope="shared.dyn")
+        af = T.alloc_buffer((2 * MT * 4,), "uint32", scope="local")  # A fragments of 16 of K, two buffers
+        bf = T.alloc_buffer((2 * NT * 2,), "uint32", scope="local")  # B fragments of 16 of K, two buffers
+        acc = T.alloc_buffer((MT * NT * 4,), ACC, scope="local")     # the warp's TM x TN of C
+        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", min_blocks)   # __launch_bounds__(NTH, min_blocks)
+        mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx)
+        store(y, acc, b32, r32, bx, by, w, tx)
+
+    return linear_prim_func(body, epilogue, n, N, K)
+
+
+def make_store(epilogue: str, n, N, MT: int, NT: int, row, col):
+    """The epilogue of a warp holding MT x NT accumulators of 16 x 8 in mma.m16n8k16's layout (this module's and
+    linear_wgmma.py's kernels): acc[(mt * NT + nt) * 4 + half * 2 + e] is row row(by, w, mt, tx, half), column
+    col(bx, w, nt, tx, e) of y. The bias (and the residual, GELU) added in registers, then two halves a store."""
+
     def unpack(v, e):                            # half e of a register holding two fp16
         return T.reinterpret("float16", T.Cast("uint16", T.shift_right(v, T.uint32(16 * e)) & T.uint32(0xFFFF)))
 
@@ -183,20 +205,12 @@ def make_linear_mma(in_features: int, out_features: int, epilogue: str = "bias",
                             out(acc, b32, r32, mt, nt, half, 0, bx, by, w, tx),
                             out(acc, b32, r32, mt, nt, half, 1, bx, by, w, tx))
 
-    @T.macro
-    def body(x, w_, b32, r32, y):
-        bx = T.launch_thread("blockIdx.x", (N + BN - 1) // BN)
-        by = T.launch_thread("blockIdx.y", (n + BM - 1) // BM)
-        tx = T.launch_thread("threadIdx.x", LANES)
-        w = T.launch_thread("threadIdx.y", WM * WN)
-        smem = T.alloc_buffer((S * STAGE,), "float16", scope="shared.dyn")
-        af = T.alloc_buffer((2 * MT * 4,), "uint32", scope="local")  # A fragments of 16 of K, two buffers
-        bf = T.alloc_buffer((2 * NT * 2,), "uint32", scope="local")  # B fragments of 16 of K, two buffers
-        acc = T.alloc_buffer((MT * NT * 4,), ACC, scope="local")     # the warp's TM x TN of C
-        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", min_blocks)   # __launch_bounds__(NTH, min_blocks)
-        mainloop(acc, smem, af, bf, x, w_, bx, by, w, tx)
-        store(y, acc, b32, r32, bx, by, w, tx)
+    return store
 
+
+def linear_prim_func(body, epilogue: str, n, N, K):
+    """linear.py's signature around body(x, W, b32, r32, y) (b, r seen as pairs of halves; r only for "residual")."""
+    ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
     if epilogue == "residual":
         @T.prim_func
         def linear_mma(x_h: T.handle, w_: T.Buffer((N, K), "float16"), b: T.Buffer((N,), "float16"), r_h: T.handle,
