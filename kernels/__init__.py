@@ -32,6 +32,7 @@ from .layernorm import layernorm_ref, make_layernorm
 from .ln_linear import (WEBGPU_MAX_LANES, linear_residual_decode_ref, ln_linear_ref, make_linear_residual_decode,
                         make_ln_linear_decode)
 from .linear_mma import make_linear_mma
+from .linear_wgmma import make_linear_wgmma
 from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,
                      make_linear_residual)
 from .lm_head import lm_head_ref, make_lm_head

@@ -5,7 +5,7 @@ float32 per CUDA-core tile of DLight's Matmul (rules.TiledMatmul).
     python3 scripts/bench_matmul.py --dtype float32 [--n 128] [--variants simt-dlight,...]
 
 For gpt2-xl's four linears at n tokens (each with its epilogue: bias, GELU, residual), each schedule (or each
-tile of kernels/linear_mma.py's hand-written kernel):
+tile of kernels/linear_mma.py's and kernels/linear_wgmma.py's hand-written kernels):
 a check against numpy (max abs error, fp16) and the median time of one call over 5 repeats of 20
 (TVM's time_evaluator, after a warm-up), in us and TFLOP/s; beside them torch's F.linear (cuBLAS),
 timed with CUDA events, when torch is there (TF32 off: the same float32 math as ours). Markdown on stdout.
@@ -53,6 +53,21 @@ def mma_kernel(name: str, make, k_in: int, n_out: int):
     return K.make_linear_mma(k_in, n_out, epilogue, tile=tuple(int(v) for v in tile.split("x")),
                              warps=tuple(int(v) for v in warps[1:].split("x")), k_step=int(k[1:]), stages=int(s[1:]),
                              **opts)
+
+
+# kernels/linear_wgmma.py (Hopper's wgmma, written already scheduled): wg-BN-gWG-sS is make_linear_wgmma with tiles
+# of 64 WG rows x BN columns and S stages of 64 of K; wg-auto the model's tile for each linear (linear_wgmma.tile_for)
+WGMMA_DEFAULT = ["wg-auto", "wg-128-g2-s4", "wg-256-g2-s4", "wg-192-g2-s4", "wg-160-g2-s4", "wg-64-g2-s4",
+                 "wg-128-g1-s6", "wg-160-g1-s5", "wg-256-g1-s4"]
+
+
+def wgmma_kernel(name: str, make, k_in: int, n_out: int):
+    """The variant's make_linear_wgmma for the linear that `make` (linear.py's) builds."""
+    epilogue = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}[make]
+    if name == "wg-auto":
+        return K.make_linear_wgmma(k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out))
+    bn, wg, s = name.split("-")[1:]
+    return K.make_linear_wgmma(k_in, n_out, epilogue, tile_n=int(bn), warpgroups=int(wg[1:]), stages=int(s[1:]))
 
 
 # float32, on CUDA cores: simt-BXxBY-MXxMY[-kK][-vtAxB][-vV][-km][-uU][-p] is rules.TiledMatmul with BX x BY threads
@@ -127,7 +142,7 @@ def main():
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     ap.add_argument("--variants", default=None)
     a = ap.parse_args()
-    a.variants = a.variants or ",".join([*VARIANTS, *MMA_DEFAULT] if a.dtype == "float16" else SIMT_DEFAULT)
+    a.variants = a.variants or ",".join([*VARIANTS, *MMA_DEFAULT, *WGMMA_DEFAULT] if a.dtype == "float16" else SIMT_DEFAULT)
     cfg = PRESETS[a.model]
     dev = tvm.cuda(0)
     target = make_target("cuda", "sm_90a")
@@ -148,6 +163,8 @@ def main():
             try:
                 if name.startswith("mma-"):
                     func = mma_kernel(name, make, k_in, n_out)
+                elif name.startswith("wg-"):
+                    func = wgmma_kernel(name, make, k_in, n_out)
                 else:
                     rule = VARIANTS[name]() if a.dtype == "float16" else simt_rule(name)
                     func = rule.apply(make(k_in, n_out, a.dtype), target, False).mod["main"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -139,6 +139,13 @@ case "$1" in
               timeout 150 python3 scripts/bench_matmul.py --variants ${VARIANTS:-w8-64x32,mma-128x128-w2x4-k32-s4,mma-128x128-w2x4-k32-s4-b1,mma-128x128-w2x4-k64-s3,mma-128x192-w2x4-k32-s4,mma-128x256-w2x4-k32-s3-b1,mma-64x128-w2x4-k32-s4,mma-64x128-w2x4-k64-s3,mma-256x128-w4x2-k32-s3-b1} \
                 | tee "$OUT/bench_matmul_mma.md" || true
               with_without matmul-mma --prompt-lens 128,1024 --decode-tokens 16 ;;
+  # kernels/linear_wgmma.py on the GPU: its numpy cases, its tiles beside WMMA's (tensor-core-matmul-async), mma.sync's
+  # best and cuBLAS, then gpt2-xl with `matmul-wgmma` in front of `fused` and without (HF eager beside the first)
+  linear-wgmma) (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k numpy "$OLDPWD/tests/test_linear_wgmma.py") \
+                | tail -3 | tee "$OUT/tests.txt" || true
+              timeout 200 python3 scripts/bench_matmul.py --variants ${VARIANTS:-w8-64x32,mma-128x128-w2x4-k32-s4-b1,wg-auto,wg-128-g2-s4,wg-256-g2-s4,wg-192-g2-s4,wg-160-g2-s4,wg-64-g2-s4,wg-128-g1-s6,wg-160-g1-s5,wg-256-g1-s4} \
+                | tee "$OUT/bench_matmul_wgmma.md" || true
+              with_without matmul-wgmma --prompt-lens 128,1024 --decode-tokens 16 ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
   weight-stream) timeout 300 python3 scripts/bench_weight_stream.py --out="$OUT" || true ;;
   # the MLP and the bare ring in raw CUDA (sections 3-4), then the same TMA ring written in TVMScript, one loan

@@ -155,11 +155,14 @@ def _dump(dump_dir: Path | None, name: str, text: str):
 def hand_kernels(target: str, rule_list, tgt=None) -> dict:
     """build_module's `gpu` and `hand`: the hand-scheduled kernels the list asks for (on a CPU only those it has:
     hand-softmax, flash-prefill). The pdl-decode entries, the cluster ones and flash-prefill-mma are dropped where
-    the target (tgt, the TVM target) cannot run them (all need CUDA sm_90 or later: rules.SM90_REQUESTS)."""
+    the target (tgt, the TVM target) cannot run them (all need CUDA sm_90 or later: rules.SM90_REQUESTS;
+    matmul-wgmma sm_90a itself)."""
     gpu = TG.kind(target) == "gpu"
     hand = R.hand_kernels(rule_list, TG.kind(target))
     if not TG.supports_pdl(tgt):
         hand = tuple(h for h in hand if h not in R.SM90_REQUESTS)
+    if not TG.supports_wgmma(tgt):
+        hand = tuple(h for h in hand if h != "matmul-wgmma")
     return {"gpu": target if gpu else None, "hand": hand}
 
 

@@ -91,6 +91,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     cuda_fp16_64 = cuda_fp16 and D == 64
     # prefill's linears on mma.sync (kernels/linear_mma.py: K-steps of 32)
     mma = not decode and cuda_fp16 and "matmul-mma" in hand and C % 32 == 0
+    # ... or on wgmma (kernels/linear_wgmma.py: K-steps of 64; sm_90a, which compile.hand_kernels checks)
+    wgmma = not decode and cuda_fp16 and "matmul-wgmma" in hand and C % 64 == 0
     # ln_1 + c_attn + the attention as one kernel, a thread-block cluster per head (kernels/decode_cluster.py)
     clusters = fused and cuda_fp16_64
     cluster = clusters and "decode-cluster" in hand
@@ -179,6 +181,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # The MLP's, rows 4C long, hand-scheduled in fused decode (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us,
     # gpt2 3.7 -> 3.4)
     def linear(name, make, k_in, n_out, epilogue, **options):                  # prefill's: linear.py's or mma's
+        if wgmma:
+            return b.kernel(name, K.make_linear_wgmma, k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out))
         if mma:
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)

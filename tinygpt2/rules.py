@@ -93,6 +93,15 @@ class MatmulMma(Request):
     """
 
 
+class MatmulWgmma(Request):
+    """Not a schedule: a request that prefill's four linears be kernels/linear_wgmma.py's on CUDA sm_90a in float16:
+    written already scheduled on Hopper's warpgroup MMA (wgmma.mma_async, both operands read from shared memory
+    through descriptors, in the 128-byte swizzle that cp.async writes), the instruction cuBLAS uses there, where
+    matmul-mma's mma.sync takes them through registers. Dropped off sm_90a and in float32; before matmul-mma when a
+    list names both. Opt-in, in no preset: not yet run on a GPU (2026-12-05). It matches no kernel.
+    """
+
+
 class PDLDecode(Request):
     """Not a schedule: a request that decode's hand-scheduled kernels (those of `fused-decode`, which it
     needs) be launched with programmatic dependent launch (kernels/_pdl.py; CUDA sm_90 and later, dropped
@@ -525,7 +534,7 @@ def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "hand-softmax",
-                                    "flash-prefill", "flash-prefill-mma", "matmul-mma")
+                                    "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -559,13 +568,15 @@ GPU_RULES = {
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
     "flash-prefill-mma": FlashPrefillMma,        # ours: ... on mma.sync, FA2's layout (above)
     "matmul-mma": MatmulMma,                     # ours: prefill's linears written on mma.sync (above)
+    "matmul-wgmma": MatmulWgmma,                 # ours: ... on Hopper's wgmma (above)
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 # entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones and the cluster ones;
 # flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma): they do nothing alone (so presets()
 # has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma", "matmul-mma"}
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma", "matmul-mma",
+                 "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)

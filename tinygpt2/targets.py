@@ -31,6 +31,12 @@ def supports_pdl(tgt) -> bool:
     return tgt is not None and tgt.kind.name == "cuda" and sm_version(str(tgt.attrs.get("arch", ""))) >= 90
 
 
+def supports_wgmma(tgt) -> bool:
+    """Whether kernels for `tgt` can use Hopper's warpgroup MMA (wgmma.mma_async): CUDA sm_90a only (the "a":
+    architecture-specific, not carried to later GPUs, whose tensor cores take other instructions)."""
+    return tgt is not None and tgt.kind.name == "cuda" and str(tgt.attrs.get("arch", "")) == "sm_90a"
+
+
 # what --arch names, per target: a CUDA compute capability, an AMD GPU, an LLVM CPU (its -mcpu)
 ARCH_PATTERNS = {"cuda": (r"sm_\d{2,3}[af]?", "sm_80, sm_90a"), "rocm": (r"gfx[0-9a-f]{3,4}", "gfx942"),
                  "llvm": (r"[a-z][a-z0-9_.-]*", "znver4, skylake-avx512")}
