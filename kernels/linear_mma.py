@@ -208,8 +208,9 @@ def make_store(epilogue: str, n, N, MT: int, NT: int, row, col):
     return store
 
 
-def linear_prim_func(body, epilogue: str, n, N, K):
-    """linear.py's signature around body(x, W, b32, r32, y) (b, r seen as pairs of halves; r only for "residual")."""
+def linear_prim_func(body, epilogue: str, n, N, K, name: str = "linear_mma"):
+    """linear.py's signature around body(x, W, b32, r32, y) (b, r seen as pairs of halves; r only for "residual"),
+    as the PrimFunc `name`."""
     ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True}
     if epilogue == "residual":
         @T.prim_func
@@ -229,4 +230,4 @@ def linear_prim_func(body, epilogue: str, n, N, K):
             x = T.match_buffer(x_h, (n, K), "float16")           # [n, K]
             y = T.match_buffer(y_h, (n, N), "float16")           # [n, N]
             body(x, w_, T.decl_buffer((N // 2,), "uint32", data=b.data), None, y)
-    return linear_mma
+    return linear_mma.with_attr("global_symbol", name)

@@ -148,7 +148,7 @@ def make_linear_wgmma(in_features: int, out_features: int, epilogue: str = "bias
         mainloop(acc, smem, base, desc, x, w_, bx, by, w, tx)
         store(y, acc, b32, r32, bx, by, w, tx)
 
-    return linear_prim_func(body, epilogue, n, N, K)
+    return linear_prim_func(body, epilogue, n, N, K, "linear_wgmma")
 
 
 def tile_for(out_features: int) -> dict:
