@@ -140,11 +140,13 @@ case "$1" in
                 | tee "$OUT/bench_matmul_mma.md" || true
               with_without matmul-mma --prompt-lens 128,1024 --decode-tokens 16 ;;
   # kernels/linear_wgmma.py on the GPU: its numpy cases, its tiles beside WMMA's (tensor-core-matmul-async), mma.sync's
-  # best and cuBLAS, then gpt2-xl with `matmul-wgmma` in front of `fused` and without (HF eager beside the first)
+  # best and cuBLAS, gpt2's logits with it (fp16, against transformers), then gpt2-xl with `matmul-wgmma` in front of `fused` and without (HF eager beside the first)
   linear-wgmma) (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k numpy "$OLDPWD/tests/test_linear_wgmma.py") \
                 | tail -3 | tee "$OUT/tests.txt" || true
               timeout 200 python3 scripts/bench_matmul.py --variants ${VARIANTS:-w8-64x32,mma-128x128-w2x4-k32-s4-b1,wg-auto,wg-128-g2-s4,wg-256-g2-s4,wg-192-g2-s4,wg-160-g2-s4,wg-64-g2-s4,wg-128-g1-s6,wg-160-g1-s5,wg-256-g1-s4} \
                 | tee "$OUT/bench_matmul_wgmma.md" || true
+              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules "matmul-wgmma,$(fused_without none)" \
+                | tee "$OUT/gpu_check_wgmma.md" || true
               with_without matmul-wgmma --prompt-lens 128,1024 --decode-tokens 16 ;;
   # how fast one kernel per weight matrix can stream gpt2-xl's decode weights (raw CUDA beside ours; no TVM)
   weight-stream) timeout 300 python3 scripts/bench_weight_stream.py --out="$OUT" || true ;;
