@@ -66,7 +66,7 @@ def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
 
 
 def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_prefill_only():
-    """`matmul-mma` in front of `fused` on sm_90a in fp16: prefill's four linears are this kernel (mma.sync, ldmatrix in
+    """`matmul-mma` in front of `fused` (less matmul-wgmma) on sm_90a in fp16: prefill's four linears are this kernel (mma.sync, ldmatrix in
     their CUDA; the qkv one, say), decode's stay fused-decode's, every kernel scheduled; in float32 and on sm_80 the
     entry is dropped and tensor-core-matmul-async's WMMA schedule (fp16) takes the linears."""
     from test_cuda_compile import CFG64
@@ -75,7 +75,8 @@ def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_prefill_only():
     from tinygpt2.rules import GPU_FUSED, presets
 
     def kernels(dtype, arch):
-        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, ["matmul-mma", *GPU_FUSED], arch=arch)
+        rules = ["matmul-mma", *(r for r in GPU_FUSED if r != "matmul-wgmma")]   # (matmul-wgmma would win)
+        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, rules, arch=arch)
         assert all(sched.rule_of.values()), sched.rule_of
         src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
         body = src[src.rindex("linear_qkv_kernel("):]

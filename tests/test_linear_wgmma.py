@@ -80,7 +80,7 @@ def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
 
 
 def test_the_rule_entry_puts_it_in_the_model_for_sm_90a_fp16_prefill_only():
-    """`matmul-wgmma` in front of `fused` on sm_90a in fp16: prefill's four linears are this kernel (wgmma in their
+    """`matmul-wgmma`, first in preset `fused`, on sm_90a in fp16: prefill's four linears are this kernel (wgmma in their
     CUDA), decode's stay fused-decode's, every kernel scheduled; on sm_80 and on sm_100a (wgmma is sm_90a's alone)
     and in float32 the entry is dropped and the WMMA schedule (fp16) takes the linears."""
     from test_cuda_compile import CFG64
@@ -89,7 +89,7 @@ def test_the_rule_entry_puts_it_in_the_model_for_sm_90a_fp16_prefill_only():
     from tinygpt2.rules import GPU_FUSED, presets
 
     def kernels(dtype, arch):
-        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, ["matmul-wgmma", *GPU_FUSED], arch=arch)
+        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, GPU_FUSED, arch=arch)
         assert all(sched.rule_of.values()), sched.rule_of
         src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
         body = src[src.rindex("linear_qkv_kernel("):]
@@ -103,4 +103,4 @@ def test_the_rule_entry_puts_it_in_the_model_for_sm_90a_fp16_prefill_only():
         rule_of, qkv = kernels("float16", arch)
         assert "wgmma" not in qkv and rule_of["linear_qkv"] == "tensor-core-matmul-async", arch
     assert "wgmma" not in kernels("float32", "sm_90a")[1]
-    assert "matmul-wgmma" not in presets("gpu")                      # no list of it alone
+    assert "matmul-wgmma" in GPU_FUSED and "matmul-wgmma" not in presets("gpu")   # no list of it alone
