@@ -46,23 +46,28 @@ def test_it_builds_for_sm_90a_on_tensor_cores():
     assert ops["STG.E"] == 32 and "STG.E.U16" not in ops, ops
 
 
-@pytest.mark.parametrize("tiles", TILES)
-@pytest.mark.parametrize("epilogue", list(REFS))
-@pytest.mark.parametrize("k_in,n_out,n", CASES)
-def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
+def check_against_numpy(func, k_in, n_out, n, epilogue, device):
+    """func (a linear kernel of linear.py's signature, built for sm_90a) on the GPU against linear.py's numpy
+    reference of its epilogue; y starts as NaN, so that an output left unwritten fails."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, k_in)).astype("float16")
     w = (rng.standard_normal((n_out, k_in)) / np.sqrt(k_in)).astype("float16")
     b = rng.standard_normal(n_out).astype("float16")
     r = rng.standard_normal((n, n_out)).astype("float16")
     extra = (r,) if epilogue == "residual" else ()
-    func = K.make_linear_mma(k_in, n_out, epilogue, **tiles)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90a"},
                                                                                host="llvm"))
-    args = [tvm.runtime.tensor(a, cuda_device) for a in (x, w, b, *extra, np.full((n, n_out), np.nan, "float16"))]
+    args = [tvm.runtime.tensor(a, device) for a in (x, w, b, *extra, np.full((n, n_out), np.nan, "float16"))]
     lib["main"](*args)
     np.testing.assert_allclose(args[-1].numpy().astype(np.float32),
                                REFS[epilogue](x, w, b, *extra).astype(np.float32), **TOL["float16"])
+
+
+@pytest.mark.parametrize("tiles", TILES)
+@pytest.mark.parametrize("epilogue", list(REFS))
+@pytest.mark.parametrize("k_in,n_out,n", CASES)
+def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
+    check_against_numpy(K.make_linear_mma(k_in, n_out, epilogue, **tiles), k_in, n_out, n, epilogue, cuda_device)
 
 
 def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_prefill_only():

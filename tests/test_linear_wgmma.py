@@ -7,16 +7,15 @@ import collections
 import re
 import shutil
 
-import numpy as np
 import pytest
 from test_cuda_compile import ptxas_usage, sass
-from test_flash_attention import TOL, cuda_device  # noqa: F401 (a fixture)
+from test_flash_attention import cuda_device  # noqa: F401 (a fixture)
+from test_linear_mma import check_against_numpy
 
 from tinygpt2 import kernels as K
 from tinygpt2.errors import RuleError
-from tinygpt2.tvm_shim import tvm
+from tinygpt2.kernels.linear_mma import EPILOGUES
 
-REFS = {"bias": K.linear_ref, "gelu": K.linear_gelu_ref, "residual": K.linear_residual_ref}
 # (K, N, n): gpt2's c_fc at 37 tokens, gpt2-xl's c_attn at one token, a c_proj over 4C at 200, one K-step at 129
 CASES = [(768, 3072, 37), (1600, 4800, 1), (3072, 768, 200), (64, 192, 129)]
 TILES = [{}, dict(tile_n=256), dict(tile_n=160, warpgroups=1, stages=5)]
@@ -61,22 +60,10 @@ def test_it_builds_for_sm_90a_on_hopper_tensor_cores():
 
 
 @pytest.mark.parametrize("tiles", TILES)
-@pytest.mark.parametrize("epilogue", list(REFS))
+@pytest.mark.parametrize("epilogue", EPILOGUES)
 @pytest.mark.parametrize("k_in,n_out,n", CASES)
 def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, k_in)).astype("float16")
-    w = (rng.standard_normal((n_out, k_in)) / np.sqrt(k_in)).astype("float16")
-    b = rng.standard_normal(n_out).astype("float16")
-    r = rng.standard_normal((n, n_out)).astype("float16")
-    extra = (r,) if epilogue == "residual" else ()
-    func = K.make_linear_wgmma(k_in, n_out, epilogue, **tiles)
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90a"},
-                                                                               host="llvm"))
-    args = [tvm.runtime.tensor(a, cuda_device) for a in (x, w, b, *extra, np.full((n, n_out), np.nan, "float16"))]
-    lib["main"](*args)
-    np.testing.assert_allclose(args[-1].numpy().astype(np.float32),
-                               REFS[epilogue](x, w, b, *extra).astype(np.float32), **TOL["float16"])
+    check_against_numpy(K.make_linear_wgmma(k_in, n_out, epilogue, **tiles), k_in, n_out, n, epilogue, cuda_device)
 
 
 def test_the_rule_entry_puts_it_in_the_model_for_sm_90a_fp16_prefill_only():
