@@ -180,7 +180,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # schedule (DLight's GEMV: 3.3 us on gpt2-xl, the hand-scheduled one launched after the merge 3.9).
     # The MLP's, rows 4C long, hand-scheduled in fused decode (kernels/ln_linear.py: gpt2-xl 8.4 -> 7.1 us,
     # gpt2 3.7 -> 3.4)
-    def linear(name, make, k_in, n_out, epilogue, **options):                  # prefill's: linear.py's or mma's
+    def linear(name, make, k_in, n_out, epilogue, **options):        # prefill's: linear.py's, wgmma's or mma's
         if wgmma:
             return b.kernel(name, K.make_linear_wgmma, k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out))
         if mma:

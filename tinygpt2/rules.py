@@ -575,8 +575,9 @@ GPU_RULES = {
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
 # entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones and the cluster ones;
-# flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma): they do nothing alone (so presets()
-# has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run them
+# flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do nothing alone
+# (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run
+# them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
 SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma", "matmul-mma",
                  "matmul-wgmma"}
 CPU_RULES = {
