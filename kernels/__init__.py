@@ -13,6 +13,9 @@ decode_cluster.make_attention_cluster (`attention-cluster`: the attention alone,
 sample.make_sample_advance_gpu, decode's sampler on any GPU (no rule matches a sampler either).
 flash_attention_mma.make_flash_attention_mma is prefill's attention on mma.sync in FlashAttention-2's layout,
 (`flash-prefill-mma`, preset `fused`, CUDA sm_90+ fp16): gpt2-xl's 1024-token attention 2.7x faster than the WMMA one.
+linear_wgmma.make_linear_wgmma is prefill's linears on Hopper's wgmma (`matmul-wgmma`, first in preset `fused`, CUDA
+sm_90a fp16): gpt2-xl's four linears 1.7x faster than the WMMA schedule; linear_mma.make_linear_mma the same on
+mma.sync (`matmul-mma`, opt-in: slower than WMMA).
 Installed as `tinygpt2.kernels`.
 """
 
