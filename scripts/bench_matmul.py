@@ -37,6 +37,8 @@ VARIANTS = {
     "w2-64x64-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 1)),
     "w4-64x32-128x64": lambda: PipelinedTensorCoreMatmul(tile=(128, 64), warps=(2, 2)),
 }
+# linear.py's kernels -> the epilogue the hand-written ones (below) take for them
+EPILOGUE_OF = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}
 # kernels/linear_mma.py (mma.sync, written already scheduled): mma-BMxBN-wWMxWN-kBK-sS is make_linear_mma with
 # a BM x BN tile, WM x WN warps, K-steps of BK, S of them in shared memory (and -bB: registers left for B blocks
 # an SM, 2 unless said)
@@ -48,7 +50,7 @@ MMA_DEFAULT = ["mma-128x128-w2x4-k32-s4", "mma-128x128-w2x4-k64-s3", "mma-128x12
 def mma_kernel(name: str, make, k_in: int, n_out: int):
     """The variant's make_linear_mma for the linear that `make` (linear.py's) builds."""
     tile, warps, k, s, *more = name.split("-")[1:]
-    epilogue = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}[make]
+    epilogue = EPILOGUE_OF[make]
     opts = {"min_blocks": int(more[0][1:])} if more else {}
     return K.make_linear_mma(k_in, n_out, epilogue, tile=tuple(int(v) for v in tile.split("x")),
                              warps=tuple(int(v) for v in warps[1:].split("x")), k_step=int(k[1:]), stages=int(s[1:]),
@@ -63,7 +65,7 @@ WGMMA_DEFAULT = ["wg-auto", "wg-128-g2-s4", "wg-256-g2-s4", "wg-192-g2-s4", "wg-
 
 def wgmma_kernel(name: str, make, k_in: int, n_out: int):
     """The variant's make_linear_wgmma for the linear that `make` (linear.py's) builds."""
-    epilogue = {K.make_linear: "bias", K.make_linear_gelu: "gelu", K.make_linear_residual: "residual"}[make]
+    epilogue = EPILOGUE_OF[make]
     if name == "wg-auto":
         return K.make_linear_wgmma(k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out))
     bn, wg, s = name.split("-")[1:]

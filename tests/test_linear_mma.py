@@ -70,22 +70,29 @@ def test_it_matches_numpy_on_cuda(k_in, n_out, n, epilogue, tiles, cuda_device):
     check_against_numpy(K.make_linear_mma(k_in, n_out, epilogue, **tiles), k_in, n_out, n, epilogue, cuda_device)
 
 
+def qkv_source(rules, dtype, arch):
+    """The test model (CFG64) built for CUDA `arch` with `rules`, every kernel scheduled: (rule_of, the CUDA C
+    of prefill's linear_qkv kernel)."""
+    from test_cuda_compile import CFG64
+
+    from tinygpt2 import compile as C
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, rules, arch=arch)
+    assert all(sched.rule_of.values()), sched.rule_of
+    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    body = src[src.rindex("linear_qkv_kernel("):]
+    return sched.rule_of, body[:body.index("\n}\n")]
+
+
 def test_the_rule_entry_puts_it_in_the_model_for_cuda_fp16_prefill_only():
     """`matmul-mma` in front of `fused` (less matmul-wgmma) on sm_90a in fp16: prefill's four linears are this kernel (mma.sync, ldmatrix in
     their CUDA; the qkv one, say), decode's stay fused-decode's, every kernel scheduled; in float32 and on sm_80 the
     entry is dropped and tensor-core-matmul-async's WMMA schedule (fp16) takes the linears."""
-    from test_cuda_compile import CFG64
-
-    from tinygpt2 import compile as C
     from tinygpt2.rules import GPU_FUSED, presets
 
     def kernels(dtype, arch):
         rules = ["matmul-mma", *(r for r in GPU_FUSED if r != "matmul-wgmma")]   # (matmul-wgmma would win)
-        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, rules, arch=arch)
-        assert all(sched.rule_of.values()), sched.rule_of
-        src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-        body = src[src.rindex("linear_qkv_kernel("):]
-        return sched.rule_of, body[:body.index("\n}\n")]
+        return qkv_source(rules, dtype, arch)
 
     rule_of, qkv = kernels("float16", "sm_90a")
     assert "mma_sync_aligned_m16n8k16" in qkv and "ldmatrix" in qkv and "wmma::" not in qkv

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from test_cuda_compile import ptxas_usage, sass
 from test_flash_attention import cuda_device  # noqa: F401 (a fixture)
-from test_linear_mma import check_against_numpy
+from test_linear_mma import check_against_numpy, qkv_source
 
 from tinygpt2 import kernels as K
 from tinygpt2.errors import RuleError
@@ -70,17 +70,10 @@ def test_the_rule_entry_puts_it_in_the_model_for_sm_90a_fp16_prefill_only():
     """`matmul-wgmma`, first in preset `fused`, on sm_90a in fp16: prefill's four linears are this kernel (wgmma in their
     CUDA), decode's stay fused-decode's, every kernel scheduled; on sm_80 and on sm_100a (wgmma is sm_90a's alone)
     and in float32 the entry is dropped and the WMMA schedule (fp16) takes the linears."""
-    from test_cuda_compile import CFG64
-
-    from tinygpt2 import compile as C
     from tinygpt2.rules import GPU_FUSED, presets
 
     def kernels(dtype, arch):
-        sched, tgt, _ = C.build_scheduled(CFG64, "cuda", dtype, GPU_FUSED, arch=arch)
-        assert all(sched.rule_of.values()), sched.rule_of
-        src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
-        body = src[src.rindex("linear_qkv_kernel("):]
-        return sched.rule_of, body[:body.index("\n}\n")]
+        return qkv_source(GPU_FUSED, dtype, arch)
 
     rule_of, qkv = kernels("float16", "sm_90a")
     assert "wgmma_f16_ss_mma_async" in qkv and "wmma::" not in qkv
