@@ -35,8 +35,9 @@ of one ldmatrix matrix fall in 8 different bank groups), in dynamic shared memor
 Measured: its first version (one barrier a K-step, then all of a 16 of K's fragments, then the products; 16-bit
 stores) matched numpy on an H100 and ran **slower than WMMA**: gpt2-xl's four linears x 48 layers at 1024 tokens
 in 16.4 ms at best against 14.8 (docs/results/bench_matmul_mma_h100.md). This version (the order above,
-__launch_bounds__(256, 2), 32-bit epilogue) is built and its SASS checked here, not yet run on a GPU. Hence the
-rule entry `matmul-mma` is in no preset.
+__launch_bounds__(256, 2), 32-bit epilogue) is slower than WMMA too: 15.9 ms against 14.7 in the same loan. Hence
+the rule entry `matmul-mma` is in no preset; prefill's linears in preset `fused` are linear_wgmma.py's (Hopper's
+wgmma, 8.6 ms).
 """
 
 from tinygpt2.errors import RuleError

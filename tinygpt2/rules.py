@@ -87,9 +87,9 @@ class MatmulMma(Request):
     GELU) be kernels/linear_mma.py's on CUDA in float16: written already scheduled on mma.sync, fragments by
     ldmatrix from tiles that cp.async streams in (CUTLASS's multistage GEMM), where tensor-core-matmul-async
     schedules linear.py's kernels onto WMMA. CUDA sm_90 and later (the one family of GPUs it is built and checked
-    for); dropped elsewhere, and in float32. Opt-in, in no preset: the kernel's first version ran slower than WMMA
-    on an H100 (16.4 against 14.8 ms for gpt2-xl's linears at 1024 tokens, docs/results/bench_matmul_mma_h100.md),
-    the present one is not yet measured. It matches no kernel.
+    for); dropped elsewhere, and in float32; matmul-wgmma wins where a list names both. Opt-in, in no preset: on an
+    H100 both its versions ran slower than WMMA (gpt2-xl's linears at 1024 tokens 16.4, then 15.9 ms, against 14.7;
+    prefill@1024 56.6k -> 50.0k tok/s with it; docs/results/bench_matmul_mma_h100.md). It matches no kernel.
     """
 
 
