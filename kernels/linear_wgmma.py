@@ -154,11 +154,30 @@ def make_linear_wgmma(in_features: int, out_features: int, epilogue: str = "bias
     return linear_prim_func(body, epilogue, n, N, K, "linear_wgmma")
 
 
-def tile_for(out_features: int) -> dict:
-    """make_linear_wgmma's tile for a linear of out_features columns (the model's choice, `matmul-wgmma`): the widest
-    BN of 256, 192, 160, 128, 64 that divides it (no ragged last column of tiles; 128 if none does), two warpgroups
-    (tiles of 128 rows), 4 stages (at most 4 x 48 KB with BN 256, within a block's 227 KB). A first guess, measured
-    but not tuned: on an H100 the best tiles for gpt2-xl (docs/results/bench_matmul_wgmma_h100.md) would save 3% of
-    its 8.6 ms (48 layers at 1024 tokens)."""
-    return {"tile_n": next((bn for bn in (256, 192, 160, 128, 64) if out_features % bn == 0), 128),
-            "warpgroups": 2, "stages": 4}
+# tile_for's cost model (fitted to docs/results/bench_matmul_wgmma_h100.md)
+SMS = 132                   # streaming multiprocessors of the sm_90a parts (H100 SXM, H200; the H100 PCIe has 114)
+TILE_WIDTHS = (256, 192, 160, 128, 64)
+TILE_OVERHEAD = 64          # a tile's cost beyond its BN columns, in columns: loading x's rows, the epilogue
+
+
+def tile_cost(out_features: int, tile_n: int, rows: int, sms: int = SMS) -> int:
+    """Relative time of a linear of out_features columns over `rows` rows of x in tiles of 128 x tile_n: the waves
+    of blocks over the SMs (a partial last wave costs a whole one) times one tile's work, tile_n + TILE_OVERHEAD.
+    A ragged last column of tiles costs a whole tile."""
+    blocks = -(-rows // 128) * -(-out_features // tile_n)
+    return -(-blocks // sms) * (tile_n + TILE_OVERHEAD)
+
+
+def tile_for(out_features: int, rows: int = 1024) -> dict:
+    """make_linear_wgmma's tile for a linear of out_features columns (the model's choice, `matmul-wgmma`): the BN of
+    TILE_WIDTHS of least tile_cost at `rows` rows (the model passes its context, n_positions, where prefill's
+    linears weigh most; the wider on a tie), two warpgroups (tiles of 128 rows), 4 stages (at most 4 x 48 KB with
+    BN 256, within a block's 227 KB).
+
+    The cost model picks, for gpt2-xl at 1024 tokens, the tile that measured fastest for each of its four linears on
+    an H100 (docs/results/bench_matmul_wgmma_h100.md): qkv 160 (2 waves of 240 blocks), the two c_projs 128 (one
+    wave of 104, the last column ragged), c_fc 256 (2 waves of 200); together 8.33 ms x 48 layers against 8.58
+    for the widest BN dividing N, this function's first rule. Few blocks favour narrow tiles: gpt2's 768-wide
+    c_proj makes 24 blocks of 128 x 256 at 1024 tokens, 96 of 128 x 64."""
+    bn = min(TILE_WIDTHS, key=lambda bn: (tile_cost(out_features, bn, rows), -bn))
+    return {"tile_n": bn, "warpgroups": 2, "stages": 4}

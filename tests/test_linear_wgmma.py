@@ -18,7 +18,8 @@ from tinygpt2.kernels.linear_mma import EPILOGUES
 
 # (K, N, n): gpt2's c_fc at 37 tokens, gpt2-xl's c_attn at one token, a c_proj over 4C at 200, one K-step at 129
 CASES = [(768, 3072, 37), (1600, 4800, 1), (3072, 768, 200), (64, 192, 129)]
-TILES = [{}, dict(tile_n=256), dict(tile_n=160, warpgroups=1, stages=5)]
+# BN 128 (the default), every other width tile_for picks, and one warpgroup
+TILES = [{}, dict(tile_n=256), dict(tile_n=192), dict(tile_n=64), dict(tile_n=160, warpgroups=1, stages=5)]
 
 
 def test_shapes_it_cannot_tile_are_refused():
@@ -32,13 +33,28 @@ def test_shapes_it_cannot_tile_are_refused():
         K.make_linear_wgmma(768, 768, "relu")
 
 
-def test_the_model_tile_divides_each_hub_size_linear():
-    """tile_for picks, for every Hub size's four linears, a BN that divides N (no ragged column of tiles)."""
+def test_the_model_tiles_are_the_ones_measured_fastest_for_gpt2_xl():
+    """tile_for's cost model (waves of blocks over 132 SMs x a tile's work) picks, for gpt2-xl's four linears at
+    1024 tokens, the BN that measured fastest on an H100 (docs/results/bench_matmul_wgmma_h100.md): qkv 160, the
+    two c_projs 128 (a ragged last column of tiles: 1600 = 12.5 x 128), c_fc 256."""
+    picks = [K.linear_wgmma.tile_for(n_out, 1024)["tile_n"] for n_out in (4800, 1600, 6400)]
+    assert picks == [160, 128, 256]
+    # the model behind it: 30 column tiles x 8 row tiles = 240 blocks, 2 waves, of 160 + 64
+    assert K.linear_wgmma.tile_cost(4800, 160, 1024) == 2 * (160 + 64)
+    # against 192's 25 x 8 = 200 blocks: 2 waves as well, of wider tiles
+    assert K.linear_wgmma.tile_cost(4800, 192, 1024) == 2 * (192 + 64)
+
+
+def test_few_blocks_favour_narrow_tiles():
+    """gpt2's 768-wide c_proj at 1024 tokens: 3 x 8 = 24 blocks of 128 x 256 would leave most of 132 SMs idle; 12 x 8
+    = 96 of 128 x 64 still fit in one wave. Every pick is one wgmma can take (a multiple of 8 up to 256)."""
     from tinygpt2.config import PRESETS
 
+    assert K.linear_wgmma.tile_for(768, 1024)["tile_n"] == 64
     for cfg in PRESETS.values():
         for n_out in (3 * cfg.n_embd, cfg.n_embd, 4 * cfg.n_embd):
-            assert n_out % K.linear_wgmma.tile_for(n_out)["tile_n"] == 0, (cfg, n_out)
+            bn = K.linear_wgmma.tile_for(n_out, cfg.n_positions)["tile_n"]
+            assert bn % 8 == 0 and bn <= 256, (cfg, n_out)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")

@@ -182,7 +182,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # gpt2 3.7 -> 3.4)
     def linear(name, make, k_in, n_out, epilogue, **options):        # prefill's: linear.py's, wgmma's or mma's
         if wgmma:
-            return b.kernel(name, K.make_linear_wgmma, k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out))
+            return b.kernel(name, K.make_linear_wgmma, k_in, n_out, epilogue, **K.linear_wgmma.tile_for(n_out, P))
         if mma:
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
