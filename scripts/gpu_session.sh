@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -148,16 +148,17 @@ case "$1" in
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules "matmul-wgmma,$(fused_without none)" \
                 | tee "$OUT/gpu_check_wgmma.md" || true
               with_without matmul-wgmma --prompt-lens 128,1024 --decode-tokens 16 ;;
-  # linear_wgmma.tile_for's cost model on the GPU: the numpy cases of the widths it added (64, 192), every 2-warpgroup
-  # width for gpt2, gpt2-medium and gpt2-large's linears at 1024 tokens (gpt2-xl's: bench_matmul_wgmma_h100.md), and
-  # gpt2's logits with the model's tiles (fp16, against transformers)
-  tiles)      (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k "numpy and (tiles2 or tiles3)" \
+  # linear_wgmma.tile_for's cost model on the GPU: the numpy cases of the widths it added (64, 192), and the logits
+  # (fp16, against transformers) with the model's tiles and this checkout's decode kernels
+  tiles-check) (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k "numpy and (tiles2 or tiles3)" \
                 "$OLDPWD/tests/test_linear_wgmma.py") | tail -3 | tee "$OUT/tests.txt" || true
-              for m in gpt2 gpt2-medium gpt2-large; do timeout 150 python3 scripts/bench_matmul.py --model $m \
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+                | tee "$OUT/gpu_check.md" || true ;;
+  # ... and every 2-warpgroup width for gpt2, gpt2-medium and gpt2-large's linears at 1024 tokens (gpt2-xl's:
+  # bench_matmul_wgmma_h100.md)
+  tiles)      for m in gpt2 gpt2-medium gpt2-large; do timeout 150 python3 scripts/bench_matmul.py --model $m \
                 --variants wg-auto,wg-256-g2-s4,wg-192-g2-s4,wg-160-g2-s4,wg-128-g2-s4,wg-64-g2-s4 \
-                | tee "$OUT/bench_matmul_$m.md" || true; done
-              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
-                | tee "$OUT/gpu_check_tiles.md" || true ;;
+                | tee "$OUT/bench_matmul_$m.md" || true; done ;;
   # prefill (preset fused) at an older checkout (.base, made as trace-vs-base says) and at this one, back to back
   bench-vs-base) [ -e .base/tinygpt2/assets ] || ln -s "$PWD/tinygpt2/assets" .base/tinygpt2/assets
               for side in base this; do d=.; [ $side = base ] && d=.base
