@@ -141,20 +141,16 @@ class _HeadAttention:
             T.ptx.barrier.cluster.wait.acquire.aligned()
 
         @T.macro
-        def arrive_and_wait(t, first, wait_pdl, next_first):  # first: the activation the kernel reads first
+        def arrive_and_wait(t, first, wait_pdl):  # first: the address of the activation the kernel reads first
             """Arrive at the cluster barrier (this block started, its DSMEM targets zeroed); with PDL (wait_pdl, a
-            Python bool), wait for the kernels before this one, and let the attention's c_proj launch: before the
-            wait (next_first) or right after it. The activation read coherently (_pdl.read_coherently: an asm
-            statement takes its address)."""
+            Python bool), let the attention's c_proj launch at once, then wait for the kernels before this one. The
+            activation read coherently (_pdl.read_coherently: an asm statement takes its address)."""
             T.ptx.barrier.cluster.arrive.release.aligned()
             if wait_pdl:
                 if t == 0:
                     T.ptx.prefetch.global_.L2(first)
-                if next_first:
-                    T.ptx.griddepcontrol.launch_dependents()
+                T.ptx.griddepcontrol.launch_dependents()
                 T.ptx.griddepcontrol.wait()
-                if not next_first:
-                    T.ptx.griddepcontrol.launch_dependents()
 
         @T.macro
         def load_kv(t, h, j0, nk, pos, big, k_cache, v_cache):
@@ -339,7 +335,7 @@ def make_decode_cluster(n_head: int, head_dim: int, n_ctx: int, dtype: str = "fl
                         for i in T.unroll(RPW):
                             bs[i * 2] = T.Cast(ACC, b[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))])
                             bs[i * 2 + 1] = w_sum[c_attn_row(r, h, T.min(t // 32 + NW * i, nrows - 1))]
-                        ha.arrive_and_wait(t, T.address_of(x[0, 0]), wait_pdl, True)
+                        ha.arrive_and_wait(t, T.address_of(x[0, 0]), wait_pdl)
                         # 2. x, its mean and rstd
                         acc[0] = T.float32(0)
                         acc[1] = T.float32(0)
@@ -385,10 +381,6 @@ ATTENTION_MAX_CTX = CLUSTER * ATTENTION_THREADS
 # H100, us a layer against none, two loans (docs/results/trace_decode_h100_prefetch_fc.md): 1/8 -0.51,
 # 3/16 -0.80, 1/4 -0.86 / -0.87, 3/8 -0.67, 1/2 -0.23, all +1.64
 PREFETCH_FRACTION = 4
-# attention_cluster lets its c_proj launch before its wait (True: c_proj's blocks then load their weights while qkv
-# streams, since ln_linear_qkv lets the attention launch at once) or after it (False: during the attention, while
-# HBM idles)
-NEXT_AT_START = False
 
 
 def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
@@ -449,7 +441,7 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                             pml[t] = T.float32(0)
                         ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
                         T.tvm_storage_sync("shared")                        # the mbarrier initialized for all
-                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl, NEXT_AT_START)
+                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl)
                         if t < 3 * D:                                       # the head's q, k, v
                             qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
                         # c_fc's next: while the rest of this kernel and c_proj wait on latencies, HBM would idle;
