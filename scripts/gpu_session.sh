@@ -160,7 +160,7 @@ case "$1" in
                 --variants wg-auto,wg-256-g2-s4,wg-192-g2-s4,wg-160-g2-s4,wg-128-g2-s4,wg-64-g2-s4 \
                 | tee "$OUT/bench_matmul_$m.md" || true; done ;;
   # prefill (preset fused) at an older checkout (.base, made as trace-vs-base says) and at this one, back to back
-  bench-vs-base) [ -e .base/tinygpt2/assets ] || ln -s "$PWD/tinygpt2/assets" .base/tinygpt2/assets
+  bench-vs-base) ln -sfn "$PWD/tinygpt2/assets" .base/tinygpt2/assets   # each call's tree may lie elsewhere
               for side in base this; do d=.; [ $side = base ] && d=.base
                 (cd $d && . scripts/device_env.sh && export TINYGPT2_CACHE=/tmp/tgc_$side && cd /tmp && timeout 240 \
                   python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2,random:gpt2-xl} --dtypes float16 \
@@ -188,14 +188,14 @@ case "$1" in
   # decode's kernels in the graph (preset fused), an older checkout against this one in the same loan. First, here:
   #   rm -rf .base && mkdir .base && git archive <rev> tinygpt2 kernels runtime scripts | tar -x -C .base
   #   rm -r .base/tinygpt2/assets                      (and carry ".base": .gitignore keeps it out of the tree)
-  trace-vs-base) [ -e .base/tinygpt2/assets ] || ln -s "$PWD/tinygpt2/assets" .base/tinygpt2/assets
+  trace-vs-base) ln -sfn "$PWD/tinygpt2/assets" .base/tinygpt2/assets   # each call's tree may lie elsewhere
               for m in ${MODELS:-random:gpt2-xl random:gpt2}; do
                 (cd .base && TG_CACHE=/tmp/tgc_base timeout 120 bash ../scripts/gpu_session.sh trace-one $m \
                   | sed "s/^#### /#### base: /") | tee -a "$OUT/trace_vs_base.md" || true
                 TG_CACHE=/tmp/tgc_this timeout 120 bash "$0" trace-one $m | sed "s/^#### /#### this checkout: /" \
                   | tee -a "$OUT/trace_vs_base.md" || true; done ;;
-  # one model's decode kernels in the graph with `fused` (spelt out); TG_CACHE: a compile cache of its own
-  trace-one)  TINYGPT2_CACHE=${TG_CACHE:-$TINYGPT2_CACHE} python3 scripts/trace_decode.py $2 float16 $PDL 20 \
+  # one model's decode kernels in the graph with preset `fused` (or RULES); TG_CACHE: a compile cache of its own
+  trace-one)  TINYGPT2_CACHE=${TG_CACHE:-$TINYGPT2_CACHE} python3 scripts/trace_decode.py $2 float16 ${RULES:-fused} 20 \
                 --out="${OUT}/trace" 2>/dev/null ;;
   bench-gpt2) tg bench --target cuda --models random:gpt2 --dtypes float16,float32 --profile \
                 --out "$OUT/bench-gpt2" ;;
