@@ -148,7 +148,7 @@ case "$1" in
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules "matmul-wgmma,$(fused_without none)" \
                 | tee "$OUT/gpu_check_wgmma.md" || true
               with_without matmul-wgmma --prompt-lens 128,1024 --decode-tokens 16 ;;
-  # linear_wgmma.tile_for's cost model on the GPU: the numpy cases of the widths it added (64, 192), and the logits
+  # linear_wgmma.tile_for's cost model on the GPU: the numpy cases of two widths it picks (192, 64; new to them), the logits
   # (fp16, against transformers) with the model's tiles and this checkout's decode kernels
   tiles-check) (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k "numpy and (tiles2 or tiles3)" \
                 "$OLDPWD/tests/test_linear_wgmma.py") | tail -3 | tee "$OUT/tests.txt" || true

@@ -18,7 +18,8 @@ from tinygpt2.kernels.linear_mma import EPILOGUES
 
 # (K, N, n): gpt2's c_fc at 37 tokens, gpt2-xl's c_attn at one token, a c_proj over 4C at 200, one K-step at 129
 CASES = [(768, 3072, 37), (1600, 4800, 1), (3072, 768, 200), (64, 192, 129)]
-# BN 128 (the default), every other width tile_for picks, and one warpgroup
+# BN 128 (the default), 256, 192 and 64 (widths tile_for picks; its 160 on two warpgroups is checked on a GPU by
+# bench_matmul's numpy column and gpt2's logits, scripts/gpu_session.sh tiles-check), and one warpgroup
 TILES = [{}, dict(tile_n=256), dict(tile_n=192), dict(tile_n=64), dict(tile_n=160, warpgroups=1, stages=5)]
 
 
