@@ -10,7 +10,8 @@ hold, and the best tile ran at ~210 TFLOP/s on an H100 against cuBLAS's ~550 (do
 One wgmma is issued by a warpgroup (4 warps, 128 threads) for a 64 x BN x 16 product, reads both operands from
 shared memory through 64-bit matrix descriptors, and runs asynchronously: the warps issue it, then wait for it
 (wgmma.commit_group / wait_group) while the next tiles' copies are in flight. This is cuBLAS's instruction on
-sm_90; its loads here are cp.async by every thread (no TMA, no warp specialisation: the simplest form that works; what cuBLAS adds is in the results file below).
+sm_90; its loads here are cp.async by every thread (no TMA, no warp specialisation: the simplest form that works;
+what cuBLAS adds is in the results file below).
 
     block (bx, by) -> y's tile of BM = 64 WG rows (by) x BN columns (bx); WG warpgroups, warpgroup g owning rows
                       64g..64g+63 x all BN columns: BN / 2 float32 accumulators a thread

@@ -621,8 +621,7 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 # gpt2-xl's at 1024 tokens 14.8 -> 8.6 ms (48 layers; cuBLAS 6.7), prefill@1024 56.3k -> 86.6k tok/s, back to back
 # on an H100 (docs/results/bench_matmul_wgmma_h100.md)
 GPU_FUSED = ["matmul-wgmma", "fused-decode", "pdl-decode", "attention-cluster", "flash-prefill-mma", "flash-prefill",
-             "hand-softmax",
-             "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
+             "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
              "small-block-gemv", "gemv",
              "reduction", "general-reduction", "fallback"]
 # What runs when no list is asked for (generate, step, bench, tinygpt2.load): the fastest list measured per
