@@ -1,0 +1,311 @@
+"""On the GPU machine: does a prefetcher on a second stream, off the decode step's chain, buy what the in-chain
+prefetches could not?
+
+    PYTHONPATH=. python3 scripts/bench_side_prefetch.py [--out=DIR]                       (torch + nvcc)
+    bash scripts/gpu_session.sh side-prefetch                            (the same, after the device install)
+
+Issue 6's aim 2 (gpt2-xl fp16 decode at 75% of the roofline) is missed at 70% on the H100 because of one kernel per
+weight matrix: each costs ~1.7 us more than its bytes (docs/results/README.md, "What 75% asks of gpt2-xl"), and
+between qkv and c_fc HBM idles ~6 us a layer while the attention and its c_proj wait on latencies. Prefetching the
+next weights into L2 from inside the chain was measured many ways, and pays little: a grid completes only once its
+prefetches have landed, so every byte a kernel prefetches delays the kernels behind it (the best kept: a quarter of
+c_fc from the attention, -0.86 us a layer). A GEMV whose W is already in L2 is ~1.7 us faster than cold
+(bench_weight_stream_h100.md: c_fc 9.12 -> 7.29 us).
+
+So this script puts the prefetcher *beside* the chain, where no kernel waits for it: a small kernel on a second
+stream, launched with each step, that follows the step's progress and keeps HBM busy ahead of it. Each kernel of the
+chain writes its index into a progress word as it starts; the prefetcher (G blocks, one thread each issuing
+`cp.async.bulk.prefetch.L2` of 32 KB chunks of the step's weights, laid out in the order they are read) lets
+itself run ahead to a frontier that depends on the kernel running now (the policies below), and exits once the last
+kernel has started and nothing more is allowed.
+
+The chain is a gpt2-xl layer's skeleton, 48 layers in one CUDA graph, every kernel launched with PDL (the model's
+"exit" mode: the next kernel's blocks start as this one's exit), each linear y = r + W x:
+
+    qkv     GEMV W [4800, 1600], 600 blocks of 256 (kernels/ln_linear.py's schedule: a warp a row, W in registers)
+    attend  a stand-in for the attention: 100 blocks that wait, read q, spin ATTEND_NS and write a [1600] output
+            (no HBM traffic: the real attention's K and V rows are a few percent of the layer's bytes)
+    c_proj  GEMV W [1600, 1600]
+    c_fc    GEMV W [6400, 1600]
+    proj2   GEMV W [1600, 6400] (the MLP's c_proj), 800 blocks of 256
+
+Rows, us a layer (CUDA events around a replay, medians), in one process: the chain alone; the chain with the
+model's in-chain prefetch (the stand-in prefetching c_proj's W and a quarter of c_fc's, as attention_cluster does);
+the side prefetcher present but never allowed to run ahead (its cost as a bystander); and the side prefetcher with
+each policy. The GEMVs are checked against torch first (one layer, alone).
+"""
+
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+C, F, LAYERS = 1600, 6400, 48                  # gpt2-xl
+ATTEND_NS = 3500                               # the stand-in attention's spin: ~the model's 3.84 us (H100 trace)
+CHUNK = 32768                                  # bytes a bulk prefetch
+MB = 1 << 20
+
+# (name, rows N, columns K, rows a block R); "attend" has no weights
+LAYER = (("qkv", 3 * C, C, 8), ("attend", 0, 0, 0), ("c_proj", C, C, 8), ("c_fc", F, C, 8), ("proj2", C, F, 2))
+
+KERNELS = r'''
+#include <cuda_fp16.h>
+#include <cstdint>
+#define KO 7                     // vector loads of W a thread: 200 or 800 vectors a row over 32 or 128 lanes
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {              // 8 halves . 8 halves, in float32
+  const half2* x = reinterpret_cast<const half2*>(&a); const half2* y = reinterpret_cast<const half2*>(&b); float s = 0.f;
+  #pragma unroll
+  for (int e = 0; e < 4; ++e) { float2 p = __half22float2(x[e]), q = __half22float2(y[e]); s += p.x * q.x + p.y * q.y; }
+  return s; }
+// PDL: block until the kernels before this one have finished and their writes are visible
+__device__ __forceinline__ void grid_dep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// kernel j of the step has started: the side prefetcher may move its frontier on (a relaxed store: it orders nothing)
+__device__ __forceinline__ void mark(int* progress, int j) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) asm volatile("st.relaxed.gpu.global.s32 [%0], %1;" :: "l"(progress), "r"(j) : "memory"); }
+// bytes of global memory into L2, issued by one thread (TMA); nothing waits for them but the grid's completion
+__device__ __forceinline__ void prefetch_l2(const char* p, unsigned bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory"); }
+
+// y = r + W x, W [N, K] fp16, R rows a block of 256 threads, TPR = 256 / R lanes a row, KO vectors of W a lane in
+// registers. 32 registers a thread, so that 8 blocks fit an SM and every grid here is resident at once (the test checks).
+// The loads of W are written after the wait; ptxas (nvcc 13) issues three before it (they are read-only) and the rest
+// in the dot product -- as it schedules the model's kernels (kernels/_pdl.py). One epilogue for every linear (+ r): a
+// gelu or a plain store made ptxas give the kernel 44-46 registers, and the epilogue's arithmetic is not what is timed.
+template <int R>
+__global__ void __launch_bounds__(256) sp_gemv(const half* __restrict__ w, const half* __restrict__ x, const half* __restrict__ r,
+                                               half* __restrict__ y, int K, int* progress, int j) {
+  mark(progress, j);
+  __shared__ float red[8];
+  const int TPR = 256 / R, row = blockIdx.x * R + threadIdx.x / TPR, lane = threadIdx.x % TPR, nv = K / 8;
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + (size_t)row * K);
+  uint4 wr[KO];
+  grid_dep_wait();
+  #pragma unroll
+  for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) wr[i] = wrow[v]; }
+  float acc = 0.f;
+  #pragma unroll
+  for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) acc += dot8(wr[i], reinterpret_cast<const uint4*>(x)[v]); }
+  for (int o = TPR < 32 ? TPR / 2 : 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+  if (TPR > 32) {                                       // across the row's warps
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    const int w0 = (threadIdx.x / TPR) * (TPR / 32); acc = 0.f;
+    for (int i = 0; i < TPR / 32; ++i) acc += red[w0 + i]; }
+  if (lane == 0) y[row] = __hadd(r[row], __float2half(acc)); }
+
+// the attention's stand-in: 100 blocks of 64 threads wait, read q, spin `cycles`, write att[1600]. With pf_bytes, each
+// block first prefetches its share of [pf, pf + pf_bytes) into L2 (the model's in-chain prefetch, after the wait).
+__global__ void __launch_bounds__(64) sp_attend(const half* qkv, half* att, long long cycles, const char* pf, long long pf_bytes,
+                                                int* progress, int j) {
+  mark(progress, j);
+  grid_dep_wait();
+  if (pf_bytes && threadIdx.x == 0) {
+    const long long share = (pf_bytes / gridDim.x + 15) / 16 * 16, a = blockIdx.x * share,
+                    b = a + share < pf_bytes ? a + share : pf_bytes;
+    for (long long o = a; o < b; o += 32768) prefetch_l2(pf + o, (unsigned)((b - o) < 32768 ? (b - o) : 32768));
+  }
+  const int i = blockIdx.x * 16 + threadIdx.x % 16;
+  float v = __half2float(qkv[i]);
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) v = v * 0.999f + 0.001f;
+  if (threadIdx.x < 16) att[i] = __float2half(v); }
+
+// the side prefetcher: one thread a block; block b issues chunks b, b + G, ... of the step's weights w [total bytes],
+// each once the frontier allows it: frontier = front[progress + 1] (front[0]: before the first kernel starts). It
+// exits when its chunks are done, or when the last kernel (nk - 1) has started and the frontier stops short of them.
+// A poll that spins for seconds traps (an error in Python) rather than hang the GPU.
+__global__ void side_prefetch(const char* w, long long total, const long long* front, int nk, const int* progress,
+                              long long chunk) {
+  if (threadIdx.x) return;
+  int seen = -2; long long frontier = -1, spins = 0;
+  for (long long c = blockIdx.x; c * chunk < total; c += gridDim.x) {
+    const long long a = c * chunk, b = a + chunk < total ? a + chunk : total;
+    while (b > frontier) {
+      int now; asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(progress) : "memory");
+      if (now != seen) { seen = now; frontier = front[now + 1]; continue; }
+      if (seen >= nk - 1) return;
+      __nanosleep(64);
+      if (++spins > (1LL << 27)) __trap();
+    }
+    prefetch_l2(w + a, (unsigned)(b - a));
+  } }
+'''
+
+LAUNCHERS = r'''
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+#define STREAM at::cuda::getCurrentCUDAStream()
+#define H(t) reinterpret_cast<half*>(t.data_ptr())
+// launched with cudaLaunchKernelEx and the programmatic dependent launch attribute (kept by stream capture)
+template <typename... P, typename... A> void launch_pdl(void (*k)(P...), int grid, int block, A... args) {
+  cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(grid); cfg.blockDim = dim3(block); cfg.stream = STREAM;
+  cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1; cfg.attrs = at; cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, k, args...); }
+// w: a view of the flat weight buffer [N * K] fp16; R rows a block (8, or 2 for long rows)
+void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
+          torch::Tensor progress, int64_t j) {
+  TORCH_CHECK(R == 8 || R == 2, "no such instance");
+  launch_pdl(R == 8 ? sp_gemv<8> : sp_gemv<2>, (int)(N / R), 256, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y),
+             (int)K, progress.data_ptr<int>(), (int)j); }
+void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
+            torch::Tensor progress, int64_t j) {
+  int khz = 0; cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, qkv.get_device());
+  launch_pdl(sp_attend, 100, 64, (const half*)H(qkv), H(att), (long long)ns * khz / 1000000,
+             reinterpret_cast<const char*>(pf.data_ptr()) + pf_offset, (long long)pf_bytes, progress.data_ptr<int>(), (int)j); }
+void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk) {
+  side_prefetch<<<(int)blocks, 32, 0, STREAM>>>(reinterpret_cast<const char*>(w.data_ptr()), (long long)w.numel() * 2,
+      front.data_ptr<int64_t>(), (int)front.numel() - 1, progress.data_ptr<int>(), (long long)chunk); }
+'''
+
+CPP = """void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
+          torch::Tensor progress, int64_t j);
+void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
+            torch::Tensor progress, int64_t j);
+void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk);"""
+FUNCTIONS = ["gemv", "attend", "side"]
+
+
+def step_kernels(layers: int = LAYERS):
+    """The step's kernels in order: (name, byte offset of its W in the flat buffer, bytes of W) -- the stand-in
+    attention with no bytes, at the offset its successor's W starts."""
+    out, offset = [], 0
+    for _ in range(layers):
+        for name, n, k, _r in LAYER:
+            out.append((name, offset, 2 * n * k))
+            offset += 2 * n * k
+    return out
+
+
+def frontiers(kernels, policy) -> list[int]:
+    """front[0] (before the first kernel starts), then front[j + 1] for kernel j: how far into the weights (bytes)
+    the side prefetcher may go while kernel j is the newest to have started. Policies:
+        None        never ahead of nothing: the prefetcher only polls (its cost as a bystander)
+        ("next", m) the end of the m-th weight matrix after kernel j's own (the stand-in's own: none, so its
+                    next is c_proj's)
+        ("bytes", b) b bytes past the end of kernel j's own W
+    Never decreasing; the last kernel's is the end of the weights (so that nothing is left to issue)."""
+    ends = [off + size for _name, off, size in kernels]
+    weighted = [j for j, (_n, _o, size) in enumerate(kernels) if size]
+    total = ends[-1]
+    if policy is None:
+        front = [0] * (len(kernels) + 1)
+    else:
+        kind, amount = policy
+        front = []
+        for j in range(-1, len(kernels)):
+            own_end = 0 if j < 0 else ends[j]
+            if kind == "bytes":
+                front.append(min(total, own_end + amount))
+            else:                                   # the m-th weighted kernel whose W starts at or after own_end
+                later = [i for i in weighted if kernels[i][1] >= own_end]
+                front.append(ends[later[amount - 1]] if len(later) >= amount else total)
+    for j in range(1, len(front)):
+        front[j] = max(front[j], front[j - 1])
+    if policy is not None:
+        front[-1] = total
+    return front
+
+
+def main():
+    import torch
+    from bench_weight_stream import build_extension, option, report
+
+    from tinygpt2.bench import copy_bandwidth
+
+    out_dir = option("out")
+    ext = build_extension("bench_side_prefetch", "tinygpt2_side_prefetch", CPP, KERNELS + LAUNCHERS, FUNCTIONS)
+    kernels = step_kernels()
+    total = kernels[-1][1] + kernels[-1][2]
+    torch.manual_seed(0)
+    w = torch.empty(total // 2, device="cuda", dtype=torch.half)
+    for i in range(0, w.numel(), 1 << 28):                              # random, small: no inf in the chain
+        w[i:i + (1 << 28)].normal_(0, 0.02)
+    xa, xb, att = (torch.randn(C, device="cuda", dtype=torch.half) for _ in range(3))
+    qkv, h = torch.zeros(3 * C, device="cuda", dtype=torch.half), torch.zeros(F, device="cuda", dtype=torch.half)
+    progress = torch.full((1,), -1, device="cuda", dtype=torch.int32)
+    shape = {name: (n, k, r) for name, n, k, r in LAYER}
+    view = lambda off, n, k: w[off // 2: off // 2 + n * k]
+
+    # the GEMVs against torch, one layer's worth, alone (each launch its own stream order: PDL's wait is a no-op)
+    for name, off, _size in kernels[:len(LAYER)]:
+        if name == "attend":
+            continue
+        n, k, r = shape[name]
+        x, res, y = torch.randn(k, device="cuda").half(), torch.randn(n, device="cuda").half(), torch.empty(n, device="cuda").half()
+        ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0)
+        ref = res.float() + view(off, n, k).view(n, k).float() @ x.float()
+        torch.cuda.synchronize()
+        assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name
+
+    def chain(in_chain_prefetch: bool):
+        for j, (name, off, _size) in enumerate(kernels):
+            if name == "attend":                    # the model's: c_proj's W and a quarter of c_fc's, after the wait
+                pf = 2 * C * C + 2 * F * C // 4 if in_chain_prefetch else 0
+                ext.attend(qkv, att, ATTEND_NS, w, off, pf, progress, j)
+                continue
+            n, k, r = shape[name]
+            # (x, r, y): qkv and c_fc add their own old output, so that every linear has the one epilogue
+            x, res, y = {"qkv": (xa, qkv, qkv), "c_proj": (att, xa, xb), "c_fc": (xb, h, h), "proj2": (h, xb, xa)}[name]
+            ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j)
+
+    graphs = {}
+    for pre in (False, True):
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            chain(pre)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            chain(pre)
+        graphs[pre] = g
+    prefetch_stream = torch.cuda.Stream()
+
+    def replay_us(pre: bool, front, blocks: int, replays: int = 15) -> float:
+        """Median us of one replay of the chain's graph, with the side prefetcher beside it (front) or not (None)."""
+        times = []
+        front_t = None if front is None else torch.tensor(front, device="cuda", dtype=torch.int64)
+        for rep in range(3 + replays):
+            progress.fill_(-1)
+            ready = torch.cuda.Event()
+            ready.record()
+            if front_t is not None:
+                prefetch_stream.wait_event(ready)
+                with torch.cuda.stream(prefetch_stream):
+                    ext.side(w, front_t, progress, blocks, CHUNK)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            graphs[pre].replay()
+            b.record()
+            torch.cuda.synchronize()
+            if rep >= 3:
+                times.append(a.elapsed_time(b) * 1e3)
+        return statistics.median(times)
+
+    bw = copy_bandwidth()
+    layer_bytes = total / LAYERS
+    rows = [("the chain alone", False, None, 0),
+            ("the model's in-chain prefetch (the stand-in: c_proj's W + a quarter of c_fc's)", True, None, 0),
+            ("+ side prefetcher, never ahead (a bystander)", False, frontiers(kernels, None), 32)]
+    for blocks in (16, 64):
+        for policy in (("next", 1), ("next", 2), ("bytes", 8 * MB), ("bytes", 16 * MB), ("bytes", 24 * MB)):
+            label = f"next {policy[1]} matrices" if policy[0] == "next" else f"{policy[1] // MB} MB past its own W"
+            rows.append((f"+ side prefetcher, {blocks} blocks: {label}", False, frontiers(kernels, policy), blocks))
+    rows.append(("+ side prefetcher, 64 blocks, next 2 matrices, with the in-chain prefetch", True,
+                 frontiers(kernels, ("next", 2)), 64))
+
+    lines = [f"{torch.cuda.get_device_name()}; a gpt2-xl layer's skeleton x {LAYERS} in one CUDA graph (PDL), the "
+             f"attention a {ATTEND_NS / 1000:.1f} us spin; {layer_bytes / 1e6:.1f} MB of weights a layer = "
+             f"{layer_bytes / bw * 1e6:.2f} us at this run's copy bandwidth ({bw / 1e12:.2f} TB/s); medians of 15 "
+             "replays, each row run twice (a, b)\n",
+             "| us a layer | a | b |", "|---|---|---|"]
+    for label, pre, front, blocks in rows:
+        us = [replay_us(pre, front, blocks) / LAYERS for _ in range(2)]
+        lines.append(f"| {label} | {us[0]:.2f} | {us[1]:.2f} |")
+    report(lines, out_dir, "bench_side_prefetch.md")
+
+
+if __name__ == "__main__":
+    main()
