@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(64) sp_attend(const half* qkv, half* att, long
 // exits when its chunks are done, or when the last kernel (nk - 1) has started and the frontier stops short of them.
 // A poll that spins for seconds traps (an error in Python) rather than hang the GPU.
 __global__ void side_prefetch(const char* w, long long total, const long long* front, int nk, const int* progress,
-                              long long chunk) {
+                              long long chunk, int sleep_ns) {
   if (threadIdx.x) return;
   int seen = -2; long long frontier = -1, spins = 0;
   for (long long c = blockIdx.x; c * chunk < total; c += gridDim.x) {
@@ -126,7 +126,7 @@ __global__ void side_prefetch(const char* w, long long total, const long long* f
       int now; asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(now) : "l"(progress) : "memory");
       if (now != seen) { seen = now; frontier = front[now + 1]; continue; }
       if (seen >= nk - 1) return;
-      __nanosleep(64);
+      __nanosleep(sleep_ns);
       if (++spins > (1LL << 27)) __trap();
     }
     prefetch_l2(w + a, (unsigned)(b - a));
@@ -139,32 +139,32 @@ LAUNCHERS = r'''
 #define STREAM at::cuda::getCurrentCUDAStream()
 #define H(t) reinterpret_cast<half*>(t.data_ptr())
 // launched with cudaLaunchKernelEx and the programmatic dependent launch attribute (kept by stream capture)
-template <typename... P, typename... A> void launch_pdl(void (*k)(P...), int grid, int block, A... args) {
+template <typename... P, typename... A> void launch_pdl(void (*k)(P...), int grid, int block, bool pdl, A... args) {
   cudaLaunchConfig_t cfg = {}; cfg.gridDim = dim3(grid); cfg.blockDim = dim3(block); cfg.stream = STREAM;
   cudaLaunchAttribute at[1]; at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  at[0].val.programmaticStreamSerializationAllowed = 1; cfg.attrs = at; cfg.numAttrs = 1;
+  at[0].val.programmaticStreamSerializationAllowed = 1; cfg.attrs = at; cfg.numAttrs = pdl ? 1 : 0;
   cudaLaunchKernelEx(&cfg, k, args...); }
 // w: a view of the flat weight buffer [N * K] fp16; R rows a block (8, or 2 for long rows)
 void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
-          torch::Tensor progress, int64_t j) {
+          torch::Tensor progress, int64_t j, bool pdl) {
   TORCH_CHECK(R == 8 || R == 2, "no such instance");
-  launch_pdl(R == 8 ? sp_gemv<8> : sp_gemv<2>, (int)(N / R), 256, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y),
+  launch_pdl(R == 8 ? sp_gemv<8> : sp_gemv<2>, (int)(N / R), 256, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y),
              (int)K, progress.data_ptr<int>(), (int)j); }
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
-            torch::Tensor progress, int64_t j) {
+            torch::Tensor progress, int64_t j, bool pdl) {
   int khz = 0; cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, qkv.get_device());
-  launch_pdl(sp_attend, 100, 64, (const half*)H(qkv), H(att), (long long)ns * khz / 1000000,
+  launch_pdl(sp_attend, 100, 64, pdl, (const half*)H(qkv), H(att), (long long)ns * khz / 1000000,
              reinterpret_cast<const char*>(pf.data_ptr()) + pf_offset, (long long)pf_bytes, progress.data_ptr<int>(), (int)j); }
-void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk) {
+void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk, int64_t sleep_ns) {
   side_prefetch<<<(int)blocks, 32, 0, STREAM>>>(reinterpret_cast<const char*>(w.data_ptr()), (long long)w.numel() * 2,
-      front.data_ptr<int64_t>(), (int)front.numel() - 1, progress.data_ptr<int>(), (long long)chunk); }
+      reinterpret_cast<const long long*>(front.data_ptr<int64_t>()), (int)front.numel() - 1, progress.data_ptr<int>(), (long long)chunk, (int)sleep_ns); }
 '''
 
 CPP = """void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
-          torch::Tensor progress, int64_t j);
+          torch::Tensor progress, int64_t j, bool pdl);
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
-            torch::Tensor progress, int64_t j);
-void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk);"""
+            torch::Tensor progress, int64_t j, bool pdl);
+void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk, int64_t sleep_ns);"""
 FUNCTIONS = ["gemv", "attend", "side"]
 
 
@@ -235,35 +235,35 @@ def main():
             continue
         n, k, r = shape[name]
         x, res, y = torch.randn(k, device="cuda").half(), torch.randn(n, device="cuda").half(), torch.empty(n, device="cuda").half()
-        ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0)
+        ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0, True)
         ref = res.float() + view(off, n, k).view(n, k).float() @ x.float()
         torch.cuda.synchronize()
         assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name
 
-    def chain(in_chain_prefetch: bool):
+    def chain(in_chain_prefetch: bool, pdl: bool = True):
         for j, (name, off, _size) in enumerate(kernels):
             if name == "attend":                    # the model's: c_proj's W and a quarter of c_fc's, after the wait
                 pf = 2 * C * C + 2 * F * C // 4 if in_chain_prefetch else 0
-                ext.attend(qkv, att, ATTEND_NS, w, off, pf, progress, j)
+                ext.attend(qkv, att, ATTEND_NS, w, off, pf, progress, j, pdl)
                 continue
             n, k, r = shape[name]
             # (x, r, y): qkv and c_fc add their own old output, so that every linear has the one epilogue
             x, res, y = {"qkv": (xa, qkv, qkv), "c_proj": (att, xa, xb), "c_fc": (xb, h, h), "proj2": (h, xb, xa)}[name]
-            ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j)
+            ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j, pdl)
 
     graphs = {}
-    for pre in (False, True):
+    for pre, pdl in ((False, True), (True, True), ("no pdl", False)):   # keys: in-chain prefetch, or "no pdl"
         side = torch.cuda.Stream()
         with torch.cuda.stream(side):
-            chain(pre)
+            chain(pre is True, pdl)
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            chain(pre)
+            chain(pre is True, pdl)
         graphs[pre] = g
     prefetch_stream = torch.cuda.Stream()
 
-    def replay_us(pre: bool, front, blocks: int, replays: int = 15) -> float:
+    def replay_us(pre: bool, front, blocks: int, sleep_ns: int, replays: int = 15) -> float:
         """Median us of one replay of the chain's graph, with the side prefetcher beside it (front) or not (None)."""
         times = []
         front_t = None if front is None else torch.tensor(front, device="cuda", dtype=torch.int64)
@@ -274,7 +274,7 @@ def main():
             if front_t is not None:
                 prefetch_stream.wait_event(ready)
                 with torch.cuda.stream(prefetch_stream):
-                    ext.side(w, front_t, progress, blocks, CHUNK)
+                    ext.side(w, front_t, progress, blocks, CHUNK, sleep_ns)
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             graphs[pre].replay()
@@ -286,24 +286,30 @@ def main():
 
     bw = copy_bandwidth()
     layer_bytes = total / LAYERS
-    rows = [("the chain alone", False, None, 0),
-            ("the model's in-chain prefetch (the stand-in: c_proj's W + a quarter of c_fc's)", True, None, 0),
-            ("+ side prefetcher, never ahead (a bystander)", False, frontiers(kernels, None), 32)]
-    for blocks in (16, 64):
-        for policy in (("next", 1), ("next", 2), ("bytes", 8 * MB), ("bytes", 16 * MB), ("bytes", 24 * MB)):
-            label = f"next {policy[1]} matrices" if policy[0] == "next" else f"{policy[1] // MB} MB past its own W"
-            rows.append((f"+ side prefetcher, {blocks} blocks: {label}", False, frontiers(kernels, policy), blocks))
-    rows.append(("+ side prefetcher, 64 blocks, next 2 matrices, with the in-chain prefetch", True,
-                 frontiers(kernels, ("next", 2)), 64))
+    rows = [("the chain alone", False, None, 0, 0),
+            ("the model's in-chain prefetch (the stand-in: c_proj's W + a quarter of c_fc's)", True, None, 0, 0),
+            ("+ side prefetcher, never ahead (a bystander), 1 block", False, frontiers(kernels, None), 1, 256),
+            ("+ side prefetcher, 12 blocks, 10 MB past its own W", False, frontiers(kernels, ("bytes", 10 * MB)), 12, 256),
+            ("+ side prefetcher, 16 blocks, 8 MB past its own W", False, frontiers(kernels, ("bytes", 8 * MB)), 16, 256),
+            ("+ side prefetcher, 12 blocks, 10 MB, with the in-chain prefetch", True,
+             frontiers(kernels, ("bytes", 10 * MB)), 12, 256),
+            ("the chain without PDL, alone", "no pdl", None, 0, 0),
+            ("the chain without PDL + side prefetcher, 12 blocks, 10 MB", "no pdl", frontiers(kernels, ("bytes", 10 * MB)),
+             12, 256)]
 
+    rounds = 4                                      # the rows in turn, round after round: drift hits them alike
     lines = [f"{torch.cuda.get_device_name()}; a gpt2-xl layer's skeleton x {LAYERS} in one CUDA graph (PDL), the "
              f"attention a {ATTEND_NS / 1000:.1f} us spin; {layer_bytes / 1e6:.1f} MB of weights a layer = "
-             f"{layer_bytes / bw * 1e6:.2f} us at this run's copy bandwidth ({bw / 1e12:.2f} TB/s); medians of 15 "
-             "replays, each row run twice (a, b)\n",
-             "| us a layer | a | b |", "|---|---|---|"]
-    for label, pre, front, blocks in rows:
-        us = [replay_us(pre, front, blocks) / LAYERS for _ in range(2)]
-        lines.append(f"| {label} | {us[0]:.2f} | {us[1]:.2f} |")
+             f"{layer_bytes / bw * 1e6:.2f} us at this run's copy bandwidth ({bw / 1e12:.2f} TB/s); each cell the "
+             f"median of 15 replays; the rows measured in turn, {rounds} rounds\n",
+             "| us a layer | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
+             "|---|" + "---|" * rounds]
+    us = {label: [] for label, *_ in rows}
+    for _ in range(rounds):
+        for label, pre, front, blocks, sleep_ns in rows:
+            us[label].append(replay_us(pre, front, blocks, sleep_ns) / LAYERS)
+    for label in us:
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in us[label]) + " |")
     report(lines, out_dir, "bench_side_prefetch.md")
 
 
