@@ -15,7 +15,9 @@ flash_attention_mma.make_flash_attention_mma is prefill's attention on mma.sync 
 (`flash-prefill-mma`, preset `fused`, CUDA sm_90+ fp16): gpt2-xl's 1024-token attention 2.7x faster than the WMMA one.
 linear_wgmma.make_linear_wgmma is prefill's linears on Hopper's wgmma (`matmul-wgmma`, first in preset `fused`, CUDA
 sm_90a fp16): gpt2-xl's four linears 1.7x faster than the WMMA schedule; linear_mma.make_linear_mma the same on
-mma.sync (`matmul-mma`, opt-in: slower than WMMA).
+mma.sync (`matmul-mma`, opt-in: slower than WMMA). side_prefetch.make_side_prefetch is no operator: a kernel the
+executor launches on a second stream beside each CUDA decode step, prefetching its weights into L2 as far ahead of
+the step as the marks of its linears allow (`side-prefetch`, opt-in).
 Installed as `tinygpt2.kernels`.
 """
 
@@ -32,7 +34,7 @@ from .flash_attention_mma import make_flash_attention_mma
 from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm
-from .ln_linear import (WEBGPU_MAX_LANES, linear_residual_decode_ref, ln_linear_ref, make_linear_residual_decode,
+from .ln_linear import (ITEMSIZE, WEBGPU_MAX_LANES, linear_residual_decode_ref, ln_linear_ref, make_linear_residual_decode,
                         make_ln_linear_decode)
 from .linear_mma import make_linear_mma
 from .linear_wgmma import make_linear_wgmma
@@ -41,3 +43,4 @@ from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_line
 from .lm_head import lm_head_ref, make_lm_head
 from .residual import add_ref, make_add
 from .sample import make_sample_advance_gpu, sample_advance_ref, sample_probs_ref
+from .side_prefetch import make_side_prefetch, with_progress_mark

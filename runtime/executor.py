@@ -74,8 +74,12 @@ class VMExecutor(Executor):
         self._decode_pos = to_tensor(np.zeros(1, np.int32), device)
         self._history = to_tensor(np.zeros(config.n_positions + 1, np.int32), device)   # history[p]: token for p
         self._sampling = to_tensor(np.array([1, config.vocab_size, 1, 0], np.float32), device)  # decode_sample's knobs
-        self._picked_args = {"decode_greedy": (self._decode_ids, self._decode_pos, self._history),
-                             "decode_sample": (self._decode_ids, self._decode_pos, self._history, self._sampling)}
+        self._side = _SidePrefetch.of(self.vm, config, params, self.params, param_order, device)
+        extra = self._side.args if self._side else ()          # decode's progress word (side-prefetch)
+        self._decode_args = (self._decode_ids, self._decode_pos, *extra)
+        self._picked_args = {"decode_greedy": (self._decode_ids, self._decode_pos, self._history, *extra),
+                             "decode_sample": (self._decode_ids, self._decode_pos, self._history, self._sampling,
+                                               *extra)}
         self._next_on_device = None     # (token, position) that ids/pos already hold after steps on the device
 
     @property
@@ -111,7 +115,11 @@ class VMExecutor(Executor):
             self._decode_ids.copyfrom(self._check_ids([token]))
             self._decode_pos.copyfrom(np.array([start], np.int32))
         step, args = self._fns[fn], (*self._picked_args[fn], *self.cache.tensors, *self.params)
+        if self._side:
+            self._side.sync()
         for _ in range(count):
+            if self._side:
+                self._side.launch()                         # the step's prefetcher, on its own stream
             step(*args)                                     # asynchronous: a CUDA graph launch on cuda
         new = [int(t) for t in self._history.numpy()[start + 1:start + 1 + count]]   # waits for the last step
         self.cache.commit(m)
@@ -123,7 +131,55 @@ class VMExecutor(Executor):
         if fn == "decode":
             self._decode_ids.copyfrom(ids)
             self._decode_pos.copyfrom(np.array([m - 1], np.int32))     # the new token's position
-            out = self._fns[fn](self._decode_ids, self._decode_pos, *self.cache.tensors, *self.params)
+            if self._side:
+                self._side.sync()
+                self._side.launch()
+            out = self._fns[fn](*self._decode_args, *self.cache.tensors, *self.params)
         else:
             out = self._fns[fn](to_tensor(ids, self.device), shape_tuple([m]), *self.cache.tensors, *self.params)
         return out.numpy()[0]
+
+
+def side_prefetch_weights(config) -> list[str]:
+    """The weights side-prefetch's progress marks count, in the order a decode step reads them (model.py's
+    marked linears: ln_1 + c_attn, the attention's c_proj, ln_2 + c_fc, the MLP's c_proj, layer by layer)."""
+    return [f"h.{i}.{w}.weight" for i in range(config.n_layer)
+            for w in ("ln_1.c_attn", "attn.c_proj", "ln_2.c_fc", "mlp.c_proj")]
+
+
+class _SidePrefetch:
+    """side-prefetch's host side (kernels/side_prefetch.py): the progress word the step's linears mark, the
+    table of decode's weight matrices in the order it reads them, and a second stream on which `launch` starts
+    the prefetcher of the next step. `base` is progress's value as that step begins: read from the device by
+    `sync` while it is idle (before a batch of steps), then advanced by the step's KiB at each launch."""
+
+    def __init__(self, fn, table, device, step_kib: int):
+        self.fn, self.table, self.device, self.step_kib = fn, table, device, step_kib
+        self.progress = to_tensor(np.zeros(1, np.uint32), device)
+        self.args = (self.progress,)
+        self.stream = device.create_raw_stream()        # non-blocking: it runs beside the default stream
+        self.base = 0
+
+    @classmethod
+    def of(cls, vm, config, params: dict[str, np.ndarray], tensors: list, param_order: list[str], device):
+        """The build's prefetcher, or None where it has none (every build but CUDA's with side-prefetch)."""
+        try:
+            fn = vm.module.get_function("side_prefetch_n1", query_imports=True)
+        except AttributeError:
+            return None
+        on_device = dict(zip(param_order, tensors))
+        rows = np.array([[on_device[n].data_ptr(), params[n].nbytes] for n in side_prefetch_weights(config)], np.int64)
+        return cls(fn, to_tensor(rows, device), device, int(rows[:, 1].sum()) // 1024)
+
+    def sync(self):
+        """base <- progress as it is now (the device done with every step launched so far)."""
+        self.base = int(self.progress.numpy()[0])
+
+    def launch(self):
+        """The next step's prefetcher, on the side stream; then the default stream again for the step."""
+        self.device.set_raw_stream(self.stream)
+        try:
+            self.fn(self.table, self.progress, self.base)
+        finally:
+            self.device.set_raw_stream(0)           # TVM's default stream (CUDA's legacy one)
+        self.base = (self.base + self.step_kib) & 0xFFFFFFFF

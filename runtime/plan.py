@@ -61,7 +61,7 @@ class Expr:
 
 @dataclass
 class Tensor:
-    kind: str                      # "ids" | "pos" | "history" | "sampling" | "cache" | "param" | "tmp"
+    kind: str                      # "ids" | "pos" | "history" | "sampling" | "progress" | "cache" | "param" | "tmp"
     index: int                     # which cache tensor / param / temporary
     shape: list[Expr]
     dtype: str
@@ -109,6 +109,9 @@ def build_plan(mod, function: str) -> Plan:
         rest = rest[1:]
     if rest and rest[0].name == "sampling":                    # decode_sample's temperature, top_k, top_p, seed
         env[rest[0]] = _tensor("sampling", 0, rest[0].ty)
+        rest = rest[1:]
+    if rest and rest[0].name == "progress":                    # side-prefetch's progress word (CUDA decode)
+        env[rest[0]] = _tensor("progress", 0, rest[0].ty)
         rest = rest[1:]
     n_cache = sum(1 for p in rest if p.name[:2] in ("k_", "v_"))
     for i, p in enumerate(rest[:n_cache]):

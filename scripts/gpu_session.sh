@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -180,6 +180,14 @@ case "$1" in
   # c_attn and the decode attention as one kernel, a thread-block cluster per head, raw CUDA (scripts/bench_head_cluster.py;
   # torch and nvcc only: runs without the TVM install)
   head-cluster) timeout 300 python3 scripts/bench_head_cluster.py --out="$OUT" || true ;;
+  # side-prefetch in front of `fused`: gpt2's logits (gpu_check), then gpt2-xl's decode with and without it, in turn
+  side)       SIDE=side-prefetch,$(cd /tmp && python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
+              timeout 200 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $SIDE \
+                | tee "$OUT/gpu_check_side.md" || true
+              i=0; for r in fused $SIDE fused $SIDE; do i=$((i + 1))
+                (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
+                  --dtypes float16 --rules $r --peers none --prompt-lens 128 --repeats 3 --out "$OUT/bench-side-$i") \
+                  || true; done ;;
   # a prefetcher on a second stream beside a gpt2-xl layer's skeleton, raw CUDA (scripts/bench_side_prefetch.py)
   side-prefetch) timeout 200 python3 scripts/bench_side_prefetch.py --out="$OUT" || true ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first

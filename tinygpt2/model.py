@@ -52,12 +52,17 @@ class _Builder:
         self.bb, self.suffix, self.seq_len = bb, suffix, seq_len
         self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
 
-    def kernel(self, name: str, factory, *args, **options) -> tvm.ir.GlobalVar:
-        key = (factory, args, tuple(sorted(options.items())))
+    def kernel(self, name: str, factory, *args, mark_kib: int = 0, **options) -> tvm.ir.GlobalVar:
+        """The kernel factory(*args, **options) makes, added once; with mark_kib, taking a last argument
+        `progress` that it adds mark_kib to as it starts (kernels/side_prefetch.py's with_progress_mark)."""
+        key = (factory, args, mark_kib, tuple(sorted(options.items())))
         if key not in self.kernels:
             # decode's *_decode factories are n = 1 by construction and take no seq_len
             kw = {"seq_len": self.seq_len} if "seq_len" in inspect.signature(factory).parameters else {}
-            func = factory(*args, **kw, **options).with_attr("global_symbol", name + self.suffix)
+            func = factory(*args, **kw, **options)
+            if mark_kib:
+                func = K.side_prefetch.with_progress_mark(func, mark_kib)
+            func = func.with_attr("global_symbol", name + self.suffix)
             self.kernels[key] = self.bb.add_func(func, name + self.suffix)
         return self.kernels[key]
 
@@ -100,6 +105,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # contexts up to 1024)
     attn_cluster = (clusters and not cluster and "attention-cluster" in hand
                     and P <= K.decode_cluster.ATTENTION_MAX_CTX)
+    # decode's weights prefetched into L2 by a kernel on a second stream that follows the step (side-prefetch,
+    # kernels/side_prefetch.py): each linear marks `progress` with its W's KiB as it starts
+    side = attn_cluster and pdl is not None and "side-prefetch" in hand
+    progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
+    kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -140,9 +150,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # qkv streams, H100 gpt2-xl: qkv 7.17 -> 8.10 us, the attention 5.57 -> 3.46 after it, the step
             # 1632.8 -> 1572.4 us; docs/results/trace_decode_h100_attention_cluster.md)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
-                              "early" if attn_cluster and pdl else pdl)
+                              "early" if attn_cluster and pdl else pdl, mark_kib=kib(C, 3 * C))
         if fused:
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl)
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl,
+                                  mark_kib=kib(C, F))
+        if side:        # the prefetcher, launched by the executor beside each step (runtime/executor.py)
+            b.kernel("side_prefetch", K.make_side_prefetch, 4 * cfg.n_layer)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
@@ -188,15 +201,17 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
     if pdl:
-        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True)
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True,
+                             mark_kib=kib(C, C))
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
     if fused:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl)
+        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl,
+                            mark_kib=kib(F, C))
     else:
         mlp_proj = linear("linear_mlp_proj", K.make_linear_residual, F, C, "residual")
     picked = [history] if pick == "greedy" else [history, sampling] if pick == "sample" else []
-    with bb.function(name, [ids, where, *picked, *cache, *w.values()]):
+    with bb.function(name, [ids, where, *picked, *progress, *cache, *w.values()]):
         with bb.dataflow():
             x = b.call("x", embedding, [ids, *pos, w["wte.weight"], w["wpe.weight"], *([] if decode else [m])],
                        [n, C], dtype)                                                          # [n, C]
@@ -208,7 +223,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                            [x, *(w[p + c_attn + t] for t in FOLDED), cache[2 * i], cache[2 * i + 1],
                                             where], [-1, 4, 5], fresh=[([n, C], dtype)])
                 elif fused:                                                # c_attn(ln_1(x)) in one launch
-                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED)], [n, 3 * C], dtype)
+                    qkv = b.call(f"h{i}_qkv", ln_qkv, [x, *(w[p + c_attn + t] for t in FOLDED), *progress],
+                                 [n, 3 * C], dtype)
                     # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place)
                     # (and decode_attention's: the chunks' partial results)
                     if attn_cluster:       # (c_fc's weights only prefetched into L2: make_attention_cluster)
@@ -234,10 +250,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                         s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
                         a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
                 x = b.call(f"h{i}_resid_attn", attn_proj,                                      # x + c_proj(a)
-                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [n, C], dtype)
+                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x, *progress], [n, C], dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
-                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED)], [n, F], dtype)
+                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED), *progress],
+                               [n, F], dtype)
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
                     # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/_cpu_math.py)
@@ -245,7 +262,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                                        rational_tanh=gpu is None),
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
-                           [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x], [n, C], dtype)
+                           [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x, *progress], [n, C], dtype)
             x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
                        [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
             logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),

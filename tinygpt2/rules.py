@@ -148,6 +148,18 @@ class AttentionCluster(Request):
     """
 
 
+class SidePrefetch(Request):
+    """Not a schedule: a request that decode's weights be prefetched into L2 by a kernel on a second stream,
+    beside the step (kernels/side_prefetch.py): each of decode's linears adds its W's KiB to a progress word as it
+    starts, and the prefetcher, launched by the executor with each step, runs 10 MB ahead of the newest mark,
+    through the attention's window and every kernel boundary -- where HBM otherwise idles. Nothing in the step
+    waits for it. Needs fused-decode, pdl-decode and attention-cluster (CUDA sm_90 and later, float16); dropped
+    elsewhere. In no preset: on a raw-CUDA skeleton of gpt2-xl's layer (H100) it took a layer from 35.4 us (with
+    the model's in-chain prefetch) to 31.9 (docs/results/bench_side_prefetch_h100.md); in the model, not yet
+    measured. It matches no kernel.
+    """
+
+
 class PDLDecodeLoaded(PDLDecode):
     mode = "loaded"
 
@@ -535,8 +547,8 @@ class RowReduction(dl.cpu.Reduction):
 def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
-    names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "hand-softmax",
-                                    "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
+    names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "side-prefetch",
+                                    "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -566,6 +578,7 @@ GPU_RULES = {
     "pdl-decode-early": PDLDecodeEarly,
     "decode-cluster": DecodeCluster,             # ours: ln_1 + c_attn + attention, a cluster per head (above)
     "attention-cluster": AttentionCluster,       # ours: the attention alone, a cluster per head (above)
+    "side-prefetch": SidePrefetch,               # ours: decode's weights into L2 from a second stream (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
     "flash-prefill-mma": FlashPrefillMma,        # ours: ... on mma.sync, FA2's layout (above)
@@ -578,8 +591,8 @@ PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls
 # flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do nothing alone
 # (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run
 # them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "flash-prefill-mma", "matmul-mma",
-                 "matmul-wgmma"}
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "flash-prefill-mma",
+                 "matmul-mma", "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)

@@ -1,0 +1,116 @@
+"""side-prefetch (kernels/side_prefetch.py): decode's linears mark a progress word as they start, and a kernel
+on a second stream prefetches the step's weights into L2 as far ahead of the newest mark as it may. Running it
+needs the GPU machine (scripts/gpu_session.sh side); here: the prefetcher's rule, the marks in the CUDA C nvcc
+gets, the kernels' registers, and the model built with the entry."""
+
+import re
+import shutil
+
+import pytest
+
+import numpy as np
+
+from tinygpt2.config import PRESETS
+from tinygpt2.kernels.side_prefetch import AHEAD_KIB, BLOCKS, CHUNK, chunks_allowed
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
+MIB = 1 << 20
+
+
+def test_the_prefetcher_runs_ahead_of_the_newest_mark_and_no_further():
+    sizes = [3 * MIB, 1 * MIB, 4 * MIB, 4 * MIB] * 3                  # a small step: 12 matrices, 36 MiB
+    nothing_marked = chunks_allowed(sizes, progress_kib=-10 * 1024, ahead_kib=8 * 1024)
+    assert nothing_marked == []                                       # the step before still running, far behind
+    first = chunks_allowed(sizes, progress_kib=0, ahead_kib=8 * 1024)
+    assert [c[:2] for c in first] == [(m, o) for m, n in ((0, 3), (1, 1), (2, 4)) for o in range(0, n * MIB, CHUNK)]
+    after_qkv = chunks_allowed(sizes, progress_kib=3 * 1024, ahead_kib=8 * 1024)    # the first matrix's kernel marked
+    assert after_qkv[-1][:2] == (3, 3 * MIB - CHUNK)                  # 3 MiB of it, then 8 MiB past it: into matrix 3
+    everything = chunks_allowed(sizes, progress_kib=36 * 1024, ahead_kib=0)
+    assert len(everything) == 36 * MIB // CHUNK
+    assert [b for _m, _o, b in everything] == [g % BLOCKS for g in range(len(everything))]   # round robin
+
+
+def test_chunk_ends_round_up_to_a_whole_kib():
+    # a matrix of 1.5 KiB: its one chunk ends 2 KiB in, so it waits for a mark of 2 KiB (with nothing ahead)
+    assert chunks_allowed([1536], progress_kib=1, ahead_kib=0) == []
+    assert chunks_allowed([1536], progress_kib=2, ahead_kib=0) == [(0, 0, 0)]
+
+
+def test_the_executor_table_is_the_marked_weights_in_read_order():
+    from tinygpt2.runtime.executor import side_prefetch_weights
+    from tinygpt2.weights import param_shapes
+
+    cfg = PRESETS["gpt2-xl"]
+    names = side_prefetch_weights(cfg)
+    shapes = param_shapes(cfg, True)                                  # fused-decode's folded parameters
+    assert len(names) == 4 * cfg.n_layer and set(names) <= set(shapes)
+    assert names[:4] == ["h.0.ln_1.c_attn.weight", "h.0.attn.c_proj.weight", "h.0.ln_2.c_fc.weight",
+                         "h.0.mlp.c_proj.weight"]
+    kib = sum(int(np.prod(shapes[n])) * 2 for n in names) // 1024
+    assert kib == 48 * (15000 + 5000 + 20000 + 20000)                 # what the step's marks add up to (fp16)
+    assert AHEAD_KIB == 10 * 1024
+
+
+@needs_nvcc
+def test_a_mark_is_one_relaxed_add_by_block_0_before_the_wait_and_costs_no_register():
+    from test_cuda_compile import cuda_source, ptxas_usage
+
+    from tinygpt2.kernels.ln_linear import make_linear_residual_decode, make_ln_linear_decode
+    from tinygpt2.kernels.side_prefetch import with_progress_mark
+
+    for plain, kib in ((make_ln_linear_decode(1600, 6400, "float16", 1e-5, True, 8, "exit"), 20000),
+                       (make_linear_residual_decode(6400, 1600, "float16", 8, "exit"), 20000)):
+        marked = with_progress_mark(plain, kib)
+        names = [p.name for p in marked.params]
+        assert names[-2:] == ["progress", "y"] and names[:-2] == [p.name for p in plain.params][:-1]
+        src = cuda_source({"k": marked})
+        body = src[src.rindex("k_kernel("):]
+        assert body.count("tvm_builtin_ptx_red_relaxed_gpu_global_add_u32") == 1
+        mark = re.search(r"if \(\(\(\(\(int\)blockIdx.x\) == 0\) && \(\(\(int\)threadIdx.y\) == 0\)\) && "
+                         r"\(\(\(int\)threadIdx.x\) == 0\)\) \{\s*tvm_builtin_ptx_red_relaxed_gpu_global_add_u32"
+                         rf"\(\(&\(progress_ptr\[0\]\)\), \(uint\){kib}\);", body)
+        assert mark and mark.start() < body.index("griddepcontrol_wait"), body[:1500]
+        assert ptxas_usage(marked)[:2] == ptxas_usage(plain)[:2] == (0, 32)     # no spill, 32 registers either way
+
+
+@needs_nvcc
+def test_the_prefetcher_builds_polls_relaxed_and_prefetches_by_tma():
+    from test_cuda_compile import nvcc, ptxas_usage
+
+    from tinygpt2.kernels.side_prefetch import make_side_prefetch
+
+    ptx = nvcc({"pf": make_side_prefetch(192)}, "ptx").decode()
+    assert "cp.async.bulk.prefetch.L2.global" in ptx and "ld.relaxed.gpu.global.u32" in ptx
+    spill, regs, _ = ptxas_usage(make_side_prefetch(192))
+    assert spill == 0 and regs <= 32
+
+
+@needs_nvcc
+def test_the_model_with_side_prefetch_marks_its_four_linears_and_carries_the_prefetcher():
+    """`side-prefetch` in front of `fused` (CUDA sm_90a, fp16): decode's functions take `progress` after their
+    picked-token arguments, each layer's four linears are passed it and add their W's KiB, and the prefetcher is
+    a kernel of the module (nothing calls it: the executor launches it). Dropped in float32 and before sm_90."""
+    from test_cuda_compile import CFG64, C
+
+    from tinygpt2.rules import GPU_FUSED
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["side-prefetch", *GPU_FUSED], arch="sm_90a")
+    assert all(sched.rule_of.values()) and "side_prefetch_n1" in sched.rule_of
+    assert [p.name for p in sched.mod["decode_greedy"].params][:4] == ["ids", "pos", "history", "progress"]
+    assert [p.name for p in sched.mod["decode"].params][:3] == ["ids", "pos", "progress"]
+    built = C.codegen(sched, tgt)
+    src = C.device_module(built.mod, "cuda").inspect_source()
+    C_, F = CFG64.n_embd, CFG64.n_inner
+    marks = {}
+    for kernel in src.split('extern "C" __global__')[1:]:             # each kernel's declaration, then definition
+        name = re.search(r"(\w+)_kernel\(", kernel).group(1)
+        found = re.findall(r"global_add_u32\(\(&\(progress_ptr\[0\]\)\), \(uint\)(\d+)\)", kernel)
+        if found:
+            marks[name] = found[0]
+    assert marks == {"ln_linear_qkv_n1": str(3 * C_ * C_ * 2 // 1024), "linear_attn_proj_n1": str(C_ * C_ * 2 // 1024),
+                     "ln_linear_fc_gelu_n1": str(C_ * F * 2 // 1024), "linear_mlp_proj_n1": str(F * C_ * 2 // 1024)}
+    assert built.mod.get_function("side_prefetch_n1", query_imports=True) is not None
+    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):
+        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["side-prefetch", *GPU_FUSED], arch=arch)
+        assert "side_prefetch_n1" not in plain.rule_of
+        assert "progress" not in [p.name for p in plain.mod["decode"].params]
