@@ -151,11 +151,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # 1632.8 -> 1572.4 us; docs/results/trace_decode_h100_attention_cluster.md)
             ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
                               "early" if attn_cluster and pdl else pdl, mark_kib=kib(C, 3 * C))
+        if side:        # the prefetcher, launched by the executor beside each step (runtime/executor.py)
+            b.kernel("side_prefetch", K.make_side_prefetch, 4 * cfg.n_layer)
         if fused:
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl,
                                   mark_kib=kib(C, F))
-        if side:        # the prefetcher, launched by the executor beside each step (runtime/executor.py)
-            b.kernel("side_prefetch", K.make_side_prefetch, 4 * cfg.n_layer)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
