@@ -24,7 +24,10 @@ Measured first in raw CUDA on a gpt2-xl layer's skeleton, 48 layers in a CUDA gr
 H100, docs/results/bench_side_prefetch_h100.md, rows in turn, 4 rounds): 37.0 us a layer alone, 35.4 with the
 model's in-chain prefetch (the attention prefetching c_proj's W and a quarter of c_fc's), **31.9 with this
 prefetcher** at 12 blocks and 10 MB ahead (8 blocks or 24 ahead: slower; 1-4 blocks: slower than none -- too
-few TMA units issuing, the lines arrive late and compete). A prefetcher that only polls costs nothing.
+few TMA units issuing, the lines arrive late and compete). A prefetcher that only polled cost nothing there.
+In the model (the rule entry `side-prefetch`, in no preset), on an H100, it is correct and slower: gpt2-xl decodes
+at 600 tok/s against `fused`'s 651, and at 625 with the prefetcher only polling -- a kernel resident on another
+stream slows the model's decode graph by itself (docs/results/side_prefetch_h100.md).
 
 A poll that finds no progress for POLL_LIMIT reads gives up (the block exits): a step that never marks (a
 mismatched base, an aborted step) costs the prefetcher's stream at most that, never the chain.

@@ -155,8 +155,9 @@ class SidePrefetch(Request):
     through the attention's window and every kernel boundary -- where HBM otherwise idles. Nothing in the step
     waits for it. Needs fused-decode, pdl-decode and attention-cluster (CUDA sm_90 and later, float16); dropped
     elsewhere. In no preset: on a raw-CUDA skeleton of gpt2-xl's layer (H100) it took a layer from 35.4 us (with
-    the model's in-chain prefetch) to 31.9 (docs/results/bench_side_prefetch_h100.md); in the model, not yet
-    measured. It matches no kernel.
+    the model's in-chain prefetch) to 31.9 (docs/results/bench_side_prefetch_h100.md), but in the model, correct,
+    it is slower: gpt2-xl 651 -> 600 tok/s on an H100, 625 with the prefetcher only polling -- a kernel resident on
+    another stream slows the decode graph (docs/results/side_prefetch_h100.md). It matches no kernel.
     """
 
 
