@@ -176,7 +176,8 @@ class _SidePrefetch:
         self.base = int(self.progress.numpy()[0])
 
     def launch(self):
-        """The next step's prefetcher, on the side stream; then the default stream again for the step."""
+        """The next step's prefetcher, on the side stream; then TVM's default stream again, which the executor's
+        steps run on (it never sets another)."""
         self.device.set_raw_stream(self.stream)
         try:
             self.fn(self.table, self.progress, self.base)

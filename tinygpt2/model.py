@@ -53,8 +53,9 @@ class _Builder:
         self.kernels: dict[tuple, tvm.ir.GlobalVar] = {}
 
     def kernel(self, name: str, factory, *args, mark_kib: int = 0, **options) -> tvm.ir.GlobalVar:
-        """The kernel factory(*args, **options) makes, added once; with mark_kib, taking a last argument
-        `progress` that it adds mark_kib to as it starts (kernels/side_prefetch.py's with_progress_mark)."""
+        """The kernel factory(*args, **options) makes, added once; with mark_kib, taking one more input, `progress`
+        (after the others, before its output), that it adds mark_kib to as it starts (kernels/side_prefetch.py's
+        with_progress_mark)."""
         key = (factory, args, mark_kib, tuple(sorted(options.items())))
         if key not in self.kernels:
             # decode's *_decode factories are n = 1 by construction and take no seq_len
@@ -109,6 +110,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # kernels/side_prefetch.py): each linear marks `progress` with its W's KiB as it starts
     side = attn_cluster and pdl is not None and "side-prefetch" in hand
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
+    # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens

@@ -24,8 +24,8 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.script import tirx as T
 
-__all__ = ["tvm", "relax", "s_tir", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple", "is_scheduled",
-           "int64", "walk", "simplify", "lower_host", "kernel_launches", "wmma_intrin_group", "register_nvcc",
+__all__ = ["tvm", "relax", "s_tir", "tirx", "dl", "T", "TVM_VERSION", "TVM_FFI_VERSION", "to_tensor", "shape_tuple",
+           "is_scheduled", "int64", "walk", "simplify", "lower_host", "kernel_launches", "wmma_intrin_group", "register_nvcc",
            "rocm_installed", "global_funcs_swapped", "cpu_device"]
 
 TVM_VERSION = tvm.__version__
