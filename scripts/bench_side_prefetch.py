@@ -29,10 +29,13 @@ The chain is a gpt2-xl layer's skeleton, 48 layers in one CUDA graph, every kern
     c_fc    GEMV W [6400, 1600]
     proj2   GEMV W [1600, 6400] (the MLP's c_proj), 800 blocks of 256
 
-Rows, us a layer (CUDA events around a replay, medians), in one process: the chain alone; the chain with the
-model's in-chain prefetch (the stand-in prefetching c_proj's W and a quarter of c_fc's, as attention_cluster does);
-the side prefetcher present but never allowed to run ahead (its cost as a bystander); and the side prefetcher with
-each policy. The GEMVs are checked against torch first (one layer, alone).
+Rows, us a layer (CUDA events around a replay, medians of 15), measured in turn, round after round (drift between
+rows measured one block each once faked a bystander's cost): the chain alone; the chain with the model's in-chain
+prefetch (the stand-in prefetching c_proj's W and a quarter of c_fc's, as attention_cluster does); the side
+prefetcher present but never allowed to run ahead (its cost as a bystander); the side prefetcher at the best
+settings of the first runs (docs/results/bench_side_prefetch_h100.md), with and without the in-chain prefetch; and
+the chain launched without PDL, alone and with the prefetcher. The GEMVs are checked against torch first (one layer,
+alone). Then in the model (`side-prefetch`), the bystander cost the decode graph 4% (side_prefetch_h100.md).
 """
 
 import os
@@ -157,7 +160,8 @@ void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, 
              reinterpret_cast<const char*>(pf.data_ptr()) + pf_offset, (long long)pf_bytes, progress.data_ptr<int>(), (int)j); }
 void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk, int64_t sleep_ns) {
   side_prefetch<<<(int)blocks, 32, 0, STREAM>>>(reinterpret_cast<const char*>(w.data_ptr()), (long long)w.numel() * 2,
-      reinterpret_cast<const long long*>(front.data_ptr<int64_t>()), (int)front.numel() - 1, progress.data_ptr<int>(), (long long)chunk, (int)sleep_ns); }
+      reinterpret_cast<const long long*>(front.data_ptr<int64_t>()), (int)front.numel() - 1, progress.data_ptr<int>(),
+      (long long)chunk, (int)sleep_ns); }
 '''
 
 CPP = """void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
