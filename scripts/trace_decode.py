@@ -1,12 +1,13 @@
 """On the GPU machine: where a decode step's time goes *inside* its CUDA graph, from CUPTI.
 
-    python3 scripts/trace_decode.py random:gpt2 float16 default [steps] [--out=DIR] [--sampled]
+    python3 scripts/trace_decode.py random:gpt2 float16 default [steps] [--out=DIR] [--sampled] [--side-idle]
 
 Traces greedy decode steps (with --sampled, steps drawing their token on the device: decode_sample,
 temperature 0.8, top-k 50, top-p 0.95) with torch.profiler (CUPTI's kernel activity records every node of a
 replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
 kernel the median time per step, and per step its span (first kernel start to last kernel end) and
-the idle gaps between kernels. Unlike ncu (each kernel replayed alone, caches warm) and
+the idle gaps between kernels (side-prefetch's prefetcher, on a stream of its own, apart; with --side-idle it is
+launched so that it only polls and never prefetches: what its presence alone costs the steps). Unlike ncu (each kernel replayed alone, caches warm) and
 time_evaluator (each kernel in a loop), these are the kernels as they run in the graph: weights
 cold, launches back to back.
 """
@@ -19,7 +20,7 @@ import tempfile
 from collections import defaultdict
 
 
-def trace(model, dtype, rules, steps, out, sampled=False):
+def trace(model, dtype, rules, steps, out, sampled=False, side_idle=False):
     """(start ns, duration ns, name) of every GPU kernel, from CUPTI through torch.profiler (kineto):
     the tracer is process-wide, so it sees TVM's launches and each node of a replayed CUDA graph."""
     import numpy as np
@@ -31,6 +32,10 @@ def trace(model, dtype, rules, steps, out, sampled=False):
     torch.cuda.init()
     m = tinygpt2.load(model, target="cuda", dtype=dtype, rules=rules, progress=False)
     token = int(np.argmax(m.prefill(list(range(1000, 1128)))))
+    if side_idle:
+        if not m.executor._side:
+            raise SystemExit(f"trace_decode: --side-idle needs a build with side-prefetch (rules {rules!r} has none)")
+        m.executor._side.idle = True
     run = (lambda t, n: m.executor.sample(t, n, [0.8, 50, 0.95, 1])) if sampled else m.executor.greedy
     run(token, 2)                                            # captures the graph
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -45,7 +50,9 @@ def trace(model, dtype, rules, steps, out, sampled=False):
 
 
 def summarize(kernels, label):
-    kern = [k for k in kernels if "_n1" in k[2]]               # the decode functions' kernels
+    # side-prefetch's prefetcher runs on a stream of its own, beside the steps: not part of them
+    side = [k for k in kernels if k[2].startswith("side_prefetch")]
+    kern = [k for k in kernels if "_n1" in k[2] and k not in side]  # the decode functions' kernels
     # steps: each starts with the embedding kernel
     steps, cur = [], []
     for k in sorted(kern):
@@ -78,6 +85,9 @@ def summarize(kernels, label):
           f"{statistics.median(gaps):.1f} us)\n")
     print("| kernel | us per step | share of kernel time | launches a step | us a launch, from the previous "
           "kernel's end |\n|---|---|---|---|---|")
+    if side:
+        print(f"(beside the steps, on its own stream: {len(side)} side_prefetch launches, "
+              f"{statistics.median(d for _s, d, _n in side) / 1e3:.1f} us each, median)\n")
     tot = sum(statistics.median(v) for v in per.values())
     for name, v in sorted(per.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"| {name} | {statistics.median(v):.1f} | {100 * statistics.median(v) / tot:.1f}% | "
@@ -87,12 +97,14 @@ def summarize(kernels, label):
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     sampled = "--sampled" in sys.argv[1:]
+    side_idle = "--side-idle" in sys.argv[1:]
     out = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--out=")), tempfile.mkdtemp())
     model, dtype, rules = args[:3]
     steps = int(args[3]) if len(args) > 3 else 20
     os.makedirs(out, exist_ok=True)
-    summarize(trace(model, dtype, rules, steps, out, sampled),
-              f"{model} {dtype} --rules {rules}{', sampled on the device' if sampled else ''}, in the CUDA graph (CUPTI)")
+    summarize(trace(model, dtype, rules, steps, out, sampled, side_idle),
+              f"{model} {dtype} --rules {rules}{', sampled on the device' if sampled else ''}"
+              f"{', the side prefetcher only polling' if side_idle else ''}, in the CUDA graph (CUPTI)")
 
 
 if __name__ == "__main__":

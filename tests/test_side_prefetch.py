@@ -114,3 +114,23 @@ def test_the_model_with_side_prefetch_marks_its_four_linears_and_carries_the_pre
         plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["side-prefetch", *GPU_FUSED], arch=arch)
         assert "side_prefetch_n1" not in plain.rule_of
         assert "progress" not in [p.name for p in plain.mod["decode"].params]
+
+
+def test_the_executor_advances_base_a_step_at_a_time_and_reads_it_back_from_the_device():
+    """_SidePrefetch's bookkeeping, on the CPU device (its stream calls are no-ops there): each launch hands the
+    prefetcher the base of its step and moves on by the step's KiB, wrapping at 2^32 as the uint32 word does; sync
+    reads the word back; `idle` (trace_decode.py --side-idle) hands a base 2^31 KiB ahead, which it never reaches."""
+    from tinygpt2.runtime.executor import _SidePrefetch
+    from tinygpt2.tvm_shim import cpu_device
+
+    bases = []
+    side = _SidePrefetch(lambda table, progress, base: bases.append(base), None, cpu_device(), 3_000_000_000)
+    side.launch()
+    side.launch()
+    assert bases == [0, 3_000_000_000] and side.base == 6_000_000_000 - (1 << 32)
+    side.idle = True
+    side.launch()
+    assert bases[-1] == (6_000_000_000 - (1 << 32) + (1 << 31)) % (1 << 32)
+    side.progress.copyfrom(np.array([123], np.uint32))
+    side.sync()
+    assert side.base == 123

@@ -24,3 +24,19 @@ def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
     assert rows["ln_linear_qkv_n1"][2:] == ["2", "6.80 |"]               # 7.0 us less the 0.2 overlap
     assert rows["decode_attention_n1"][2:] == ["1", "3.50 |"]
     assert rows["decode_attention_n1_kernel_1"][2:] == ["1", "2.00 |"]
+
+
+def test_the_side_prefetcher_is_kept_out_of_the_steps(capsys):
+    # side-prefetch's kernel runs on a stream of its own, overlapping the steps: counted apart, not as a step's
+    layer = [("embedding_n1_kernel", 1000, 0), ("ln_linear_qkv_n1_kernel", 7000, 0)]
+    events, t = [], 0
+    for _ in range(3):
+        events.append((t, 5000, "side_prefetch_n1_kernel"))          # starts with the step, ends inside it
+        for name, dur, _overlap in layer:
+            events.append((t, dur, name))
+            t += dur
+    load_script("trace_decode").summarize(events, "synthetic")
+    out = capsys.readouterr().out
+    assert "#### synthetic: 2 steps, 2 kernels a step; span 8.0 us" in out
+    assert "3 side_prefetch launches, 5.0 us each" in out
+    assert "| side_prefetch" not in out
