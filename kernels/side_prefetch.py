@@ -33,7 +33,7 @@ A poll that finds no progress for POLL_LIMIT reads gives up (the block exits): a
 mismatched base, an aborted step) costs the prefetcher's stream at most that, never the chain.
 """
 
-from tinygpt2.tvm_shim import T, s_tir, tirx
+from tinygpt2.tvm_shim import T, s_tir, tirx, walk
 
 BLOCKS = 12                 # blocks issuing prefetches (one thread each): the H100 skeleton's best (8: slower)
 CHUNK = 32768               # bytes a bulk prefetch
@@ -101,22 +101,6 @@ def chunks_allowed(sizes: list[int], progress_kib: int, blocks: int = BLOCKS, ch
     return out
 
 
-def _thread_extents(stmt, found: dict) -> dict:
-    """{thread tag: extent} of the thread-bound loops in stmt (the first of each tag, depth first)."""
-    if isinstance(stmt, tirx.SeqStmt):
-        for s in stmt.seq:
-            _thread_extents(s, found)
-    elif isinstance(stmt, tirx.For):
-        if stmt.thread_binding is not None:
-            found.setdefault(stmt.thread_binding.thread_tag, stmt.extent)
-        _thread_extents(stmt.body, found)
-    elif hasattr(stmt, "body") and isinstance(stmt.body, tirx.Stmt):
-        _thread_extents(stmt.body, found)
-    elif hasattr(stmt, "block"):
-        _thread_extents(stmt.block, found)
-    return found
-
-
 def with_progress_mark(func: tirx.PrimFunc, kib: int, n_outputs: int = 1) -> tirx.PrimFunc:
     """func (a hand-scheduled decode kernel: blockIdx.x, threadIdx.y/x loops under its root block) with one more
     input, progress [1] uint32, after its others (before its n_outputs outputs: call_tir's order), to which block 0's thread (0, 0) adds kib as the kernel starts, before
@@ -127,7 +111,13 @@ def with_progress_mark(func: tirx.PrimFunc, kib: int, n_outputs: int = 1) -> tir
     root = func.body.block                                  # s_tir: the root block
     bx_loop = root.body
     assert isinstance(bx_loop, tirx.For) and bx_loop.thread_binding.thread_tag == "blockIdx.x", bx_loop
-    extents = _thread_extents(bx_loop.body, {})
+    extents = {}                                            # thread tag -> extent, of the first loop bound to it
+
+    def on_for(loop):
+        if loop.thread_binding is not None:
+            extents.setdefault(loop.thread_binding.thread_tag, loop.extent)
+
+    walk(bx_loop.body, tirx.For, on_for)
     TY, TX = extents.get("threadIdx.y", T.int64(1)), extents["threadIdx.x"]
     KIB = T.uint32(kib)
 

@@ -181,7 +181,7 @@ case "$1" in
   # torch and nvcc only: runs without the TVM install)
   head-cluster) timeout 300 python3 scripts/bench_head_cluster.py --out="$OUT" || true ;;
   # side-prefetch in front of `fused`: gpt2's logits (gpu_check), then gpt2-xl's decode with and without it, in turn
-  side)       SIDE=side-prefetch,$(cd /tmp && python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
+  side)       SIDE=side-prefetch,$(fused_without none)
               timeout 200 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $SIDE \
                 | tee "$OUT/gpu_check_side.md" || true
               i=0; for r in fused $SIDE fused $SIDE; do i=$((i + 1))
@@ -189,7 +189,7 @@ case "$1" in
                   --dtypes float16 --rules $r --peers none --prompt-lens 128 --repeats 3 --out "$OUT/bench-side-$i") \
                   || true; done ;;
   # gpt2-xl's decode kernels in the graph: fused, then side-prefetch with its prefetcher only polling, then prefetching
-  trace-side) SIDE=side-prefetch,$(cd /tmp && python3 -c "from tinygpt2.rules import GPU_FUSED; print(','.join(GPU_FUSED))")
+  trace-side) SIDE=side-prefetch,$(fused_without none)
               for v in "fused:" "$SIDE:--side-idle" "$SIDE:"; do r=${v%:*}; f=${v##*:}
                 timeout 170 python3 scripts/trace_decode.py ${2:-random:gpt2-xl} float16 $r 20 $f --out="$OUT/trace" \
                   2>/dev/null | tee -a "$OUT/trace_side.md" || true; done ;;

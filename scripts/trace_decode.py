@@ -52,7 +52,7 @@ def trace(model, dtype, rules, steps, out, sampled=False, side_idle=False):
 def summarize(kernels, label):
     # side-prefetch's prefetcher runs on a stream of its own, beside the steps: not part of them
     side = [k for k in kernels if k[2].startswith("side_prefetch")]
-    kern = [k for k in kernels if "_n1" in k[2] and k not in side]  # the decode functions' kernels
+    kern = [k for k in kernels if "_n1" in k[2] and not k[2].startswith("side_prefetch")]   # the decode functions'
     # steps: each starts with the embedding kernel
     steps, cur = [], []
     for k in sorted(kern):
