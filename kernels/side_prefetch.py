@@ -18,16 +18,23 @@ outside the chain -- launched on another stream, nothing waits for it -- and fol
     in read order; a matrix's last chunk shorter) is block g % BLOCKS's. Its thread waits until
         int32(progress - base) + AHEAD_KIB >= the chunk's end in KiB
     then issues one `cp.async.bulk.prefetch.L2` of it. So the prefetch runs AHEAD_KIB past the end of the W of
-    the newest kernel to have started, through the attention's window and every kernel boundary.
+    the newest kernel to have started, through the attention's window and every kernel boundary. The chunks of a
+    matrix whose own kernel has started (progress - base >= the matrix's end) are skipped: the chain reads them
+    already, and a prefetcher that issued them anyway falls behind the chain for good (see below).
 
 Measured first in raw CUDA on a gpt2-xl layer's skeleton, 48 layers in a CUDA graph (scripts/bench_side_prefetch.py,
 H100, docs/results/bench_side_prefetch_h100.md, rows in turn, 4 rounds): 37.0 us a layer alone, 35.4 with the
 model's in-chain prefetch (the attention prefetching c_proj's W and a quarter of c_fc's), **31.9 with this
 prefetcher** at 12 blocks and 10 MB ahead (8 blocks or 24 ahead: slower; 1-4 blocks: slower than none -- too
 few TMA units issuing, the lines arrive late and compete). A prefetcher that only polled cost nothing there.
-In the model (the rule entry `side-prefetch`, in no preset), on an H100, it is correct and slower: gpt2-xl decodes
-at 600 tok/s against `fused`'s 651, and at 625 with the prefetcher only polling -- a kernel resident on another
-stream slows the model's decode graph by itself (docs/results/side_prefetch_h100.md).
+In the model (the rule entry `side-prefetch`, in no preset), on an H100, the first version, which did not skip
+matrices already started, was correct and slower: gpt2-xl decoded at 600 tok/s against `fused`'s 651
+(docs/results/side_prefetch_h100.md). A trace (the next session) showed why: each of its launches ran 7-11 ms
+against a step's 1.6. Twelve TMA units prefetch ~0.4 TB/s, the chain reads ~2: the prefetcher fell behind in
+the first layer and went on prefetching what the chain had read, into the steps after, its launches queued one
+behind the other on its stream. (And the 625 tok/s measured with the prefetcher only polling was the last
+launch's polls, until POLL_LIMIT, that the benchmark's final synchronization waited for: in the trace a polling
+prefetcher cost the steps 0.25%.)
 
 A poll that finds no progress for POLL_LIMIT reads gives up (the block exits): a step that never marks (a
 mismatched base, an aborted step) costs the prefetcher's stream at most that, never the chain.
@@ -58,29 +65,40 @@ def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK, ah
                     T.reads()
                     T.writes()
                     before = T.alloc_buffer((1,), "int64", scope="local")    # bytes of the step before matrix m
-                    g = T.alloc_buffer((1,), "int64", scope="local")         # the step's chunk number
+                    g = T.alloc_buffer((1,), "int64", scope="local")         # chunks of the step before matrix m
+                    c = T.alloc_buffer((1,), "int64", scope="local")         # a chunk of matrix m
                     now = T.alloc_buffer((1,), "uint32", scope="local")      # progress as last read
                     polls = T.alloc_buffer((1,), "int32", scope="local")
                     if tx == T.int64(0):
                         before[0] = T.int64(0)
                         g[0] = T.int64(0)
                         polls[0] = 0
-                        T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
                         for m in T.serial(M):
-                            for c in T.serial((table[m, 1] + CH - T.int64(1)) // CH):
-                                if g[0] % B == bx and polls[0] < POLL_LIMIT:
+                            # progress anew at each matrix: once matrix m's own kernel has started (its mark: the end
+                            # of m, in KiB), the chain is reading it, and prefetching it would only add traffic --
+                            # the prefetcher skips it, and so never falls behind the chain into later steps
+                            T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
+                            if T.Cast("int32", now[0] - base) < T.Cast("int32", (before[0] + table[m, 1]
+                                                                               + T.int64(1023)) // T.int64(1024)):
+                                # this block's chunks of m: c = c0, c0 + B, ... (chunk g[0] + c of the step is block
+                                # (g[0] + c) % B's)
+                                for i in T.serial(T.max((((table[m, 1] + CH - T.int64(1)) // CH)
+                                                         - (bx + B - g[0] % B) % B + B - T.int64(1)) // B,
+                                                        T.int64(0))):
+                                    c[0] = (bx + B - g[0] % B) % B + i * B
                                     # wait until the chunk's end (KiB into the step) is within AHEAD of the newest mark
                                     while (T.Cast("int32", now[0] - base) + AHEAD
-                                           < T.Cast("int32", (before[0] + T.min(c * CH + CH, table[m, 1])
+                                           < T.Cast("int32", (before[0] + T.min(c[0] * CH + CH, table[m, 1])
                                                               + T.int64(1023)) // T.int64(1024))
                                            and polls[0] < POLL_LIMIT):
                                         T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
                                         polls[0] = polls[0] + 1
-                                    if polls[0] < POLL_LIMIT:
+                                    if polls[0] < POLL_LIMIT and T.Cast("int32", now[0] - base) < T.Cast(
+                                            "int32", (before[0] + table[m, 1] + T.int64(1023)) // T.int64(1024)):
                                         T.ptx.cp.async_.bulk.prefetch.L2.global_(
-                                            T.reinterpret("handle", table[m, 0] + c * CH),
-                                            T.Cast("uint32", T.min(CH, table[m, 1] - c * CH)))
-                                g[0] = g[0] + T.int64(1)
+                                            T.reinterpret("handle", table[m, 0] + c[0] * CH),
+                                            T.Cast("uint32", T.min(CH, table[m, 1] - c[0] * CH)))
+                            g[0] = g[0] + (table[m, 1] + CH - T.int64(1)) // CH
                             before[0] = before[0] + table[m, 1]
 
     return side_prefetch
@@ -89,12 +107,14 @@ def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK, ah
 def chunks_allowed(sizes: list[int], progress_kib: int, blocks: int = BLOCKS, chunk: int = CHUNK,
                    ahead_kib: int = AHEAD_KIB) -> list[tuple[int, int, int]]:
     """make_side_prefetch's rule in Python, for the tests: with progress - base = progress_kib, the chunks
-    (matrix, byte offset, block) the prefetcher may have issued, in the order each block issues them."""
+    (matrix, byte offset, block) the prefetcher may issue now -- within AHEAD of the mark, of matrices whose
+    kernels have not started -- in the order each block issues them."""
     out, before, g = [], 0, 0
     for m, nbytes in enumerate(sizes):
+        started = progress_kib >= -(-(before + nbytes) // 1024)       # m's own kernel has marked: skipped
         for c in range(-(-nbytes // chunk)):
             end_kib = -(-(before + min(c * chunk + chunk, nbytes)) // 1024)
-            if progress_kib + ahead_kib >= end_kib:
+            if not started and progress_kib + ahead_kib >= end_kib:
                 out.append((m, c * chunk, g % blocks))
             g += 1
         before += nbytes

@@ -42,7 +42,7 @@ def trace(model, dtype, rules, steps, out, sampled=False, side_idle=False):
         run(token, steps)
         torch.cuda.synchronize()
     tag = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in f"{model}_{dtype}_{rules}")
-    path = os.path.join(out, f"decode_{tag[:80]}.json")
+    path = os.path.join(out, f"decode_{tag[:80]}{'_side-idle' if side_idle else ''}.json")
     prof.export_chrome_trace(path)
     with open(path) as f:
         events = json.load(f)["traceEvents"]

@@ -24,16 +24,20 @@ def test_the_prefetcher_runs_ahead_of_the_newest_mark_and_no_further():
     first = chunks_allowed(sizes, progress_kib=0, ahead_kib=8 * 1024)
     assert [c[:2] for c in first] == [(m, o) for m, n in ((0, 3), (1, 1), (2, 4)) for o in range(0, n * MIB, CHUNK)]
     after_qkv = chunks_allowed(sizes, progress_kib=3 * 1024, ahead_kib=8 * 1024)    # the first matrix's kernel marked
+    assert after_qkv[0][:2] == (1, 0)                                 # matrix 0 is being read: skipped
     assert after_qkv[-1][:2] == (3, 3 * MIB - CHUNK)                  # 3 MiB of it, then 8 MiB past it: into matrix 3
-    everything = chunks_allowed(sizes, progress_kib=36 * 1024, ahead_kib=0)
+    assert chunks_allowed(sizes, progress_kib=36 * 1024, ahead_kib=0) == []   # every kernel started: nothing left
+    everything = chunks_allowed(sizes, progress_kib=0, ahead_kib=36 * 1024)
     assert len(everything) == 36 * MIB // CHUNK
     assert [b for _m, _o, b in everything] == [g % BLOCKS for g in range(len(everything))]   # round robin
 
 
 def test_chunk_ends_round_up_to_a_whole_kib():
-    # a matrix of 1.5 KiB: its one chunk ends 2 KiB in, so it waits for a mark of 2 KiB (with nothing ahead)
-    assert chunks_allowed([1536], progress_kib=1, ahead_kib=0) == []
-    assert chunks_allowed([1536], progress_kib=2, ahead_kib=0) == [(0, 0, 0)]
+    # a matrix of 1.5 KiB: its one chunk ends 2 KiB in, so with 1 KiB ahead it waits for a mark of 1 KiB; a mark
+    # of 2 KiB is its own kernel's: then it is skipped
+    assert chunks_allowed([1536], progress_kib=0, ahead_kib=1) == []
+    assert chunks_allowed([1536], progress_kib=1, ahead_kib=1) == [(0, 0, 0)]
+    assert chunks_allowed([1536], progress_kib=2, ahead_kib=1) == []
 
 
 def test_the_executor_table_is_the_marked_weights_in_read_order():
