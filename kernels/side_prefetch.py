@@ -10,17 +10,15 @@ outside the chain -- launched on another stream, nothing waits for it -- and fol
                 wraps; only differences are read). Each weight-reading kernel of the step adds its own W's KiB
                 as it starts (block 0, thread 0, one `red.relaxed.gpu.add`: with_progress_mark below), so
                 after the mark progress - base = the cumulative end, in KiB, of that kernel's W in the step.
-    table       int64 [M, 2]: the step's weight matrices in the order the chain reads them, (device address,
-                bytes); bytes a multiple of 1 KiB (the marks count whole KiB).
+    table       int64 [M, 3]: the step's weight matrices in the order the chain reads them, (device address,
+                bytes, bytes to prefetch); bytes a multiple of 1 KiB (the marks count whole KiB).
     base        uint32: progress's value as the step begins (the executor keeps it: + the step's KiB a step).
 
-    make_side_prefetch's grid, BLOCKS blocks of one working thread: chunk g of the step's weights (CHUNK bytes,
-    in read order; a matrix's last chunk shorter) is block g % BLOCKS's. Its thread waits until
-        int32(progress - base) + AHEAD_KIB >= the chunk's end in KiB
-    then issues one `cp.async.bulk.prefetch.L2` of it. So the prefetch runs AHEAD_KIB past the end of the W of
-    the newest kernel to have started, through the attention's window and every kernel boundary. The chunks of a
-    matrix whose own kernel has started (progress - base >= the matrix's end) are skipped: the chain reads them
-    already, and a prefetcher that issued them anyway falls behind the chain for good (see below).
+    make_side_prefetch's grid, BLOCKS blocks of one working thread. For each matrix m with bytes to prefetch, each
+    thread waits until the kernel before m has started (progress - base >= m's start in KiB), then issues its
+    share of `cp.async.bulk.prefetch.L2`s of CHUNK bytes over m's first table[m, 2] bytes (round robin across
+    the blocks) -- unless m's own kernel has started as well (the chain reads m already: skipped). The policy,
+    which matrices and how much of each (PREFETCH_BYTES, prefetch_plan), is the executor's table: data.
 
 Measured first in raw CUDA on a gpt2-xl layer's skeleton, 48 layers in a CUDA graph (scripts/bench_side_prefetch.py,
 H100, docs/results/bench_side_prefetch_h100.md, rows in turn, 4 rounds): 37.0 us a layer alone, 35.4 with the
@@ -42,21 +40,24 @@ mismatched base, an aborted step) costs the prefetcher's stream at most that, ne
 
 from tinygpt2.tvm_shim import T, s_tir, tirx, walk
 
-BLOCKS = 12                 # blocks issuing prefetches (one thread each): the H100 skeleton's best (8: slower)
+BLOCKS = 12                 # blocks issuing prefetches (one thread each)
 CHUNK = 32768               # bytes a bulk prefetch
-AHEAD_KIB = 10 * 1024       # how far past the newest started kernel's W the prefetch may run (KiB)
-POLL_LIMIT = 1 << 16        # reads of progress a block makes before it gives up (~20-40 ms on an H100)
+MIB = 1 << 20
+# the policy: of each kind of decode's weight matrices, how many of its first bytes to prefetch while the kernel
+# before it runs (H100, gpt2-xl: see the module docstring)
+PREFETCH_BYTES = {"ln_1.c_attn": 4 * MIB, "attn.c_proj": 0, "ln_2.c_fc": 0, "mlp.c_proj": 0}
+POLL_LIMIT = 1 << 16        # reads of progress that find it unchanged before a block gives up (~10-20 ms, H100)
 WARP = 32
 
 
-def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK, ahead_kib: int = AHEAD_KIB):
-    """The prefetcher: table [n_mats, 2] int64 (address, bytes), progress [1] uint32, base (uint32 scalar).
-    Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the block's chunks)."""
+def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK):
+    """The prefetcher: table [n_mats, 3] int64 (address, bytes, bytes to prefetch), progress [1] uint32, base
+    (uint32 scalar). Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the block's chunks)."""
     M, B, CH = T.int64(n_mats), T.int64(blocks), T.int64(chunk)
-    AHEAD = T.int32(ahead_kib)
+    KIB = T.int64(1024)
 
     @T.prim_func(s_tir=True)
-    def side_prefetch(table: T.Buffer((M, T.int64(2)), "int64"), progress: T.Buffer((T.int64(1),), "uint32"),
+    def side_prefetch(table: T.Buffer((M, T.int64(3)), "int64"), progress: T.Buffer((T.int64(1),), "uint32"),
                       base: T.uint32):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for bx in T.thread_binding(B, thread="blockIdx.x"):
@@ -65,58 +66,58 @@ def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK, ah
                     T.reads()
                     T.writes()
                     before = T.alloc_buffer((1,), "int64", scope="local")    # bytes of the step before matrix m
-                    g = T.alloc_buffer((1,), "int64", scope="local")         # chunks of the step before matrix m
-                    c = T.alloc_buffer((1,), "int64", scope="local")         # a chunk of matrix m
+                    g = T.alloc_buffer((1,), "int64", scope="local")         # chunks issued before matrix m
                     now = T.alloc_buffer((1,), "uint32", scope="local")      # progress as last read
-                    polls = T.alloc_buffer((1,), "int32", scope="local")
+                    last = T.alloc_buffer((1,), "uint32", scope="local")     # ... and as read the poll before
+                    polls = T.alloc_buffer((1,), "int32", scope="local")     # polls since progress last moved
                     if tx == T.int64(0):
                         before[0] = T.int64(0)
                         g[0] = T.int64(0)
                         polls[0] = 0
+                        T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
                         for m in T.serial(M):
-                            # progress anew at each matrix: once matrix m's own kernel has started (its mark: the end
-                            # of m, in KiB), the chain is reading it, and prefetching it would only add traffic --
-                            # the prefetcher skips it, and so never falls behind the chain into later steps
-                            T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
-                            if T.Cast("int32", now[0] - base) < T.Cast("int32", (before[0] + table[m, 1]
-                                                                               + T.int64(1023)) // T.int64(1024)):
-                                # this block's chunks of m: c = c0, c0 + B, ... (chunk g[0] + c of the step is block
-                                # (g[0] + c) % B's)
-                                for i in T.serial(T.max((((table[m, 1] + CH - T.int64(1)) // CH)
-                                                         - (bx + B - g[0] % B) % B + B - T.int64(1)) // B,
-                                                        T.int64(0))):
-                                    c[0] = (bx + B - g[0] % B) % B + i * B
-                                    # wait until the chunk's end (KiB into the step) is within AHEAD of the newest mark
-                                    while (T.Cast("int32", now[0] - base) + AHEAD
-                                           < T.Cast("int32", (before[0] + T.min(c[0] * CH + CH, table[m, 1])
-                                                              + T.int64(1023)) // T.int64(1024))
-                                           and polls[0] < POLL_LIMIT):
-                                        T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
-                                        polls[0] = polls[0] + 1
-                                    if polls[0] < POLL_LIMIT and T.Cast("int32", now[0] - base) < T.Cast(
-                                            "int32", (before[0] + table[m, 1] + T.int64(1023)) // T.int64(1024)):
+                            if table[m, 2] > T.int64(0):
+                                # wait for the kernel before matrix m to start (progress reaches m's start) ...
+                                while (T.Cast("int32", now[0] - base) < T.Cast("int32", before[0] // KIB)
+                                       and polls[0] < POLL_LIMIT):
+                                    last[0] = now[0]
+                                    T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
+                                    polls[0] = T.if_then_else(now[0] == last[0], polls[0] + 1, 0)
+                                # ... then, unless m's own kernel has started too (the chain reads it already), this
+                                # block's chunks of m's first table[m, 2] bytes: c0, c0 + B, ... (the step's g-th
+                                # prefetched chunk is block g % B's)
+                                if polls[0] < POLL_LIMIT and T.Cast("int32", now[0] - base) < T.Cast(
+                                        "int32", (before[0] + table[m, 1]) // KIB):
+                                    for i in T.serial(T.max((table[m, 2] + CH - T.int64(1)) // CH
+                                                            - (bx + B - g[0] % B) % B + B - T.int64(1), T.int64(0))
+                                                      // B):
                                         T.ptx.cp.async_.bulk.prefetch.L2.global_(
-                                            T.reinterpret("handle", table[m, 0] + c[0] * CH),
-                                            T.Cast("uint32", T.min(CH, table[m, 1] - c[0] * CH)))
-                            g[0] = g[0] + (table[m, 1] + CH - T.int64(1)) // CH
+                                            T.reinterpret("handle", table[m, 0] + ((bx + B - g[0] % B) % B + i * B) * CH),
+                                            T.Cast("uint32", T.min(CH, table[m, 2] - ((bx + B - g[0] % B) % B + i * B) * CH)))
+                                g[0] = g[0] + (table[m, 2] + CH - T.int64(1)) // CH
                             before[0] = before[0] + table[m, 1]
 
     return side_prefetch
 
 
-def chunks_allowed(sizes: list[int], progress_kib: int, blocks: int = BLOCKS, chunk: int = CHUNK,
-                   ahead_kib: int = AHEAD_KIB) -> list[tuple[int, int, int]]:
-    """make_side_prefetch's rule in Python, for the tests: with progress - base = progress_kib, the chunks
-    (matrix, byte offset, block) the prefetcher may issue now -- within AHEAD of the mark, of matrices whose
-    kernels have not started -- in the order each block issues them."""
+def prefetch_plan(names: list[str], sizes: list[int], policy: dict[str, int] | None = None) -> list[int]:
+    """Bytes of each matrix (named h.{i}.{kind}.weight, in read order) to prefetch: policy's amount for its kind
+    (PREFETCH_BYTES), at most the matrix, rounded down to whole KiB."""
+    policy = PREFETCH_BYTES if policy is None else policy
+    return [min(policy[name.split(".", 2)[2].rsplit(".", 1)[0]], size) // 1024 * 1024
+            for name, size in zip(names, sizes)]
+
+
+def chunks_issued(sizes: list[int], prefetch: list[int], progress_kib: int, blocks: int = BLOCKS,
+                  chunk: int = CHUNK) -> list[tuple[int, int, int]]:
+    """make_side_prefetch's rule in Python, for the tests: a prefetcher that sees progress - base = progress_kib
+    from its start issues these chunks (matrix, byte offset, block): those of each matrix m whose kernel before it
+    has started and its own not, within m's first prefetch[m] bytes, in the order each block issues them."""
     out, before, g = [], 0, 0
-    for m, nbytes in enumerate(sizes):
-        started = progress_kib >= -(-(before + nbytes) // 1024)       # m's own kernel has marked: skipped
-        for c in range(-(-nbytes // chunk)):
-            end_kib = -(-(before + min(c * chunk + chunk, nbytes)) // 1024)
-            if not started and progress_kib + ahead_kib >= end_kib:
-                out.append((m, c * chunk, g % blocks))
-            g += 1
+    for m, (nbytes, pf) in enumerate(zip(sizes, prefetch)):
+        if before // 1024 <= progress_kib < (before + nbytes) // 1024:
+            out += [(m, c * chunk, (g + c) % blocks) for c in range(-(-pf // chunk))]
+        g += -(-pf // chunk)
         before += nbytes
     return out
 

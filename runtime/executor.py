@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinygpt2.errors import GenerationError
+from tinygpt2.kernels.side_prefetch import prefetch_plan
 from tinygpt2.tvm_shim import empty, relax, shape_tuple, to_tensor
 
 from .kv_cache import KVCache
@@ -149,7 +150,8 @@ def side_prefetch_weights(config) -> list[str]:
 
 class _SidePrefetch:
     """side-prefetch's host side (kernels/side_prefetch.py): the progress word the step's linears mark, the
-    table of decode's weight matrices in the order it reads them, and a second stream on which `launch` starts
+    table of decode's weight matrices in the order it reads them (with the bytes of each to prefetch, by
+    side_prefetch.prefetch_plan), and a second stream on which `launch` starts
     the prefetcher of the next step. `base` is progress's value as that step begins: read from the device by
     `sync` while it is idle (before a batch of steps), then advanced by the step's KiB at each launch."""
 
@@ -171,8 +173,11 @@ class _SidePrefetch:
         except AttributeError:
             return None
         on_device = dict(zip(param_order, tensors))
-        rows = np.array([[on_device[n].data_ptr(), params[n].nbytes] for n in side_prefetch_weights(config)], np.int64)
-        return cls(fn, to_tensor(rows, device), device, int(rows[:, 1].sum()) // 1024)
+        names = side_prefetch_weights(config)
+        sizes = [params[n].nbytes for n in names]
+        rows = np.array([[on_device[n].data_ptr(), size, pf]
+                         for n, size, pf in zip(names, sizes, prefetch_plan(names, sizes))], np.int64)
+        return cls(fn, to_tensor(rows, device), device, sum(sizes) // 1024)
 
     def sync(self):
         """base <- progress as it is now (the device done with every step launched so far)."""

@@ -11,33 +11,32 @@ import pytest
 import numpy as np
 
 from tinygpt2.config import PRESETS
-from tinygpt2.kernels.side_prefetch import AHEAD_KIB, BLOCKS, CHUNK, chunks_allowed
+from tinygpt2.kernels.side_prefetch import BLOCKS, CHUNK, PREFETCH_BYTES, chunks_issued, prefetch_plan
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 MIB = 1 << 20
 
 
-def test_the_prefetcher_runs_ahead_of_the_newest_mark_and_no_further():
-    sizes = [3 * MIB, 1 * MIB, 4 * MIB, 4 * MIB] * 3                  # a small step: 12 matrices, 36 MiB
-    nothing_marked = chunks_allowed(sizes, progress_kib=-10 * 1024, ahead_kib=8 * 1024)
-    assert nothing_marked == []                                       # the step before still running, far behind
-    first = chunks_allowed(sizes, progress_kib=0, ahead_kib=8 * 1024)
-    assert [c[:2] for c in first] == [(m, o) for m, n in ((0, 3), (1, 1), (2, 4)) for o in range(0, n * MIB, CHUNK)]
-    after_qkv = chunks_allowed(sizes, progress_kib=3 * 1024, ahead_kib=8 * 1024)    # the first matrix's kernel marked
-    assert after_qkv[0][:2] == (1, 0)                                 # matrix 0 is being read: skipped
-    assert after_qkv[-1][:2] == (3, 3 * MIB - CHUNK)                  # 3 MiB of it, then 8 MiB past it: into matrix 3
-    assert chunks_allowed(sizes, progress_kib=36 * 1024, ahead_kib=0) == []   # every kernel started: nothing left
-    everything = chunks_allowed(sizes, progress_kib=0, ahead_kib=36 * 1024)
-    assert len(everything) == 36 * MIB // CHUNK
-    assert [b for _m, _o, b in everything] == [g % BLOCKS for g in range(len(everything))]   # round robin
+def test_each_matrix_is_prefetched_while_the_kernel_before_it_runs_and_not_once_its_own_has_started():
+    sizes = [3 * MIB, 1 * MIB, 4 * MIB, 4 * MIB] * 2                  # a small step: 8 matrices, 24 MiB
+    # progress - base: the end (KiB) of the newest started kernel's matrix -- 3 MiB once matrix 0's has started
+    prefetch = [2 * MIB, 0, 0, 0] * 2                                 # the first 2 MiB of each layer's first matrix
+    first_layer = [(0, o, o // CHUNK % BLOCKS) for o in range(0, 2 * MIB, CHUNK)]
+    assert chunks_issued(sizes, prefetch, progress_kib=-1) == []      # the step before still running
+    assert chunks_issued(sizes, prefetch, progress_kib=0) == first_layer   # round robin over the blocks
+    assert chunks_issued(sizes, prefetch, progress_kib=3 * 1024) == []     # matrix 0's kernel has started
+    assert chunks_issued(sizes, prefetch, progress_kib=8 * 1024) == []     # matrix 2's marked: 3 (none) is next
+    second = chunks_issued(sizes, prefetch, progress_kib=12 * 1024)         # matrix 3's kernel has marked
+    assert [c[:2] for c in second] == [(4, o) for o in range(0, 2 * MIB, CHUNK)]
+    assert second[0][2] == len(first_layer) % BLOCKS                   # the blocks' turns go on across matrices
 
 
-def test_chunk_ends_round_up_to_a_whole_kib():
-    # a matrix of 1.5 KiB: its one chunk ends 2 KiB in, so with 1 KiB ahead it waits for a mark of 1 KiB; a mark
-    # of 2 KiB is its own kernel's: then it is skipped
-    assert chunks_allowed([1536], progress_kib=0, ahead_kib=1) == []
-    assert chunks_allowed([1536], progress_kib=1, ahead_kib=1) == [(0, 0, 0)]
-    assert chunks_allowed([1536], progress_kib=2, ahead_kib=1) == []
+def test_the_plan_takes_each_kind_of_matrix_its_amount_in_whole_kib():
+    names = ["h.0.ln_1.c_attn.weight", "h.0.attn.c_proj.weight", "h.11.ln_1.c_attn.weight"]
+    assert prefetch_plan(names, [15 * MIB, 5 * MIB, 3000], {"ln_1.c_attn": 4 * MIB + 100, "attn.c_proj": 0}) == [
+        4 * MIB, 0, 2048]
+    assert prefetch_plan(names, [15 * MIB, 5 * MIB, 15 * MIB]) == [PREFETCH_BYTES["ln_1.c_attn"], 0,
+                                                                   PREFETCH_BYTES["ln_1.c_attn"]]
 
 
 def test_the_executor_table_is_the_marked_weights_in_read_order():
@@ -52,7 +51,6 @@ def test_the_executor_table_is_the_marked_weights_in_read_order():
                          "h.0.mlp.c_proj.weight"]
     kib = sum(int(np.prod(shapes[n])) * 2 for n in names) // 1024
     assert kib == 48 * (15000 + 5000 + 20000 + 20000)                 # what the step's marks add up to (fp16)
-    assert AHEAD_KIB == 10 * 1024
 
 
 @needs_nvcc
