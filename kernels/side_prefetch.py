@@ -10,15 +10,16 @@ outside the chain -- launched on another stream, nothing waits for it -- and fol
                 wraps; only differences are read). Each weight-reading kernel of the step adds its own W's KiB
                 as it starts (block 0, thread 0, one `red.relaxed.gpu.add`: with_progress_mark below), so
                 after the mark progress - base = the cumulative end, in KiB, of that kernel's W in the step.
-    table       int64 [M, 3]: the step's weight matrices in the order the chain reads them, (device address,
-                bytes, bytes to prefetch); bytes a multiple of 1 KiB (the marks count whole KiB).
+    table       int64 [M, 3]: the step's weight matrices in the order the chain reads them, (device address of
+                what to prefetch, the matrix's bytes, bytes to prefetch); the matrix's bytes a multiple of 1 KiB
+                (the marks count whole KiB).
     base        uint32: progress's value as the step begins (the executor keeps it: + the step's KiB a step).
 
     make_side_prefetch's grid, BLOCKS blocks of one working thread. For each matrix m with bytes to prefetch, each
     thread waits until the kernel before m has started (progress - base >= m's start in KiB), then issues its
-    share of `cp.async.bulk.prefetch.L2`s of CHUNK bytes over m's first table[m, 2] bytes (round robin across
+    share of `cp.async.bulk.prefetch.L2`s of CHUNK bytes over table[m, 2] bytes from table[m, 0] on (round robin across
     the blocks) -- unless m's own kernel has started as well (the chain reads m already: skipped). The policy,
-    which matrices and how much of each (PREFETCH_BYTES, prefetch_plan), is the executor's table: data.
+    which bytes of which matrices (PREFETCH, prefetch_plan), is the executor's table: data.
 
 Measured first in raw CUDA on a gpt2-xl layer's skeleton, 48 layers in a CUDA graph (scripts/bench_side_prefetch.py,
 H100, docs/results/bench_side_prefetch_h100.md, rows in turn, 4 rounds): 37.0 us a layer alone, 35.4 with the
@@ -43,16 +44,18 @@ from tinygpt2.tvm_shim import T, s_tir, tirx, walk
 BLOCKS = 12                 # blocks issuing prefetches (one thread each)
 CHUNK = 32768               # bytes a bulk prefetch
 MIB = 1 << 20
-# the policy: of each kind of decode's weight matrices, how many of its first bytes to prefetch while the kernel
-# before it runs (H100, gpt2-xl: see the module docstring)
-PREFETCH_BYTES = {"ln_1.c_attn": 4 * MIB, "attn.c_proj": 0, "ln_2.c_fc": 0, "mlp.c_proj": 0}
+# the policy: for each kind of decode's weight matrices, which of its bytes to prefetch while the kernel before it
+# runs, (from, bytes): `bytes` bytes from the fraction `from` of the matrix on. c_fc's first quarter is
+# attention_cluster's (kernels/decode_cluster.py); the next part is this prefetcher's, while the attention's c_proj
+# runs (H100, gpt2-xl: see the module docstring)
+PREFETCH = {"ln_1.c_attn": (0, 0), "attn.c_proj": (0, 0), "ln_2.c_fc": (1 / 4, 5 * MIB), "mlp.c_proj": (0, 0)}
 POLL_LIMIT = 1 << 16        # reads of progress that find it unchanged before a block gives up (~10-20 ms, H100)
 WARP = 32
 
 
 def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK):
-    """The prefetcher: table [n_mats, 3] int64 (address, bytes, bytes to prefetch), progress [1] uint32, base
-    (uint32 scalar). Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the block's chunks)."""
+    """The prefetcher: table [n_mats, 3] int64 (address, bytes, bytes to prefetch from the address on), progress
+    [1] uint32, base (uint32 scalar). Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the block's chunks)."""
     M, B, CH = T.int64(n_mats), T.int64(blocks), T.int64(chunk)
     KIB = T.int64(1024)
 
@@ -100,19 +103,23 @@ def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK):
     return side_prefetch
 
 
-def prefetch_plan(names: list[str], sizes: list[int], policy: dict[str, int] | None = None) -> list[int]:
-    """Bytes of each matrix (named h.{i}.{kind}.weight, in read order) to prefetch: policy's amount for its kind
-    (PREFETCH_BYTES), at most the matrix, rounded down to whole KiB."""
-    policy = PREFETCH_BYTES if policy is None else policy
-    return [min(policy[name.split(".", 2)[2].rsplit(".", 1)[0]], size) // 1024 * 1024
-            for name, size in zip(names, sizes)]
+def prefetch_plan(names: list[str], sizes: list[int], policy: dict | None = None) -> list[tuple[int, int]]:
+    """(offset, bytes) of each matrix (named h.{i}.{kind}.weight, in read order) to prefetch, by the policy's
+    (from, bytes) for its kind (PREFETCH): whole KiB, inside the matrix."""
+    out = []
+    for name, size in zip(names, sizes):
+        start, nbytes = (PREFETCH if policy is None else policy)[name.split(".", 2)[2].rsplit(".", 1)[0]]
+        offset = int(size * start) // 1024 * 1024
+        out.append((offset, min(nbytes, size - offset) // 1024 * 1024))
+    return out
 
 
 def chunks_issued(sizes: list[int], prefetch: list[int], progress_kib: int, blocks: int = BLOCKS,
                   chunk: int = CHUNK) -> list[tuple[int, int, int]]:
     """make_side_prefetch's rule in Python, for the tests: a prefetcher that sees progress - base = progress_kib
     from its start issues these chunks (matrix, byte offset, block): those of each matrix m whose kernel before it
-    has started and its own not, within m's first prefetch[m] bytes, in the order each block issues them."""
+    has started and its own not, the first prefetch[m] bytes of what it prefetches of m (chunk offsets from
+    there), in the order each block issues them."""
     out, before, g = [], 0, 0
     for m, (nbytes, pf) in enumerate(zip(sizes, prefetch)):
         if before // 1024 <= progress_kib < (before + nbytes) // 1024:

@@ -175,8 +175,8 @@ class _SidePrefetch:
         on_device = dict(zip(param_order, tensors))
         names = side_prefetch_weights(config)
         sizes = [params[n].nbytes for n in names]
-        rows = np.array([[on_device[n].data_ptr(), size, pf]
-                         for n, size, pf in zip(names, sizes, prefetch_plan(names, sizes))], np.int64)
+        rows = np.array([[on_device[n].data_ptr() + offset, size, pf]
+                         for n, size, (offset, pf) in zip(names, sizes, prefetch_plan(names, sizes))], np.int64)
         return cls(fn, to_tensor(rows, device), device, sum(sizes) // 1024)
 
     def sync(self):

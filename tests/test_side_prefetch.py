@@ -11,7 +11,7 @@ import pytest
 import numpy as np
 
 from tinygpt2.config import PRESETS
-from tinygpt2.kernels.side_prefetch import BLOCKS, CHUNK, PREFETCH_BYTES, chunks_issued, prefetch_plan
+from tinygpt2.kernels.side_prefetch import BLOCKS, CHUNK, PREFETCH, chunks_issued, prefetch_plan
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
 MIB = 1 << 20
@@ -31,12 +31,13 @@ def test_each_matrix_is_prefetched_while_the_kernel_before_it_runs_and_not_once_
     assert second[0][2] == len(first_layer) % BLOCKS                   # the blocks' turns go on across matrices
 
 
-def test_the_plan_takes_each_kind_of_matrix_its_amount_in_whole_kib():
-    names = ["h.0.ln_1.c_attn.weight", "h.0.attn.c_proj.weight", "h.11.ln_1.c_attn.weight"]
-    assert prefetch_plan(names, [15 * MIB, 5 * MIB, 3000], {"ln_1.c_attn": 4 * MIB + 100, "attn.c_proj": 0}) == [
-        4 * MIB, 0, 2048]
-    assert prefetch_plan(names, [15 * MIB, 5 * MIB, 15 * MIB]) == [PREFETCH_BYTES["ln_1.c_attn"], 0,
-                                                                   PREFETCH_BYTES["ln_1.c_attn"]]
+def test_the_plan_takes_each_kind_of_matrix_its_part_in_whole_kib():
+    names = ["h.0.ln_1.c_attn.weight", "h.0.ln_2.c_fc.weight", "h.11.ln_2.c_fc.weight"]
+    policy = {"ln_1.c_attn": (0, 4 * MIB + 100), "ln_2.c_fc": (1 / 4, 3 * MIB)}
+    assert prefetch_plan(names, [15 * MIB, 20 * MIB, 4000], policy) == [(0, 4 * MIB), (5 * MIB, 3 * MIB), (0, 3072)]
+    # the default: c_fc from the quarter attention_cluster prefetches on (gpt2-xl: 20 000 KiB, from 5000 KiB)
+    assert PREFETCH["ln_2.c_fc"][0] == 1 / 4
+    assert prefetch_plan(names[1:2], [6400 * 1600 * 2]) == [(5000 * 1024, PREFETCH["ln_2.c_fc"][1])]
 
 
 def test_the_executor_table_is_the_marked_weights_in_read_order():
