@@ -26,14 +26,19 @@ H100, docs/results/bench_side_prefetch_h100.md, rows in turn, 4 rounds): 37.0 us
 model's in-chain prefetch (the attention prefetching c_proj's W and a quarter of c_fc's), **31.9 with this
 prefetcher** at 12 blocks and 10 MB ahead (8 blocks or 24 ahead: slower; 1-4 blocks: slower than none -- too
 few TMA units issuing, the lines arrive late and compete). A prefetcher that only polled cost nothing there.
-In the model (the rule entry `side-prefetch`, in no preset), on an H100, the first version, which did not skip
-matrices already started, was correct and slower: gpt2-xl decoded at 600 tok/s against `fused`'s 651
-(docs/results/side_prefetch_h100.md). A trace (the next session) showed why: each of its launches ran 7-11 ms
-against a step's 1.6. Twelve TMA units prefetch ~0.4 TB/s, the chain reads ~2: the prefetcher fell behind in
-the first layer and went on prefetching what the chain had read, into the steps after, its launches queued one
-behind the other on its stream. (And the 625 tok/s measured with the prefetcher only polling was the last
-launch's polls, until POLL_LIMIT, that the benchmark's final synchronization waited for: in the trace a polling
-prefetcher cost the steps 0.25%.)
+In the model (the rule entry `side-prefetch`, in no preset), on an H100, the first version -- 10 MB ahead of the
+newest mark, matrices already started not skipped -- was correct and slower: gpt2-xl decoded at 600 tok/s against
+`fused`'s 651 (docs/results/side_prefetch_h100.md). A trace (the next session) showed why: each of its launches
+ran 7-11 ms against a step's 1.6. Twelve TMA units prefetch ~0.4 TB/s, the chain reads ~2: the prefetcher fell
+behind in the first layer and went on prefetching what the chain had read, into the steps after, its launches
+queued one behind the other on its stream. (And the 625 tok/s measured with the prefetcher only polling was the
+last launch's polls, until POLL_LIMIT, that the benchmark's final synchronization waited for: in the trace a
+polling prefetcher cost the steps 0.25%.) Skipping started matrices, then this policy table: nine policies traced
+(docs/results/trace_side_prefetch_h100.md, gpt2-xl's step, `fused` 1514-1517 us in the same loans). Prefetching
+while a linear streams trades time between kernels: the next qkv's first 4 MiB during the MLP's c_proj take 0.89
+us off qkv and put 1.08 on the c_proj (1526 us); 10 MB ahead of every mark, 1600. Only the attention's window has
+HBM to spare, and attention_cluster's quarter of c_fc takes most of it: c_fc's second quarter from here, the
+default below, 1511.5 us (12 blocks; 24: 1525, 48: 1733, the attention's clusters twice as long).
 
 A poll that finds no progress for POLL_LIMIT reads gives up (the block exits): a step that never marks (a
 mismatched base, an aborted step) costs the prefetcher's stream at most that, never the chain.
@@ -41,13 +46,13 @@ mismatched base, an aborted step) costs the prefetcher's stream at most that, ne
 
 from tinygpt2.tvm_shim import T, s_tir, tirx, walk
 
-BLOCKS = 12                 # blocks issuing prefetches (one thread each)
+BLOCKS = 12                 # blocks issuing prefetches (one thread each; 24 or 48 slow the attention's clusters)
 CHUNK = 32768               # bytes a bulk prefetch
 MIB = 1 << 20
 # the policy: for each kind of decode's weight matrices, which of its bytes to prefetch while the kernel before it
 # runs, (from, bytes): `bytes` bytes from the fraction `from` of the matrix on. c_fc's first quarter is
 # attention_cluster's (kernels/decode_cluster.py); the next part is this prefetcher's, while the attention's c_proj
-# runs (H100, gpt2-xl: see the module docstring)
+# runs (H100, gpt2-xl, the best of the policies traced: see the module docstring)
 PREFETCH = {"ln_1.c_attn": (0, 0), "attn.c_proj": (0, 0), "ln_2.c_fc": (1 / 4, 5 * MIB), "mlp.c_proj": (0, 0)}
 POLL_LIMIT = 1 << 16        # reads of progress that find it unchanged before a block gives up (~10-20 ms, H100)
 WARP = 32
@@ -55,7 +60,8 @@ WARP = 32
 
 def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK):
     """The prefetcher: table [n_mats, 3] int64 (address, bytes, bytes to prefetch from the address on), progress
-    [1] uint32, base (uint32 scalar). Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the block's chunks)."""
+    [1] uint32, base (uint32 scalar). Grid `blocks`, 32 threads (thread 0 works: one TMA unit an SM issues the
+    block's chunks)."""
     M, B, CH = T.int64(n_mats), T.int64(blocks), T.int64(chunk)
     KIB = T.int64(1024)
 
@@ -87,16 +93,17 @@ def make_side_prefetch(n_mats: int, blocks: int = BLOCKS, chunk: int = CHUNK):
                                     T.ptx.ld.relaxed.gpu.global_.u32(now[0], T.address_of(progress[0]))
                                     polls[0] = T.if_then_else(now[0] == last[0], polls[0] + 1, 0)
                                 # ... then, unless m's own kernel has started too (the chain reads it already), this
-                                # block's chunks of m's first table[m, 2] bytes: c0, c0 + B, ... (the step's g-th
+                                # block's chunks of the table[m, 2] bytes: first, first + B, ... (the step's g-th
                                 # prefetched chunk is block g % B's)
+                                first = (bx + B - g[0] % B) % B                      # this block's first chunk
                                 if polls[0] < POLL_LIMIT and T.Cast("int32", now[0] - base) < T.Cast(
                                         "int32", (before[0] + table[m, 1]) // KIB):
-                                    for i in T.serial(T.max((table[m, 2] + CH - T.int64(1)) // CH
-                                                            - (bx + B - g[0] % B) % B + B - T.int64(1), T.int64(0))
-                                                      // B):
+                                    for i in T.serial(T.max((table[m, 2] + CH - T.int64(1)) // CH - first + B
+                                                            - T.int64(1), T.int64(0)) // B):
+                                        off = (first + i * B) * CH
                                         T.ptx.cp.async_.bulk.prefetch.L2.global_(
-                                            T.reinterpret("handle", table[m, 0] + ((bx + B - g[0] % B) % B + i * B) * CH),
-                                            T.Cast("uint32", T.min(CH, table[m, 2] - ((bx + B - g[0] % B) % B + i * B) * CH)))
+                                            T.reinterpret("handle", table[m, 0] + off),
+                                            T.Cast("uint32", T.min(CH, table[m, 2] - off)))
                                 g[0] = g[0] + (table[m, 2] + CH - T.int64(1)) // CH
                             before[0] = before[0] + table[m, 1]
 
@@ -131,8 +138,8 @@ def chunks_issued(sizes: list[int], prefetch: list[int], progress_kib: int, bloc
 
 def with_progress_mark(func: tirx.PrimFunc, kib: int, n_outputs: int = 1) -> tirx.PrimFunc:
     """func (a hand-scheduled decode kernel: blockIdx.x, threadIdx.y/x loops under its root block) with one more
-    input, progress [1] uint32, after its others (before its n_outputs outputs: call_tir's order), to which block 0's thread (0, 0) adds kib as the kernel starts, before
-    anything else it does -- one relaxed atomic a kernel, that orders nothing (make_side_prefetch only reads
+    input, progress [1] uint32, after its others (before its n_outputs outputs: call_tir's order), to which
+    block 0's thread (0, 0) adds kib as the kernel starts, before anything else it does -- one relaxed atomic a kernel, that orders nothing (make_side_prefetch only reads
     how far the chain has got). The kernel's own code is untouched: the mark is a statement put first in its
     blockIdx.x loop, its thread loops and atomic taken from a template kernel of the same thread shape, its
     predicate (block 0, thread (0, 0)) made on the kernel's own block variable."""

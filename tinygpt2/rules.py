@@ -151,13 +151,14 @@ class AttentionCluster(Request):
 class SidePrefetch(Request):
     """Not a schedule: a request that decode's weights be prefetched into L2 by a kernel on a second stream,
     beside the step (kernels/side_prefetch.py): each of decode's linears adds its W's KiB to a progress word as it
-    starts, and the prefetcher, launched by the executor with each step, runs 10 MB ahead of the newest mark,
-    through the attention's window and every kernel boundary -- where HBM otherwise idles. Nothing in the step
-    waits for it. Needs fused-decode, pdl-decode and attention-cluster (CUDA sm_90 and later, float16); dropped
-    elsewhere. In no preset: on a raw-CUDA skeleton of gpt2-xl's layer (H100) it took a layer from 35.4 us (with
-    the model's in-chain prefetch) to 31.9 (docs/results/bench_side_prefetch_h100.md), but in the model, correct,
-    it is slower: gpt2-xl 651 -> 600 tok/s on an H100, 625 with the prefetcher only polling -- a kernel resident on
-    another stream slows the decode graph (docs/results/side_prefetch_h100.md). It matches no kernel.
+    starts, and the prefetcher, launched by the executor with each step, brings in a policy's part of each matrix
+    while the kernel before it runs (by default c_fc's second quarter during the attention's c_proj; the first is
+    attention_cluster's). Nothing in the step waits for it. Needs fused-decode, pdl-decode and attention-cluster
+    (CUDA sm_90 and later, float16); dropped elsewhere. In no preset: on a raw-CUDA skeleton of gpt2-xl's layer
+    (H100) it took a layer from 35.4 us to 31.9 (docs/results/bench_side_prefetch_h100.md), but in the model it
+    gains nothing: while a linear streams, what a prefetch saves the next kernel it costs the one running; the best
+    policy is within 3 us of `fused`'s 1514 us step (H100, docs/results/trace_side_prefetch_h100.md). It matches no
+    kernel.
     """
 
 
