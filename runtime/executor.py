@@ -150,10 +150,10 @@ def side_prefetch_weights(config) -> list[str]:
 
 class _SidePrefetch:
     """side-prefetch's host side (kernels/side_prefetch.py): the progress word the step's linears mark, the
-    table of decode's weight matrices in the order it reads them (with the bytes of each to prefetch, by
-    side_prefetch.prefetch_plan), and a second stream on which `launch` starts
-    the prefetcher of the next step. `base` is progress's value as that step begins: read from the device by
-    `sync` while it is idle (before a batch of steps), then advanced by the step's KiB at each launch."""
+    table of decode's weight matrices in the order it reads them (with what to prefetch of each, by
+    side_prefetch.prefetch_plan), and a second stream on which `launch` starts the prefetcher of the next step.
+    `base` is progress's value as that step begins: read from the device by `sync` while it is idle (before a
+    batch of steps), then advanced by the step's KiB at each launch."""
 
     def __init__(self, fn, table, device, step_kib: int):
         self.fn, self.table, self.device, self.step_kib = fn, table, device, step_kib
