@@ -5,7 +5,8 @@
 Traces greedy decode steps (with --sampled, steps drawing their token on the device: decode_sample,
 temperature 0.8, top-k 50, top-p 0.95) with torch.profiler (CUPTI's kernel activity records every node of a
 replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
-kernel the median time per step, and per step its span (first kernel start to last kernel end) and
+kernel the median time per step, its time on the step's critical path and how early it starts (PDL lets a kernel
+start before the one before it ends; it waits for it inside), and per step its span (first kernel start to last kernel end) and
 the idle gaps between kernels (side-prefetch's prefetcher, on a stream of its own, apart; with --side-idle
 it is launched so that it only polls and never prefetches: what its presence alone costs the steps).
 Unlike ncu (each kernel replayed alone, caches warm) and time_evaluator (each kernel in a loop), these
@@ -67,6 +68,7 @@ def summarize(kernels, label):
     # to its own end. With PDL a kernel starts before the one before it ends and waits, so its duration
     # counts that wait too; this does not.
     after_prev = defaultdict(list)
+    early = defaultdict(list)           # how long before the previous kernel's end it started (PDL), or 0
     spans, gaps = [], []
     for s in steps:
         t = defaultdict(float)
@@ -75,6 +77,7 @@ def summarize(kernels, label):
             t[name] += du / 1e3
             start = st if i == 0 else max(st, s[i - 1][0] + s[i - 1][1])
             after_prev[name].append((st + du - start) / 1e3)
+            early[name].append(0.0 if i == 0 else max(0, s[i - 1][0] + s[i - 1][1] - st) / 1e3)
         for name, us in t.items():
             per[name].append(us)
         spans.append((s[-1][0] + s[-1][1] - s[0][0]) / 1e3)
@@ -84,14 +87,15 @@ def summarize(kernels, label):
           f"(kernels {statistics.median(spans) - statistics.median(gaps):.1f} us, gaps between them "
           f"{statistics.median(gaps):.1f} us)\n")
     print("| kernel | us per step | share of kernel time | launches a step | us a launch, from the previous "
-          "kernel's end |\n|---|---|---|---|---|")
+          "kernel's end | us it starts before that end |\n|---|---|---|---|---|---|")
     if side:
         print(f"(beside the steps, on its own stream: {len(side)} side_prefetch launches, "
               f"{statistics.median(d for _s, d, _n in side) / 1e3:.1f} us each, median)\n")
     tot = sum(statistics.median(v) for v in per.values())
     for name, v in sorted(per.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"| {name} | {statistics.median(v):.1f} | {100 * statistics.median(v) / tot:.1f}% | "
-              f"{len(after_prev[name]) // len(steps)} | {statistics.median(after_prev[name]):.2f} |")
+              f"{len(after_prev[name]) // len(steps)} | {statistics.median(after_prev[name]):.2f} | "
+              f"{statistics.median(early[name]):.2f} |")
 
 
 def main():

@@ -21,9 +21,9 @@ def test_summary_counts_each_launch_from_the_previous_kernels_end(capsys):
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines()
             if line.startswith("| ") and "_n1" in line}
     assert rows["ln_linear_qkv_n1"][0] == "14.0"                         # us per step: both launches
-    assert rows["ln_linear_qkv_n1"][2:] == ["2", "6.80 |"]               # 7.0 us less the 0.2 overlap
-    assert rows["decode_attention_n1"][2:] == ["1", "3.50 |"]
-    assert rows["decode_attention_n1_kernel_1"][2:] == ["1", "2.00 |"]
+    assert rows["ln_linear_qkv_n1"][2:] == ["2", "6.80", "0.20 |"]       # 7.0 us less the 0.2 it started early
+    assert rows["decode_attention_n1"][2:] == ["1", "3.50", "0.50 |"]
+    assert rows["decode_attention_n1_kernel_1"][2:] == ["1", "2.00", "0.00 |"]
 
 
 def test_the_side_prefetcher_is_kept_out_of_the_steps(capsys):
