@@ -1,7 +1,7 @@
 """On the GPU machine: does a prefetcher on a second stream, off the decode step's chain, buy what the in-chain
 prefetches could not?
 
-    PYTHONPATH=. python3 scripts/bench_side_prefetch.py [--out=DIR]                       (torch + nvcc)
+    PYTHONPATH=. python3 scripts/bench_side_prefetch.py [--out=DIR] [--pipe-only]         (torch + nvcc)
     bash scripts/gpu_session.sh side-prefetch                            (the same, after the device install)
 
 Issue 6's aim 2 (gpt2-xl fp16 decode at 75% of the roofline) is missed at 70% on the H100 because of one kernel per
@@ -36,6 +36,14 @@ prefetcher present but never allowed to run ahead (its cost as a bystander); the
 settings of the first runs (docs/results/bench_side_prefetch_h100.md), with and without the in-chain prefetch; and
 the chain launched without PDL, alone and with the prefetcher. The GEMVs are checked against torch first (one layer,
 alone). Then in the model (`side-prefetch`), the bystander cost the decode graph 4% (side_prefetch_h100.md).
+
+One more row, not a prefetcher (twenty-fourth session): the chain with its four GEMVs as persistent grids that fill
+half of each SM (sp_gemv_pipe: 2 blocks of 128 an SM, a block's groups of rows one after the other, the next
+group's W loaded while this one's is multiplied), each with its first group's W loaded before it lets the next
+kernel launch and before its PDL wait -- so that the next kernel's blocks are resident, their first loads in
+flight, while this one still runs: the model's linears overlap the kernel before them by 0.2-0.3 us only, and pay
+their start on the step's critical path (docs/results/README.md, the twenty-fourth session). --pipe-only runs it
+beside the chain's two baselines alone.
 """
 
 import os
@@ -48,6 +56,7 @@ C, F, LAYERS = 1600, 6400, 48                  # gpt2-xl
 ATTEND_NS = 3500                               # the stand-in attention's spin: ~the model's 3.84 us (H100 trace)
 CHUNK = 32768                                  # bytes a bulk prefetch
 MB = 1 << 20
+PIPE_ROWS = {C: 4, F: 1}                       # sp_gemv_pipe's rows a group, by row length (a warp, 4 warps a row)
 
 # (name, rows N, columns K, rows a block R); "attend" has no weights
 LAYER = (("qkv", 3 * C, C, 8), ("attend", 0, 0, 0), ("c_proj", C, C, 8), ("c_fc", F, C, 8), ("proj2", C, F, 2))
@@ -97,6 +106,59 @@ __global__ void __launch_bounds__(256) sp_gemv(const half* __restrict__ w, const
     const int w0 = (threadIdx.x / TPR) * (TPR / 32); acc = 0.f;
     for (int i = 0; i < TPR / 32; ++i) acc += red[w0 + i]; }
   if (lane == 0) y[row] = __hadd(r[row], __float2half(acc)); }
+
+// PDL: the next kernel of the stream may launch now (its blocks start wherever there is room left)
+__device__ __forceinline__ void launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+// The same y = r + W x as a persistent grid that fills half of each SM (the launcher: 2 blocks of 128 threads an
+// SM, at most 128 registers a thread), so that the next kernel's blocks can be resident while this one runs, with
+// its own first loads of W in flight. R rows a group, TPR = 128 / R lanes a row; block b computes groups b, b + G,
+// ... Each thread holds KO vectors of W for the group it computes and issues the next group's before computing
+// it. The first group's loads come before the PDL wait -- pinned there by an empty asm that takes their values,
+// else ptxas moves them after it -- and before the next kernel is let launch. x, which the kernel before writes, is
+// read once after the wait with plain (coherent) loads: a thread's columns are the same in every group.
+// a lane's KO vectors of one row of W (the row starting at element `at`)
+template <int TPR>
+__device__ __forceinline__ void load_row(uint4* dst, const half* __restrict__ w, size_t at, int lane, int nv) {
+  const uint4* wrow = reinterpret_cast<const uint4*>(w + at);
+  #pragma unroll
+  for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) dst[i] = wrow[v]; } }
+template <int R>
+__global__ void __launch_bounds__(128, 4) sp_gemv_pipe(const half* __restrict__ w, const half* x, const half* r,
+                                                       half* y, int N, int K, int* progress, int j) {
+  mark(progress, j);
+  __shared__ float red[4];
+  constexpr int TPR = 128 / R;
+  const int sub = threadIdx.x / TPR, lane = threadIdx.x % TPR, nv = K / 8, groups = N / R;
+  uint4 wa[KO], wb[KO], xr[KO];
+  int g = blockIdx.x;
+  if (g < groups) {
+    load_row<TPR>(wa, w, (size_t)(g * R + sub) * K, lane, nv);
+    #pragma unroll
+    for (int i = 0; i < KO; ++i) asm volatile("" : "+r"(wa[i].x), "+r"(wa[i].y), "+r"(wa[i].z), "+r"(wa[i].w));
+  }
+  launch_dependents();
+  grid_dep_wait();
+  #pragma unroll
+  for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) xr[i] = reinterpret_cast<const uint4*>(x)[v]; }
+  for (; g < groups; g += gridDim.x) {                  // the same trip count for every thread of the block
+    if (g + (int)gridDim.x < groups) load_row<TPR>(wb, w, (size_t)((g + gridDim.x) * R + sub) * K, lane, nv);
+    float acc = 0.f;
+    #pragma unroll
+    for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) acc += dot8(wa[i], xr[i]); }
+    for (int o = TPR < 32 ? TPR / 2 : 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+    if (TPR > 32) {                                     // across the row's warps
+      if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
+      __syncthreads();
+      const int w0 = (threadIdx.x / TPR) * (TPR / 32); acc = 0.f;
+      for (int i = 0; i < TPR / 32; ++i) acc += red[w0 + i];
+      __syncthreads();                                  // red is written again by the next group
+    }
+    if (lane == 0) y[g * R + sub] = __hadd(r[g * R + sub], __float2half(acc));
+    #pragma unroll
+    for (int i = 0; i < KO; ++i) wa[i] = wb[i];
+  }
+}
 
 // the attention's stand-in: 100 blocks of 64 threads wait, read q, spin `cycles`, write att[1600]. With pf_bytes, each
 // block first prefetches its share of [pf, pf + pf_bytes) into L2 (the model's in-chain prefetch, after the wait).
@@ -153,6 +215,13 @@ void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, tor
   TORCH_CHECK(R == 8 || R == 2, "no such instance");
   launch_pdl(R == 8 ? sp_gemv<8> : sp_gemv<2>, (int)(N / R), 256, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y),
              (int)K, progress.data_ptr<int>(), (int)j); }
+// the persistent GEMV: 2 blocks an SM; R rows a group (4, or 1 for long rows)
+void gemv_pipe(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
+               torch::Tensor progress, int64_t j, bool pdl) {
+  TORCH_CHECK(R == 4 || R == 1, "no such instance");
+  int sms = 0; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device());
+  launch_pdl(R == 4 ? sp_gemv_pipe<4> : sp_gemv_pipe<1>, 2 * sms, 128, pdl, (const half*)H(w), (const half*)H(x),
+             (const half*)H(r), H(y), (int)N, (int)K, progress.data_ptr<int>(), (int)j); }
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
             torch::Tensor progress, int64_t j, bool pdl) {
   int khz = 0; cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, qkv.get_device());
@@ -168,8 +237,10 @@ CPP = """void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tens
           torch::Tensor progress, int64_t j, bool pdl);
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
             torch::Tensor progress, int64_t j, bool pdl);
+void gemv_pipe(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
+               torch::Tensor progress, int64_t j, bool pdl);
 void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk, int64_t sleep_ns);"""
-FUNCTIONS = ["gemv", "attend", "side"]
+FUNCTIONS = ["gemv", "attend", "side", "gemv_pipe"]
 
 
 def step_kernels(layers: int = LAYERS):
@@ -239,12 +310,16 @@ def main():
             continue
         n, k, r = shape[name]
         x, res, y = torch.randn(k, device="cuda").half(), torch.randn(n, device="cuda").half(), torch.empty(n, device="cuda").half()
-        ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0, True)
         ref = res.float() + view(off, n, k).view(n, k).float() @ x.float()
+        ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0, True)
         torch.cuda.synchronize()
         assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name
+        y.zero_()
+        ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, 0, True)
+        torch.cuda.synchronize()
+        assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name + " (pipe)"
 
-    def chain(in_chain_prefetch: bool, pdl: bool = True):
+    def chain(in_chain_prefetch: bool, pdl: bool = True, pipe: bool = False):
         for j, (name, off, _size) in enumerate(kernels):
             if name == "attend":                    # the model's: c_proj's W and a quarter of c_fc's, after the wait
                 pf = 2 * C * C + 2 * F * C // 4 if in_chain_prefetch else 0
@@ -253,17 +328,21 @@ def main():
             n, k, r = shape[name]
             # (x, r, y): qkv and c_fc add their own old output, so that every linear has the one epilogue
             x, res, y = {"qkv": (xa, qkv, qkv), "c_proj": (att, xa, xb), "c_fc": (xb, h, h), "proj2": (h, xb, xa)}[name]
-            ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j, pdl)
+            if pipe:
+                ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, j, pdl)
+            else:
+                ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j, pdl)
 
     graphs = {}
-    for pre, pdl in ((False, True), (True, True), ("no pdl", False)):   # keys: in-chain prefetch, or "no pdl"
+    # keys: in-chain prefetch (True/False), "no pdl", or "pipe" (the persistent GEMVs, with the in-chain prefetch)
+    for pre, pdl in ((False, True), (True, True), ("no pdl", False), ("pipe", True)):
         side = torch.cuda.Stream()
         with torch.cuda.stream(side):
-            chain(pre is True, pdl)
+            chain(pre is True or pre == "pipe", pdl, pre == "pipe")
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            chain(pre is True, pdl)
+            chain(pre is True or pre == "pipe", pdl, pre == "pipe")
         graphs[pre] = g
     prefetch_stream = torch.cuda.Stream()
 
@@ -297,10 +376,14 @@ def main():
             ("+ side prefetcher, 16 blocks, 8 MB past its own W", False, frontiers(kernels, ("bytes", 8 * MB)), 16, 256),
             ("+ side prefetcher, 12 blocks, 10 MB, with the in-chain prefetch", True,
              frontiers(kernels, ("bytes", 10 * MB)), 12, 256),
+            ("the chain of persistent GEMVs (half an SM each, W's first rows before the wait), in-chain prefetch", "pipe",
+             None, 0, 0),
             ("the chain without PDL, alone", "no pdl", None, 0, 0),
             ("the chain without PDL + side prefetcher, 12 blocks, 10 MB", "no pdl", frontiers(kernels, ("bytes", 10 * MB)),
              12, 256)]
 
+    if "--pipe-only" in sys.argv[1:]:               # the persistent GEMVs against the chain's two baselines alone
+        rows = [row for row in rows if row[3] == 0 and row[1] != "no pdl"]
     rounds = 4                                      # the rows in turn, round after round: drift hits them alike
     lines = [f"{torch.cuda.get_device_name()}; a gpt2-xl layer's skeleton x {LAYERS} in one CUDA graph (PDL), the "
              f"attention a {ATTEND_NS / 1000:.1f} us spin; {layer_bytes / 1e6:.1f} MB of weights a layer = "

@@ -51,15 +51,40 @@ def test_the_kernels_build_without_spills_and_the_gemvs_fit_8_blocks_an_sm(tmp_p
     from test_bench_weight_stream import ptxas_report
 
     src = sp.KERNELS + "".join(f"template __global__ void sp_gemv<{r}>(const half*, const half*, const half*, half*, int, "
-                               f"int*, int);\n" for r in (8, 2))
+                               f"int*, int);\n" for r in (8, 2)) + "".join(
+        f"template __global__ void sp_gemv_pipe<{r}>(const half*, const half*, const half*, half*, int, int, int*, int);\n"
+        for r in sorted(set(sp.PIPE_ROWS.values())))
     (tmp_path / "k.cu").write_text(src)
     err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
                           str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
     report = ptxas_report(err)
-    assert set(report) == {"sp_gemv", "sp_attend", "side_prefetch"}, err
-    assert len(report["sp_gemv"]) == 2
+    assert set(report) == {"sp_gemv", "sp_attend", "side_prefetch", "sp_gemv_pipe"}, err
+    assert len(report["sp_gemv"]) == 2 and len(report["sp_gemv_pipe"]) == 2
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, err)
             if name == "sp_gemv":
                 assert regs <= 32, (regs, err)
+            if name == "sp_gemv_pipe":                                  # 2 blocks of 128 an SM: half its registers
+                assert regs <= 128, (regs, err)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: cannot build CUDA here")
+def test_the_persistent_gemv_loads_its_first_rows_of_w_before_it_lets_the_next_kernel_launch_and_waits(tmp_path):
+    """sp_gemv_pipe's point: W's first loads (read-only: LDG.CONSTANT) in flight before PREEXIT
+    (griddepcontrol.launch_dependents) and ACQBULK (griddepcontrol.wait), x's (plain LDG) after them."""
+    import subprocess
+
+    from test_cuda_compile import cuobjdump_sass
+
+    (tmp_path / "k.cu").write_text(sp.KERNELS + "template __global__ void sp_gemv_pipe<4>(const half*, const half*, "
+                                   "const half*, half*, int, int, int*, int);\n")
+    subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
+                   check=True, capture_output=True)
+    sass = cuobjdump_sass(tmp_path / "k.cubin")
+    body = sass[sass.index("sp_gemv_pipe"):]
+    ops = [op for op in ("LDG.E.128.CONSTANT", "PREEXIT", "ACQBULK", "LDG.E.128 ") if op in body]
+    assert ops == ["LDG.E.128.CONSTANT", "PREEXIT", "ACQBULK", "LDG.E.128 "], body[:3000]
+    first = {op: body.index(op) for op in ops}
+    assert body[:first["PREEXIT"]].count("LDG.E.128.CONSTANT") == 7        # all KO = 7 of the first group
+    assert first["LDG.E.128.CONSTANT"] < first["PREEXIT"] < first["ACQBULK"] < first["LDG.E.128 "]
