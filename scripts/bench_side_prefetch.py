@@ -42,8 +42,9 @@ half of each SM (sp_gemv_pipe: 2 blocks of 128 an SM, a block's groups of rows o
 group's W loaded while this one's is multiplied), each with its first group's W loaded before it lets the next
 kernel launch and before its PDL wait -- so that the next kernel's blocks are resident, their first loads in
 flight, while this one still runs: the model's linears overlap the kernel before them by 0.2-0.3 us only, and pay
-their start on the step's critical path (docs/results/README.md, the twenty-fourth session). --pipe-only runs it
-beside the chain's two baselines alone.
+their start on the step's critical path (docs/results/README.md, the twenty-fourth session). Beside it, the same
+grids with every load after the wait (the persistent structure alone), and with 4 blocks an SM (a whole SM: no room
+for the next kernel). --pipe-only runs these beside the chain's two baselines alone.
 """
 
 import os
@@ -57,6 +58,10 @@ ATTEND_NS = 3500                               # the stand-in attention's spin: 
 CHUNK = 32768                                  # bytes a bulk prefetch
 MB = 1 << 20
 PIPE_ROWS = {C: 4, F: 1}                       # sp_gemv_pipe's rows a group, by row length (a warp, 4 warps a row)
+# the persistent GEMVs' variants: (blocks of 128 an SM, W's first group loaded before the PDL wait)
+PIPES = {"2 blocks an SM (half of it), W's first rows before the wait": (2, True),
+         "2 blocks an SM, every load after the wait": (2, False),
+         "4 blocks an SM (all of it), W's first rows before the wait": (4, True)}
 
 # (name, rows N, columns K, rows a block R); "attend" has no weights
 LAYER = (("qkv", 3 * C, C, 8), ("attend", 0, 0, 0), ("c_proj", C, C, 8), ("c_fc", F, C, 8), ("proj2", C, F, 2))
@@ -123,7 +128,8 @@ __device__ __forceinline__ void load_row(uint4* dst, const half* __restrict__ w,
   const uint4* wrow = reinterpret_cast<const uint4*>(w + at);
   #pragma unroll
   for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) dst[i] = wrow[v]; } }
-template <int R>
+// (PRE = false: the first group's loads after the wait, as the rest -- the persistent structure without the point)
+template <int R, bool PRE>
 __global__ void __launch_bounds__(128, 4) sp_gemv_pipe(const half* __restrict__ w, const half* x, const half* r,
                                                        half* y, int N, int K, int* progress, int j) {
   mark(progress, j);
@@ -132,13 +138,14 @@ __global__ void __launch_bounds__(128, 4) sp_gemv_pipe(const half* __restrict__ 
   const int sub = threadIdx.x / TPR, lane = threadIdx.x % TPR, nv = K / 8, groups = N / R;
   uint4 wa[KO], wb[KO], xr[KO];
   int g = blockIdx.x;
-  if (g < groups) {
+  if (PRE && g < groups) {
     load_row<TPR>(wa, w, (size_t)(g * R + sub) * K, lane, nv);
     #pragma unroll
     for (int i = 0; i < KO; ++i) asm volatile("" : "+r"(wa[i].x), "+r"(wa[i].y), "+r"(wa[i].z), "+r"(wa[i].w));
   }
   launch_dependents();
   grid_dep_wait();
+  if (!PRE && g < groups) load_row<TPR>(wa, w, (size_t)(g * R + sub) * K, lane, nv);
   #pragma unroll
   for (int i = 0; i < KO; ++i) { int v = i * TPR + lane; if (v < nv) xr[i] = reinterpret_cast<const uint4*>(x)[v]; }
   for (; g < groups; g += gridDim.x) {                  // the same trip count for every thread of the block
@@ -215,13 +222,15 @@ void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, tor
   TORCH_CHECK(R == 8 || R == 2, "no such instance");
   launch_pdl(R == 8 ? sp_gemv<8> : sp_gemv<2>, (int)(N / R), 256, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y),
              (int)K, progress.data_ptr<int>(), (int)j); }
-// the persistent GEMV: 2 blocks an SM; R rows a group (4, or 1 for long rows)
+// the persistent GEMV: per_sm blocks an SM (2: half of it); R rows a group (4, or 1 for long rows); pre: W's first
+// group loaded before the wait
 void gemv_pipe(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
-               torch::Tensor progress, int64_t j, bool pdl) {
+               torch::Tensor progress, int64_t j, bool pdl, int64_t per_sm, bool pre) {
   TORCH_CHECK(R == 4 || R == 1, "no such instance");
   int sms = 0; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device());
-  launch_pdl(R == 4 ? sp_gemv_pipe<4> : sp_gemv_pipe<1>, 2 * sms, 128, pdl, (const half*)H(w), (const half*)H(x),
-             (const half*)H(r), H(y), (int)N, (int)K, progress.data_ptr<int>(), (int)j); }
+  auto k = R == 4 ? (pre ? sp_gemv_pipe<4, true> : sp_gemv_pipe<4, false>) : (pre ? sp_gemv_pipe<1, true> : sp_gemv_pipe<1, false>);
+  launch_pdl(k, (int)per_sm * sms, 128, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y), (int)N, (int)K,
+             progress.data_ptr<int>(), (int)j); }
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
             torch::Tensor progress, int64_t j, bool pdl) {
   int khz = 0; cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, qkv.get_device());
@@ -238,7 +247,7 @@ CPP = """void gemv(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tens
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
             torch::Tensor progress, int64_t j, bool pdl);
 void gemv_pipe(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x, torch::Tensor r, torch::Tensor y,
-               torch::Tensor progress, int64_t j, bool pdl);
+               torch::Tensor progress, int64_t j, bool pdl, int64_t per_sm, bool pre);
 void side(torch::Tensor w, torch::Tensor front, torch::Tensor progress, int64_t blocks, int64_t chunk, int64_t sleep_ns);"""
 FUNCTIONS = ["gemv", "attend", "side", "gemv_pipe"]
 
@@ -314,12 +323,13 @@ def main():
         ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, 0, True)
         torch.cuda.synchronize()
         assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name
-        y.zero_()
-        ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, 0, True)
-        torch.cuda.synchronize()
-        assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), name + " (pipe)"
+        for per_sm, pre in PIPES.values():
+            y.zero_()
+            ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, 0, True, per_sm, pre)
+            torch.cuda.synchronize()
+            assert torch.allclose(y.float(), ref, rtol=1e-2, atol=2e-2), f"{name} (pipe {per_sm}, {pre})"
 
-    def chain(in_chain_prefetch: bool, pdl: bool = True, pipe: bool = False):
+    def chain(in_chain_prefetch: bool, pdl: bool = True, pipe=None):
         for j, (name, off, _size) in enumerate(kernels):
             if name == "attend":                    # the model's: c_proj's W and a quarter of c_fc's, after the wait
                 pf = 2 * C * C + 2 * F * C // 4 if in_chain_prefetch else 0
@@ -328,21 +338,21 @@ def main():
             n, k, r = shape[name]
             # (x, r, y): qkv and c_fc add their own old output, so that every linear has the one epilogue
             x, res, y = {"qkv": (xa, qkv, qkv), "c_proj": (att, xa, xb), "c_fc": (xb, h, h), "proj2": (h, xb, xa)}[name]
-            if pipe:
-                ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, j, pdl)
+            if pipe:                                # (blocks an SM, W's first group before the wait)
+                ext.gemv_pipe(view(off, n, k), n, k, PIPE_ROWS[k], x, res, y, progress, j, pdl, *pipe)
             else:
                 ext.gemv(view(off, n, k), n, k, r, x, res, y, progress, j, pdl)
 
     graphs = {}
-    # keys: in-chain prefetch (True/False), "no pdl", or "pipe" (the persistent GEMVs, with the in-chain prefetch)
-    for pre, pdl in ((False, True), (True, True), ("no pdl", False), ("pipe", True)):
+    # keys: in-chain prefetch (True/False), "no pdl", or one of PIPES (the persistent GEMVs, with the in-chain prefetch)
+    for pre, pdl in ((False, True), (True, True), ("no pdl", False), *((key, True) for key in PIPES)):
         side = torch.cuda.Stream()
         with torch.cuda.stream(side):
-            chain(pre is True or pre == "pipe", pdl, pre == "pipe")
+            chain(pre is True or pre in PIPES, pdl, PIPES.get(pre))
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            chain(pre is True or pre == "pipe", pdl, pre == "pipe")
+            chain(pre is True or pre in PIPES, pdl, PIPES.get(pre))
         graphs[pre] = g
     prefetch_stream = torch.cuda.Stream()
 
@@ -376,8 +386,7 @@ def main():
             ("+ side prefetcher, 16 blocks, 8 MB past its own W", False, frontiers(kernels, ("bytes", 8 * MB)), 16, 256),
             ("+ side prefetcher, 12 blocks, 10 MB, with the in-chain prefetch", True,
              frontiers(kernels, ("bytes", 10 * MB)), 12, 256),
-            ("the chain of persistent GEMVs (half an SM each, W's first rows before the wait), in-chain prefetch", "pipe",
-             None, 0, 0),
+            *((f"the chain of persistent GEMVs, {key}, in-chain prefetch", key, None, 0, 0) for key in PIPES),
             ("the chain without PDL, alone", "no pdl", None, 0, 0),
             ("the chain without PDL + side prefetcher, 12 blocks, 10 MB", "no pdl", frontiers(kernels, ("bytes", 10 * MB)),
              12, 256)]

@@ -52,14 +52,14 @@ def test_the_kernels_build_without_spills_and_the_gemvs_fit_8_blocks_an_sm(tmp_p
 
     src = sp.KERNELS + "".join(f"template __global__ void sp_gemv<{r}>(const half*, const half*, const half*, half*, int, "
                                f"int*, int);\n" for r in (8, 2)) + "".join(
-        f"template __global__ void sp_gemv_pipe<{r}>(const half*, const half*, const half*, half*, int, int, int*, int);\n"
-        for r in sorted(set(sp.PIPE_ROWS.values())))
+        f"template __global__ void sp_gemv_pipe<{r}, {p}>(const half*, const half*, const half*, half*, int, int, int*, "
+        f"int);\n" for r in sorted(set(sp.PIPE_ROWS.values())) for p in ("true", "false"))
     (tmp_path / "k.cu").write_text(src)
     err = subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
                           str(tmp_path / "k.cu")], check=True, capture_output=True, text=True).stderr
     report = ptxas_report(err)
     assert set(report) == {"sp_gemv", "sp_attend", "side_prefetch", "sp_gemv_pipe"}, err
-    assert len(report["sp_gemv"]) == 2 and len(report["sp_gemv_pipe"]) == 2
+    assert len(report["sp_gemv"]) == 2 and len(report["sp_gemv_pipe"]) == 4
     for name, instances in report.items():
         for regs, spill in instances:
             assert spill == 0, (name, err)
@@ -77,8 +77,8 @@ def test_the_persistent_gemv_loads_its_first_rows_of_w_before_it_lets_the_next_k
 
     from test_cuda_compile import cuobjdump_sass
 
-    (tmp_path / "k.cu").write_text(sp.KERNELS + "template __global__ void sp_gemv_pipe<4>(const half*, const half*, "
-                                   "const half*, half*, int, int, int*, int);\n")
+    (tmp_path / "k.cu").write_text(sp.KERNELS + "template __global__ void sp_gemv_pipe<4, true>(const half*, "
+                                   "const half*, const half*, half*, int, int, int*, int);\n")
     subprocess.run(["nvcc", "--cubin", "-O3", "-arch=sm_90a", "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
                    check=True, capture_output=True)
     sass = cuobjdump_sass(tmp_path / "k.cubin")
