@@ -137,12 +137,12 @@ def chunks_issued(sizes: list[int], prefetch: list[int], progress_kib: int, bloc
 
 
 def with_progress_mark(func: tirx.PrimFunc, kib: int, n_outputs: int = 1) -> tirx.PrimFunc:
-    """func (a hand-scheduled decode kernel: blockIdx.x, threadIdx.y/x loops under its root block) with one more
-    input, progress [1] uint32, after its others (before its n_outputs outputs: call_tir's order), to which
-    block 0's thread (0, 0) adds kib as the kernel starts, before anything else it does -- one relaxed atomic a kernel, that orders nothing (make_side_prefetch only reads
-    how far the chain has got). The kernel's own code is untouched: the mark is a statement put first in its
-    blockIdx.x loop, its thread loops and atomic taken from a template kernel of the same thread shape, its
-    predicate (block 0, thread (0, 0)) made on the kernel's own block variable."""
+    """func (a hand-scheduled decode kernel: blockIdx.x, threadIdx.y/x loops under its root block) with one more input,
+    progress [1] uint32, after its others (before its n_outputs outputs: call_tir's order), to which block 0's
+    thread (0, 0) adds kib as the kernel starts, before anything else it does -- one relaxed atomic a kernel, that
+    orders nothing (make_side_prefetch only reads how far the chain has got). The kernel's own code is untouched:
+    the mark is a statement put first in its blockIdx.x loop, its thread loops and atomic taken from a template
+    kernel of the same thread shape, its predicate (block 0, thread (0, 0)) made on the kernel's own block variable."""
     root = func.body.block                                  # s_tir: the root block
     bx_loop = root.body
     assert isinstance(bx_loop, tirx.For) and bx_loop.thread_binding.thread_tag == "blockIdx.x", bx_loop

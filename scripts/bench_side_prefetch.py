@@ -228,9 +228,10 @@ void gemv_pipe(torch::Tensor w, int64_t N, int64_t K, int64_t R, torch::Tensor x
                torch::Tensor progress, int64_t j, bool pdl, int64_t per_sm, bool pre) {
   TORCH_CHECK(R == 4 || R == 1, "no such instance");
   int sms = 0; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device());
-  auto k = R == 4 ? (pre ? sp_gemv_pipe<4, true> : sp_gemv_pipe<4, false>) : (pre ? sp_gemv_pipe<1, true> : sp_gemv_pipe<1, false>);
-  launch_pdl(k, (int)per_sm * sms, 128, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y), (int)N, (int)K,
-             progress.data_ptr<int>(), (int)j); }
+  auto k = R == 4 ? (pre ? sp_gemv_pipe<4, true> : sp_gemv_pipe<4, false>)
+                  : (pre ? sp_gemv_pipe<1, true> : sp_gemv_pipe<1, false>);
+  launch_pdl(k, (int)per_sm * sms, 128, pdl, (const half*)H(w), (const half*)H(x), (const half*)H(r), H(y), (int)N,
+             (int)K, progress.data_ptr<int>(), (int)j); }
 void attend(torch::Tensor qkv, torch::Tensor att, int64_t ns, torch::Tensor pf, int64_t pf_offset, int64_t pf_bytes,
             torch::Tensor progress, int64_t j, bool pdl) {
   int khz = 0; cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, qkv.get_device());
