@@ -375,3 +375,172 @@ def ln_linear_ref(x, gamma, beta, w, b, eps=1e-5, gelu=False):
 
 
 linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's (linear.py)
+
+
+# --- persistent, pipelined: a grid that fills part of each SM (the opt-in entry pipe-decode, an experiment) -------
+#
+# Every linear above is one wave of blocks that together hold all of W in registers: the next kernel's blocks find
+# room only as this one's leave, and each linear pays its start -- the PDL wait, x, W's first loads -- on the
+# step's critical path (gpt2-xl on an H100: 0.2-0.3 us of overlap, ~2-3 us a linear beyond its bytes;
+# docs/results/README.md, twenty-fourth session). make_linear_pipe_decode is the same product as a persistent grid
+# of `blocks` blocks of PIPE_THREADS (2 an SM on an H100's 132 SMs by default: half its registers at <= 128 a
+# thread), so that the next kernel's blocks can be resident while this one runs: block b computes groups of TY
+# rows b, b + blocks, ..., loading the next group's W while it multiplies this one's. With pdl, the first group's
+# loads come before the kernel lets the next one launch and waits (pinned there by an L2 prefetch of its rows, as
+# prefetch_w), so that they are in flight while the kernel before still runs. x is copied once into shared memory
+# after the wait (in registers beside two groups' W a thread would pass 128 registers), and the layernorm's
+# statistics (ln), the same for every row, are summed once.
+# Its raw-CUDA twin is scripts/bench_side_prefetch.py's sp_gemv_pipe (`gpu_session.sh pipe`), not yet timed.
+PIPE_THREADS = 128
+PIPE_BLOCKS = 2 * 132
+
+
+@T.macro(hygienic=False)
+def _lanes_sum(src, dst, TY, TX):
+    """The TX partial sums of each of a block's TY rows added across their threads (as _row_sum, for one group)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("lanes_sum"):
+                vy = T.axis.spatial(TY, ty)
+                vt = T.axis.reduce(TX, tx)
+                with T.init():
+                    dst[vy] = T.float32(0)
+                dst[vy] = dst[vy] + src[vy, vt]
+
+
+def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
+                            gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
+                            blocks: int = PIPE_BLOCKS):
+    """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
+    of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
+    with GELU where gelu. Grid `blocks`, PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block),
+    TY = PIPE_THREADS / TX rows a group."""
+    check_dtype(dtype)
+    vec = vector_width(in_features, dtype, max_lanes)
+    n_vec = in_features // vec
+    tx = min(lanes_per_row(n_vec), PIPE_THREADS)
+    ty = PIPE_THREADS // tx
+    groups = -(-out_features // ty)
+    K, N = T.int64(in_features), T.int64(out_features)
+    one = T.int64(1)
+    TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
+    V, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
+    G, ITERS = T.int64(groups), T.int64(-(-groups // blocks))
+    XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
+    line, lines = cache_lines(in_features, dtype)
+    LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
+    inv_c = T.float32(1.0 / in_features)
+    eps_ = T.float32(eps)
+    aux_shape, aux_dtype = ((out_features,), ACC) if ln else ((1, out_features), dtype)   # s, or the residual r
+    pdl_wait, _early, _loaded = pdl_flags(pdl)
+
+    def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
+        return T.min(group * TY + y_, N - one)
+
+    @T.prim_func(s_tir=True)
+    def linear_pipe_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
+                           aux: T.Buffer(aux_shape, aux_dtype), y: T.Buffer((one, N), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        w_cur = T.sblock_alloc_buffer((TY, TX, KO, V), dtype, scope="local")     # this group's W, per thread
+        w_next = T.sblock_alloc_buffer((TY, TX, KO, V), dtype, scope="local")    # the next group's
+        x_sh = T.sblock_alloc_buffer((K,), dtype, scope="shared")                # x, once for the block
+        x_vec = T.sblock_alloc_buffer((TY, TX, V), dtype, scope="local")          # one vector of it at a time
+        partial = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        x_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        sq_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        row_acc = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        row_x = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            # 1. the first group's W, before the wait (with pdl: an L2 prefetch of its rows keeps the loads there)
+            for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    if pdl_wait:
+                        for i in T.serial(NI):
+                            with T.sblock("w_prefetch"):
+                                T.where(i * TX + tx < NL)
+                                T.reads()
+                                T.writes()
+                                T.ptx.prefetch.global_.L2(T.address_of(w[row(bx, ty), (i * TX + tx) * LE]))
+                    for ko in T.serial(KO, annotations=UNROLL):
+                        for v in T.vectorized(V):
+                            with T.sblock("w_first"):               # opaque blocks: they use bx and it
+                                if ko * TX + tx < CV:
+                                    w_cur[ty, tx, ko, v] = w[row(bx, ty), (ko * TX + tx) * V + v]
+            if pdl_wait:
+                read_coherently(TY, TX, T.address_of(x[0, 0]))
+                grid_wait(TY, TX, True)                  # the next kernel may launch: its blocks have room
+            # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
+            # beside two groups' W it would take the thread past 128 registers
+            for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                    for i in T.serial(XI):
+                        for v in T.vectorized(V):
+                            with T.sblock("x_load"):
+                                if (i * TY + ty) * TX + tx < CV:
+                                    x_sh[((i * TY + ty) * TX + tx) * V + v] = x[0, ((i * TY + ty) * TX + tx) * V + v]
+            if ln:
+                for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("x_sums"):
+                            vy, vt = T.axis.remap("SS", [ty, tx])
+                            x_part[vy, vt] = T.float32(0)
+                            sq_part[vy, vt] = T.float32(0)
+                            for ko in T.serial(KO, annotations=UNROLL):
+                                if ko * TX + vt < CV:
+                                    for v in T.serial(V, annotations=UNROLL):
+                                        x_part[vy, vt] = x_part[vy, vt] + T.Cast(ACC, x_sh[(ko * TX + vt) * V + v])
+                                        sq_part[vy, vt] = sq_part[vy, vt] + T.Cast(
+                                            ACC, x_sh[(ko * TX + vt) * V + v]) * T.Cast(ACC, x_sh[(ko * TX + vt) * V + v])
+                _lanes_sum(x_part, row_x, TY, TX)
+                _lanes_sum(sq_part, row_sq, TY, TX)
+            # 3. the block's groups, one after the other: the next group's W loaded, this one's multiplied
+            for it in T.serial(ITERS):
+                for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            for v in T.vectorized(V):
+                                with T.sblock("w_next"):
+                                    if ko * TX + tx < CV and bx + (it + one) * NB < G:
+                                        w_next[ty, tx, ko, v] = w[row(bx + (it + one) * NB, ty), (ko * TX + tx) * V + v]
+                for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("dot"):
+                            vy, vt = T.axis.remap("SS", [ty, tx])
+                            partial[vy, vt] = T.float32(0)
+                            for ko in T.serial(KO, annotations=UNROLL):
+                                if ko * TX + vt < CV:
+                                    for v in T.vectorized(V):
+                                        x_vec[vy, vt, v] = x_sh[(ko * TX + vt) * V + v]     # one 16-byte shared load
+                                    for v in T.serial(V, annotations=UNROLL):
+                                        partial[vy, vt] = partial[vy, vt] + T.Cast(ACC, w_cur[vy, vt, ko, v]) * T.Cast(
+                                            ACC, x_vec[vy, vt, v])
+                _lanes_sum(partial, row_acc, TY, TX)
+                for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("epilogue"):
+                            vy = T.axis.spatial(TY, ty)
+                            j = T.axis.spatial(G * TY, (bx + it * NB) * TY + ty)        # the output row
+                            T.where(tx == T.int64(0) and (bx + it * NB) * TY + ty < N)
+                            if ln:
+                                # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
+                                y[0, j] = T.Cast(dtype, _maybe_gelu(
+                                    T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
+                                    * (row_acc[vy] - row_x[vy] * inv_c * aux[j])
+                                    + T.Cast(ACC, b[j]), gelu))
+                            else:
+                                y[0, j] = aux[0, j] + T.Cast(
+                                    dtype, row_acc[vy] + T.Cast(ACC, b[j]))
+                for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            for v in T.vectorized(V):
+                                with T.sblock("w_swap"):
+                                    vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
+                                    w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+
+    return linear_pipe_decode
+
+
+def _maybe_gelu(v, gelu: bool):
+    return gelu_expr(v) if gelu else v

@@ -195,8 +195,15 @@ case "$1" in
                   2>/dev/null | tee -a "$OUT/trace_side.md" || true; done ;;
   # a prefetcher on a second stream beside a gpt2-xl layer's skeleton, raw CUDA (scripts/bench_side_prefetch.py)
   side-prefetch) timeout 200 python3 scripts/bench_side_prefetch.py --out="$OUT" || true ;;
-  # the same skeleton's chain of persistent half-SM GEMVs (W's first rows before the PDL wait) beside its baselines
-  pipe)       timeout 200 python3 scripts/bench_side_prefetch.py --pipe-only --out="$OUT" || true ;;
+  # the same skeleton's chain of persistent half-SM GEMVs (W's first rows before the PDL wait) beside its baselines;
+  # then the model's (pipe-decode): its logits, and gpt2-xl's step traced against fused's, fused first and last
+  pipe)       timeout 200 python3 scripts/bench_side_prefetch.py --pipe-only --out="$OUT" || true
+              PIPE=pipe-decode,$(fused_without none)
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $PIPE \
+                | tee "$OUT/gpu_check_pipe.md" || true
+              for r in fused $PIPE fused; do
+                timeout 100 python3 scripts/trace_decode.py ${2:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
+                  2>/dev/null | tee -a "$OUT/trace_pipe.md" || true; done ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
   mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \

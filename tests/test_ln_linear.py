@@ -3,6 +3,7 @@ the weights by fold_layernorm) against the two unfused references in sequence, l
 prefill's reference, run on the WebGPU adapter (llvmpipe in CI), and their CUDA C checked for the
 intended code."""
 
+import re
 import shutil
 
 import numpy as np
@@ -156,3 +157,70 @@ def test_cuda_source_of_a_long_row():
     first_use = src.index("partial_ptr[0] = (partial_ptr[0] +")
     assert src.rindex("= *(uint4*)(w_ptr", 0, first_use) > 0                    # loads before any arithmetic
     assert src.count("__syncthreads") <= 2
+
+
+# --- make_linear_pipe_decode: the same products as persistent pipelined grids (pipe-decode, an experiment) ------
+
+@pytest.mark.parametrize("K,N,dtype,ln,gelu,blocks", [
+    (48, 100, "float32", False, False, 3),     # 34 groups of 3 rows over 3 blocks: 12 passes, the last partial
+    (1100, 30, "float32", True, False, 4),     # 275 vectors: 64 lanes a row (2 rows a group), a partial pass
+    (64, 37, "float16", True, True, 5),        # ln + gelu, 37 rows: the last group's rows past N stored nowhere
+    (3072, 50, "float16", False, False, 7)])   # gpt2's MLP c_proj rows: 128 lanes, one row a group
+def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks):
+    """Every block's groups in turn, the next group's W loaded while this one's is multiplied: the same outputs
+    as the two kernels it stands for (their references), every row written."""
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    x, gamma, beta, w, b = inputs(rng, K, N, dtype)
+    if ln:
+        ins, want = [x, *fold_layernorm(gamma, beta, w, b)], ln_linear_ref(x, gamma, beta, w, b, 1e-5, gelu)
+    else:
+        r = rng.standard_normal((1, N)).astype(dtype)
+        ins, want = [x, w, b, r], linear_residual_decode_ref(x, w, b, r)
+    func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks)
+    *after, y = run_kernel(func, [*ins, np.full((1, N), np.nan, dtype)], dtype)
+    for a, a0 in zip(after, ins):
+        np.testing.assert_array_equal(a, a0)
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
+                                         (6400, 1600, False, False)])
+def test_pipelined_linear_loads_its_first_rows_before_the_wait_within_half_an_sm(tmp_path, K, N, ln, gelu):
+    """gpt2-xl's four linears for an H100, with PDL: at most 128 registers a thread (2 blocks of 128 an SM take
+    half its registers, so the next kernel's fit beside), no spill, and in SASS the first group's 7 loads of W
+    before PREEXIT (griddepcontrol.launch_dependents) and ACQBULK (griddepcontrol.wait), x's after."""
+    from test_cuda_compile import cuobjdump_sass, nvcc, ptxas_usage
+
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    func = make_linear_pipe_decode(K, N, "float16", ln, gelu, pdl="exit")
+    spill, regs, _ = ptxas_usage(func)
+    assert spill == 0 and regs <= 128, (spill, regs)
+    (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
+    sass = cuobjdump_sass(tmp_path / "k.cubin")
+    preexit, acqbulk = sass.index("PREEXIT"), sass.index("ACQBULK")
+    assert sass[:preexit].count("LDG.E.128") == 7 and preexit < acqbulk
+    assert "LDG" in sass[acqbulk:sass.index("BAR.SYNC")]                     # x, copied to shared memory after it
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_the_model_with_pipe_decode_takes_the_pipelined_linears():
+    """`pipe-decode` in front of `fused` (CUDA sm_90a, fp16): decode's four linears a layer are the pipelined
+    grids (128 threads, x in shared memory), prefill keeps its own; dropped in float32 and before sm_90."""
+    from test_cuda_compile import CFG64, C
+
+    from tinygpt2.rules import GPU_FUSED
+
+    sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["pipe-decode", *GPU_FUSED], arch="sm_90a")
+    assert all(sched.rule_of.values())
+    src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
+    kernels = {re.search(r"(\w+)_kernel\(", k).group(1): k for k in src.split('extern "C" __global__')[1:]}
+    for name in ("ln_linear_qkv_n1", "linear_attn_proj_n1", "ln_linear_fc_gelu_n1", "linear_mlp_proj_n1"):
+        assert "__launch_bounds__(128)" in kernels[name] and "x_sh" in kernels[name], name
+    assert "x_sh" in sched.mod["ln_linear_qkv_n1"].script()
+    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):
+        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["pipe-decode", *GPU_FUSED], arch=arch)
+        assert "x_sh" not in plain.mod["ln_linear_qkv_n1"].script()                # fused-decode's own kernel

@@ -112,6 +112,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
+    # decode's four linears as persistent pipelined grids, each loading its first rows before its PDL wait
+    # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment)
+    pipe = fused and cuda_fp16 and pdl is not None and "pipe-decode" in hand
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
@@ -151,11 +154,18 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # (before attention_cluster it lets that launch at once: its blocks then copy their K and V rows while
             # qkv streams, H100 gpt2-xl: qkv 7.17 -> 8.10 us, the attention 5.57 -> 3.46 after it, the step
             # 1632.8 -> 1572.4 us; docs/results/trace_decode_h100_attention_cluster.md)
-            ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
-                              "early" if attn_cluster and pdl else pdl, mark_kib=kib(C, 3 * C))
+            if pipe:
+                ln_qkv = b.kernel("ln_linear_qkv", K.make_linear_pipe_decode, C, 3 * C, dtype, True, False, eps,
+                                  lanes, pdl, mark_kib=kib(C, 3 * C))
+            else:
+                ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
+                                  "early" if attn_cluster and pdl else pdl, mark_kib=kib(C, 3 * C))
         if side:        # the prefetcher, launched by the executor beside each step (runtime/executor.py)
             b.kernel("side_prefetch", K.make_side_prefetch, 4 * cfg.n_layer)
-        if fused:
+        if pipe:
+            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_linear_pipe_decode, C, F, dtype, True, True, eps, lanes,
+                                  pdl, mark_kib=kib(C, F))
+        elif fused:
             ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl,
                                   mark_kib=kib(C, F))
         else:
@@ -202,12 +212,18 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
-    if pdl:
+    if pipe:
+        attn_proj = b.kernel("linear_attn_proj", K.make_linear_pipe_decode, C, C, dtype, False, False, eps, lanes, pdl,
+                             mark_kib=kib(C, C))
+    elif pdl:
         attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True,
                              mark_kib=kib(C, C))
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
-    if fused:
+    if pipe:
+        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_pipe_decode, F, C, dtype, False, False, eps, lanes, pdl,
+                            mark_kib=kib(F, C))
+    elif fused:
         mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl,
                             mark_kib=kib(F, C))
     else:

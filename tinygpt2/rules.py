@@ -162,6 +162,20 @@ class SidePrefetch(Request):
     """
 
 
+class PipeDecode(Request):
+    """Not a schedule: a request that decode's four linears a layer (those of `fused-decode`, launched with PDL)
+    be persistent pipelined grids that fill part of each SM (kernels/ln_linear.py's make_linear_pipe_decode: 2
+    blocks of 128 an SM, a block's groups of rows one after the other, the next group's W loaded while this one's
+    is multiplied), each loading its first group's W before it lets the next kernel launch and waits -- so that
+    the next linear's blocks are resident, their first loads in flight, while this one runs. The linears it
+    replaces overlap the kernel before them by 0.2-0.3 us only and pay their start on the step's critical path
+    (gpt2-xl, H100: ~2-3 us a linear beyond its bytes; docs/results/README.md, twenty-fourth session). Needs
+    fused-decode and pdl-decode (CUDA sm_90 and later, float16); dropped elsewhere. An experiment, in no preset:
+    correct against numpy (WebGPU) and built for sm_90a (its loads before the wait checked in SASS), not yet timed
+    on a GPU. It matches no kernel.
+    """
+
+
 class PDLDecodeLoaded(PDLDecode):
     mode = "loaded"
 
@@ -550,7 +564,7 @@ def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "side-prefetch",
-                                    "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
+                                    "pipe-decode", "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -581,6 +595,7 @@ GPU_RULES = {
     "decode-cluster": DecodeCluster,             # ours: ln_1 + c_attn + attention, a cluster per head (above)
     "attention-cluster": AttentionCluster,       # ours: the attention alone, a cluster per head (above)
     "side-prefetch": SidePrefetch,               # ours: decode's weights into L2 from a second stream (above)
+    "pipe-decode": PipeDecode,                   # ours: decode's linears as persistent pipelined grids (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
     "flash-prefill": FlashPrefill,               # ours: prefill's attention as one hand-scheduled kernel (above)
     "flash-prefill-mma": FlashPrefillMma,        # ours: ... on mma.sync, FA2's layout (above)
@@ -593,7 +608,7 @@ PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls
 # flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do nothing alone
 # (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run
 # them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "flash-prefill-mma",
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "pipe-decode", "flash-prefill-mma",
                  "matmul-mma", "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
