@@ -433,6 +433,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     eps_ = T.float32(eps)
     aux_shape, aux_dtype = ((out_features,), ACC) if ln else ((1, out_features), dtype)   # s, or the residual r
     pdl_wait, _early, _loaded = pdl_flags(pdl)
+    residual = not ln                         # (TVMScript resolves a plain bool in an `if` while parsing)
 
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
         return T.min(group * TY + y_, N - one)
@@ -469,6 +470,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                                     w_cur[ty, tx, ko, v] = w[row(bx, ty), (ko * TX + tx) * V + v]
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
+                if residual:                             # the residual stream, written by a kernel before too
+                    read_coherently(TY, TX, T.address_of(aux[0, 0]))
                 grid_wait(TY, TX, True)                  # the next kernel may launch: its blocks have room
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
             # beside two groups' W it would take the thread past 128 registers
