@@ -212,10 +212,10 @@ def test_pipelined_linear_loads_its_first_rows_before_the_wait_within_half_an_sm
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_the_model_with_pipe_decode_takes_the_pipelined_linears():
     """`pipe-decode` in front of `fused` (CUDA sm_90a, fp16): decode's four linears a layer are the pipelined
-    grids (128 threads, x in shared memory), prefill keeps its own; dropped in float32 and before sm_90."""
+    grids (128 threads, x in shared memory); without `fused-decode` there are no such linears to replace."""
     from test_cuda_compile import CFG64, C
 
-    from tinygpt2.rules import GPU_FUSED
+    from tinygpt2.rules import GPU_FUSED, GPU_TUNED
 
     sched, tgt, _ = C.build_scheduled(CFG64, "cuda", "float16", ["pipe-decode", *GPU_FUSED], arch="sm_90a")
     assert all(sched.rule_of.values())
@@ -223,7 +223,5 @@ def test_the_model_with_pipe_decode_takes_the_pipelined_linears():
     kernels = {re.search(r"(\w+)_kernel\(", k).group(1): k for k in src.split('extern "C" __global__')[1:]}
     for name in ("ln_linear_qkv_n1", "linear_attn_proj_n1", "ln_linear_fc_gelu_n1", "linear_mlp_proj_n1"):
         assert "__launch_bounds__(128)" in kernels[name] and "x_sh" in kernels[name], name
-    assert "x_sh" in sched.mod["ln_linear_qkv_n1"].script()
-    for dtype, arch in (("float32", "sm_90a"), ("float16", "sm_80")):
-        plain, *_ = C.build_scheduled(CFG64, "cuda", dtype, ["pipe-decode", *GPU_FUSED], arch=arch)
-        assert "x_sh" not in plain.mod["ln_linear_qkv_n1"].script()                # fused-decode's own kernel
+    plain, *_ = C.build_scheduled(CFG64, "cuda", "float16", ["pipe-decode", *GPU_TUNED], arch="sm_90a")
+    assert not any("ln_linear" in str(gv) for gv in plain.mod.get_global_vars())   # DLight's kernels stay

@@ -113,8 +113,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
     # decode's four linears as persistent pipelined grids, each loading its first rows before its PDL wait
-    # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment)
-    pipe = fused and cuda_fp16 and pdl is not None and "pipe-decode" in hand
+    # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment). Its point, the overlap of
+    # consecutive linears, needs PDL (CUDA sm_90+); on other GPUs it is another schedule of the same products
+    pipe = fused and "pipe-decode" in hand
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them

@@ -170,9 +170,10 @@ class PipeDecode(Request):
     the next linear's blocks are resident, their first loads in flight, while this one runs. The linears it
     replaces overlap the kernel before them by 0.2-0.3 us only and pay their start on the step's critical path
     (gpt2-xl, H100: ~2-3 us a linear beyond its bytes; docs/results/README.md, twenty-fourth session). Needs
-    fused-decode and pdl-decode (CUDA sm_90 and later, float16); dropped elsewhere. An experiment, in no preset:
-    correct against numpy (WebGPU) and built for sm_90a (its loads before the wait checked in SASS), not yet timed
-    on a GPU. It matches no kernel.
+    fused-decode; its point needs pdl-decode as well (CUDA sm_90 and later, sized for float16 and an H100's 132
+    SMs): on other GPUs it is only another schedule of the same products (the WebGPU tests run it end to end). An
+    experiment, in no preset: correct against numpy and transformers (WebGPU) and built for sm_90a (its loads
+    before the wait checked in SASS), not yet timed on a GPU. It matches no kernel.
     """
 
 
@@ -608,7 +609,7 @@ PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls
 # flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do nothing alone
 # (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run
 # them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "pipe-decode", "flash-prefill-mma",
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "flash-prefill-mma",
                  "matmul-mma", "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
