@@ -611,6 +611,8 @@ PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls
 # them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
 SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "flash-prefill-mma",
                  "matmul-mma", "matmul-wgmma"}
+# ... and one that changes fused-decode's kernels on any GPU: it too does nothing alone
+FUSED_REQUESTS = {"pipe-decode"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -695,7 +697,8 @@ def presets(target_kind: str) -> dict[str, list[str]]:
                 attention-cluster (decode's attention one kernel, a thread-block cluster per head; CUDA
                 sm_90+, fp16) and small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
-                the pdl-decode entries, decode-cluster and attention-cluster, which need fused-decode.
+                the pdl-decode entries, decode-cluster, attention-cluster and pipe-decode, which need
+                fused-decode (nor the others of SM90_REQUESTS).
     default-minus-<rule> -- the default list without that rule.
     """
     if target_kind == "cpu":
@@ -706,9 +709,10 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
     out["auto"] = list(out[AUTO["gpu"]])
-    # each rule alone; not the SM90_REQUESTS entries (alone they would do nothing, or leave the rest unscheduled)
+    # each rule alone; not the SM90_REQUESTS / FUSED_REQUESTS entries (alone they would do nothing, or leave the
+    # rest unscheduled)
     out.update({name: [name, "fallback"] for name in GPU_RULES
-                if name != "fallback" and name not in SM90_REQUESTS})
+                if name != "fallback" and name not in SM90_REQUESTS | FUSED_REQUESTS})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
