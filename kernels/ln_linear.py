@@ -139,6 +139,11 @@ def cache_lines(n: int, dtype: str) -> tuple[int, int]:
     return line, -(-n // line)
 
 
+def _maybe_gelu(v, gelu: bool):
+    """An ln + linear's epilogue: GELU of the float32 value (ln_2 + c_fc), or the value (ln_1 + c_attn)."""
+    return gelu_expr(v) if gelu else v
+
+
 def lanes_per_row(n_vec: int) -> int:
     """TX: one warp, doubled (up to the whole block) while a thread would need more than KO_MAX loads."""
     tx = WARP
@@ -234,9 +239,6 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     inv_c = T.float32(1.0 / n_embd)
     eps_ = T.float32(eps)
 
-    def epilogue(acc):
-        return gelu_expr(acc) if gelu else acc
-
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
 
     @T.prim_func(s_tir=True)
@@ -286,9 +288,9 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
                         # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
-                        y[0, vj] = T.Cast(dtype, epilogue(
+                        y[0, vj] = T.Cast(dtype, _maybe_gelu(
                             T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
-                            * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj])))
+                            * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj]), gelu))
 
     return ln_linear_decode
 
@@ -544,6 +546,3 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
 
     return linear_pipe_decode
 
-
-def _maybe_gelu(v, gelu: bool):
-    return gelu_expr(v) if gelu else v

@@ -117,6 +117,19 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # consecutive linears, needs PDL (CUDA sm_90+); on other GPUs it is another schedule of the same products
     pipe = fused and "pipe-decode" in hand
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
+
+    def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
+        """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
+        the residual added after; pipe-decode's pipelined grids instead where asked; each marking `progress` as it
+        starts under side-prefetch. mode: the PDL mode (pipelined grids always let the next kernel launch early)."""
+        if pipe:
+            return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
+                            mark_kib=kib(k_in, n_out))
+        if ln:
+            return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
+                            mark_kib=kib(k_in, n_out))
+        return b.kernel(name, K.make_linear_residual_decode, k_in, n_out, dtype, lanes, mode,
+                        mark_kib=kib(k_in, n_out), **options)
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
     m = tirx.Var("m", "int64")                                        # sequence length after them
     keys = P if decode else m                                          # the attention's key axis
@@ -155,20 +168,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             # (before attention_cluster it lets that launch at once: its blocks then copy their K and V rows while
             # qkv streams, H100 gpt2-xl: qkv 7.17 -> 8.10 us, the attention 5.57 -> 3.46 after it, the step
             # 1632.8 -> 1572.4 us; docs/results/trace_decode_h100_attention_cluster.md)
-            if pipe:
-                ln_qkv = b.kernel("ln_linear_qkv", K.make_linear_pipe_decode, C, 3 * C, dtype, True, False, eps,
-                                  lanes, pdl, mark_kib=kib(C, 3 * C))
-            else:
-                ln_qkv = b.kernel("ln_linear_qkv", K.make_ln_linear_decode, C, 3 * C, dtype, eps, False, lanes,
-                                  "early" if attn_cluster and pdl else pdl, mark_kib=kib(C, 3 * C))
+            ln_qkv = decode_linear("ln_linear_qkv", C, 3 * C, True, mode="early" if attn_cluster and pdl else pdl)
         if side:        # the prefetcher, launched by the executor beside each step (runtime/executor.py)
             b.kernel("side_prefetch", K.make_side_prefetch, 4 * cfg.n_layer)
-        if pipe:
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_linear_pipe_decode, C, F, dtype, True, True, eps, lanes,
-                                  pdl, mark_kib=kib(C, F))
-        elif fused:
-            ln_fc_gelu = b.kernel("ln_linear_fc_gelu", K.make_ln_linear_decode, C, F, dtype, eps, True, lanes, pdl,
-                                  mark_kib=kib(C, F))
+        if fused:
+            ln_fc_gelu = decode_linear("ln_linear_fc_gelu", C, F, True, gelu=True)
         else:
             kv_append = b.kernel("kv_append", K.make_kv_append_decode, H, D, P, dtype)
             attn_scores = b.kernel("attn_scores", K.make_attn_scores_decode, H, D, P, dtype)
@@ -213,20 +217,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
-    if pipe:
-        attn_proj = b.kernel("linear_attn_proj", K.make_linear_pipe_decode, C, C, dtype, False, False, eps, lanes, pdl,
-                             mark_kib=kib(C, C))
-    elif pdl:
-        attn_proj = b.kernel("linear_attn_proj", K.make_linear_residual_decode, C, C, dtype, lanes, pdl, True,
-                             mark_kib=kib(C, C))
+    if pdl or pipe:
+        attn_proj = decode_linear("linear_attn_proj", C, C, False, prefetch_w=True)
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
-    if pipe:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_pipe_decode, F, C, dtype, False, False, eps, lanes, pdl,
-                            mark_kib=kib(F, C))
-    elif fused:
-        mlp_proj = b.kernel("linear_mlp_proj", K.make_linear_residual_decode, F, C, dtype, lanes, pdl,
-                            mark_kib=kib(F, C))
+    if fused:
+        mlp_proj = decode_linear("linear_mlp_proj", F, C, False)
     else:
         mlp_proj = linear("linear_mlp_proj", K.make_linear_residual, F, C, "residual")
     picked = [history] if pick == "greedy" else [history, sampling] if pick == "sample" else []
