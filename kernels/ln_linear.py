@@ -105,6 +105,7 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 
 import numpy as np
 
+from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import ACC, check_dtype
@@ -385,16 +386,23 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # room only as this one's leave, and each linear pays its start -- the PDL wait, x, W's first loads -- on the
 # step's critical path (gpt2-xl on an H100: 0.2-0.3 us of overlap, ~2-3 us a linear beyond its bytes;
 # docs/results/README.md, twenty-fourth session). make_linear_pipe_decode is the same product as a persistent grid
-# of `blocks` blocks of PIPE_THREADS (2 an SM on an H100's 132 SMs by default: half its registers at <= 128 a
-# thread), so that the next kernel's blocks can be resident while this one runs: block b computes groups of TY
-# rows b, b + blocks, ..., loading the next group's W while it multiplies this one's. With pdl, the first group's
-# loads come before the kernel lets the next one launch and waits (pinned there by an L2 prefetch of its rows, as
-# prefetch_w), so that they are in flight while the kernel before still runs. x is copied once into shared memory
-# after the wait (in registers beside two groups' W a thread would pass 128 registers), and the layernorm's
-# statistics (ln), the same for every row, are summed once.
-# Its raw-CUDA twin is scripts/bench_side_prefetch.py's sp_gemv_pipe (`gpu_session.sh pipe`), not yet timed.
+# of at most `blocks` blocks of PIPE_THREADS (by default 3 an SM on an H100's 132 SMs: three quarters of its
+# registers at <= 128 a thread), so that the next kernel's blocks can be resident while this one runs: block b
+# computes groups of TY rows b, b + blocks, ..., loading the next group's W while it multiplies this one's. With
+# pdl, the first group's loads come before the wait (pinned there by an L2 prefetch of its rows, as prefetch_w), so
+# that they are in flight while the kernel before still runs, and the next kernel may launch once every block is
+# at its last group (PIPE_TRIGGER). x is copied once into shared memory after the wait (in registers beside two
+# groups' W a thread would pass 128 registers), and the layernorm's statistics (ln), the same for every row, are
+# summed once.
+# Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): it
+# loses to the one-wave linears, 1549 us a step at best against 1513 for `fused`; qkv alone gains (5.8-6.3 us
+# from the previous kernel's end against 8.0) but the rest lose more, and as pipelined grids qkv and the MLP's
+# c_proj alone are 1506 against 1511 -- time moved between kernels, not saved. Letting the next kernel launch at
+# the start (as the one-wave linears do) fills the SMs with waiting grids: 1583-1787 us.
 PIPE_THREADS = 128
-PIPE_BLOCKS = 2 * 132
+PIPE_BLOCKS = 3 * 132
+PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or
+                         # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
 
 
 @T.macro(hygienic=False)
@@ -412,10 +420,11 @@ def _lanes_sum(src, dst, TY, TX):
 
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
-                            blocks: int = PIPE_BLOCKS):
+                            blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
-    with GELU where gelu. Grid `blocks`, PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block),
+    with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl). Grid: as few blocks
+    as give each the same number of groups, at most `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block),
     TY = PIPE_THREADS / TX rows a group."""
     check_dtype(dtype)
     vec = vector_width(in_features, dtype, max_lanes)
@@ -423,6 +432,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     tx = min(lanes_per_row(n_vec), PIPE_THREADS)
     ty = PIPE_THREADS // tx
     groups = -(-out_features // ty)
+    # as few blocks as keep the groups a block computes equal (at most `blocks`): a persistent grid lasts as long
+    # as its blocks with the most groups
+    blocks = -(-groups // -(-groups // blocks))
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
@@ -435,6 +447,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     eps_ = T.float32(eps)
     aux_shape, aux_dtype = ((out_features,), ACC) if ln else ((1, out_features), dtype)   # s, or the residual r
     pdl_wait, _early, _loaded = pdl_flags(pdl)
+    if trigger not in ("start", "last"):
+        raise RuleError(f"unknown trigger {trigger!r}: choose start or last")
+    trigger_last = pdl_wait and trigger == "last"
     residual = not ln                         # (TVMScript resolves a plain bool in an `if` while parsing)
 
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
@@ -474,7 +489,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 if residual:                             # the residual stream, written by a kernel before too
                     read_coherently(TY, TX, T.address_of(aux[0, 0]))
-                grid_wait(TY, TX, True)                  # the next kernel may launch: its blocks have room
+                grid_wait(TY, TX, not trigger_last)         # the next kernel may launch now, or at the last group
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
             # beside two groups' W it would take the thread past 128 registers
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -501,6 +516,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 _lanes_sum(sq_part, row_sq, TY, TX)
             # 3. the block's groups, one after the other: the next group's W loaded, this one's multiplied
             for it in T.serial(ITERS):
+                if trigger_last:
+                    if it == ITERS - one:                # every block at its last group (its W loaded before)
+                        launch_next(TY, TX)
                 for ty in T.thread_binding(TY, thread="threadIdx.y"):
                     for tx in T.thread_binding(TX, thread="threadIdx.x"):
                         for ko in T.serial(KO, annotations=UNROLL):

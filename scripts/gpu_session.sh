@@ -195,8 +195,9 @@ case "$1" in
                   2>/dev/null | tee -a "$OUT/trace_side.md" || true; done ;;
   # a prefetcher on a second stream beside a gpt2-xl layer's skeleton, raw CUDA (scripts/bench_side_prefetch.py)
   side-prefetch) timeout 200 python3 scripts/bench_side_prefetch.py --out="$OUT" || true ;;
-  # the same skeleton's chain of persistent half-SM GEMVs (W's first rows before the PDL wait) beside its baselines;
-  # then the model's (pipe-decode): its logits, and gpt2-xl's step traced against fused's, fused first and last
+  # the same skeleton's chain of persistent GEMVs (W's first rows before the PDL wait) beside its baselines; then the
+  # model's (pipe-decode): its logits, and gpt2-xl's step traced against fused's, fused first and last
+  # (docs/results/pipe_decode_h100.md: its variants made by sed on PIPE_BLOCKS and model.py's PIPE_DECODE_LINEARS)
   pipe)       timeout 200 python3 scripts/bench_side_prefetch.py --pipe-only --out="$OUT" || true
               PIPE=pipe-decode,$(fused_without none)
               timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $PIPE \

@@ -185,14 +185,30 @@ def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks):
     np.testing.assert_allclose(y, want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("K,N,rows,want", [(1600, 4800, 4, 300), (1600, 1600, 4, 200), (1600, 6400, 4, 320),
+                                            (6400, 1600, 1, 320)])
+def test_pipelined_grid_gives_its_blocks_equal_shares(K, N, rows, want):
+    """gpt2-xl's linears (rows: a group's, 128 threads over a row of K / 8 vectors): at most PIPE_BLOCKS (3 an SM
+    of an H100) blocks, as few as give each block the same number of groups -- qkv's 1200 groups over 396 blocks
+    would take 4 passes with the last 12 blocks' alone; over 300, 4 passes for every block."""
+    from tinygpt2.kernels.ln_linear import PIPE_BLOCKS, make_linear_pipe_decode
+
+    script = make_linear_pipe_decode(K, N, "float16", ln=N != 1600, pdl="exit").script()
+    assert f'T.thread_binding(T.int64({want}), thread="blockIdx.x")' in script
+    groups = N // rows
+    passes = -(-groups // PIPE_BLOCKS)
+    assert want <= PIPE_BLOCKS and want * passes == groups
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
                                          (6400, 1600, False, False)])
-def test_pipelined_linear_loads_its_first_rows_before_the_wait_within_half_an_sm(tmp_path, K, N, ln, gelu):
-    """gpt2-xl's four linears for an H100, with PDL: at most 128 registers a thread (2 blocks of 128 an SM take
-    half its registers, so the next kernel's fit beside), no spill, and in SASS the first group's 7 loads of W
-    before PREEXIT (griddepcontrol.launch_dependents) and ACQBULK (griddepcontrol.wait), x's after, and the
-    residual read coherently (TVM makes every pointer __restrict__: read-only loads may cross the wait)."""
+def test_pipelined_linear_loads_its_first_rows_before_the_wait_three_blocks_an_sm(tmp_path, K, N, ln, gelu):
+    """gpt2-xl's four linears for an H100, with PDL: at most 128 registers a thread (3 blocks of 128 an SM take
+    three quarters of its registers, so that the next kernel's fit beside), no spill, and in SASS the first group's
+    7 loads of W before ACQBULK (griddepcontrol.wait), x's after, the next kernel let launch (PREEXIT,
+    griddepcontrol.launch_dependents) only after the wait, inside the loop over groups, and the residual read
+    coherently (TVM makes every pointer __restrict__: read-only loads may cross the wait)."""
     from test_cuda_compile import cuobjdump_sass, nvcc, ptxas_usage
 
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
@@ -202,11 +218,31 @@ def test_pipelined_linear_loads_its_first_rows_before_the_wait_within_half_an_sm
     assert spill == 0 and regs <= 128, (spill, regs)
     (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
     sass = cuobjdump_sass(tmp_path / "k.cubin")
-    preexit, acqbulk = sass.index("PREEXIT"), sass.index("ACQBULK")
-    assert sass[:preexit].count("LDG.E.128") == sass[:acqbulk].count("LDG") == 7 and preexit < acqbulk   # W's alone
+    acqbulk = sass.index("ACQBULK")
+    assert sass[:acqbulk].count("LDG.E.128") == sass[:acqbulk].count("LDG") == 7            # W's alone
     assert "LDG" in sass[acqbulk:sass.index("BAR.SYNC")]                     # x, copied to shared memory after it
-    if not ln:              # the residual, which a kernel before writes, by a coherent load (W's bias: read-only)
-        assert re.findall(r"LDG\.E\.U16\S*", sass) == ["LDG.E.U16.CONSTANT", "LDG.E.U16"]
+    assert acqbulk < sass.index("PREEXIT") and sass.count("PREEXIT") == 1
+    if not ln:              # the residual, which a kernel before writes, by a coherent load (W's bias: read-only),
+        loads = re.findall(r"LDG\.E\.U16\S*", sass)   # one of each a group (ptxas unrolls a loop of two groups)
+        assert set(loads) == {"LDG.E.U16.CONSTANT", "LDG.E.U16"} and loads.count("LDG.E.U16") * 2 == len(loads)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_pipelined_linear_can_let_the_next_kernel_launch_at_its_start(tmp_path):
+    """trigger="start" (what the one-wave linears do, measured slower here): PREEXIT right before ACQBULK, after
+    the first group's loads; and an unknown trigger is a RuleError."""
+    from test_cuda_compile import cuobjdump_sass, nvcc
+
+    from tinygpt2.errors import RuleError
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    func = make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", trigger="start")
+    (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
+    sass = cuobjdump_sass(tmp_path / "k.cubin")
+    preexit, acqbulk = sass.index("PREEXIT"), sass.index("ACQBULK")
+    assert sass[:preexit].count("LDG.E.128") == sass[:acqbulk].count("LDG") == 7 and preexit < acqbulk
+    with pytest.raises(RuleError, match="unknown trigger"):
+        make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", trigger="soon")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")

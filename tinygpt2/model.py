@@ -43,6 +43,8 @@ from tinygpt2.weights import param_dtype, param_shapes
 
 ACC = "float32"                     # logits, attention scores and probabilities are float32 in every dtype
 FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters (weights.fold_layernorms)
+# the decode linears pipe-decode makes pipelined grids (kernels/ln_linear.py's make_linear_pipe_decode)
+PIPE_DECODE_LINEARS = ("ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj")
 
 
 class _Builder:
@@ -122,7 +124,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
         the residual added after; pipe-decode's pipelined grids instead where asked; each marking `progress` as it
         starts under side-prefetch. mode: the PDL mode (pipelined grids always let the next kernel launch early)."""
-        if pipe:
+        if pipe and name in PIPE_DECODE_LINEARS:
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             mark_kib=kib(k_in, n_out))
         if ln:

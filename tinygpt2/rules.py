@@ -164,16 +164,17 @@ class SidePrefetch(Request):
 
 class PipeDecode(Request):
     """Not a schedule: a request that decode's four linears a layer (those of `fused-decode`, launched with PDL)
-    be persistent pipelined grids that fill part of each SM (kernels/ln_linear.py's make_linear_pipe_decode: 2
-    blocks of 128 an SM, a block's groups of rows one after the other, the next group's W loaded while this one's
-    is multiplied), each loading its first group's W before it lets the next kernel launch and waits -- so that
-    the next linear's blocks are resident, their first loads in flight, while this one runs. The linears it
+    be persistent pipelined grids that fill part of each SM (kernels/ln_linear.py's make_linear_pipe_decode: at
+    most 3 blocks of 128 an SM, a block's groups of rows one after the other, the next group's W loaded while this
+    one's is multiplied), each loading its first group's W before its wait and letting the next kernel launch at its
+    last group -- so that the next linear's blocks come in, their first loads in flight, while this one ends. The linears it
     replaces overlap the kernel before them by 0.2-0.3 us only and pay their start on the step's critical path
     (gpt2-xl, H100: ~2-3 us a linear beyond its bytes; docs/results/README.md, twenty-fourth session). Needs
     fused-decode; its point needs pdl-decode as well (CUDA sm_90 and later, sized for float16 and an H100's 132
     SMs): on other GPUs it is only another schedule of the same products (the WebGPU tests run it end to end). An
-    experiment, in no preset: correct against numpy and transformers (WebGPU) and built for sm_90a (its loads
-    before the wait checked in SASS), not yet timed on a GPU. It matches no kernel.
+    experiment, in no preset: correct against numpy and transformers (WebGPU) and on an H100, and slower there than
+    `fused`: 1549 us a gpt2-xl fp16 step against 1513 at best; qkv gains ~2 us, the other kernels lose more
+    (docs/results/pipe_decode_h100.md). It matches no kernel.
     """
 
 
