@@ -76,7 +76,7 @@ class VMExecutor(Executor):
         self._history = to_tensor(np.zeros(config.n_positions + 1, np.int32), device)   # history[p]: token for p
         self._sampling = to_tensor(np.array([1, config.vocab_size, 1, 0], np.float32), device)  # decode_sample's knobs
         self._side = _SidePrefetch.of(self.vm, config, params, self.params, param_order, device)
-        extra = self._side.args if self._side else ()          # decode's progress word (side-prefetch)
+        extra = self._side.args                                 # decode's progress word (side-prefetch)
         self._decode_args = (self._decode_ids, self._decode_pos, *extra)
         self._picked_args = {"decode_greedy": (self._decode_ids, self._decode_pos, self._history, *extra),
                              "decode_sample": (self._decode_ids, self._decode_pos, self._history, self._sampling,
@@ -116,11 +116,9 @@ class VMExecutor(Executor):
             self._decode_ids.copyfrom(self._check_ids([token]))
             self._decode_pos.copyfrom(np.array([start], np.int32))
         step, args = self._fns[fn], (*self._picked_args[fn], *self.cache.tensors, *self.params)
-        if self._side:
-            self._side.sync()
+        self._side.sync()
         for _ in range(count):
-            if self._side:
-                self._side.launch()                         # the step's prefetcher, on its own stream
+            self._side.launch()                             # the step's prefetcher, on its own stream (side-prefetch)
             step(*args)                                     # asynchronous: a CUDA graph launch on cuda
         new = [int(t) for t in self._history.numpy()[start + 1:start + 1 + count]]   # waits for the last step
         self.cache.commit(m)
@@ -132,9 +130,8 @@ class VMExecutor(Executor):
         if fn == "decode":
             self._decode_ids.copyfrom(ids)
             self._decode_pos.copyfrom(np.array([m - 1], np.int32))     # the new token's position
-            if self._side:
-                self._side.sync()
-                self._side.launch()
+            self._side.sync()
+            self._side.launch()
             out = self._fns[fn](*self._decode_args, *self.cache.tensors, *self.params)
         else:
             out = self._fns[fn](to_tensor(ids, self.device), shape_tuple([m]), *self.cache.tensors, *self.params)
@@ -146,6 +143,20 @@ def side_prefetch_weights(config) -> list[str]:
     marked linears: ln_1 + c_attn, the attention's c_proj, ln_2 + c_fc, the MLP's c_proj, layer by layer)."""
     return [f"h.{i}.{w}.weight" for i in range(config.n_layer)
             for w in ("ln_1.c_attn", "attn.c_proj", "ln_2.c_fc", "mlp.c_proj")]
+
+
+class _NoSidePrefetch:
+    """A build without side-prefetch: no progress word to pass, nothing to sync or launch (and false, as None)."""
+    args = ()
+
+    def __bool__(self):
+        return False
+
+    def sync(self):
+        pass
+
+    def launch(self):
+        pass
 
 
 class _SidePrefetch:
@@ -167,11 +178,11 @@ class _SidePrefetch:
 
     @classmethod
     def of(cls, vm, config, params: dict[str, np.ndarray], tensors: list, param_order: list[str], device):
-        """The build's prefetcher, or None where it has none (every build but CUDA's with side-prefetch)."""
+        """The build's prefetcher, or _NoSidePrefetch where it has none (every build but CUDA's with side-prefetch)."""
         try:
             fn = vm.module.get_function("side_prefetch_n1", query_imports=True)
         except AttributeError:
-            return None
+            return _NoSidePrefetch()
         on_device = dict(zip(param_order, tensors))
         names = side_prefetch_weights(config)
         sizes = [params[n].nbytes for n in names]

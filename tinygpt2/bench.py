@@ -155,9 +155,8 @@ def _decode_call_time(m, repeats: int = 200) -> float | None:
     ex._decode_pos.copyfrom(np.array([ex.cache.length - 1], np.int32))
     ex._next_on_device = None
     args = (*ex._decode_args, *ex.cache.tensors, *ex.params)
-    side = ex._side.launch if ex._side else (lambda: None)     # side-prefetch: each call's prefetcher beside it
-    if ex._side:
-        ex._side.sync()
+    side = ex._side.launch                    # side-prefetch: each call's prefetcher beside it (else nothing)
+    ex._side.sync()
     for _ in range(10):
         side()
         fn(*args)
