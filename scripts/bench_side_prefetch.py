@@ -44,7 +44,9 @@ kernel launch and before its PDL wait -- so that the next kernel's blocks are re
 flight, while this one still runs: the model's linears overlap the kernel before them by 0.2-0.3 us only, and pay
 their start on the step's critical path (docs/results/README.md, the twenty-fourth session). Beside it, the same
 grids with every load after the wait (the persistent structure alone), and with 4 blocks an SM (a whole SM: no room
-for the next kernel). --pipe-only runs these beside the chain's two baselines alone.
+for the next kernel). --pipe-only runs these beside the chain's two baselines alone. Timed in the twenty-fifth session
+(docs/results/pipe_decode_h100.md): half an SM streams too slowly (37.4 us a layer against the stand-in's 35.3), a
+whole SM's is faster (33.8) -- a margin the model's own pipelined linears (`pipe-decode`) did not keep.
 """
 
 import os
