@@ -394,11 +394,12 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # at its last group (PIPE_TRIGGER). x is copied once into shared memory after the wait (in registers beside two
 # groups' W a thread would pass 128 registers), and the layernorm's statistics (ln), the same for every row, are
 # summed once.
-# Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): it
-# loses to the one-wave linears, 1549 us a step at best against 1513 for `fused`; qkv alone gains (5.8-6.3 us
-# from the previous kernel's end against 8.0) but the rest lose more, and as pipelined grids qkv and the MLP's
-# c_proj alone are 1506 against 1511 -- time moved between kernels, not saved. Letting the next kernel launch at
-# the start (as the one-wave linears do) fills the SMs with waiting grids: 1583-1787 us.
+# Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): all
+# four linears of a layer so lose to the one-wave ones, 1521 us a step against 1511 for `fused`; qkv gains (6.1 us
+# from the previous kernel's end against 8.0) but the rest lose most of it: with qkv and the MLP's c_proj alone
+# pipelined (the model's default), 1490 against 1511, -1.4% (gpt2: +1.2%). Letting the next kernel launch at the
+# start everywhere (as the one-wave linears do) fills the SMs with waiting grids: 1583-1787 us; the model does so
+# only after qkv, whose next kernel, the attention, is small and has copies to run meanwhile.
 PIPE_THREADS = 128
 PIPE_BLOCKS = 3 * 132
 PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or

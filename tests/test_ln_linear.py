@@ -247,8 +247,9 @@ def test_pipelined_linear_can_let_the_next_kernel_launch_at_its_start(tmp_path):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_the_model_with_pipe_decode_takes_the_pipelined_linears():
-    """`pipe-decode` in front of `fused` (CUDA sm_90a, fp16): decode's four linears a layer are the pipelined
-    grids (128 threads, x in shared memory); without `fused-decode` there are no such linears to replace."""
+    """`pipe-decode` in front of `fused` (CUDA sm_90a, fp16): decode's qkv and MLP c_proj are the pipelined grids
+    (128 threads, x in shared memory; model.py's PIPE_DECODE_LINEARS), qkv's letting the next kernel launch at its
+    start, c_fc and the attention's c_proj fused's; without `fused-decode` there are no such linears to replace."""
     from test_cuda_compile import CFG64, C
 
     from tinygpt2.rules import GPU_FUSED, GPU_TUNED
@@ -257,7 +258,14 @@ def test_the_model_with_pipe_decode_takes_the_pipelined_linears():
     assert all(sched.rule_of.values())
     src = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
     kernels = {re.search(r"(\w+)_kernel\(", k).group(1): k for k in src.split('extern "C" __global__')[1:]}
-    for name in ("ln_linear_qkv_n1", "linear_attn_proj_n1", "ln_linear_fc_gelu_n1", "linear_mlp_proj_n1"):
-        assert "__launch_bounds__(128)" in kernels[name] and "x_sh" in kernels[name], name
+    for name in ("ln_linear_fc_gelu_n1", "linear_attn_proj_n1"):
+        assert "x_sh" not in kernels[name], name
+    for name in ("ln_linear_qkv_n1", "linear_mlp_proj_n1"):
+        k = kernels[name]
+        assert "__launch_bounds__(128)" in k and "x_sh" in k, name
+        # qkv lets the attention (attention-cluster) launch at once, for its copies of K and V to run while qkv
+        # streams, as fused's qkv does; the others let the next kernel launch at their last group, after the wait
+        early = k.index("griddepcontrol_launch_dependents()") < k.index("griddepcontrol_wait()")
+        assert early == (name == "ln_linear_qkv_n1"), name
     plain, *_ = C.build_scheduled(CFG64, "cuda", "float16", ["pipe-decode", *GPU_TUNED], arch="sm_90a")
     assert not any("ln_linear" in str(gv) for gv in plain.mod.get_global_vars())   # DLight's kernels stay

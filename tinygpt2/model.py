@@ -43,8 +43,10 @@ from tinygpt2.weights import param_dtype, param_shapes
 
 ACC = "float32"                     # logits, attention scores and probabilities are float32 in every dtype
 FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters (weights.fold_layernorms)
-# the decode linears pipe-decode makes pipelined grids (kernels/ln_linear.py's make_linear_pipe_decode)
-PIPE_DECODE_LINEARS = ("ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj")
+# the decode linears pipe-decode makes pipelined grids (kernels/ln_linear.py's make_linear_pipe_decode): of the
+# variants measured, qkv and the MLP's c_proj alone (gpt2-xl fp16, H100: 1489.6 us a step against fused's 1510.7;
+# all four 1521.3; docs/results/pipe_decode_h100.md)
+PIPE_DECODE_LINEARS = ("ln_linear_qkv", "linear_mlp_proj")
 
 
 class _Builder:
@@ -114,7 +116,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
-    # decode's four linears as persistent pipelined grids, each loading its first rows before its PDL wait
+    # decode's linears (PIPE_DECODE_LINEARS) as persistent pipelined grids, each loading its first rows before its PDL wait
     # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment). Its point, the overlap of
     # consecutive linears, needs PDL (CUDA sm_90+); on other GPUs it is another schedule of the same products
     pipe = fused and "pipe-decode" in hand
@@ -125,8 +127,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         the residual added after; pipe-decode's pipelined grids instead where asked; each marking `progress` as it
         starts under side-prefetch. mode: the PDL mode (pipelined grids always let the next kernel launch early)."""
         if pipe and name in PIPE_DECODE_LINEARS:
+            # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
-                            mark_kib=kib(k_in, n_out))
+                            trigger="start" if mode == "early" else "last", mark_kib=kib(k_in, n_out))
         if ln:
             return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
                             mark_kib=kib(k_in, n_out))
