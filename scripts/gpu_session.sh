@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -205,6 +205,13 @@ case "$1" in
               for r in fused $PIPE fused; do
                 timeout 100 python3 scripts/trace_decode.py ${2:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
                   2>/dev/null | tee -a "$OUT/trace_pipe.md" || true; done ;;
+  # pipe-decode's defaults (qkv and the MLP's c_proj pipelined) as the benchmark sees them: their logits, then decode
+  # of gpt2-xl and gpt2 with `fused` and pipe-decode, then without (docs/results/pipe_decode_h100.md: -1.4% and +1.2%
+  # in traces)
+  pipe-bench) PIPE=pipe-decode,$(fused_without none)
+              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PIPE \
+                | tee "$OUT/gpu_check_pipe.md" || true
+              MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
   mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
