@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -212,6 +212,24 @@ case "$1" in
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PIPE \
                 | tee "$OUT/gpu_check_pipe.md" || true
               MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
+  # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): the defaults, then each variant made
+  # by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused` last
+  pipe-sweep) PIPE=pipe-decode,$(fused_without none); ln=kernels/ln_linear.py; md=tinygpt2/model.py
+              cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
+              sweep() { local tag=$1; shift; cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+                for e in "$@"; do sed -i "$e" $ln $md; done
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $PIPE 20 --out="$OUT/trace-$tag" \
+                  2>/dev/null | sed "s/^#### .*in the CUDA graph/#### $tag: in the CUDA graph/" \
+                  | tee -a "$OUT/pipe_sweep.md" || true; }
+              lin() { echo "s/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = ($1)/"; }
+              sweep defaults
+              sweep 4-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
+              sweep 2-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 2 * 132/'
+              sweep with-c_fc "$(lin '"ln_linear_qkv", "ln_linear_fc_gelu", "linear_mlp_proj"')"
+              sweep with-attn-c_proj "$(lin '"ln_linear_qkv", "linear_attn_proj", "linear_mlp_proj"')"
+              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+              timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace" 2>/dev/null \
+                | tee -a "$OUT/pipe_sweep.md" || true ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
   mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \
