@@ -425,8 +425,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
     with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl). Grid: as few blocks
-    as give each the same number of groups, at most `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block),
-    TY = PIPE_THREADS / TX rows a group."""
+    as give each the same number of groups, at most `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row,
+    at most the block), TY = PIPE_THREADS / TX rows a group."""
     check_dtype(dtype)
     vec = vector_width(in_features, dtype, max_lanes)
     n_vec = in_features // vec
@@ -490,7 +490,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 if residual:                             # the residual stream, written by a kernel before too
                     read_coherently(TY, TX, T.address_of(aux[0, 0]))
-                grid_wait(TY, TX, not trigger_last)         # the next kernel may launch now, or at the last group
+                grid_wait(TY, TX, not trigger_last)      # the next kernel may launch now, or at the last group
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
             # beside two groups' W it would take the thread past 128 registers
             for ty in T.thread_binding(TY, thread="threadIdx.y"):

@@ -185,15 +185,15 @@ def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks):
     np.testing.assert_allclose(y, want, **TOL[dtype])
 
 
-@pytest.mark.parametrize("K,N,rows,want", [(1600, 4800, 4, 300), (1600, 1600, 4, 200), (1600, 6400, 4, 320),
-                                            (6400, 1600, 1, 320)])
-def test_pipelined_grid_gives_its_blocks_equal_shares(K, N, rows, want):
+@pytest.mark.parametrize("K,N,ln,rows,want", [(1600, 4800, True, 4, 300), (1600, 1600, False, 4, 200),
+                                               (1600, 6400, True, 4, 320), (6400, 1600, False, 1, 320)])
+def test_pipelined_grid_gives_its_blocks_equal_shares(K, N, ln, rows, want):
     """gpt2-xl's linears (rows: a group's, 128 threads over a row of K / 8 vectors): at most PIPE_BLOCKS (3 an SM
     of an H100) blocks, as few as give each block the same number of groups -- qkv's 1200 groups over 396 blocks
     would take 4 passes with the last 12 blocks' alone; over 300, 4 passes for every block."""
     from tinygpt2.kernels.ln_linear import PIPE_BLOCKS, make_linear_pipe_decode
 
-    script = make_linear_pipe_decode(K, N, "float16", ln=N != 1600, pdl="exit").script()
+    script = make_linear_pipe_decode(K, N, "float16", ln, pdl="exit").script()
     assert f'T.thread_binding(T.int64({want}), thread="blockIdx.x")' in script
     groups = N // rows
     passes = -(-groups // PIPE_BLOCKS)

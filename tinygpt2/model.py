@@ -116,7 +116,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
-    # decode's linears (PIPE_DECODE_LINEARS) as persistent pipelined grids, each loading its first rows before its PDL wait
+    # decode's linears PIPE_DECODE_LINEARS as persistent pipelined grids, loading their first rows before the PDL wait
     # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment). Its point, the overlap of
     # consecutive linears, needs PDL (CUDA sm_90+); on other GPUs it is another schedule of the same products
     pipe = fused and "pipe-decode" in hand

@@ -164,15 +164,15 @@ class SidePrefetch(Request):
 
 class PipeDecode(Request):
     """Not a schedule: a request that decode's qkv and MLP c_proj (two of `fused-decode`'s linears, launched with
-    PDL; model.py's PIPE_DECODE_LINEARS) be persistent pipelined grids that fill part of each SM (kernels/ln_linear.py's make_linear_pipe_decode: at
-    most 3 blocks of 128 an SM, a block's groups of rows one after the other, the next group's W loaded while this
-    one's is multiplied), each loading its first group's W before its wait and letting the next kernel launch at its
-    last group (qkv: at once, for the attention) -- so that the next kernel's blocks come in while this one ends. The linears it
-    replaces overlap the kernel before them by 0.2-0.3 us only and pay their start on the step's critical path
-    (gpt2-xl, H100: ~2-3 us a linear beyond its bytes; docs/results/README.md, twenty-fourth session). Needs
-    fused-decode; its point needs pdl-decode as well (CUDA sm_90 and later, sized for float16 and an H100's 132
-    SMs): on other GPUs it is only another schedule of the same products (the WebGPU tests run it end to end). An
-    experiment, in no preset: correct against numpy and transformers (WebGPU) and on an H100; there gpt2-xl fp16's
+    PDL; model.py's PIPE_DECODE_LINEARS) be persistent pipelined grids that fill part of each SM
+    (kernels/ln_linear.py's make_linear_pipe_decode: at most 3 blocks of 128 an SM, a block's groups of rows one
+    after the other, the next group's W loaded while this one's is multiplied), each loading its first group's W
+    before its wait and letting the next kernel launch at its last group (qkv: at once, for the attention) -- so
+    that the next kernel's blocks come in while this one ends. The linears it replaces overlap the kernel before
+    them by 0.2-0.3 us only and pay their start on the step's critical path (gpt2-xl, H100: ~2-3 us a linear beyond
+    its bytes; docs/results/README.md, twenty-fourth session). Needs fused-decode; its point needs pdl-decode as
+    well (CUDA sm_90 and later, sized for float16 and an H100's 132 SMs): on other GPUs it is only another schedule
+    of the same products (the WebGPU tests run it end to end). An experiment, in no preset: correct against numpy and transformers (WebGPU) and on an H100; there gpt2-xl fp16's
     step 1.4% shorter than `fused`'s in a trace (1489.6 us against 1510.7; qkv gains ~2 us a layer, the MLP's c_proj
     gives back 1.1), gpt2's 1.2% longer (docs/results/pipe_decode_h100.md). It matches no kernel.
     """
