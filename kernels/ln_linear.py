@@ -404,6 +404,11 @@ PIPE_THREADS = 128
 PIPE_BLOCKS = 3 * 132
 PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or
                          # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
+# False: one group a trip of the loop, the next group's W copied into this one's registers at its end -- where the
+# copy waits for the loads just issued (in SASS, 24-26 register moves at the loop's end: ptxas keeps it rolled), so
+# that a block has one group's loads in flight, not two. True: two groups a trip, the buffers' roles swapped, no
+# copy. The measurements above are False's; True, the design as meant, is not yet timed.
+PIPE_PINGPONG = False
 
 
 @T.macro(hygienic=False)
@@ -421,10 +426,12 @@ def _lanes_sum(src, dst, TY, TX):
 
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
-                            blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER):
+                            blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
+                            pingpong: bool = PIPE_PINGPONG):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
-    with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl). Grid: as few blocks
+    with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); pingpong: two groups
+    a trip of the loop (PIPE_PINGPONG). Grid: as few blocks
     as give each the same number of groups, at most `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row,
     at most the block), TY = PIPE_THREADS / TX rows a group."""
     check_dtype(dtype)
@@ -440,7 +447,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     one = T.int64(1)
     TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
     V, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
-    G, ITERS = T.int64(groups), T.int64(-(-groups // blocks))
+    passes = -(-groups // blocks)                               # groups a block computes
+    G, ITERS = T.int64(groups), T.int64(passes)
+    HALVES = T.int64((passes + 1) // 2)                         # pingpong's trips, two groups each
     XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
     line, lines = cache_lines(in_features, dtype)
     LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
@@ -456,6 +465,48 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
         return T.min(group * TY + y_, N - one)
 
+    @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
+    def one_group(w_own, w_other, part, acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq):
+        """Group `it` of block bx: the next group's W loaded into w_other, this one's (in w_own) multiplied by x,
+        summed across its lanes (part -> acc) and stored."""
+        if trigger_last:
+            if it == ITERS - one:                        # every block at its last group (its W loaded before)
+                launch_next(TY, TX)
+        for ty in T.thread_binding(TY, thread="threadIdx.y"):
+            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                for ko in T.serial(KO, annotations=UNROLL):
+                    for v in T.vectorized(V):
+                        with T.sblock("w_next"):
+                            if ko * TX + tx < CV and bx + (it + one) * NB < G:
+                                w_other[ty, tx, ko, v] = w[row(bx + (it + one) * NB, ty), (ko * TX + tx) * V + v]
+        for ty in T.thread_binding(TY, thread="threadIdx.y"):
+            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                with T.sblock("dot"):
+                    vy, vt = T.axis.remap("SS", [ty, tx])
+                    part[vy, vt] = T.float32(0)
+                    for ko in T.serial(KO, annotations=UNROLL):
+                        if ko * TX + vt < CV:
+                            for v in T.vectorized(V):
+                                x_vec[vy, vt, v] = x_sh[(ko * TX + vt) * V + v]     # one 16-byte shared load
+                            for v in T.serial(V, annotations=UNROLL):
+                                part[vy, vt] = part[vy, vt] + T.Cast(ACC, w_own[vy, vt, ko, v]) * T.Cast(
+                                    ACC, x_vec[vy, vt, v])
+        _lanes_sum(part, acc, TY, TX)
+        for ty in T.thread_binding(TY, thread="threadIdx.y"):
+            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                with T.sblock("epilogue"):
+                    vy = T.axis.spatial(TY, ty)
+                    j = T.axis.spatial(G * TY, (bx + it * NB) * TY + ty)        # the output row
+                    T.where(tx == T.int64(0) and (bx + it * NB) * TY + ty < N)
+                    if ln:
+                        # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
+                        y[0, j] = T.Cast(dtype, _maybe_gelu(
+                            T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
+                            * (acc[vy] - row_x[vy] * inv_c * aux[j])
+                            + T.Cast(ACC, b[j]), gelu))
+                    else:
+                        y[0, j] = aux[0, j] + T.Cast(dtype, acc[vy] + T.Cast(ACC, b[j]))
+
     @T.prim_func(s_tir=True)
     def linear_pipe_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
                            aux: T.Buffer(aux_shape, aux_dtype), y: T.Buffer((one, N), dtype)):
@@ -465,9 +516,11 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         x_sh = T.sblock_alloc_buffer((K,), dtype, scope="shared")                # x, once for the block
         x_vec = T.sblock_alloc_buffer((TY, TX, V), dtype, scope="local")          # one vector of it at a time
         partial = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        partial_b = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")          # (pingpong: the second group's)
         x_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
         sq_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        row_acc_b = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_x = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
@@ -516,52 +569,23 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 _lanes_sum(x_part, row_x, TY, TX)
                 _lanes_sum(sq_part, row_sq, TY, TX)
             # 3. the block's groups, one after the other: the next group's W loaded, this one's multiplied
-            for it in T.serial(ITERS):
-                if trigger_last:
-                    if it == ITERS - one:                # every block at its last group (its W loaded before)
-                        launch_next(TY, TX)
-                for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            for v in T.vectorized(V):
-                                with T.sblock("w_next"):
-                                    if ko * TX + tx < CV and bx + (it + one) * NB < G:
-                                        w_next[ty, tx, ko, v] = w[row(bx + (it + one) * NB, ty), (ko * TX + tx) * V + v]
-                for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        with T.sblock("dot"):
-                            vy, vt = T.axis.remap("SS", [ty, tx])
-                            partial[vy, vt] = T.float32(0)
+            if pingpong:
+                for pair in T.serial(HALVES):                # two groups a trip, the buffers' roles swapped
+                    one_group(w_cur, w_next, partial, row_acc, pair * T.int64(2),
+                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                    if pair * T.int64(2) + one < ITERS:
+                        one_group(w_next, w_cur, partial_b, row_acc_b, pair * T.int64(2) + one,
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+            else:                                            # one group a trip, the next group's W copied over
+                for it in T.serial(ITERS):
+                    one_group(w_cur, w_next, partial, row_acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                        for tx in T.thread_binding(TX, thread="threadIdx.x"):
                             for ko in T.serial(KO, annotations=UNROLL):
-                                if ko * TX + vt < CV:
-                                    for v in T.vectorized(V):
-                                        x_vec[vy, vt, v] = x_sh[(ko * TX + vt) * V + v]     # one 16-byte shared load
-                                    for v in T.serial(V, annotations=UNROLL):
-                                        partial[vy, vt] = partial[vy, vt] + T.Cast(ACC, w_cur[vy, vt, ko, v]) * T.Cast(
-                                            ACC, x_vec[vy, vt, v])
-                _lanes_sum(partial, row_acc, TY, TX)
-                for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        with T.sblock("epilogue"):
-                            vy = T.axis.spatial(TY, ty)
-                            j = T.axis.spatial(G * TY, (bx + it * NB) * TY + ty)        # the output row
-                            T.where(tx == T.int64(0) and (bx + it * NB) * TY + ty < N)
-                            if ln:
-                                # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
-                                y[0, j] = T.Cast(dtype, _maybe_gelu(
-                                    T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
-                                    * (row_acc[vy] - row_x[vy] * inv_c * aux[j])
-                                    + T.Cast(ACC, b[j]), gelu))
-                            else:
-                                y[0, j] = aux[0, j] + T.Cast(
-                                    dtype, row_acc[vy] + T.Cast(ACC, b[j]))
-                for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            for v in T.vectorized(V):
-                                with T.sblock("w_swap"):
-                                    vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
-                                    w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+                                for v in T.vectorized(V):
+                                    with T.sblock("w_swap"):
+                                        vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
+                                        w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
 
     return linear_pipe_decode
 

@@ -212,8 +212,9 @@ case "$1" in
               timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PIPE \
                 | tee "$OUT/gpu_check_pipe.md" || true
               MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
-  # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): the defaults, then each variant made
-  # by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused` last
+  # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant, ~6 min in all): the defaults, then
+  # each variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
+  # last. pingpong first: the loop without the copy that leaves a block one group in flight (ln_linear.py)
   pipe-sweep) PIPE=pipe-decode,$(fused_without none); ln=kernels/ln_linear.py; md=tinygpt2/model.py
               cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
               sweep() { local tag=$1; shift; cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
@@ -222,9 +223,12 @@ case "$1" in
                   2>/dev/null | sed "s/^#### .*in the CUDA graph/#### $tag: in the CUDA graph/" \
                   | tee -a "$OUT/pipe_sweep.md" || true; }
               lin() { echo "s/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = ($1)/"; }
+              pp='s/^PIPE_PINGPONG = .*/PIPE_PINGPONG = True/'
               sweep defaults
+              sweep pingpong "$pp"
+              sweep pingpong-4-an-sm "$pp" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
+              sweep pingpong-all-four "$pp" "$(lin '"ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj"')"
               sweep 4-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
-              sweep 2-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 2 * 132/'
               sweep with-c_fc "$(lin '"ln_linear_qkv", "ln_linear_fc_gelu", "linear_mlp_proj"')"
               sweep with-attn-c_proj "$(lin '"ln_linear_qkv", "linear_attn_proj", "linear_mlp_proj"')"
               cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
