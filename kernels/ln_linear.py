@@ -431,9 +431,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
     with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); pingpong: two groups
-    a trip of the loop (PIPE_PINGPONG). Grid: as few blocks
-    as give each the same number of groups, at most `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row,
-    at most the block), TY = PIPE_THREADS / TX rows a group."""
+    a trip of the loop (PIPE_PINGPONG). Grid: as few blocks as give each the same number of groups, at most
+    `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
+    a group."""
     check_dtype(dtype)
     vec = vector_width(in_features, dtype, max_lanes)
     n_vec = in_features // vec
@@ -447,9 +447,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     one = T.int64(1)
     TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
     V, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
-    passes = -(-groups // blocks)                               # groups a block computes
+    passes = -(-groups // blocks)                              # groups a block computes
     G, ITERS = T.int64(groups), T.int64(passes)
-    HALVES = T.int64((passes + 1) // 2)                         # pingpong's trips, two groups each
+    HALVES = T.int64((passes + 1) // 2)                        # pingpong's trips, two groups each
     XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
     line, lines = cache_lines(in_features, dtype)
     LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
