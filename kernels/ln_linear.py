@@ -404,11 +404,12 @@ PIPE_THREADS = 128
 PIPE_BLOCKS = 3 * 132
 PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or
                          # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
-# False: one group a trip of the loop, the next group's W copied into this one's registers at its end -- where the
-# copy waits for the loads just issued (in SASS, 24-26 register moves at the loop's end: ptxas keeps it rolled), so
-# that a block has one group's loads in flight, not two. True: two groups a trip, the buffers' roles swapped, no
-# copy. The measurements above are False's; True, the design as meant, is not yet timed.
-PIPE_PINGPONG = False
+# The groups whose W a block has in flight. 1: one group a trip of the loop, the next group's W copied into this
+# one's registers at its end -- where the copy waits for the loads just issued (in SASS, 24-26 register moves at
+# the loop's end: ptxas keeps it rolled), so that the loads of one group only are in flight while a block waits.
+# The measurements above are this loop's (it was meant to keep two in flight). 2: two groups a trip, the two
+# buffers' roles swapped, no copy ("pingpong"); 3: three groups a trip, three buffers in turn. Not yet timed.
+PIPE_IN_FLIGHT = 1
 
 
 @T.macro(hygienic=False)
@@ -427,11 +428,11 @@ def _lanes_sum(src, dst, TY, TX):
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
                             blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
-                            pingpong: bool = PIPE_PINGPONG):
+                            in_flight: int = PIPE_IN_FLIGHT):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
-    with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); pingpong: two groups
-    a trip of the loop (PIPE_PINGPONG). Grid: as few blocks as give each the same number of groups, at most
+    with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); in_flight: the groups
+    whose W a block has in flight (PIPE_IN_FLIGHT). Grid: as few blocks as give each the same number of groups, at most
     `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
     a group."""
     check_dtype(dtype)
@@ -449,7 +450,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     V, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
     passes = -(-groups // blocks)                              # groups a block computes
     G, ITERS = T.int64(groups), T.int64(passes)
-    HALVES = T.int64((passes + 1) // 2)                        # pingpong's trips, two groups each
+    TRIPS = T.int64(-(-passes // in_flight))                   # in_flight > 1: trips of in_flight groups
+    AHEAD = T.int64(max(1, in_flight - 1))                     # the group loaded is AHEAD after the one multiplied
     XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
     line, lines = cache_lines(in_features, dtype)
     LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
@@ -459,26 +461,33 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     pdl_wait, _early, _loaded = pdl_flags(pdl)
     if trigger not in ("start", "last"):
         raise RuleError(f"unknown trigger {trigger!r}: choose start or last")
+    if in_flight not in (1, 2, 3):
+        raise RuleError(f"in_flight={in_flight}: choose 1, 2 or 3 groups")
     trigger_last = pdl_wait and trigger == "last"
     residual = not ln                         # (TVMScript resolves a plain bool in an `if` while parsing)
 
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
         return T.min(group * TY + y_, N - one)
 
-    @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
-    def one_group(w_own, w_other, part, acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq):
-        """Group `it` of block bx: the next group's W loaded into w_other, this one's (in w_own) multiplied by x,
-        summed across its lanes (part -> acc) and stored."""
-        if trigger_last:
-            if it == ITERS - one:                        # every block at its last group (its W loaded before)
-                launch_next(TY, TX)
+    @T.macro(hygienic=True)       # (the shapes from here; the kernel's buffers and bx passed in)
+    def load_group(w_dst, it, bx, w):
+        """Block bx's group `it` (its rows of W) into w_dst, if the block has such a group."""
         for ty in T.thread_binding(TY, thread="threadIdx.y"):
             for tx in T.thread_binding(TX, thread="threadIdx.x"):
                 for ko in T.serial(KO, annotations=UNROLL):
                     for v in T.vectorized(V):
                         with T.sblock("w_next"):
-                            if ko * TX + tx < CV and bx + (it + one) * NB < G:
-                                w_other[ty, tx, ko, v] = w[row(bx + (it + one) * NB, ty), (ko * TX + tx) * V + v]
+                            if ko * TX + tx < CV and bx + it * NB < G:
+                                w_dst[ty, tx, ko, v] = w[row(bx + it * NB, ty), (ko * TX + tx) * V + v]
+
+    @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
+    def one_group(w_own, w_other, part, acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq):
+        """Group `it` of block bx: group it + AHEAD's W loaded into w_other, this one's (in w_own) multiplied by x,
+        summed across its lanes (part -> acc) and stored."""
+        if trigger_last:
+            if it == ITERS - one:                        # every block at its last group (its W loaded before)
+                launch_next(TY, TX)
+        load_group(w_other, it + AHEAD, bx, w)
         for ty in T.thread_binding(TY, thread="threadIdx.y"):
             for tx in T.thread_binding(TX, thread="threadIdx.x"):
                 with T.sblock("dot"):
@@ -513,14 +522,17 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         w_cur = T.sblock_alloc_buffer((TY, TX, KO, V), dtype, scope="local")     # this group's W, per thread
         w_next = T.sblock_alloc_buffer((TY, TX, KO, V), dtype, scope="local")    # the next group's
+        w_third = T.sblock_alloc_buffer((TY, TX, KO, V), dtype, scope="local")   # (in_flight 3: the one after)
         x_sh = T.sblock_alloc_buffer((K,), dtype, scope="shared")                # x, once for the block
         x_vec = T.sblock_alloc_buffer((TY, TX, V), dtype, scope="local")          # one vector of it at a time
         partial = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
-        partial_b = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")          # (pingpong: the second group's)
+        partial_b = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")          # (in_flight > 1: a trip's 2nd
+        partial_c = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")          # and 3rd group's)
         x_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
         sq_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_acc_b = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        row_acc_c = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_x = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
@@ -569,12 +581,23 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 _lanes_sum(x_part, row_x, TY, TX)
                 _lanes_sum(sq_part, row_sq, TY, TX)
             # 3. the block's groups, one after the other: the next group's W loaded, this one's multiplied
-            if pingpong:
-                for pair in T.serial(HALVES):                # two groups a trip, the buffers' roles swapped
-                    one_group(w_cur, w_next, partial, row_acc, pair * T.int64(2),
+            if in_flight == 2:                               # two groups a trip, the buffers' roles swapped
+                for trip in T.serial(TRIPS):
+                    one_group(w_cur, w_next, partial, row_acc, trip * T.int64(2),
                               bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
-                    if pair * T.int64(2) + one < ITERS:
-                        one_group(w_next, w_cur, partial_b, row_acc_b, pair * T.int64(2) + one,
+                    if trip * T.int64(2) + one < ITERS:
+                        one_group(w_next, w_cur, partial_b, row_acc_b, trip * T.int64(2) + one,
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+            elif in_flight == 3:                             # three groups a trip, three buffers in turn
+                load_group(w_next, one, bx, w)               # (the first group's came before the wait)
+                for trip in T.serial(TRIPS):
+                    one_group(w_cur, w_third, partial, row_acc, trip * T.int64(3),
+                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                    if trip * T.int64(3) + one < ITERS:
+                        one_group(w_next, w_cur, partial_b, row_acc_b, trip * T.int64(3) + one,
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                    if trip * T.int64(3) + T.int64(2) < ITERS:
+                        one_group(w_third, w_next, partial_c, row_acc_c, trip * T.int64(3) + T.int64(2),
                                   bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
             else:                                            # one group a trip, the next group's W copied over
                 for it in T.serial(ITERS):

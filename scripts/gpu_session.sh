@@ -214,7 +214,7 @@ case "$1" in
               MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant, ~6 min in all): the defaults, then
   # each variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
-  # last. pingpong first: the loop without the copy that leaves a block one group in flight (ln_linear.py)
+  # last. 2 or 3 groups in flight first: the loops without the copy that leaves a block one (ln_linear.py)
   pipe-sweep) PIPE=pipe-decode,$(fused_without none); ln=kernels/ln_linear.py; md=tinygpt2/model.py
               cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
               sweep() { local tag=$1; shift; cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
@@ -223,14 +223,14 @@ case "$1" in
                   2>/dev/null | sed "s/^#### .*in the CUDA graph/#### $tag: in the CUDA graph/" \
                   | tee -a "$OUT/pipe_sweep.md" || true; }
               lin() { echo "s/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = ($1)/"; }
-              pp='s/^PIPE_PINGPONG = .*/PIPE_PINGPONG = True/'
+              two='s/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 2/'; three='s/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 3/'
               sweep defaults
-              sweep pingpong "$pp"
-              sweep pingpong-4-an-sm "$pp" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
-              sweep pingpong-all-four "$pp" "$(lin '"ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj"')"
+              sweep 2-in-flight "$two"
+              sweep 2-in-flight-4-an-sm "$two" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
+              sweep 2-in-flight-all-four "$two" "$(lin '"ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj"')"
+              # (qkv's kernel takes 196 registers with 3 in flight: 2 blocks an SM)
+              sweep 3-in-flight-2-an-sm "$three" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 2 * 132/'
               sweep 4-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
-              sweep with-c_fc "$(lin '"ln_linear_qkv", "ln_linear_fc_gelu", "linear_mlp_proj"')"
-              sweep with-attn-c_proj "$(lin '"ln_linear_qkv", "linear_attn_proj", "linear_mlp_proj"')"
               cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
               timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace" 2>/dev/null \
                 | tee -a "$OUT/pipe_sweep.md" || true ;;

@@ -161,17 +161,18 @@ def test_cuda_source_of_a_long_row():
 
 # --- make_linear_pipe_decode: the same products as persistent pipelined grids (pipe-decode, an experiment) ------
 
-@pytest.mark.parametrize("pingpong", [False, True])
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 @pytest.mark.parametrize("K,N,dtype,ln,gelu,blocks", [
     (48, 100, "float32", False, False, 3),     # 25 groups of 4 rows over 3 blocks: 9 passes, the last partial
-                                               # (pingpong: an odd count, the last trip's second group skipped)
+                                               # (in_flight 2: the last trip's second group skipped)
     (1100, 30, "float32", True, False, 4),     # 275 vectors: 64 lanes a row (2 rows a group), a partial pass
+                                               # (4 passes; in_flight 3: a second trip of one group)
     (64, 37, "float16", True, True, 5),        # ln + gelu, 37 rows: the last group's rows past N stored nowhere
     (3072, 50, "float16", False, False, 7)])   # gpt2's MLP c_proj rows: 128 lanes, one row a group
-def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, pingpong):
-    """Every block's groups in turn, the next group's W loaded while this one's is multiplied (pingpong: two
-    groups a trip of the loop, the buffers' roles swapped): the same outputs as the two kernels it stands for
-    (their references), every row written."""
+def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, in_flight):
+    """Every block's groups in turn, W loaded ahead of the group multiplied (in_flight: 1, the next group's copied
+    over at each trip's end; 2 or 3 groups a trip, the buffers' roles rotated): the same outputs as the two kernels
+    it stands for (their references), every row written."""
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
     from tinygpt2.runtime.webgpu import run_kernel
 
@@ -181,7 +182,7 @@ def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, pingpong
     else:
         r = rng.standard_normal((1, N)).astype(dtype)
         ins, want = [x, w, b, r], linear_residual_decode_ref(x, w, b, r)
-    func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks, pingpong=pingpong)
+    func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks, in_flight=in_flight)
     *after, y = run_kernel(func, [*ins, np.full((1, N), np.nan, dtype)], dtype)
     for a, a0 in zip(after, ins):
         np.testing.assert_array_equal(a, a0)
@@ -233,35 +234,35 @@ def test_pipelined_linear_loads_its_first_rows_before_the_wait_three_blocks_an_s
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
                                          (6400, 1600, False, False)])
-def test_pipelined_linear_copies_no_registers_with_pingpong(tmp_path, K, N, ln, gelu):
-    """The loop of one group a trip ends by copying the next group's W into this one's registers (7 x 4 registers
-    a thread), and a copy waits for the loads just issued: in SASS, 24-26 register moves (ptxas keeps that loop
-    rolled), so a block has one group in flight, not two. pingpong (two groups a trip, the buffers' roles
-    swapped) copies none: fewer moves than one group's registers, still no spill, and at most 170 registers
-    (3 blocks of 128 an SM)."""
+def test_pipelined_linear_copies_no_registers_with_two_or_three_groups_in_flight(tmp_path, K, N, ln, gelu):
+    """in_flight=1's loop, one group a trip, ends by copying the next group's W into this one's registers (7 x 4
+    registers a thread), and a copy waits for the loads just issued: in SASS, 24-26 register moves (ptxas keeps
+    that loop rolled), so a block has one group in flight. in_flight 2 and 3 (2 or 3 groups a trip, the buffers'
+    roles rotated) copy none: fewer moves than one group's registers, and no spill. Registers: at most 170 with 2
+    (3 blocks of 128 an SM, PIPE_BLOCKS), 256 with 3 (qkv's take 196: 2 blocks an SM)."""
     from test_cuda_compile import cuobjdump_sass, nvcc, ptxas_usage
 
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
 
-    def moves(pingpong):
-        func = make_linear_pipe_decode(K, N, "float16", ln, gelu, pdl="exit", pingpong=pingpong)
+    def moves(in_flight):
+        func = make_linear_pipe_decode(K, N, "float16", ln, gelu, pdl="exit", in_flight=in_flight)
         (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
         return len(re.findall(r"\bMOV R\d+, R\d+", cuobjdump_sass(tmp_path / "k.cubin"))), ptxas_usage(func)
 
-    rolled, _ = moves(False)
-    swapped, (spill, regs, _) = moves(True)
-    assert swapped < 7 * 4 and spill == 0 and regs <= 170, (swapped, spill, regs)
+    rolled, _ = moves(1)
     if N != 1600 or K != 1600:        # (the attention's c_proj: 2 groups a block, ptxas unrolls that loop itself)
         assert rolled >= 7 * 4 - 4, rolled
+    for in_flight, most in ((2, 170), (3, 256)):
+        rotated, (spill, regs, _) = moves(in_flight)
+        assert rotated < 7 * 4 and spill == 0 and regs <= most, (in_flight, rotated, spill, regs)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_pipelined_linear_can_let_the_next_kernel_launch_at_its_start(tmp_path):
     """trigger="start" (what the one-wave linears do, measured slower here): PREEXIT right before ACQBULK, after
-    the first group's loads; and an unknown trigger is a RuleError."""
+    the first group's loads."""
     from test_cuda_compile import cuobjdump_sass, nvcc
 
-    from tinygpt2.errors import RuleError
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
 
     func = make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", trigger="start")
@@ -269,8 +270,17 @@ def test_pipelined_linear_can_let_the_next_kernel_launch_at_its_start(tmp_path):
     sass = cuobjdump_sass(tmp_path / "k.cubin")
     preexit, acqbulk = sass.index("PREEXIT"), sass.index("ACQBULK")
     assert sass[:preexit].count("LDG.E.128") == sass[:acqbulk].count("LDG") == 7 and preexit < acqbulk
-    with pytest.raises(RuleError, match="unknown trigger"):
+
+
+def test_pipelined_linear_rejects_what_it_does_not_build():
+    """A trigger other than start or last, or other than 1-3 groups in flight: a RuleError that names it."""
+    from tinygpt2.errors import RuleError
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    with pytest.raises(RuleError, match="unknown trigger 'soon'"):
         make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", trigger="soon")
+    with pytest.raises(RuleError, match="in_flight=4"):
+        make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", in_flight=4)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
