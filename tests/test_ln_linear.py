@@ -182,7 +182,8 @@ def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, in_fligh
     else:
         r = rng.standard_normal((1, N)).astype(dtype)
         ins, want = [x, w, b, r], linear_residual_decode_ref(x, w, b, r)
-    func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks, in_flight=in_flight)
+    func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks,
+                                   in_flight=in_flight)
     *after, y = run_kernel(func, [*ins, np.full((1, N), np.nan, dtype)], dtype)
     for a, a0 in zip(after, ins):
         np.testing.assert_array_equal(a, a0)

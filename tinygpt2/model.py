@@ -124,8 +124,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
 
     def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
-        the residual added after; pipe-decode's pipelined grids instead where asked; each marking `progress` as it
-        starts under side-prefetch. mode: the PDL mode (pipelined grids always let the next kernel launch early)."""
+        the residual added after; pipe-decode's pipelined grids instead for PIPE_DECODE_LINEARS; each marking
+        `progress` as it starts under side-prefetch. mode: the PDL mode (a pipelined grid lets the next kernel
+        launch at once where it is early, else at its last group)."""
         if pipe and name in PIPE_DECODE_LINEARS:
             # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
@@ -222,7 +223,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
-    if pdl or pipe:
+    if pdl or pipe:     # (pipe without PDL, as on WebGPU: the hand-scheduled kernel, pipelined where listed)
         attn_proj = decode_linear("linear_attn_proj", C, C, False, prefetch_w=True)
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")

@@ -172,9 +172,10 @@ class PipeDecode(Request):
     them by 0.2-0.3 us only and pay their start on the step's critical path (gpt2-xl, H100: ~2-3 us a linear beyond
     its bytes; docs/results/README.md, twenty-fourth session). Needs fused-decode; its point needs pdl-decode as
     well (CUDA sm_90 and later, sized for float16 and an H100's 132 SMs): on other GPUs it is only another schedule
-    of the same products (the WebGPU tests run it end to end). An experiment, in no preset: correct against numpy and transformers (WebGPU) and on an H100; there gpt2-xl fp16's
-    step 1.4% shorter than `fused`'s in a trace (1489.6 us against 1510.7; qkv gains ~2 us a layer, the MLP's c_proj
-    gives back 1.1), gpt2's 1.2% longer (docs/results/pipe_decode_h100.md). It matches no kernel.
+    of the same products (the WebGPU tests run it end to end). An experiment, in no preset: correct against numpy
+    and transformers (WebGPU) and on an H100; there gpt2-xl fp16's step 1.4% shorter than `fused`'s in a trace
+    (1489.6 us against 1510.7; qkv gains ~2 us a layer, the MLP's c_proj gives back 1.1), gpt2's 1.2% longer
+    (docs/results/pipe_decode_h100.md). It matches no kernel.
     """
 
 
@@ -566,7 +567,8 @@ def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
     names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "side-prefetch",
-                                    "pipe-decode", "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
+                                    "pipe-decode", "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma",
+                                    "matmul-wgmma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
