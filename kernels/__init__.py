@@ -35,7 +35,7 @@ from .gelu import gelu_expr, gelu_ref, make_gelu
 from .kv_cache import kv_append_ref, make_kv_append, make_kv_append_decode
 from .layernorm import layernorm_ref, make_layernorm
 from .ln_linear import (ITEMSIZE, WEBGPU_MAX_LANES, linear_residual_decode_ref, ln_linear_ref, make_linear_pipe_decode,
-                        make_linear_residual_decode, make_ln_linear_decode)
+                        make_linear_residual_decode, make_ln_linear_decode, pipe_grid)
 from .linear_mma import make_linear_mma
 from .linear_wgmma import make_linear_wgmma
 from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,

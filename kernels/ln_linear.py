@@ -380,35 +380,38 @@ def ln_linear_ref(x, gamma, beta, w, b, eps=1e-5, gelu=False):
 linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's (linear.py)
 
 
-# --- persistent, pipelined: a grid that fills part of each SM (the opt-in entry pipe-decode, an experiment) -------
+# --- persistent, pipelined: a grid that fills part of each SM (pipe-decode, for gpt2-xl's qkv and MLP c_proj) -----
 #
 # Every linear above is one wave of blocks that together hold all of W in registers: the next kernel's blocks find
 # room only as this one's leave, and each linear pays its start -- the PDL wait, x, W's first loads -- on the
 # step's critical path (gpt2-xl on an H100: 0.2-0.3 us of overlap, ~2-3 us a linear beyond its bytes;
 # docs/results/README.md, twenty-fourth session). make_linear_pipe_decode is the same product as a persistent grid
-# of at most `blocks` blocks of PIPE_THREADS (by default 3 an SM on an H100's 132 SMs: three quarters of its
-# registers at <= 128 a thread), so that the next kernel's blocks can be resident while this one runs: block b
-# computes groups of TY rows b, b + blocks, ..., loading the next group's W while it multiplies this one's. With
-# pdl, the first group's loads come before the wait (pinned there by an L2 prefetch of its rows, as prefetch_w), so
-# that they are in flight while the kernel before still runs, and the next kernel may launch once every block is
-# at its last group (PIPE_TRIGGER). x is copied once into shared memory after the wait (in registers beside two
+# of at most `blocks` blocks of PIPE_THREADS (by default 4 an SM on an H100's 132 SMs, at <= 128 registers a
+# thread; 3 an SM, which leave a quarter of its registers free, measured slower), so that the next kernel's blocks
+# come in as this one's leave, not all at its end: block b computes groups of TY rows b, b + blocks, ..., loading
+# the next group's W while it multiplies this one's. With pdl, the first group's loads come before the wait (pinned
+# there by an L2 prefetch of its rows, as prefetch_w), so that they are in flight while the kernel before still
+# runs, and the next kernel may launch once every block is at its last group (PIPE_TRIGGER). x is copied once into shared memory after the wait (in registers beside two
 # groups' W a thread would pass 128 registers), and the layernorm's statistics (ln), the same for every row, are
 # summed once.
 # Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): all
 # four linears of a layer so lose to the one-wave ones, 1521 us a step against 1511 for `fused`; qkv gains (6.1 us
 # from the previous kernel's end against 8.0) but the rest lose most of it: with qkv and the MLP's c_proj alone
-# pipelined (the model's default), 1490 against 1511, -1.4% (gpt2: +1.2%). Letting the next kernel launch at the
-# start everywhere (as the one-wave linears do) fills the SMs with waiting grids: 1583-1787 us; the model does so
-# only after qkv, whose next kernel, the attention, is small and has copies to run meanwhile.
+# pipelined (the model's default), 1490 against 1511, -1.4% (gpt2: +1.2%); at 4 blocks an SM 1471-1474 against
+# 1515 (5 or 6: 1473; twenty-sixth session). Letting the next kernel launch at the start everywhere (as the
+# one-wave linears do) fills the SMs with waiting grids: 1583-1787 us; the model does so only after qkv, whose next
+# kernel, the attention, is small and has copies to run meanwhile.
 PIPE_THREADS = 128
-PIPE_BLOCKS = 3 * 132
+PIPE_BLOCKS = 4 * 132
 PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or
                          # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
 # The groups whose W a block has in flight. 1: one group a trip of the loop, the next group's W copied into this
 # one's registers at its end -- where the copy waits for the loads just issued (in SASS, 24-26 register moves at
 # the loop's end: ptxas keeps it rolled), so that the loads of one group only are in flight while a block waits.
 # The measurements above are this loop's (it was meant to keep two in flight). 2: two groups a trip, the two
-# buffers' roles swapped, no copy ("pingpong"); 3: three groups a trip, three buffers in turn. Not yet timed.
+# buffers' roles swapped, no copy ("pingpong"); 3: three groups a trip, three buffers in turn. Both measured
+# slower (gpt2-xl's step, same loan: 1 in flight 1487.5 us, 2 in flight 1550.6 (4 an SM: 1513.8), 3 in flight at 2
+# an SM 1561.2; docs/results/pipe_decode_h100.md): the copy's wait is not what holds the loop back.
 PIPE_IN_FLIGHT = 1
 
 
@@ -425,6 +428,21 @@ def _lanes_sum(src, dst, TY, TX):
                 dst[vy] = dst[vy] + src[vy, vt]
 
 
+def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_lanes: int = 8,
+              blocks: int = PIPE_BLOCKS) -> tuple[int, ...]:
+    """make_linear_pipe_decode's grid: (vec, n_vec, tx, ty, groups, blocks, passes) -- vectors of `vec` elements,
+    n_vec of them a row of W; TX lanes a row, TY rows a group; `groups` groups of rows over as few blocks as give
+    each the same number of groups (passes), at most `blocks` (a persistent grid lasts as long as its blocks with
+    the most groups)."""
+    vec = vector_width(in_features, dtype, max_lanes)
+    n_vec = in_features // vec
+    tx = min(lanes_per_row(n_vec), PIPE_THREADS)
+    ty = PIPE_THREADS // tx
+    groups = -(-out_features // ty)
+    blocks = -(-groups // -(-groups // blocks))
+    return vec, n_vec, tx, ty, groups, blocks, -(-groups // blocks)
+
+
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
                             blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
@@ -436,19 +454,11 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
     a group."""
     check_dtype(dtype)
-    vec = vector_width(in_features, dtype, max_lanes)
-    n_vec = in_features // vec
-    tx = min(lanes_per_row(n_vec), PIPE_THREADS)
-    ty = PIPE_THREADS // tx
-    groups = -(-out_features // ty)
-    # as few blocks as keep the groups a block computes equal (at most `blocks`): a persistent grid lasts as long
-    # as its blocks with the most groups
-    blocks = -(-groups // -(-groups // blocks))
+    vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(in_features, out_features, dtype, max_lanes, blocks)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
     V, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
-    passes = -(-groups // blocks)                              # groups a block computes
     G, ITERS = T.int64(groups), T.int64(passes)
     TRIPS = T.int64(-(-passes // in_flight))                   # in_flight > 1: trips of in_flight groups
     AHEAD = T.int64(max(1, in_flight - 1))                     # the group loaded is AHEAD after the one multiplied

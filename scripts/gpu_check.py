@@ -1,6 +1,7 @@
 """On the GPU machine: tinygpt2's logits on cuda and webgpu against a CUDA-free reference
 (transformers on the CPU, float32), for prefill and 16 decode steps, on random gpt2 weights saved
-as an HF checkpoint. Prints a table; exits non-zero if a tolerance is missed (fp32 1e-4, fp16 2e-2).
+as an HF checkpoint (or other widths: --n-embd, --n-head). Prints a table; exits non-zero if a tolerance is
+missed (fp32 1e-4, fp16 2e-2).
 
     python scripts/gpu_check.py [--targets cuda,webgpu] [--dtypes float32,float16]
 """
@@ -26,9 +27,12 @@ def main():
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rules", default="default")
     ap.add_argument("--n-layer", type=int, default=12, help="fewer layers for a quick local run")
+    ap.add_argument("--n-embd", type=int, default=768, help="1600 (n-head 25): gpt2-xl's widths")
+    ap.add_argument("--n-head", type=int, default=12)
     args = ap.parse_args()
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)).eval()                 # gpt2 (124M) shapes, random weights
+    # gpt2 (124M) shapes by default, random weights
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head)).eval()
     ckpt = tempfile.mkdtemp(prefix="gpt2-random-")
     hf.save_pretrained(ckpt)
     rng = np.random.default_rng(0)

@@ -31,6 +31,9 @@ case "$1" in
                 | tail -3 | tee "$OUT/test_flash.txt" || true
               for r in fused default; do timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 \
                 --rules $r | tee "$OUT/gpu_check_$r.md" || true; done
+              # gpt2-xl's widths (4 layers): where fused's pipe-decode pipelines qkv and the MLP's c_proj
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_fused_xl.md" || true
               (cd /tmp && timeout 60 python3 "$OLDPWD/examples/generate.py" --model shakespeare --target cuda \
                 --prompt "ROMEO:" --max-new-tokens 48 && timeout 60 python3 "$OLDPWD/examples/generate.py" --model shakespeare \
                 --target cuda --dtype float16 --prompt "ROMEO:" --max-new-tokens 48 --temperature 0.8 --seed 1) \
@@ -196,44 +199,38 @@ case "$1" in
   # a prefetcher on a second stream beside a gpt2-xl layer's skeleton, raw CUDA (scripts/bench_side_prefetch.py)
   side-prefetch) timeout 200 python3 scripts/bench_side_prefetch.py --out="$OUT" || true ;;
   # the same skeleton's chain of persistent GEMVs (W's first rows before the PDL wait) beside its baselines; then the
-  # model's (pipe-decode): its logits, and gpt2-xl's step traced against fused's, fused first and last
-  # (docs/results/pipe_decode_h100.md: its variants made by sed on PIPE_BLOCKS and model.py's PIPE_DECODE_LINEARS)
+  # model's (pipe-decode, in `fused`): its logits at gpt2-xl's widths, and gpt2-xl's step traced against fused's
+  # without it, first and last (docs/results/pipe_decode_h100.md)
   pipe)       timeout 200 python3 scripts/bench_side_prefetch.py --pipe-only --out="$OUT" || true
-              PIPE=pipe-decode,$(fused_without none)
-              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $PIPE \
-                | tee "$OUT/gpu_check_pipe.md" || true
-              for r in fused $PIPE fused; do
+              NOPIPE=$(fused_without pipe-decode)
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused --n-layer 4 \
+                --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_pipe.md" || true
+              for r in $NOPIPE fused $NOPIPE; do
                 timeout 100 python3 scripts/trace_decode.py ${2:-random:gpt2-xl} float16 $r 20 --out="$OUT/trace" \
                   2>/dev/null | tee -a "$OUT/trace_pipe.md" || true; done ;;
-  # pipe-decode's defaults (qkv and the MLP's c_proj pipelined) as the benchmark sees them: their logits, then decode
-  # of gpt2-xl and gpt2 with `fused` and pipe-decode, then without (docs/results/pipe_decode_h100.md: -1.4% and +1.2%
-  # in traces)
-  pipe-bench) PIPE=pipe-decode,$(fused_without none)
-              timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules $PIPE \
-                | tee "$OUT/gpu_check_pipe.md" || true
+  # pipe-decode as the benchmark sees it: fused's logits at gpt2-xl's widths (where it pipelines qkv and the MLP's
+  # c_proj), then decode of gpt2-xl and gpt2 with `fused`, then without pipe-decode (docs/results/pipe_decode_h100.md)
+  pipe-bench) timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_pipe.md" || true
               MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
-  # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant, ~6 min in all): the defaults, then
-  # each variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
-  # last. 2 or 3 groups in flight first: the loops without the copy that leaves a block one (ln_linear.py)
-  pipe-sweep) PIPE=pipe-decode,$(fused_without none); ln=kernels/ln_linear.py; md=tinygpt2/model.py
-              cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
+  # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
+  # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
+  # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)
+  pipe-sweep) ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
               sweep() { local tag=$1; shift; cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
                 for e in "$@"; do sed -i "$e" $ln $md; done
-                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $PIPE 20 --out="$OUT/trace-$tag" \
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$tag" \
                   2>/dev/null | sed "s/^#### .*in the CUDA graph/#### $tag: in the CUDA graph/" \
                   | tee -a "$OUT/pipe_sweep.md" || true; }
-              lin() { echo "s/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = ($1)/"; }
-              two='s/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 2/'; three='s/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 3/'
+              blocks() { echo "s/^PIPE_BLOCKS = .*/PIPE_BLOCKS = $1 * 132/"; }
               sweep defaults
-              sweep 2-in-flight "$two"
-              sweep 2-in-flight-4-an-sm "$two" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
-              sweep 2-in-flight-all-four "$two" "$(lin '"ln_linear_qkv", "linear_attn_proj", "ln_linear_fc_gelu", "linear_mlp_proj"')"
-              # (qkv's kernel takes 196 registers with 3 in flight: 2 blocks an SM)
-              sweep 3-in-flight-2-an-sm "$three" 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 2 * 132/'
-              sweep 4-an-sm 's/^PIPE_BLOCKS = .*/PIPE_BLOCKS = 4 * 132/'
+              sweep 3-an-sm "$(blocks 3)"
+              sweep 2-in-flight 's/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 2/'
+              sweep all-four 's/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), '\
+'"linear_attn_proj": (1, 1), "ln_linear_fc_gelu": (1, 4), "linear_mlp_proj": (4, 1)}/'
               cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
-              timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace" 2>/dev/null \
-                | tee -a "$OUT/pipe_sweep.md" || true ;;
+              timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $(fused_without pipe-decode) 20 \
+                --out="$OUT/trace" 2>/dev/null | tee -a "$OUT/pipe_sweep.md" || true ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first
   mm)         i=0; for r in $PDL ${PDL/tensor-core-matmul-async,/}; do i=$((i + 1))
                 (cd /tmp && timeout 250 python3 -m tinygpt2 bench --target cuda --models ${MODELS:-random:gpt2-xl} \

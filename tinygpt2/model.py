@@ -45,8 +45,19 @@ ACC = "float32"                     # logits, attention scores and probabilities
 FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters (weights.fold_layernorms)
 # the decode linears pipe-decode makes pipelined grids (kernels/ln_linear.py's make_linear_pipe_decode): of the
 # variants measured, qkv and the MLP's c_proj alone (gpt2-xl fp16, H100: 1489.6 us a step against fused's 1510.7;
-# all four 1521.3; docs/results/pipe_decode_h100.md)
-PIPE_DECODE_LINEARS = ("ln_linear_qkv", "linear_mlp_proj")
+# all four 1521.3; docs/results/pipe_decode_h100.md) -- and only where each gets PIPE_MIN_GROUPS groups of rows a
+# block or more. With fewer there is next to nothing to overlap: gpt2's qkv gets 2, its MLP's c_proj 1 (its step
+# 1.2-1.7% longer pipelined); gpt2-large's MLP c_proj gets 3 but its qkv 2, and the c_proj alone pipelined loses
+# 0.6% (it gives back time that qkv, after it, gains only pipelined itself); gpt2-xl's get 3 and 4: 2.8% shorter.
+PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), "linear_mlp_proj": (4, 1)}   # name: (in, out) in n_embd
+PIPE_MIN_GROUPS = 3
+
+
+def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
+    """The decode linears pipe-decode makes pipelined grids for this model: PIPE_DECODE_LINEARS, or none."""
+    groups = [K.pipe_grid(i * cfg.n_embd, o * cfg.n_embd, dtype, lanes)[-1]          # a block's groups of rows
+              for i, o in PIPE_DECODE_LINEARS.values()]
+    return tuple(PIPE_DECODE_LINEARS) if min(groups) >= PIPE_MIN_GROUPS else ()
 
 
 class _Builder:
@@ -117,17 +128,17 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
     # decode's linears PIPE_DECODE_LINEARS as persistent pipelined grids, loading their first rows before the PDL wait
-    # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode: an experiment). Its point, the overlap of
-    # consecutive linears, needs PDL (CUDA sm_90+); on other GPUs it is another schedule of the same products
-    pipe = fused and "pipe-decode" in hand
+    # (pipe-decode, kernels/ln_linear.py's make_linear_pipe_decode), where a block gets PIPE_MIN_GROUPS groups or
+    # more. Its point, the overlap of consecutive linears, needs PDL: compile.hand_kernels drops it off CUDA sm_90+
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
+    pipe = pipelined(cfg, dtype, lanes) if fused and "pipe-decode" in hand else ()
 
     def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
-        the residual added after; pipe-decode's pipelined grids instead for PIPE_DECODE_LINEARS; each marking
+        the residual added after; pipe-decode's pipelined grids instead for those `pipe` names; each marking
         `progress` as it starts under side-prefetch. mode: the PDL mode (a pipelined grid lets the next kernel
         launch at once where it is early, else at its last group)."""
-        if pipe and name in PIPE_DECODE_LINEARS:
+        if name in pipe:
             # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             trigger="start" if mode == "early" else "last", mark_kib=kib(k_in, n_out))

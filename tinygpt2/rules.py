@@ -164,18 +164,17 @@ class SidePrefetch(Request):
 
 class PipeDecode(Request):
     """Not a schedule: a request that decode's qkv and MLP c_proj (two of `fused-decode`'s linears, launched with
-    PDL; model.py's PIPE_DECODE_LINEARS) be persistent pipelined grids that fill part of each SM
-    (kernels/ln_linear.py's make_linear_pipe_decode: at most 3 blocks of 128 an SM, a block's groups of rows one
-    after the other, the next group's W loaded while this one's is multiplied), each loading its first group's W
-    before its wait and letting the next kernel launch at its last group (qkv: at once, for the attention) -- so
-    that the next kernel's blocks come in while this one ends. The linears it replaces overlap the kernel before
-    them by 0.2-0.3 us only and pay their start on the step's critical path (gpt2-xl, H100: ~2-3 us a linear beyond
-    its bytes; docs/results/README.md, twenty-fourth session). Needs fused-decode; its point needs pdl-decode as
-    well (CUDA sm_90 and later, sized for float16 and an H100's 132 SMs): on other GPUs it is only another schedule
-    of the same products (the WebGPU tests run it end to end). An experiment, in no preset: correct against numpy
-    and transformers (WebGPU) and on an H100; there gpt2-xl fp16's step 1.4% shorter than `fused`'s in a trace
-    (1489.6 us against 1510.7; qkv gains ~2 us a layer, the MLP's c_proj gives back 1.1), gpt2's 1.2% longer
-    (docs/results/pipe_decode_h100.md). It matches no kernel.
+    PDL; model.py's PIPE_DECODE_LINEARS), where a block would get 3 groups of rows or more (model.pipelined:
+    gpt2-xl's, not gpt2's), be persistent pipelined grids that fill part of each SM (kernels/ln_linear.py's
+    make_linear_pipe_decode: at most 4 blocks of 128 an SM, a block's groups of rows one after the other, the next
+    group's W loaded while this one's is multiplied), each loading its first group's W before its wait and letting
+    the next kernel launch at its last group (qkv: at once, for the attention) -- so that the next kernel's blocks
+    come in while this one ends. The linears it replaces overlap the kernel before them by 0.2-0.3 us only and pay
+    their start on the step's critical path (gpt2-xl, H100: ~2-3 us a linear beyond its bytes; docs/results/
+    README.md, twenty-fourth session). Needs fused-decode, and pdl-decode for its point: CUDA sm_90 and later only
+    (SM90_REQUESTS; sized for float16 and an H100's 132 SMs). In preset `fused`: gpt2-xl fp16's step 2.8% shorter
+    in a trace (1471-1474 us against 1515), its decode 677 tok/s against 661 in the benchmark (H100,
+    docs/results/pipe_decode_h100.md). It matches no kernel.
     """
 
 
@@ -608,14 +607,12 @@ GPU_RULES = {
 }
 # rule name -> kernels/_pdl.py's mode
 PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls, PDLDecode)}
-# entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones and the cluster ones;
-# flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do nothing alone
-# (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the target cannot run
-# them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "flash-prefill-mma",
-                 "matmul-mma", "matmul-wgmma"}
-# ... and one that changes fused-decode's kernels on any GPU: it too does nothing alone
-FUSED_REQUESTS = {"pipe-decode"}
+# entries that change another entry's kernels for CUDA sm_90+ (fused-decode's: the PDL ones, the cluster ones and
+# pipe-decode; flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do
+# nothing alone (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the
+# target cannot run them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "pipe-decode",
+                 "flash-prefill-mma", "matmul-mma", "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
@@ -655,11 +652,12 @@ GPU_TUNED = ["flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tenso
 # attention 4.0 -> 1.5 ms (48 layers), prefill@1024 49.1k -> 57.3k tok/s, back to back on an H100
 # (docs/results/cuda_flash_mma_h100.md); matmul-wgmma (sm_90a, fp16) puts prefill's four linears on Hopper's wgmma:
 # gpt2-xl's at 1024 tokens 14.8 -> 8.6 ms (48 layers; cuBLAS 6.7), prefill@1024 56.3k -> 86.6k tok/s, back to back
-# on an H100 (docs/results/bench_matmul_wgmma_h100.md)
-GPU_FUSED = ["matmul-wgmma", "fused-decode", "pdl-decode", "attention-cluster", "flash-prefill-mma", "flash-prefill",
-             "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul", "matmul",
-             "small-block-gemv", "gemv",
-             "reduction", "general-reduction", "fallback"]
+# on an H100 (docs/results/bench_matmul_wgmma_h100.md); pipe-decode (sm_90+, the linears where a block gets 3
+# groups of rows or more: gpt2-xl's qkv and MLP c_proj) takes gpt2-xl fp16's decode from 661 to 677 tok/s, back to
+# back on an H100 (docs/results/pipe_decode_h100.md)
+GPU_FUSED = ["matmul-wgmma", "fused-decode", "pdl-decode", "pipe-decode", "attention-cluster", "flash-prefill-mma",
+             "flash-prefill", "hand-softmax", "tensor-core-matmul-async", "tensor-core-matmul", "tiled-matmul",
+             "matmul", "small-block-gemv", "gemv", "reduction", "general-reduction", "fallback"]
 # What runs when no list is asked for (generate, step, bench, tinygpt2.load): the fastest list measured per
 # target kind. On the CPU `tuned`: random:gpt2 fp32 decode 5 -> 38 tok/s (docs/rules.md), and DLight's CPU GEMV
 # makes `default` slow to build as well (each of its 128-lane gathers unrolled 192-256 times: shakespeare's
@@ -697,6 +695,7 @@ def presets(target_kind: str) -> dict[str, list[str]]:
     fused    -- GPU: tuned with fused-decode (decode's attention split over chunks of keys, ln +
                 linear, the MLP's c_proj + residual and greedy's argmax + advance, as hand-scheduled
                 kernels), pdl-decode (those launched with programmatic dependent launch, CUDA sm_90+),
+                pipe-decode (gpt2-xl's qkv and MLP c_proj persistent pipelined grids, CUDA sm_90+),
                 attention-cluster (decode's attention one kernel, a thread-block cluster per head; CUDA
                 sm_90+, fp16) and small-block-gemv before gemv: the fastest list measured, prefill and decode.
     <rule>   -- that rule alone (+ fallback on GPU, so the kernels it does not match still run); not
@@ -712,10 +711,9 @@ def presets(target_kind: str) -> dict[str, list[str]]:
         return out
     out = {"none": ["fallback"], "default": list(GPU_DEFAULT), "tuned": list(GPU_TUNED), "fused": list(GPU_FUSED)}
     out["auto"] = list(out[AUTO["gpu"]])
-    # each rule alone; not the SM90_REQUESTS / FUSED_REQUESTS entries (alone they would do nothing, or leave the
-    # rest unscheduled)
+    # each rule alone; not the SM90_REQUESTS entries (alone they would do nothing, or leave the rest unscheduled)
     out.update({name: [name, "fallback"] for name in GPU_RULES
-                if name != "fallback" and name not in SM90_REQUESTS | FUSED_REQUESTS})
+                if name != "fallback" and name not in SM90_REQUESTS})
     out.update({f"default-minus-{name}": [r for r in GPU_DEFAULT if r != name] for name in GPU_DEFAULT
                 if name != "fallback"})
     return out
