@@ -46,9 +46,10 @@ their start on the step's critical path (docs/results/README.md, the twenty-four
 grids with every load after the wait (the persistent structure alone), and with 4 blocks an SM (a whole SM: no room
 for the next kernel). --pipe-only runs these beside the chain's two baselines alone. Timed in the twenty-fifth session
 (docs/results/pipe_decode_h100.md): half an SM streams too slowly (37.4 us a layer against the stand-in's 35.3), a
-whole SM's is faster (33.8) -- a margin the model's own pipelined linears (`pipe-decode`) did not keep. Both
-copy the next group's W into this group's registers at each trip's end (`wa[i] = wb[i]`), which waits for the loads
-just issued: one group in flight, not two (docs/results/pipe_decode_h100.md, its last section).
+whole SM's is faster (33.8); so were the model's own pipelined linears (`pipe-decode`, in `fused` since the
+twenty-sixth session) at 4 blocks an SM, for gpt2-xl's qkv and MLP c_proj alone. Both copy the next group's W into
+this group's registers at each trip's end (`wa[i] = wb[i]`), which waits for the loads just issued: one group in
+flight, not two; in the model, loops without the copy measured slower (docs/results/pipe_decode_h100.md).
 """
 
 import os
