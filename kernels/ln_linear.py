@@ -391,13 +391,13 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # come in as this one's leave, not all at its end: block b computes groups of TY rows b, b + blocks, ..., loading
 # the next group's W while it multiplies this one's. With pdl, the first group's loads come before the wait (pinned
 # there by an L2 prefetch of its rows, as prefetch_w), so that they are in flight while the kernel before still
-# runs, and the next kernel may launch once every block is at its last group (PIPE_TRIGGER). x is copied once into shared memory after the wait (in registers beside two
-# groups' W a thread would pass 128 registers), and the layernorm's statistics (ln), the same for every row, are
-# summed once.
+# runs, and the next kernel may launch once every block is at its last group (PIPE_TRIGGER). x is copied once into
+# shared memory after the wait (in registers beside two groups' W a thread would pass 128 registers), and the
+# layernorm's statistics (ln), the same for every row, are summed once.
 # Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): all
 # four linears of a layer so lose to the one-wave ones, 1521 us a step against 1511 for `fused`; qkv gains (6.1 us
 # from the previous kernel's end against 8.0) but the rest lose most of it: with qkv and the MLP's c_proj alone
-# pipelined (the model's default), 1490 against 1511, -1.4% (gpt2: +1.2%); at 4 blocks an SM 1471-1474 against
+# pipelined (the model's choice), 1490 against 1511 at 3 blocks an SM, -1.4% (gpt2: +1.2%); at 4, 1471-1474 against
 # 1515 (5 or 6: 1473; twenty-sixth session). Letting the next kernel launch at the start everywhere (as the
 # one-wave linears do) fills the SMs with waiting grids: 1583-1787 us; the model does so only after qkv, whose next
 # kernel, the attention, is small and has copies to run meanwhile.

@@ -234,7 +234,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
-    if pdl or pipe:     # (pipe without PDL, as on WebGPU: the hand-scheduled kernel, pipelined where listed)
+    if pdl:
         attn_proj = decode_linear("linear_attn_proj", C, C, False, prefetch_w=True)
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
