@@ -9,7 +9,8 @@ entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic
 _pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
 flash_attention.make_flash_attention / _cpu (`flash-prefill`); decode_cluster.make_decode_cluster (`decode-cluster`:
 ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head) and
-decode_cluster.make_attention_cluster (`attention-cluster`: the attention alone, likewise); and
+decode_cluster.make_attention_cluster (`attention-cluster`: the attention alone, likewise) and
+make_attention_proj_cluster (`attention-proj`: that with the attention's c_proj, by fp16 atomics); and
 sample.make_sample_advance_gpu, decode's sampler on any GPU (no rule matches a sampler either).
 flash_attention_mma.make_flash_attention_mma is prefill's attention on mma.sync in FlashAttention-2's layout,
 (`flash-prefill-mma`, preset `fused`, CUDA sm_90+ fp16): gpt2-xl's 1024-token attention 2.7x faster than the WMMA one.
@@ -27,7 +28,8 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
                         make_attn_scores, make_causal_softmax_cpu, make_causal_softmax_gpu, make_decode_attention,
                         make_attn_scores_decode, make_attn_values, make_attn_values_decode, make_causal_softmax,
                         make_softmax_decode, pad_keys)
-from .decode_cluster import decode_cluster_ref, make_attention_cluster, make_decode_cluster
+from .decode_cluster import (attention_proj_ref, decode_cluster_ref, make_attention_cluster,
+                             make_attention_proj_cluster, make_decode_cluster)
 from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .flash_attention import flash_attention_ref, make_flash_attention, make_flash_attention_cpu
 from .flash_attention_mma import make_flash_attention_mma

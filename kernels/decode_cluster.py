@@ -141,15 +141,17 @@ class _HeadAttention:
             T.ptx.barrier.cluster.wait.acquire.aligned()
 
         @T.macro
-        def arrive_and_wait(t, first, wait_pdl):  # first: the address of the activation the kernel reads first
+        def arrive_and_wait(t, first, wait_pdl, launch=True):  # first: the address of the activation read first
             """Arrive at the cluster barrier (this block started, its DSMEM targets zeroed); with PDL (wait_pdl, a
-            Python bool), let the attention's c_proj launch at once, then wait for the kernels before this one. The
-            activation read coherently (_pdl.read_coherently: an asm statement takes its address)."""
+            Python bool), let the next kernel (the attention's c_proj) launch at once (launch; else it launches as
+            this grid completes), then wait for the kernels before this one. The activation read coherently
+            (_pdl.read_coherently: an asm statement takes its address)."""
             T.ptx.barrier.cluster.arrive.release.aligned()
             if wait_pdl:
                 if t == 0:
                     T.ptx.prefetch.global_.L2(first)
-                T.ptx.griddepcontrol.launch_dependents()
+                if launch:
+                    T.ptx.griddepcontrol.launch_dependents()
                 T.ptx.griddepcontrol.wait()
 
         @T.macro
@@ -190,10 +192,23 @@ class _HeadAttention:
                 T.ptx.mbarrier.try_wait.parity.shared.b64(ready[0], T.address_of(bar[0]), T.uint32(0))
 
         @T.macro
+        def merge(t, po, pml, acc, stat):        # the CL parts' (m, l, o[t]) into acc = (sum e^(m_r - M) o_r, ... l_r)
+            stat[3] = lowest
+            for c in T.unroll(CL):
+                stat[3] = T.max(stat[3], pml[c * 2])
+            acc[0] = T.float32(0)
+            acc[1] = T.float32(0)
+            for c in T.unroll(CL):
+                acc[0] = acc[0] + po[c * D + t] * T.exp(pml[c * 2] - stat[3])
+                acc[1] = acc[1] + pml[c * 2 + 1] * T.exp(pml[c * 2] - stat[3])
+
+        @T.macro
         def attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
-                   k_cache, v_cache, out):
+                   k_cache, v_cache, out, everywhere=False):
             """4. attention over the block's keys, 5. rank 0 merges (the module docstring). Starts with the head's
-            q, k, v in qkv, visible to every thread, and every block of the cluster started."""
+            q, k, v in qkv, visible to every thread, and every block of the cluster started. everywhere (a Python
+            bool): every block gets every part and merges them itself, into out = its shared o [D] (float32, the
+            value rounded to dtype as the kernel's output would be), instead of rank 0 into out[0, h*D:(h+1)*D]."""
             # 4. key j0 + t, its row in shared memory (j < pos) or the new one
             acc[0] = lowest
             if t < nk:
@@ -225,25 +240,31 @@ class _HeadAttention:
                 acc[1] = T.float32(0)
                 for g in T.unroll(NG):
                     acc[1] = acc[1] + part[g * D + t]
-                dsmem_store(addr, po[r * D + t], 0, acc[1])
-                if t == 0:
-                    dsmem_store(addr, pml[r * 2], 0, stat[3])
-                    dsmem_store(addr, pml[r * 2 + 1], 0, stat[2])
+                if everywhere:
+                    for c in T.unroll(CL):
+                        dsmem_store(addr, po[r * D + t], c, acc[1])
+                    if t == 0:
+                        for c in T.unroll(CL):
+                            dsmem_store(addr, pml[r * 2], c, stat[3])
+                            dsmem_store(addr, pml[r * 2 + 1], c, stat[2])
+                else:
+                    dsmem_store(addr, po[r * D + t], 0, acc[1])
+                    if t == 0:
+                        dsmem_store(addr, pml[r * 2], 0, stat[3])
+                        dsmem_store(addr, pml[r * 2 + 1], 0, stat[2])
                 if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
                     k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
                     v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
             cluster_sync()
-            # 5. rank 0 merges
-            if r == 0 and t < D:
-                stat[3] = lowest
-                for c in T.unroll(CL):
-                    stat[3] = T.max(stat[3], pml[c * 2])
-                acc[0] = T.float32(0)
-                acc[1] = T.float32(0)
-                for c in T.unroll(CL):
-                    acc[0] = acc[0] + po[c * D + t] * T.exp(pml[c * 2] - stat[3])
-                    acc[1] = acc[1] + pml[c * 2 + 1] * T.exp(pml[c * 2] - stat[3])
-                out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
+            # 5. rank 0 merges (everywhere: every rank, for itself)
+            if everywhere:
+                if t < D:
+                    merge(t, po, pml, acc, stat)
+                    out[t] = T.Cast(ACC, T.Cast(dtype, acc[0] / acc[1]))
+            else:
+                if r == 0 and t < D:
+                    merge(t, po, pml, acc, stat)
+                    out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
 
         self.warp_sum, self.block_reduce, self.dsmem_store, self.cluster_sync = (warp_sum, block_reduce,
                                                                                  dsmem_store, cluster_sync)
@@ -458,6 +479,142 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                                   k_cache, v_cache, out)
 
     return attention_cluster
+
+
+# whether attention_proj_cluster lets the kernel after it (c_fc, with its weights loaded before its wait) launch at
+# once, as attention_cluster does its c_proj, or as it completes (c_fc's weight stream then leaves the attention's
+# latencies alone: launched early, the next kernels' streams slowed it before, docs/rules.md's pdl-decode)
+PROJ_LAUNCH_EARLY = True
+
+
+def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
+                                pdl: str | None = None):
+    """make_attention_cluster with the attention's c_proj in it, split over the heads (rule entry `attention-proj`,
+    an experiment in no preset): the residual stream x is updated in place,
+
+        x[0, j] += sum_h ( b[j] if h == 0 ) + sum_d o_h[d] * W[j, h*D + d]       (o_h: the head's attention, fp16)
+
+        qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32, w_fc [n_inner, C], W [C, C], b [C],
+        x [1, C] (in place: the residual stream that ln_linear_qkv read)
+
+    Every block of a head's cluster gets every block's part (DSMEM) and merges them itself, so that each has o_h
+    without another cluster barrier; rank r then computes rows r * C/4 .. (r + 1) * C/4 - 1 of W's head-h columns
+    times o_h (a row a thread, 64 products; their W loaded into registers before the PDL wait, 128 bytes a row, so
+    that the weights stream while qkv does) and adds each into x by one fp16 atomic (red.global.add.noftz.f16;
+    head 0 adds the bias too). Why: the attention's c_proj as its own kernel costs gpt2-xl ~2.05 us a layer after
+    the attention (H100; 1.72 for its bytes) -- a kernel boundary on the step's critical path (the wait's release,
+    x read back from L2, a block-wide reduction, the store), where here the products start as soon as the merge.
+    The sum's order is the atomics' (25 heads for gpt2-xl, each rounded to fp16 as added): not bit-reproducible
+    from run to run, within fp16's tolerance. Not run on a GPU yet (tests/test_cuda_compile.py has its numpy check,
+    skipped without one)."""
+    _check(dtype, head_dim, "attention-proj")
+    H, D, C, P, F = n_head, head_dim, n_head * head_dim, n_ctx, n_inner
+    CL, NTH = CLUSTER, ATTENTION_THREADS
+    if P > ATTENTION_MAX_CTX:
+        raise RuleError(f"attention-proj: a key a thread, so n_ctx up to {ATTENTION_MAX_CTX} (got {P})")
+    if C % (2 * CL):
+        raise RuleError(f"attention-proj: {C} rows of c_proj do not split into pairs over {CL} blocks")
+    ha = _HeadAttention(H, D, P, dtype, NTH, 0)
+    KB, NG, NW, BIG = ha.KB, ha.NG, ha.NW, ha.big
+    wait_pdl = pdl_flags(pdl)[0]
+    PF_ROWS = F // PREFETCH_FRACTION // (H * CL)
+    PF_THREAD = NTH - 32
+    RB = C // CL                                         # c_proj rows a block
+    RT = -(-RB // (2 * NTH))                             # ... pairs of them a thread at most
+    DV = D // 8                                          # 16-byte vectors a row's head-h columns
+
+    @T.prim_func(s_tir=True)
+    def attention_proj_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
+                               v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((1,), "int32"),
+                               w_fc: T.Buffer((F, C), dtype), w: T.Buffer((C, C), dtype), b: T.Buffer((C,), dtype),
+                               x: T.Buffer((1, C), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for r in T.thread_binding(CL, thread="clusterCtaIdx.x"):          # launched as clusters of CL blocks
+            for bx in T.thread_binding(H * CL, thread="blockIdx.x"):
+                for t in T.thread_binding(NTH, thread="threadIdx.x"):
+                    with T.sblock("attention_proj_cluster"):
+                        T.reads(qkv_in[0, 0:3 * C], k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], pos[0],
+                                w_fc[0:F, 0:C], w[0:C, 0:C], b[0:C], x[0, 0:C])
+                        T.writes(k_cache[0:H, 0:P, 0:D], v_cache[0:H, 0:P, 0:D], x[0, 0:C])
+                        big = T.sblock_alloc_buffer((BIG,), dtype, scope="shared.dyn")
+                        qkv = T.sblock_alloc_buffer((3 * D,), ACC, scope="shared")
+                        red = T.sblock_alloc_buffer((NW,), ACC, scope="shared")
+                        p = T.sblock_alloc_buffer((KB,), ACC, scope="shared")
+                        part = T.sblock_alloc_buffer((NG * D,), ACC, scope="shared")
+                        po = T.sblock_alloc_buffer((CL * D,), ACC, scope="shared")    # every part's o
+                        pml = T.sblock_alloc_buffer((CL * 2,), ACC, scope="shared")   # ... and (m, l)
+                        o = T.sblock_alloc_buffer((D,), ACC, scope="shared")          # the head's, merged
+                        bar = T.sblock_alloc_buffer((1,), "uint64", scope="shared")
+                        ready = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        acc = T.sblock_alloc_buffer((2,), ACC, scope="local")
+                        stat = T.sblock_alloc_buffer((4,), ACC, scope="local")
+                        wv = T.sblock_alloc_buffer((8,), dtype, scope="local")
+                        wr = T.sblock_alloc_buffer((2 * RT * D,), dtype, scope="local")  # the thread's rows of W
+                        bias = T.sblock_alloc_buffer((2 * RT,), ACC, scope="local")
+                        dot = T.sblock_alloc_buffer((2,), ACC, scope="local")
+                        h = bx // CL
+                        n = pos[0] + 1
+                        per = (n + CL - 1) // CL
+                        j0 = r * per
+                        nk = T.max(0, T.min(n, j0 + per) - j0)
+                        if t < CL * D:
+                            po[t] = T.float32(0)
+                        if t < CL * 2:
+                            pml[t] = T.float32(0)
+                        ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
+                        # c_proj's rows r * RB + 2 (t + i * NTH) and the next (a pair: one f16x2 atomic, below),
+                        # head h's 64 columns (one 128-byte line each), and head 0's bias: weights, written by no
+                        # kernel of the step, so loaded before the wait (the L2 prefetch of each line keeps ptxas
+                        # from moving the loads after it, as in ln_linear)
+                        for i in T.unroll(RT):
+                            if 2 * (t + i * NTH) < RB:
+                                for q in T.unroll(2):
+                                    T.ptx.prefetch.global_.L2(T.address_of(w[r * RB + 2 * (t + i * NTH) + q, h * D]))
+                                    for v in T.unroll(DV):
+                                        for e in T.vectorized(8):
+                                            wr[(2 * i + q) * D + v * 8 + e] = w[r * RB + 2 * (t + i * NTH) + q,
+                                                                                h * D + v * 8 + e]
+                                    bias[2 * i + q] = T.if_then_else(
+                                        h == 0, T.Cast(ACC, b[r * RB + 2 * (t + i * NTH) + q]), T.float32(0))
+                        T.tvm_storage_sync("shared")
+                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl, PROJ_LAUNCH_EARLY)
+                        if t < 3 * D:
+                            qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
+                        if PF_ROWS > 0 and t == PF_THREAD:   # c_fc's first quarter into L2, as attention_cluster
+                            T.ptx.cp.async_.bulk.prefetch.L2.global_(T.address_of(w_fc[bx * PF_ROWS, 0]),
+                                                                     T.uint32(PF_ROWS * C * 2))
+                        ha.wait_copies(bar, ready)
+                        T.tvm_storage_sync("shared")
+                        T.ptx.barrier.cluster.wait.aligned()
+                        ha.attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
+                                  k_cache, v_cache, o, True)
+                        T.tvm_storage_sync("shared")                        # o, merged by threads 0-63
+                        for i in T.unroll(RT):
+                            if 2 * (t + i * NTH) < RB:
+                                for q in T.unroll(2):
+                                    dot[q] = bias[2 * i + q]
+                                    for d in T.unroll(D):
+                                        dot[q] = dot[q] + o[d] * T.Cast(ACC, wr[(2 * i + q) * D + d])
+                                # the pair's two halves, low one first, added by one red.global.add.noftz.f16x2
+                                # (a single f16 add is no instruction of sm_90: ptxas makes it a compare-and-swap
+                                # loop)
+                                T.ptx.red.global_.add.noftz.f16x2(
+                                    T.address_of(x[0, r * RB + 2 * (t + i * NTH)]),
+                                    T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[0])))
+                                    | (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[1]))) << T.uint32(16)))
+
+    return attention_proj_cluster
+
+
+def attention_proj_ref(qkv, k_cache, v_cache, pos, w, b, x):
+    """Returns (x + fp16(attention) @ W.T + b, k_cache, v_cache): decode_attention_ref, then the attention's c_proj
+    with the residual (linear_residual_ref) -- the two kernels make_attention_proj_cluster replaces."""
+    from .attention import decode_attention_ref
+    from .linear import linear_residual_ref
+
+    a, k_cache, v_cache = decode_attention_ref(qkv, k_cache, v_cache, pos)
+    return linear_residual_ref(a, w, b, x), k_cache, v_cache
 
 
 def decode_cluster_ref(x, w, b, w_sum, k_cache, v_cache, pos, eps=1e-5):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -213,6 +213,24 @@ case "$1" in
   pipe-bench) timeout 120 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_pipe.md" || true
               MODELS=random:gpt2-xl,random:gpt2 with_without pipe-decode --prompt-lens 128 --decode-tokens 128 ;;
+  # attention-proj (the attention's c_proj inside the cluster kernel, by atomics): the numpy checks of its kernel on
+  # this GPU, fused's logits with it at gpt2-xl's widths, gpt2-xl's step traced with, without, with it, then with
+  # c_fc launched late; the benchmark with and without it (~8 min)
+  proj)       WITH=attention-proj,$(fused_without none)
+              (cd /tmp && timeout 120 python3 -m pytest -q -p no:cacheprovider -k "attention_proj" \
+                "$OLDPWD/tests/test_cuda_compile.py") | tail -3 | tee "$OUT/test_proj.txt" || true
+              timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules $WITH --n-layer 4 \
+                --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_proj.md" || true
+              for r in $WITH fused $WITH; do
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $r 20 --out="$OUT/trace" \
+                  2>/dev/null | tee -a "$OUT/trace_proj.md" || true; done
+              # ... and with c_fc launched as the attention completes (PROJ_LAUNCH_EARLY, kernels/decode_cluster.py)
+              cp kernels/decode_cluster.py /tmp/decode_cluster.orig
+              sed -i 's/^PROJ_LAUNCH_EARLY = .*/PROJ_LAUNCH_EARLY = False/' kernels/decode_cluster.py
+              timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $WITH 20 --out="$OUT/trace-late" \
+                2>/dev/null | sed "s/^#### /#### c_fc launched late: /" | tee -a "$OUT/trace_proj.md" || true
+              cp /tmp/decode_cluster.orig kernels/decode_cluster.py
+              MODELS=random:gpt2-xl with_without attention-proj --prompt-lens 128 --decode-tokens 128 ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)

@@ -800,11 +800,11 @@ def test_decode_cluster_builds_without_spills_and_fits_one_block_an_sm(size):
     assert spill == 0 and regs * 512 <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static, dynamic)
 
 
-def run_cluster_kernel(func, inputs, pos, ref, after=()):
-    """Run a cluster kernel (inputs, then gpt2-xl's K and V caches and pos, then `after`; out [1, C] last) on the
-    GPU against its numpy reference ref(*inputs, k_cache, v_cache, pos) -> (out, k_cache, v_cache). The caches are
-    random up to pos and NaN past it (stale rows: never read); checked: out, the new key and value appended at
-    pos, no row past pos touched."""
+def run_cluster_kernel(func, inputs, pos, ref, after=(), out0=None):
+    """Run a cluster kernel (inputs, then gpt2-xl's K and V caches and pos, then `after`; out [1, C] last, zeros or
+    out0) on the GPU against its numpy reference ref(*inputs, k_cache, v_cache, pos) -> (out, k_cache, v_cache).
+    The caches are random up to pos and NaN past it (stale rows: never read); checked: out, the new key and value
+    appended at pos, no row past pos touched."""
     import numpy as np
 
     from tinygpt2.compile import build_cuda_kernel
@@ -819,7 +819,7 @@ def run_cluster_kernel(func, inputs, pos, ref, after=()):
     kc[:, pos + 1:] = vc[:, pos + 1:] = np.nan
     want, want_k, want_v = ref(*inputs, kc.copy(), vc.copy(), pos)
     args = [tvm.runtime.tensor(a, dev) for a in (*inputs, kc, vc, np.array([pos], "int32"), *after)]
-    out = tvm.runtime.tensor(np.zeros((1, H * D), "float16"), dev)
+    out = tvm.runtime.tensor(np.zeros((1, H * D), "float16") if out0 is None else out0, dev)
     build_cuda_kernel(func)["main"](*args, out)
     got_k, got_v = (args[len(inputs) + i].numpy().astype("float32") for i in (0, 1))
     np.testing.assert_allclose(out.numpy().astype("float32"), want.astype("float32"), rtol=2e-2, atol=2e-3)
@@ -895,6 +895,59 @@ def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos):
     qkv = rng.standard_normal((1, 3 * 25 * 64)).astype("float16")
     w_fc = rng.standard_normal((4 * 25 * 64, 25 * 64)).astype("float16")       # only prefetched
     run_cluster_kernel(make_attention_cluster(25, 64, 1024, 4 * 25 * 64), (qkv,), pos, decode_attention_ref, (w_fc,))
+
+
+@pytest.mark.parametrize("pos", [0, 5, 255, 1023])
+def test_attention_proj_matches_its_numpy_reference_on_the_gpu(pos):
+    """make_attention_proj_cluster at gpt2-xl's shapes against attention_proj_ref (the attention, then its c_proj
+    with the residual, in numpy): x updated in place by the 25 heads' atomics (fp16's tolerance)."""
+    import numpy as np
+
+    from tinygpt2.kernels import attention_proj_ref, make_attention_proj_cluster
+
+    C = 25 * 64
+    rng = np.random.default_rng(pos)
+    qkv = rng.standard_normal((1, 3 * C)).astype("float16")
+    w_fc = rng.standard_normal((4 * C, C)).astype("float16")                   # only prefetched
+    w = (rng.standard_normal((C, C)) * 0.02).astype("float16")
+    b = (rng.standard_normal(C) * 0.1).astype("float16")
+    x = rng.standard_normal((1, C)).astype("float16")
+    run_cluster_kernel(make_attention_proj_cluster(25, 64, 1024, 4 * C), (qkv,), pos,
+                       lambda q, kc, vc, p: attention_proj_ref(q, kc, vc, p, w, b, x), (w_fc, w, b), out0=x)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_attention_proj_loads_its_c_proj_rows_before_the_wait_and_adds_by_atomics(tmp_path):
+    """At gpt2-xl's shapes for sm_90a: no spill, its registers within an SM's; in SASS, a thread's pair of rows of
+    c_proj (2 x 8 16-byte loads) before ACQBULK (griddepcontrol.wait), and after it one atomic add of the pair's two
+    halves, without return (REDG ... F16x2; a single half's red.add is a compare-and-swap loop on sm_90)."""
+    from tinygpt2.kernels.decode_cluster import ATTENTION_THREADS, make_attention_proj_cluster
+
+    func = make_attention_proj_cluster(25, 64, 1024, 6400, "float16", pdl="exit")
+    spill, regs, _ = ptxas_usage(func)
+    assert spill == 0 and regs * ATTENTION_THREADS <= 65536, (spill, regs)
+    (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin", *TVM_FLAGS))
+    sass = cuobjdump_sass(tmp_path / "k.cubin")
+    acqbulk = sass.index("ACQBULK")
+    assert sass[:acqbulk].count("LDG.E.128") >= 16, sass[:acqbulk].count("LDG.E.128")
+    reds = re.findall(r"\b(?:RED|ATOM)\S*", sass)
+    assert reds == ["REDG.E.ADD.F16x2.RN.STRONG.GPU"] and sass.index("REDG") > acqbulk, reds
+
+
+def test_attention_proj_takes_the_attention_c_proj_into_the_cluster_kernel():
+    """`attention-proj` in front of `fused`: decode's attention_cluster gives way to attention_proj_cluster, and
+    the attention's c_proj kernel is gone from decode (prefill keeps its own); x updated in place by atomics after
+    the wait. Dropped in float32 and before sm_90; with side-prefetch, a RuleError that says why."""
+    from tinygpt2.errors import RuleError
+    from tinygpt2.rules import GPU_FUSED
+
+    src = check_cluster_kernel("attention-proj", "attention_proj_cluster_n1",
+                               {"decode_attention_n1", "attention_cluster_n1", "linear_attn_proj_n1"},
+                               ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "st_shared__cluster",
+                                "ptx_red_half_global_add_noftz_f16x2("])
+    assert "linear_attn_proj" in src                                            # prefill's, n symbolic
+    with pytest.raises(RuleError, match="list one of them"):
+        C.build_scheduled(CFG64, "cuda", "float16", ["attention-proj", "side-prefetch", *GPU_FUSED], arch="sm_90a")
 
 
 def test_attention_cluster_refuses_more_keys_than_its_threads():

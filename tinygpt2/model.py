@@ -38,6 +38,7 @@ import inspect
 from tinygpt2 import kernels as K
 from tinygpt2 import rules as R
 from tinygpt2.config import GPT2Config
+from tinygpt2.errors import RuleError
 from tinygpt2.tvm_shim import relax, tirx, tvm
 from tinygpt2.weights import param_dtype, param_shapes
 
@@ -124,6 +125,12 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # decode's weights prefetched into L2 by a kernel on a second stream that follows the step (side-prefetch,
     # kernels/side_prefetch.py): each linear marks `progress` with its W's KiB as it starts
     side = attn_cluster and pdl is not None and "side-prefetch" in hand
+    # ... or that kernel with the attention's c_proj in it, by atomics into the residual stream (attention-proj,
+    # make_attention_proj_cluster: the c_proj kernel, and its boundary, gone)
+    proj = attn_cluster and pdl is not None and "attention-proj" in hand
+    if side and proj:
+        raise RuleError("side-prefetch counts the attention's c_proj kernel, which attention-proj removes: "
+                          "list one of them")
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
@@ -177,7 +184,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if cluster:     # ln_1 + c_attn and the four below as one kernel, a cluster per head (make_decode_cluster)
             decode_cluster = b.kernel("decode_cluster", K.make_decode_cluster, H, D, P, dtype, eps, pdl)
         elif fused:     # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
-            if attn_cluster:
+            if proj:
+                attention_proj = b.kernel("attention_proj_cluster", K.make_attention_proj_cluster, H, D, P, F, dtype,
+                                          pdl)
+            elif attn_cluster:
                 attention_cluster = b.kernel("attention_cluster", K.make_attention_cluster, H, D, P, F, dtype, pdl)
             else:
                 decode_attention = b.kernel("decode_attention", K.make_decode_attention, H, D, P, dtype, pdl, lanes)
@@ -234,7 +244,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_mma, k_in, n_out, epilogue)
         return b.kernel(name, make, k_in, n_out, dtype, **options)
 
-    if pdl:
+    if proj:
+        attn_proj = None                                      # (in the attention's kernel)
+    elif pdl:
         attn_proj = decode_linear("linear_attn_proj", C, C, False, prefetch_w=True)
     else:
         attn_proj = linear("linear_attn_proj", K.make_linear_residual, C, C, "residual")
@@ -259,7 +271,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                  [n, 3 * C], dtype)
                     # append K, V and attend, in one call. Outputs: attention [n, C], the two caches (in place)
                     # (and decode_attention's: the chunks' partial results)
-                    if attn_cluster:       # (c_fc's weights only prefetched into L2: make_attention_cluster)
+                    if proj:               # ... and x += c_proj(the attention) there, x in place
+                        *_, x = b.call_inplace(f"h{i}_attn", attention_proj,
+                                               [qkv, cache[2 * i], cache[2 * i + 1], where, w[p + c_fc + "weight"],
+                                                w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x], [1, 2, 7])
+                    elif attn_cluster:     # (c_fc's weights only prefetched into L2: make_attention_cluster)
                         a, *_ = b.call_inplace(f"h{i}_attn", attention_cluster,
                                                [qkv, cache[2 * i], cache[2 * i + 1], where, w[p + c_fc + "weight"]],
                                                [-1, 1, 2], fresh=[([n, C], dtype)])
@@ -281,8 +297,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                         # probabilities in dtype in prefill, as HF rounds them before p.v (kernels/attention.py)
                         s = b.call(f"h{i}_probs", softmax, [s, *pos], [H, n, keys], ACC if decode else dtype)
                         a = b.call(f"h{i}_attn", attn_values, [s, v, *pos], [n, C], dtype)           # [n, C]
-                x = b.call(f"h{i}_resid_attn", attn_proj,                                      # x + c_proj(a)
-                           [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x, *progress], [n, C], dtype)
+                if attn_proj is not None:
+                    x = b.call(f"h{i}_resid_attn", attn_proj,                                  # x + c_proj(a)
+                               [a, w[p + "attn.c_proj.weight"], w[p + "attn.c_proj.bias"], x, *progress], [n, C],
+                               dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
                     h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED), *progress],

@@ -148,6 +148,17 @@ class AttentionCluster(Request):
     """
 
 
+class AttentionProj(Request):
+    """Not a schedule: a request that attention-cluster's kernel also do the attention's c_proj, split over the
+    heads, each head's products added into the residual stream by fp16 atomics
+    (kernels/decode_cluster.py's make_attention_proj_cluster): one kernel boundary fewer a layer, the c_proj's
+    weights loaded before the wait. Needs fused-decode, pdl-decode and attention-cluster (CUDA sm_90 and later,
+    float16, head_dim 64); dropped elsewhere; not with side-prefetch, whose marks count the c_proj kernel. An
+    experiment, in no preset, not yet run on a GPU: the sum's order is the atomics', so fp16 logits are not
+    bit-reproducible from run to run. It matches no kernel.
+    """
+
+
 class SidePrefetch(Request):
     """Not a schedule: a request that decode's weights be prefetched into L2 by a kernel on a second stream,
     beside the step (kernels/side_prefetch.py): each of decode's linears adds its W's KiB to a progress word as it
@@ -565,9 +576,9 @@ class RowReduction(dl.cpu.Reduction):
 def hand_kernels(rule_list, target_kind: str = "gpu") -> tuple[str, ...]:
     """The hand-scheduled kernels a rule list asks for (model.build_module's `hand`); on the CPU only those
     of CPU_RULES (hand-softmax, flash-prefill), whatever objects the list holds."""
-    names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "side-prefetch",
-                                    "pipe-decode", "hand-softmax", "flash-prefill", "flash-prefill-mma", "matmul-mma",
-                                    "matmul-wgmma")
+    names = tuple(name for name in ("fused-decode", "decode-cluster", "attention-cluster", "attention-proj",
+                                    "side-prefetch", "pipe-decode", "hand-softmax", "flash-prefill",
+                                    "flash-prefill-mma", "matmul-mma", "matmul-wgmma")
                   if any(isinstance(r, GPU_RULES[name]) for r in rule_list))
     if target_kind == "cpu":
         return tuple(name for name in names if name in CPU_RULES)
@@ -597,6 +608,7 @@ GPU_RULES = {
     "pdl-decode-early": PDLDecodeEarly,
     "decode-cluster": DecodeCluster,             # ours: ln_1 + c_attn + attention, a cluster per head (above)
     "attention-cluster": AttentionCluster,       # ours: the attention alone, a cluster per head (above)
+    "attention-proj": AttentionProj,             # ours: ... with the attention's c_proj in it (above)
     "side-prefetch": SidePrefetch,               # ours: decode's weights into L2 from a second stream (above)
     "pipe-decode": PipeDecode,                   # ours: decode's linears as persistent pipelined grids (above)
     "hand-softmax": HandSoftmax,                 # ours: prefill's hand-scheduled causal softmax (above)
@@ -611,8 +623,8 @@ PDL_RULES = {name: cls.mode for name, cls in GPU_RULES.items() if issubclass(cls
 # pipe-decode; flash-prefill's: flash-prefill-mma) or replace kernels in place (matmul-mma, matmul-wgmma): they do
 # nothing alone (so presets() has no list of one of them alone), and compile.hand_kernels drops them where the
 # target cannot run them (matmul-wgmma off sm_90a as well: targets.supports_wgmma)
-SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "side-prefetch", "pipe-decode",
-                 "flash-prefill-mma", "matmul-mma", "matmul-wgmma"}
+SM90_REQUESTS = {*PDL_RULES, "decode-cluster", "attention-cluster", "attention-proj", "side-prefetch",
+                 "pipe-decode", "flash-prefill-mma", "matmul-mma", "matmul-wgmma"}
 CPU_RULES = {
     "dot-products": DotProducts,                 # ours: vectorized along the rows (above)
     "weighted-rows": WeightedRows,               # ours: p . V, a row of V a vector (above)
