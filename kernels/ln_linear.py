@@ -413,6 +413,12 @@ PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the fi
 # slower (gpt2-xl's step, same loan: 1 in flight 1487.5 us, 2 in flight 1550.6 (4 an SM: 1513.8), 3 in flight at 2
 # an SM 1561.2; docs/results/pipe_decode_h100.md): the copy's wait is not what holds the loop back.
 PIPE_IN_FLIGHT = 1
+# Where a group's bias and s (ln) or residual (else) are loaded. False: in its epilogue, after the lanes' sum -- in
+# SASS (the MLP's c_proj, 4 groups a block) the two loads come after the block's barriers, so that each group's
+# store waits out their latency (the bias from HBM) with nothing else in flight in that warp. True: a group ahead,
+# beside its W (the first group's bias and s before the wait, its residual right after it), so that the epilogue
+# finds them in registers. in_flight 1 only. Not yet timed: False builds the measured kernel.
+PIPE_PRELOAD = False
 
 
 @T.macro(hygienic=False)
@@ -446,11 +452,12 @@ def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_l
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
                             blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
-                            in_flight: int = PIPE_IN_FLIGHT):
+                            in_flight: int = PIPE_IN_FLIGHT, preload: bool = PIPE_PRELOAD):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
     with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); in_flight: the groups
-    whose W a block has in flight (PIPE_IN_FLIGHT). Grid: as few blocks as give each the same number of groups, at most
+    whose W a block has in flight (PIPE_IN_FLIGHT); preload: each group's epilogue operands loaded a group ahead
+    (PIPE_PRELOAD). Grid: as few blocks as give each the same number of groups, at most
     `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
     a group."""
     check_dtype(dtype)
@@ -473,6 +480,9 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         raise RuleError(f"unknown trigger {trigger!r}: choose start or last")
     if in_flight not in (1, 2, 3):
         raise RuleError(f"in_flight={in_flight}: choose 1, 2 or 3 groups")
+    if preload and in_flight != 1:
+        raise RuleError(f"preload with in_flight={in_flight}: the epilogue's operands are preloaded in the loop of "
+                        "one group a trip only")
     trigger_last = pdl_wait and trigger == "last"
     residual = not ln                         # (TVMScript resolves a plain bool in an `if` while parsing)
 
@@ -491,13 +501,32 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                                 w_dst[ty, tx, ko, v] = w[row(bx + it * NB, ty), (ko * TX + tx) * V + v]
 
     @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
-    def one_group(w_own, w_other, part, acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq):
-        """Group `it` of block bx: group it + AHEAD's W loaded into w_other, this one's (in w_own) multiplied by x,
-        summed across its lanes (part -> acc) and stored."""
+    def load_epilogue(e_b, e_a, it, bx, b, aux, bias, rest):
+        """preload: the operands of block bx's group `it`'s epilogue, for its rows' lane 0: with bias, b (and with
+        ln, s: read-only, so callable before the wait); with rest, the residual (written by the kernel before)."""
+        for ty in T.thread_binding(TY, thread="threadIdx.y"):
+            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                with T.sblock("e_next"):
+                    if tx == T.int64(0) and bx + it * NB < G:
+                        if bias:
+                            e_b[ty] = b[row(bx + it * NB, ty)]
+                            if ln:
+                                e_a[ty] = aux[row(bx + it * NB, ty)]
+                        if rest:
+                            if residual:
+                                e_a[ty] = aux[0, row(bx + it * NB, ty)]
+
+    @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
+    def one_group(w_own, w_other, part, acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq, e_own_b, e_own_a,
+                  e_other_b, e_other_a):
+        """Group `it` of block bx: group it + AHEAD's W loaded into w_other (preload: its epilogue's operands into
+        e_other), this one's (in w_own) multiplied by x, summed across its lanes (part -> acc) and stored."""
         if trigger_last:
             if it == ITERS - one:                        # every block at its last group (its W loaded before)
                 launch_next(TY, TX)
         load_group(w_other, it + AHEAD, bx, w)
+        if preload:
+            load_epilogue(e_other_b, e_other_a, it + AHEAD, bx, b, aux, True, True)
         for ty in T.thread_binding(TY, thread="threadIdx.y"):
             for tx in T.thread_binding(TX, thread="threadIdx.x"):
                 with T.sblock("dot"):
@@ -517,7 +546,15 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                     vy = T.axis.spatial(TY, ty)
                     j = T.axis.spatial(G * TY, (bx + it * NB) * TY + ty)        # the output row
                     T.where(tx == T.int64(0) and (bx + it * NB) * TY + ty < N)
-                    if ln:
+                    if preload:                  # the same expressions, their b and s / residual preloaded
+                        if ln:
+                            y[0, j] = T.Cast(dtype, _maybe_gelu(
+                                T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
+                                * (acc[vy] - row_x[vy] * inv_c * e_own_a[vy])
+                                + T.Cast(ACC, e_own_b[vy]), gelu))
+                        else:
+                            y[0, j] = e_own_a[vy] + T.Cast(dtype, acc[vy] + T.Cast(ACC, e_own_b[vy]))
+                    elif ln:
                         # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
                         y[0, j] = T.Cast(dtype, _maybe_gelu(
                             T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
@@ -545,6 +582,10 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         row_acc_c = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_x = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        e_b = T.sblock_alloc_buffer((TY,), dtype, scope="local")                 # (preload: this group's b
+        e_a = T.sblock_alloc_buffer((TY,), aux_dtype, scope="local")             # and s or residual,
+        e_b_next = T.sblock_alloc_buffer((TY,), dtype, scope="local")            # and the next group's)
+        e_a_next = T.sblock_alloc_buffer((TY,), aux_dtype, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             # 1. the first group's W, before the wait (with pdl: an L2 prefetch of its rows keeps the loads there)
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -561,11 +602,15 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                             with T.sblock("w_first"):               # opaque blocks: they use bx and it
                                 if ko * TX + tx < CV:
                                     w_cur[ty, tx, ko, v] = w[row(bx, ty), (ko * TX + tx) * V + v]
+            if preload:
+                load_epilogue(e_b, e_a, T.int64(0), bx, b, aux, True, False)
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 if residual:                             # the residual stream, written by a kernel before too
                     read_coherently(TY, TX, T.address_of(aux[0, 0]))
                 grid_wait(TY, TX, not trigger_last)      # the next kernel may launch now, or at the last group
+            if preload:
+                load_epilogue(e_b, e_a, T.int64(0), bx, b, aux, False, True)
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
             # beside two groups' W it would take the thread past 128 registers
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -594,24 +639,30 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
             if in_flight == 2:                               # two groups a trip, the buffers' roles swapped
                 for trip in T.serial(TRIPS):
                     one_group(w_cur, w_next, partial, row_acc, trip * T.int64(2),
-                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                              e_b, e_a, e_b_next, e_a_next)
                     if trip * T.int64(2) + one < ITERS:
                         one_group(w_next, w_cur, partial_b, row_acc_b, trip * T.int64(2) + one,
-                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                                  e_b, e_a, e_b_next, e_a_next)
             elif in_flight == 3:                             # three groups a trip, three buffers in turn
                 load_group(w_next, one, bx, w)               # (the first group's came before the wait)
                 for trip in T.serial(TRIPS):
                     one_group(w_cur, w_third, partial, row_acc, trip * T.int64(3),
-                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                              bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                              e_b, e_a, e_b_next, e_a_next)
                     if trip * T.int64(3) + one < ITERS:
                         one_group(w_next, w_cur, partial_b, row_acc_b, trip * T.int64(3) + one,
-                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                                  e_b, e_a, e_b_next, e_a_next)
                     if trip * T.int64(3) + T.int64(2) < ITERS:
                         one_group(w_third, w_next, partial_c, row_acc_c, trip * T.int64(3) + T.int64(2),
-                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                                  bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                                  e_b, e_a, e_b_next, e_a_next)
             else:                                            # one group a trip, the next group's W copied over
                 for it in T.serial(ITERS):
-                    one_group(w_cur, w_next, partial, row_acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq)
+                    one_group(w_cur, w_next, partial, row_acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
+                              e_b, e_a, e_b_next, e_a_next)
                     for ty in T.thread_binding(TY, thread="threadIdx.y"):
                         for tx in T.thread_binding(TX, thread="threadIdx.x"):
                             for ko in T.serial(KO, annotations=UNROLL):
@@ -619,6 +670,13 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                                     with T.sblock("w_swap"):
                                         vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
                                         w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+                    if preload:
+                        for ty in T.thread_binding(TY, thread="threadIdx.y"):
+                            for tx in T.thread_binding(TX, thread="threadIdx.x"):
+                                with T.sblock("e_swap"):
+                                    if tx == T.int64(0):
+                                        e_b[ty] = e_b_next[ty]
+                                        e_a[ty] = e_a_next[ty]
 
     return linear_pipe_decode
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -231,6 +231,16 @@ case "$1" in
                 2>/dev/null | sed "s/^#### /#### c_fc launched late: /" | tee -a "$OUT/trace_proj.md" || true
               cp /tmp/decode_cluster.orig kernels/decode_cluster.py
               MODELS=random:gpt2-xl with_without attention-proj --prompt-lens 128 --decode-tokens 128 ;;
+  # pipe-decode's epilogue operands loaded a group ahead (PIPE_PRELOAD, kernels/ln_linear.py): fused's logits at
+  # gpt2-xl's widths with it, then gpt2-xl's step traced with, without, with it (~4 min)
+  preload)    cp kernels/ln_linear.py /tmp/ln_linear.orig
+              on() { sed -i 's/^PIPE_PRELOAD = .*/PIPE_PRELOAD = True/' kernels/ln_linear.py; }
+              on; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_preload.md" || true
+              for v in on off on; do cp /tmp/ln_linear.orig kernels/ln_linear.py; [ $v = on ] && on
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
+                  2>/dev/null | sed "s/^#### /#### preload $v: /" | tee -a "$OUT/trace_preload.md" || true; done
+              cp /tmp/ln_linear.orig kernels/ln_linear.py ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)

@@ -159,9 +159,9 @@ def test_cuda_source_of_a_long_row():
     assert src.count("__syncthreads") <= 2
 
 
-# --- make_linear_pipe_decode: the same products as persistent pipelined grids (pipe-decode, an experiment) ------
+# --- make_linear_pipe_decode: the same products as persistent pipelined grids (pipe-decode) -----------------------
 
-@pytest.mark.parametrize("in_flight", [1, 2, 3])
+@pytest.mark.parametrize("in_flight,preload", [(1, False), (2, False), (3, False), (1, True)])
 @pytest.mark.parametrize("K,N,dtype,ln,gelu,blocks", [
     (48, 100, "float32", False, False, 3),     # 25 groups of 4 rows over 3 blocks: 9 passes, the last partial
                                                # (in_flight 2: the last trip's second group skipped)
@@ -169,10 +169,10 @@ def test_cuda_source_of_a_long_row():
                                                # (4 passes; in_flight 3: a second trip of one group)
     (64, 37, "float16", True, True, 5),        # ln + gelu, 37 rows: the last group's rows past N stored nowhere
     (3072, 50, "float16", False, False, 7)])   # gpt2's MLP c_proj rows: 128 lanes, one row a group
-def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, in_flight):
+def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, in_flight, preload):
     """Every block's groups in turn, W loaded ahead of the group multiplied (in_flight: 1, the next group's copied
-    over at each trip's end; 2 or 3 groups a trip, the buffers' roles rotated): the same outputs as the two kernels
-    it stands for (their references), every row written."""
+    over at each trip's end; 2 or 3 groups a trip, the buffers' roles rotated; preload: the epilogue's b and s or
+    residual too): the same outputs as the two kernels it stands for (their references), every row written."""
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
     from tinygpt2.runtime.webgpu import run_kernel
 
@@ -183,7 +183,7 @@ def test_pipelined_linear_on_webgpu(rng, K, N, dtype, ln, gelu, blocks, in_fligh
         r = rng.standard_normal((1, N)).astype(dtype)
         ins, want = [x, w, b, r], linear_residual_decode_ref(x, w, b, r)
     func = make_linear_pipe_decode(K, N, dtype, ln, gelu, max_lanes=WEBGPU_MAX_LANES, blocks=blocks,
-                                   in_flight=in_flight)
+                                   in_flight=in_flight, preload=preload)
     *after, y = run_kernel(func, [*ins, np.full((1, N), np.nan, dtype)], dtype)
     for a, a0 in zip(after, ins):
         np.testing.assert_array_equal(a, a0)
@@ -274,8 +274,32 @@ def test_pipelined_linear_can_let_the_next_kernel_launch_at_its_start(tmp_path):
     assert sass[:preexit].count("LDG.E.128") == sass[:acqbulk].count("LDG") == 7 and preexit < acqbulk
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (6400, 1600, False, False)])
+def test_pipelined_linear_can_load_its_epilogue_a_group_ahead(tmp_path, K, N, ln, gelu):
+    """gpt2-xl's qkv and MLP c_proj. As measured (preload=False), each group's store waits on its bias and s or
+    residual, loaded in the group's own trip after the next group's W (qkv's read-only ones just before its lanes'
+    shuffles, the MLP c_proj's after its block barriers): in SASS, loads between the trip's last 16-byte load of W
+    and the STG. With preload they come a group ahead, beside W's: none there, no spill, at most 128 registers."""
+    from test_cuda_compile import cuobjdump_sass, nvcc, ptxas_usage
+
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    def loads_before_store(preload):
+        func = make_linear_pipe_decode(K, N, "float16", ln, gelu, pdl="exit", preload=preload)
+        (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
+        sass = cuobjdump_sass(tmp_path / "k.cubin")
+        store = sass.index("STG")                    # the loads after the trip's last of W (a 16-byte one)
+        return sass[sass.index("\n", sass.rindex("LDG.E.128", 0, store)):store].count("LDG"), ptxas_usage(func)
+
+    assert loads_before_store(False)[0] >= 1
+    loads, (spill, regs, _) = loads_before_store(True)
+    assert loads == 0 and spill == 0 and regs <= 128, (loads, spill, regs)
+
+
 def test_pipelined_linear_rejects_what_it_does_not_build():
-    """A trigger other than start or last, or other than 1-3 groups in flight: a RuleError that names it."""
+    """A trigger other than start or last, or other than 1-3 groups in flight, or preload with more than one: a
+    RuleError that names it."""
     from tinygpt2.errors import RuleError
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
 
@@ -283,6 +307,8 @@ def test_pipelined_linear_rejects_what_it_does_not_build():
         make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", trigger="soon")
     with pytest.raises(RuleError, match="in_flight=4"):
         make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", in_flight=4)
+    with pytest.raises(RuleError, match="preload with in_flight=2"):
+        make_linear_pipe_decode(1600, 4800, "float16", True, False, pdl="exit", in_flight=2, preload=True)
 
 
 def test_pipe_decode_pipelines_gpt2_xl_alone_of_the_hub_sizes():
