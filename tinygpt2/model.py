@@ -130,7 +130,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     proj = attn_cluster and pdl is not None and "attention-proj" in hand
     if side and proj:
         raise RuleError("side-prefetch counts the attention's c_proj kernel, which attention-proj removes: "
-                          "list one of them")
+                        "list one of them")
     progress = [relax.Var("progress", relax.TensorType([1], "uint32"))] if side else []
     # (whole KiB: a matrix whose bytes are not a multiple leaves the marks < 1 KiB behind the prefetcher's count)
     kib = lambda n_in, n_out: n_in * n_out * K.ITEMSIZE[dtype] // 1024 if side else 0   # noqa: E731
