@@ -205,6 +205,28 @@ def _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV):
                         x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
 
 
+# Whether the one-wave kernels below load their epilogue's operands early: the bias (and ln's s) before the PDL
+# wait, with W -- they are weights -- and the residual right after it, into registers of each row's lane 0. As
+# measured (False) they are loaded after the lanes' shuffles, just before the store (SASS, nvcc 13: c_fc's s and
+# b, the attention c_proj's b and residual), so that every block ends by waiting out one memory latency on the
+# step's critical path; decode_cluster gained 14.43 -> 13.86 us a layer from the same change. Not yet timed.
+EPILOGUE_PRELOAD = False
+
+
+@T.macro(hygienic=False)
+def _preload(src, dst, bx, TY, TX, N, activation):
+    """(preload) src's elements of the block's rows into dst, by each row's lane 0 (rows past N: none); src a
+    vector [N], or with activation (a Python bool) a [1, N] activation."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("preload"):
+                T.where(tx == T.int64(0) and bx * TY + ty < N)
+                if activation:
+                    dst[bx * TY + ty] = src[0, bx * TY + ty]
+                else:
+                    dst[bx * TY + ty] = src[bx * TY + ty]
+
+
 @T.macro(hygienic=False)
 def _row_sum(partial, row_acc, bx, NB, TX, TY):
     """4. a row's TX partial sums added across its threads (spatial loops outside, lanes innermost: what
@@ -220,7 +242,8 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
-                          gelu: bool = False, max_lanes: int = 8, pdl: str | None = None):
+                          gelu: bool = False, max_lanes: int = 8, pdl: str | None = None,
+                          preload: bool = EPILOGUE_PRELOAD):
     """ln + linear (+ GELU) for one token, the layernorm folded into the linear: see the module docstring.
     Grid ceil(N / 8), 256 threads: one warp a row, each warp covering the whole of x.
 
@@ -230,7 +253,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
     W's loads written before the kernel waits for the previous one (ptxas moves them after: see above), x read
-    after, coherently."""
+    after, coherently. preload: b' and s loaded with W (EPILOGUE_PRELOAD)."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -254,8 +277,13 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         row_x = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         row_sq = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        b_reg = T.sblock_alloc_buffer((NP,), dtype, scope="local")             # (preload: b' and s)
+        s_reg = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            if preload:
+                _preload(b, b_reg, bx, TY, TX, N, False)
+                _preload(w_sum, s_reg, bx, TY, TX, N, False)
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, pdl_early)
@@ -289,9 +317,14 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
                         # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
-                        y[0, vj] = T.Cast(dtype, _maybe_gelu(
-                            T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
-                            * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj]), gelu))
+                        if preload:
+                            y[0, vj] = T.Cast(dtype, _maybe_gelu(
+                                T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
+                                * (row_acc[vj] - row_x[vj] * inv_c * s_reg[vj]) + T.Cast(ACC, b_reg[vj]), gelu))
+                        else:
+                            y[0, vj] = T.Cast(dtype, _maybe_gelu(
+                                T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
+                                * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj]), gelu))
 
     return ln_linear_decode
 
@@ -307,7 +340,7 @@ def fold_layernorm(gamma, beta, w, b):
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
-                                pdl: str | None = None, prefetch_w: bool = False):
+                                pdl: str | None = None, prefetch_w: bool = False, preload: bool = EPILOGUE_PRELOAD):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
     layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
     pdl: as make_ln_linear_decode's.
@@ -315,7 +348,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
     statements keep ptxas from moving W's loads after the wait (SASS, nvcc 13.0: all of them before it,
     against one without), at the price of registers: 52 a thread, 4 blocks of 256 an SM. For the
     attention's c_proj (gpt2-xl: 200 blocks), launched while the attention runs, so that its weights
-    stream in then; not for the MLP's, whose 800 blocks need 8 an SM (see "not kept" above)."""
+    stream in then; not for the MLP's, whose 800 blocks need 8 an SM (see "not kept" above).
+    preload: b loaded with W, r right after the wait (EPILOGUE_PRELOAD)."""
     g = _geometry(in_features, out_features, dtype, max_lanes)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
@@ -336,14 +370,20 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
         x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
         partial = T.sblock_alloc_buffer((NP, TX), ACC, scope="local")
         row_acc = T.sblock_alloc_buffer((NP,), ACC, scope="local")
+        b_reg = T.sblock_alloc_buffer((NP,), dtype, scope="local")             # (preload: b and r)
+        r_reg = T.sblock_alloc_buffer((NP,), dtype, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             if prefetch_w:
                 _prefetch_w(w, bx, TX, TY, N, LE, NL, NI)
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
+            if preload:
+                _preload(b, b_reg, bx, TY, TX, N, False)
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 read_coherently(TY, TX, T.address_of(r[0, 0]))
                 grid_wait(TY, TX, pdl_early)
+            if preload:
+                _preload(r, r_reg, bx, TY, TX, N, True)
             _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV)
             # 3. x times W, in float32
             for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -366,7 +406,10 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
                         # the sublayer's output is rounded to dtype before the add, as in make_linear_residual
-                        y[0, vj] = r[0, vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b[vj]))
+                        if preload:
+                            y[0, vj] = r_reg[vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b_reg[vj]))
+                        else:
+                            y[0, vj] = r[0, vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b[vj]))
 
     return linear_residual_decode
 

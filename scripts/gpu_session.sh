@@ -231,13 +231,16 @@ case "$1" in
                 2>/dev/null | sed "s/^#### /#### c_fc launched late: /" | tee -a "$OUT/trace_proj.md" || true
               cp /tmp/decode_cluster.orig kernels/decode_cluster.py
               MODELS=random:gpt2-xl with_without attention-proj --prompt-lens 128 --decode-tokens 128 ;;
-  # pipe-decode's epilogue operands loaded a group ahead (PIPE_PRELOAD, kernels/ln_linear.py): fused's logits at
-  # gpt2-xl's widths with it, then gpt2-xl's step traced with, without, with it (~4 min)
+  # the linears' epilogue operands loaded early (kernels/ln_linear.py: PIPE_PRELOAD, the pipelined ones a group
+  # ahead; EPILOGUE_PRELOAD, the one-wave ones before the dot product): fused's logits at gpt2-xl's widths with
+  # both, then gpt2-xl's step traced with both, neither, each alone, both again (~5 min)
   preload)    cp kernels/ln_linear.py /tmp/ln_linear.orig
-              on() { sed -i 's/^PIPE_PRELOAD = .*/PIPE_PRELOAD = True/' kernels/ln_linear.py; }
-              on; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
+              pipe() { sed -i 's/^PIPE_PRELOAD = .*/PIPE_PRELOAD = True/' kernels/ln_linear.py; }
+              wave() { sed -i 's/^EPILOGUE_PRELOAD = .*/EPILOGUE_PRELOAD = True/' kernels/ln_linear.py; }
+              pipe; wave; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_preload.md" || true
-              for v in on off on; do cp /tmp/ln_linear.orig kernels/ln_linear.py; [ $v = on ] && on
+              for v in both none pipe wave both; do cp /tmp/ln_linear.orig kernels/ln_linear.py
+                case $v in both) pipe; wave ;; pipe) pipe ;; wave) wave ;; esac
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### preload $v: /" | tee -a "$OUT/trace_preload.md" || true; done
               cp /tmp/ln_linear.orig kernels/ln_linear.py ;;

@@ -26,12 +26,12 @@ def inputs(rng, C, N, dtype):
     return x, gamma, beta, w, b
 
 
-def run_on_webgpu(C, N, dtype, gelu, rng):
+def run_on_webgpu(C, N, dtype, gelu, rng, preload=False):
     from tinygpt2.runtime.webgpu import run_kernel
 
     x, gamma, beta, w, b = inputs(rng, C, N, dtype)
     folded = fold_layernorm(gamma, beta, w, b)                        # (W', b', row sums of W')
-    func = make_ln_linear_decode(C, N, dtype, 1e-5, gelu, max_lanes=WEBGPU_MAX_LANES)
+    func = make_ln_linear_decode(C, N, dtype, 1e-5, gelu, max_lanes=WEBGPU_MAX_LANES, preload=preload)
     y0 = np.full((1, N), np.nan, dtype)                               # every element must be written
     *ins, y = run_kernel(func, [x, *folded, y0], dtype)
     for a, a0 in zip(ins, (x, *folded)):
@@ -93,14 +93,14 @@ def test_gpt2_shapes_on_webgpu(rng, C, N, gelu, dtype):
     np.testing.assert_allclose(y, want, **TOL[dtype])
 
 
-def run_residual_on_webgpu(K, N, dtype, rng):
+def run_residual_on_webgpu(K, N, dtype, rng, preload=False):
     from tinygpt2.runtime.webgpu import run_kernel
 
     x = rng.standard_normal((1, K)).astype(dtype)
     w = (0.08 * rng.standard_normal((N, K))).astype(dtype)
     b = (0.05 * rng.standard_normal(N)).astype(dtype)
     r = rng.standard_normal((1, N)).astype(dtype)
-    func = make_linear_residual_decode(K, N, dtype, max_lanes=WEBGPU_MAX_LANES)
+    func = make_linear_residual_decode(K, N, dtype, max_lanes=WEBGPU_MAX_LANES, preload=preload)
     y0 = np.full((1, N), np.nan, dtype)
     *ins, y = run_kernel(func, [x, w, b, r, y0], dtype)
     for a, a0 in zip(ins, (x, w, b, r)):
@@ -120,6 +120,39 @@ def test_lanes_per_row():
 def test_linear_residual_on_webgpu(rng, K, N, dtype):
     y, want = run_residual_on_webgpu(K, N, dtype, rng)
     np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("C,N,dtype", [(48, 100, "float32"), (300, 18, "float16")])
+def test_one_wave_kernels_with_their_epilogue_preloaded_on_webgpu(rng, C, N, dtype):
+    """preload (EPILOGUE_PRELOAD): b' and s, or b and the residual, in registers before the dot product -- the
+    same outputs, every row written (N not a multiple of a block's rows; a partial last pass)."""
+    y, want = run_on_webgpu(C, N, dtype, True, rng, preload=True)
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+    y, want = run_residual_on_webgpu(C, N, dtype, rng, preload=True)
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("ln", [True, False])
+def test_one_wave_kernels_can_load_their_epilogue_before_the_dot_product(tmp_path, ln):
+    """gpt2-xl's c_fc (ln + GELU) and the attention's c_proj (residual, prefetch_w), with PDL. As measured
+    (preload=False), their bias and s or residual are loaded after the lanes' shuffles, just before the store, so
+    that every block ends by waiting out a memory latency: in SASS, loads between the last SHFL and the STG. With
+    preload, none there, and no spill."""
+    from test_cuda_compile import cuobjdump_sass, nvcc, ptxas_usage
+
+    def late_loads(preload):
+        if ln:
+            func = make_ln_linear_decode(1600, 6400, "float16", 1e-5, True, pdl="exit", preload=preload)
+        else:
+            func = make_linear_residual_decode(1600, 1600, "float16", pdl="exit", prefetch_w=True, preload=preload)
+        (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin"))
+        sass = cuobjdump_sass(tmp_path / "k.cubin")
+        store = sass.index("STG")
+        return sass[sass.rindex("SHFL", 0, store):store].count("LDG"), ptxas_usage(func)[0]
+
+    assert late_loads(False)[0] >= 1
+    assert late_loads(True) == (0, 0)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
