@@ -205,11 +205,12 @@ def _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV):
                         x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
 
 
-# Whether the one-wave kernels below load their epilogue's operands early: the bias (and ln's s) before the PDL
-# wait, with W -- they are weights -- and the residual right after it, into registers of each row's lane 0. As
-# measured (False) they are loaded after the lanes' shuffles, just before the store (SASS, nvcc 13: c_fc's s and
-# b, the attention c_proj's b and residual), so that every block ends by waiting out one memory latency on the
-# step's critical path; decode_cluster gained 14.43 -> 13.86 us a layer from the same change. Not yet timed.
+# Whether the one-wave kernels below load their epilogue's operands early, into registers of each row's lane 0:
+# the bias (and ln's s) written before the PDL wait, with W -- they are weights (ptxas issues them right after
+# the wait, with W's loads, SASS nvcc 13) -- and the residual right after it. As measured (False) they are loaded
+# after the lanes' shuffles, just before the store (c_fc's s and b, the attention c_proj's b and residual), so
+# that every block ends by waiting out one memory latency on the step's critical path; decode_cluster gained
+# 14.43 -> 13.86 us a layer from the same change. Not yet timed.
 EPILOGUE_PRELOAD = False
 
 
