@@ -240,18 +240,11 @@ class _HeadAttention:
                 acc[1] = T.float32(0)
                 for g in T.unroll(NG):
                     acc[1] = acc[1] + part[g * D + t]
-                if everywhere:
-                    for c in T.unroll(CL):
-                        dsmem_store(addr, po[r * D + t], c, acc[1])
+                for c in T.unroll(CL if everywhere else 1):    # into rank 0, or (everywhere) every rank
+                    dsmem_store(addr, po[r * D + t], c, acc[1])
                     if t == 0:
-                        for c in T.unroll(CL):
-                            dsmem_store(addr, pml[r * 2], c, stat[3])
-                            dsmem_store(addr, pml[r * 2 + 1], c, stat[2])
-                else:
-                    dsmem_store(addr, po[r * D + t], 0, acc[1])
-                    if t == 0:
-                        dsmem_store(addr, pml[r * 2], 0, stat[3])
-                        dsmem_store(addr, pml[r * 2 + 1], 0, stat[2])
+                        dsmem_store(addr, pml[r * 2], c, stat[3])
+                        dsmem_store(addr, pml[r * 2 + 1], c, stat[2])
                 if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
                     k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
                     v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
@@ -499,14 +492,14 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
 
     Every block of a head's cluster gets every block's part (DSMEM) and merges them itself, so that each has o_h
     without another cluster barrier; rank r then computes rows r * C/4 .. (r + 1) * C/4 - 1 of W's head-h columns
-    times o_h (a row a thread, 64 products; their W loaded into registers before the PDL wait, 128 bytes a row, so
-    that the weights stream while qkv does) and adds each into x by one fp16 atomic (red.global.add.noftz.f16;
-    head 0 adds the bias too). Why: the attention's c_proj as its own kernel costs gpt2-xl ~2.05 us a layer after
-    the attention (H100; 1.72 for its bytes) -- a kernel boundary on the step's critical path (the wait's release,
-    x read back from L2, a block-wide reduction, the store), where here the products start as soon as the merge.
-    The sum's order is the atomics' (25 heads for gpt2-xl, each rounded to fp16 as added): not bit-reproducible
-    from run to run, within fp16's tolerance. Not run on a GPU yet (tests/test_cuda_compile.py has its numpy check,
-    skipped without one)."""
+    times o_h (a pair of rows a thread, 64 products each; their W loaded into registers before the PDL wait, 128
+    bytes a row, so that the weights stream while qkv does) and adds each pair into x by one atomic of two halves
+    (red.global.add.noftz.f16x2; head 0 adds the bias too). Why: the attention's c_proj as its own kernel costs
+    gpt2-xl ~2.05 us a layer after the attention (H100; 1.72 for its bytes) -- a kernel boundary on the step's
+    critical path (the wait's release, x read back from L2, a block-wide reduction, the store), where here the
+    products start as soon as the merge. The sum's order is the atomics' (25 heads for gpt2-xl, each rounded to fp16
+    as added): not bit-reproducible from run to run, within fp16's tolerance. Not run on a GPU yet
+    (tests/test_cuda_compile.py has its numpy check, skipped without one)."""
     _check(dtype, head_dim, "attention-proj")
     H, D, C, P, F = n_head, head_dim, n_head * head_dim, n_ctx, n_inner
     CL, NTH = CLUSTER, ATTENTION_THREADS
@@ -602,7 +595,8 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
                                 T.ptx.red.global_.add.noftz.f16x2(
                                     T.address_of(x[0, r * RB + 2 * (t + i * NTH)]),
                                     T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[0])))
-                                    | (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[1]))) << T.uint32(16)))
+                                    | (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[1])))
+                                       << T.uint32(16)))
 
     return attention_proj_cluster
 

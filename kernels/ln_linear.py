@@ -318,14 +318,11 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
                         # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
-                        if preload:
-                            y[0, vj] = T.Cast(dtype, _maybe_gelu(
-                                T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
-                                * (row_acc[vj] - row_x[vj] * inv_c * s_reg[vj]) + T.Cast(ACC, b_reg[vj]), gelu))
-                        else:
-                            y[0, vj] = T.Cast(dtype, _maybe_gelu(
-                                T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
-                                * (row_acc[vj] - row_x[vj] * inv_c * w_sum[vj]) + T.Cast(ACC, b[vj]), gelu))
+                        # (preload: s and b' from the registers _preload filled; the choice is made while parsing)
+                        y[0, vj] = T.Cast(dtype, _maybe_gelu(
+                            T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
+                            * (row_acc[vj] - row_x[vj] * inv_c * (s_reg[vj] if preload else w_sum[vj]))
+                            + T.Cast(ACC, b_reg[vj] if preload else b[vj]), gelu))
 
     return ln_linear_decode
 
@@ -407,10 +404,8 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
                         vj = T.axis.spatial(N, bx * TY + ty)
                         T.where(tx == T.int64(0) and bx * TY + ty < N)
                         # the sublayer's output is rounded to dtype before the add, as in make_linear_residual
-                        if preload:
-                            y[0, vj] = r_reg[vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b_reg[vj]))
-                        else:
-                            y[0, vj] = r[0, vj] + T.Cast(dtype, row_acc[vj] + T.Cast(ACC, b[vj]))
+                        y[0, vj] = (r_reg[vj] if preload else r[0, vj]) + T.Cast(
+                            dtype, row_acc[vj] + T.Cast(ACC, b_reg[vj] if preload else b[vj]))
 
     return linear_residual_decode
 
@@ -590,22 +585,16 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                     vy = T.axis.spatial(TY, ty)
                     j = T.axis.spatial(G * TY, (bx + it * NB) * TY + ty)        # the output row
                     T.where(tx == T.int64(0) and (bx + it * NB) * TY + ty < N)
-                    if preload:                  # the same expressions, their b and s / residual preloaded
-                        if ln:
-                            y[0, j] = T.Cast(dtype, _maybe_gelu(
-                                T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
-                                * (acc[vy] - row_x[vy] * inv_c * e_own_a[vy])
-                                + T.Cast(ACC, e_own_b[vy]), gelu))
-                        else:
-                            y[0, j] = e_own_a[vy] + T.Cast(dtype, acc[vy] + T.Cast(ACC, e_own_b[vy]))
-                    elif ln:
+                    # (preload: b and s / the residual from the registers loaded a group ahead)
+                    if ln:
                         # mu = row_x / C, var = row_sq / C - mu^2: rstd * (W' @ x - mu * s) + b'
                         y[0, j] = T.Cast(dtype, _maybe_gelu(
                             T.rsqrt(row_sq[vy] * inv_c - row_x[vy] * inv_c * row_x[vy] * inv_c + eps_)
-                            * (acc[vy] - row_x[vy] * inv_c * aux[j])
-                            + T.Cast(ACC, b[j]), gelu))
+                            * (acc[vy] - row_x[vy] * inv_c * (e_own_a[vy] if preload else aux[j]))
+                            + T.Cast(ACC, e_own_b[vy] if preload else b[j]), gelu))
                     else:
-                        y[0, j] = aux[0, j] + T.Cast(dtype, acc[vy] + T.Cast(ACC, b[j]))
+                        y[0, j] = (e_own_a[vy] if preload else aux[0, j]) + T.Cast(
+                            dtype, acc[vy] + T.Cast(ACC, e_own_b[vy] if preload else b[j]))
 
     @T.prim_func(s_tir=True)
     def linear_pipe_decode(x: T.Buffer((one, K), dtype), w: T.Buffer((N, K), dtype), b: T.Buffer((N,), dtype),
