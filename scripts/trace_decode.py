@@ -7,8 +7,8 @@ temperature 0.8, top-k 50, top-p 0.95) with torch.profiler (CUPTI's kernel activ
 replayed CUDA graph with its own start and end; the machine has no Nsight Systems), then prints per
 kernel the median time per step, its time on the step's critical path and how early it starts (PDL lets a kernel
 start before the one before it ends; it waits for it inside), and per step its span (first kernel start to last
-kernel end) and the idle gaps between kernels (side-prefetch's prefetcher, on a stream of its own, apart; with --side-idle
-it is launched so that it only polls and never prefetches: what its presence alone costs the steps).
+kernel end) and the idle gaps between kernels (side-prefetch's prefetcher, on a stream of its own, apart; with
+--side-idle it is launched so that it only polls and never prefetches: what its presence alone costs the steps).
 Unlike ncu (each kernel replayed alone, caches warm) and time_evaluator (each kernel in a loop), these
 are the kernels as they run in the graph: weights cold, launches back to back.
 """

@@ -238,9 +238,13 @@ def test_pipelined_grid_gives_its_blocks_equal_shares(K, N, ln, rows, want):
     assert want <= PIPE_BLOCKS and want * passes == groups
 
 
+# gpt2-xl's decode linears (K, N, ln, gelu): qkv, c_fc, the attention's c_proj, the MLP's c_proj
+GPT2_XL_LINEARS = [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
+                   (6400, 1600, False, False)]
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
-                                         (6400, 1600, False, False)])
+@pytest.mark.parametrize("K,N,ln,gelu", GPT2_XL_LINEARS)
 def test_pipelined_linear_loads_its_first_rows_before_the_wait_four_blocks_an_sm(tmp_path, K, N, ln, gelu):
     """gpt2-xl's four linears for an H100, with PDL: at most 128 registers a thread (so that PIPE_BLOCKS' 4 blocks
     of 128 an SM fit in its 64K registers), no spill, and in SASS the first group's 7 loads of W before ACQBULK
@@ -266,8 +270,7 @@ def test_pipelined_linear_loads_its_first_rows_before_the_wait_four_blocks_an_sm
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("K,N,ln,gelu", [(1600, 4800, True, False), (1600, 6400, True, True), (1600, 1600, False, False),
-                                         (6400, 1600, False, False)])
+@pytest.mark.parametrize("K,N,ln,gelu", GPT2_XL_LINEARS)
 def test_pipelined_linear_copies_no_registers_with_two_or_three_groups_in_flight(tmp_path, K, N, ln, gelu):
     """in_flight=1's loop, one group a trip, ends by copying the next group's W into this one's registers (7 x 4
     registers a thread), and a copy waits for the loads just issued: in SASS, 24-26 register moves (ptxas keeps
