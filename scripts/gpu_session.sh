@@ -244,6 +244,24 @@ case "$1" in
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### preload $v: /" | tee -a "$OUT/trace_preload.md" || true; done
               cp /tmp/ln_linear.orig kernels/ln_linear.py ;;
+  # the preloads linear by linear (tinygpt2/model.py's PRELOAD_LINEARS, set by sed, restored between): fused's
+  # logits at gpt2-xl's widths with the MLP's and the attention's c_proj preloaded, gpt2-xl's step traced with
+  # neither, both, each alone, neither, both; then the benchmark with both and with neither (~8 min)
+  preload-pick) md=tinygpt2/model.py; cp $md /tmp/model.orig
+              pick() { cp /tmp/model.orig $md; sed -i "s/^PRELOAD_LINEARS = .*/PRELOAD_LINEARS = ($1)/" $md; }
+              both='"linear_mlp_proj", "linear_attn_proj"'
+              pick "$both"; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_preload.md" || true
+              for v in none both mlp attn none both; do
+                case $v in none) pick "" ;; both) pick "$both" ;; mlp) pick '"linear_mlp_proj",' ;;
+                  attn) pick '"linear_attn_proj",' ;; esac
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
+                  2>/dev/null | sed "s/^#### /#### preload $v: /" | tee -a "$OUT/trace_preload.md" || true; done
+              for v in both none; do [ $v = both ] && pick "$both" || pick ""
+                (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
+                  --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
+                  --out "$OUT/bench-$v") || true; done
+              cp /tmp/model.orig $md ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)

@@ -52,6 +52,11 @@ FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters 
 # 0.6% (it gives back time that qkv, after it, gains only pipelined itself); gpt2-xl's get 3 and 4: 2.8% shorter.
 PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), "linear_mlp_proj": (4, 1)}   # name: (in, out) in n_embd
 PIPE_MIN_GROUPS = 3
+# the decode linears whose epilogue operands (bias; s, or the residual) are loaded early, not after the lanes' sum
+# (kernels/ln_linear.py's preload=: a pipelined grid a group ahead, a one-wave kernel before or right after the PDL
+# wait). Not yet timed one by one: both preloads on every linear made gpt2-xl's step longer (1470.7 -> 1542.3 us,
+# H100), but the MLP's c_proj pipelined gained 0.25 us a launch and the attention's c_proj 0.13.
+PRELOAD_LINEARS = ()
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -144,14 +149,16 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
         the residual added after; pipe-decode's pipelined grids instead for those `pipe` names; each marking
         `progress` as it starts under side-prefetch. mode: the PDL mode (a pipelined grid lets the next kernel
-        launch at once where it is early, else at its last group)."""
+        launch at once where it is early, else at its last group). PRELOAD_LINEARS' epilogue operands load early."""
+        if name in PRELOAD_LINEARS:
+            options["preload"] = True
         if name in pipe:
             # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
-                            trigger="start" if mode == "early" else "last", mark_kib=kib(k_in, n_out))
+                            trigger="start" if mode == "early" else "last", mark_kib=kib(k_in, n_out), **options)
         if ln:
             return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
-                            mark_kib=kib(k_in, n_out))
+                            mark_kib=kib(k_in, n_out), **options)
         return b.kernel(name, K.make_linear_residual_decode, k_in, n_out, dtype, lanes, mode,
                         mark_kib=kib(k_in, n_out), **options)
     n = tirx.Var("n", "int64") if seq_len is None else seq_len       # new tokens
