@@ -476,7 +476,8 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
 
 # whether attention_proj_cluster lets the kernel after it (c_fc, with its weights loaded before its wait) launch at
 # once, as attention_cluster does its c_proj, or as it completes (c_fc's weight stream then leaves the attention's
-# latencies alone: launched early, the next kernels' streams slowed it before, docs/rules.md's pdl-decode)
+# latencies alone: launched early, the next kernels' streams slowed it before, docs/rules.md's pdl-decode). Early
+# is faster (H100, gpt2-xl's step 1522.9 against 1552.6 us; docs/results/attention_proj_preload_h100.md)
 PROJ_LAUNCH_EARLY = True
 
 
@@ -498,8 +499,11 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
     gpt2-xl ~2.05 us a layer after the attention (H100; 1.72 for its bytes) -- a kernel boundary on the step's
     critical path (the wait's release, x read back from L2, a block-wide reduction, the store), where here the
     products start as soon as the merge. The sum's order is the atomics' (25 heads for gpt2-xl, each rounded to fp16
-    as added): not bit-reproducible from run to run, within fp16's tolerance. Not run on a GPU yet
-    (tests/test_cuda_compile.py has its numpy check, skipped without one)."""
+    as added): not bit-reproducible from run to run, within fp16's tolerance. Correct on an H100 (its numpy check,
+    tests/test_cuda_compile.py; logits at gpt2-xl's widths 2.7e-3 from transformers) but slower: 7.68 us from qkv's
+    end against 4.16 + 2.02 for attention_cluster and the c_proj kernel, gpt2-xl's step 1472.1 -> 1524.1 us
+    (docs/results/attention_proj_preload_h100.md). Its 4 blocks a head do 1600 rows' products after the merge where
+    the c_proj kernel spreads them over every SM."""
     _check(dtype, head_dim, "attention-proj")
     H, D, C, P, F = n_head, head_dim, n_head * head_dim, n_ctx, n_inner
     CL, NTH = CLUSTER, ATTENTION_THREADS

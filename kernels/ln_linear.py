@@ -205,13 +205,14 @@ def _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV):
                         x_reg[vj, vt, vo, vv] = x[0, (vo * TX + vt) * V + vv]
 
 
-# Whether the one-wave kernels below load their epilogue's operands early, into registers of each row's lane 0:
-# the bias (and ln's s) written before the PDL wait, with W -- they are weights (ptxas issues them right after
-# the wait, with W's loads, SASS nvcc 13) -- and the residual right after it. As measured (False) they are loaded
-# after the lanes' shuffles, just before the store (c_fc's s and b, the attention c_proj's b and residual), so
-# that every block ends by waiting out one memory latency on the step's critical path; decode_cluster gained
-# 14.43 -> 13.86 us a layer from the same change. Not yet timed.
-EPILOGUE_PRELOAD = False
+# preload (the one-wave kernels below): their epilogue's operands loaded early, into registers of each row's lane
+# 0 -- the bias (and ln's s) written before the PDL wait, with W (they are weights; ptxas issues them right after
+# the wait, with W's loads, SASS nvcc 13) and the residual right after it. Without (as in preset `fused`) they are
+# loaded after the lanes' shuffles, just before the store, so that every block ends by waiting out one memory
+# latency on the step's critical path (decode_cluster gained 14.43 -> 13.86 us a layer from the same change). As
+# timed on gpt2-xl (H100, docs/results/attention_proj_preload_h100.md): the attention's c_proj 2.02 -> 1.89 us a
+# launch, c_fc 7.26 -> 8.53 (its b' and s held in registers through the whole dot product). model.py's
+# PRELOAD_LINEARS picks the linears.
 
 
 @T.macro(hygienic=False)
@@ -244,7 +245,7 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8, pdl: str | None = None,
-                          preload: bool = EPILOGUE_PRELOAD):
+                          preload: bool = False):
     """ln + linear (+ GELU) for one token, the layernorm folded into the linear: see the module docstring.
     Grid ceil(N / 8), 256 threads: one warp a row, each warp covering the whole of x.
 
@@ -254,7 +255,7 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
     W's loads written before the kernel waits for the previous one (ptxas moves them after: see above), x read
-    after, coherently. preload: b' and s loaded with W (EPILOGUE_PRELOAD)."""
+    after, coherently. preload: b' and s loaded with W (above)."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -338,7 +339,7 @@ def fold_layernorm(gamma, beta, w, b):
 
 
 def make_linear_residual_decode(in_features: int, out_features: int, dtype: str = "float32", max_lanes: int = 8,
-                                pdl: str | None = None, prefetch_w: bool = False, preload: bool = EPILOGUE_PRELOAD):
+                                pdl: str | None = None, prefetch_w: bool = False, preload: bool = False):
     """c_proj + the residual add for one token, y = r + (x @ W.T + b): see the module docstring (no
     layernorm; a long row, gpt2's 3072 or gpt2-xl's 6400, gets 2-8 warps). Grid ceil(N / TY), 256 threads.
     pdl: as make_ln_linear_decode's.
@@ -347,7 +348,7 @@ def make_linear_residual_decode(in_features: int, out_features: int, dtype: str 
     against one without), at the price of registers: 52 a thread, 4 blocks of 256 an SM. For the
     attention's c_proj (gpt2-xl: 200 blocks), launched while the attention runs, so that its weights
     stream in then; not for the MLP's, whose 800 blocks need 8 an SM (see "not kept" above).
-    preload: b loaded with W, r right after the wait (EPILOGUE_PRELOAD)."""
+    preload: b loaded with W, r right after the wait (above)."""
     g = _geometry(in_features, out_features, dtype, max_lanes)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
@@ -452,12 +453,13 @@ PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the fi
 # slower (gpt2-xl's step, same loan: 1 in flight 1487.5 us, 2 in flight 1550.6 (4 an SM: 1513.8), 3 in flight at 2
 # an SM 1561.2; docs/results/pipe_decode_h100.md): the copy's wait is not what holds the loop back.
 PIPE_IN_FLIGHT = 1
-# Where a group's bias and s (ln) or residual (else) are loaded. False: in its epilogue, after the lanes' sum -- in
-# SASS (the MLP's c_proj, 4 groups a block) the two loads come after the block's barriers, so that each group's
-# store waits out their latency (the bias from HBM) with nothing else in flight in that warp. True: a group ahead,
-# beside its W (the first group's bias and s before the wait, its residual right after it), so that the epilogue
-# finds them in registers. in_flight 1 only. Not yet timed: False builds the measured kernel.
-PIPE_PRELOAD = False
+# preload (make_linear_pipe_decode): where a group's bias and s (ln) or residual (else) are loaded. Without (as in
+# preset `fused`): in its epilogue, after the lanes' sum -- in SASS (the MLP's c_proj, 4 groups a block) the two
+# loads come after the block's barriers, so that each group's store waits out their latency (the bias from HBM)
+# with nothing else in flight in that warp. With: a group ahead, beside its W (the first group's bias and s before
+# the wait, its residual right after it), so that the epilogue finds them in registers; in_flight 1 only. As timed
+# on gpt2-xl (H100, docs/results/attention_proj_preload_h100.md): the MLP's c_proj 9.82 -> 9.57 us a launch, qkv
+# 5.79 -> 6.21 (and the attention after it 4.19 -> 4.48). model.py's PRELOAD_LINEARS picks the linears.
 
 
 @T.macro(hygienic=False)
@@ -491,12 +493,12 @@ def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_l
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
                             blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
-                            in_flight: int = PIPE_IN_FLIGHT, preload: bool = PIPE_PRELOAD):
+                            in_flight: int = PIPE_IN_FLIGHT, preload: bool = False):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
     with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); in_flight: the groups
     whose W a block has in flight (PIPE_IN_FLIGHT); preload: each group's epilogue operands loaded a group ahead
-    (PIPE_PRELOAD). Grid: as few blocks as give each the same number of groups, at most
+    (above). Grid: as few blocks as give each the same number of groups, at most
     `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
     a group."""
     check_dtype(dtype)

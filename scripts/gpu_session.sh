@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -231,21 +231,9 @@ case "$1" in
                 2>/dev/null | sed "s/^#### /#### c_fc launched late: /" | tee -a "$OUT/trace_proj.md" || true
               cp /tmp/decode_cluster.orig kernels/decode_cluster.py
               MODELS=random:gpt2-xl with_without attention-proj --prompt-lens 128 --decode-tokens 128 ;;
-  # the linears' epilogue operands loaded early (kernels/ln_linear.py: PIPE_PRELOAD, the pipelined ones a group
-  # ahead; EPILOGUE_PRELOAD, the one-wave ones before the dot product): fused's logits at gpt2-xl's widths with
-  # both, then gpt2-xl's step traced with both, neither, each alone, both again (~5 min)
-  preload)    cp kernels/ln_linear.py /tmp/ln_linear.orig
-              pipe() { sed -i 's/^PIPE_PRELOAD = .*/PIPE_PRELOAD = True/' kernels/ln_linear.py; }
-              wave() { sed -i 's/^EPILOGUE_PRELOAD = .*/EPILOGUE_PRELOAD = True/' kernels/ln_linear.py; }
-              pipe; wave; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 --rules fused \
-                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_preload.md" || true
-              for v in both none pipe wave both; do cp /tmp/ln_linear.orig kernels/ln_linear.py
-                case $v in both) pipe; wave ;; pipe) pipe ;; wave) wave ;; esac
-                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
-                  2>/dev/null | sed "s/^#### /#### preload $v: /" | tee -a "$OUT/trace_preload.md" || true; done
-              cp /tmp/ln_linear.orig kernels/ln_linear.py ;;
-  # the preloads linear by linear (tinygpt2/model.py's PRELOAD_LINEARS, set by sed, restored between): fused's
-  # logits at gpt2-xl's widths with the MLP's and the attention's c_proj preloaded, gpt2-xl's step traced with
+  # the epilogue preloads linear by linear (kernels/ln_linear.py's preload=, picked by tinygpt2/model.py's
+  # PRELOAD_LINEARS, set by sed, restored between; every linear at once in docs/results/attention_proj_preload_h100.md):
+  # fused's logits at gpt2-xl's widths with the MLP's and the attention's c_proj preloaded, gpt2-xl's step traced with
   # neither, both, each alone, neither, both; then the benchmark with both and with neither (~8 min)
   preload-pick) md=tinygpt2/model.py; cp $md /tmp/model.orig
               pick() { cp /tmp/model.orig $md; sed -i "s/^PRELOAD_LINEARS = .*/PRELOAD_LINEARS = ($1)/" $md; }

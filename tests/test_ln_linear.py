@@ -124,7 +124,7 @@ def test_linear_residual_on_webgpu(rng, K, N, dtype):
 
 @pytest.mark.parametrize("C,N,dtype", [(48, 100, "float32"), (300, 18, "float16")])
 def test_one_wave_kernels_with_their_epilogue_preloaded_on_webgpu(rng, C, N, dtype):
-    """preload (EPILOGUE_PRELOAD): b' and s, or b and the residual, in registers before the dot product -- the
+    """preload: b' and s, or b and the residual, in registers before the dot product -- the
     same outputs, every row written (N not a multiple of a block's rows; a partial last pass)."""
     y, want = run_on_webgpu(C, N, dtype, True, rng, preload=True)
     np.testing.assert_allclose(y, want, **TOL[dtype])

@@ -154,7 +154,9 @@ class AttentionProj(Request):
     (kernels/decode_cluster.py's make_attention_proj_cluster): one kernel boundary fewer a layer, the c_proj's
     weights loaded before the wait. Needs fused-decode, pdl-decode and attention-cluster (CUDA sm_90 and later,
     float16, head_dim 64); dropped elsewhere; not with side-prefetch, whose marks count the c_proj kernel. An
-    experiment, in no preset, not yet run on a GPU: the sum's order is the atomics', so fp16 logits are not
+    experiment, in no preset: correct on an H100 but slower there, gpt2-xl's step 1472.1 -> 1524.1 us (the attention
+    with c_proj in it takes 7.68 us from qkv's end against 4.16 + 2.02 for the two kernels;
+    docs/results/attention_proj_preload_h100.md). The sum's order is the atomics', so fp16 logits are not
     bit-reproducible from run to run. It matches no kernel.
     """
 
