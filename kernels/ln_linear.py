@@ -207,12 +207,12 @@ def _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV):
 
 # preload (the one-wave kernels below): their epilogue's operands loaded early, into registers of each row's lane
 # 0 -- the bias (and ln's s) written before the PDL wait, with W (they are weights; ptxas issues them right after
-# the wait, with W's loads, SASS nvcc 13) and the residual right after it. Without (as in preset `fused`) they are
+# the wait, with W's loads, SASS nvcc 13) and the residual right after it. Without (c_fc in preset `fused`) they are
 # loaded after the lanes' shuffles, just before the store, so that every block ends by waiting out one memory
 # latency on the step's critical path (decode_cluster gained 14.43 -> 13.86 us a layer from the same change). As
 # timed on gpt2-xl (H100, docs/results/attention_proj_preload_h100.md): the attention's c_proj 2.02 -> 1.89 us a
 # launch, c_fc 7.26 -> 8.53 (its b' and s held in registers through the whole dot product). model.py's
-# PRELOAD_LINEARS picks the linears.
+# PRELOAD_LINEARS picks the linears: in `fused`, the attention's c_proj.
 
 
 @T.macro(hygienic=False)
@@ -459,7 +459,7 @@ PIPE_IN_FLIGHT = 1
 # with nothing else in flight in that warp. With: a group ahead, beside its W (the first group's bias and s before
 # the wait, its residual right after it), so that the epilogue finds them in registers; in_flight 1 only. As timed
 # on gpt2-xl (H100, docs/results/attention_proj_preload_h100.md): the MLP's c_proj 9.82 -> 9.57 us a launch, qkv
-# 5.79 -> 6.21 (and the attention after it 4.19 -> 4.48). model.py's PRELOAD_LINEARS picks the linears.
+# 5.79 -> 6.21 (and the attention after it 4.19 -> 4.48). model.py's PRELOAD_LINEARS picks the linears: none.
 
 
 @T.macro(hygienic=False)

@@ -294,7 +294,8 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     TVM's PDL launch tag. The attention's c_proj is hand-scheduled too and prefetches its weights before
     the wait; the attention's two kernels, bound by latency, let the next kernel launch at once, so that
     it streams those weights in during the attention. The linears let the next one launch as their blocks
-    exit; variant `pdl-decode-loaded` once a linear's loads are used. Kernels not written for PDL (the
+    exit; variant `pdl-decode-loaded` once a linear's loads are used. The attention's c_proj loads its bias
+    with W (model.PRELOAD_LINEARS). Kernels not written for PDL (the
     embedding, lm_head) keep the ordinary launch, which waits for all before it."""
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
@@ -318,6 +319,8 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
                 assert launch == -1 if entry == "pdl-decode" else first_read(code, "x") < launch
                 # the attention's c_proj: W's lines prefetched into L2 before the wait (prefetch_w)
                 assert ("prefetch(T.address_of(w[" in code[:wait]) == (name == "linear_attn_proj_n1_kernel"), name
+                # ... and loads its bias with W, before the wait (model.PRELOAD_LINEARS); the others after the sum
+                assert (re.search(r"\bb\[", code).start() < wait) == (name == "linear_attn_proj_n1_kernel"), name
             else:                                          # the attention's chunks and merge: the next one at once
                 assert -1 < launch < wait
             if name == "decode_attention_n1_kernel":       # the cache's K and V rows, then qkv

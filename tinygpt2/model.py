@@ -54,9 +54,11 @@ PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), "linear_mlp_proj": (4, 1)}   # n
 PIPE_MIN_GROUPS = 3
 # the decode linears whose epilogue operands (bias; s, or the residual) are loaded early, not after the lanes' sum
 # (kernels/ln_linear.py's preload=: a pipelined grid a group ahead, a one-wave kernel before or right after the PDL
-# wait). Not yet timed one by one: both preloads on every linear made gpt2-xl's step longer (1470.7 -> 1542.3 us,
-# H100), but the MLP's c_proj pipelined gained 0.25 us a launch and the attention's c_proj 0.13.
-PRELOAD_LINEARS = ()
+# wait). Only the attention's c_proj gains: gpt2-xl's step 1469.8 / 1468.9 -> 1458.4 us, decode 681 / 682 -> 685 /
+# 682 tok/s back to back (gpt2 unchanged, 4822 / 4811 -> 4827 / 4835). The MLP's c_proj alone ends 0.2 us sooner,
+# but qkv, launched during its tail, then takes 0.3 longer and the attention after it 0.3 (step 1483.9); c_fc loses
+# 1.27 us, qkv 0.42 (H100; docs/results/attention_proj_preload_h100.md).
+PRELOAD_LINEARS = ("linear_attn_proj",)
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
