@@ -295,8 +295,8 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     the wait; the attention's two kernels, bound by latency, let the next kernel launch at once, so that
     it streams those weights in during the attention. The linears let the next one launch as their blocks
     exit; variant `pdl-decode-loaded` once a linear's loads are used. The attention's c_proj loads its bias
-    with W (model.PRELOAD_LINEARS). Kernels not written for PDL (the
-    embedding, lm_head) keep the ordinary launch, which waits for all before it."""
+    with W (model.PRELOAD_LINEARS). Kernels not written for PDL (the embedding, lm_head) keep the ordinary
+    launch, which waits for all before it."""
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
     pdl = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",

@@ -124,8 +124,8 @@ def test_linear_residual_on_webgpu(rng, K, N, dtype):
 
 @pytest.mark.parametrize("C,N,dtype", [(48, 100, "float32"), (300, 18, "float16")])
 def test_one_wave_kernels_with_their_epilogue_preloaded_on_webgpu(rng, C, N, dtype):
-    """preload: b' and s, or b and the residual, in registers before the dot product -- the
-    same outputs, every row written (N not a multiple of a block's rows; a partial last pass)."""
+    """preload: b' and s, or b and the residual, in registers before the dot product -- the same outputs,
+    every row written (N not a multiple of a block's rows; a partial last pass)."""
     y, want = run_on_webgpu(C, N, dtype, True, rng, preload=True)
     np.testing.assert_allclose(y, want, **TOL[dtype])
     y, want = run_residual_on_webgpu(C, N, dtype, rng, preload=True)
