@@ -443,8 +443,11 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # kernel, the attention, is small and has copies to run meanwhile.
 PIPE_THREADS = 128
 PIPE_BLOCKS = 4 * 132
-PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued) or
+PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued),
                          # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
+                         # or "before-last" (at the group before: the next kernel's first loads start one group
+                         # sooner, while this grid's last loads are in flight; not yet timed)
+PIPE_TRIGGERS = ("start", "last", "before-last")
 # The groups whose W a block has in flight. 1: one group a trip of the loop, the next group's W copied into this
 # one's registers at its end -- where the copy waits for the loads just issued (in SASS, 24-26 register moves at
 # the loop's end: ptxas keeps it rolled), so that the loads of one group only are in flight while a block waits.
@@ -517,14 +520,15 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     eps_ = T.float32(eps)
     aux_shape, aux_dtype = ((out_features,), ACC) if ln else ((1, out_features), dtype)   # s, or the residual r
     pdl_wait, _early, _loaded = pdl_flags(pdl)
-    if trigger not in ("start", "last"):
-        raise RuleError(f"unknown trigger {trigger!r}: choose start or last")
+    if trigger not in PIPE_TRIGGERS:
+        raise RuleError(f"unknown trigger {trigger!r}: choose one of {', '.join(PIPE_TRIGGERS)}")
     if in_flight not in (1, 2, 3):
         raise RuleError(f"in_flight={in_flight}: choose 1, 2 or 3 groups")
     if preload and in_flight != 1:
         raise RuleError(f"preload with in_flight={in_flight}: the epilogue's operands are preloaded in the loop of "
                         "one group a trip only")
-    trigger_last = pdl_wait and trigger == "last"
+    trigger_late = pdl_wait and trigger != "start"
+    AT = T.int64(max(passes - (2 if trigger == "before-last" else 1), 0))   # (late) the group that launches the next
     residual = not ln                         # (TVMScript resolves a plain bool in an `if` while parsing)
 
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
@@ -562,8 +566,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                   e_other_b, e_other_a):
         """Group `it` of block bx: group it + AHEAD's W loaded into w_other (preload: its epilogue's operands into
         e_other), this one's (in w_own) multiplied by x, summed across its lanes (part -> acc) and stored."""
-        if trigger_last:
-            if it == ITERS - one:                        # every block at its last group (its W loaded before)
+        if trigger_late:
+            if it == AT:                                 # every block at its last group, or the one before
                 launch_next(TY, TX)
         load_group(w_other, it + AHEAD, bx, w)
         if preload:
@@ -643,7 +647,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 if residual:                             # the residual stream, written by a kernel before too
                     read_coherently(TY, TX, T.address_of(aux[0, 0]))
-                grid_wait(TY, TX, not trigger_last)      # the next kernel may launch now, or at the last group
+                grid_wait(TY, TX, not trigger_late)      # the next kernel may launch now, or at group AT
             if preload:
                 load_epilogue(e_b, e_a, T.int64(0), bx, b, aux, False, True)
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers

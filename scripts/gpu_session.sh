@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -250,6 +250,19 @@ case "$1" in
                   --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
                   --out "$OUT/bench-$v") || true; done
               cp /tmp/model.orig $md ;;
+  # the MLP's c_proj letting qkv launch a group sooner (kernels/ln_linear.py's PIPE_TRIGGER "before-last", by sed),
+  # alone and with its epilogue preloaded (model.py's PRELOAD_LINEARS): fused's logits at gpt2-xl's widths with
+  # both, then gpt2-xl's step traced: fused, before-last, before-last + preload, fused (~4 min)
+  trigger)    ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
+              soon() { sed -i 's/^PIPE_TRIGGER = "last"/PIPE_TRIGGER = "before-last"/' $ln; }
+              pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' $md; }
+              soon; pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_trigger.md" || true
+              for v in fused soon soon-pre fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+                case $v in soon) soon ;; soon-pre) soon; pre ;; esac
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
+                  2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_trigger.md" || true; done
+              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)

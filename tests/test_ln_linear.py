@@ -333,8 +333,19 @@ def test_pipelined_linear_can_load_its_epilogue_a_group_ahead(tmp_path, K, N, ln
     assert loads == 0 and spill == 0 and regs <= 128, (loads, spill, regs)
 
 
+def test_pipelined_linear_launches_the_next_kernel_at_its_last_group_or_the_one_before():
+    """trigger "last" (the model's for the MLP's c_proj): the next kernel may launch once every block is at its
+    last group -- gpt2-xl's MLP c_proj gives a block 4 groups, so at it == 3; "before-last" one group sooner."""
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    for trigger, at in (("last", 3), ("before-last", 2)):
+        code = make_linear_pipe_decode(6400, 1600, "float16", False, False, pdl="exit", trigger=trigger).script()
+        guard = code[:code.index('griddepcontrol("launch_dependents"')].rsplit(" if ", 1)[-1]
+        assert guard.startswith(f"it == T.int64({at}):"), trigger
+
+
 def test_pipelined_linear_rejects_what_it_does_not_build():
-    """A trigger other than start or last, or other than 1-3 groups in flight, or preload with more than one: a
+    """A trigger other than start, last or before-last, or other than 1-3 groups in flight, or preload with more than one: a
     RuleError that names it."""
     from tinygpt2.errors import RuleError
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode

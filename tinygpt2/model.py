@@ -156,8 +156,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             options["preload"] = True
         if name in pipe:
             # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
+            trigger = "start" if mode == "early" else K.ln_linear.PIPE_TRIGGER
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
-                            trigger="start" if mode == "early" else "last", mark_kib=kib(k_in, n_out), **options)
+                            trigger=trigger, mark_kib=kib(k_in, n_out), **options)
         if ln:
             return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
                             mark_kib=kib(k_in, n_out), **options)
