@@ -520,6 +520,9 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
     RT = -(-RB // (2 * NTH))                             # ... pairs of them a thread at most
     DV = D // 8                                          # 16-byte vectors a row's head-h columns
 
+    def pair(r, t, i):                        # the first c_proj row of thread t's i-th pair of rows in rank r's block
+        return r * RB + 2 * (t + i * NTH)
+
     @T.prim_func(s_tir=True)
     def attention_proj_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
                                v_cache: T.Buffer((H, P, D), dtype), pos: T.Buffer((1,), "int32"),
@@ -560,20 +563,19 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
                         if t < CL * 2:
                             pml[t] = T.float32(0)
                         ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
-                        # c_proj's rows r * RB + 2 (t + i * NTH) and the next (a pair: one f16x2 atomic, below),
+                        # c_proj's rows pair(r, t, i) and the next (a pair: one f16x2 atomic, below),
                         # head h's 64 columns (one 128-byte line each), and head 0's bias: weights, written by no
                         # kernel of the step, so loaded before the wait (the L2 prefetch of each line keeps ptxas
                         # from moving the loads after it, as in ln_linear)
                         for i in T.unroll(RT):
-                            if 2 * (t + i * NTH) < RB:
+                            if pair(0, t, i) < RB:
                                 for q in T.unroll(2):
-                                    T.ptx.prefetch.global_.L2(T.address_of(w[r * RB + 2 * (t + i * NTH) + q, h * D]))
+                                    T.ptx.prefetch.global_.L2(T.address_of(w[pair(r, t, i) + q, h * D]))
                                     for v in T.unroll(DV):
                                         for e in T.vectorized(8):
-                                            wr[(2 * i + q) * D + v * 8 + e] = w[r * RB + 2 * (t + i * NTH) + q,
-                                                                                h * D + v * 8 + e]
+                                            wr[(2 * i + q) * D + v * 8 + e] = w[pair(r, t, i) + q, h * D + v * 8 + e]
                                     bias[2 * i + q] = T.if_then_else(
-                                        h == 0, T.Cast(ACC, b[r * RB + 2 * (t + i * NTH) + q]), T.float32(0))
+                                        h == 0, T.Cast(ACC, b[pair(r, t, i) + q]), T.float32(0))
                         T.tvm_storage_sync("shared")
                         ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl, PROJ_LAUNCH_EARLY)
                         if t < 3 * D:
@@ -588,7 +590,7 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
                                   k_cache, v_cache, o, True)
                         T.tvm_storage_sync("shared")                        # o, merged by threads 0-63
                         for i in T.unroll(RT):
-                            if 2 * (t + i * NTH) < RB:
+                            if pair(0, t, i) < RB:
                                 for q in T.unroll(2):
                                     dot[q] = bias[2 * i + q]
                                     for d in T.unroll(D):
@@ -597,7 +599,7 @@ def make_attention_proj_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner:
                                 # (a single f16 add is no instruction of sm_90: ptxas makes it a compare-and-swap
                                 # loop)
                                 T.ptx.red.global_.add.noftz.f16x2(
-                                    T.address_of(x[0, r * RB + 2 * (t + i * NTH)]),
+                                    T.address_of(x[0, pair(r, t, i)]),
                                     T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[0])))
                                     | (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dtype, dot[1])))
                                        << T.uint32(16)))
