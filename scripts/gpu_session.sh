@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -21,6 +21,14 @@ with_without() {
     --models ${MODELS:-random:gpt2-xl} --dtypes float16 --rules ${r#* } --peers $PEERS --repeats 3 "$@" \
     --out "$OUT/bench-${r%% *}") || true; PEERS=none; done
 }
+# two written-but-untimed variants, by sed on this tree: the MLP's c_proj launching qkv one group sooner
+# (kernels/ln_linear.py's PIPE_TRIGGER "before-last") and its epilogue operands loaded early (model.py's PRELOAD_LINEARS)
+soon() { sed -i 's/^PIPE_TRIGGER = "last"/PIPE_TRIGGER = "before-last"/' kernels/ln_linear.py; }
+pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' tinygpt2/model.py; }
+# VARIANT="soon pre" (either or both): apply them before MODE, restored on exit
+if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then cp kernels/ln_linear.py /tmp/ln_linear.var; cp tinygpt2/model.py /tmp/model.var
+  trap 'cp /tmp/ln_linear.var kernels/ln_linear.py; cp /tmp/model.var tinygpt2/model.py' EXIT
+  for v in $VARIANT; do $v; done; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
@@ -254,8 +262,6 @@ case "$1" in
   # alone and with its epilogue preloaded (model.py's PRELOAD_LINEARS): fused's logits at gpt2-xl's widths with
   # both, then gpt2-xl's step traced: fused, before-last, before-last + preload, fused (~4 min)
   trigger)    ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
-              soon() { sed -i 's/^PIPE_TRIGGER = "last"/PIPE_TRIGGER = "before-last"/' $ln; }
-              pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' $md; }
               soon; pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_trigger.md" || true
               for v in fused soon soon-pre fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
@@ -263,6 +269,12 @@ case "$1" in
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_trigger.md" || true; done
               cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
+  # decode's benchmark (gpt2-xl, gpt2; fused; prompt 128, 128 decoded) with VARIANT and without, twice, alternating
+  bench-variant) for i in 1 2; do for v in "$VARIANT" ""; do t=${v// /-}
+                VARIANT="$v" OUT="$OUT/bench-${t:-fused}-$i" bash "$0" bench-decode || true; done; done ;;
+  bench-decode) (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
+                  --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
+                  --out "$OUT") || true ;;
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)
