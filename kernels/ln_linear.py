@@ -243,9 +243,42 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
                 row_acc[vj] = row_acc[vj] + partial[vj, vt]
 
 
+# prefetch_next (make_ln_linear_decode, CUDA sm_90 with pdl): the kernel also brings the first part of the *next*
+# linear's weights into L2 -- c_fc those of the MLP's c_proj, whose stream otherwise starts only once c_fc's blocks
+# have left the SMs (c_fc holds all of its W in registers: c_proj's blocks find no room before), while HBM idles
+# through c_fc's tail (its sums, epilogue and exit) and c_proj's start. One bulk prefetch a block
+# (cp.async.bulk.prefetch.L2, as attention_cluster's of c_fc), issued by its first thread once its dot product is
+# done (its own W has landed by then), of NB equal slices of W_next's first 1/fraction, in memory order: the rows
+# the pipelined c_proj loads first (its block b's first group is row b). The grid completes only once these bytes
+# have landed, so the fraction trades c_fc's end against c_proj's bytes (model.py's PREFETCH_NEXT picks it).
+
+
+NEXT_PREFETCH_AT = "wait"     # where: "wait" (right after the PDL wait) or "end" (after the block's store)
+
+
+@T.macro(hygienic=False)
+def _next_prefetch(w_next, bx, TY, TX, PF_ELEMS, KN, pf_bytes):
+    """(prefetch_next) block bx's slice of W_next's first part into L2: PF_ELEMS elements from bx * PF_ELEMS, in
+    memory order, one bulk prefetch by the block's first thread."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("next_prefetch"):
+                T.where(ty == T.int64(0) and tx == T.int64(0))
+                T.reads()
+                T.writes()
+                T.ptx.cp.async_.bulk.prefetch.L2.global_(
+                    T.address_of(w_next[bx * PF_ELEMS // KN, bx * PF_ELEMS % KN]), T.uint32(pf_bytes))
+
+
+def _without_param(func, name: str):
+    """func without its parameter `name` (one its body does not use): how a factory drops an optional input."""
+    from tinygpt2.tvm_shim import tirx
+    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
+
+
 def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32", eps: float = 1e-5,
                           gelu: bool = False, max_lanes: int = 8, pdl: str | None = None,
-                          preload: bool = False):
+                          preload: bool = False, prefetch_next: tuple[int, int, int] | None = None):
     """ln + linear (+ GELU) for one token, the layernorm folded into the linear: see the module docstring.
     Grid ceil(N / 8), 256 threads: one warp a row, each warp covering the whole of x.
 
@@ -255,7 +288,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     are then 8 bytes; CUDA, Metal and ROCm take the default (16-byte loads in both dtypes).
     pdl: CUDA sm_90+ only, one of kernels/_pdl.py's MODES: launched with programmatic dependent launch,
     W's loads written before the kernel waits for the previous one (ptxas moves them after: see above), x read
-    after, coherently. preload: b' and s loaded with W (above)."""
+    after, coherently. preload: b' and s loaded with W (above). prefetch_next (out, in, fraction): with pdl, one
+    more input after s, W_next [out, in], whose first 1/fraction this kernel brings into L2 (above)."""
     g = _geometry(n_embd, out_features, dtype, max_lanes, tx=WARP)     # one warp a row
     C, N = T.int64(n_embd), T.int64(out_features)
     one = T.int64(1)
@@ -266,10 +300,18 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
     eps_ = T.float32(eps)
 
     pdl_wait, pdl_early, pdl_loaded = pdl_flags(pdl)
+    n_next, k_next, fraction = prefetch_next or (1, 1, 1)
+    if prefetch_next is not None and not pdl_wait:
+        raise RuleError("prefetch_next: CUDA with PDL only (cp.async.bulk.prefetch is sm_90's)")
+    # each block's slice of W_next's first 1/fraction, in bytes: a multiple of 16, as the bulk prefetch needs
+    pf_bytes = n_next * k_next * ITEMSIZE[dtype] // fraction // g["blocks"] // 16 * 16
+    PF_ELEMS, KN = T.int64(pf_bytes // ITEMSIZE[dtype]), T.int64(k_next)
+    pf_on = prefetch_next is not None and pf_bytes > 0
 
     @T.prim_func(s_tir=True)
     def ln_linear_decode(x: T.Buffer((one, C), dtype), w: T.Buffer((N, C), dtype), b: T.Buffer((N,), dtype),
-                         w_sum: T.Buffer((N,), ACC), y: T.Buffer((one, N), dtype)):
+                         w_sum: T.Buffer((N,), ACC), w_next: T.Buffer((T.int64(n_next), KN), dtype),
+                         y: T.Buffer((one, N), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         w_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")      # per thread: KO x V
         x_reg = T.sblock_alloc_buffer((NP, TX, KO, V), dtype, scope="local")
@@ -282,6 +324,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
         b_reg = T.sblock_alloc_buffer((NP,), dtype, scope="local")             # (preload: b' and s)
         s_reg = T.sblock_alloc_buffer((NP,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            if pf_on:       # __launch_bounds__(256, 8): ptxas held to 32 registers, 8 blocks an SM (one wave)
+                T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 8)
             _load_w(w, w_reg, bx, NB, TX, TY, KO, V, CV, N)
             if preload:
                 _preload(b, b_reg, bx, TY, TX, N, False)
@@ -289,6 +333,8 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, pdl_early)
+            if pf_on and NEXT_PREFETCH_AT == "wait":
+                _next_prefetch(w_next, bx, TY, TX, PF_ELEMS, KN, pf_bytes)
             _load_x(x, x_reg, bx, NP, TX, TY, KO, V, CV)
             # 3. per thread, in one loop: the dot product, and x's sum and sum of squares. Every warp sums all of x
             # again (N times in all): arithmetic the loads hide, bought to need no barrier and no shared memory
@@ -324,8 +370,10 @@ def make_ln_linear_decode(n_embd: int, out_features: int, dtype: str = "float32"
                             T.rsqrt(row_sq[vj] * inv_c - row_x[vj] * inv_c * row_x[vj] * inv_c + eps_)
                             * (row_acc[vj] - row_x[vj] * inv_c * (s_reg[vj] if preload else w_sum[vj]))
                             + T.Cast(ACC, b_reg[vj] if preload else b[vj]), gelu))
+            if pf_on and NEXT_PREFETCH_AT == "end":
+                _next_prefetch(w_next, bx, TY, TX, PF_ELEMS, KN, pf_bytes)
 
-    return ln_linear_decode
+    return ln_linear_decode if prefetch_next is not None else _without_param(ln_linear_decode, "w_next")
 
 
 def fold_layernorm(gamma, beta, w, b):

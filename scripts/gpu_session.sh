@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|variants|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -25,10 +25,16 @@ with_without() {
 # (kernels/ln_linear.py's PIPE_TRIGGER "before-last") and its epilogue operands loaded early (model.py's PRELOAD_LINEARS)
 soon() { sed -i 's/^PIPE_TRIGGER = "last"/PIPE_TRIGGER = "before-last"/' kernels/ln_linear.py; }
 pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' tinygpt2/model.py; }
-# VARIANT="soon pre" (either or both): apply them before MODE, restored on exit
+# ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's PREFETCH_NEXT; nxN), from
+# the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
+nx() { sed -i "s/^PREFETCH_NEXT: dict\[str, int\] = {}/PREFETCH_NEXT: dict[str, int] = {\"ln_linear_fc_gelu\": $1}/" \
+  tinygpt2/model.py; }
+end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
+variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
+# VARIANT="soon pre nx8 end" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then cp kernels/ln_linear.py /tmp/ln_linear.var; cp tinygpt2/model.py /tmp/model.var
   trap 'cp /tmp/ln_linear.var kernels/ln_linear.py; cp /tmp/model.var tinygpt2/model.py' EXIT
-  for v in $VARIANT; do $v; done; fi
+  variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
@@ -268,6 +274,17 @@ case "$1" in
                 case $v in soon) soon ;; soon-pre) soon; pre ;; esac
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_trigger.md" || true; done
+              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
+  # the variants above, gpt2-xl's step traced for each (~40 s a variant), `fused` first and last; first, fused's logits
+  # at gpt2-xl's widths with c_fc's prefetch and the before-last trigger (V: the variants, one word a variant,
+  # +-joined for several at once)
+  variants)   ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
+              variant nx8 soon; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_variants.md" || true
+              for v in fused ${V:-soon nx8 nx4 nx16 nx8+end} fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+                [ $v = fused ] || variant ${v//+/ }
+                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
+                  2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_variants.md" || true; done
               cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
   # decode's benchmark (gpt2-xl, gpt2; fused; prompt 128, 128 decoded) with VARIANT and without, twice, alternating
   bench-variant) for i in 1 2; do for v in "$VARIANT" ""; do t=${v// /-}

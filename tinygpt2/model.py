@@ -59,6 +59,9 @@ PIPE_MIN_GROUPS = 3
 # but qkv, launched during its tail, then takes 0.3 longer and the attention after it 0.3 (step 1483.9); c_fc loses
 # 1.27 us, qkv 0.42 (H100; docs/results/attention_proj_preload_h100.md).
 PRELOAD_LINEARS = ("linear_attn_proj",)
+# the decode linears that bring the first 1/fraction of the next linear's weights into L2 as they end (with PDL:
+# kernels/ln_linear.py's prefetch_next): c_fc those of the MLP's c_proj. Not yet timed: off.
+PREFETCH_NEXT: dict[str, int] = {}
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -146,6 +149,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # more. Its point, the overlap of consecutive linears, needs PDL: compile.hand_kernels drops it off CUDA sm_90+
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     pipe = pipelined(cfg, dtype, lanes) if fused and "pipe-decode" in hand else ()
+    # (CUDA with PDL, one-wave ln linears only)
+    prefetch_next = {k: v for k, v in PREFETCH_NEXT.items() if k not in pipe} if fused and pdl is not None else {}
 
     def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
@@ -160,6 +165,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             trigger=trigger, mark_kib=kib(k_in, n_out), **options)
         if ln:
+            if name in prefetch_next:                  # (W_next [C, F]: only the MLP's c_proj follows an ln linear)
+                options["prefetch_next"] = (k_in, n_out, prefetch_next[name])
             return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
                             mark_kib=kib(k_in, n_out), **options)
         return b.kernel(name, K.make_linear_residual_decode, k_in, n_out, dtype, lanes, mode,
@@ -313,8 +320,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
-                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu, [x, *(w[p + c_fc + t] for t in FOLDED), *progress],
-                               [n, F], dtype)
+                    # (with PREFETCH_NEXT, c_fc also prefetches the MLP's c_proj weights: one more input)
+                    nxt = [w[p + "mlp.c_proj.weight"]] if "ln_linear_fc_gelu" in prefetch_next else []
+                    h = b.call(f"h{i}_fc_gelu", ln_fc_gelu,
+                               [x, *(w[p + c_fc + t] for t in FOLDED), *nxt, *progress], [n, F], dtype)
                 else:
                     h = b.call(f"h{i}_ln_2", b.kernel(*ln_kernel), [x, *(w[p + t] for t in ln_2)], [n, C], dtype)
                     # (on the CPU, GELU's tanh as a ratio of polynomials, which vectorizes: kernels/_cpu_math.py)
