@@ -250,7 +250,11 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 # (cp.async.bulk.prefetch.L2, as attention_cluster's of c_fc), issued by its first thread once its dot product is
 # done (its own W has landed by then), of NB equal slices of W_next's first 1/fraction, in memory order: the rows
 # the pipelined c_proj loads first (its block b's first group is row b). The grid completes only once these bytes
-# have landed, so the fraction trades c_fc's end against c_proj's bytes (model.py's PREFETCH_NEXT picks it).
+# have landed, so the fraction trades c_fc's end against c_proj's bytes (model.py's PREFETCH_NEXT picks it). As
+# timed on gpt2-xl (H100): c_fc 7.36 -> 7.52 / 7.81 / 8.45 us a launch for 1/16, 1/8, 1/4, the MLP's c_proj 9.86 ->
+# 9.63 / 9.60 / 9.50: c_proj gains less than c_fc loses -- off in `fused` (docs/results/trigger_prefetch_h100.md).
+# With it, ptxas took 34 registers a thread (6 blocks of 256 an SM: c_fc's 800 blocks no longer in one wave);
+# __launch_bounds__(256, 8) holds it to 32, no spills.
 
 
 NEXT_PREFETCH_AT = "wait"     # where: "wait" (right after the PDL wait) or "end" (after the block's store)
@@ -491,10 +495,13 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # kernel, the attention, is small and has copies to run meanwhile.
 PIPE_THREADS = 128
 PIPE_BLOCKS = 4 * 132
-PIPE_TRIGGER = "last"    # when the next kernel may launch: "start" (once the first group's loads are issued),
-                         # "last" (every block at its last group: the next grid's blocks come in as this one's leave)
-                         # or "before-last" (at the group before: the next kernel's first loads start one group
-                         # sooner, while this grid's last loads are in flight; not yet timed)
+PIPE_TRIGGER = "before-last"   # when the next kernel may launch: "start" (once the first group's loads are
+                         # issued), "last" (every block at its last group: the next grid's blocks come in as this
+                         # one's leave) or "before-last" (at the group before: the next kernel's first loads start
+                         # one group sooner, while this grid's last loads are in flight). gpt2-xl, H100 (twenty-
+                         # eighth session, docs/results/trigger_prefetch_h100.md): the step 1468.1-1469.3 us
+                         # against 1472.2-1474.0 for "last" (the MLP's c_proj 9.86-9.89 us a launch, qkv after it
+                         # 5.79-5.83 against 5.86); decode 683 / 683 tok/s against 679 / 679 back to back
 PIPE_TRIGGERS = ("start", "last", "before-last")
 # The groups whose W a block has in flight. 1: one group a trip of the loop, the next group's W copied into this
 # one's registers at its end -- where the copy waits for the loads just issued (in SASS, 24-26 register moves at

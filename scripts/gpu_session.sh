@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|trigger|variants|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|variants|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -21,9 +21,10 @@ with_without() {
     --models ${MODELS:-random:gpt2-xl} --dtypes float16 --rules ${r#* } --peers $PEERS --repeats 3 "$@" \
     --out "$OUT/bench-${r%% *}") || true; PEERS=none; done
 }
-# two written-but-untimed variants, by sed on this tree: the MLP's c_proj launching qkv one group sooner
-# (kernels/ln_linear.py's PIPE_TRIGGER "before-last") and its epilogue operands loaded early (model.py's PRELOAD_LINEARS)
-soon() { sed -i 's/^PIPE_TRIGGER = "last"/PIPE_TRIGGER = "before-last"/' kernels/ln_linear.py; }
+# variants of `fused`, by sed on this tree (all timed in the twenty-eighth session, docs/results/trigger_prefetch_h100.md):
+# the MLP's c_proj launching qkv at its last group, as before that session (kernels/ln_linear.py's PIPE_TRIGGER
+# "last"; last), its epilogue operands loaded early (model.py's PRELOAD_LINEARS; pre)
+last() { sed -i 's/^PIPE_TRIGGER = "before-last"/PIPE_TRIGGER = "last"/' kernels/ln_linear.py; }
 pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' tinygpt2/model.py; }
 # ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's PREFETCH_NEXT; nxN), from
 # the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
@@ -31,7 +32,7 @@ nx() { sed -i "s/^PREFETCH_NEXT: dict\[str, int\] = {}/PREFETCH_NEXT: dict[str, 
   tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
-# VARIANT="soon pre nx8 end" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then cp kernels/ln_linear.py /tmp/ln_linear.var; cp tinygpt2/model.py /tmp/model.var
   trap 'cp /tmp/ln_linear.var kernels/ln_linear.py; cp /tmp/model.var tinygpt2/model.py' EXIT
   variant $VARIANT; fi
@@ -264,24 +265,13 @@ case "$1" in
                   --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
                   --out "$OUT/bench-$v") || true; done
               cp /tmp/model.orig $md ;;
-  # the MLP's c_proj letting qkv launch a group sooner (kernels/ln_linear.py's PIPE_TRIGGER "before-last", by sed),
-  # alone and with its epilogue preloaded (model.py's PRELOAD_LINEARS): fused's logits at gpt2-xl's widths with
-  # both, then gpt2-xl's step traced: fused, before-last, before-last + preload, fused (~4 min)
-  trigger)    ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
-              soon; pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
-                --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_trigger.md" || true
-              for v in fused soon soon-pre fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
-                case $v in soon) soon ;; soon-pre) soon; pre ;; esac
-                timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
-                  2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_trigger.md" || true; done
-              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
   # the variants above, gpt2-xl's step traced for each (~40 s a variant), `fused` first and last; first, fused's logits
-  # at gpt2-xl's widths with c_fc's prefetch and the before-last trigger (V: the variants, one word a variant,
+  # at gpt2-xl's widths with c_fc's prefetch and the MLP c_proj's preload (V: the variants, one word a variant,
   # +-joined for several at once)
   variants)   ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
-              variant nx8 soon; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+              variant nx8 pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_variants.md" || true
-              for v in fused ${V:-soon nx8 nx4 nx16 nx8+end} fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+              for v in fused ${V:-last pre nx16 pre+nx16} fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
                 [ $v = fused ] || variant ${v//+/ }
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_variants.md" || true; done

@@ -334,8 +334,9 @@ def test_pipelined_linear_can_load_its_epilogue_a_group_ahead(tmp_path, K, N, ln
 
 
 def test_pipelined_linear_launches_the_next_kernel_at_its_last_group_or_the_one_before():
-    """trigger "last" (the model's for the MLP's c_proj): the next kernel may launch once every block is at its
-    last group -- gpt2-xl's MLP c_proj gives a block 4 groups, so at it == 3; "before-last" one group sooner."""
+    """trigger "last": the next kernel may launch once every block is at its last group -- gpt2-xl's MLP c_proj
+    gives a block 4 groups, so at it == 3; "before-last" (the model's for the MLP's c_proj, PIPE_TRIGGER) one group
+    sooner, at it == 2."""
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
 
     for trigger, at in (("last", 3), ("before-last", 2)):

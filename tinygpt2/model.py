@@ -57,10 +57,15 @@ PIPE_MIN_GROUPS = 3
 # wait). Only the attention's c_proj gains: gpt2-xl's step 1469.8 / 1468.9 -> 1458.4 us, decode 681 / 682 -> 685 /
 # 682 tok/s back to back (gpt2 unchanged, 4822 / 4811 -> 4827 / 4835). The MLP's c_proj alone ends 0.2 us sooner,
 # but qkv, launched during its tail, then takes 0.3 longer and the attention after it 0.3 (step 1483.9); c_fc loses
-# 1.27 us, qkv 0.42 (H100; docs/results/attention_proj_preload_h100.md).
+# 1.27 us, qkv 0.42 (H100; docs/results/attention_proj_preload_h100.md). With the MLP's c_proj launching qkv a
+# group sooner (PIPE_TRIGGER "before-last"), its preload traces 3.5 us a step shorter (1464.8 / 1465.4 against
+# 1468.1-1468.9) but benchmarks no faster (681 / 680 tok/s against 683 / 683): left out.
 PRELOAD_LINEARS = ("linear_attn_proj",)
-# the decode linears that bring the first 1/fraction of the next linear's weights into L2 as they end (with PDL:
-# kernels/ln_linear.py's prefetch_next): c_fc those of the MLP's c_proj. Not yet timed: off.
+# the decode linears that bring the first 1/fraction of the next linear's weights into L2 (with PDL: kernels/
+# ln_linear.py's prefetch_next): c_fc those of the MLP's c_proj. Off: it loses or breaks even. gpt2-xl on an H100,
+# the step against 1472-1474 us without: 1/4 1513.1, 1/8 1485.1 (from the blocks' ends: 1480.4), 1/16 1472.8
+# (c_fc +0.16 us a launch, c_proj -0.23); with the before-last trigger, 1/16 1466.7 against 1468.1-1468.8
+# (docs/results/trigger_prefetch_h100.md)
 PREFETCH_NEXT: dict[str, int] = {}
 
 
