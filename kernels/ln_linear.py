@@ -106,7 +106,7 @@ Rows past N (the last block, when TY does not divide N) read row N - 1 again and
 import numpy as np
 
 from tinygpt2.errors import RuleError
-from tinygpt2.tvm_shim import T
+from tinygpt2.tvm_shim import T, tirx
 
 from ._dtypes import ACC, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, launch_next, read_coherently
@@ -247,10 +247,11 @@ def _row_sum(partial, row_acc, bx, NB, TX, TY):
 # linear's weights into L2 -- c_fc those of the MLP's c_proj, whose stream otherwise starts only once c_fc's blocks
 # have left the SMs (c_fc holds all of its W in registers: c_proj's blocks find no room before), while HBM idles
 # through c_fc's tail (its sums, epilogue and exit) and c_proj's start. One bulk prefetch a block
-# (cp.async.bulk.prefetch.L2, as attention_cluster's of c_fc), issued by its first thread once its dot product is
-# done (its own W has landed by then), of NB equal slices of W_next's first 1/fraction, in memory order: the rows
-# the pipelined c_proj loads first (its block b's first group is row b). The grid completes only once these bytes
-# have landed, so the fraction trades c_fc's end against c_proj's bytes (model.py's PREFETCH_NEXT picks it). As
+# (cp.async.bulk.prefetch.L2, as attention_cluster's of c_fc), issued by its first thread right after the PDL wait
+# (NEXT_PREFETCH_AT "wait": its own W's loads are issued by then) or after its store ("end"), of NB equal slices of
+# W_next's first 1/fraction, in memory order: the rows the pipelined c_proj loads first (its block b's first group
+# is row b). The grid completes only once these bytes have landed, so the fraction trades c_fc's end against
+# c_proj's bytes (model.py's FC_PREFETCH_PROJ picks it). As
 # timed on gpt2-xl (H100): c_fc 7.36 -> 7.52 / 7.81 / 8.45 us a launch for 1/16, 1/8, 1/4, the MLP's c_proj 9.86 ->
 # 9.63 / 9.60 / 9.50: c_proj gains less than c_fc loses -- off in `fused` (docs/results/trigger_prefetch_h100.md).
 # With it, ptxas took 34 registers a thread (6 blocks of 256 an SM: c_fc's 800 blocks no longer in one wave);
@@ -276,7 +277,6 @@ def _next_prefetch(w_next, bx, TY, TX, PF_ELEMS, KN, pf_bytes):
 
 def _without_param(func, name: str):
     """func without its parameter `name` (one its body does not use): how a factory drops an optional input."""
-    from tinygpt2.tvm_shim import tirx
     return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
 
 

@@ -26,10 +26,9 @@ with_without() {
 # "last"; last), its epilogue operands loaded early (model.py's PRELOAD_LINEARS; pre)
 last() { sed -i 's/^PIPE_TRIGGER = "before-last"/PIPE_TRIGGER = "last"/' kernels/ln_linear.py; }
 pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' tinygpt2/model.py; }
-# ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's PREFETCH_NEXT; nxN), from
+# ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's FC_PREFETCH_PROJ; nxN), from
 # the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
-nx() { sed -i "s/^PREFETCH_NEXT: dict\[str, int\] = {}/PREFETCH_NEXT: dict[str, int] = {\"ln_linear_fc_gelu\": $1}/" \
-  tinygpt2/model.py; }
+nx() { sed -i "s/^FC_PREFETCH_PROJ = 0/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
 # VARIANT="last pre nx8 end" (any of them): apply them before MODE, restored on exit

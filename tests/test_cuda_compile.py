@@ -333,25 +333,25 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
 
 
 def test_c_fc_can_prefetch_the_mlp_c_proj_weights_into_l2(monkeypatch):
-    """model.PREFETCH_NEXT (kernels/ln_linear.py's prefetch_next): c_fc takes the MLP's c_proj weights as one more
+    """model.FC_PREFETCH_PROJ (kernels/ln_linear.py's prefetch_next): c_fc takes the MLP's c_proj weights as one more
     input and each of its blocks brings its slice of their first 1/fraction into L2 by one bulk prefetch, after
-    the PDL wait and its dot product; empty (the default), c_fc has no such input."""
+    the PDL wait; 0 (the default), c_fc has no such input."""
     from tinygpt2 import model as M
 
     def c_fc(prefetch):
-        monkeypatch.setattr(M, "PREFETCH_NEXT", prefetch)
+        monkeypatch.setattr(M, "FC_PREFETCH_PROJ", prefetch)
         sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "fused", arch="sm_90a")
         return device_kernels(sched, tgt)["ln_linear_fc_gelu_n1_kernel"].script()
 
     C_, F = TC_CFG.n_embd, 4 * TC_CFG.n_embd
-    code = c_fc({"ln_linear_fc_gelu": 8})
+    code = c_fc(8)
     blocks = F // 8                                    # one warp a row, 8 rows a block
     size = C_ * F * 2 // 8 // blocks                   # bytes a block: its slice of W_next's first eighth
     bulk = re.search(r'T\.ptx\.cp\(T\.address_of\(w_next\[.*?\]\), T\.uint32\((\d+)\), "async", "bulk", "prefetch", '
                      r'"L2"', code)
     assert bulk and int(bulk.group(1)) == size == 256
     assert code.index('griddepcontrol("wait"') < bulk.start()
-    assert "w_next" not in c_fc({})
+    assert "w_next" not in c_fc(0)
 
 
 # TVM's own nvcc flags (tvm.support.nvcc): fast math, ptxas register level 10
@@ -407,7 +407,7 @@ def test_decode_linears_fit_32_registers_in_float16():
     C = PRESETS["gpt2-xl"].n_embd
     out = nvcc({"qkv": make_ln_linear_decode(C, 3 * C, "float16", pdl="exit"),
                 "fc": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit"),
-                # (with model.PREFETCH_NEXT's prefetch, held there by __launch_bounds__(256, 8): 34 without)
+                # (with model.FC_PREFETCH_PROJ's prefetch, held there by __launch_bounds__(256, 8): 34 without)
                 "fc_next": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit", prefetch_next=(C, 4 * C, 8)),
                 "mlp_proj": make_linear_residual_decode(4 * C, C, "float16", pdl="exit")},
                "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)

@@ -61,12 +61,12 @@ PIPE_MIN_GROUPS = 3
 # group sooner (PIPE_TRIGGER "before-last"), its preload traces 3.5 us a step shorter (1464.8 / 1465.4 against
 # 1468.1-1468.9) but benchmarks no faster (681 / 680 tok/s against 683 / 683): left out.
 PRELOAD_LINEARS = ("linear_attn_proj",)
-# the decode linears that bring the first 1/fraction of the next linear's weights into L2 (with PDL: kernels/
-# ln_linear.py's prefetch_next): c_fc those of the MLP's c_proj. Off: it loses or breaks even. gpt2-xl on an H100,
+# N > 0: c_fc brings the first 1/N of the MLP c_proj's weights into L2 (with PDL: kernels/ln_linear.py's
+# prefetch_next); 0: it does not. Off: it loses or breaks even. gpt2-xl on an H100,
 # the step against 1472-1474 us without: 1/4 1513.1, 1/8 1485.1 (from the blocks' ends: 1480.4), 1/16 1472.8
 # (c_fc +0.16 us a launch, c_proj -0.23); with the before-last trigger, 1/16 1466.7 against 1468.1-1468.8
 # (docs/results/trigger_prefetch_h100.md)
-PREFETCH_NEXT: dict[str, int] = {}
+FC_PREFETCH_PROJ = 0
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -154,8 +154,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # more. Its point, the overlap of consecutive linears, needs PDL: compile.hand_kernels drops it off CUDA sm_90+
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     pipe = pipelined(cfg, dtype, lanes) if fused and "pipe-decode" in hand else ()
-    # (CUDA with PDL, one-wave ln linears only)
-    prefetch_next = {k: v for k, v in PREFETCH_NEXT.items() if k not in pipe} if fused and pdl is not None else {}
+    # c_fc's prefetch of the MLP c_proj's weights: CUDA with PDL, c_fc a one-wave kernel
+    fc_prefetch = FC_PREFETCH_PROJ if fused and pdl is not None and "ln_linear_fc_gelu" not in pipe else 0
 
     def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
@@ -170,8 +170,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             trigger=trigger, mark_kib=kib(k_in, n_out), **options)
         if ln:
-            if name in prefetch_next:                  # (W_next [C, F]: only the MLP's c_proj follows an ln linear)
-                options["prefetch_next"] = (k_in, n_out, prefetch_next[name])
+            if name == "ln_linear_fc_gelu" and fc_prefetch:     # W_next: the MLP's c_proj, [C, F] = [k_in, n_out]
+                options["prefetch_next"] = (k_in, n_out, fc_prefetch)
             return b.kernel(name, K.make_ln_linear_decode, k_in, n_out, dtype, eps, gelu, lanes, mode,
                             mark_kib=kib(k_in, n_out), **options)
         return b.kernel(name, K.make_linear_residual_decode, k_in, n_out, dtype, lanes, mode,
@@ -325,8 +325,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                dtype)
                 # --- MLP: x = x + c_proj(gelu(c_fc(ln_2(x)))) ---
                 if fused:                                                  # gelu(c_fc(ln_2(x))) in one launch
-                    # (with PREFETCH_NEXT, c_fc also prefetches the MLP's c_proj weights: one more input)
-                    nxt = [w[p + "mlp.c_proj.weight"]] if "ln_linear_fc_gelu" in prefetch_next else []
+                    # (with FC_PREFETCH_PROJ, c_fc also prefetches the MLP's c_proj weights: one more input)
+                    nxt = [w[p + "mlp.c_proj.weight"]] if fc_prefetch else []
                     h = b.call(f"h{i}_fc_gelu", ln_fc_gelu,
                                [x, *(w[p + c_fc + t] for t in FOLDED), *nxt, *progress], [n, F], dtype)
                 else:
