@@ -483,7 +483,8 @@ linear_residual_decode_ref = linear_residual_ref   # the same math as prefill's 
 # come in as this one's leave, not all at its end: block b computes groups of TY rows b, b + blocks, ..., loading
 # the next group's W while it multiplies this one's. With pdl, the first group's loads come before the wait (pinned
 # there by an L2 prefetch of its rows, as prefetch_w), so that they are in flight while the kernel before still
-# runs, and the next kernel may launch once every block is at its last group (PIPE_TRIGGER). x is copied once into
+# runs, and the next kernel may launch once every block is at its group before the last (PIPE_TRIGGER: or at its
+# last, or at its start). x is copied once into
 # shared memory after the wait (in registers beside two groups' W a thread would pass 128 registers), and the
 # layernorm's statistics (ln), the same for every row, are summed once.
 # Measured (gpt2-xl fp16, H100, CUPTI trace of the step in the CUDA graph; docs/results/pipe_decode_h100.md): all

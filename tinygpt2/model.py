@@ -161,7 +161,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
         the residual added after; pipe-decode's pipelined grids instead for those `pipe` names; each marking
         `progress` as it starts under side-prefetch. mode: the PDL mode (a pipelined grid lets the next kernel
-        launch at once where it is early, else at its last group). PRELOAD_LINEARS' epilogue operands load early."""
+        launch at once where it is early, else at its group before the last: PIPE_TRIGGER). PRELOAD_LINEARS' epilogue
+        operands load early."""
         if name in PRELOAD_LINEARS:
             options["preload"] = True
         if name in pipe:

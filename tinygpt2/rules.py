@@ -181,13 +181,13 @@ class PipeDecode(Request):
     model.pipelined: gpt2-xl's, none of the smaller sizes'), be persistent pipelined grids that fill part of each SM
     (kernels/ln_linear.py's make_linear_pipe_decode: at most 4 blocks of 128 an SM, a block's groups of rows one
     after the other, the next group's W loaded while this one's is multiplied), each loading its first group's W
-    before its wait and letting the next kernel launch at its last group (qkv: at once, for the attention) -- so
-    that the next kernel's blocks come in while this one ends. The linears it replaces overlap the kernel before
-    them by 0.2-0.3 us only and pay their start on the step's critical path (gpt2-xl, H100: ~2-3 us a linear beyond
-    its bytes; docs/results/README.md, twenty-fourth session). Needs fused-decode, and pdl-decode for its point:
-    CUDA sm_90 and later only (SM90_REQUESTS; sized for float16 and an H100's 132 SMs). In preset `fused`: gpt2-xl
-    fp16's step 2.8% shorter in a trace (1471-1474 us against 1515), its decode 677 tok/s against 661 in the
-    benchmark (H100, docs/results/pipe_decode_h100.md). It matches no kernel.
+    before its wait and letting the next kernel launch at its group before the last (qkv: at once, for the
+    attention) -- so that the next kernel's blocks come in while this one ends. The linears it replaces overlap the
+    kernel before them by 0.2-0.3 us only and pay their start on the step's critical path (gpt2-xl, H100: ~2-3 us a
+    linear beyond its bytes; docs/results/README.md, twenty-fourth session). Needs fused-decode, and pdl-decode for
+    its point: CUDA sm_90 and later only (SM90_REQUESTS; sized for float16 and an H100's 132 SMs). In preset
+    `fused`: gpt2-xl fp16's step 2.8% shorter in a trace (1471-1474 us against 1515), its decode 677 tok/s against
+    661 in the benchmark (H100, docs/results/pipe_decode_h100.md). It matches no kernel.
     """
 
 
