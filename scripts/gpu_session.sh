@@ -31,10 +31,11 @@ pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' 
 nx() { sed -i "s/^FC_PREFETCH_PROJ = 0/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
+# the two files those variants edit, kept as /tmp/*.TAG and put back
+keep() { cp kernels/ln_linear.py /tmp/ln_linear.$1; cp tinygpt2/model.py /tmp/model.$1; }
+back() { cp /tmp/ln_linear.$1 kernels/ln_linear.py; cp /tmp/model.$1 tinygpt2/model.py; }
 # VARIANT="last pre nx8 end" (any of them): apply them before MODE, restored on exit
-if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then cp kernels/ln_linear.py /tmp/ln_linear.var; cp tinygpt2/model.py /tmp/model.var
-  trap 'cp /tmp/ln_linear.var kernels/ln_linear.py; cp /tmp/model.var tinygpt2/model.py' EXIT
-  variant $VARIANT; fi
+if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
@@ -267,14 +268,12 @@ case "$1" in
   # the variants above, gpt2-xl's step traced for each (~40 s a variant), `fused` first and last; first, fused's logits
   # at gpt2-xl's widths with c_fc's prefetch and the MLP c_proj's preload (V: the variants, one word a variant,
   # +-joined for several at once)
-  variants)   ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
-              variant nx8 pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+  variants)   keep orig; variant nx8 pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_variants.md" || true
-              for v in fused ${V:-last pre nx16 pre+nx16} fused; do cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
-                [ $v = fused ] || variant ${v//+/ }
+              for v in fused ${V:-last pre nx16 pre+nx16} fused; do back orig; [ $v = fused ] || variant ${v//+/ }
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
                   2>/dev/null | sed "s/^#### /#### $v: /" | tee -a "$OUT/trace_variants.md" || true; done
-              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md ;;
+              back orig ;;
   # decode's benchmark (gpt2-xl, gpt2; fused; prompt 128, 128 decoded) with VARIANT and without, twice, alternating
   bench-variant) for i in 1 2; do for v in "$VARIANT" ""; do t=${v// /-}
                 VARIANT="$v" OUT="$OUT/bench-${t:-fused}-$i" bash "$0" bench-decode || true; done; done ;;
@@ -284,8 +283,8 @@ case "$1" in
   # pipe-decode's neighbours, gpt2-xl's step traced for each (~40 s a variant): `fused` (which has it), then each
   # variant made by sed expressions on kernels/ln_linear.py and tinygpt2/model.py (restored between), `fused`
   # without it last (the twenty-sixth session's sweep: docs/results/pipe_decode_h100.md)
-  pipe-sweep) ln=kernels/ln_linear.py; md=tinygpt2/model.py; cp $ln /tmp/ln_linear.orig; cp $md /tmp/model.orig
-              sweep() { local tag=$1; shift; cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+  pipe-sweep) ln=kernels/ln_linear.py; md=tinygpt2/model.py; keep orig
+              sweep() { local tag=$1; shift; back orig
                 for e in "$@"; do sed -i "$e" $ln $md; done
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$tag" \
                   2>/dev/null | sed "s/^#### .*in the CUDA graph/#### $tag: in the CUDA graph/" \
@@ -296,7 +295,7 @@ case "$1" in
               sweep 2-in-flight 's/^PIPE_IN_FLIGHT = .*/PIPE_IN_FLIGHT = 2/'
               sweep all-four 's/^PIPE_DECODE_LINEARS = .*/PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), '\
 '"linear_attn_proj": (1, 1), "ln_linear_fc_gelu": (1, 4), "linear_mlp_proj": (4, 1)}/'
-              cp /tmp/ln_linear.orig $ln; cp /tmp/model.orig $md
+              back orig
               timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 $(fused_without pipe-decode) 20 \
                 --out="$OUT/trace" 2>/dev/null | tee -a "$OUT/pipe_sweep.md" || true ;;
   # gpt2-xl's prefill with `fused`, then the same list without tensor-core-matmul-async, HF eager beside the first

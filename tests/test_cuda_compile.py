@@ -408,7 +408,8 @@ def test_decode_linears_fit_32_registers_in_float16():
     out = nvcc({"qkv": make_ln_linear_decode(C, 3 * C, "float16", pdl="exit"),
                 "fc": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit"),
                 # (with model.FC_PREFETCH_PROJ's prefetch, held there by __launch_bounds__(256, 8): 34 without)
-                "fc_next": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit", prefetch_next=(C, 4 * C, 8)),
+                "fc_next": make_ln_linear_decode(C, 4 * C, "float16", gelu=True, pdl="exit",
+                                                 prefetch_next=(C, 4 * C, 8)),
                 "mlp_proj": make_linear_residual_decode(4 * C, C, "float16", pdl="exit")},
                "cubin", *TVM_FLAGS, "-Xptxas=-v", report=True)
     used = dict(re.findall(r"entry function '(\w+)_kernel'.*?Used (\d+) registers", out, re.S))

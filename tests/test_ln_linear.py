@@ -346,8 +346,8 @@ def test_pipelined_linear_launches_the_next_kernel_at_its_last_group_or_the_one_
 
 
 def test_pipelined_linear_rejects_what_it_does_not_build():
-    """A trigger other than start, last or before-last, or other than 1-3 groups in flight, or preload with more than one: a
-    RuleError that names it."""
+    """A trigger other than start, last or before-last, or other than 1-3 groups in flight, or preload with more
+    than one: a RuleError that names it."""
     from tinygpt2.errors import RuleError
     from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
 
