@@ -136,6 +136,13 @@ class _HeadAttention:
             T.ptx.st.shared__cluster.f32(addr[0], value)
 
         @T.macro
+        def async_store(addr, dst, mbar, value):  # dst, mbar: rank 0's, as this block has them; addr: 2 registers
+            T.ptx.mapa.shared__cluster.u32(addr[0], T.cuda.cvta_generic_to_shared(T.address_of(dst)), T.uint32(0))
+            T.ptx.mapa.shared__cluster.u32(addr[1], T.cuda.cvta_generic_to_shared(T.address_of(mbar[0])),
+                                           T.uint32(0))
+            T.ptx.st_async.shared__cluster.mbarrier__complete_tx__bytes.f32(addr[0], value, addr[1])
+
+        @T.macro
         def cluster_sync():                       # every thread: arrive (release), wait (acquire)
             T.ptx.barrier.cluster.arrive.release.aligned()
             T.ptx.barrier.cluster.wait.acquire.aligned()
@@ -204,11 +211,14 @@ class _HeadAttention:
 
         @T.macro
         def attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
-                   k_cache, v_cache, out, everywhere=False):
+                   k_cache, v_cache, out, everywhere=False, by_async_stores=False, mbar=None):
             """4. attention over the block's keys, 5. rank 0 merges (the module docstring). Starts with the head's
             q, k, v in qkv, visible to every thread, and every block of the cluster started. everywhere (a Python
             bool): every block gets every part and merges them itself, into out = its shared o [D] (float32, the
-            value rounded to dtype as the kernel's output would be), instead of rank 0 into out[0, h*D:(h+1)*D]."""
+            value rounded to dtype as the kernel's output would be), instead of rank 0 into out[0, h*D:(h+1)*D].
+            by_async_stores (a Python bool, not with everywhere): the parts go to rank 0 by st.async, each store
+            counted on rank 0's mbarrier mbar (initialized with one arrival, visible to the cluster), and rank 0
+            waits on it alone: no second cluster barrier (see MERGE_BY_ASYNC_STORES); addr holds two registers."""
             # 4. key j0 + t, its row in shared memory (j < pos) or the new one
             acc[0] = lowest
             if t < nk:
@@ -240,21 +250,38 @@ class _HeadAttention:
                 acc[1] = T.float32(0)
                 for g in T.unroll(NG):
                     acc[1] = acc[1] + part[g * D + t]
-                for c in T.unroll(CL if everywhere else 1):    # into rank 0, or (everywhere) every rank
-                    dsmem_store(addr, po[r * D + t], c, acc[1])
+                if by_async_stores:                            # into rank 0, counted on its mbarrier
+                    async_store(addr, po[r * D + t], mbar, acc[1])
                     if t == 0:
-                        dsmem_store(addr, pml[r * 2], c, stat[3])
-                        dsmem_store(addr, pml[r * 2 + 1], c, stat[2])
+                        async_store(addr, pml[r * 2], mbar, stat[3])
+                        async_store(addr, pml[r * 2 + 1], mbar, stat[2])
+                else:
+                    for c in T.unroll(CL if everywhere else 1):    # into rank 0, or (everywhere) every rank
+                        dsmem_store(addr, po[r * D + t], c, acc[1])
+                        if t == 0:
+                            dsmem_store(addr, pml[r * 2], c, stat[3])
+                            dsmem_store(addr, pml[r * 2 + 1], c, stat[2])
                 if nk > 0 and j0 + nk == n:                     # the block holding key pos appends it
                     k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
                     v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
-            cluster_sync()
             # 5. rank 0 merges (everywhere: every rank, for itself)
+            if by_async_stores:                                 # rank 0: once every part's bytes have landed
+                if r == 0 and t < D:
+                    if t == 0:
+                        T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(mbar[0]), T.uint32(CL * (D + 2) * 4))
+                    addr[0] = T.uint32(0)                       # (addr: free here) the wait's flag
+                    while addr[0] == T.uint32(0):               # acquire at the cluster's scope: the parts' bytes
+                        T.ptx.mbarrier.try_wait.parity.acquire.cluster.shared.b64(addr[0], T.address_of(mbar[0]),
+                                                                                  T.uint32(0))
+                    merge(t, po, pml, acc, stat)
+                    out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
+            else:
+                cluster_sync()
             if everywhere:
                 if t < D:
                     merge(t, po, pml, acc, stat)
                     out[t] = T.Cast(ACC, T.Cast(dtype, acc[0] / acc[1]))
-            else:
+            elif not by_async_stores:
                 if r == 0 and t < D:
                     merge(t, po, pml, acc, stat)
                     out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
@@ -395,6 +422,13 @@ ATTENTION_MAX_CTX = CLUSTER * ATTENTION_THREADS
 # H100, us a layer against none, two loans (docs/results/trace_decode_h100_prefetch_fc.md): 1/8 -0.51,
 # 3/16 -0.80, 1/4 -0.86 / -0.87, 3/8 -0.67, 1/2 -0.23, all +1.64
 PREFETCH_FRACTION = 4
+# how attention_cluster's blocks hand rank 0 their parts. False: stores into its shared memory, then a cluster
+# barrier (arrive.release / wait.acquire) -- on sm_90 the release is a MEMBAR.ALL.GPU in every thread of the
+# cluster (SASS, nvcc 13.0), which waits for the thread's stores so far (the cache append's among them) to reach
+# the whole GPU, on the critical path after the attention. True: each store an st.async counted on an mbarrier
+# of rank 0 (complete_tx), which rank 0 alone waits on with acquire at the cluster's scope; the other blocks
+# exit once their stores are issued. No MEMBAR in the kernel after the PDL wait. Not yet timed: off
+MERGE_BY_ASYNC_STORES = False
 
 
 def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
@@ -418,6 +452,7 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
     wait_pdl = pdl_flags(pdl)[0]
     PF_ROWS = F // PREFETCH_FRACTION // (H * CL)         # c_fc's rows a block prefetches (gpt2 to xl: 16)
     PF_THREAD = NTH - 32                                 # the last warp's first thread: it loads no q, k, v
+    MERGE_ASYNC = MERGE_BY_ASYNC_STORES
 
     @T.prim_func(s_tir=True)
     def attention_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -439,8 +474,9 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                         po = T.sblock_alloc_buffer((CL * D,), ACC, scope="shared")    # rank 0: each part's o
                         pml = T.sblock_alloc_buffer((CL * 2,), ACC, scope="shared")   # ... and (m, l)
                         bar = T.sblock_alloc_buffer((1,), "uint64", scope="shared")
+                        mbar = T.sblock_alloc_buffer((1,), "uint64", scope="shared")  # rank 0's: the parts
                         ready = T.sblock_alloc_buffer((1,), "uint32", scope="local")
-                        addr = T.sblock_alloc_buffer((1,), "uint32", scope="local")
+                        addr = T.sblock_alloc_buffer((2,), "uint32", scope="local")
                         acc = T.sblock_alloc_buffer((2,), ACC, scope="local")
                         stat = T.sblock_alloc_buffer((4,), ACC, scope="local")       # -, -, m, l
                         wv = T.sblock_alloc_buffer((8,), dtype, scope="local")
@@ -454,7 +490,10 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                         if t < CL * 2:
                             pml[t] = T.float32(0)
                         ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
-                        T.tvm_storage_sync("shared")                        # the mbarrier initialized for all
+                        if MERGE_ASYNC and t == 0:                          # one arrival: rank 0's own, with its
+                            T.ptx.mbarrier.init.shared.b64(T.address_of(mbar[0]), T.uint32(1))   # expect_tx
+                            T.ptx.fence.mbarrier_init.release.cluster()     # seen by the cluster's st.async
+                        T.tvm_storage_sync("shared")                        # the mbarriers initialized for all
                         ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl)
                         if t < 3 * D:                                       # the head's q, k, v
                             qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
@@ -469,7 +508,7 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                         T.tvm_storage_sync("shared")
                         T.ptx.barrier.cluster.wait.aligned()                # every block of the cluster started
                         ha.attend(t, r, h, n, j0, nk, pos, big, qkv, p, part, po, pml, red, acc, stat, wv, addr,
-                                  k_cache, v_cache, out)
+                                  k_cache, v_cache, out, False, MERGE_ASYNC, mbar)
 
     return attention_cluster
 

@@ -30,10 +30,14 @@ pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' 
 # the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
 nx() { sed -i "s/^FC_PREFETCH_PROJ = 0/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
+# ... and attention_cluster handing rank 0 its parts by st.async on an mbarrier instead of through a cluster
+# barrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; amerge)
+amerge() { sed -i 's/^MERGE_BY_ASYNC_STORES = False/MERGE_BY_ASYNC_STORES = True/' kernels/decode_cluster.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
-# the two files those variants edit, kept as /tmp/*.TAG and put back
-keep() { cp kernels/ln_linear.py /tmp/ln_linear.$1; cp tinygpt2/model.py /tmp/model.$1; }
-back() { cp /tmp/ln_linear.$1 kernels/ln_linear.py; cp /tmp/model.$1 tinygpt2/model.py; }
+# the files those variants edit, kept as /tmp/*.TAG and put back
+EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py"
+keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
+back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
 # VARIANT="last pre nx8 end" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -266,9 +270,9 @@ case "$1" in
                   --out "$OUT/bench-$v") || true; done
               cp /tmp/model.orig $md ;;
   # the variants above, gpt2-xl's step traced for each (~40 s a variant), `fused` first and last; first, fused's logits
-  # at gpt2-xl's widths with c_fc's prefetch and the MLP c_proj's preload (V: the variants, one word a variant,
-  # +-joined for several at once)
-  variants)   keep orig; variant nx8 pre; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
+  # at gpt2-xl's widths with the variants VCHECK (default: c_fc's prefetch and the MLP c_proj's preload) (V: the
+  # variants, one word a variant, +-joined for several at once)
+  variants)   keep orig; variant ${VCHECK:-nx8 pre}; timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16 --rules fused \
                 --n-layer 4 --n-embd 1600 --n-head 25 | tee "$OUT/gpu_check_variants.md" || true
               for v in fused ${V:-last pre nx16 pre+nx16} fused; do back orig; [ $v = fused ] || variant ${v//+/ }
                 timeout 80 python3 scripts/trace_decode.py random:gpt2-xl float16 fused 20 --out="$OUT/trace-$v" \
