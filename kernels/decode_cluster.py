@@ -61,6 +61,12 @@ a trade, measured by how much is prefetched (gpt2-xl, H100, us a layer against n
 a quarter -0.86 (c_fc 8.83 -> 7.42, the kernel 3.49 -> 3.71, c_proj 2.11 -> 2.37), all of it +1.64. With a
 quarter in every layer, gpt2-xl's step 1571.0 -> 1514.0 us, gpt2's 211.2 -> 207.3
 (docs/results/trace_decode_h100_prefetch_fc.md).
+
+Its step 5 hands rank 0 the parts without a second cluster barrier: a cluster barrier's release is, on sm_90, a
+MEMBAR.ALL.GPU in every thread (SASS, nvcc 13.0), a wait for the thread's stores to reach the whole GPU, on the
+critical path. Instead each block stores its part into rank 0 by st.async, every store counted (complete_tx) on
+an mbarrier of rank 0, which rank 0 alone waits on; the other blocks exit (MERGE_BY_ASYNC_STORES below: gpt2-xl's
+attention 4.06 -> 3.30 us a layer on an H100, the step 1457 -> 1428 us).
 """
 
 import math
@@ -427,15 +433,19 @@ PREFETCH_FRACTION = 4
 # cluster (SASS, nvcc 13.0), which waits for the thread's stores so far (the cache append's among them) to reach
 # the whole GPU, on the critical path after the attention. True: each store an st.async counted on an mbarrier
 # of rank 0 (complete_tx), which rank 0 alone waits on with acquire at the cluster's scope; the other blocks
-# exit once their stores are issued. No MEMBAR in the kernel after the PDL wait. Not yet timed: off
-MERGE_BY_ASYNC_STORES = False
+# exit once their stores are issued. No MEMBAR in the kernel after the PDL wait. Measured (H100, gpt2-xl fp16, one
+# loan; docs/results/attention_async_merge_h100.md): the attention 4.06 -> 3.30 us a layer after qkv, its c_proj
+# 1.92 -> 2.02, the step in the CUDA graph 1457.8 / 1455.9 -> 1428.3 us; decode 683 / 683 -> 698 / 698 tok/s,
+# alternating. Kept
+MERGE_BY_ASYNC_STORES = True
 
 
 def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
                            pdl: str | None = None):
     """Decode's attention alone (after ln_linear_qkv), as steps 1 (K and V rows only), 4 and 5 of this module's
-    docstring: a cluster of 4 blocks per head, the parts merged through DSMEM in rank 0 -- one kernel where
-    decode_attention has two (chunks, merge), and no partial results through L2.
+    docstring: a cluster of 4 blocks per head, the parts merged through DSMEM in rank 0 (stored there by st.async
+    on its mbarrier, MERGE_BY_ASYNC_STORES) -- one kernel where decode_attention has two (chunks, merge), and no
+    partial results through L2.
 
         qkv [1, 3C], k_cache, v_cache [H, n_ctx, D] (in place), pos [1] int32, w_fc [n_inner, C]  ->  out [1, C]
 

@@ -30,15 +30,15 @@ pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' 
 # the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
 nx() { sed -i "s/^FC_PREFETCH_PROJ = 0/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
-# ... and attention_cluster handing rank 0 its parts by st.async on an mbarrier instead of through a cluster
-# barrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; amerge)
-amerge() { sed -i 's/^MERGE_BY_ASYNC_STORES = False/MERGE_BY_ASYNC_STORES = True/' kernels/decode_cluster.py; }
+# ... and attention_cluster handing rank 0 its parts through a cluster barrier, as before the twenty-ninth session,
+# instead of by st.async on rank 0's mbarrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; abar)
+abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/' kernels/decode_cluster.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
 # the files those variants edit, kept as /tmp/*.TAG and put back
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end abar" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in

@@ -879,10 +879,11 @@ def test_attention_cluster_makes_decode_attention_one_cluster_kernel_after_ln_li
     stays. Dropped in float32, before sm_90 and past 1024 positions; decode-cluster wins where both are listed."""
     from tinygpt2.rules import GPU_FUSED
 
-    # (the order: K and V rows copied, the wait, q k v read, a quarter of c_fc's rows prefetched, DSMEM, out)
+    # (the order: K and V rows copied, the wait, q k v read, a quarter of c_fc's rows prefetched, the parts into
+    # rank 0 by st.async, out)
     src = check_cluster_kernel("attention-cluster", "attention_cluster_n1", {"decode_attention_n1"},
                                ["cp_async_bulk", "griddepcontrol_wait", "(float)qkv_in_ptr[", "prefetch_L2_global(",
-                                "st_shared__cluster", "out_ptr["])
+                                "st_async", "out_ptr["])
     # ... each of its 2 heads x 4 blocks 16 rows (128 halves) of c_fc's 512: the first quarter, 4096 bytes a block
     body = src[src.rindex("attention_cluster_n1_kernel("):]
     assert "prefetch_L2_global((&(w_fc_ptr[(((int)blockIdx.x) * 2048)])), (uint)4096)" in body
@@ -910,6 +911,26 @@ def test_attention_cluster_builds_without_spills(size):
                                                              "float16", pdl="exit"))
     dynamic = 2 * (cfg.n_positions // 4) * 64 * 2
     assert spill == 0 and regs * ATTENTION_THREADS <= 65536 and static + dynamic <= 227 * 1024, (spill, regs, static)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("async_stores", [True, False])
+def test_attention_cluster_merges_without_a_gpu_wide_fence(async_stores, monkeypatch, tmp_path):
+    """Why the parts reach rank 0 by st.async (MERGE_BY_ASYNC_STORES, the default): in SASS, after the PDL wait
+    (ACQBULK), the barrier merge's cluster arrive carries a MEMBAR.ALL.GPU; the st.async merge (STAS, then rank 0's
+    mbarrier wait) has no MEMBAR and no second cluster barrier. gpt2-xl's shapes, sm_90a."""
+    from tinygpt2.kernels import decode_cluster
+
+    monkeypatch.setattr(decode_cluster, "MERGE_BY_ASYNC_STORES", async_stores)
+    func = decode_cluster.make_attention_cluster(25, 64, 1024, 6400, "float16", pdl="exit")
+    (tmp_path / "k.cubin").write_bytes(nvcc({"k": func}, "cubin", *TVM_FLAGS))
+    sass = cuobjdump_sass(tmp_path / "k.cubin")
+    after = sass[sass.index("ACQBULK"):]
+    if async_stores:
+        assert "MEMBAR" not in after and "UCGABAR_ARV" not in after, after
+        assert after.count("STAS") == 3 and "SYNCS.PHASECHK" in after[after.index("STAS"):]
+    else:
+        assert "STAS" not in after and "MEMBAR.ALL.GPU" in after[:after.index("UCGABAR_ARV")]
 
 
 @pytest.mark.parametrize("pos", [0, 5, 255, 1023])

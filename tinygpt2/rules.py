@@ -144,7 +144,9 @@ class AttentionCluster(Request):
     against 4.80 + 1.44, qkv 8.10 against 7.23), on an H200 1292.2 against 1404.0, gpt2's 188.9 against 208.5
     (docs/results/trace_decode_h100_attention_cluster.md). The kernel also prefetches a quarter of the layer's
     c_fc weights into L2 after its wait, while HBM idles: 1571.0 -> 1514.0 us on an H100
-    (docs/results/trace_decode_h100_prefetch_fc.md). It matches no kernel.
+    (docs/results/trace_decode_h100_prefetch_fc.md). Its parts reach rank 0 by st.async on an mbarrier, not
+    through a cluster barrier (a GPU-wide fence on sm_90): 1457 -> 1428 us on an H100
+    (docs/results/attention_async_merge_h100.md). It matches no kernel.
     """
 
 
