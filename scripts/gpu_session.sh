@@ -33,13 +33,17 @@ end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/
 # ... and attention_cluster handing rank 0 its parts through a cluster barrier, as before the twenty-ninth session,
 # instead of by st.async on rank 0's mbarrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; abar)
 abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/' kernels/decode_cluster.py; }
+# ... and its first cluster barrier arrived at relaxed, without the release's MEMBAR.ALL.GPU (START_ARRIVE_RELAXED;
+# arelax; built in the twenty-ninth session, not yet timed)
+arelax() { sed -i 's/^START_ARRIVE_RELAXED = False/START_ARRIVE_RELAXED = True/' kernels/decode_cluster.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
 # the files those variants edit, kept as /tmp/*.TAG and put back
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end abar" (any of them): apply them before MODE, restored on exit
-if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ]; then keep var; trap 'back var' EXIT; variant $VARIANT; fi
+# VARIANT="last pre nx8 end abar arelax" (any of them): apply them before MODE, restored on exit
+if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ] && [ "$1" != bench-xl-pair ]; then
+  keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 case "$1" in
   # this checkout on the GPU, before anything is timed: the WMMA flash tests (skipped without a GPU), the logits
@@ -281,6 +285,13 @@ case "$1" in
   # decode's benchmark (gpt2-xl, gpt2; fused; prompt 128, 128 decoded) with VARIANT and without, twice, alternating
   bench-variant) for i in 1 2; do for v in "$VARIANT" ""; do t=${v// /-}
                 VARIANT="$v" OUT="$OUT/bench-${t:-fused}-$i" bash "$0" bench-decode || true; done; done ;;
+  # gpt2-xl alone at the issue's workload (prefill 128/512/1024, 256 decoded after 128), `fused` then VARIANT, twice,
+  # one process each (~25 s each once compiled): the twenty-ninth session's back-to-back pairs
+  bench-xl-pair) for i in 1 2; do for v in "" "$VARIANT"; do t=${v// /-}
+                (keep pair; [ -z "$v" ] || variant $v
+                 (cd /tmp && timeout 120 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
+                   --peers none --repeats 3 --out "$OUT/bench-${t:-fused}-$i") | grep "^| tinygpt2.*%\|one decode call" \
+                   | sed "s/^/${t:-fused} $i: /" | tee -a "$OUT/bench_pairs.md"; back pair) || true; done; done ;;
   bench-decode) (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
                   --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
                   --out "$OUT") || true ;;
