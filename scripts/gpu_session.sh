@@ -52,6 +52,9 @@ case "$1" in
   verify)     (cd /tmp && timeout 150 python3 -m pytest -q -p no:cacheprovider -k "not webgpu and not keeps_a_lanes" \
                 "$OLDPWD/tests/test_flash_attention.py") \
                 | tail -3 | tee "$OUT/test_flash.txt" || true
+              # the cluster kernels against numpy at gpt2-xl's shapes (the attention's st.async merge, pos 0 included)
+              (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -k "cluster and on_the_gpu" \
+                "$OLDPWD/tests/test_cuda_compile.py") | tail -3 | tee "$OUT/test_cluster.txt" || true
               for r in fused default; do timeout 150 python3 scripts/gpu_check.py --targets cuda --dtypes float16,float32 \
                 --rules $r | tee "$OUT/gpu_check_$r.md" || true; done
               # gpt2-xl's widths (4 layers): where fused's pipe-decode pipelines qkv and the MLP's c_proj

@@ -937,13 +937,17 @@ def test_attention_cluster_merges_without_a_gpu_wide_fence(async_stores, relaxed
     assert ("po_ptr[((int)threadIdx.x)] = 0x0p+0f" in cuda_source({"k": func})) != relaxed
 
 
+@pytest.mark.parametrize("relaxed", [False, True])
 @pytest.mark.parametrize("pos", [0, 5, 255, 1023])
-def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos):
-    """The kernel at gpt2-xl's shapes against decode_attention_ref (numpy), as decode_cluster above."""
+def test_attention_cluster_matches_decode_attention_ref_on_the_gpu(pos, relaxed, monkeypatch):
+    """The kernel at gpt2-xl's shapes against decode_attention_ref (numpy), as decode_cluster above; its parts merged
+    by st.async (the default), with the first cluster barrier's arrive as in `fused` and relaxed
+    (START_ARRIVE_RELAXED). At pos 0 only rank 0 has keys: the others send empty parts."""
     import numpy as np
 
-    from tinygpt2.kernels import decode_attention_ref, make_attention_cluster
+    from tinygpt2.kernels import decode_attention_ref, decode_cluster, make_attention_cluster
 
+    monkeypatch.setattr(decode_cluster, "START_ARRIVE_RELAXED", relaxed)
     rng = np.random.default_rng(pos)
     qkv = rng.standard_normal((1, 3 * 25 * 64)).astype("float16")
     w_fc = rng.standard_normal((4 * 25 * 64, 25 * 64)).astype("float16")       # only prefetched
