@@ -276,24 +276,23 @@ class _HeadAttention:
                     k_cache[h, pos[0], t] = T.Cast(dtype, qkv[D + t])
                     v_cache[h, pos[0], t] = T.Cast(dtype, qkv[2 * D + t])
             # 5. rank 0 merges (everywhere: every rank, for itself)
-            if by_async_stores:                                 # rank 0: once every part's bytes have landed
-                if r == 0 and t < D:
-                    if t == 0:
-                        T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(mbar[0]), T.uint32(CL * (D + 2) * 4))
-                    addr[0] = T.uint32(0)                       # (addr: free here) the wait's flag
-                    while addr[0] == T.uint32(0):               # acquire at the cluster's scope: the parts' bytes
-                        T.ptx.mbarrier.try_wait.parity.acquire.cluster.shared.b64(addr[0], T.address_of(mbar[0]),
-                                                                                  T.uint32(0))
-                    merge(t, po, pml, acc, stat)
-                    out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
-            else:
+            if not by_async_stores:
                 cluster_sync()
             if everywhere:
                 if t < D:
                     merge(t, po, pml, acc, stat)
                     out[t] = T.Cast(ACC, T.Cast(dtype, acc[0] / acc[1]))
-            elif not by_async_stores:
+            else:
                 if r == 0 and t < D:
+                    if by_async_stores:                         # once every part's bytes have landed
+                        if t == 0:
+                            T.ptx.mbarrier.arrive.expect_tx.shared.b64(T.address_of(mbar[0]),
+                                                                       T.uint32(CL * (D + 2) * 4))
+                        addr[0] = T.uint32(0)                   # (addr: free here) the wait's flag
+                        while addr[0] == T.uint32(0):           # acquire at the cluster's scope: the parts' bytes
+                            T.ptx.mbarrier.try_wait.parity.acquire.cluster.shared.b64(addr[0],
+                                                                                      T.address_of(mbar[0]),
+                                                                                      T.uint32(0))
                     merge(t, po, pml, acc, stat)
                     out[0, h * D + t] = T.Cast(dtype, acc[0] / acc[1])
 
