@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (see scripts/device_prepare.sh for getting TVM there): one measured step,
 #   bash scripts/gpu_session.sh verify|table|all-sizes [dtype]|profile|check|check-tuned|check-fused|trace|round|flash|bench-flash|flash-round|pdl|trace-pdl|pdl-round|bench-pdl|bench-gpt2|bench-xl|
-#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|variants|bench-variant|bench-decode|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
+#                               bench-xl-tuned|bench-fused|bench-mm|flash-mma|linear-mma|linear-wgmma|tiles-check|tiles|bench-vs-base|mm|sampling|weight-stream|ring|mlp-layers|decode-layers|head-cluster|side-prefetch|pipe|pipe-bench|pipe-sweep|proj|preload-pick|variants|bench-variant|bench-decode|bench-xl-pair|bench-xl-once|side|trace-side|trace-one|trace-vs-base|<any tinygpt2 args>
 # writes its table(s) under $OUT (the device tool's output folder).
 set -euo pipefail
 . scripts/device_env.sh
@@ -291,10 +291,10 @@ case "$1" in
   # gpt2-xl alone at the issue's workload (prefill 128/512/1024, 256 decoded after 128), `fused` then VARIANT, twice,
   # one process each (~25 s each once compiled): the twenty-ninth session's back-to-back pairs
   bench-xl-pair) for i in 1 2; do for v in "" "$VARIANT"; do t=${v// /-}
-                (keep pair; [ -z "$v" ] || variant $v
-                 (cd /tmp && timeout 120 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
-                   --peers none --repeats 3 --out "$OUT/bench-${t:-fused}-$i") | grep "^| tinygpt2.*%\|one decode call" \
-                   | sed "s/^/${t:-fused} $i: /" | tee -a "$OUT/bench_pairs.md"; back pair) || true; done; done ;;
+                VARIANT="$v" OUT="$OUT/bench-${t:-fused}-$i" bash "$0" bench-xl-once | grep "^| tinygpt2.*%\|one decode call" \
+                  | sed "s/^/${t:-fused} $i: /" | tee -a "$OUT/bench_pairs.md" || true; done; done ;;
+  bench-xl-once) (cd /tmp && timeout 120 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl --dtypes float16 \
+                  --peers none --repeats 3 --out "$OUT") || true ;;
   bench-decode) (cd /tmp && timeout 200 python3 -m tinygpt2 bench --target cuda --models random:gpt2-xl,random:gpt2 \
                   --dtypes float16 --rules fused --peers none --repeats 3 --prompt-lens 128 --decode-tokens 128 \
                   --out "$OUT") || true ;;
