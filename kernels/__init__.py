@@ -42,7 +42,7 @@ from .linear_mma import make_linear_mma
 from .linear_wgmma import make_linear_wgmma
 from .linear import (linear_gelu_ref, linear_ref, linear_residual_ref, make_linear, make_linear_gelu,
                      make_linear_residual)
-from .lm_head import lm_head_ref, make_lm_head
+from .lm_head import lm_head_decode_ref, lm_head_ref, make_lm_head, make_lm_head_decode
 from .residual import add_ref, make_add
 from .sample import make_sample_advance_gpu, sample_advance_ref, sample_probs_ref
 from .side_prefetch import make_side_prefetch, with_progress_mark

@@ -13,6 +13,9 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import seq_len_var, ACC, check_dtype
+from ._pdl import flags as pdl_flags, grid_wait, read_coherently
+from .layernorm import layernorm_ref
+from .ln_linear import CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _lanes_sum, cache_lines, pipe_grid
 
 
 def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
@@ -37,3 +40,177 @@ def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int
 
 def lm_head_ref(x, wte):
     return (x[-1:].astype(np.float32) @ wte.astype(np.float32).T).astype(np.float32)
+
+
+# --- decode on a GPU: ln_f and the head as one persistent grid ----------------------------------------------------
+# In decode the head is the step's largest read by far (gpt2-xl fp16: wte is 161 MB, 11% of the step's bytes), and
+# ln_f before it a launch of its own that reads 3 KB (gpt2-xl on an H100, in the CUDA graph: 2.6 us, 0.2% of the
+# step, for a kernel whose work takes nanoseconds). Unlike c_attn's and c_fc's layernorms (kernels/ln_linear.py),
+# ln_f's gamma and beta cannot be folded into the weights without a second copy of wte, which the embedding reads
+# as it is; so each block computes layernorm(x) * gamma + beta itself, once, into shared memory, and its groups of
+# rows then read it from there. The grid is ln_linear's pipelined one (pipe_grid, make_linear_pipe_decode): a
+# block's groups of TY rows in turn, the next group's W loaded while this one's is multiplied.
+
+
+HEAD_BLOCKS = PIPE_BLOCKS     # the grid's blocks at most (4 an SM of an H100: 524 for gpt2-xl's 12565 groups of 4 rows)
+
+
+def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: float = 1e-5, max_lanes: int = 8,
+                        pdl: str | None = None, blocks: int | None = None):
+    """ln_f + lm_head for one token, hand-scheduled for a GPU:
+
+        h            = Cast(dtype, (x - mu) * rsqrt(var + eps) * gamma + beta)     (make_layernorm's, float32)
+        logits[0, v] = sum_k h[k] * wte[v, k]                                       (float32)
+
+    x [1, C], gamma [C], beta [C], wte [vocab, C] -> logits [1, vocab] float32
+
+    Grid: ln_linear.pipe_grid's (at most `blocks`, default HEAD_BLOCKS; TX lanes a row, TY rows a group). In order,
+    in each block:
+      1. its first group's rows of W into registers (pdl: with an L2 prefetch of them, which keeps ptxas from
+         moving the loads after the wait; then the wait: x is the last layer's output);
+      2. x into shared memory;
+      3. mu, then var = mean((x - mu)^2), by each warp over the whole of x (warp sums, no barrier), as
+         layernorm_ref's two passes;
+      4. h into shared memory, each thread its own elements;
+      5. its groups in turn: the next group's W loaded, this one's times h (16-byte shared loads), the lanes'
+         sums added, lane 0 of each row stores its logit.
+    max_lanes, pdl: as make_linear_pipe_decode's (pdl: CUDA sm_90+, one of kernels/_pdl.py's MODES; the kernel
+    after it, the sampler or argmax, is launched the ordinary way, so this one never lets it launch early).
+    """
+    check_dtype(dtype)
+    vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(n_embd, n_vocab, dtype, max_lanes, blocks or HEAD_BLOCKS)
+    C, V_ = T.int64(n_embd), T.int64(n_vocab)
+    one = T.int64(1)
+    TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
+    VEC, CV, KO = T.int64(vec), T.int64(n_vec), T.int64(-(-n_vec // tx))
+    ITERS = T.int64(passes)
+    XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
+    line, lines = cache_lines(n_embd, dtype)
+    LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
+    assert line * ITEMSIZE[dtype] == CACHE_LINE
+    inv_c, eps_ = T.float32(1.0 / n_embd), T.float32(eps)
+    pdl_wait, _early, _loaded = pdl_flags(pdl)
+
+    def row(group, y_):                       # the row of thread row y_ in a group (past the vocabulary: the last)
+        return T.min(group * TY + y_, V_ - one)
+
+    @T.prim_func(s_tir=True)
+    def lm_head_decode(x: T.Buffer((one, C), dtype), gamma: T.Buffer((C,), dtype), beta: T.Buffer((C,), dtype),
+                       wte: T.Buffer((V_, C), dtype), logits: T.Buffer((one, V_), ACC)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        w_cur = T.sblock_alloc_buffer((TY, TX, KO, VEC), dtype, scope="local")    # this group's W, per thread
+        w_next = T.sblock_alloc_buffer((TY, TX, KO, VEC), dtype, scope="local")   # the next group's
+        x_sh = T.sblock_alloc_buffer((C,), dtype, scope="shared")                 # x, then
+        h_sh = T.sblock_alloc_buffer((C,), dtype, scope="shared")                 # layernorm(x) * gamma + beta
+        h_vec = T.sblock_alloc_buffer((TY, TX, VEC), dtype, scope="local")        # one vector of h at a time
+        part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        acc = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        x_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        sq_part = T.sblock_alloc_buffer((TY, TX), ACC, scope="local")
+        row_x = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
+        for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            # 1. the first group's W, before the wait
+            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                    if pdl_wait:
+                        for i in T.serial(NI):
+                            with T.sblock("w_prefetch"):
+                                T.where(i * TX + tx_ < NL)
+                                T.reads()
+                                T.writes()
+                                T.ptx.prefetch.global_.L2(T.address_of(wte[row(bx, ty_), (i * TX + tx_) * LE]))
+                    for ko in T.serial(KO, annotations=UNROLL):
+                        for v in T.vectorized(VEC):
+                            with T.sblock("w_first"):               # opaque blocks: they use bx
+                                if ko * TX + tx_ < CV:
+                                    w_cur[ty_, tx_, ko, v] = wte[row(bx, ty_), (ko * TX + tx_) * VEC + v]
+            if pdl_wait:
+                read_coherently(TY, TX, T.address_of(x[0, 0]))
+                grid_wait(TY, TX, False)
+            # 2. x into shared memory
+            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                    for i in T.serial(XI):
+                        for v in T.vectorized(VEC):
+                            with T.sblock("x_load"):
+                                if (i * TY + ty_) * TX + tx_ < CV:
+                                    x_sh[((i * TY + ty_) * TX + tx_) * VEC + v] = x[0, ((i * TY + ty_) * TX + tx_) * VEC + v]
+            # 3. mu, then the variance about it, each warp over the whole of x
+            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                    with T.sblock("x_sum"):
+                        vy, vt = T.axis.remap("SS", [ty_, tx_])
+                        x_part[vy, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(VEC, annotations=UNROLL):
+                                    x_part[vy, vt] = x_part[vy, vt] + T.Cast(ACC, x_sh[(ko * TX + vt) * VEC + v])
+            _lanes_sum(x_part, row_x, TY, TX)
+            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                    with T.sblock("sq_sum"):
+                        vy, vt = T.axis.remap("SS", [ty_, tx_])
+                        sq_part[vy, vt] = T.float32(0)
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            if ko * TX + vt < CV:
+                                for v in T.serial(VEC, annotations=UNROLL):
+                                    sq_part[vy, vt] = sq_part[vy, vt] + (
+                                        T.Cast(ACC, x_sh[(ko * TX + vt) * VEC + v]) - row_x[vy] * inv_c) * (
+                                        T.Cast(ACC, x_sh[(ko * TX + vt) * VEC + v]) - row_x[vy] * inv_c)
+            _lanes_sum(sq_part, row_sq, TY, TX)
+            # 4. h = layernorm(x) * gamma + beta, rounded to dtype as make_layernorm's output is. (x read again from
+            # global memory, L2: from x_sh, TVM would write h over x in place, a barrier between every two elements)
+            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                    for i in T.serial(XI):
+                        for v in T.serial(VEC):
+                            with T.sblock("h"):
+                                if (i * TY + ty_) * TX + tx_ < CV:
+                                    h_sh[((i * TY + ty_) * TX + tx_) * VEC + v] = T.Cast(dtype, (
+                                        T.Cast(ACC, x[0, ((i * TY + ty_) * TX + tx_) * VEC + v]) - row_x[ty_] * inv_c)
+                                        * T.rsqrt(row_sq[ty_] * inv_c + eps_)
+                                        * T.Cast(ACC, gamma[((i * TY + ty_) * TX + tx_) * VEC + v])
+                                        + T.Cast(ACC, beta[((i * TY + ty_) * TX + tx_) * VEC + v]))
+            # 5. the block's groups in turn: the next one's W loaded, this one's multiplied by h
+            for it in T.serial(ITERS):
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            for v in T.vectorized(VEC):
+                                with T.sblock("w_next"):
+                                    if ko * TX + tx_ < CV and bx + (it + one) * NB < T.int64(groups):
+                                        w_next[ty_, tx_, ko, v] = wte[row(bx + (it + one) * NB, ty_),
+                                                                      (ko * TX + tx_) * VEC + v]
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("dot"):
+                            vy, vt = T.axis.remap("SS", [ty_, tx_])
+                            part[vy, vt] = T.float32(0)
+                            for ko in T.serial(KO, annotations=UNROLL):
+                                if ko * TX + vt < CV:
+                                    for v in T.vectorized(VEC):
+                                        h_vec[vy, vt, v] = h_sh[(ko * TX + vt) * VEC + v]   # one 16-byte shared load
+                                    for v in T.serial(VEC, annotations=UNROLL):
+                                        part[vy, vt] = part[vy, vt] + T.Cast(ACC, w_cur[vy, vt, ko, v]) * T.Cast(
+                                            ACC, h_vec[vy, vt, v])
+                _lanes_sum(part, acc, TY, TX)
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("store"):
+                            if tx_ == T.int64(0) and (bx + it * NB) * TY + ty_ < V_:
+                                logits[0, (bx + it * NB) * TY + ty_] = acc[ty_]
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        for ko in T.serial(KO, annotations=UNROLL):
+                            for v in T.vectorized(VEC):
+                                with T.sblock("w_swap"):
+                                    vy, vt, vo, vv = T.axis.remap("SSSS", [ty_, tx_, ko, v])
+                                    w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+
+    return lm_head_decode
+
+
+def lm_head_decode_ref(x, gamma, beta, wte, eps=1e-5):
+    """The two kernels it stands for, in sequence: layernorm (rounded to x's dtype), then the head."""
+    return lm_head_ref(layernorm_ref(x, gamma, beta, eps), wte)

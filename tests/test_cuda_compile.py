@@ -146,7 +146,8 @@ def test_fused_greedy_tail_is_one_kernel_reading_each_logit_once():
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float32", ["fused-decode", "gemv", "general-reduction",
                                                                    "fallback"], arch="sm_90a")
     tail = [ln.kernel for ln in build_plan(sched.mod, "decode_greedy").launches][-2:]
-    assert tail == ["lm_head_n1", "argmax_advance_n1"] and sched.rule_of["argmax_advance_n1"] == C.HAND_SCHEDULED
+    assert tail == ["ln_f_lm_head_n1", "argmax_advance_n1"]                 # (ln_f in the head: kernels/lm_head.py)
+    assert sched.rule_of["argmax_advance_n1"] == sched.rule_of["ln_f_lm_head_n1"] == C.HAND_SCHEDULED
     assert not {"argmax_n1", "advance_n1"} & set(sched.rule_of)           # the plain kernels are not built
     source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
     kernel = cuda_kernels(sched, tgt)["argmax_advance_n1_kernel"]
@@ -295,12 +296,14 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     the wait; the attention's two kernels, bound by latency, let the next kernel launch at once, so that
     it streams those weights in during the attention. The linears let the next one launch as their blocks
     exit; variant `pdl-decode-loaded` once a linear's loads are used. The attention's c_proj loads its bias
-    with W (model.PRELOAD_LINEARS). Kernels not written for PDL (the embedding, lm_head) keep the ordinary
-    launch, which waits for all before it."""
+    with W (model.PRELOAD_LINEARS). The head (ln_f + lm_head, kernels/lm_head.py) loads its first rows of wte before
+    the wait and never lets the sampler after it launch early. Kernels not written for PDL (the embedding, the
+    sampler) keep the ordinary launch, which waits for all before it."""
     from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
 
     pdl = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
-           "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel"}
+           "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel",
+           "ln_f_lm_head_n1_kernel"}
     for entry in ("pdl-decode", "pdl-decode-loaded"):
         sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", [entry, "fused-decode", "gemv", "fallback"],
                                           arch="sm_90a")
@@ -321,6 +324,8 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
                 assert ("prefetch(T.address_of(w[" in code[:wait]) == (name == "linear_attn_proj_n1_kernel"), name
                 # ... and loads its bias with W, before the wait (model.PRELOAD_LINEARS); the others after the sum
                 assert (re.search(r"\bb\[", code).start() < wait) == (name == "linear_attn_proj_n1_kernel"), name
+            elif name == "ln_f_lm_head_n1_kernel":         # its first group's rows of wte, then x
+                assert code.index("wte[") < wait < first_read(code, "x") and launch == -1
             else:                                          # the attention's chunks and merge: the next one at once
                 assert -1 < launch < wait
             if name == "decode_attention_n1_kernel":       # the cache's K and V rows, then qkv

@@ -109,8 +109,9 @@ def test_auto_samples_on_the_host_on_a_cpu_adapter(gpu):
 def test_one_submit_per_step_and_every_launch_dispatched(gpu):
     counts = gpu.executor.dispatches_per_step
     plan = gpu.compiled.plans["decode"]
-    per_layer = 5 if gpu.compiled.fused_decode else 10
-    assert len(plan.launches) == 1 + per_layer * gpu.config.n_layer + 2        # embedding ... ln_f, lm_head
+    fused = gpu.compiled.fused_decode
+    per_layer, head = (5, 1) if fused else (10, 2)          # the head: ln_f and lm_head, or the two as one (fused)
+    assert len(plan.launches) == 1 + per_layer * gpu.config.n_layer + head     # embedding ... the head
     # one or more dispatches per launch of the plan (a kernel may lower to several)
     assert counts["decode"] >= len(plan.launches)
     submits = []

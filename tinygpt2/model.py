@@ -67,6 +67,9 @@ PRELOAD_LINEARS = ("linear_attn_proj",)
 # (c_fc +0.16 us a launch, c_proj -0.23); with the before-last trigger, 1/16 1466.7 against 1468.1-1468.8
 # (docs/results/trigger_prefetch_h100.md)
 FC_PREFETCH_PROJ = 0
+# fused decode: ln_f and the head as one hand-scheduled persistent grid (kernels/lm_head.py's make_lm_head_decode),
+# launched with PDL where the step is, in place of the layernorm kernel and the rule list's GEMV
+LN_F_IN_HEAD = True
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -338,10 +341,15 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x, *progress], [n, C], dtype)
-            x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
-                       [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
-            logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
-                            [x, w["wte.weight"]], [1, V], ACC)                                 # [1, V], tied wte
+            if fused and LN_F_IN_HEAD:                          # ln_f + the head, one hand-scheduled grid
+                logits = b.call("logits", b.kernel("ln_f_lm_head", K.make_lm_head_decode, V, C, dtype, eps, lanes,
+                                                   pdl), [x, w["ln_f.weight"], w["ln_f.bias"], w["wte.weight"]],
+                                [1, V], ACC)                                                   # [1, V], tied wte
+            else:
+                x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
+                           [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
+                logits = b.call("logits", b.kernel("lm_head", K.make_lm_head, V, C, dtype),
+                                [x, w["wte.weight"]], [1, V], ACC)                             # [1, V], tied wte
             if pick == "sample":
                 # the next token drawn on the device (temperature, top-k, top-p; kernels/sample.py), left where
                 # the next step reads it; hand-scheduled on every GPU rule list (no rule matches a sampler)
