@@ -23,6 +23,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import F32_MIN
+from .ln_linear import _without_param
 
 
 def make_argmax(n_vocab: int):
@@ -113,7 +114,7 @@ def block_argmax(TH, t_val, t_id, out_val, out_id, i):
             out_id[vi] = T.min(out_id[vi], T.if_then_else(t_val[vt] == out_val[vi], t_id[vt], T.max_value("int32")))
 
 
-def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
+def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, parts: int = 0):
     """make_argmax then make_advance, as one hand-scheduled GPU kernel of one block:
 
         next = min { v : logits[0, v] = max_u logits[0, u] }
@@ -131,17 +132,27 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
       advance   thread 0 feeds the next step. pos is loaded in `scan`, so its latency passes there.
     Logits past the vocabulary (the last group's tail) read logit vocab - 1 again, with its own id:
     a duplicate never changes the answer.
+
+    parts > 0: the logits come already reduced by the head, `parts` candidates (kernels/lm_head.py's
+    make_lm_head_decode(argmax=True): each block's best logit and the lowest id holding it), which take the
+    logits' place: best [1, parts] float32, best_id [1, parts] int32, ids [1], pos [1], history -> next_id. Each
+    thread then keeps the lowest id among its equal bests (the ids no longer rise with the loop).
     """
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
+    n_vocab = parts or n_vocab                      # (what the threads scan: the candidates, or the vocabulary)
     per_thread = -(-n_vocab // threads)
     n_groups = -(-per_thread // 32)
     TH, G, JO = T.int64(threads), T.int64(-(-per_thread // n_groups)), T.int64(n_groups)
     lowest, none = T.float32(F32_MIN), T.max_value("int32")
+    NP = T.int64(max(parts, 1))
+    by_parts = parts > 0                            # (a plain bool: TVMScript resolves it while parsing)
+    if parts:
+        V = T.int64(parts)                          # (scanned, below: candidates, not logits)
 
     @T.prim_func(s_tir=True)
-    def argmax_advance(logits: T.Buffer((one, V), "float32"), ids: T.Buffer((one,), "int32"),
-                       pos: T.Buffer((one,), "int32"), history: T.Buffer((P1,), "int32"),
-                       next_id: T.Buffer((one,), "int32")):
+    def argmax_advance(logits: T.Buffer((one, V), "float32"), best_id: T.Buffer((one, NP), "int32"),
+                       ids: T.Buffer((one,), "int32"), pos: T.Buffer((one,), "int32"),
+                       history: T.Buffer((P1,), "int32"), next_id: T.Buffer((one,), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         # per thread (indexed by the thread, so that TVM compacts each to one register)
         t_best = T.sblock_alloc_buffer((TH,), "float32", scope="local")
@@ -154,16 +165,25 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
                 with T.sblock("scan"):
                     vt = T.axis.spatial(TH, tx)
                     vals = T.sblock_alloc_buffer((G,), "float32", scope="local")
+                    cand = T.sblock_alloc_buffer((G,), "int32", scope="local")             # (parts: their ids)
                     t_pos[vt] = pos[0]
                     t_best[vt] = lowest           # all -inf: no logit beats it, thread 0 keeps id 0 (numpy's)
                     t_first[vt] = T.Cast("int32", T.min(vt, V - one))
+                    if by_parts:
+                        t_first[vt] = best_id[0, T.min(vt, V - one)]
                     for jo in T.serial(JO):
                         for g in T.unroll(G):
                             vals[g] = logits[0, T.min((jo * G + g) * TH + vt, V - one)]
+                            if by_parts:
+                                cand[g] = best_id[0, T.min((jo * G + g) * TH + vt, V - one)]
                         for g in T.unroll(G):          # the id first: it compares against the old best
-                            t_first[vt] = T.if_then_else(vals[g] > t_best[vt],
-                                                         T.Cast("int32", T.min((jo * G + g) * TH + vt, V - one)),
-                                                         t_first[vt])
+                            if by_parts:               # (a candidate's id: ties to the lowest)
+                                t_first[vt] = T.if_then_else(vals[g] > t_best[vt] or (
+                                    vals[g] == t_best[vt] and cand[g] < t_first[vt]), cand[g], t_first[vt])
+                            else:
+                                t_first[vt] = T.if_then_else(vals[g] > t_best[vt],
+                                                             T.Cast("int32", T.min((jo * G + g) * TH + vt, V - one)),
+                                                             t_first[vt])
                             t_best[vt] = T.max(t_best[vt], vals[g])
             block_argmax(TH, t_best, t_first, best, first, 0)
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
@@ -175,7 +195,7 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024):
                         pos[0] = t_pos[vt] + 1
                         next_id[0] = first[0]
 
-    return argmax_advance
+    return argmax_advance if parts else _without_param(argmax_advance, "best_id")
 
 
 def argmax_ref(logits):

@@ -12,10 +12,11 @@ import numpy as np
 
 from tinygpt2.tvm_shim import T
 
-from ._dtypes import seq_len_var, ACC, check_dtype
+from ._dtypes import F32_MIN, seq_len_var, ACC, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .layernorm import layernorm_ref
-from .ln_linear import CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _lanes_sum, cache_lines, pipe_grid
+from .ln_linear import (CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _lanes_sum, _without_param, cache_lines,
+                        pipe_grid)
 
 
 def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
@@ -56,7 +57,7 @@ HEAD_BLOCKS = PIPE_BLOCKS     # the grid's blocks at most (4 an SM of an H100: 5
 
 
 def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: float = 1e-5, max_lanes: int = 8,
-                        pdl: str | None = None, blocks: int | None = None):
+                        pdl: str | None = None, blocks: int | None = None, argmax: bool = False):
     """ln_f + lm_head for one token, hand-scheduled for a GPU:
 
         h            = Cast(dtype, (x - mu) * rsqrt(var + eps) * gamma + beta)     (make_layernorm's, float32)
@@ -76,6 +77,11 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
          sums added, lane 0 of each row stores its logit.
     max_lanes, pdl: as make_linear_pipe_decode's (pdl: CUDA sm_90+, one of kernels/_pdl.py's MODES; the kernel
     after it, the sampler or argmax, is launched the ordinary way, so this one never lets it launch early).
+    argmax (greedy decode): two more outputs, each block's largest logit and the lowest id holding it,
+    best [1, blocks] float32 and best_id [1, blocks] int32 (lm_head_partials_ref), kept by lane 0 of each row's warp as
+    its logits come (a warp's ids rise from group to group: a later equal logit does not replace the first) and
+    taken across the block's warps at its end; argmax.make_argmax_advance_gpu(parts=blocks) then picks among
+    them, instead of reading the whole vocabulary's logits again.
     """
     check_dtype(dtype)
     vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(n_embd, n_vocab, dtype, max_lanes, blocks or HEAD_BLOCKS)
@@ -91,13 +97,22 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
     inv_c, eps_ = T.float32(1.0 / n_embd), T.float32(eps)
     pdl_wait, _early, _loaded = pdl_flags(pdl)
 
+    lowest = T.float32(F32_MIN)
+
     def row(group, y_):                       # the row of thread row y_ in a group (past the vocabulary: the last)
         return T.min(group * TY + y_, V_ - one)
 
     @T.prim_func(s_tir=True)
     def lm_head_decode(x: T.Buffer((one, C), dtype), gamma: T.Buffer((C,), dtype), beta: T.Buffer((C,), dtype),
-                       wte: T.Buffer((V_, C), dtype), logits: T.Buffer((one, V_), ACC)):
+                       wte: T.Buffer((V_, C), dtype), logits: T.Buffer((one, V_), ACC), best: T.Buffer((one, NB), ACC),
+                       best_id: T.Buffer((one, NB), "int32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        t_best = T.sblock_alloc_buffer((TY,), ACC, scope="local")               # (argmax: the warp's best so far,
+        t_id = T.sblock_alloc_buffer((TY,), "int32", scope="local")             # in its lane 0)
+        w_best = T.sblock_alloc_buffer((TY,), ACC, scope="shared")              # (... and each warp's, at the end)
+        w_id = T.sblock_alloc_buffer((TY,), "int32", scope="shared")
+        b_best = T.sblock_alloc_buffer((one,), ACC, scope="local")
+        b_id = T.sblock_alloc_buffer((one,), "int32", scope="local")
         w_cur = T.sblock_alloc_buffer((TY, TX, KO, VEC), dtype, scope="local")    # this group's W, per thread
         w_next = T.sblock_alloc_buffer((TY, TX, KO, VEC), dtype, scope="local")   # the next group's
         x_sh = T.sblock_alloc_buffer((C,), dtype, scope="shared")                 # x, then
@@ -172,6 +187,13 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
                                         * T.rsqrt(row_sq[ty_] * inv_c + eps_)
                                         * T.Cast(ACC, gamma[((i * TY + ty_) * TX + tx_) * VEC + v])
                                         + T.Cast(ACC, beta[((i * TY + ty_) * TX + tx_) * VEC + v]))
+            if argmax:                       # (all at the lowest value: the warp's first row, numpy's answer)
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("best_init"):
+                            if tx_ == T.int64(0):
+                                t_best[ty_] = lowest
+                                t_id[ty_] = T.Cast("int32", row(bx, ty_))
             # 5. the block's groups in turn: the next one's W loaded, this one's multiplied by h
             for it in T.serial(ITERS):
                 for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
@@ -207,10 +229,52 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
                                 with T.sblock("w_swap"):
                                     vy, vt, vo, vv = T.axis.remap("SSSS", [ty_, tx_, ko, v])
                                     w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+                if argmax:
+                    for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                        for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                            with T.sblock("keep_best"):
+                                if tx_ == T.int64(0) and (bx + it * NB) * TY + ty_ < V_:
+                                    if acc[ty_] > t_best[ty_]:
+                                        t_best[ty_] = acc[ty_]
+                                        t_id[ty_] = T.Cast("int32", (bx + it * NB) * TY + ty_)
+            if argmax:                       # 6. the block's best: its warps' in shared memory, taken by thread 0
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("warp_best"):
+                            if tx_ == T.int64(0):
+                                w_best[ty_] = t_best[ty_]
+                                w_id[ty_] = t_id[ty_]
+                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
+                        with T.sblock("block_best"):
+                            if ty_ == T.int64(0) and tx_ == T.int64(0):
+                                b_best[0] = w_best[0]
+                                b_id[0] = w_id[0]
+                                for k in T.serial(one, TY):     # (the warps' rows interleave: ties by the id)
+                                    # (selects, not an `if`: TVM's barrier pass takes no shared load in a condition)
+                                    b_id[0] = T.if_then_else(w_best[k] > b_best[0] or (w_best[k] == b_best[0]
+                                                                                       and w_id[k] < b_id[0]),
+                                                             w_id[k], b_id[0])
+                                    b_best[0] = T.max(b_best[0], w_best[k])
+                                best[0, bx] = b_best[0]
+                                best_id[0, bx] = b_id[0]
 
-    return lm_head_decode
+    if argmax:
+        return lm_head_decode
+    return _without_param(_without_param(lm_head_decode, "best"), "best_id")
 
 
 def lm_head_decode_ref(x, gamma, beta, wte, eps=1e-5):
     """The two kernels it stands for, in sequence: layernorm (rounded to x's dtype), then the head."""
     return lm_head_ref(layernorm_ref(x, gamma, beta, eps), wte)
+
+
+def lm_head_partials_ref(logits, blocks: int, rows: int):
+    """make_lm_head_decode(argmax=True)'s (best, best_id): block b's rows are the groups b, b + blocks, ... of
+    `rows` rows each (pipe_grid's); its best the largest of their logits, best_id the lowest id holding it."""
+    V = logits.shape[-1]
+    ids = np.arange(V)
+    owner = (ids // rows) % blocks
+    best = np.array([[logits[0, owner == b].max() for b in range(blocks)]], np.float32)
+    best_id = np.array([[ids[owner == b][np.argmax(logits[0, owner == b])] for b in range(blocks)]], np.int32)
+    return best, best_id

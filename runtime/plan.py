@@ -123,7 +123,7 @@ def build_plan(mod, function: str) -> Plan:
     for block in func.body.blocks:
         for binding in block.bindings:
             var, value = binding.var, binding.value
-            if isinstance(value, relax.TupleGetItem):          # an output of an in-place call
+            if isinstance(value, relax.TupleGetItem):          # an output of an in-place or many-output call
                 env[var] = env[value.tuple_value][value.index]
                 continue
             if isinstance(value, relax.Var):
@@ -146,12 +146,14 @@ def build_plan(mod, function: str) -> Plan:
                     else:
                         outputs.append(args[int(i)])
                 env[var] = outputs
-            else:
-                out = Tensor("tmp", len(plan.tmps), [Expr(s) for s in value.ty.shape.values], str(value.ty.dtype))
-                plan.tmps.append(out)
-                outputs = [out]
-                args = args + [out]
-                env[var] = out
+            else:                                               # fresh outputs: one tensor, or a tuple of them
+                many = isinstance(value.ty, relax.TupleType)
+                outputs = []
+                for ty in value.ty.fields if many else [value.ty]:
+                    outputs.append(Tensor("tmp", len(plan.tmps), [Expr(s) for s in ty.shape.values], str(ty.dtype)))
+                    plan.tmps.append(outputs[-1])
+                args = args + outputs
+                env[var] = outputs if many else outputs[0]
             plan.launches.append(Launch(var.name, value.args[0].name_hint, args, outputs))
     plan.result = env[func.body.body]
     plan_memory(plan)

@@ -136,23 +136,25 @@ def test_gpu_decode_is_five_calls_per_layer_of_hand_scheduled_fusions():
     assert "= *(uint4*)(v_cache_ptr" in kernels["decode_attention_n1_kernel"]
 
 
-def test_fused_greedy_tail_is_one_kernel_reading_each_logit_once():
-    """With fused-decode, decode_greedy's argmax + advance (three kernels in the plain graph) are one
-    block of 1024 threads (kernels/argmax.py: make_argmax_advance_gpu): its loads of the logits are
-    issued in groups (25 a group for GPT-2's vocabulary), each logit once, and the reductions are warp
-    shuffles."""
+def test_fused_greedy_tail_is_the_head_then_one_kernel_reading_its_blocks_candidates():
+    """With fused-decode, decode_greedy's ln_f + lm_head + argmax + advance (five kernels in the plain graph) are
+    two: the head (kernels/lm_head.py), which also leaves each of its blocks' best logit and its id, and one block
+    of 1024 threads (kernels/argmax.py: make_argmax_advance_gpu with parts) that picks among those candidates --
+    one load of each a thread, 524 for GPT-2's vocabulary -- and feeds the next step; its reductions are warp
+    shuffles. decode (logits out) keeps the head without the candidates."""
     from tinygpt2.runtime.plan import build_plan
 
     sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float32", ["fused-decode", "gemv", "general-reduction",
                                                                    "fallback"], arch="sm_90a")
     tail = [ln.kernel for ln in build_plan(sched.mod, "decode_greedy").launches][-2:]
-    assert tail == ["ln_f_lm_head_n1", "argmax_advance_n1"]                 # (ln_f in the head: kernels/lm_head.py)
-    assert sched.rule_of["argmax_advance_n1"] == sched.rule_of["ln_f_lm_head_n1"] == C.HAND_SCHEDULED
-    assert not {"argmax_n1", "advance_n1"} & set(sched.rule_of)           # the plain kernels are not built
+    assert tail == ["ln_f_lm_head_argmax_n1", "argmax_advance_n1"]
+    assert sched.rule_of["argmax_advance_n1"] == sched.rule_of["ln_f_lm_head_argmax_n1"] == C.HAND_SCHEDULED
+    assert [ln.kernel for ln in build_plan(sched.mod, "decode").launches][-1] == "ln_f_lm_head_n1"
+    assert not {"argmax_n1", "advance_n1", "layernorm_n1", "lm_head_n1"} & set(sched.rule_of)   # not built
     source = C.device_module(C.codegen(sched, tgt).mod, "cuda").inspect_source()
     kernel = cuda_kernels(sched, tgt)["argmax_advance_n1_kernel"]
     assert "__launch_bounds__(1024) argmax_advance_n1_kernel" in source
-    assert kernel.count("logits_ptr[") == 25                             # one group of 25 loads (the loop runs twice)
+    assert kernel.count("logits_ptr[") == 1 and "for (" not in kernel           # one candidate a thread, no loop
     assert "__shfl_down_sync" in kernel
 
 
@@ -303,7 +305,7 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
 
     pdl = {"ln_linear_qkv_n1_kernel", "decode_attention_n1_kernel", "decode_attention_n1_kernel_1",
            "linear_attn_proj_n1_kernel", "ln_linear_fc_gelu_n1_kernel", "linear_mlp_proj_n1_kernel",
-           "ln_f_lm_head_n1_kernel"}
+           "ln_f_lm_head_n1_kernel", "ln_f_lm_head_argmax_n1_kernel"}
     for entry in ("pdl-decode", "pdl-decode-loaded"):
         sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", [entry, "fused-decode", "gemv", "fallback"],
                                           arch="sm_90a")
@@ -324,7 +326,7 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
                 assert ("prefetch(T.address_of(w[" in code[:wait]) == (name == "linear_attn_proj_n1_kernel"), name
                 # ... and loads its bias with W, before the wait (model.PRELOAD_LINEARS); the others after the sum
                 assert (re.search(r"\bb\[", code).start() < wait) == (name == "linear_attn_proj_n1_kernel"), name
-            elif name == "ln_f_lm_head_n1_kernel":         # its first group's rows of wte, then x
+            elif name.startswith("ln_f_lm_head"):          # its first group's rows of wte, then x
                 assert code.index("wte[") < wait < first_read(code, "x") and launch == -1
             else:                                          # the attention's chunks and merge: the next one at once
                 assert -1 < launch < wait

@@ -79,3 +79,34 @@ def test_cuda_head_loads_its_first_rows_then_waits_with_three_barriers(dtype):
     if dtype == "float16":          # (float32: a row's 64 lanes are two warps, whose sums meet in shared memory)
         assert body.count("__syncthreads();") == 3 and "__syncthreads();" not in body[loop:]
     assert body[loop:].count(f"*({vec}*)(wte_ptr") == 7                 # 200 vectors over 32 lanes / 400 over 64
+
+
+@pytest.mark.parametrize("C,V,dtype,blocks", [(48, 100, "float32", 3), (64, 37, "float16", 5), (1600, 1000, "float16", 7)])
+def test_greedy_tail_on_webgpu_picks_numpys_argmax_from_the_blocks_candidates(rng, C, V, dtype, blocks):
+    """decode_greedy's tail: the head with argmax leaves each block's best logit and the lowest id holding it
+    (lm_head_partials_ref), every logit still written; make_argmax_advance_gpu(parts) picks among them numpy's
+    argmax of all the logits -- the lowest id on a tie, here between three equal rows in different blocks -- and
+    feeds it to the next step (advance_ref)."""
+    from tinygpt2.kernels.lm_head import lm_head_partials_ref
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    x, gamma, beta, wte = inputs(rng, C, V, dtype)
+    _, _, _, rows, _, nb, _ = pipe_grid(C, V, dtype, WEBGPU_MAX_LANES, blocks)
+    # the largest logit three times, in blocks 1, 2 and 0 (its second group): numpy's pick is the first, in block 1
+    tied = [rows + 1, 2 * rows + 1, nb * rows + 1]
+    assert [(j // rows) % nb for j in tied] == [1, 2, 0] and tied[-1] < V
+    wte[tied] = 0.1 * np.sign(K.layernorm_ref(x, gamma, beta)[0])     # 0.1 * sum |h|: far above the others
+    head = K.make_lm_head_decode(V, C, dtype, 1e-5, WEBGPU_MAX_LANES, blocks=blocks, argmax=True)
+    *_, logits, best, best_id = run_kernel(head, [x, gamma, beta, wte, np.full((1, V), np.nan, np.float32),
+                                                  np.zeros((1, nb), np.float32), np.zeros((1, nb), np.int32)], dtype)
+    np.testing.assert_allclose(logits, K.lm_head_decode_ref(x, gamma, beta, wte), **TOL[dtype])
+    want_best, want_id = lm_head_partials_ref(logits, nb, rows)
+    np.testing.assert_array_equal(best, want_best)
+    np.testing.assert_array_equal(best_id, want_id)
+    P = 16
+    ids, pos, history = np.array([5], np.int32), np.array([P - 2], np.int32), rng.integers(0, V, P + 1).astype(np.int32)
+    *_, ids2, pos2, history2, nxt = run_kernel(K.make_argmax_advance_gpu(V, P, 256, nb),
+                                               [best, best_id, ids, pos, history, np.full(1, -1, np.int32)])
+    assert nxt[0] == np.argmax(logits[0]) == tied[0]
+    for got, want in zip((ids2, pos2, history2), K.advance_ref(nxt, ids, pos, history)):
+        np.testing.assert_array_equal(got, want)

@@ -70,6 +70,9 @@ FC_PREFETCH_PROJ = 0
 # fused decode: ln_f and the head as one hand-scheduled persistent grid (kernels/lm_head.py's make_lm_head_decode),
 # launched with PDL where the step is, in place of the layernorm kernel and the rule list's GEMV
 LN_F_IN_HEAD = True
+# ... and in decode_greedy it also takes each block's best logit, so that argmax_advance reads ~500 candidates
+# instead of the vocabulary's logits (make_lm_head_decode's argmax, make_argmax_advance_gpu's parts)
+HEAD_ARGMAX = True
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -104,6 +107,11 @@ class _Builder:
     def call(self, out_name: str, kernel, args, shape, dtype):
         """y = kernel(*args) into a fresh tensor `y` of `shape`/`dtype`, bound to a var named out_name."""
         return self.bb.emit(relax.call_tir(kernel, args, relax.TensorType(shape, dtype)), name_hint=out_name)
+
+    def call_many(self, out_name: str, kernel, args, outs):
+        """kernel(*args) into fresh tensors of outs' (shape, dtype)s; returns them."""
+        res = self.bb.emit(relax.call_tir(kernel, args, [relax.TensorType(*o) for o in outs]), name_hint=out_name)
+        return [self.bb.emit(relax.TupleGetItem(res, j), name_hint=f"{out_name}_{j}") for j in range(len(outs))]
 
     def call_inplace(self, out_name: str, kernel, args, inplace: list[int], fresh=()):
         """kernel(*args) writing into args[i] for i in inplace; returns the updated tensors.
@@ -341,10 +349,18 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                                [h, w[p + c_fc + "weight"], w[p + c_fc + "bias"]], [n, F], dtype)  # gelu(c_fc(h))
                 x = b.call(f"h{i}_resid_mlp", mlp_proj,                                        # x + c_proj(h)
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x, *progress], [n, C], dtype)
+            # greedy: the head also leaves each of its blocks' best logit and id, for argmax_advance to pick from
+            head_argmax = fused and LN_F_IN_HEAD and HEAD_ARGMAX and pick == "greedy"
+            parts = K.pipe_grid(C, V, dtype, lanes, K.lm_head.HEAD_BLOCKS)[5] if head_argmax else 0
             if fused and LN_F_IN_HEAD:                          # ln_f + the head, one hand-scheduled grid
-                logits = b.call("logits", b.kernel("ln_f_lm_head", K.make_lm_head_decode, V, C, dtype, eps, lanes,
-                                                   pdl), [x, w["ln_f.weight"], w["ln_f.bias"], w["wte.weight"]],
-                                [1, V], ACC)                                                   # [1, V], tied wte
+                head = b.kernel("ln_f_lm_head" + "_argmax" * head_argmax, K.make_lm_head_decode, V, C, dtype, eps,
+                                lanes, pdl, argmax=head_argmax)
+                args = [x, w["ln_f.weight"], w["ln_f.bias"], w["wte.weight"]]                  # tied wte
+                if head_argmax:
+                    logits, *best = b.call_many("logits", head, args, [([1, V], ACC), ([1, parts], ACC),
+                                                                       ([1, parts], "int32")])
+                else:
+                    logits = b.call("logits", head, args, [1, V], ACC)                         # [1, V]
             else:
                 x = b.call("ln_f", b.kernel("layernorm", K.make_layernorm, C, dtype, eps),
                            [x, w["ln_f.weight"], w["ln_f.bias"]], [n, C], dtype)
@@ -363,9 +379,11 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 # the next token, chosen on the device and left where the next step reads it
                 if fused:           # argmax + advance as one hand-scheduled kernel of one block (kernels/argmax.py)
                     argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
-                                              256 if gpu == "webgpu" else 1024)    # WebGPU: 256 threads at most
-                    nxt, *_ = b.call_inplace("next", argmax_advance, [logits, ids, where, history], [-1, 1, 2, 3],
-                                             fresh=[([1], "int32")])
+                                              256 if gpu == "webgpu" else 1024, parts)  # WebGPU: 256 threads at most
+                    picked_from = best if head_argmax else [logits]
+                    k = len(picked_from)
+                    nxt, *_ = b.call_inplace("next", argmax_advance, [*picked_from, ids, where, history],
+                                             [-1, k, k + 1, k + 2], fresh=[([1], "int32")])
                 else:
                     nxt = b.call("next", b.kernel("argmax", K.make_argmax, V), [logits], [1], "int32")
                     b.call_inplace("advance", b.kernel("advance", K.make_advance, P), [nxt, ids, where, history],
