@@ -154,17 +154,12 @@ class _HeadAttention:
             T.ptx.barrier.cluster.wait.acquire.aligned()
 
         @T.macro
-        def arrive_and_wait(t, first, wait_pdl, launch=True, relaxed=False):  # first: the activation read first
+        def arrive_and_wait(t, first, wait_pdl, launch=True):  # first: the activation read first
             """Arrive at the cluster barrier (this block started, its DSMEM targets zeroed); with PDL (wait_pdl, a
             Python bool), let the next kernel (the attention's c_proj) launch at once (launch; else it launches as
             this grid completes), then wait for the kernels before this one. The activation read coherently
-            (_pdl.read_coherently: an asm statement takes its address). relaxed (a Python bool): a relaxed arrive,
-            which orders none of the block's earlier stores (a release one is a MEMBAR.ALL.GPU on sm_90): for a
-            block whose mbarrier inits are fenced by fence.mbarrier_init and whose DSMEM targets need no zeroing."""
-            if relaxed:
-                T.ptx.barrier.cluster.arrive.relaxed.aligned()
-            else:
-                T.ptx.barrier.cluster.arrive.release.aligned()
+            (_pdl.read_coherently: an asm statement takes its address)."""
+            T.ptx.barrier.cluster.arrive.release.aligned()
             if wait_pdl:
                 if t == 0:
                     T.ptx.prefetch.global_.L2(first)
@@ -442,12 +437,10 @@ PREFETCH_FRACTION = 4
 # 1.92 -> 2.02, the step in the CUDA graph 1457.8 / 1455.9 -> 1428.3 us; decode 683 / 683 -> 698 / 698 tok/s,
 # alternating. Kept
 MERGE_BY_ASYNC_STORES = True
-# ... and with it, the cluster barrier every block passes first (every block started, rank 0's mbarrier initialized)
-# arrived at relaxed: its release was the kernel's last MEMBAR.ALL.GPU, before the PDL wait, after the block's K and
-# V copies were issued; the attention's blocks start ~1.7 us before qkv's end, so that fence may reach past it, and
-# the attention's c_proj launches only after it. rank 0's mbarrier init is fenced by fence.mbarrier_init, and the
-# parts need no zeroing (every block stores all of its part). Not yet timed: off
-START_ARRIVE_RELAXED = False
+# (Tried with it, and removed: the cluster barrier every block passes first arrived at relaxed -- its release is the
+# kernel's last MEMBAR.ALL.GPU, before the PDL wait -- with the DSMEM targets not zeroed. On the H100 (thirtieth
+# session) it was wrong, greedy tokens 12/40 at gpt2-xl's widths, and slower: the attention 3.39 -> 4.26 us a layer,
+# the step 1430.2 -> 1442.3 us; docs/results/head_kernel_h100.md.)
 
 
 def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int, dtype: str = "float16",
@@ -473,7 +466,6 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
     PF_ROWS = F // PREFETCH_FRACTION // (H * CL)         # c_fc's rows a block prefetches (gpt2 to xl: 16)
     PF_THREAD = NTH - 32                                 # the last warp's first thread: it loads no q, k, v
     MERGE_ASYNC = MERGE_BY_ASYNC_STORES
-    RELAXED = MERGE_ASYNC and START_ARRIVE_RELAXED
 
     @T.prim_func(s_tir=True)
     def attention_cluster(qkv_in: T.Buffer((1, 3 * C), dtype), k_cache: T.Buffer((H, P, D), dtype),
@@ -506,17 +498,16 @@ def make_attention_cluster(n_head: int, head_dim: int, n_ctx: int, n_inner: int,
                         per = (n + CL - 1) // CL
                         j0 = r * per                                        # the block's keys [j0, j0 + nk)
                         nk = T.max(0, T.min(n, j0 + per) - j0)
-                        if not RELAXED:                                     # DSMEM targets, zeroed first
-                            if t < CL * D:
-                                po[t] = T.float32(0)
-                            if t < CL * 2:
-                                pml[t] = T.float32(0)
+                        if t < CL * D:                                      # DSMEM targets, zeroed first
+                            po[t] = T.float32(0)
+                        if t < CL * 2:
+                            pml[t] = T.float32(0)
                         ha.copy_kv(t, h, j0, nk, pos, big, bar, k_cache, v_cache)
                         if MERGE_ASYNC and t == 0:                          # one arrival: rank 0's own, with its
                             T.ptx.mbarrier.init.shared.b64(T.address_of(mbar[0]), T.uint32(1))   # expect_tx
                             T.ptx.fence.mbarrier_init.release.cluster()     # seen by the cluster's st.async
                         T.tvm_storage_sync("shared")                        # the mbarriers initialized for all
-                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl, True, RELAXED)
+                        ha.arrive_and_wait(t, T.address_of(qkv_in[0, 0]), wait_pdl, True)
                         if t < 3 * D:                                       # the head's q, k, v
                             qkv[t] = T.Cast(ACC, qkv_in[0, (t // D) * C + h * D + t % D])
                         # c_fc's next: while the rest of this kernel and c_proj wait on latencies, HBM would idle;

@@ -33,9 +33,6 @@ end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/
 # ... and attention_cluster handing rank 0 its parts through a cluster barrier, as before the twenty-ninth session,
 # instead of by st.async on rank 0's mbarrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; abar)
 abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/' kernels/decode_cluster.py; }
-# ... and its first cluster barrier arrived at relaxed, without the release's MEMBAR.ALL.GPU (START_ARRIVE_RELAXED;
-# arelax; built in the twenty-ninth session, not yet timed)
-arelax() { sed -i 's/^START_ARRIVE_RELAXED = False/START_ARRIVE_RELAXED = True/' kernels/decode_cluster.py; }
 # ... and ln_f and the head as two launches, the layernorm and DLight's GEMV, as before the thirtieth session (model.py's
 # LN_F_IN_HEAD; lmsep), or the fused head's grid at up to 7 blocks an SM instead of 4 (kernels/lm_head.py's
 # HEAD_BLOCKS; lmb7), or decode_greedy's argmax over the whole vocabulary's logits rather than the head's blocks'
@@ -48,7 +45,7 @@ variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; 
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end abar arelax lmsep lmb7 lmfull" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ] && [ "$1" != bench-xl-pair ]; then
   keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
