@@ -30,7 +30,7 @@ from .attention import (attention_ref, attn_scores_ref, attn_values_ref, causal_
                         make_softmax_decode, pad_keys)
 from .decode_cluster import (attention_proj_ref, decode_cluster_ref, make_attention_cluster,
                              make_attention_proj_cluster, make_decode_cluster)
-from .embedding import embedding_ref, make_embedding, make_embedding_decode, make_embedding_decode_gpu
+from .embedding import embedding_ref, make_embedding, make_embedding_decode
 from .flash_attention import flash_attention_ref, make_flash_attention, make_flash_attention_cpu
 from .flash_attention_mma import make_flash_attention_mma
 from .gelu import gelu_expr, gelu_ref, make_gelu

@@ -114,7 +114,7 @@ def block_argmax(TH, t_val, t_id, out_val, out_id, i):
             out_id[vi] = T.min(out_id[vi], T.if_then_else(t_val[vt] == out_val[vi], t_id[vt], T.max_value("int32")))
 
 
-def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, parts: int = 0, pdl: bool = False):
+def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, parts: int = 0):
     """make_argmax then make_advance, as one hand-scheduled GPU kernel of one block:
 
         next = min { v : logits[0, v] = max_u logits[0, u] }
@@ -137,10 +137,6 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, parts
     make_lm_head_decode(argmax=True): each block's best logit and the lowest id holding it), which take the
     logits' place: best [1, parts] float32, best_id [1, parts] int32, ids [1], pos [1], history -> next_id. Each
     thread then keeps the lowest id among its equal bests (the ids no longer rise with the loop).
-
-    pdl (CUDA sm_90+): the kernel starts with a `griddepcontrol.wait`, so that it is launched with programmatic
-    dependent launch (compile.py tags it) and its block can be resident before the head ends (the head lets it
-    launch at its last group: kernels/lm_head.py's trigger_last).
     """
     V, P1, one = T.int64(n_vocab), T.int64(n_ctx + 1), T.int64(1)
     n_vocab = parts or n_vocab                      # (what the threads scan: the candidates, or the vocabulary)
@@ -165,12 +161,6 @@ def make_argmax_advance_gpu(n_vocab: int, n_ctx: int, threads: int = 1024, parts
         best = T.sblock_alloc_buffer((one,), "float32", scope="shared")
         first = T.sblock_alloc_buffer((one,), "int32", scope="shared")
         for bx in T.thread_binding(one, thread="blockIdx.x"):
-            if pdl:
-                for tx in T.thread_binding(TH, thread="threadIdx.x"):
-                    with T.sblock("grid_wait"):
-                        T.reads()
-                        T.writes()
-                        T.ptx.griddepcontrol.wait()
             for tx in T.thread_binding(TH, thread="threadIdx.x"):
                 with T.sblock("scan"):
                     vt = T.axis.spatial(TH, tx)

@@ -56,43 +56,6 @@ def make_embedding_decode(n_vocab: int, n_positions: int, n_embd: int, dtype: st
     return embedding
 
 
-def make_embedding_decode_gpu(n_vocab: int, n_positions: int, n_embd: int, dtype: str = "float32"):
-    """make_embedding_decode, hand-scheduled for CUDA sm_90+ under PDL: one block, a vector of 16 bytes a thread,
-    which first lets the next kernel (layer 0's qkv) launch -- so that its weight loads start while this one
-    runs, instead of as its block exits. The step's first kernel, itself launched the ordinary way (it has no
-    `griddepcontrol.wait`: compile.py tags only the kernels that do), so it still starts after the step before has
-    finished, and the next kernel reads x only after its own wait.
-
-    ids [1] int32, pos [1] int32, wte [vocab, n_embd], wpe [n_positions, n_embd]  ->  x [1, n_embd]
-    """
-    check_dtype(dtype)
-    vec = 16 // {"float32": 4, "float16": 2}[dtype]
-    while n_embd % vec:
-        vec //= 2
-    V, P, C = T.int64(n_vocab), T.int64(n_positions), T.int64(n_embd)
-    VEC, TH = T.int64(vec), T.int64(-(-(n_embd // vec) // 32) * 32)         # whole warps
-    one = T.int64(1)
-
-    @T.prim_func(s_tir=True)
-    def embedding(ids: T.Buffer((one,), "int32"), pos: T.Buffer((one,), "int32"), wte: T.Buffer((V, C), dtype),
-                  wpe: T.Buffer((P, C), dtype), x: T.Buffer((one, C), dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for bx in T.thread_binding(one, thread="blockIdx.x"):
-            for t in T.thread_binding(TH, thread="threadIdx.x"):
-                with T.sblock("launch_next"):
-                    T.reads()
-                    T.writes()
-                    T.ptx.griddepcontrol.launch_dependents()
-            for t in T.thread_binding(TH, thread="threadIdx.x"):
-                for v in T.vectorized(VEC):
-                    with T.sblock("embedding"):
-                        if t * VEC + v < C:
-                            x[0, t * VEC + v] = (wte[T.Cast("int64", ids[0]), t * VEC + v]
-                                                 + wpe[T.Cast("int64", pos[0]), t * VEC + v])
-
-    return embedding
-
-
 def embedding_ref(ids, wte, wpe, m):
     n = len(ids)
     return wte[np.asarray(ids)] + wpe[m - n:m]

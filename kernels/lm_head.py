@@ -13,7 +13,7 @@ import numpy as np
 from tinygpt2.tvm_shim import T
 
 from ._dtypes import F32_MIN, seq_len_var, ACC, check_dtype
-from ._pdl import flags as pdl_flags, grid_wait, launch_next, read_coherently
+from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .layernorm import layernorm_ref
 from .ln_linear import (CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _lanes_sum, _without_param, cache_lines,
                         pipe_grid)
@@ -57,8 +57,7 @@ HEAD_BLOCKS = PIPE_BLOCKS     # the grid's blocks at most (4 an SM of an H100: 5
 
 
 def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: float = 1e-5, max_lanes: int = 8,
-                        pdl: str | None = None, blocks: int | None = None, argmax: bool = False,
-                        trigger_last: bool = False):
+                        pdl: str | None = None, blocks: int | None = None, argmax: bool = False):
     """ln_f + lm_head for one token, hand-scheduled for a GPU:
 
         h            = Cast(dtype, (x - mu) * rsqrt(var + eps) * gamma + beta)     (make_layernorm's, float32)
@@ -83,8 +82,6 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
     its logits come (a warp's ids rise from group to group: a later equal logit does not replace the first) and
     taken across the block's warps at its end; argmax.make_argmax_advance_gpu(parts=blocks) then picks among
     them, instead of reading the whole vocabulary's logits again.
-    trigger_last (with pdl): every block lets the next kernel launch as it starts its last group -- for a next
-    kernel launched with PDL itself (argmax_advance's pdl), whose block can then be resident before this grid ends.
     """
     check_dtype(dtype)
     vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(n_embd, n_vocab, dtype, max_lanes, blocks or HEAD_BLOCKS)
@@ -99,7 +96,7 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
     assert line * ITEMSIZE[dtype] == CACHE_LINE
     inv_c, eps_ = T.float32(1.0 / n_embd), T.float32(eps)
     pdl_wait, _early, _loaded = pdl_flags(pdl)
-    trigger = pdl_wait and trigger_last
+
     lowest = T.float32(F32_MIN)
 
     def row(group, y_):                       # the row of thread row y_ in a group (past the vocabulary: the last)
@@ -199,9 +196,6 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
                                 t_id[ty_] = T.Cast("int32", row(bx, ty_))
             # 5. the block's groups in turn: the next one's W loaded, this one's multiplied by h
             for it in T.serial(ITERS):
-                if trigger:
-                    if it == ITERS - one:
-                        launch_next(TY, TX)
                 for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
                     for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
                         for ko in T.serial(KO, annotations=UNROLL):

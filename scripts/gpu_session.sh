@@ -38,10 +38,6 @@ abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/'
 # HEAD_BLOCKS; lmb7), or decode_greedy's argmax over the whole vocabulary's logits rather than the head's blocks'
 # candidates (model.py's HEAD_ARGMAX; lmfull)
 lmfull() { sed -i 's/^HEAD_ARGMAX = True/HEAD_ARGMAX = False/' tinygpt2/model.py; }
-# ... and, not yet timed, the embedding letting layer 0's qkv launch at its start (model.py's EMBED_LAUNCHES_NEXT; epdl),
-# argmax_advance launched with PDL, the head letting it launch at its last group (model.py's ARGMAX_PDL; apdl)
-epdl() { sed -i 's/^EMBED_LAUNCHES_NEXT = False/EMBED_LAUNCHES_NEXT = True/' tinygpt2/model.py; }
-apdl() { sed -i 's/^ARGMAX_PDL = False/ARGMAX_PDL = True/' tinygpt2/model.py; }
 lmsep() { sed -i 's/^LN_F_IN_HEAD = True/LN_F_IN_HEAD = False/' tinygpt2/model.py; }
 lmb7() { sed -i 's/^HEAD_BLOCKS = PIPE_BLOCKS/HEAD_BLOCKS = 7 * 132/' kernels/lm_head.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
@@ -49,7 +45,7 @@ variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; 
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull epdl apdl" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ] && [ "$1" != bench-xl-pair ]; then
   keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

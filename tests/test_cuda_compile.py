@@ -339,35 +339,6 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
     assert "griddepcontrol" not in sm80.mod["ln_linear_qkv_n1"].script()
 
 
-def test_the_embedding_and_the_argmax_can_join_the_pdl_chain(monkeypatch):
-    """model.EMBED_LAUNCHES_NEXT (off): decode's embedding, the step's first kernel, hand-scheduled
-    (make_embedding_decode_gpu), lets layer 0's qkv launch before anything else and itself keeps the ordinary
-    launch (no wait). model.ARGMAX_PDL (off): argmax_advance waits first, so it is launched with PDL, and
-    decode_greedy's head lets it launch as each block starts its last group; decode's head (logits out) does not."""
-    from tinygpt2 import model as M
-    from tinygpt2.tvm_shim import PDL_LAUNCH_TAG
-
-    def kernels(on):
-        monkeypatch.setattr(M, "EMBED_LAUNCHES_NEXT", on)
-        monkeypatch.setattr(M, "ARGMAX_PDL", on)
-        sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "fused", arch="sm_90a")
-        return device_kernels(sched, tgt), cuda_kernels(sched, tgt)
-
-    funcs, code = kernels(True)
-    tagged = {n for n, f in funcs.items() if PDL_LAUNCH_TAG in f.attrs["tirx.kernel_launch_params"]}
-    assert "argmax_advance_n1_kernel" in tagged and "embedding_n1_kernel" not in tagged
-    emb = code["embedding_n1_kernel"]
-    assert emb.index("griddepcontrol_launch_dependents") < emb.index("(wte_ptr +") and "wait" not in emb
-    argmax = code["argmax_advance_n1_kernel"]
-    assert argmax.index("griddepcontrol_wait") < argmax.index("logits_ptr[")
-    head = code["ln_f_lm_head_argmax_n1_kernel"]
-    loop = head.index("for (int it = 0;")
-    assert head.count("launch_dependents") == 1 and head.index("launch_dependents") > loop
-    assert "launch_dependents" not in code["ln_f_lm_head_n1_kernel"]
-    funcs, code = kernels(False)                                  # as in `fused`
-    assert "launch_dependents" not in code["embedding_n1_kernel"] and "wait" not in code["argmax_advance_n1_kernel"]
-
-
 def test_c_fc_can_prefetch_the_mlp_c_proj_weights_into_l2(monkeypatch):
     """model.FC_PREFETCH_PROJ (kernels/ln_linear.py's prefetch_next): c_fc takes the MLP's c_proj weights as one more
     input and each of its blocks brings its slice of their first 1/fraction into L2 by one bulk prefetch, after

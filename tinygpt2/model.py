@@ -73,12 +73,6 @@ LN_F_IN_HEAD = True
 # ... and in decode_greedy it also takes each block's best logit, so that argmax_advance reads ~500 candidates
 # instead of the vocabulary's logits (make_lm_head_decode's argmax, make_argmax_advance_gpu's parts)
 HEAD_ARGMAX = True
-# with PDL (not yet timed: off): decode's embedding, the step's first kernel, hand-scheduled to let layer 0's qkv
-# launch at its start (kernels/embedding.py's make_embedding_decode_gpu); and decode_greedy's argmax_advance launched
-# with PDL, the head letting it launch at its last group (make_argmax_advance_gpu's pdl, make_lm_head_decode's
-# trigger_last)
-EMBED_LAUNCHES_NEXT = False
-ARGMAX_PDL = False
 
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
@@ -220,10 +214,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     history = relax.Var("history", relax.TensorType([P + 1], "int32"))    # decode_greedy/_sample: tokens so far
     sampling = relax.Var("sampling", relax.TensorType([4], "float32"))    # decode_sample: temperature, top_k, top_p, seed
     if decode:      # the position-dependent kernels, built for n = 1 and the whole cache (kernels/attention.py)
-        if fused and pdl is not None and EMBED_LAUNCHES_NEXT:
-            embedding = b.kernel("embedding", K.make_embedding_decode_gpu, V, P, C, dtype)
-        else:
-            embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
+        embedding = b.kernel("embedding", K.make_embedding_decode, V, P, C, dtype)
         if cluster:     # ln_1 + c_attn and the four below as one kernel, a cluster per head (make_decode_cluster)
             decode_cluster = b.kernel("decode_cluster", K.make_decode_cluster, H, D, P, dtype, eps, pdl)
         elif fused:     # on a GPU, the four below as one hand-scheduled call (make_decode_attention)
@@ -360,11 +351,10 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x, *progress], [n, C], dtype)
             # greedy: the head also leaves each of its blocks' best logit and id, for argmax_advance to pick from
             head_argmax = fused and LN_F_IN_HEAD and HEAD_ARGMAX and pick == "greedy"
-            argmax_pdl = head_argmax and pdl is not None and ARGMAX_PDL
             parts = K.pipe_grid(C, V, dtype, lanes, K.lm_head.HEAD_BLOCKS)[5] if head_argmax else 0
             if fused and LN_F_IN_HEAD:                          # ln_f + the head, one hand-scheduled grid
                 head = b.kernel("ln_f_lm_head" + "_argmax" * head_argmax, K.make_lm_head_decode, V, C, dtype, eps,
-                                lanes, pdl, argmax=head_argmax, trigger_last=argmax_pdl)
+                                lanes, pdl, argmax=head_argmax)
                 args = [x, w["ln_f.weight"], w["ln_f.bias"], w["wte.weight"]]                  # tied wte
                 if head_argmax:
                     logits, *best = b.call_many("logits", head, args, [([1, V], ACC), ([1, parts], ACC),
@@ -389,8 +379,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                 # the next token, chosen on the device and left where the next step reads it
                 if fused:           # argmax + advance as one hand-scheduled kernel of one block (kernels/argmax.py)
                     argmax_advance = b.kernel("argmax_advance", K.make_argmax_advance_gpu, V, P,
-                                              256 if gpu == "webgpu" else 1024, parts,  # WebGPU: 256 threads at most
-                                              pdl=argmax_pdl)
+                                              256 if gpu == "webgpu" else 1024, parts)  # WebGPU: 256 threads at most
                     picked_from = best if head_argmax else [logits]
                     k = len(picked_from)
                     nxt, *_ = b.call_inplace("next", argmax_advance, [*picked_from, ids, where, history],
