@@ -15,8 +15,8 @@ from tinygpt2.tvm_shim import T
 from ._dtypes import F32_MIN, seq_len_var, ACC, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .layernorm import layernorm_ref
-from .ln_linear import (CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _lanes_sum, _without_param, cache_lines,
-                        pipe_grid)
+from .ln_linear import (CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _dot_shared, _first_group, _lanes_sum,
+                        _swap, _without_param, _x_to_shared, cache_lines, pipe_grid)
 
 
 def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
@@ -126,31 +126,12 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
         row_sq = T.sblock_alloc_buffer((TY,), ACC, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             # 1. the first group's W, before the wait
-            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
-                    if pdl_wait:
-                        for i in T.serial(NI):
-                            with T.sblock("w_prefetch"):
-                                T.where(i * TX + tx_ < NL)
-                                T.reads()
-                                T.writes()
-                                T.ptx.prefetch.global_.L2(T.address_of(wte[row(bx, ty_), (i * TX + tx_) * LE]))
-                    for ko in T.serial(KO, annotations=UNROLL):
-                        for v in T.vectorized(VEC):
-                            with T.sblock("w_first"):               # opaque blocks: they use bx
-                                if ko * TX + tx_ < CV:
-                                    w_cur[ty_, tx_, ko, v] = wte[row(bx, ty_), (ko * TX + tx_) * VEC + v]
+            _first_group(wte, w_cur, bx, TY, TX, KO, VEC, CV, V_, LE, NL, NI, pdl_wait)
             if pdl_wait:
                 read_coherently(TY, TX, T.address_of(x[0, 0]))
                 grid_wait(TY, TX, False)
             # 2. x into shared memory
-            for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
-                    for i in T.serial(XI):
-                        for v in T.vectorized(VEC):
-                            with T.sblock("x_load"):
-                                if (i * TY + ty_) * TX + tx_ < CV:
-                                    x_sh[((i * TY + ty_) * TX + tx_) * VEC + v] = x[0, ((i * TY + ty_) * TX + tx_) * VEC + v]
+            _x_to_shared(x, x_sh, TY, TX, XI, VEC, CV)
             # 3. mu, then the variance about it, each warp over the whole of x
             for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
                 for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
@@ -204,31 +185,14 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
                                     if ko * TX + tx_ < CV and bx + (it + one) * NB < T.int64(groups):
                                         w_next[ty_, tx_, ko, v] = wte[row(bx + (it + one) * NB, ty_),
                                                                       (ko * TX + tx_) * VEC + v]
-                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
-                        with T.sblock("dot"):
-                            vy, vt = T.axis.remap("SS", [ty_, tx_])
-                            part[vy, vt] = T.float32(0)
-                            for ko in T.serial(KO, annotations=UNROLL):
-                                if ko * TX + vt < CV:
-                                    for v in T.vectorized(VEC):
-                                        h_vec[vy, vt, v] = h_sh[(ko * TX + vt) * VEC + v]   # one 16-byte shared load
-                                    for v in T.serial(VEC, annotations=UNROLL):
-                                        part[vy, vt] = part[vy, vt] + T.Cast(ACC, w_cur[vy, vt, ko, v]) * T.Cast(
-                                            ACC, h_vec[vy, vt, v])
+                _dot_shared(w_cur, h_sh, h_vec, part, TY, TX, KO, VEC, CV)
                 _lanes_sum(part, acc, TY, TX)
                 for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
                     for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
                         with T.sblock("store"):
                             if tx_ == T.int64(0) and (bx + it * NB) * TY + ty_ < V_:
                                 logits[0, (bx + it * NB) * TY + ty_] = acc[ty_]
-                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            for v in T.vectorized(VEC):
-                                with T.sblock("w_swap"):
-                                    vy, vt, vo, vv = T.axis.remap("SSSS", [ty_, tx_, ko, v])
-                                    w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+                _swap(w_cur, w_next, TY, TX, KO, VEC)
                 if argmax:
                     for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
                         for tx_ in T.thread_binding(TX, thread="threadIdx.x"):

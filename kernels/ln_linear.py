@@ -534,6 +534,66 @@ def _lanes_sum(src, dst, TY, TX):
                 dst[vy] = dst[vy] + src[vy, vt]
 
 
+# (the pipelined grids' macros below are hygienic: their free names -- UNROLL, ACC, _prefetch_w -- are this module's,
+# so kernels/lm_head.py's grid calls them too)
+@T.macro(hygienic=True)
+def _first_group(w, w_cur, bx, TY, TX, KO, V, CV, N, LE, NL, NI, prefetch):
+    """A pipelined grid's step 1: block bx's first group of rows of W (row bx * TY + ty, past N: N - 1) into w_cur;
+    with prefetch (a Python bool: with pdl), an L2 prefetch of those rows first, which keeps ptxas from moving the
+    loads after the wait."""
+    if prefetch:
+        _prefetch_w(w, bx, TX, TY, N, LE, NL, NI)
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("w_first"):               # opaque blocks: they use bx and it
+                        if ko * TX + tx < CV:
+                            w_cur[ty, tx, ko, v] = w[T.min(bx * TY + ty, N - T.int64(1)), (ko * TX + tx) * V + v]
+
+
+@T.macro(hygienic=True)
+def _x_to_shared(x, x_sh, TY, TX, XI, V, CV):
+    """A pipelined grid's step 2: x [1, K] into shared memory, once for the block, a vector a thread at a time."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for i in T.serial(XI):
+                for v in T.vectorized(V):
+                    with T.sblock("x_load"):
+                        if (i * TY + ty) * TX + tx < CV:
+                            x_sh[((i * TY + ty) * TX + tx) * V + v] = x[0, ((i * TY + ty) * TX + tx) * V + v]
+
+
+@T.macro(hygienic=True)
+def _dot_shared(w_own, x_sh, x_vec, part, TY, TX, KO, V, CV):
+    """A group's dot products: each thread its registers of W times x from shared memory (one 16-byte shared load
+    a vector), summed in float32 into part."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            with T.sblock("dot"):
+                vy, vt = T.axis.remap("SS", [ty, tx])
+                part[vy, vt] = T.float32(0)
+                for ko in T.serial(KO, annotations=UNROLL):
+                    if ko * TX + vt < CV:
+                        for v in T.vectorized(V):
+                            x_vec[vy, vt, v] = x_sh[(ko * TX + vt) * V + v]     # one 16-byte shared load
+                        for v in T.serial(V, annotations=UNROLL):
+                            part[vy, vt] = part[vy, vt] + T.Cast(ACC, w_own[vy, vt, ko, v]) * T.Cast(
+                                ACC, x_vec[vy, vt, v])
+
+
+@T.macro(hygienic=True)
+def _swap(w_cur, w_next, TY, TX, KO, V):
+    """The next group's W, loaded during this one, copied into this one's registers (one group in flight)."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("w_swap"):
+                        vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
+                        w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+
+
 def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_lanes: int = 8,
               blocks: int = PIPE_BLOCKS) -> tuple[int, ...]:
     """make_linear_pipe_decode's grid: (vec, n_vec, tx, ty, groups, blocks, passes) -- vectors of `vec` elements,
@@ -628,18 +688,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         load_group(w_other, it + AHEAD, bx, w)
         if preload:
             load_epilogue(e_other_b, e_other_a, it + AHEAD, bx, b, aux, True, True)
-        for ty in T.thread_binding(TY, thread="threadIdx.y"):
-            for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                with T.sblock("dot"):
-                    vy, vt = T.axis.remap("SS", [ty, tx])
-                    part[vy, vt] = T.float32(0)
-                    for ko in T.serial(KO, annotations=UNROLL):
-                        if ko * TX + vt < CV:
-                            for v in T.vectorized(V):
-                                x_vec[vy, vt, v] = x_sh[(ko * TX + vt) * V + v]     # one 16-byte shared load
-                            for v in T.serial(V, annotations=UNROLL):
-                                part[vy, vt] = part[vy, vt] + T.Cast(ACC, w_own[vy, vt, ko, v]) * T.Cast(
-                                    ACC, x_vec[vy, vt, v])
+        _dot_shared(w_own, x_sh, x_vec, part, TY, TX, KO, V, CV)
         _lanes_sum(part, acc, TY, TX)
         for ty in T.thread_binding(TY, thread="threadIdx.y"):
             for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -683,20 +732,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         e_a_next = T.sblock_alloc_buffer((TY,), aux_dtype, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
             # 1. the first group's W, before the wait (with pdl: an L2 prefetch of its rows keeps the loads there)
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    if pdl_wait:
-                        for i in T.serial(NI):
-                            with T.sblock("w_prefetch"):
-                                T.where(i * TX + tx < NL)
-                                T.reads()
-                                T.writes()
-                                T.ptx.prefetch.global_.L2(T.address_of(w[row(bx, ty), (i * TX + tx) * LE]))
-                    for ko in T.serial(KO, annotations=UNROLL):
-                        for v in T.vectorized(V):
-                            with T.sblock("w_first"):               # opaque blocks: they use bx and it
-                                if ko * TX + tx < CV:
-                                    w_cur[ty, tx, ko, v] = w[row(bx, ty), (ko * TX + tx) * V + v]
+            _first_group(w, w_cur, bx, TY, TX, KO, V, CV, N, LE, NL, NI, pdl_wait)
             if preload:
                 load_epilogue(e_b, e_a, T.int64(0), bx, b, aux, True, False)
             if pdl_wait:
@@ -708,13 +744,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 load_epilogue(e_b, e_a, T.int64(0), bx, b, aux, False, True)
             # 2. x into shared memory, once (and with ln its statistics, the same for every row): in registers
             # beside two groups' W it would take the thread past 128 registers
-            for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                    for i in T.serial(XI):
-                        for v in T.vectorized(V):
-                            with T.sblock("x_load"):
-                                if (i * TY + ty) * TX + tx < CV:
-                                    x_sh[((i * TY + ty) * TX + tx) * V + v] = x[0, ((i * TY + ty) * TX + tx) * V + v]
+            _x_to_shared(x, x_sh, TY, TX, XI, V, CV)
             if ln:
                 for ty in T.thread_binding(TY, thread="threadIdx.y"):
                     for tx in T.thread_binding(TX, thread="threadIdx.x"):
@@ -758,13 +788,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                 for it in T.serial(ITERS):
                     one_group(w_cur, w_next, partial, row_acc, it, bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
                               e_b, e_a, e_b_next, e_a_next)
-                    for ty in T.thread_binding(TY, thread="threadIdx.y"):
-                        for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                            for ko in T.serial(KO, annotations=UNROLL):
-                                for v in T.vectorized(V):
-                                    with T.sblock("w_swap"):
-                                        vy, vt, vo, vv = T.axis.remap("SSSS", [ty, tx, ko, v])
-                                        w_cur[vy, vt, vo, vv] = w_next[vy, vt, vo, vv]
+                    _swap(w_cur, w_next, TY, TX, KO, V)
                     if preload:
                         for ty in T.thread_binding(TY, thread="threadIdx.y"):
                             for tx in T.thread_binding(TX, thread="threadIdx.x"):
