@@ -4,8 +4,8 @@ Each file has `make_<op>(dims..., dtype) -> PrimFunc` (schedulable: `@T.prim_fun
 loops over `T.sblock`s, no schedule applied) and a numpy `<op>_ref` that states the same math.
 The exceptions are GPU decode's fused kernels, written already scheduled (thread bindings, shared
 memory) because no rule matches them: attention.make_decode_attention and ln_linear's
-make_ln_linear_decode / make_linear_residual_decode and argmax.make_argmax_advance_gpu (the rule list
-entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
+make_ln_linear_decode / make_linear_residual_decode, lm_head.make_lm_head_decode (ln_f + the head) and
+argmax.make_argmax_advance_gpu (the rule list entry `fused-decode` asks for them; `pdl-decode` launches them with programmatic dependent launch,
 _pdl.py), and prefill's attention.make_causal_softmax_gpu / _cpu (`hand-softmax`) and
 flash_attention.make_flash_attention / _cpu (`flash-prefill`); decode_cluster.make_decode_cluster (`decode-cluster`:
 ln_1 + c_attn + the attention as one CUDA kernel, a thread-block cluster per head) and

@@ -25,8 +25,9 @@ with the same grids (one CUDA graph captures the whole step). The linears that f
 residual stream carry them in their epilogue (`linear_fc_gelu`, `linear_*_proj` = x + c_proj(..)).
 When the rule list asks for `fused-decode` on a GPU, decode's attention is one call
 (`decode_attention`: append K, V, softmax(q.K^T).V, over chunks of keys merged at the end),
-ln_1 / ln_2 fold into the linear after them (`ln_linear_*`), the MLP's c_proj is hand-scheduled and
-decode_greedy's argmax and advance are one kernel (`argmax_advance`);
+ln_1 / ln_2 fold into the linear after them (`ln_linear_*`), the MLP's c_proj is hand-scheduled, ln_f and
+lm_head are one kernel (`ln_f_lm_head`) and decode_greedy's argmax and advance are one kernel (`argmax_advance`),
+which picks among the best logits of the head's blocks;
 with `hand-softmax`, prefill's causal softmax is hand-scheduled too, and with `flash-prefill` prefill's
 whole attention is one kernel (`flash_attention`): kernels written already scheduled, that no rule touches.
 """
@@ -353,8 +354,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             head_argmax = fused and LN_F_IN_HEAD and HEAD_ARGMAX and pick == "greedy"
             parts = K.pipe_grid(C, V, dtype, lanes, K.lm_head.HEAD_BLOCKS)[5] if head_argmax else 0
             if fused and LN_F_IN_HEAD:                          # ln_f + the head, one hand-scheduled grid
-                head = b.kernel("ln_f_lm_head" + "_argmax" * head_argmax, K.make_lm_head_decode, V, C, dtype, eps,
-                                lanes, pdl, argmax=head_argmax)
+                head = b.kernel("ln_f_lm_head_argmax" if head_argmax else "ln_f_lm_head", K.make_lm_head_decode, V, C,
+                                dtype, eps, lanes, pdl, argmax=head_argmax)
                 args = [x, w["ln_f.weight"], w["ln_f.bias"], w["wte.weight"]]                  # tied wte
                 if head_argmax:
                     logits, *best = b.call_many("logits", head, args, [([1, V], ACC), ([1, parts], ACC),

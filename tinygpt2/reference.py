@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinygpt2 import kernels as K
+from tinygpt2 import model as M
 from tinygpt2.errors import ContextOverflowError, GenerationError
-from tinygpt2.model import LN_F_IN_HEAD
 
 
 class Reference:
@@ -99,7 +99,7 @@ class Reference:
             x = out[f"h{i}_resid_mlp"] = K.add_ref(x, h)
         x = out["ln_f"] = K.layernorm_ref(x, p["ln_f.weight"], p["ln_f.bias"], eps)
         out["logits"] = K.lm_head_ref(x, p["wte.weight"])                                      # [1, V]
-        if self.fused_decode and decode and LN_F_IN_HEAD:   # logits includes ln_f (kernels/lm_head.py)
+        if self.fused_decode and decode and M.LN_F_IN_HEAD:     # logits includes ln_f (kernels/lm_head.py)
             del out["ln_f"]
         self.length = m
         return out
