@@ -595,15 +595,15 @@ def _swap(w_cur, w_next, TY, TX, KO, V):
 
 
 def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_lanes: int = 8,
-              blocks: int = PIPE_BLOCKS) -> tuple[int, ...]:
+              blocks: int = PIPE_BLOCKS, threads: int = PIPE_THREADS) -> tuple[int, ...]:
     """make_linear_pipe_decode's grid: (vec, n_vec, tx, ty, groups, blocks, passes) -- vectors of `vec` elements,
-    n_vec of them a row of W; TX lanes a row, TY rows a group; `groups` groups of rows over as few blocks as give
-    each the same number of groups (passes), at most `blocks` (a persistent grid lasts as long as its blocks with
-    the most groups)."""
+    n_vec of them a row of W; TX lanes a row, TY rows a group (TX * TY = threads a block); `groups` groups of rows
+    over as few blocks as give each the same number of groups (passes), at most `blocks` (a persistent grid lasts as
+    long as its blocks with the most groups)."""
     vec = vector_width(in_features, dtype, max_lanes)
     n_vec = in_features // vec
-    tx = min(lanes_per_row(n_vec), PIPE_THREADS)
-    ty = PIPE_THREADS // tx
+    tx = min(lanes_per_row(n_vec), threads)
+    ty = threads // tx
     groups = -(-out_features // ty)
     blocks = -(-groups // -(-groups // blocks))
     return vec, n_vec, tx, ty, groups, blocks, -(-groups // blocks)
@@ -612,16 +612,19 @@ def pipe_grid(in_features: int, out_features: int, dtype: str = "float16", max_l
 def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "float16", ln: bool = False,
                             gelu: bool = False, eps: float = 1e-5, max_lanes: int = 8, pdl: str | None = None,
                             blocks: int = PIPE_BLOCKS, trigger: str = PIPE_TRIGGER,
-                            in_flight: int = PIPE_IN_FLIGHT, preload: bool = False):
+                            in_flight: int = PIPE_IN_FLIGHT, preload: bool = False, threads: int = PIPE_THREADS):
     """One token's linear as a persistent pipelined grid (see above). ln=False: y = r + (x @ W.T + b), the inputs
     of make_linear_residual_decode (x, W, b, r); ln=True: make_ln_linear_decode's folded layernorm (x, W', b', s),
     with GELU where gelu. trigger: when the next kernel may launch (PIPE_TRIGGER, with pdl); in_flight: the groups
     whose W a block has in flight (PIPE_IN_FLIGHT); preload: each group's epilogue operands loaded a group ahead
     (above). Grid: as few blocks as give each the same number of groups, at most
-    `blocks`; PIPE_THREADS threads: TX lanes a row (lanes_per_row, at most the block), TY = PIPE_THREADS / TX rows
-    a group."""
+    `blocks`; `threads` threads a block (PIPE_THREADS, or 256): TX lanes a row (lanes_per_row, at most the block),
+    TY = threads / TX rows a group."""
     check_dtype(dtype)
-    vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(in_features, out_features, dtype, max_lanes, blocks)
+    if threads not in (128, 256):
+        raise RuleError(f"threads={threads}: choose 128 or 256 a block")
+    vec, n_vec, tx, ty, groups, blocks, passes = pipe_grid(in_features, out_features, dtype, max_lanes, blocks,
+                                                           threads)
     K, N = T.int64(in_features), T.int64(out_features)
     one = T.int64(1)
     TX, TY, NB = T.int64(tx), T.int64(ty), T.int64(blocks)
@@ -629,7 +632,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     G, ITERS = T.int64(groups), T.int64(passes)
     TRIPS = T.int64(-(-passes // in_flight))                   # in_flight > 1: trips of in_flight groups
     AHEAD = T.int64(max(1, in_flight - 1))                     # the group loaded is AHEAD after the one multiplied
-    XI = T.int64(-(-n_vec // PIPE_THREADS))                    # vectors of x a thread copies into shared memory
+    XI = T.int64(-(-n_vec // threads))                         # vectors of x a thread copies into shared memory
+    wide = threads == 256
     line, lines = cache_lines(in_features, dtype)
     LE, NL, NI = T.int64(line), T.int64(lines), T.int64(-(-lines // tx))
     inv_c = T.float32(1.0 / in_features)
@@ -731,6 +735,8 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         e_b_next = T.sblock_alloc_buffer((TY,), dtype, scope="local")            # and the next group's)
         e_a_next = T.sblock_alloc_buffer((TY,), aux_dtype, scope="local")
         for bx in T.thread_binding(NB, thread="blockIdx.x"):
+            if wide:        # __launch_bounds__(256, 4): ptxas held to 64 registers, 4 blocks an SM (one wave)
+                T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 4)
             # 1. the first group's W, before the wait (with pdl: an L2 prefetch of its rows keeps the loads there)
             _first_group(w, w_cur, bx, TY, TX, KO, V, CV, N, LE, NL, NI, pdl_wait)
             if preload:

@@ -38,6 +38,9 @@ abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/'
 # HEAD_BLOCKS; lmb7), or decode_greedy's argmax over the whole vocabulary's logits rather than the head's blocks'
 # candidates (model.py's HEAD_ARGMAX; lmfull)
 lmfull() { sed -i 's/^HEAD_ARGMAX = True/HEAD_ARGMAX = False/' tinygpt2/model.py; }
+# ... and, not yet timed, the MLP's c_proj as a pipelined grid of 256 threads a block, 2 rows a group (model.py's
+# PIPE_THREADS_OF; pt256)
+pt256() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {}/PIPE_THREADS_OF: dict[str, int] = {"linear_mlp_proj": 256}/' tinygpt2/model.py; }
 lmsep() { sed -i 's/^LN_F_IN_HEAD = True/LN_F_IN_HEAD = False/' tinygpt2/model.py; }
 lmb7() { sed -i 's/^HEAD_BLOCKS = PIPE_BLOCKS/HEAD_BLOCKS = 7 * 132/' kernels/lm_head.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
@@ -45,7 +48,7 @@ variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; 
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull pt256" (any of them): apply them before MODE, restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ] && [ "$1" != bench-xl-pair ]; then
   keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

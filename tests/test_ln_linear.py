@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tinygpt2.kernels.ln_linear import (WEBGPU_MAX_LANES, fold_layernorm, lanes_per_row, linear_residual_decode_ref,
-                                       ln_linear_ref, make_linear_residual_decode, make_ln_linear_decode, vector_width)
+                                       ln_linear_ref, make_linear_residual_decode, make_ln_linear_decode, pipe_grid,
+                                       vector_width)
 from tinygpt2 import kernels as K
 
 # fp32: a C-long dot product of float32 sums in another order than numpy's
@@ -236,6 +237,41 @@ def test_pipelined_grid_gives_its_blocks_equal_shares(K, N, ln, rows, want):
     groups = N // rows
     passes = -(-groups // PIPE_BLOCKS)
     assert want <= PIPE_BLOCKS and want * passes == groups
+
+
+@pytest.mark.parametrize("K,N,dtype,ln", [(6400, 1600, "float16", False), (3072, 50, "float16", False),
+                                           (64, 37, "float16", True), (1100, 30, "float32", True)])
+def test_pipelined_linear_of_256_threads_on_webgpu(rng, K, N, dtype, ln):
+    """threads=256 (model.PIPE_THREADS_OF): the MLP c_proj's rows of 4C two a group (128 lanes each), gpt2-xl's in 2
+    passes over 400 blocks instead of 4; on WebGPU's 4-lane vectors 256 lanes a row for 6400 and 3072 (one a
+    group), 64 lanes for 1100 and 32 for 64 (4 and 8 a group): the same outputs as the references."""
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+    from tinygpt2.runtime.webgpu import run_kernel
+
+    assert pipe_grid(6400, 1600, "float16", 8, threads=256) == (8, 800, 128, 2, 800, 400, 2)
+    x, gamma, beta, w, b = inputs(rng, K, N, dtype)
+    if ln:
+        ins, want = [x, *fold_layernorm(gamma, beta, w, b)], ln_linear_ref(x, gamma, beta, w, b, 1e-5)
+    else:
+        r = rng.standard_normal((1, N)).astype(dtype)
+        ins, want = [x, w, b, r], linear_residual_decode_ref(x, w, b, r)
+    func = make_linear_pipe_decode(K, N, dtype, ln, max_lanes=WEBGPU_MAX_LANES, blocks=5, threads=256)
+    *after, y = run_kernel(func, [*ins, np.full((1, N), np.nan, dtype)], dtype)
+    for a, a0 in zip(after, ins):
+        np.testing.assert_array_equal(a, a0)
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_pipelined_linear_of_256_threads_fits_four_blocks_an_sm():
+    """gpt2-xl's MLP c_proj with threads=256: its 400 blocks are one wave only at 4 blocks of 256 an SM of an H100's
+    132, so __launch_bounds__(256, 4) holds ptxas to 64 registers a thread (at 48 bytes of spill; 80 without)."""
+    from test_cuda_compile import ptxas_usage
+
+    from tinygpt2.kernels.ln_linear import make_linear_pipe_decode
+
+    spill, regs, _ = ptxas_usage(make_linear_pipe_decode(6400, 1600, "float16", False, pdl="exit", threads=256))
+    assert regs <= 64 and spill <= 64, (spill, regs)
 
 
 # gpt2-xl's decode linears (K, N, ln, gelu): qkv, c_fc, the attention's c_proj, the MLP's c_proj

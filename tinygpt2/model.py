@@ -53,6 +53,11 @@ FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters 
 # 0.6% (it gives back time that qkv, after it, gains only pipelined itself); gpt2-xl's get 3 and 4: 2.8% shorter.
 PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), "linear_mlp_proj": (4, 1)}   # name: (in, out) in n_embd
 PIPE_MIN_GROUPS = 3
+# a pipelined linear's threads a block where not kernels/ln_linear.py's PIPE_THREADS (128): with 256, the MLP's c_proj
+# (rows of 4C, 128 lanes a row) has 2 rows a group in flight instead of 1, in 2 passes instead of 4 on gpt2-xl (its
+# 9.8 us a launch are ~4 memory latencies in turn, where c_fc reads the same bytes in 7.3), held to 64 registers a
+# thread for 4 blocks an SM (48 bytes of spill). Not yet timed: none
+PIPE_THREADS_OF: dict[str, int] = {}
 # the decode linears whose epilogue operands (bias; s, or the residual) are loaded early, not after the lanes' sum
 # (kernels/ln_linear.py's preload=: a pipelined grid a group ahead, a one-wave kernel before or right after the PDL
 # wait). Only the attention's c_proj gains: gpt2-xl's step 1469.8 / 1468.9 -> 1458.4 us, decode 681 / 682 -> 685 /
@@ -78,6 +83,7 @@ HEAD_ARGMAX = True
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
     """The decode linears pipe-decode makes pipelined grids for this model: PIPE_DECODE_LINEARS, or none."""
+    # (at 128 threads a block, whatever PIPE_THREADS_OF asks: whether there is enough to pipeline)
     groups = [K.pipe_grid(i * cfg.n_embd, o * cfg.n_embd, dtype, lanes)[-1]          # a block's groups of rows
               for i, o in PIPE_DECODE_LINEARS.values()]
     return tuple(PIPE_DECODE_LINEARS) if min(groups) >= PIPE_MIN_GROUPS else ()
@@ -180,6 +186,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
         if name in pipe:
             # (mode early: qkv lets the attention launch at once, for its copies of K and V to run meanwhile)
             trigger = "start" if mode == "early" else K.ln_linear.PIPE_TRIGGER
+            if name in PIPE_THREADS_OF:
+                options["threads"] = PIPE_THREADS_OF[name]
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             trigger=trigger, mark_kib=kib(k_in, n_out), **options)
         if ln:
