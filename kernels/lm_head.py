@@ -16,7 +16,7 @@ from ._dtypes import F32_MIN, seq_len_var, ACC, check_dtype
 from ._pdl import flags as pdl_flags, grid_wait, read_coherently
 from .layernorm import layernorm_ref
 from .ln_linear import (CACHE_LINE, ITEMSIZE, PIPE_BLOCKS, PIPE_THREADS, UNROLL, _dot_shared, _first_group, _lanes_sum,
-                        _swap, _without_param, _x_to_shared, cache_lines, pipe_grid)
+                        _load_group, _swap, _without_param, _x_to_shared, cache_lines, pipe_grid)
 
 
 def make_lm_head(n_vocab: int, n_embd: int, dtype: str = "float32", seq_len: int | None = None):
@@ -54,6 +54,11 @@ def lm_head_ref(x, wte):
 
 
 HEAD_BLOCKS = PIPE_BLOCKS     # the grid's blocks at most (4 an SM of an H100: 524 for gpt2-xl's 12565 groups of 4 rows)
+
+
+def head_blocks(n_vocab: int, n_embd: int, dtype: str, max_lanes: int = 8) -> int:
+    """make_lm_head_decode's blocks with the default grid: with argmax, its candidates for argmax_advance."""
+    return pipe_grid(n_embd, n_vocab, dtype, max_lanes, HEAD_BLOCKS)[5]
 
 
 def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: float = 1e-5, max_lanes: int = 8,
@@ -177,14 +182,7 @@ def make_lm_head_decode(n_vocab: int, n_embd: int, dtype: str = "float32", eps: 
                                 t_id[ty_] = T.Cast("int32", row(bx, ty_))
             # 5. the block's groups in turn: the next one's W loaded, this one's multiplied by h
             for it in T.serial(ITERS):
-                for ty_ in T.thread_binding(TY, thread="threadIdx.y"):
-                    for tx_ in T.thread_binding(TX, thread="threadIdx.x"):
-                        for ko in T.serial(KO, annotations=UNROLL):
-                            for v in T.vectorized(VEC):
-                                with T.sblock("w_next"):
-                                    if ko * TX + tx_ < CV and bx + (it + one) * NB < T.int64(groups):
-                                        w_next[ty_, tx_, ko, v] = wte[row(bx + (it + one) * NB, ty_),
-                                                                      (ko * TX + tx_) * VEC + v]
+                _load_group(wte, w_next, it + one, bx, NB, T.int64(groups), TY, TX, KO, VEC, CV, V_)
                 _dot_shared(w_cur, h_sh, h_vec, part, TY, TX, KO, VEC, CV)
                 _lanes_sum(part, acc, TY, TX)
                 for ty_ in T.thread_binding(TY, thread="threadIdx.y"):

@@ -553,6 +553,20 @@ def _first_group(w, w_cur, bx, TY, TX, KO, V, CV, N, LE, NL, NI, prefetch):
 
 
 @T.macro(hygienic=True)
+def _load_group(w, w_dst, it, bx, NB, G, TY, TX, KO, V, CV, N):
+    """Block bx's group `it` of a pipelined grid's G (its rows of W, group g's rows g * TY ..., past N: N - 1) into
+    w_dst, if the block has such a group."""
+    for ty in T.thread_binding(TY, thread="threadIdx.y"):
+        for tx in T.thread_binding(TX, thread="threadIdx.x"):
+            for ko in T.serial(KO, annotations=UNROLL):
+                for v in T.vectorized(V):
+                    with T.sblock("w_next"):
+                        if ko * TX + tx < CV and bx + it * NB < G:
+                            w_dst[ty, tx, ko, v] = w[T.min((bx + it * NB) * TY + ty, N - T.int64(1)),
+                                                     (ko * TX + tx) * V + v]
+
+
+@T.macro(hygienic=True)
 def _x_to_shared(x, x_sh, TY, TX, XI, V, CV):
     """A pipelined grid's step 2: x [1, K] into shared memory, once for the block, a vector a thread at a time."""
     for ty in T.thread_binding(TY, thread="threadIdx.y"):
@@ -654,17 +668,6 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
     def row(group, y_):                       # the output row of thread row y_ in a group (past N: N - 1, unstored)
         return T.min(group * TY + y_, N - one)
 
-    @T.macro(hygienic=True)       # (the shapes from here; the kernel's buffers and bx passed in)
-    def load_group(w_dst, it, bx, w):
-        """Block bx's group `it` (its rows of W) into w_dst, if the block has such a group."""
-        for ty in T.thread_binding(TY, thread="threadIdx.y"):
-            for tx in T.thread_binding(TX, thread="threadIdx.x"):
-                for ko in T.serial(KO, annotations=UNROLL):
-                    for v in T.vectorized(V):
-                        with T.sblock("w_next"):
-                            if ko * TX + tx < CV and bx + it * NB < G:
-                                w_dst[ty, tx, ko, v] = w[row(bx + it * NB, ty), (ko * TX + tx) * V + v]
-
     @T.macro(hygienic=True)       # (the shapes and flags from here; the kernel's buffers and bx passed in)
     def load_epilogue(e_b, e_a, it, bx, b, aux, bias, rest):
         """preload: the operands of block bx's group `it`'s epilogue, for its rows' lane 0: with bias, b (and with
@@ -689,7 +692,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
         if trigger_late:
             if it == AT:                                 # every block at its last group, or the one before
                 launch_next(TY, TX)
-        load_group(w_other, it + AHEAD, bx, w)
+        _load_group(w, w_other, it + AHEAD, bx, NB, G, TY, TX, KO, V, CV, N)
         if preload:
             load_epilogue(e_other_b, e_other_a, it + AHEAD, bx, b, aux, True, True)
         _dot_shared(w_own, x_sh, x_vec, part, TY, TX, KO, V, CV)
@@ -777,7 +780,7 @@ def make_linear_pipe_decode(in_features: int, out_features: int, dtype: str = "f
                                   bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,
                                   e_b, e_a, e_b_next, e_a_next)
             elif in_flight == 3:                             # three groups a trip, three buffers in turn
-                load_group(w_next, one, bx, w)               # (the first group's came before the wait)
+                _load_group(w, w_next, one, bx, NB, G, TY, TX, KO, V, CV, N)   # (the first group's: before the wait)
                 for trip in T.serial(TRIPS):
                     one_group(w_cur, w_third, partial, row_acc, trip * T.int64(3),
                               bx, w, b, aux, y, x_sh, x_vec, row_x, row_sq,

@@ -54,6 +54,7 @@ def test_gpt2_xl_head_is_a_persistent_grid_of_equal_shares():
     """gpt2-xl's 50257 rows in groups of 4 (a warp a row of 1600 halves, 7 loads a lane) over 524 blocks (4 an SM
     of an H100), 24 groups each."""
     assert pipe_grid(1600, 50257, "float16", 8, K.lm_head.HEAD_BLOCKS) == (8, 200, 32, 4, 12565, 524, 24)
+    assert K.lm_head.head_blocks(50257, 1600, "float16") == 524
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")

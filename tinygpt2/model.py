@@ -360,7 +360,7 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
                            [h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"], x, *progress], [n, C], dtype)
             # greedy: the head also leaves each of its blocks' best logit and id, for argmax_advance to pick from
             head_argmax = fused and LN_F_IN_HEAD and HEAD_ARGMAX and pick == "greedy"
-            parts = K.pipe_grid(C, V, dtype, lanes, K.lm_head.HEAD_BLOCKS)[5] if head_argmax else 0
+            parts = K.lm_head.head_blocks(V, C, dtype, lanes) if head_argmax else 0
             if fused and LN_F_IN_HEAD:                          # ln_f + the head, one hand-scheduled grid
                 head = b.kernel("ln_f_lm_head_argmax" if head_argmax else "ln_f_lm_head", K.make_lm_head_decode, V, C,
                                 dtype, eps, lanes, pdl, argmax=head_argmax)
