@@ -37,12 +37,12 @@ abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/'
 # LN_F_IN_HEAD; lmsep), or the fused head's grid at up to 7 blocks an SM instead of 4 (kernels/lm_head.py's
 # HEAD_BLOCKS; lmb7), or decode_greedy's argmax over the whole vocabulary's logits rather than the head's blocks'
 # candidates (model.py's HEAD_ARGMAX; lmfull)
+lmsep() { sed -i 's/^LN_F_IN_HEAD = True/LN_F_IN_HEAD = False/' tinygpt2/model.py; }
+lmb7() { sed -i 's/^HEAD_BLOCKS = PIPE_BLOCKS/HEAD_BLOCKS = 7 * 132/' kernels/lm_head.py; }
 lmfull() { sed -i 's/^HEAD_ARGMAX = True/HEAD_ARGMAX = False/' tinygpt2/model.py; }
 # ... and, not yet timed, the MLP's c_proj as a pipelined grid of 256 threads a block, 2 rows a group (model.py's
 # PIPE_THREADS_OF; pt256)
 pt256() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {}/PIPE_THREADS_OF: dict[str, int] = {"linear_mlp_proj": 256}/' tinygpt2/model.py; }
-lmsep() { sed -i 's/^LN_F_IN_HEAD = True/LN_F_IN_HEAD = False/' tinygpt2/model.py; }
-lmb7() { sed -i 's/^HEAD_BLOCKS = PIPE_BLOCKS/HEAD_BLOCKS = 7 * 132/' kernels/lm_head.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
 # the files those variants edit, kept as /tmp/*.TAG and put back
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
