@@ -43,7 +43,14 @@ lmfull() { sed -i 's/^HEAD_ARGMAX = True/HEAD_ARGMAX = False/' tinygpt2/model.py
 # ... and, not yet timed, the MLP's c_proj as a pipelined grid of 256 threads a block, 2 rows a group (model.py's
 # PIPE_THREADS_OF; pt256)
 pt256() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {}/PIPE_THREADS_OF: dict[str, int] = {"linear_mlp_proj": 256}/' tinygpt2/model.py; }
-variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; *) $v ;; esac; done; }
+# ... or qkv so (pt256q; after pt256 in a +-joined combination: pt256+pt256q for both)
+pt256q() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {/PIPE_THREADS_OF: dict[str, int] = {"ln_linear_qkv": 256, /' tinygpt2/model.py; }
+# ... or the MLP's c_proj over more or fewer blocks (cpbN: at most N an SM, as few as give each the same number of
+# groups: 5 -> 534 blocks of 3 groups, 3 -> 320 of 5), or c_fc letting it launch once c_fc's loads are used (fcl)
+cpb() { sed -i '/trigger = "start" if mode == "early" else K.ln_linear.PIPE_TRIGGER/a\            options["blocks"] = '"$1"' * 132 if name == "linear_mlp_proj" else K.ln_linear.PIPE_BLOCKS' tinygpt2/model.py; }
+fcl() { sed -i 's/ln_fc_gelu = decode_linear("ln_linear_fc_gelu", C, F, True, gelu=True)/ln_fc_gelu = decode_linear("ln_linear_fc_gelu", C, F, True, gelu=True, mode="loaded" if pdl else pdl)/' tinygpt2/model.py; }
+qpb() { sed -i '/            if name in PIPE_THREADS_OF:/i\            options["blocks"] = '"$1"' * 132 if name == "ln_linear_qkv" else options.get("blocks", K.ln_linear.PIPE_BLOCKS)' tinygpt2/model.py; }
+variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; cpb*) cpb "${v#cpb}" ;; qpb*) qpb "${v#qpb}" ;; *) $v ;; esac; done; }
 # the files those variants edit, kept as /tmp/*.TAG and put back
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }

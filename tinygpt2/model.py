@@ -56,8 +56,16 @@ PIPE_MIN_GROUPS = 3
 # a pipelined linear's threads a block where not kernels/ln_linear.py's PIPE_THREADS (128): with 256, the MLP's c_proj
 # (rows of 4C, 128 lanes a row) has 2 rows a group in flight instead of 1, in 2 passes instead of 4 on gpt2-xl (its
 # 9.8 us a launch are ~4 memory latencies in turn, where c_fc reads the same bytes in 7.3), held to 64 registers a
-# thread for 4 blocks an SM (48 bytes of spill). Not yet timed: none
+# thread for 4 blocks an SM (48 bytes of spill): gpt2-xl's step 1647.5 us against 1427.2 (c_proj 12.80 us a launch),
+# qkv too 2131.9 (H100, docs/results/pipe_blocks_h100.md): none
 PIPE_THREADS_OF: dict[str, int] = {}
+# a pipelined linear's most blocks where not kernels/ln_linear.py's PIPE_BLOCKS (4 an SM): the MLP's c_proj at 5 an
+# SM, as few as give each block the same number of groups -- 534 blocks of 3 rows on gpt2-xl instead of 400 of 4
+# (its 75 registers a thread let 6 blocks of 128 reside on an SM). gpt2-xl on an H100, three pairs in one loan: the
+# step 1426.1-1428.6 -> 1416.2-1419.0 us (the c_proj 9.76 -> 9.50 us a launch), decode 701 / 701 -> 706 / 706
+# tok/s back to back. At 3 an SM (320 blocks of 5) 1449.6; qkv at 5 or 3 an SM besides, 1423.5 / 1429.9; 256
+# threads a block (PIPE_THREADS_OF) 1647.5 (docs/results/pipe_blocks_h100.md)
+PIPE_BLOCKS_OF: dict[str, int] = {"linear_mlp_proj": 5 * 132}
 # the decode linears whose epilogue operands (bias; s, or the residual) are loaded early, not after the lanes' sum
 # (kernels/ln_linear.py's preload=: a pipelined grid a group ahead, a one-wave kernel before or right after the PDL
 # wait). Only the attention's c_proj gains: gpt2-xl's step 1469.8 / 1468.9 -> 1458.4 us, decode 681 / 682 -> 685 /
@@ -188,6 +196,8 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
             trigger = "start" if mode == "early" else K.ln_linear.PIPE_TRIGGER
             if name in PIPE_THREADS_OF:
                 options["threads"] = PIPE_THREADS_OF[name]
+            if name in PIPE_BLOCKS_OF:
+                options["blocks"] = PIPE_BLOCKS_OF[name]
             return b.kernel(name, K.make_linear_pipe_decode, k_in, n_out, dtype, ln, gelu, eps, lanes, pdl,
                             trigger=trigger, mark_kib=kib(k_in, n_out), **options)
         if ln:
