@@ -340,13 +340,17 @@ def test_pdl_decode_kernels_load_weights_then_wait_and_are_launched_with_pdl():
 
 
 def test_c_fc_can_prefetch_the_mlp_c_proj_weights_into_l2(monkeypatch):
-    """model.FC_PREFETCH_PROJ (kernels/ln_linear.py's prefetch_next): c_fc takes the MLP's c_proj weights as one more
-    input and each of its blocks brings its slice of their first 1/fraction into L2 by one bulk prefetch, after
-    the PDL wait; 0 (the default), c_fc has no such input."""
+    """model.FC_PREFETCH_PROJ (kernels/ln_linear.py's prefetch_next): where the MLP's c_proj is a pipelined grid
+    (gpt2-xl; here model.PIPE_MIN_GROUPS lowered to 1, so that this small model's is), c_fc takes the c_proj's
+    weights as one more input and each of its blocks brings its slice of their first 1/fraction into L2 by one
+    bulk prefetch, after the PDL wait; at 0, or before a one-wave c_proj, c_fc has no such input."""
     from tinygpt2 import model as M
 
-    def c_fc(prefetch):
+    one_wave = M.PIPE_MIN_GROUPS                       # (this model's c_proj gets 1 group a block: not pipelined)
+
+    def c_fc(prefetch, min_groups=1):
         monkeypatch.setattr(M, "FC_PREFETCH_PROJ", prefetch)
+        monkeypatch.setattr(M, "PIPE_MIN_GROUPS", min_groups)
         sched, tgt, _ = C.build_scheduled(TC_CFG, "cuda", "float16", "fused", arch="sm_90a")
         return device_kernels(sched, tgt)["ln_linear_fc_gelu_n1_kernel"].script()
 
@@ -359,6 +363,7 @@ def test_c_fc_can_prefetch_the_mlp_c_proj_weights_into_l2(monkeypatch):
     assert bulk and int(bulk.group(1)) == size == 256
     assert code.index('griddepcontrol("wait"') < bulk.start()
     assert "w_next" not in c_fc(0)
+    assert "w_next" not in c_fc(8, min_groups=one_wave)
 
 
 # TVM's own nvcc flags (tvm.support.nvcc): fast math, ptxas register level 10

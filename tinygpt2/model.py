@@ -76,11 +76,14 @@ PIPE_BLOCKS_OF: dict[str, int] = {"linear_mlp_proj": 5 * 132}
 # 1468.1-1468.9) but benchmarks no faster (681 / 680 tok/s against 683 / 683): left out.
 PRELOAD_LINEARS = ("linear_attn_proj",)
 # N > 0: c_fc brings the first 1/N of the MLP c_proj's weights into L2 (with PDL: kernels/ln_linear.py's
-# prefetch_next); 0: it does not. Off: it loses or breaks even. gpt2-xl on an H100,
+# prefetch_next); 0: it does not. It lost or broke even at first. gpt2-xl on an H100,
 # the step against 1472-1474 us without: 1/4 1513.1, 1/8 1485.1 (from the blocks' ends: 1480.4), 1/16 1472.8
 # (c_fc +0.16 us a launch, c_proj -0.23); with the before-last trigger, 1/16 1466.7 against 1468.1-1468.8
-# (docs/results/trigger_prefetch_h100.md)
-FC_PREFETCH_PROJ = 0
+# (docs/results/trigger_prefetch_h100.md). With the MLP's c_proj at 5 blocks an SM (PIPE_BLOCKS_OF), 1/16 1410.2 us
+# against 1418.1 / 1418.6 (the c_proj 9.54 -> 9.18 us a launch, c_fc 7.30 -> 7.42; thirty-first session,
+# docs/results/pipe_blocks_h100.md): on, where the MLP's c_proj is a pipelined grid (gpt2-xl). The smaller sizes,
+# whose c_proj is a one-wave kernel, were not timed with it: off there
+FC_PREFETCH_PROJ = 16
 # fused decode: ln_f and the head as one hand-scheduled persistent grid (kernels/lm_head.py's make_lm_head_decode),
 # launched with PDL where the step is, in place of the layernorm kernel and the rule list's GEMV
 LN_F_IN_HEAD = True
@@ -180,8 +183,9 @@ def _gpt2_function(bb: relax.BlockBuilder, b: _Builder, name: str, cfg: GPT2Conf
     # more. Its point, the overlap of consecutive linears, needs PDL: compile.hand_kernels drops it off CUDA sm_90+
     lanes = K.WEBGPU_MAX_LANES if gpu == "webgpu" else 8                # their vector loads, in elements
     pipe = pipelined(cfg, dtype, lanes) if fused and "pipe-decode" in hand else ()
-    # c_fc's prefetch of the MLP c_proj's weights: CUDA with PDL, c_fc a one-wave kernel
-    fc_prefetch = FC_PREFETCH_PROJ if fused and pdl is not None and "ln_linear_fc_gelu" not in pipe else 0
+    # c_fc's prefetch of the MLP c_proj's weights: CUDA with PDL, c_fc a one-wave kernel, the c_proj pipelined
+    fc_prefetch = (FC_PREFETCH_PROJ if fused and pdl is not None and "linear_mlp_proj" in pipe
+                   and "ln_linear_fc_gelu" not in pipe else 0)
 
     def decode_linear(name, k_in, n_out, ln, gelu=False, mode=pdl, **options):
         """decode's hand-scheduled linears (kernels/ln_linear.py): the layernorm folded in front (ln, + GELU) or
