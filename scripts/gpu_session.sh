@@ -26,9 +26,9 @@ with_without() {
 # "last"; last), its epilogue operands loaded early (model.py's PRELOAD_LINEARS; pre)
 last() { sed -i 's/^PIPE_TRIGGER = "before-last"/PIPE_TRIGGER = "last"/' kernels/ln_linear.py; }
 pre() { sed -i 's/^PRELOAD_LINEARS = (/PRELOAD_LINEARS = ("linear_mlp_proj", /' tinygpt2/model.py; }
-# ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's FC_PREFETCH_PROJ; nxN), from
+# ... and c_fc bringing the first 1/N of the MLP c_proj's weights into L2 (model.py's FC_PREFETCH_PROJ; nxN, nx0 off), from
 # the end of its blocks instead of right after the PDL wait (kernels/ln_linear.py's NEXT_PREFETCH_AT; end)
-nx() { sed -i "s/^FC_PREFETCH_PROJ = 0/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
+nx() { sed -i "s/^FC_PREFETCH_PROJ = .*/FC_PREFETCH_PROJ = $1/" tinygpt2/model.py; }
 end() { sed -i 's/^NEXT_PREFETCH_AT = "wait"/NEXT_PREFETCH_AT = "end"/' kernels/ln_linear.py; }
 # ... and attention_cluster handing rank 0 its parts through a cluster barrier, as before the twenty-ninth session,
 # instead of by st.async on rank 0's mbarrier (kernels/decode_cluster.py's MERGE_BY_ASYNC_STORES; abar)
@@ -40,16 +40,18 @@ abar() { sed -i 's/^MERGE_BY_ASYNC_STORES = True/MERGE_BY_ASYNC_STORES = False/'
 lmsep() { sed -i 's/^LN_F_IN_HEAD = True/LN_F_IN_HEAD = False/' tinygpt2/model.py; }
 lmb7() { sed -i 's/^HEAD_BLOCKS = PIPE_BLOCKS/HEAD_BLOCKS = 7 * 132/' kernels/lm_head.py; }
 lmfull() { sed -i 's/^HEAD_ARGMAX = True/HEAD_ARGMAX = False/' tinygpt2/model.py; }
-# ... and, not yet timed, the MLP's c_proj as a pipelined grid of 256 threads a block, 2 rows a group (model.py's
-# PIPE_THREADS_OF; pt256)
+# ... and (timed in the thirty-first session, docs/results/pipe_blocks_h100.md) the MLP's c_proj as a pipelined grid
+# of 256 threads a block, 2 rows a group (model.py's PIPE_THREADS_OF; pt256)
 pt256() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {}/PIPE_THREADS_OF: dict[str, int] = {"linear_mlp_proj": 256}/' tinygpt2/model.py; }
 # ... or qkv so (pt256q; after pt256 in a +-joined combination: pt256+pt256q for both)
 pt256q() { sed -i 's/^PIPE_THREADS_OF: dict\[str, int\] = {/PIPE_THREADS_OF: dict[str, int] = {"ln_linear_qkv": 256, /' tinygpt2/model.py; }
-# ... or the MLP's c_proj over more or fewer blocks (cpbN: at most N an SM, as few as give each the same number of
-# groups: 5 -> 534 blocks of 3 groups, 3 -> 320 of 5), or c_fc letting it launch once c_fc's loads are used (fcl)
-cpb() { sed -i '/trigger = "start" if mode == "early" else K.ln_linear.PIPE_TRIGGER/a\            options["blocks"] = '"$1"' * 132 if name == "linear_mlp_proj" else K.ln_linear.PIPE_BLOCKS' tinygpt2/model.py; }
+# ... or the MLP's c_proj over more or fewer blocks (model.py's PIPE_BLOCKS_OF; cpbN: at most N an SM, as few as give
+# each the same number of groups: 5 -> 534 blocks of 3 groups, the default since; 3 -> 320 of 5; 4 -> 400 of 4, as
+# before), or c_fc letting it launch once c_fc's loads are used (fcl), or qkv so (qpbN, after cpbN in a combination;
+# qpb5's 2 groups a block are under model.PIPE_MIN_GROUPS now, so that pipe-decode builds nothing: timed, it was not)
+cpb() { sed -i 's/^PIPE_BLOCKS_OF: dict\[str, int\] = {.*}/PIPE_BLOCKS_OF: dict[str, int] = {"linear_mlp_proj": '"$1"' * 132}/' tinygpt2/model.py; }
 fcl() { sed -i 's/ln_fc_gelu = decode_linear("ln_linear_fc_gelu", C, F, True, gelu=True)/ln_fc_gelu = decode_linear("ln_linear_fc_gelu", C, F, True, gelu=True, mode="loaded" if pdl else pdl)/' tinygpt2/model.py; }
-qpb() { sed -i '/            if name in PIPE_THREADS_OF:/i\            options["blocks"] = '"$1"' * 132 if name == "ln_linear_qkv" else options.get("blocks", K.ln_linear.PIPE_BLOCKS)' tinygpt2/model.py; }
+qpb() { sed -i 's/^PIPE_BLOCKS_OF: dict\[str, int\] = {/PIPE_BLOCKS_OF: dict[str, int] = {"ln_linear_qkv": '"$1"' * 132, /' tinygpt2/model.py; }
 variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; cpb*) cpb "${v#cpb}" ;; qpb*) qpb "${v#qpb}" ;; *) $v ;; esac; done; }
 # the files those variants edit, kept as /tmp/*.TAG and put back
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"

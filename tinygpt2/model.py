@@ -94,9 +94,10 @@ HEAD_ARGMAX = True
 
 def pipelined(cfg: GPT2Config, dtype: str, lanes: int = 8) -> tuple[str, ...]:
     """The decode linears pipe-decode makes pipelined grids for this model: PIPE_DECODE_LINEARS, or none."""
-    # (at 128 threads a block, whatever PIPE_THREADS_OF asks: whether there is enough to pipeline)
-    groups = [K.pipe_grid(i * cfg.n_embd, o * cfg.n_embd, dtype, lanes)[-1]          # a block's groups of rows
-              for i, o in PIPE_DECODE_LINEARS.values()]
+    # (at 128 threads a block, whatever PIPE_THREADS_OF asks: whether there is enough to pipeline; PIPE_BLOCKS_OF's)
+    groups = [K.pipe_grid(i * cfg.n_embd, o * cfg.n_embd, dtype, lanes,
+                          PIPE_BLOCKS_OF.get(name, K.ln_linear.PIPE_BLOCKS))[-1]       # a block's groups of rows
+              for name, (i, o) in PIPE_DECODE_LINEARS.items()]
     return tuple(PIPE_DECODE_LINEARS) if min(groups) >= PIPE_MIN_GROUPS else ()
 
 
