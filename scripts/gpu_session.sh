@@ -57,7 +57,8 @@ variant() { local v; for v in "$@"; do case $v in nx*) nx "${v#nx}" ;; cpb*) cpb
 EDITED="kernels/ln_linear.py tinygpt2/model.py kernels/decode_cluster.py kernels/lm_head.py"
 keep() { local f; for f in $EDITED; do cp $f /tmp/$(basename $f .py).$1; done; }
 back() { local f; for f in $EDITED; do cp /tmp/$(basename $f .py).$1 $f; done; }
-# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull pt256" (any of them): apply them before MODE, restored on exit
+# VARIANT="last pre nx8 end abar lmsep lmb7 lmfull pt256 pt256q cpb3 qpb3 fcl" (any of them): applied before MODE,
+# restored on exit
 if [ -n "${VARIANT:-}" ] && [ "$1" != bench-variant ] && [ "$1" != bench-xl-pair ]; then
   keep var; trap 'back var' EXIT; variant $VARIANT; fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

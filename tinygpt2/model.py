@@ -54,10 +54,10 @@ FOLDED = ("weight", "bias", "weight_sum")   # a folded ln + linear's parameters 
 PIPE_DECODE_LINEARS = {"ln_linear_qkv": (1, 3), "linear_mlp_proj": (4, 1)}   # name: (in, out) in n_embd
 PIPE_MIN_GROUPS = 3
 # a pipelined linear's threads a block where not kernels/ln_linear.py's PIPE_THREADS (128): with 256, the MLP's c_proj
-# (rows of 4C, 128 lanes a row) has 2 rows a group in flight instead of 1, in 2 passes instead of 4 on gpt2-xl (its
-# 9.8 us a launch are ~4 memory latencies in turn, where c_fc reads the same bytes in 7.3), held to 64 registers a
-# thread for 4 blocks an SM (48 bytes of spill): gpt2-xl's step 1647.5 us against 1427.2 (c_proj 12.80 us a launch),
-# qkv too 2131.9 (H100, docs/results/pipe_blocks_h100.md): none
+# (rows of 4C, 128 lanes a row) has 2 rows a group in flight instead of 1, in 2 passes instead of 4 on gpt2-xl, held
+# to 64 registers a thread for 4 blocks an SM (48 bytes of spill). Built on the guess that its 9.8 us a launch (c_fc
+# reads the same bytes in 7.3) were ~4 memory latencies in turn; measured, it is far slower: gpt2-xl's step 1647.5 us
+# against 1427.2 (c_proj 12.80 us a launch), qkv so too 2131.9 (H100, docs/results/pipe_blocks_h100.md). None
 PIPE_THREADS_OF: dict[str, int] = {}
 # a pipelined linear's most blocks where not kernels/ln_linear.py's PIPE_BLOCKS (4 an SM): the MLP's c_proj at 5 an
 # SM, as few as give each block the same number of groups -- 534 blocks of 3 rows on gpt2-xl instead of 400 of 4
