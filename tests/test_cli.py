@@ -240,6 +240,22 @@ def test_bench_measures_ours_before_any_peer(capsys):
                      ["| tinygpt2", "random:distilgpt2"], ["| hf-eager", "random:distilgpt2"]]
 
 
+def test_bench_table_says_how_many_times_faster_ours_is_than_each_peer():
+    """A peer's row carries ours' tok/s over its own, at the longest prompt and in decode ("-" where either side has
+    none: transformers compiled times decode only); decode's share of the roofline comes last."""
+    from tinygpt2.bench import Row, to_markdown
+
+    rows = [Row("tinygpt2", "random:gpt2-xl", "cuda", "float16", {128: 18000.0, 1024: 90000.0}, 705.0),
+            Row("hf-eager", "random:gpt2-xl", "cuda", "float16", {128: 6000.0, 1024: 45000.0}, 47.0),
+            Row("hf-compiled", "random:gpt2-xl", "cuda", "float16", {}, 352.5)]
+    head, _, *body = [line.split(" | ") for line in to_markdown(rows, {("random:gpt2-xl", "float16"): 940.0}).splitlines()]
+    assert head[-3:] == ["tinygpt2 / this (prefill@1024, decode)", "roofline tok/s", "% roofline |"]
+    assert [r[-3] for r in body] == ["-", "2.0x, 15.0x", "-, 2.0x"]
+    assert [r[-1] for r in body] == ["75% |", "5% |", "38% |"]
+    # a peer alone (the progress line printed as each row is measured) has no ratio column
+    assert "tinygpt2 / this" not in to_markdown(rows[1:2])
+
+
 def test_ablate_checks_every_targets_device_before_measuring_any(capsys, tmp_path, monkeypatch):
     from tinygpt2.tvm_shim import tvm
 

@@ -334,9 +334,27 @@ def profile(m, function: str = "decode", n: int = 1, past: int = 128, repeats: i
 
 
 def to_markdown(rows: list[Row], roofline: dict | None = None) -> str:
+    """The table: a row per system, model and dtype; with `roofline` ((model, dtype) -> tok/s), decode's share of it;
+    where a peer's row has a tinygpt2 row of the same model, target and dtype beside it, how many times faster ours
+    is (ours' tok/s / the peer's) at the longest prompt and in decode."""
     lens = sorted({n for r in rows for n in r.prefill_tok_s})
+    ours = {}
+    for r in rows:
+        if r.system == "tinygpt2":
+            ours.setdefault((r.model, r.target, r.dtype), r)
+    def ratio(mine: float | None, peer: float | None) -> str:
+        return f"{mine / peer:.1f}x" if mine and peer else "-"
+    def vs_ours(r: Row) -> str:
+        mine = ours.get((r.model, r.target, r.dtype))
+        if r.system == "tinygpt2" or mine is None:
+            return "-"
+        return f"{ratio(mine.prefill_tok_s.get(lens[-1]), r.prefill_tok_s.get(lens[-1]))}, " \
+               f"{ratio(mine.decode_tok_s, r.decode_tok_s)}"
+    with_ratio = bool(lens) and any(vs_ours(r) != "-" for r in rows)     # (vs_ours reads lens[-1])
     head = ["system", "model", "target", "dtype", *[f"prefill@{n} tok/s" for n in lens], "decode tok/s",
             "TTFT ms", "peak MiB"]
+    if with_ratio:
+        head += [f"tinygpt2 / this (prefill@{lens[-1]}, decode)"]
     if roofline:
         head += ["roofline tok/s", "% roofline"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -344,6 +362,8 @@ def to_markdown(rows: list[Row], roofline: dict | None = None) -> str:
         cells = [r.system, r.model, r.target, r.dtype, *[f"{r.prefill_tok_s[n]:.0f}" if n in r.prefill_tok_s else "-"
                                                          for n in lens],
                  f"{r.decode_tok_s:.0f}", f"{r.ttft_ms:.1f}", f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib else "-"]
+        if with_ratio:
+            cells.append(vs_ours(r))
         if roofline:
             rl = roofline.get((r.model, r.dtype))
             cells += [f"{rl:.0f}" if rl else "-", f"{100 * r.decode_tok_s / rl:.0f}%" if rl else "-"]
